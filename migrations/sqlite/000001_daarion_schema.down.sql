@@ -1,0 +1,11 @@
+DROP TABLE IF EXISTS bridge_rooms;
+DROP TABLE IF EXISTS bridge_transactions;
+DROP TABLE IF EXISTS agent_sessions;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS channel_members;
+DROP TABLE IF EXISTS channels;
+DROP TABLE IF EXISTS agents;
+DROP TABLE IF EXISTS agent_blueprints;
+DROP TABLE IF EXISTS microdao_members;
+DROP TABLE IF EXISTS microdaos;
+DROP TABLE IF EXISTS users;

@@ -1,0 +1,105 @@
+//! The Application Service API the homeserver calls (spec v1.19: transactions, user and room
+//! queries, ping, third-party lookups, legacy unprefixed routes) plus the operator endpoints
+//! (health, metrics), as one axum router.
+
+mod auth;
+pub mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{Request, StatusCode},
+    middleware,
+    routing::{get, post, put},
+};
+use tower_http::trace::TraceLayer;
+
+use self::error::ApiError;
+use crate::{config::Config, homeserver::Homeserver, metrics::Metrics, mirror::Mirror};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub mirror: Arc<Mirror>,
+    pub hs: Homeserver,
+    pub metrics: Arc<Metrics>,
+    pub hs_token: Arc<str>,
+}
+
+/// The bridge's HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.appservice.max_body_bytes;
+    let appservice = Router::new()
+        .route(
+            "/_matrix/app/v1/transactions/{txn_id}",
+            put(handlers::transaction),
+        )
+        .route("/_matrix/app/v1/users/{user_id}", get(handlers::query_user))
+        .route(
+            "/_matrix/app/v1/rooms/{room_alias}",
+            get(handlers::query_room),
+        )
+        .route("/_matrix/app/v1/ping", post(handlers::ping))
+        .route(
+            "/_matrix/app/v1/thirdparty/protocol/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/user/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/location/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/user",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/location",
+            get(handlers::no_protocols),
+        )
+        // Legacy routes of homeservers older than the /_matrix/app/v1 prefix.
+        .route("/transactions/{txn_id}", put(handlers::transaction))
+        .route("/users/{user_id}", get(handlers::query_user))
+        .route("/rooms/{room_alias}", get(handlers::query_room))
+        .route(
+            "/_matrix/app/unstable/thirdparty/protocol/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/unstable/thirdparty/user/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route(
+            "/_matrix/app/unstable/thirdparty/location/{protocol}",
+            get(handlers::no_protocols),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_hs_token,
+        ));
+    let operator = Router::new()
+        .route("/health/live", get(handlers::live))
+        .route("/health/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics));
+    appservice
+        .merge(operator)
+        .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND, "unrecognized request") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(
+            // Path only: query strings may carry the legacy access_token.
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,424 @@
+//! The bridge's configuration: `config.toml` plus `DAARION_BRIDGE__SECTION__KEY` overrides, and
+//! the validation that runs before anything starts.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `DAARION_BRIDGE__DATABASE__URL` sets `[database] url`.
+pub const ENV_PREFIX: &str = "DAARION_BRIDGE__";
+
+/// Values that mean "not configured yet"; `generate-registration` replaces them.
+const PLACEHOLDERS: &[&str] = &[
+    "",
+    "change_me",
+    "changeme",
+    "replace_me",
+    "generate",
+    "placeholder",
+];
+
+/// Tokens shorter than this are refused: the hs/as tokens are the only secret between the two servers.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub homeserver: HomeserverConfig,
+    pub appservice: AppserviceConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub bridge: BridgeConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub microdaos: Vec<MicrodaoDecl>,
+    #[serde(default)]
+    pub blueprints: Vec<BlueprintDecl>,
+    #[serde(default)]
+    pub agents: Vec<AgentDecl>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeserverConfig {
+    /// Client-server API base URL, e.g. `http://127.0.0.1:8008`.
+    pub url: String,
+    /// The homeserver's server name (the part after `:` in user ids).
+    pub server_name: OwnedServerName,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppserviceConfig {
+    pub id: String,
+    pub listen: SocketAddr,
+    /// How the homeserver reaches the bridge (goes into the registration).
+    pub url: String,
+    pub as_token: String,
+    pub hs_token: String,
+    #[serde(default = "default_bot_localpart")]
+    pub bot_localpart: String,
+    #[serde(default = "default_agent_prefix")]
+    pub agent_prefix: String,
+    /// Largest accepted request body; larger ones get 413 `M_TOO_LARGE`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_db_url(),
+            max_connections: default_pool(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    #[serde(default = "default_preview_chars")]
+    pub preview_chars: usize,
+    /// External id (`microdao:7`) of the microDAO that rooms without one are placed in.
+    #[serde(default)]
+    pub default_microdao: Option<String>,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self {
+            preview_chars: default_preview_chars(),
+            default_microdao: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// A `[[microdaos]]` entry, upserted at start-up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicrodaoDecl {
+    pub external_id: String,
+    pub name: String,
+}
+
+/// A `[[blueprints]]` entry, upserted at start-up by `code`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueprintDecl {
+    pub code: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// An `[[agents]]` entry, upserted at start-up by `external_id`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDecl {
+    /// `agent:sofia`; the part after `agent:` names the puppet (`@{agent_prefix}sofia`).
+    pub external_id: String,
+    pub name: String,
+    #[serde(default = "default_agent_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub blueprint: Option<String>,
+    #[serde(default)]
+    pub microdao: Option<String>,
+    /// Overrides the puppet localpart suffix (defaults to the external id after `agent:`).
+    #[serde(default)]
+    pub localpart: Option<String>,
+}
+
+fn default_bot_localpart() -> String {
+    "daarion".into()
+}
+fn default_agent_prefix() -> String {
+    "agent_".into()
+}
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_db_url() -> String {
+    "sqlite://daarion-bridge.db".into()
+}
+fn default_pool() -> u32 {
+    10
+}
+fn default_preview_chars() -> usize {
+    500
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_agent_kind() -> String {
+    "assistant".into()
+}
+
+/// What can go wrong while loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Whether a token value is a placeholder that must be generated.
+pub fn is_placeholder(token: &str) -> bool {
+    let t = token.trim().to_ascii_lowercase();
+    PLACEHOLDERS.contains(&t.as_str()) || (t.starts_with('<') && t.ends_with('>'))
+}
+
+impl Config {
+    /// Reads `path` and applies environment overrides, without validating.
+    pub fn load_unvalidated(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            });
+        }
+        Figment::from(Toml::file(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads, overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load_unvalidated(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML string (tests), with no environment overrides.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Figment::from(Toml::string(toml))
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks everything that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_tokens()?;
+        self.validate_rest()
+    }
+
+    /// Everything but the tokens (used by `generate-registration`, which fills the tokens in).
+    pub fn validate_rest(&self) -> Result<(), ConfigError> {
+        let hs = &self.homeserver;
+        if !(hs.url.starts_with("http://") || hs.url.starts_with("https://")) {
+            return Err(invalid(
+                "homeserver.url",
+                "must start with http:// or https://",
+            ));
+        }
+        let a = &self.appservice;
+        if a.id.trim().is_empty() {
+            return Err(invalid("appservice.id", "must not be empty"));
+        }
+        if !(a.url.starts_with("http://") || a.url.starts_with("https://")) {
+            return Err(invalid(
+                "appservice.url",
+                "must start with http:// or https://",
+            ));
+        }
+        if UserId::parse(format!("@{}:{}", a.bot_localpart, hs.server_name)).is_err() {
+            return Err(invalid(
+                "appservice.bot_localpart",
+                "is not a valid Matrix localpart",
+            ));
+        }
+        if a.agent_prefix.is_empty()
+            || UserId::parse(format!("@{}x:{}", a.agent_prefix, hs.server_name)).is_err()
+        {
+            return Err(invalid(
+                "appservice.agent_prefix",
+                "must be a non-empty localpart prefix",
+            ));
+        }
+        if a.bot_localpart.starts_with(&a.agent_prefix) {
+            return Err(invalid(
+                "appservice.bot_localpart",
+                "must not start with agent_prefix (the bot is not an agent)",
+            ));
+        }
+        if a.max_body_bytes < 1024 {
+            return Err(invalid(
+                "appservice.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.bridge.preview_chars == 0 {
+            return Err(invalid("bridge.preview_chars", "must be at least 1"));
+        }
+        if let Some(d) = &self.bridge.default_microdao
+            && d.trim().is_empty()
+        {
+            return Err(invalid("bridge.default_microdao", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(invalid("logging.level", "is not a valid tracing filter"));
+        }
+        for agent in &self.agents {
+            if !agent.external_id.starts_with("agent:") && agent.localpart.is_none() {
+                return Err(invalid(
+                    "agents.external_id",
+                    format!(
+                        "`{}` must look like `agent:NAME` (or set `localpart`)",
+                        agent.external_id
+                    ),
+                ));
+            }
+            let mxid = self.agent_user_id(agent);
+            if mxid.is_none() {
+                return Err(invalid(
+                    "agents.localpart",
+                    format!(
+                        "agent `{}` does not give a valid Matrix user id",
+                        agent.external_id
+                    ),
+                ));
+            }
+            if let Some(bp) = &agent.blueprint
+                && !self.blueprints.iter().any(|b| &b.code == bp)
+            {
+                return Err(invalid(
+                    "agents.blueprint",
+                    format!(
+                        "agent `{}` names unknown blueprint `{bp}`",
+                        agent.external_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let a = &self.appservice;
+        for (key, token) in [
+            ("appservice.as_token", &a.as_token),
+            ("appservice.hs_token", &a.hs_token),
+        ] {
+            if is_placeholder(token) {
+                return Err(invalid(
+                    key,
+                    "is a placeholder: run `daarion-bridge generate-registration` to generate tokens",
+                ));
+            }
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(invalid(
+                    key,
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+        }
+        if a.as_token == a.hs_token {
+            return Err(invalid("appservice.hs_token", "must differ from as_token"));
+        }
+        Ok(())
+    }
+
+    /// `@{bot_localpart}:{server_name}`.
+    pub fn bot_user_id(&self) -> OwnedUserId {
+        UserId::parse(format!(
+            "@{}:{}",
+            self.appservice.bot_localpart, self.homeserver.server_name
+        ))
+        .expect("validated at start-up")
+    }
+
+    /// The puppet id of a declared agent: `@{agent_prefix}{name}:{server_name}`.
+    pub fn agent_user_id(&self, agent: &AgentDecl) -> Option<OwnedUserId> {
+        let name = agent
+            .localpart
+            .clone()
+            .or_else(|| agent.external_id.strip_prefix("agent:").map(str::to_owned))?;
+        UserId::parse(format!(
+            "@{}{}:{}",
+            self.appservice.agent_prefix,
+            name.to_ascii_lowercase(),
+            self.homeserver.server_name
+        ))
+        .ok()
+    }
+
+    /// Whether `user_id` is in the bridge's exclusive puppet namespace.
+    pub fn is_puppet(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.homeserver.server_name
+            && user_id
+                .localpart()
+                .starts_with(&self.appservice.agent_prefix)
+    }
+}

@@ -1,0 +1,204 @@
+//! The bridge's client of the homeserver's client-server API: ruma request types sent with
+//! reqwest, authenticated with the as_token (header only), acting as the bot or, by identity
+//! assertion (`?user_id=`), as a puppet.
+
+use std::{borrow::Cow, collections::BTreeMap, time::Duration};
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, UserId,
+    api::{
+        AppserviceUserIdentity, IncomingResponseExt, OutgoingRequest, OutgoingRequestAppserviceExt,
+        SupportedVersions,
+        auth_scheme::SendAccessToken,
+        client::{
+            account::register,
+            appservice::request_ping,
+            membership::{join_room_by_id, leave_room},
+            state::get_state_events,
+        },
+        path_builder::PathBuilder,
+    },
+    events::AnyStateEvent,
+    serde::Raw,
+};
+
+/// Errors talking to the homeserver.
+#[derive(Debug, thiserror::Error)]
+pub enum HsError {
+    #[error("homeserver unreachable: {0}")]
+    Network(#[from] reqwest::Error),
+    #[error("homeserver answered {status}: {errcode} {message}")]
+    Matrix {
+        status: u16,
+        errcode: String,
+        message: String,
+    },
+    #[error("unexpected homeserver response: {0}")]
+    Response(String),
+    #[error("cannot build request: {0}")]
+    Request(String),
+}
+
+impl HsError {
+    /// Whether trying again later may succeed (network, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            HsError::Network(_) => true,
+            HsError::Matrix { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Homeserver {
+    http: reqwest::Client,
+    base: String,
+    as_token: String,
+    bot: OwnedUserId,
+    versions: SupportedVersions,
+}
+
+impl Homeserver {
+    pub fn new(base: &str, as_token: &str, bot: OwnedUserId) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("reqwest client");
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            as_token: as_token.to_owned(),
+            bot,
+            versions: SupportedVersions::from_parts(&["v1.11".to_owned()], &BTreeMap::new()),
+        }
+    }
+
+    pub fn bot(&self) -> &UserId {
+        &self.bot
+    }
+
+    async fn send<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+        path: <R::PathBuilder as PathBuilder>::Input<'_>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest + OutgoingRequestAppserviceExt,
+        for<'a> R::Authentication:
+            ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
+    {
+        // The bot is the registration's sender: no identity assertion needed for it.
+        let identity = match as_user {
+            Some(user) if user != self.bot => AppserviceUserIdentity::new(user),
+            _ => AppserviceUserIdentity::default(),
+        };
+        let http_request = request
+            .try_into_http_request_with_identity::<Vec<u8>>(
+                &self.base,
+                SendAccessToken::Appservice(&self.as_token),
+                identity,
+                path,
+            )
+            .map_err(|e| HsError::Request(e.to_string()))?;
+        let request = reqwest::Request::try_from(http_request)?;
+        let response = self.http.execute(request).await?;
+        let status = response.status();
+        let mut builder = axum::http::Response::builder().status(status);
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let body = response.bytes().await?;
+        let http_response = builder
+            .body(body.as_ref())
+            .map_err(|e| HsError::Response(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| match e {
+            ruma::api::error::FromHttpResponseError::Server(err) => {
+                let (errcode, message) = match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(v) => (
+                        v["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+                        v["error"].as_str().unwrap_or("").to_owned(),
+                    ),
+                    Err(_) => ("M_UNKNOWN".to_owned(), err.to_string()),
+                };
+                HsError::Matrix {
+                    status: status.as_u16(),
+                    errcode,
+                    message,
+                }
+            }
+            other => HsError::Response(other.to_string()),
+        })
+    }
+
+    fn versions(&self) -> Cow<'_, SupportedVersions> {
+        Cow::Borrowed(&self.versions)
+    }
+
+    /// `POST /_matrix/client/v1/appservice/{id}/ping`: checks the homeserver can reach us, and
+    /// makes it retry failed transactions at once.
+    pub async fn ping(&self, appservice_id: &str) -> Result<Duration, HsError> {
+        let response = self
+            .send(
+                request_ping::v1::Request::new(appservice_id.to_owned()),
+                None,
+                self.versions(),
+            )
+            .await?;
+        Ok(response.duration)
+    }
+
+    /// Registers a puppet (`m.login.application_service`, no device); `M_USER_IN_USE` is success.
+    pub async fn ensure_registered(&self, localpart: &str) -> Result<(), HsError> {
+        let mut request = register::v3::Request::new();
+        request.username = Some(localpart.to_owned());
+        request.login_type = Some(register::LoginType::ApplicationService);
+        request.inhibit_login = true;
+        match self.send(request, None, self.versions()).await {
+            Ok(_) => Ok(()),
+            Err(HsError::Matrix { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn join(&self, room_id: &OwnedRoomId, as_user: &UserId) -> Result<(), HsError> {
+        self.send(
+            join_room_by_id::v3::Request::new(room_id.clone()),
+            Some(as_user),
+            self.versions(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn leave(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        reason: &str,
+    ) -> Result<(), HsError> {
+        let mut request = leave_room::v3::Request::new(room_id.clone());
+        request.reason = Some(reason.to_owned());
+        self.send(request, Some(as_user), self.versions()).await?;
+        Ok(())
+    }
+
+    /// The room's full current state, read as `as_user`.
+    pub async fn room_state(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+    ) -> Result<Vec<Raw<AnyStateEvent>>, HsError> {
+        let response = self
+            .send(
+                get_state_events::v3::Request::new(room_id.clone()),
+                Some(as_user),
+                self.versions(),
+            )
+            .await?;
+        Ok(response.room_state)
+    }
+}

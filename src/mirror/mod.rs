@@ -1,0 +1,962 @@
+//! The mirror: turns room events into DAARION rows. It plans a [`Batch`] in memory from the
+//! events (in the order received) and the room state it caches, hands the batch to the store as
+//! one database transaction, and only then updates its caches and schedules follow-ups (joins,
+//! invite rejections, state reads), so nothing it remembers was not committed.
+
+pub mod event;
+pub mod followup;
+pub mod preview;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+};
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::{
+        room::{
+            canonical_alias::RoomCanonicalAliasEventContent,
+            create::RoomCreateEventContent,
+            join_rules::{JoinRule, RoomJoinRulesEventContent},
+            member::{MembershipState, RoomMemberEventContent},
+            message::{Relation, RoomMessageEventContent},
+            name::RoomNameEventContent,
+            power_levels::RoomPowerLevelsEventContent,
+            redaction::RoomRedactionEventContent,
+            topic::RoomTopicEventContent,
+        },
+        sticker::StickerEventContent,
+    },
+    serde::Raw,
+};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use self::event::{DAARION_CHANNEL, DaarionChannelContent, Envelope, InviteUnsigned, RelatesTo};
+use crate::{
+    config::Config,
+    db::{
+        Batch, ChannelWrite, Edit, MemberJoin, MemberLeave, NameSource, NewChannel, NewMessage,
+        PowerLevels, Redaction, RoleChange, Store, StoreError, StoredAgent, Visibility, types::Ts,
+    },
+    ids::MicrodaoId,
+    metrics::Metrics,
+};
+
+pub use self::followup::FollowUp;
+
+/// What the mirror remembers of a mirrored room.
+#[derive(Debug, Clone)]
+pub struct RoomState {
+    pub microdao_id: MicrodaoId,
+    pub name: String,
+    pub name_source: NameSource,
+    pub alias: Option<String>,
+    pub topic: Option<String>,
+    pub visibility: Visibility,
+    pub visibility_pinned: bool,
+    pub power: PowerLevels,
+}
+
+/// Outcome of applying one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Effects committed.
+    Committed,
+    /// The txnId was already applied; nothing changed.
+    Replay,
+}
+
+/// How many known senders the mirror remembers before starting afresh (bounds memory).
+const KNOWN_USERS_CAP: usize = 100_000;
+
+pub struct Mirror {
+    store: Store,
+    config: Arc<Config>,
+    bot: OwnedUserId,
+    pub(crate) metrics: Arc<Metrics>,
+    rooms: Mutex<HashMap<OwnedRoomId, RoomState>>,
+    known_users: Mutex<HashSet<String>>,
+    agents: RwLock<HashMap<String, StoredAgent>>,
+    ignored_logged: Mutex<HashSet<OwnedRoomId>>,
+    default_microdao: Option<MicrodaoId>,
+    follow_ups: mpsc::Sender<FollowUp>,
+}
+
+/// Per-transaction working state of the planner.
+struct Planner<'m> {
+    mirror: &'m Mirror,
+    rooms: HashMap<OwnedRoomId, Work>,
+    users: Vec<String>,
+    users_seen: HashSet<String>,
+    members: HashMap<(OwnedRoomId, OwnedUserId), Member>,
+    member_order: Vec<(OwnedRoomId, OwnedUserId)>,
+    batch: Batch,
+    message_ids: HashSet<String>,
+    follow_ups: Vec<FollowUp>,
+    sync: bool,
+}
+
+/// A finished plan: the batch to write and what the caches learn once it is committed.
+struct Finished {
+    batch: Batch,
+    rooms: Vec<(OwnedRoomId, RoomState)>,
+    users: Vec<String>,
+    follow_ups: Vec<FollowUp>,
+}
+
+struct Work {
+    state: RoomState,
+    create: Option<NewChannel>,
+    dirty: bool,
+}
+
+struct Member {
+    is_agent: bool,
+    join: Option<(Ts, &'static str)>,
+    leave: Option<Ts>,
+}
+
+impl Mirror {
+    /// Builds the mirror; loads agents and the default microDAO.
+    pub async fn new(
+        store: Store,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        follow_ups: mpsc::Sender<FollowUp>,
+    ) -> Result<Self, StoreError> {
+        let default_microdao = match &config.bridge.default_microdao {
+            Some(ext) => store.microdao_by_external_id(ext).await?,
+            None => None,
+        };
+        let mirror = Self {
+            bot: config.bot_user_id(),
+            store,
+            config,
+            metrics,
+            rooms: Mutex::default(),
+            known_users: Mutex::default(),
+            agents: RwLock::default(),
+            ignored_logged: Mutex::default(),
+            default_microdao,
+            follow_ups,
+        };
+        mirror.reload_agents().await?;
+        Ok(mirror)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn bot(&self) -> &UserId {
+        &self.bot
+    }
+
+    /// Re-reads the agents table (agents may be added by other services).
+    pub async fn reload_agents(&self) -> Result<(), StoreError> {
+        let agents = self.store.agents().await?;
+        let map = agents
+            .into_iter()
+            .map(|a| (a.matrix_id.clone(), a))
+            .collect();
+        *self.agents.write().expect("agents lock") = map;
+        Ok(())
+    }
+
+    /// The agent behind a puppet id, if any.
+    pub fn agent(&self, user_id: &str) -> Option<StoredAgent> {
+        self.agents
+            .read()
+            .expect("agents lock")
+            .get(user_id)
+            .cloned()
+    }
+
+    /// Applies one homeserver transaction. Events are applied in order; malformed or unknown
+    /// events are counted and skipped.
+    pub async fn apply_transaction(
+        &self,
+        txn_id: &str,
+        events: &[Raw<ruma::events::AnyTimelineEvent>],
+    ) -> Result<Applied, StoreError> {
+        let raws: Vec<&RawValue> = events.iter().map(|r| r.json()).collect();
+        self.apply(Some(txn_id), None, &raws, false).await
+    }
+
+    /// Applies a room's full state read from the homeserver (after a join).
+    pub async fn apply_room_state(
+        &self,
+        room_id: &RoomId,
+        state: &[&RawValue],
+    ) -> Result<Applied, StoreError> {
+        self.apply(None, Some(room_id), state, true).await
+    }
+
+    async fn apply(
+        &self,
+        txn_id: Option<&str>,
+        room: Option<&RoomId>,
+        raws: &[&RawValue],
+        sync: bool,
+    ) -> Result<Applied, StoreError> {
+        let mut envelopes = Vec::with_capacity(raws.len());
+        for raw in raws {
+            match serde_json::from_str::<Envelope<'_>>(raw.get()) {
+                Ok(mut env) => {
+                    if env.room_id.is_none() {
+                        env.room_id = room.map(ToOwned::to_owned);
+                    }
+                    if env.room_id.is_some() {
+                        envelopes.push(env);
+                    } else {
+                        self.metrics.event("unknown", "malformed");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(txn_id, %error, "skipping malformed event");
+                    self.metrics.event("unknown", "malformed");
+                }
+            }
+        }
+
+        let mut planner = Planner::new(self, sync);
+        planner.load(&envelopes).await?;
+        for env in &envelopes {
+            planner.event(env).await?;
+        }
+        let Finished {
+            batch,
+            rooms,
+            users,
+            follow_ups,
+        } = planner.finish(txn_id, raws.len());
+
+        if txn_id.is_none() && batch.is_empty() {
+            return Ok(Applied::Committed);
+        }
+        if !self.store.apply(&batch).await? {
+            return Ok(Applied::Replay);
+        }
+
+        // Committed: now the caches may learn what the database holds.
+        self.rooms.lock().expect("rooms lock").extend(rooms);
+        {
+            let mut known = self.known_users.lock().expect("users lock");
+            if known.len() + users.len() > KNOWN_USERS_CAP {
+                known.clear();
+            }
+            known.extend(users);
+        }
+        for f in follow_ups {
+            if self.follow_ups.try_send(f).is_err() {
+                tracing::warn!("follow-up queue full; dropping a join/reject request");
+                self.metrics.follow_up_dropped.inc();
+            }
+        }
+        Ok(Applied::Committed)
+    }
+
+    fn log_ignored(&self, room_id: &RoomId, why: &str) {
+        if self
+            .ignored_logged
+            .lock()
+            .expect("ignored lock")
+            .insert(room_id.to_owned())
+        {
+            tracing::info!(%room_id, why, "ignoring events of a room that is not mirrored");
+        }
+    }
+}
+
+impl<'m> Planner<'m> {
+    fn new(mirror: &'m Mirror, sync: bool) -> Self {
+        Self {
+            mirror,
+            rooms: HashMap::new(),
+            users: Vec::new(),
+            users_seen: HashSet::new(),
+            members: HashMap::new(),
+            member_order: Vec::new(),
+            batch: Batch::default(),
+            message_ids: HashSet::new(),
+            follow_ups: Vec::new(),
+            sync,
+        }
+    }
+
+    /// Loads the state of every room and sender the events touch: from the cache, else with
+    /// one query per kind.
+    async fn load(&mut self, envelopes: &[Envelope<'_>]) -> Result<(), StoreError> {
+        let mut missing: Vec<&str> = Vec::new();
+        {
+            let cache = self.mirror.rooms.lock().expect("rooms lock");
+            for env in envelopes {
+                let room_id = env.room_id.as_ref().expect("checked");
+                if self.rooms.contains_key(room_id) || missing.contains(&room_id.as_str()) {
+                    continue;
+                }
+                match cache.get(room_id) {
+                    Some(state) => {
+                        self.rooms.insert(
+                            room_id.clone(),
+                            Work {
+                                state: state.clone(),
+                                create: None,
+                                dirty: false,
+                            },
+                        );
+                    }
+                    None => missing.push(room_id.as_str()),
+                }
+            }
+        }
+        for stored in self.mirror.store.load_rooms(&missing).await? {
+            let Ok(room_id) = RoomId::parse(&stored.room_id) else {
+                continue;
+            };
+            let state = RoomState {
+                microdao_id: stored.microdao_id,
+                name: stored.name,
+                name_source: stored.name_source,
+                alias: None,
+                topic: stored.topic,
+                visibility: stored.visibility,
+                visibility_pinned: stored.visibility_pinned,
+                power: stored.power_levels,
+            };
+            self.rooms.insert(
+                room_id,
+                Work {
+                    state,
+                    create: None,
+                    dirty: false,
+                },
+            );
+        }
+
+        let mut senders: Vec<&str> = Vec::new();
+        {
+            let known = self.mirror.known_users.lock().expect("users lock");
+            for env in envelopes {
+                for user in [Some(env.sender.as_str()), env.state_key.as_deref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if user.starts_with('@')
+                        && !known.contains(user)
+                        && !senders.contains(&user)
+                        && !self.is_bridge_user(user)
+                    {
+                        senders.push(user);
+                    }
+                }
+            }
+        }
+        let found = self.mirror.store.known_users(&senders).await?;
+        self.users_seen.extend(found);
+        Ok(())
+    }
+
+    fn is_bridge_user(&self, user: &str) -> bool {
+        user == self.mirror.bot.as_str()
+            || UserId::parse(user).is_ok_and(|u| self.mirror.config.is_puppet(&u))
+    }
+
+    /// Makes sure a human has a `users` row by the end of the batch.
+    fn ensure_user(&mut self, user: &UserId) {
+        let id = user.as_str();
+        if self.users_seen.contains(id)
+            || self
+                .mirror
+                .known_users
+                .lock()
+                .expect("users lock")
+                .contains(id)
+        {
+            return;
+        }
+        self.users_seen.insert(id.to_owned());
+        self.users.push(id.to_owned());
+    }
+
+    async fn event(&mut self, env: &Envelope<'_>) -> Result<(), StoreError> {
+        let room_id = env.room_id.clone().expect("checked");
+        let kind = metric_kind(&env.kind);
+        if !self.rooms.contains_key(&room_id) && !self.try_adopt(&room_id, env).await? {
+            self.mirror.metrics.event(kind, "ignored_room");
+            self.mirror.log_ignored(
+                &room_id,
+                "no channel, no city.daarion.channel state, no invite",
+            );
+            return Ok(());
+        }
+        let outcome = match self.route(&room_id, env) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(%room_id, event_id = %env.event_id, kind = %env.kind, %error, "skipping malformed event content");
+                "malformed"
+            }
+        };
+        self.mirror.metrics.event(kind, outcome);
+        Ok(())
+    }
+
+    /// Decides whether an event makes an unmirrored room a channel, and creates it if so.
+    async fn try_adopt(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+    ) -> Result<bool, StoreError> {
+        let mirror = self.mirror;
+        let (microdao_id, slug, visibility, via_user) = if env.kind == DAARION_CHANNEL
+            && env.state_key.is_some()
+        {
+            let Ok(content) = env.content::<DaarionChannelContent>() else {
+                return Ok(false);
+            };
+            let Some(id) = mirror
+                .store
+                .microdao_by_external_id(&content.microdao)
+                .await?
+            else {
+                tracing::warn!(%room_id, microdao = %content.microdao, "city.daarion.channel names an unknown microDAO");
+                return Ok(false);
+            };
+            (
+                id,
+                content.slug,
+                content.visibility.as_deref().and_then(Visibility::parse),
+                None,
+            )
+        } else if env.kind == "m.room.member" {
+            let Some(target) = env.state_key.as_deref().and_then(|s| UserId::parse(s).ok()) else {
+                return Ok(false);
+            };
+            let Ok(member) = env.content::<RoomMemberEventContent>() else {
+                return Ok(false);
+            };
+            if !matches!(
+                member.membership,
+                MembershipState::Invite | MembershipState::Join
+            ) {
+                return Ok(false);
+            }
+            let microdao = if target == mirror.bot {
+                mirror.default_microdao
+            } else if mirror.config.is_puppet(&target) {
+                match mirror.agent(target.as_str()) {
+                    Some(agent) => agent.microdao_id.or(mirror.default_microdao),
+                    None => {
+                        if member.membership == MembershipState::Invite {
+                            self.follow_ups.push(FollowUp::Reject {
+                                room_id: room_id.to_owned(),
+                                user_id: target,
+                                reason: "this agent does not exist".into(),
+                            });
+                        }
+                        return Ok(false);
+                    }
+                }
+            } else {
+                return Ok(false);
+            };
+            let Some(microdao) = microdao else {
+                if member.membership == MembershipState::Invite {
+                    self.follow_ups.push(FollowUp::Reject {
+                        room_id: room_id.to_owned(),
+                        user_id: target,
+                        reason: "this bridge has no microDAO to place the room in".into(),
+                    });
+                }
+                return Ok(false);
+            };
+            (microdao, None, None, Some(target))
+        } else {
+            return Ok(false);
+        };
+
+        // Name the room from the invite's stripped state when there is one; the full state read
+        // after joining completes it.
+        let mut state = RoomState {
+            microdao_id,
+            name: room_id.to_string(),
+            name_source: NameSource::Id,
+            alias: None,
+            topic: None,
+            visibility: visibility.unwrap_or(Visibility::Private),
+            visibility_pinned: visibility.is_some(),
+            power: PowerLevels::default(),
+        };
+        if let Some(unsigned) = env.unsigned
+            && let Ok(invite) = serde_json::from_str::<InviteUnsigned>(unsigned.get())
+        {
+            for stripped in &invite.invite_room_state {
+                apply_state_content(&mut state, &stripped.kind, stripped.content.get());
+            }
+        }
+        let slug = slugify(slug.as_deref().unwrap_or_else(|| {
+            state
+                .alias
+                .as_deref()
+                .map(alias_localpart)
+                .unwrap_or(&state.name)
+        }));
+        let (created_by_user, created_by_agent) = match &via_user {
+            Some(u) if mirror.config.is_puppet(u) => (None, Some(u.to_string())),
+            _ if !self.is_bridge_user(env.sender.as_str()) => {
+                self.ensure_user(&env.sender);
+                (Some(env.sender.to_string()), None)
+            }
+            _ => (None, None),
+        };
+        tracing::info!(%room_id, microdao_id = %microdao_id, "mirroring a new room");
+        self.rooms.insert(
+            room_id.to_owned(),
+            Work {
+                state,
+                create: Some(NewChannel {
+                    microdao_id,
+                    slug,
+                    created_by_user,
+                    created_by_agent,
+                }),
+                dirty: true,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Applies one event of a mirrored room to the plan. Returns the metric outcome.
+    fn route(&mut self, room_id: &RoomId, env: &Envelope<'_>) -> serde_json::Result<&'static str> {
+        let at = Ts::from_millis(env.ts_millis());
+        let is_state = env.state_key.is_some();
+        match (&*env.kind, is_state) {
+            ("m.room.message", false) => {
+                let content: RoomMessageEventContent = env.content()?;
+                let is_reply = matches!(content.relates_to, Some(Relation::Reply { .. }));
+                if let Some(Relation::Replacement(replacement)) = &content.relates_to {
+                    let preview = preview::of_msgtype(
+                        &replacement.new_content.msgtype,
+                        env.sender.localpart(),
+                        false,
+                    );
+                    self.batch.edits.push(Edit {
+                        target_event_id: replacement.event_id.to_string(),
+                        sender: env.sender.to_string(),
+                        preview: self.cut(&preview),
+                        at,
+                    });
+                    return Ok("mirrored");
+                }
+                let preview =
+                    preview::of_msgtype(&content.msgtype, env.sender.localpart(), is_reply);
+                Ok(self.message(room_id, env, preview, at))
+            }
+            ("m.sticker", false) => {
+                let content: StickerEventContent = env.content()?;
+                Ok(self.message(room_id, env, format!("[sticker] {}", content.body), at))
+            }
+            ("m.room.encrypted", false) => {
+                let rel: RelatesTo = env.content()?;
+                if rel.relates_to.and_then(|r| r.rel_type).as_deref() == Some("m.replace") {
+                    // An encrypted edit: its new text is unreadable, the original row stays.
+                    return Ok("skipped");
+                }
+                Ok(self.message(room_id, env, "[encrypted]".into(), at))
+            }
+            ("m.room.redaction", false) => {
+                let content: RoomRedactionEventContent = env.content()?;
+                let Some(target) = content.redacts.or_else(|| env.redacts.clone()) else {
+                    return Ok("malformed");
+                };
+                self.batch.redactions.push(Redaction {
+                    target_event_id: target.to_string(),
+                    at,
+                });
+                Ok("mirrored")
+            }
+            ("m.room.member", true) => self.member(room_id, env, at),
+            ("m.room.power_levels", true) => {
+                let content: RoomPowerLevelsEventContent = env.content()?;
+                let work = self.rooms.get_mut(room_id).expect("adopted");
+                let mut power = PowerLevels {
+                    users: content
+                        .users
+                        .iter()
+                        .map(|(u, l)| (u.to_string(), i64::from(*l)))
+                        .collect(),
+                    users_default: i64::from(content.users_default),
+                    creators: work.state.power.creators.clone(),
+                };
+                std::mem::swap(&mut work.state.power, &mut power);
+                work.dirty = true;
+                let (old, new) = (power, work.state.power.clone());
+                let affected: HashSet<&String> = old.users.keys().chain(new.users.keys()).collect();
+                for user in affected {
+                    if old.role(user) != new.role(user) && !self.is_bridge_user(user) {
+                        self.batch.roles.push(RoleChange {
+                            room_id: room_id.to_string(),
+                            user_id: user.clone(),
+                            role: new.role(user),
+                        });
+                    }
+                }
+                Ok("mirrored")
+            }
+            ("m.room.create", true) => {
+                let content: RoomCreateEventContent = env.content()?;
+                let work = self.rooms.get_mut(room_id).expect("adopted");
+                // Room v12 creators hold unlimited power without being listed in power levels.
+                if content.room_version.as_str() == "12" {
+                    let mut creators = vec![env.sender.to_string()];
+                    creators.extend(content.additional_creators.iter().map(|u| u.to_string()));
+                    work.state.power.creators = creators;
+                    work.dirty = true;
+                }
+                Ok("mirrored")
+            }
+            (
+                kind @ ("m.room.name"
+                | "m.room.topic"
+                | "m.room.canonical_alias"
+                | "m.room.join_rules"),
+                true,
+            ) => {
+                let work = self.rooms.get_mut(room_id).expect("adopted");
+                if apply_state_content(&mut work.state, kind, env.content.get()) {
+                    work.dirty = true;
+                }
+                Ok("mirrored")
+            }
+            (DAARION_CHANNEL, true) => {
+                let content: DaarionChannelContent = env.content()?;
+                let work = self.rooms.get_mut(room_id).expect("adopted");
+                if let Some(v) = content.visibility.as_deref().and_then(Visibility::parse) {
+                    work.state.visibility = v;
+                    work.state.visibility_pinned = true;
+                    work.dirty = true;
+                }
+                Ok("mirrored")
+            }
+            _ => Ok("ignored_type"),
+        }
+    }
+
+    fn cut(&self, preview: &str) -> String {
+        preview::truncate(preview, self.mirror.config.bridge.preview_chars)
+    }
+
+    fn message(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        preview: String,
+        at: Ts,
+    ) -> &'static str {
+        let sender = env.sender.as_str();
+        if sender == self.mirror.bot.as_str() {
+            return "skipped";
+        }
+        let is_agent = self.mirror.config.is_puppet(&env.sender);
+        if is_agent && self.mirror.agent(sender).is_none() {
+            return "skipped";
+        }
+        if !self.message_ids.insert(env.event_id.to_string()) {
+            return "duplicate";
+        }
+        if !is_agent {
+            self.ensure_user(&env.sender);
+        }
+        self.batch.messages.push(NewMessage {
+            room_id: room_id.to_string(),
+            event_id: env.event_id.to_string(),
+            sender: sender.to_owned(),
+            is_agent,
+            preview: self.cut(&preview),
+            at,
+        });
+        "mirrored"
+    }
+
+    fn member(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        at: Ts,
+    ) -> serde_json::Result<&'static str> {
+        let content: RoomMemberEventContent = env.content()?;
+        let Some(target) = env.state_key.as_deref().and_then(|s| UserId::parse(s).ok()) else {
+            return Ok("malformed");
+        };
+        let mirror = self.mirror;
+        if target == mirror.bot {
+            if content.membership == MembershipState::Invite && !self.sync {
+                self.follow_ups.push(FollowUp::Join {
+                    room_id: room_id.to_owned(),
+                    user_id: target,
+                });
+            }
+            return Ok("mirrored");
+        }
+        let is_agent = mirror.config.is_puppet(&target);
+        if is_agent {
+            let Some(agent) = mirror.agent(target.as_str()) else {
+                return Ok("skipped");
+            };
+            if content.membership == MembershipState::Invite && !self.sync {
+                let microdao = self.rooms.get(room_id).map(|w| w.state.microdao_id);
+                if agent.microdao_id.is_none() || agent.microdao_id == microdao {
+                    self.follow_ups.push(FollowUp::Join {
+                        room_id: room_id.to_owned(),
+                        user_id: target,
+                    });
+                } else {
+                    self.follow_ups.push(FollowUp::Reject {
+                        room_id: room_id.to_owned(),
+                        user_id: target,
+                        reason: "this agent belongs to another microDAO".into(),
+                    });
+                }
+                return Ok("mirrored");
+            }
+        }
+        let joined = match content.membership {
+            MembershipState::Join => true,
+            MembershipState::Leave | MembershipState::Ban => false,
+            _ => return Ok("ignored_type"),
+        };
+        if joined && !is_agent {
+            self.ensure_user(&target);
+        }
+        let role = if is_agent {
+            "agent"
+        } else {
+            self.rooms
+                .get(room_id)
+                .expect("adopted")
+                .state
+                .power
+                .role(target.as_str())
+        };
+        let key = (room_id.to_owned(), target);
+        let entry = self.members.entry(key.clone()).or_insert_with(|| {
+            self.member_order.push(key);
+            Member {
+                is_agent,
+                join: None,
+                leave: None,
+            }
+        });
+        if joined {
+            entry.join = Some((at, role));
+            entry.leave = None;
+        } else {
+            entry.leave = Some(at);
+        }
+        Ok("mirrored")
+    }
+
+    /// Collapses the plan into the batch and the cache updates to apply after commit.
+    fn finish(mut self, txn_id: Option<&str>, event_count: usize) -> Finished {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.txn = txn_id.map(|t| (t.to_owned(), i32::try_from(event_count).unwrap_or(i32::MAX)));
+        for (room_id, work) in &self.rooms {
+            if work.dirty || work.create.is_some() || self.sync {
+                batch.channels.push(ChannelWrite {
+                    room_id: room_id.to_string(),
+                    create: work.create.clone(),
+                    name: work.state.name.clone(),
+                    name_source: work.state.name_source,
+                    topic: work.state.topic.clone(),
+                    visibility: work.state.visibility,
+                    visibility_pinned: work.state.visibility_pinned,
+                    power_levels: work.state.power.clone(),
+                    state_synced: self.sync,
+                });
+            }
+        }
+        // New channels first so later statements can join on them; then stable order.
+        batch.channels.sort_by_key(|c| c.create.is_none());
+        for key in &self.member_order {
+            let m = &self.members[key];
+            if let Some((at, role)) = m.join {
+                batch.joins.push(MemberJoin {
+                    room_id: key.0.to_string(),
+                    user_id: key.1.to_string(),
+                    is_agent: m.is_agent,
+                    role,
+                    at,
+                });
+            }
+            if let Some(at) = m.leave {
+                batch.leaves.push(MemberLeave {
+                    room_id: key.0.to_string(),
+                    user_id: key.1.to_string(),
+                    is_agent: m.is_agent,
+                    at,
+                });
+            }
+        }
+        // Several edits of one message in one batch: the newest wins.
+        let mut newest: HashMap<String, usize> = HashMap::new();
+        for (i, e) in batch.edits.iter().enumerate() {
+            match newest.get(&e.target_event_id) {
+                Some(&j) if batch.edits[j].at > e.at => {}
+                _ => {
+                    newest.insert(e.target_event_id.clone(), i);
+                }
+            }
+        }
+        let keep: HashSet<usize> = newest.into_values().collect();
+        batch.edits = batch
+            .edits
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep.contains(i))
+            .map(|(_, e)| e)
+            .collect();
+        batch.users = std::mem::take(&mut self.users);
+        let rooms = self
+            .rooms
+            .into_iter()
+            .map(|(id, w)| (id, w.state))
+            .collect();
+        let users = batch.users.clone();
+        Finished {
+            batch,
+            rooms,
+            users,
+            follow_ups: self.follow_ups,
+        }
+    }
+}
+
+/// Applies name/topic/alias/join-rules content to a room state; returns whether it changed.
+fn apply_state_content(state: &mut RoomState, kind: &str, content: &str) -> bool {
+    let before = (
+        state.name.clone(),
+        state.topic.clone(),
+        state.visibility,
+        state.alias.clone(),
+    );
+    match kind {
+        "m.room.name" => {
+            if let Ok(c) = serde_json::from_str::<RoomNameEventContent>(content)
+                && !c.name.trim().is_empty()
+            {
+                state.name = c.name.trim().to_owned();
+                state.name_source = NameSource::Name;
+            } else if state.name_source == NameSource::Name {
+                // The name was removed: fall back to the alias, then the room id.
+                state.name_source = NameSource::Id;
+                if let Some(alias) = state.alias.clone() {
+                    state.name = alias;
+                    state.name_source = NameSource::Alias;
+                }
+            }
+        }
+        "m.room.topic" => {
+            if let Ok(c) = serde_json::from_str::<RoomTopicEventContent>(content) {
+                state.topic = Some(c.topic).filter(|t| !t.is_empty());
+            }
+        }
+        "m.room.canonical_alias" => {
+            if let Ok(c) = serde_json::from_str::<RoomCanonicalAliasEventContent>(content) {
+                state.alias = c.alias.map(|a| a.to_string());
+                if state.name_source <= NameSource::Alias
+                    && let Some(alias) = &state.alias
+                {
+                    state.name = alias.clone();
+                    state.name_source = NameSource::Alias;
+                }
+            }
+        }
+        "m.room.join_rules" => {
+            if let Ok(c) = serde_json::from_str::<RoomJoinRulesEventContent>(content)
+                && !state.visibility_pinned
+            {
+                state.visibility = match c.join_rule {
+                    JoinRule::Public => Visibility::Public,
+                    JoinRule::Restricted(_) | JoinRule::KnockRestricted(_) => Visibility::Microdao,
+                    _ => Visibility::Private,
+                };
+            }
+        }
+        _ => {}
+    }
+    before
+        != (
+            state.name.clone(),
+            state.topic.clone(),
+            state.visibility,
+            state.alias.clone(),
+        )
+}
+
+/// `#general:example.org` → `general`.
+fn alias_localpart(alias: &str) -> &str {
+    alias
+        .trim_start_matches('#')
+        .split(':')
+        .next()
+        .unwrap_or(alias)
+}
+
+/// Lower-case ASCII letters, digits and single dashes; never empty.
+pub fn slugify(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let out = out.trim_end_matches('-');
+    let out: String = out.chars().take(64).collect();
+    if out.is_empty() {
+        "channel".into()
+    } else {
+        out.trim_end_matches('-').to_owned()
+    }
+}
+
+/// A bounded label for the events metric.
+fn metric_kind(kind: &str) -> &'static str {
+    match kind {
+        "m.room.message" => "m.room.message",
+        "m.sticker" => "m.sticker",
+        "m.room.encrypted" => "m.room.encrypted",
+        "m.room.redaction" => "m.room.redaction",
+        "m.room.member" => "m.room.member",
+        "m.room.name" => "m.room.name",
+        "m.room.topic" => "m.room.topic",
+        "m.room.canonical_alias" => "m.room.canonical_alias",
+        "m.room.join_rules" => "m.room.join_rules",
+        "m.room.power_levels" => "m.room.power_levels",
+        "m.room.create" => "m.room.create",
+        DAARION_CHANNEL => DAARION_CHANNEL,
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(
+            slugify("Quantum Garden / General"),
+            "quantum-garden-general"
+        );
+        assert_eq!(slugify("!abc:example.org"), "abc-example-org");
+        assert_eq!(slugify("***"), "channel");
+    }
+}

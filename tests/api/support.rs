@@ -1,0 +1,461 @@
+//! Test harness: a bridge on an ephemeral port over a fresh database (SQLite file or a new
+//! PostgreSQL database per test), plus a fake homeserver that records the bridge's requests
+//! (for request shapes only; the real-Synapse proof is the e2e suite).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::Request, http::StatusCode, response::IntoResponse};
+use daarion_bridge::{
+    Bridge,
+    config::Config,
+    db::{Pool, Store},
+};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+pub const HS_TOKEN: &str = "hs_test_token_0123456789abcdefghijklmnopqrstuv";
+pub const AS_TOKEN: &str = "as_test_token_0123456789abcdefghijklmnopqrstuv";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One request the bridge sent to the fake homeserver.
+#[derive(Clone, Debug)]
+pub struct HsCall {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub auth: String,
+    pub body: Value,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeHs {
+    pub calls: Arc<Mutex<Vec<HsCall>>>,
+    /// Room state `/rooms/{roomId}/state` answers with.
+    pub state: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+}
+
+impl FakeHs {
+    pub async fn spawn() -> (Self, String) {
+        let hs = FakeHs::default();
+        let handler_hs = hs.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let hs = handler_hs.clone();
+            async move { hs.handle(req).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (hs, url)
+    }
+
+    async fn handle(&self, req: Request) -> axum::response::Response {
+        let method = req.method().to_string();
+        let path = percent_decode(req.uri().path());
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        self.calls.lock().unwrap().push(HsCall {
+            method,
+            path: path.clone(),
+            query,
+            auth,
+            body,
+        });
+        if path.ends_with("/join") {
+            let room = path.split('/').nth(5).unwrap_or("").to_owned();
+            return Json(json!({ "room_id": room })).into_response();
+        }
+        if path.ends_with("/state") {
+            let room = path.split('/').nth(5).unwrap_or("").to_owned();
+            let state = self
+                .state
+                .lock()
+                .unwrap()
+                .get(&room)
+                .cloned()
+                .unwrap_or_default();
+            return Json(Value::Array(state)).into_response();
+        }
+        if path.ends_with("/register") {
+            return Json(json!({ "user_id": "@x:localhost" })).into_response();
+        }
+        if path.contains("/appservice/") && path.ends_with("/ping") {
+            return Json(json!({ "duration_ms": 1 })).into_response();
+        }
+        if path.ends_with("/leave") {
+            return Json(json!({})).into_response();
+        }
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"errcode": "M_UNRECOGNIZED", "error": "fake"})),
+        )
+            .into_response()
+    }
+
+    pub fn calls(&self) -> Vec<HsCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until a call matching `pred` was made.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&HsCall) -> bool) -> HsCall {
+        for _ in 0..200 {
+            if let Some(c) = self.calls().into_iter().find(|c| pred(c)) {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the bridge never sent {what}; calls: {:#?}", self.calls());
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() + 1 && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub hs: FakeHs,
+    pub store: Store,
+    pub db_url: String,
+    pub backend: Backend,
+    pg_db: Option<String>,
+    _dir: Option<TempDir>,
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("DAARION_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_db_name(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("postgres url has a path");
+    format!("{base}/{db}")
+}
+
+pub fn base_config(db_url: &str, hs_url: &str) -> String {
+    format!(
+        r#"
+[homeserver]
+url = "{hs_url}"
+server_name = "localhost"
+
+[appservice]
+id = "daarion-test"
+listen = "127.0.0.1:0"
+url = "http://127.0.0.1:0"
+as_token = "{AS_TOKEN}"
+hs_token = "{HS_TOKEN}"
+bot_localpart = "daarion"
+agent_prefix = "agent_"
+max_body_bytes = 65536
+
+[database]
+url = "{db_url}"
+max_connections = 4
+
+[bridge]
+preview_chars = 40
+default_microdao = "microdao:demo"
+
+[[microdaos]]
+external_id = "microdao:demo"
+name = "Demo"
+
+[[microdaos]]
+external_id = "microdao:7"
+name = "Quantum Garden"
+
+[[blueprints]]
+code = "echo"
+model = "echo"
+
+[[agents]]
+external_id = "agent:sofia"
+name = "Sofia"
+blueprint = "echo"
+microdao = "microdao:demo"
+
+[[agents]]
+external_id = "agent:free"
+name = "Free"
+"#
+    )
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |c| c).await
+    }
+
+    /// Spawns with a config edited by `tweak` (on the TOML text).
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(String) -> String) -> Self {
+        let (hs, hs_url) = FakeHs::spawn().await;
+        let (db_url, pg_db, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir()
+                    .join(format!("daarion-test-{}", uuid::Uuid::new_v4().simple()));
+                std::fs::create_dir_all(&dir).unwrap();
+                (
+                    format!("sqlite://{}/bridge.db", dir.display()),
+                    None,
+                    Some(TempDir(dir)),
+                )
+            }
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("daarion_test_{}", uuid::Uuid::new_v4().simple());
+                let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL at {admin} is not reachable ({e}); run scripts/test.sh, which starts it")
+                });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                (with_db_name(&admin, &name), Some(name), None)
+            }
+        };
+        let toml = tweak(base_config(&db_url, &hs_url));
+        let app = Self::start(backend, &toml, hs).await;
+        TestApp {
+            db_url,
+            pg_db,
+            _dir: dir,
+            ..app
+        }
+    }
+
+    async fn start(backend: Backend, toml: &str, hs: FakeHs) -> Self {
+        let config = Config::from_toml_str(toml).expect("test config parses");
+        config.validate().expect("test config is valid");
+        let db_url = config.database.url.clone();
+        let bridge = Bridge::build(config).await.expect("bridge builds");
+        let store = bridge.state.mirror.store().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
+        TestApp {
+            addr,
+            http: reqwest::Client::new(),
+            hs,
+            store,
+            db_url,
+            backend,
+            pg_db: None,
+            _dir: None,
+        }
+    }
+
+    /// A second bridge process over the same database (a restart).
+    pub async fn restart(&self) -> TestApp {
+        let toml = base_config(&self.db_url, "http://127.0.0.1:9");
+        Self::start(self.backend, &toml, FakeHs::default()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `PUT /_matrix/app/v1/transactions/{txn}` with the hs token.
+    pub async fn put_txn(&self, txn: &str, events: Vec<Value>) -> (u16, Value) {
+        self.put_raw(
+            txn,
+            serde_json::to_vec(&json!({ "events": events })).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn put_raw(&self, txn: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(&format!("/_matrix/app/v1/transactions/{txn}")))
+            .bearer_auth(HS_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Rows of `sql` with every column read as text (cast non-text columns in the SQL).
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self.store.pool() {
+            Pool::Pg(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<Option<String>, _>(i))
+                        .collect()
+                })
+                .collect(),
+            Pool::Sqlite(pool) => sqlx::query(sql)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<Option<String>, _>(i))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// One text column of `sql`, NULL as "NULL".
+    pub async fn col(&self, sql: &str) -> Vec<String> {
+        self.rows(sql)
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_else(|| "NULL".into()))
+            .collect()
+    }
+
+    pub async fn count(&self, table: &str) -> usize {
+        self.col(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}"))
+            .await[0]
+            .parse()
+            .unwrap()
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        match self.store.pool() {
+            Pool::Pg(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+            Pool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Takes the database away: PostgreSQL refuses connections and drops the bridge's; SQLite's
+    /// pool is closed.
+    pub async fn break_db(&self) {
+        match (&self.pg_db, self.store.pool()) {
+            (Some(name), _) => {
+                let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ))
+                .execute(&admin)
+                .await
+                .unwrap();
+            }
+            (None, Pool::Sqlite(pool)) => pool.close().await,
+            (None, Pool::Pg(_)) => unreachable!(),
+        }
+    }
+
+    pub async fn heal_db(&self) {
+        if let Some(name) = &self.pg_db {
+            let admin = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+            sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Event builders.
+pub mod ev {
+    use serde_json::{Value, json};
+
+    pub const ROOM: &str = "!room:localhost";
+    pub const BOT: &str = "@daarion:localhost";
+    pub const SOFIA: &str = "@agent_sofia:localhost";
+
+    pub fn base(kind: &str, id: &str, sender: &str, content: Value) -> Value {
+        json!({
+            "type": kind, "event_id": format!("${id}"), "sender": sender, "room_id": ROOM,
+            "origin_server_ts": 1_700_000_000_000u64, "content": content,
+        })
+    }
+    pub fn in_room(mut e: Value, room: &str) -> Value {
+        e["room_id"] = json!(room);
+        e
+    }
+    pub fn at(mut e: Value, ts: u64) -> Value {
+        e["origin_server_ts"] = json!(ts);
+        e
+    }
+    pub fn state(kind: &str, id: &str, sender: &str, key: &str, content: Value) -> Value {
+        let mut e = base(kind, id, sender, content);
+        e["state_key"] = json!(key);
+        e
+    }
+    pub fn member(id: &str, sender: &str, target: &str, membership: &str) -> Value {
+        state(
+            "m.room.member",
+            id,
+            sender,
+            target,
+            json!({ "membership": membership }),
+        )
+    }
+    pub fn text(id: &str, sender: &str, body: &str) -> Value {
+        base(
+            "m.room.message",
+            id,
+            sender,
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+    }
+    /// Invites the bot with a room name in the stripped state, as Synapse sends it.
+    pub fn invite_bot(id: &str, inviter: &str, name: &str) -> Value {
+        let mut e = member(id, inviter, BOT, "invite");
+        e["unsigned"] = json!({ "invite_room_state": [
+            { "type": "m.room.name", "state_key": "", "sender": inviter, "content": { "name": name } },
+            { "type": "m.room.join_rules", "state_key": "", "sender": inviter, "content": { "join_rule": "invite" } }
+        ]});
+        e
+    }
+}
