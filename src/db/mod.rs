@@ -81,6 +81,9 @@ pub struct StoredAgent {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// SQLite has one writer at a time; queueing writers here (FIFO) beats SQLite's busy handler,
+    /// which sleeps in growing steps and turns contention into 100 ms+ tail latencies.
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -120,7 +123,10 @@ impl Store {
                 problem: "expected sqlite://… or postgres://…".into(),
             });
         };
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            write_lock: Default::default(),
+        })
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -292,7 +298,10 @@ impl Store {
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         match &self.pool {
             Pool::Pg(pool) => postgres::apply(pool, batch).await,
-            Pool::Sqlite(pool) => sqlite::apply(pool, batch).await,
+            Pool::Sqlite(pool) => {
+                let _writer = self.write_lock.lock().await;
+                sqlite::apply(pool, batch).await
+            }
         }
     }
 

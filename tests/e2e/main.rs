@@ -1,1 +1,364 @@
+//! End-to-end tests against a real Synapse on loopback (started by `scripts/synapse.sh` with the
+//! registration generated from `tests/e2e/config.toml`): a person creates a room, invites the
+//! bridge bot, chats; the DAARION rows are asserted, on SQLite and on PostgreSQL.
 
+use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
+
+use daarion_bridge::{Bridge, config::Config, db::Pool, registration};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn homeserver() -> String {
+    std::env::var("DAARION_E2E_HOMESERVER").unwrap_or_else(|_| "http://127.0.0.1:8008".into())
+}
+
+/// The bridge listens on a fixed port (the registration's url): one test at a time.
+fn serial() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
+fn config(db_url: &str) -> Config {
+    let text = std::fs::read_to_string(repo().join("tests/e2e/config.toml")).unwrap();
+    let mut config = Config::from_toml_str(&text).unwrap();
+    config.database.url = db_url.into();
+    config.homeserver.url = homeserver();
+    config.validate().unwrap();
+    config
+}
+
+/// Writes the registration and makes sure Synapse runs with it (idempotent).
+fn ensure_synapse() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = repo().join("target/e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registration.yaml");
+        let yaml = registration::to_yaml(&registration::build(&config("sqlite://unused")));
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+            std::fs::write(&path, yaml).unwrap();
+        }
+        let status = Command::new(repo().join("scripts/synapse.sh"))
+            .args(["start", "--registration"])
+            .arg(&path)
+            .status()
+            .expect("scripts/synapse.sh runs");
+        assert!(
+            status.success(),
+            "scripts/synapse.sh could not start Synapse"
+        );
+    });
+}
+
+/// A Matrix user of the test, speaking the client-server API as a person's client would.
+struct Person {
+    http: reqwest::Client,
+    token: String,
+    user_id: String,
+}
+
+impl Person {
+    async fn register(prefix: &str) -> Person {
+        let http = reqwest::Client::new();
+        let username = format!(
+            "{prefix}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let url = format!("{}/_matrix/client/v3/register", homeserver());
+        let mut body =
+            json!({ "username": username, "password": "e2e-password-1", "inhibit_login": false });
+        let first: Value = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(session) = first.get("session") {
+            body["auth"] = json!({ "type": "m.login.dummy", "session": session });
+        }
+        let r: Value = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = r["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("register failed: {r}"))
+            .to_owned();
+        Person {
+            http,
+            token,
+            user_id: r["user_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", homeserver()))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    async fn send(&self, room: &str, content: Value) -> String {
+        let txn = uuid::Uuid::new_v4().simple().to_string();
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+            enc(room)
+        );
+        self.call(reqwest::Method::PUT, &path, content).await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.replace('!', "%21")
+        .replace(':', "%3A")
+        .replace('@', "%40")
+        .replace('$', "%24")
+        .replace('#', "%23")
+}
+
+async fn rows(pool: &Pool, sql: &str) -> Vec<Vec<Option<String>>> {
+    match pool {
+        Pool::Pg(p) => sqlx::query(sql)
+            .fetch_all(p)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+            .collect(),
+        Pool::Sqlite(p) => sqlx::query(sql)
+            .fetch_all(p)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+            .collect(),
+    }
+}
+
+/// Polls `sql` until `done` holds (Synapse delivers asynchronously), or fails with the last rows.
+async fn wait_rows(
+    pool: &Pool,
+    sql: &str,
+    what: &str,
+    done: impl Fn(&[Vec<Option<String>>]) -> bool,
+) -> Vec<Vec<Option<String>>> {
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last = rows(pool, sql).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}; last rows of `{sql}`: {last:?}");
+}
+
+async fn room_is_mirrored(db_url: String) {
+    let _serial = serial().lock().await;
+    ensure_synapse();
+    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
+    let pool = bridge.state.mirror.store().pool().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
+        .await
+        .expect("port 29334 free for the e2e bridge");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bridge.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let alice = Person::register("alice").await;
+    let bob = Person::register("bob").await;
+    let name = format!(
+        "E2E Room {}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let created = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            json!({ "name": name, "topic": "end to end", "preset": "private_chat", "invite": ["@daarion:localhost", bob.user_id] }),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+
+    // The bot accepts the invite; the channel exists with the room's real name.
+    let q = format!("SELECT name, visibility, topic FROM channels WHERE matrix_room_id = '{room}'");
+    let ch = wait_rows(&pool, &q, "the channel", |r| {
+        r.len() == 1 && r[0][0].as_deref() == Some(name.as_str())
+    })
+    .await;
+    assert_eq!(ch[0][1].as_deref(), Some("private"));
+    assert_eq!(ch[0][2].as_deref(), Some("end to end"));
+
+    let hello = alice
+        .send(
+            &room,
+            json!({ "msgtype": "m.text", "body": "hello from alice" }),
+        )
+        .await;
+    let wave = bob
+        .send(&room, json!({ "msgtype": "m.emote", "body": "waves" }))
+        .await;
+    let typo = alice
+        .send(&room, json!({ "msgtype": "m.text", "body": "tpyo" }))
+        .await;
+    alice
+        .send(
+            &room,
+            json!({
+                "msgtype": "m.text", "body": "* typo",
+                "m.new_content": { "msgtype": "m.text", "body": "typo" },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": typo },
+            }),
+        )
+        .await;
+    let gone = bob
+        .send(&room, json!({ "msgtype": "m.text", "body": "oops" }))
+        .await;
+    bob.call(
+        reqwest::Method::PUT,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+            enc(&room),
+            enc(&gone)
+        ),
+        json!({ "reason": "mistake" }),
+    )
+    .await;
+
+    let q = format!(
+        "SELECT m.matrix_event_id, m.content_preview, m.sender_type, u.matrix_id FROM messages m \
+         JOIN channels c ON c.id = m.channel_id LEFT JOIN users u ON u.id = m.sender_user_id \
+         WHERE c.matrix_room_id = '{room}' ORDER BY m.created_at, m.matrix_event_id"
+    );
+    let msgs = wait_rows(&pool, &q, "four messages, edited and redacted", |r| {
+        r.len() == 4
+            && r.iter()
+                .any(|m| m[0].as_deref() == Some(typo.as_str()) && m[1].as_deref() == Some("typo"))
+            && r.iter()
+                .any(|m| m[0].as_deref() == Some(gone.as_str()) && m[1].as_deref() == Some(""))
+    })
+    .await;
+    let by_id = |id: &str| {
+        msgs.iter()
+            .find(|m| m[0].as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&hello)[1].as_deref(), Some("hello from alice"));
+    assert_eq!(by_id(&hello)[3].as_deref(), Some(alice.user_id.as_str()));
+    let bob_local = bob
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap();
+    assert_eq!(
+        by_id(&wave)[1].as_deref(),
+        Some(format!("* {bob_local} waves").as_str())
+    );
+    assert!(msgs.iter().all(|m| m[2].as_deref() == Some("human")));
+
+    // Members: alice created the room (power 100 → owner), bob joined (member); the bot is not one.
+    let q = format!(
+        "SELECT u.matrix_id, cm.role FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+         JOIN users u ON u.id = cm.member_user_id WHERE c.matrix_room_id = '{room}' AND cm.left_at IS NULL ORDER BY u.matrix_id"
+    );
+    let members = wait_rows(&pool, &q, "two members", |r| r.len() == 2).await;
+    assert!(
+        members.contains(&vec![Some(alice.user_id.clone()), Some("owner".into())]),
+        "{members:?}"
+    );
+    assert!(
+        members.contains(&vec![Some(bob.user_id.clone()), Some("member".into())]),
+        "{members:?}"
+    );
+
+    // Invite the agent: its puppet is registered, joins, and becomes an agent member.
+    alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": "@agent_sofia:localhost" }),
+        )
+        .await;
+    let q = format!(
+        "SELECT a.external_id, cm.role FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+         JOIN agents a ON a.id = cm.member_agent_id WHERE c.matrix_room_id = '{room}' AND cm.left_at IS NULL"
+    );
+    wait_rows(&pool, &q, "the agent member", |r| {
+        r == [vec![Some("agent:sofia".into()), Some("agent".into())]]
+    })
+    .await;
+
+    // Bob leaves: his row is kept with left_at.
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let q = format!(
+        "SELECT u.matrix_id FROM channel_members cm JOIN users u ON u.id = cm.member_user_id \
+         JOIN channels c ON c.id = cm.channel_id WHERE c.matrix_room_id = '{room}' AND cm.left_at IS NOT NULL"
+    );
+    wait_rows(&pool, &q, "bob's leave", |r| {
+        r == [vec![Some(bob.user_id.clone())]]
+    })
+    .await;
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_mirrored_on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("daarion-e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    room_is_mirrored(format!("sqlite://{}/bridge.db", dir.display())).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_is_mirrored_on_postgres() {
+    let admin = std::env::var("DAARION_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    room_is_mirrored(format!("{}/{name}", admin.rsplit_once('/').unwrap().0)).await;
+}
