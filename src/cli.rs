@@ -34,6 +34,44 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Manage access keys of agent runtimes (the agent API).
+    AccessKey {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; prints it once, alone on the last line of stdout.
+    Create {
+        /// The agent the key acts as (external id, e.g. agent:sofia).
+        #[arg(long)]
+        agent: String,
+        /// A label for the key.
+        #[arg(long, default_value = "runtime")]
+        name: String,
+        /// A capability to grant (repeatable), e.g. chat.message.send.
+        #[arg(long = "cap")]
+        caps: Vec<String>,
+        /// A bundle of capabilities to grant (repeatable); default agent.runtime when no --cap.
+        #[arg(long = "bundle")]
+        bundles: Vec<String>,
+        /// Days until the key expires (never by default).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        /// Only the keys of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Revoke a key by id or prefix.
+    Revoke {
+        /// The key's id or its prefix (as `list` shows).
+        key: String,
+    },
 }
 
 /// Runs the parsed command.
@@ -68,12 +106,67 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied to {}", redact_url(&config.database.url));
             Ok(())
         }
+        Command::AccessKey { command } => {
+            let config = Config::load(&cli.config)?;
+            let store = Store::connect(&config.database.url, 1).await?;
+            store.migrate().await?;
+            store.seed(&config).await?;
+            access_key(&store, command).await
+        }
         Command::CheckConfig => {
             Config::load(&cli.config)?;
             println!("{}: ok", cli.config.display());
             Ok(())
         }
     }
+}
+
+async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { agent, name, caps, mut bundles, expires_in_days } => {
+            if caps.is_empty() && bundles.is_empty() {
+                bundles.push("agent.runtime".into());
+            }
+            let expires = expires_in_days.map(|d| {
+                crate::db::types::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
+            });
+            let (id, key) = crate::keys::create(store, &agent, &name, &caps, &bundles, expires).await?;
+            println!("created access key {id} for {agent}; it is shown only now:");
+            println!("{key}");
+        }
+        KeyCommand::List { agent } => {
+            let keys = store.list_keys(agent.as_deref()).await?;
+            if keys.is_empty() {
+                println!("no access keys");
+            }
+            for k in keys {
+                let state = if k.revoked_at.is_some() {
+                    "revoked".to_owned()
+                } else if k.expires_at.is_some_and(|e| e.0 <= chrono::Utc::now()) {
+                    "expired".to_owned()
+                } else {
+                    "active".to_owned()
+                };
+                let last = k.last_used_at.map(|t| t.0.to_rfc3339()).unwrap_or_else(|| "never".into());
+                println!(
+                    "{}  {}…  {}  {}  {}  caps={}  last_used={}",
+                    k.id,
+                    k.prefix,
+                    k.agent,
+                    k.name,
+                    state,
+                    k.capabilities.join(","),
+                    last
+                );
+            }
+        }
+        KeyCommand::Revoke { key } => {
+            let n = store.revoke_key(&key).await?;
+            anyhow::ensure!(n > 0, "no active key with id or prefix `{key}`");
+            println!("revoked {n} key(s)");
+        }
+    }
+    Ok(())
 }
 
 /// Hides a password in a database URL.

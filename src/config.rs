@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub logging: LoggingConfig,
     #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
     pub microdaos: Vec<MicrodaoDecl>,
     #[serde(default)]
     pub blueprints: Vec<BlueprintDecl>,
@@ -98,6 +100,9 @@ pub struct BridgeConfig {
     /// External id (`microdao:7`) of the microDAO that rooms without one are placed in.
     #[serde(default)]
     pub default_microdao: Option<String>,
+    /// An active agent session turns idle after this long without activity ("15m", "900s", 900).
+    #[serde(default = "default_idle_after", with = "duration")]
+    pub session_idle_after: std::time::Duration,
 }
 
 impl Default for BridgeConfig {
@@ -105,8 +110,39 @@ impl Default for BridgeConfig {
         Self {
             preview_chars: default_preview_chars(),
             default_microdao: None,
+            session_idle_after: default_idle_after(),
         }
     }
+}
+
+/// `[api]`: the agent API (`/api/v1`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A second listener for the agent API only; by default it shares `appservice.listen`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Requests per minute each agent may make (a token bucket of this size, refilled evenly).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+    /// How long a send waits for the homeserver before answering 202 with the queued id.
+    #[serde(default = "default_send_wait", with = "duration")]
+    pub send_wait: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: None, rate_limit_per_minute: default_rate_limit(), send_wait: default_send_wait() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// `m.notice`: other bots do not answer notices, so agents do not loop on each other.
+    #[default]
+    Notice,
+    Text,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -154,6 +190,9 @@ pub struct BlueprintDecl {
     pub description: Option<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// What the agents of this blueprint send by default: `notice` (default) or `text`.
+    #[serde(default)]
+    pub message_type: MessageKind,
 }
 
 /// An `[[agents]]` entry, upserted at start-up by `external_id`.
@@ -172,6 +211,12 @@ pub struct AgentDecl {
     /// Overrides the puppet localpart suffix (defaults to the external id after `agent:`).
     #[serde(default)]
     pub localpart: Option<String>,
+    /// Avatar: an `mxc://` URI, or a local image file the bridge uploads once.
+    #[serde(default)]
+    pub avatar: Option<String>,
+    /// Overrides `bridge.session_idle_after` for this agent.
+    #[serde(default, with = "duration_opt")]
+    pub session_idle_after: Option<std::time::Duration>,
 }
 
 fn default_bot_localpart() -> String {
@@ -195,8 +240,76 @@ fn default_preview_chars() -> usize {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_idle_after() -> std::time::Duration {
+    std::time::Duration::from_secs(15 * 60)
+}
+fn default_rate_limit() -> u32 {
+    120
+}
+fn default_send_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
 fn default_agent_kind() -> String {
     "assistant".into()
+}
+
+/// Durations as seconds (`900`) or with a unit (`"500ms"`, `"30s"`, `"15m"`, `"1h"`).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn parse(s: &str) -> Option<Duration> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n.parse().ok()?;
+        Some(match unit.trim() {
+            "" | "s" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            "m" | "min" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return None,
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| D::Error::custom(format!("`{t}` is not a duration like 30s, 15m, 1h"))),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+}
+
+/// [`duration`] for optional values.
+pub mod duration_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::duration")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// What can go wrong while loading or validating the configuration.
@@ -327,6 +440,12 @@ impl Config {
         {
             return Err(invalid("bridge.default_microdao", "must not be empty"));
         }
+        if self.api.rate_limit_per_minute == 0 {
+            return Err(invalid("api.rate_limit_per_minute", "must be at least 1"));
+        }
+        if self.bridge.session_idle_after.is_zero() {
+            return Err(invalid("bridge.session_idle_after", "must be positive"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid("logging.level", "is not a valid tracing filter"));
         }
@@ -414,11 +533,85 @@ impl Config {
         .ok()
     }
 
+    /// The declaration of the agent whose puppet is `user_id`, if the config declares it.
+    pub fn agent_decl(&self, user_id: &UserId) -> Option<&AgentDecl> {
+        self.agents.iter().find(|a| self.agent_user_id(a).as_deref() == Some(user_id))
+    }
+
+    /// The message type an agent sends by default (from its blueprint).
+    pub fn agent_message_kind(&self, user_id: &UserId) -> MessageKind {
+        self.agent_decl(user_id)
+            .and_then(|a| a.blueprint.as_ref())
+            .and_then(|code| self.blueprints.iter().find(|b| &b.code == code))
+            .map(|b| b.message_type)
+            .unwrap_or_default()
+    }
+
     /// Whether `user_id` is in the bridge's exclusive puppet namespace.
     pub fn is_puppet(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.homeserver.server_name
             && user_id
                 .localpart()
                 .starts_with(&self.appservice.agent_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[homeserver]
+url = "http://127.0.0.1:8008"
+server_name = "example.org"
+[appservice]
+id = "daarion"
+listen = "127.0.0.1:29333"
+url = "http://127.0.0.1:29333"
+as_token = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+hs_token = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+"#;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml_str(toml).unwrap().validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_toml_str(BASE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.appservice.agent_prefix, "agent_");
+        assert_eq!(c.appservice.bot_localpart, "daarion");
+        assert_eq!(c.bridge.preview_chars, 500);
+        assert!(c.database.url.starts_with("sqlite://"));
+        assert_eq!(c.bot_user_id().as_str(), "@daarion:example.org");
+    }
+
+    #[test]
+    fn validation_names_the_offending_key() {
+        assert!(err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "CHANGE_ME")).contains("appservice.as_token"));
+        assert!(err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "short")).contains("at least 32"));
+        assert!(err(&BASE.replace("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")).contains("appservice.hs_token"));
+        assert!(err(&BASE.replace("http://127.0.0.1:8008", "127.0.0.1:8008")).contains("homeserver.url"));
+        let bad_db = format!("{BASE}[database]\nurl = \"mysql://x\"\n");
+        assert!(err(&bad_db).contains("database.url"));
+        let bad_agent = format!("{BASE}[[agents]]\nexternal_id = \"sofia\"\nname = \"Sofia\"\n");
+        assert!(err(&bad_agent).contains("agents.external_id"));
+        let bad_bp = format!("{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nblueprint = \"nope\"\n");
+        assert!(err(&bad_bp).contains("unknown blueprint"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::from_toml_str(&format!("{BASE}[bridge]\npreview_char = 3\n")).unwrap_err().to_string();
+        assert!(e.contains("preview_char"), "{e}");
+    }
+
+    #[test]
+    fn puppets_are_recognised() {
+        let c = Config::from_toml_str(BASE).unwrap();
+        assert!(c.is_puppet(&UserId::parse("@agent_sofia:example.org").unwrap()));
+        assert!(!c.is_puppet(&UserId::parse("@agent_sofia:other.org").unwrap()));
+        assert!(!c.is_puppet(&UserId::parse("@alice:example.org").unwrap()));
     }
 }

@@ -13,12 +13,19 @@ use ruma::{
         client::{
             account::register,
             appservice::request_ping,
+            media::create_content,
             membership::{join_room_by_id, leave_room},
+            message::send_message_event,
+            profile::{set_avatar_url, set_display_name},
+            receipt::create_receipt,
+            redact::redact_event,
             state::get_state_events,
+            typing::create_typing_event,
         },
         path_builder::PathBuilder,
     },
-    events::AnyStateEvent,
+    events::{AnyMessageLikeEventContent, AnyStateEvent, MessageLikeEventType},
+    OwnedEventId, OwnedMxcUri, OwnedTransactionId,
     serde::Raw,
 };
 
@@ -32,6 +39,8 @@ pub enum HsError {
         status: u16,
         errcode: String,
         message: String,
+        /// From a 429: when the homeserver wants us back.
+        retry_after: Option<Duration>,
     },
     #[error("unexpected homeserver response: {0}")]
     Response(String),
@@ -40,6 +49,14 @@ pub enum HsError {
 }
 
 impl HsError {
+    /// How long a 429 asked us to wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            HsError::Matrix { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying again later may succeed (network, 429, 5xx).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -107,6 +124,12 @@ impl Homeserver {
         let request = reqwest::Request::try_from(http_request)?;
         let response = self.http.execute(request).await?;
         let status = response.status();
+        let retry_after_header = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let mut builder = axum::http::Response::builder().status(status);
         for (name, value) in response.headers() {
             builder = builder.header(name, value);
@@ -124,10 +147,17 @@ impl Homeserver {
                     ),
                     Err(_) => ("M_UNKNOWN".to_owned(), err.to_string()),
                 };
+                // 429: the homeserver says when to come back (body `retry_after_ms` or header).
+                let retry_after = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["retry_after_ms"].as_u64())
+                    .map(Duration::from_millis)
+                    .or(retry_after_header);
                 HsError::Matrix {
                     status: status.as_u16(),
                     errcode,
                     message,
+                    retry_after,
                 }
             }
             other => HsError::Response(other.to_string()),
@@ -184,6 +214,84 @@ impl Homeserver {
         request.reason = Some(reason.to_owned());
         self.send(request, Some(as_user), self.versions()).await?;
         Ok(())
+    }
+
+    /// Sends a message-like event as `as_user` with the given client transaction id (the
+    /// homeserver deduplicates retries by it).
+    pub async fn send_event(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        txn_id: &str,
+        event_type: &str,
+        content: &serde_json::Value,
+    ) -> Result<OwnedEventId, HsError> {
+        let raw = Raw::<AnyMessageLikeEventContent>::from_json(
+            serde_json::value::to_raw_value(content).map_err(|e| HsError::Request(e.to_string()))?,
+        );
+        let request = send_message_event::v3::Request::new_raw(
+            room_id.clone(),
+            OwnedTransactionId::from(txn_id),
+            MessageLikeEventType::from(event_type),
+            raw,
+        );
+        Ok(self.send(request, Some(as_user), self.versions()).await?.event_id)
+    }
+
+    pub async fn redact(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        event_id: OwnedEventId,
+        txn_id: &str,
+        reason: Option<String>,
+    ) -> Result<OwnedEventId, HsError> {
+        let mut request = redact_event::v3::Request::new(room_id.clone(), event_id, OwnedTransactionId::from(txn_id));
+        request.reason = reason;
+        Ok(self.send(request, Some(as_user), self.versions()).await?.event_id)
+    }
+
+    pub async fn typing(&self, room_id: &OwnedRoomId, as_user: &UserId, timeout: Option<Duration>) -> Result<(), HsError> {
+        use create_typing_event::v3::{Typing, TypingInfo};
+        let state = match timeout {
+            Some(t) => Typing::Yes(TypingInfo::new(t)),
+            None => Typing::No,
+        };
+        self.send(create_typing_event::v3::Request::new(as_user.to_owned(), room_id.clone(), state), Some(as_user), self.versions())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn read_receipt(&self, room_id: &OwnedRoomId, as_user: &UserId, event_id: OwnedEventId) -> Result<(), HsError> {
+        let request = create_receipt::v3::Request::new(
+            room_id.clone(),
+            create_receipt::v3::ReceiptType::Read,
+            event_id,
+        );
+        self.send(request, Some(as_user), self.versions()).await?;
+        Ok(())
+    }
+
+    pub async fn set_display_name(&self, user: &UserId, name: &str) -> Result<(), HsError> {
+        #[allow(deprecated)]
+        let request = set_display_name::v3::Request::new(user.to_owned(), Some(name.to_owned()));
+        self.send(request, Some(user), self.versions()).await?;
+        Ok(())
+    }
+
+    pub async fn set_avatar_url(&self, user: &UserId, url: OwnedMxcUri) -> Result<(), HsError> {
+        #[allow(deprecated)]
+        let request = set_avatar_url::v3::Request::new(user.to_owned(), Some(url));
+        self.send(request, Some(user), self.versions()).await?;
+        Ok(())
+    }
+
+    /// Uploads media as the bot; returns its `mxc://` URI.
+    pub async fn upload(&self, bytes: Vec<u8>, content_type: &str, filename: &str) -> Result<OwnedMxcUri, HsError> {
+        let mut request = create_content::v3::Request::new(bytes);
+        request.content_type = Some(content_type.to_owned());
+        request.filename = Some(filename.to_owned());
+        Ok(self.send(request, None, self.versions()).await?.content_uri)
     }
 
     /// The room's full current state, read as `as_user`.

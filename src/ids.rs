@@ -57,3 +57,15 @@ row_id!(
     /// `messages.id`
     MessageId
 );
+row_id!(
+    /// `agent_sessions.id`
+    SessionId
+);
+row_id!(
+    /// `access_keys.id`
+    AccessKeyId
+);
+row_id!(
+    /// `agent_outbox.id`
+    OutboxId
+);

@@ -9,20 +9,28 @@
 //! - [`mirror`]: the bridge core: room events → planned batch of DAARION rows; follow-ups
 //!   (joins, invite rejections, state reads).
 //! - [`db`]: the store over PostgreSQL or SQLite: migrations, seed, batched writes.
+//! - [`puppet`]: agents as Matrix users: registration, profile, the durable per-room outbox.
+//! - [`api`]: the agent API (`/api/v1`) runtimes use to act as their agent; [`keys`]: its
+//!   access keys.
+//! - [`sessions`]: the idle sweeper of `agent_sessions`.
 //! - [`homeserver`]: the client-server API client (ruma requests over reqwest).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics, tracing set-up.
 //! - [`ids`]: typed DAARION row ids.
 //! - [`cli`]: the command line.
 
+pub mod api;
 pub mod appservice;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod homeserver;
 pub mod ids;
+pub mod keys;
 pub mod metrics;
 pub mod mirror;
+pub mod puppet;
 pub mod registration;
+pub mod sessions;
 pub mod telemetry;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -30,13 +38,20 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::mpsc};
 
 use crate::{
-    appservice::AppState, config::Config, db::Store, homeserver::Homeserver, metrics::Metrics,
+    api::{ApiState, RateLimiter},
+    appservice::AppState,
+    config::Config,
+    db::Store,
+    homeserver::Homeserver,
+    metrics::Metrics,
     mirror::Mirror,
+    puppet::Puppets,
 };
 
 /// A bridge ready to serve: store migrated and seeded, mirror built.
 pub struct Bridge {
     pub state: AppState,
+    pub api: ApiState,
     follow_ups: Option<mpsc::Receiver<mirror::FollowUp>>,
 }
 
@@ -56,20 +71,25 @@ impl Bridge {
             config.bot_user_id(),
         );
         let hs_token: Arc<str> = config.appservice.hs_token.as_str().into();
+        let puppets = Puppets::new(hs.clone(), mirror.store().clone(), config.clone(), mirror.clone());
+        let api = ApiState {
+            config: config.clone(),
+            store: mirror.store().clone(),
+            mirror: mirror.clone(),
+            puppets,
+            limiter: Arc::new(RateLimiter::new(config.api.rate_limit_per_minute)),
+        };
         Ok(Self {
-            state: AppState {
-                config,
-                mirror,
-                hs,
-                metrics,
-                hs_token,
-            },
+            state: AppState { config, mirror, hs, metrics, hs_token },
+            api,
             follow_ups: Some(rx),
         })
     }
 
+    /// The appservice routes, plus the agent API unless it has a listener of its own.
     pub fn router(&self) -> axum::Router {
-        appservice::router(self.state.clone())
+        let router = appservice::router(self.state.clone());
+        if self.state.config.api.listen.is_some() { router } else { api::router(self.api.clone()).merge(router) }
     }
 
     /// Serves on `listener` until `shutdown` resolves; pings the homeserver in the background.
@@ -83,9 +103,31 @@ impl Bridge {
             tokio::spawn(mirror::followup::run(
                 rx,
                 state.mirror.clone(),
-                state.hs.clone(),
+                self.api.puppets.clone(),
             ));
         }
+        self.api.puppets.resume().await?;
+        let every = (state.config.bridge.session_idle_after / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let sweeper = tokio::spawn(sessions::run_sweeper(
+            state.mirror.store().clone(),
+            state.config.clone(),
+            state.metrics.clone(),
+            every,
+        ));
+        let profiles = tokio::spawn(puppet::watch_profiles(
+            self.api.puppets.clone(),
+            state.mirror.clone(),
+        ));
+        let api_server = match state.config.api.listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                tracing::info!(%addr, "agent API listening");
+                let router = api::router(self.api.clone());
+                Some(tokio::spawn(async move { axum::serve(listener, router).await }))
+            }
+            None => None,
+        };
         let ping = tokio::spawn(ping_until_reached(
             state.hs.clone(),
             state.config.appservice.id.clone(),
@@ -95,6 +137,11 @@ impl Bridge {
             .with_graceful_shutdown(shutdown)
             .await;
         ping.abort();
+        sweeper.abort();
+        profiles.abort();
+        if let Some(server) = api_server {
+            server.abort();
+        }
         result?;
         tracing::info!("shut down");
         Ok(())

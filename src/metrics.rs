@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -27,6 +27,12 @@ pub struct Metrics {
     pub db_errors: Counter,
     pub follow_up_dropped: Counter,
     pub follow_up_failed: Counter,
+    pub sessions: Family<StatusLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
 }
 
 impl Default for Metrics {
@@ -48,6 +54,7 @@ impl Metrics {
         let db_errors = Counter::default();
         let follow_up_dropped = Counter::default();
         let follow_up_failed = Counter::default();
+        let sessions = Family::<StatusLabel, Gauge>::default();
         registry.register(
             "transactions",
             "Appservice transactions by outcome (committed, replay, error)",
@@ -79,6 +86,11 @@ impl Metrics {
             "Join/reject follow-ups that failed after retries",
             follow_up_failed.clone(),
         );
+        registry.register(
+            "agent_sessions",
+            "Agent sessions by status (refreshed by the idle sweeper)",
+            sessions.clone(),
+        );
         Self {
             registry,
             transactions,
@@ -88,6 +100,7 @@ impl Metrics {
             db_errors,
             follow_up_dropped,
             follow_up_failed,
+            sessions,
         }
     }
 

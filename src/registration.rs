@@ -195,3 +195,40 @@ mod tests {
         assert_ne!(a, b);
     }
 }
+
+#[cfg(test)]
+mod generate_tests {
+    use super::*;
+
+    #[test]
+    fn generate_fills_placeholders_once_and_keeps_comments() {
+        let dir = std::env::temp_dir().join(format!("daarion-reg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        let out = dir.join("registration.yaml");
+        std::fs::write(
+            &config,
+            "[homeserver]\nurl = \"http://127.0.0.1:8008\"\nserver_name = \"matrix.example.org\"\n\n\
+             [appservice]\nid = \"daarion\"\nlisten = \"127.0.0.1:29333\"\nurl = \"http://127.0.0.1:29333\"\n\
+             # the token we send\nas_token = \"CHANGE_ME\" # keep me\nhs_token = \"CHANGE_ME\"\n",
+        )
+        .unwrap();
+        let first = generate(&config, &out).unwrap();
+        assert!(first.tokens_written);
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains("# the token we send") && text.contains("# keep me"), "{text}");
+        let loaded = Config::load(&config).unwrap();
+        assert_eq!(loaded.appservice.as_token, first.registration.as_token);
+        let yaml = std::fs::read_to_string(&out).unwrap();
+        assert!(yaml.contains(r"regex: ^@agent_.*:matrix\.example\.org$"), "{yaml}");
+        assert!(yaml.contains("sender_localpart: daarion"));
+        assert!(yaml.contains("aliases: []") && yaml.contains("rooms: []"));
+        assert!(yaml.contains("rate_limited: false") && yaml.contains("receive_ephemeral: true"));
+        // Twice: the same tokens.
+        let second = generate(&config, &out).unwrap();
+        assert!(!second.tokens_written);
+        assert_eq!(second.registration.as_token, first.registration.as_token);
+        assert_eq!(second.registration.hs_token, first.registration.hs_token);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -6,7 +6,12 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use ruma::api::error::{ErrorKind, StandardErrorBody};
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use ruma::api::error::{
+    ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody, UnknownTokenErrorData,
+};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -64,12 +69,61 @@ impl ApiError {
     }
 }
 
+
+impl ApiError {
+    pub fn missing_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::MissingToken,
+            "missing access key (Authorization: Bearer …)",
+        )
+    }
+    pub fn unknown_token(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken(UnknownTokenErrorData::new()),
+            message,
+        )
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
+    }
+    pub fn limit_exceeded(retry_after: Duration) -> Self {
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = Some(RetryAfter::Delay(retry_after));
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::LimitExceeded(data),
+            "rate limit exceeded",
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(StandardErrorBody::new(self.kind, self.message)),
-        )
-            .into_response()
+        let retry_after = match &self.kind {
+            ErrorKind::LimitExceeded(LimitExceededErrorData {
+                retry_after: Some(RetryAfter::Delay(d)),
+                ..
+            }) => Some(*d),
+            _ => None,
+        };
+        let mut response =
+            (self.status, Json(StandardErrorBody::new(self.kind, self.message))).into_response();
+        if let Some(d) = retry_after {
+            // Whole seconds, rounded up, as HTTP wants.
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<crate::db::StoreError> for ApiError {
+    fn from(error: crate::db::StoreError) -> Self {
+        tracing::error!(%error, "database error in the agent API");
+        ApiError::unavailable("database unavailable; retry later")
     }
 }

@@ -21,6 +21,8 @@ pub struct Batch {
     pub messages: Vec<NewMessage>,
     pub edits: Vec<Edit>,
     pub redactions: Vec<Redaction>,
+    /// Agent session changes, in event order.
+    pub sessions: Vec<SessionOp>,
 }
 
 impl Batch {
@@ -34,6 +36,7 @@ impl Batch {
             && self.messages.is_empty()
             && self.edits.is_empty()
             && self.redactions.is_empty()
+            && self.sessions.is_empty()
     }
 }
 
@@ -191,4 +194,22 @@ pub struct Edit {
 pub struct Redaction {
     pub target_event_id: String,
     pub at: Ts,
+}
+
+/// A change to an agent's session in a channel.
+#[derive(Debug, Clone)]
+pub struct SessionOp {
+    pub room_id: String,
+    /// The agent's Matrix id; `None` with [`SessionChange::Close`] closes every open session of
+    /// the channel (room tombstoned).
+    pub agent: Option<String>,
+    pub change: SessionChange,
+    pub at: Ts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Open a session if none is open, or mark the open one active with this activity.
+    Activate,
+    Close,
 }

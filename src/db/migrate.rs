@@ -17,6 +17,11 @@ const POSTGRES: &[Step] = &[(
     "daarion_schema",
     include_str!("../../migrations/postgres/000001_daarion_schema.up.sql"),
     include_str!("../../migrations/postgres/000001_daarion_schema.down.sql"),
+), (
+    2,
+    "agents",
+    include_str!("../../migrations/postgres/000002_agents.up.sql"),
+    include_str!("../../migrations/postgres/000002_agents.down.sql"),
 )];
 
 const SQLITE: &[Step] = &[(
@@ -24,6 +29,11 @@ const SQLITE: &[Step] = &[(
     "daarion_schema",
     include_str!("../../migrations/sqlite/000001_daarion_schema.up.sql"),
     include_str!("../../migrations/sqlite/000001_daarion_schema.down.sql"),
+), (
+    2,
+    "agents",
+    include_str!("../../migrations/sqlite/000002_agents.up.sql"),
+    include_str!("../../migrations/sqlite/000002_agents.down.sql"),
 )];
 
 /// The migrations of one dialect, as a sqlx source.

@@ -3,6 +3,7 @@
 //! because PostgreSQL gets one batched statement per kind of row (arrays + `UNNEST`) while
 //! SQLite, in-process, runs prepared statements per row inside one `BEGIN IMMEDIATE`.
 
+pub mod agents;
 pub mod batch;
 pub mod migrate;
 mod postgres;

@@ -4,7 +4,11 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::{Batch, StoreError, shared::write_channel, types::Ts};
+use super::{
+    Batch, StoreError,
+    shared::{write_channel, write_session},
+    types::Ts,
+};
 use crate::ids::MessageId;
 
 pub(super) async fn apply(pool: &PgPool, batch: &Batch) -> Result<bool, StoreError> {
@@ -198,6 +202,9 @@ async fn write(tx: &mut Transaction<'static, Postgres>, b: &Batch) -> Result<(),
         .bind(r.iter().map(|x| x.at).collect::<Vec<Ts>>())
         .execute(&mut **tx)
         .await?;
+    }
+    for op in &b.sessions {
+        write_session!(&mut **tx, op).await?;
     }
     Ok(())
 }

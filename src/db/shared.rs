@@ -73,3 +73,58 @@ macro_rules! write_channel {
     };
 }
 pub(crate) use write_channel;
+
+/// Applies one agent-session change. Expands to an `async` block.
+macro_rules! write_session {
+    ($conn:expr, $op:expr) => {
+        async {
+            let op: &$crate::db::SessionOp = $op;
+            match (op.change, &op.agent) {
+                ($crate::db::SessionChange::Activate, Some(agent)) => {
+                    // At most one open session per (agent, channel): the partial unique index is
+                    // the conflict target, so activity revives an idle session instead of
+                    // opening a second one.
+                    sqlx::query(
+                        "INSERT INTO agent_sessions (id, agent_id, channel_id, started_at, last_activity_at, status) \
+                         SELECT $1, a.id, c.id, $2, $2, 'active' FROM agents a, channels c \
+                         WHERE a.matrix_id = $3 AND c.matrix_room_id = $4 \
+                         ON CONFLICT (agent_id, channel_id) WHERE status <> 'closed' DO UPDATE SET status = 'active', \
+                         last_activity_at = CASE WHEN excluded.last_activity_at > agent_sessions.last_activity_at \
+                         THEN excluded.last_activity_at ELSE agent_sessions.last_activity_at END",
+                    )
+                    .bind($crate::ids::SessionId::new())
+                    .bind(op.at)
+                    .bind(agent)
+                    .bind(&op.room_id)
+                    .execute(&mut *$conn)
+                    .await?;
+                }
+                ($crate::db::SessionChange::Close, Some(agent)) => {
+                    sqlx::query(
+                        "UPDATE agent_sessions SET status = 'closed', closed_at = $1 WHERE status <> 'closed' \
+                         AND agent_id = (SELECT id FROM agents WHERE matrix_id = $2) \
+                         AND channel_id = (SELECT id FROM channels WHERE matrix_room_id = $3)",
+                    )
+                    .bind(op.at)
+                    .bind(agent)
+                    .bind(&op.room_id)
+                    .execute(&mut *$conn)
+                    .await?;
+                }
+                ($crate::db::SessionChange::Close, None) => {
+                    sqlx::query(
+                        "UPDATE agent_sessions SET status = 'closed', closed_at = $1 WHERE status <> 'closed' \
+                         AND channel_id = (SELECT id FROM channels WHERE matrix_room_id = $2)",
+                    )
+                    .bind(op.at)
+                    .bind(&op.room_id)
+                    .execute(&mut *$conn)
+                    .await?;
+                }
+                ($crate::db::SessionChange::Activate, None) => {}
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+    };
+}
+pub(crate) use write_session;

@@ -5,7 +5,7 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::{Batch, StoreError, postgres::localpart, shared::write_channel};
+use super::{Batch, StoreError, postgres::localpart, shared::{write_channel, write_session}};
 use crate::ids::{MessageId, UserRowId};
 
 pub(super) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<bool, StoreError> {
@@ -143,6 +143,9 @@ async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error
         .bind(&r.target_event_id)
         .execute(&mut *conn)
         .await?;
+    }
+    for op in &b.sessions {
+        write_session!(&mut *conn, op).await?;
     }
     Ok(())
 }

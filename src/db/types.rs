@@ -114,7 +114,10 @@ id_sql!(
     BlueprintId,
     AgentId,
     ChannelId,
-    MessageId
+    MessageId,
+    SessionId,
+    AccessKeyId,
+    OutboxId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

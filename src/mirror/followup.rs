@@ -9,7 +9,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Mirror;
-use crate::homeserver::{Homeserver, HsError};
+use crate::{
+    homeserver::HsError,
+    puppet::{PuppetError, Puppets},
+};
 
 /// Capacity of the follow-up queue; a full queue drops (and counts) new requests rather than
 /// blocking transactions.
@@ -33,19 +36,19 @@ pub enum FollowUp {
 }
 
 /// Runs follow-ups until the queue closes.
-pub async fn run(mut rx: mpsc::Receiver<FollowUp>, mirror: Arc<Mirror>, hs: Homeserver) {
+pub async fn run(mut rx: mpsc::Receiver<FollowUp>, mirror: Arc<Mirror>, puppets: Arc<Puppets>) {
     let limit = Arc::new(Semaphore::new(PARALLEL));
     while let Some(job) = rx.recv().await {
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
         let mirror = mirror.clone();
-        let hs = hs.clone();
+        let puppets = puppets.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut delay = Duration::from_millis(500);
             for attempt in 1..=ATTEMPTS {
-                match execute(&job, &mirror, &hs).await {
+                match execute(&job, &mirror, &puppets).await {
                     Ok(()) => return,
                     Err(e) if e.is_transient() && attempt < ATTEMPTS => {
                         tracing::warn!(?job, attempt, error = %e, "follow-up failed; retrying");
@@ -69,6 +72,8 @@ enum FollowUpError {
     Hs(#[from] HsError),
     #[error(transparent)]
     Store(#[from] crate::db::StoreError),
+    #[error(transparent)]
+    Puppet(#[from] PuppetError),
 }
 
 impl FollowUpError {
@@ -76,15 +81,23 @@ impl FollowUpError {
         match self {
             FollowUpError::Hs(e) => e.is_transient(),
             FollowUpError::Store(_) => true,
+            FollowUpError::Puppet(e) => e.is_transient(),
         }
     }
 }
 
-async fn execute(job: &FollowUp, mirror: &Mirror, hs: &Homeserver) -> Result<(), FollowUpError> {
+async fn execute(job: &FollowUp, mirror: &Mirror, puppets: &Puppets) -> Result<(), FollowUpError> {
+    let hs = puppets.hs();
     match job {
         FollowUp::Join { room_id, user_id } => {
             if user_id != mirror.bot() {
-                hs.ensure_registered(user_id.localpart()).await?;
+                // Registered, named and with its avatar before it shows up in the room.
+                match mirror.agent(user_id.as_str()) {
+                    Some(agent) => {
+                        puppets.ensure_ready(&agent).await?;
+                    }
+                    None => hs.ensure_registered(user_id.localpart()).await?,
+                }
             }
             hs.join(room_id, user_id).await?;
             tracing::info!(%room_id, %user_id, "joined room");

@@ -38,7 +38,8 @@ use crate::{
     config::Config,
     db::{
         Batch, ChannelWrite, Edit, MemberJoin, MemberLeave, NameSource, NewChannel, NewMessage,
-        PowerLevels, Redaction, RoleChange, Store, StoreError, StoredAgent, Visibility, types::Ts,
+        PowerLevels, Redaction, RoleChange, SessionChange, SessionOp, Store, StoreError,
+        StoredAgent, Visibility, types::Ts,
     },
     ids::MicrodaoId,
     metrics::Metrics,
@@ -167,6 +168,11 @@ impl Mirror {
             .collect();
         *self.agents.write().expect("agents lock") = map;
         Ok(())
+    }
+
+    /// Every known agent.
+    pub fn agents(&self) -> Vec<StoredAgent> {
+        self.agents.read().expect("agents lock").values().cloned().collect()
     }
 
     /// The agent behind a puppet id, if any.
@@ -634,6 +640,10 @@ impl<'m> Planner<'m> {
                 }
                 Ok("mirrored")
             }
+            ("m.room.tombstone", true) => {
+                self.session(room_id, None, SessionChange::Close, at);
+                Ok("mirrored")
+            }
             (DAARION_CHANNEL, true) => {
                 let content: DaarionChannelContent = env.content()?;
                 let work = self.rooms.get_mut(room_id).expect("adopted");
@@ -670,7 +680,9 @@ impl<'m> Planner<'m> {
         if !self.message_ids.insert(env.event_id.to_string()) {
             return "duplicate";
         }
-        if !is_agent {
+        if is_agent {
+            self.session(room_id, Some(sender), SessionChange::Activate, at);
+        } else {
             self.ensure_user(&env.sender);
         }
         self.batch.messages.push(NewMessage {
@@ -744,6 +756,10 @@ impl<'m> Planner<'m> {
                 .power
                 .role(target.as_str())
         };
+        if is_agent {
+            let change = if joined { SessionChange::Activate } else { SessionChange::Close };
+            self.session(room_id, Some(target.as_str()), change, at);
+        }
         let key = (room_id.to_owned(), target);
         let entry = self.members.entry(key.clone()).or_insert_with(|| {
             self.member_order.push(key);
@@ -760,6 +776,19 @@ impl<'m> Planner<'m> {
             entry.leave = Some(at);
         }
         Ok("mirrored")
+    }
+
+    /// Records a session change; consecutive activity of the same agent in the same channel
+    /// collapses into one (the latest), so a burst of messages costs one statement.
+    fn session(&mut self, room_id: &RoomId, agent: Option<&str>, change: SessionChange, at: Ts) {
+        if let Some(last) = self.batch.sessions.iter_mut().rev().find(|op| op.room_id == room_id.as_str() && op.agent.as_deref() == agent)
+            && last.change == SessionChange::Activate
+            && change == SessionChange::Activate
+        {
+            last.at = last.at.max(at);
+            return;
+        }
+        self.batch.sessions.push(SessionOp { room_id: room_id.to_string(), agent: agent.map(str::to_owned), change, at });
     }
 
     /// Collapses the plan into the batch and the cache updates to apply after commit.
@@ -941,6 +970,7 @@ fn metric_kind(kind: &str) -> &'static str {
         "m.room.join_rules" => "m.room.join_rules",
         "m.room.power_levels" => "m.room.power_levels",
         "m.room.create" => "m.room.create",
+        "m.room.tombstone" => "m.room.tombstone",
         DAARION_CHANNEL => DAARION_CHANNEL,
         _ => "other",
     }

@@ -1,0 +1,47 @@
+//! Access keys of agent runtimes: generated from the OS random source, shown once, stored as a
+//! SHA-256 hash (a 256-bit random key needs no slow hash: there is nothing to brute-force).
+
+use sha2::{Digest, Sha256};
+
+use crate::{
+    db::{Store, StoreError, types::Ts},
+    ids::AccessKeyId,
+    registration::random_token,
+};
+
+/// Keys start with this, so they are recognisable in logs and secret scanners.
+pub const PREFIX: &str = "dab_";
+
+/// The stored hash of a key.
+pub fn hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a key for the agent with the given capabilities (and those of the bundles).
+/// Returns the id and the key itself, which is never stored.
+pub async fn create(
+    store: &Store,
+    agent_external_id: &str,
+    name: &str,
+    caps: &[String],
+    bundles: &[String],
+    expires_at: Option<Ts>,
+) -> Result<(AccessKeyId, String), StoreError> {
+    let mut all: Vec<String> = caps.to_vec();
+    for bundle in bundles {
+        let in_bundle = store.bundle_caps(bundle).await?;
+        if in_bundle.is_empty() {
+            return Err(StoreError::Seed(format!("unknown or empty bundle `{bundle}`")));
+        }
+        all.extend(in_bundle);
+    }
+    all.sort();
+    all.dedup();
+    if all.is_empty() {
+        return Err(StoreError::Seed("a key needs at least one capability (--cap or --bundle)".into()));
+    }
+    let key = format!("{PREFIX}{}", random_token());
+    let prefix = key[..12].to_owned();
+    let id = store.insert_key(agent_external_id, name, &prefix, &hash(&key), &all, expires_at).await?;
+    Ok((id, key))
+}
