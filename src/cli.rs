@@ -123,14 +123,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 
 async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { agent, name, caps, mut bundles, expires_in_days } => {
+        KeyCommand::Create {
+            agent,
+            name,
+            caps,
+            mut bundles,
+            expires_in_days,
+        } => {
             if caps.is_empty() && bundles.is_empty() {
                 bundles.push("agent.runtime".into());
             }
             let expires = expires_in_days.map(|d| {
                 crate::db::types::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
             });
-            let (id, key) = crate::keys::create(store, &agent, &name, &caps, &bundles, expires).await?;
+            let (id, key) =
+                crate::keys::create(store, &agent, &name, &caps, &bundles, expires).await?;
             println!("created access key {id} for {agent}; it is shown only now:");
             println!("{key}");
         }
@@ -147,7 +154,10 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
                 } else {
                     "active".to_owned()
                 };
-                let last = k.last_used_at.map(|t| t.0.to_rfc3339()).unwrap_or_else(|| "never".into());
+                let last = k
+                    .last_used_at
+                    .map(|t| t.0.to_rfc3339())
+                    .unwrap_or_else(|| "never".into());
                 println!(
                     "{}  {}…  {}  {}  {}  caps={}  last_used={}",
                     k.id,

@@ -132,7 +132,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: None, rate_limit_per_minute: default_rate_limit(), send_wait: default_send_wait() }
+        Self {
+            listen: None,
+            rate_limit_per_minute: default_rate_limit(),
+            send_wait: default_send_wait(),
+        }
     }
 }
 
@@ -283,7 +287,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => parse(&t).ok_or_else(|| D::Error::custom(format!("`{t}` is not a duration like 30s, 15m, 1h"))),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                D::Error::custom(format!("`{t}` is not a duration like 30s, 15m, 1h"))
+            }),
         }
     }
 
@@ -535,7 +541,9 @@ impl Config {
 
     /// The declaration of the agent whose puppet is `user_id`, if the config declares it.
     pub fn agent_decl(&self, user_id: &UserId) -> Option<&AgentDecl> {
-        self.agents.iter().find(|a| self.agent_user_id(a).as_deref() == Some(user_id))
+        self.agents
+            .iter()
+            .find(|a| self.agent_user_id(a).as_deref() == Some(user_id))
     }
 
     /// The message type an agent sends by default (from its blueprint).
@@ -573,7 +581,11 @@ hs_token = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 "#;
 
     fn err(toml: &str) -> String {
-        Config::from_toml_str(toml).unwrap().validate().unwrap_err().to_string()
+        Config::from_toml_str(toml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -589,21 +601,40 @@ hs_token = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 
     #[test]
     fn validation_names_the_offending_key() {
-        assert!(err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "CHANGE_ME")).contains("appservice.as_token"));
-        assert!(err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "short")).contains("at least 32"));
-        assert!(err(&BASE.replace("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")).contains("appservice.hs_token"));
-        assert!(err(&BASE.replace("http://127.0.0.1:8008", "127.0.0.1:8008")).contains("homeserver.url"));
+        assert!(
+            err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "CHANGE_ME"))
+                .contains("appservice.as_token")
+        );
+        assert!(
+            err(&BASE.replace("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "short"))
+                .contains("at least 32")
+        );
+        assert!(
+            err(&BASE.replace(
+                "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            ))
+            .contains("appservice.hs_token")
+        );
+        assert!(
+            err(&BASE.replace("http://127.0.0.1:8008", "127.0.0.1:8008"))
+                .contains("homeserver.url")
+        );
         let bad_db = format!("{BASE}[database]\nurl = \"mysql://x\"\n");
         assert!(err(&bad_db).contains("database.url"));
         let bad_agent = format!("{BASE}[[agents]]\nexternal_id = \"sofia\"\nname = \"Sofia\"\n");
         assert!(err(&bad_agent).contains("agents.external_id"));
-        let bad_bp = format!("{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nblueprint = \"nope\"\n");
+        let bad_bp = format!(
+            "{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nblueprint = \"nope\"\n"
+        );
         assert!(err(&bad_bp).contains("unknown blueprint"));
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = Config::from_toml_str(&format!("{BASE}[bridge]\npreview_char = 3\n")).unwrap_err().to_string();
+        let e = Config::from_toml_str(&format!("{BASE}[bridge]\npreview_char = 3\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("preview_char"), "{e}");
     }
 

@@ -5,7 +5,7 @@
 use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, UserId,
+    OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId,
     api::{
         AppserviceUserIdentity, IncomingResponseExt, OutgoingRequest, OutgoingRequestAppserviceExt,
         SupportedVersions,
@@ -25,7 +25,6 @@ use ruma::{
         path_builder::PathBuilder,
     },
     events::{AnyMessageLikeEventContent, AnyStateEvent, MessageLikeEventType},
-    OwnedEventId, OwnedMxcUri, OwnedTransactionId,
     serde::Raw,
 };
 
@@ -227,7 +226,8 @@ impl Homeserver {
         content: &serde_json::Value,
     ) -> Result<OwnedEventId, HsError> {
         let raw = Raw::<AnyMessageLikeEventContent>::from_json(
-            serde_json::value::to_raw_value(content).map_err(|e| HsError::Request(e.to_string()))?,
+            serde_json::value::to_raw_value(content)
+                .map_err(|e| HsError::Request(e.to_string()))?,
         );
         let request = send_message_event::v3::Request::new_raw(
             room_id.clone(),
@@ -235,7 +235,10 @@ impl Homeserver {
             MessageLikeEventType::from(event_type),
             raw,
         );
-        Ok(self.send(request, Some(as_user), self.versions()).await?.event_id)
+        Ok(self
+            .send(request, Some(as_user), self.versions())
+            .await?
+            .event_id)
     }
 
     pub async fn redact(
@@ -246,23 +249,44 @@ impl Homeserver {
         txn_id: &str,
         reason: Option<String>,
     ) -> Result<OwnedEventId, HsError> {
-        let mut request = redact_event::v3::Request::new(room_id.clone(), event_id, OwnedTransactionId::from(txn_id));
+        let mut request = redact_event::v3::Request::new(
+            room_id.clone(),
+            event_id,
+            OwnedTransactionId::from(txn_id),
+        );
         request.reason = reason;
-        Ok(self.send(request, Some(as_user), self.versions()).await?.event_id)
+        Ok(self
+            .send(request, Some(as_user), self.versions())
+            .await?
+            .event_id)
     }
 
-    pub async fn typing(&self, room_id: &OwnedRoomId, as_user: &UserId, timeout: Option<Duration>) -> Result<(), HsError> {
+    pub async fn typing(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        timeout: Option<Duration>,
+    ) -> Result<(), HsError> {
         use create_typing_event::v3::{Typing, TypingInfo};
         let state = match timeout {
             Some(t) => Typing::Yes(TypingInfo::new(t)),
             None => Typing::No,
         };
-        self.send(create_typing_event::v3::Request::new(as_user.to_owned(), room_id.clone(), state), Some(as_user), self.versions())
-            .await?;
+        self.send(
+            create_typing_event::v3::Request::new(as_user.to_owned(), room_id.clone(), state),
+            Some(as_user),
+            self.versions(),
+        )
+        .await?;
         Ok(())
     }
 
-    pub async fn read_receipt(&self, room_id: &OwnedRoomId, as_user: &UserId, event_id: OwnedEventId) -> Result<(), HsError> {
+    pub async fn read_receipt(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        event_id: OwnedEventId,
+    ) -> Result<(), HsError> {
         let request = create_receipt::v3::Request::new(
             room_id.clone(),
             create_receipt::v3::ReceiptType::Read,
@@ -287,7 +311,12 @@ impl Homeserver {
     }
 
     /// Uploads media as the bot; returns its `mxc://` URI.
-    pub async fn upload(&self, bytes: Vec<u8>, content_type: &str, filename: &str) -> Result<OwnedMxcUri, HsError> {
+    pub async fn upload(
+        &self,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: &str,
+    ) -> Result<OwnedMxcUri, HsError> {
         let mut request = create_content::v3::Request::new(bytes);
         request.content_type = Some(content_type.to_owned());
         request.filename = Some(filename.to_owned());

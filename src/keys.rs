@@ -14,7 +14,10 @@ pub const PREFIX: &str = "dab_";
 
 /// The stored hash of a key.
 pub fn hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Creates a key for the agent with the given capabilities (and those of the bundles).
@@ -31,17 +34,30 @@ pub async fn create(
     for bundle in bundles {
         let in_bundle = store.bundle_caps(bundle).await?;
         if in_bundle.is_empty() {
-            return Err(StoreError::Seed(format!("unknown or empty bundle `{bundle}`")));
+            return Err(StoreError::Seed(format!(
+                "unknown or empty bundle `{bundle}`"
+            )));
         }
         all.extend(in_bundle);
     }
     all.sort();
     all.dedup();
     if all.is_empty() {
-        return Err(StoreError::Seed("a key needs at least one capability (--cap or --bundle)".into()));
+        return Err(StoreError::Seed(
+            "a key needs at least one capability (--cap or --bundle)".into(),
+        ));
     }
     let key = format!("{PREFIX}{}", random_token());
     let prefix = key[..12].to_owned();
-    let id = store.insert_key(agent_external_id, name, &prefix, &hash(&key), &all, expires_at).await?;
+    let id = store
+        .insert_key(
+            agent_external_id,
+            name,
+            &prefix,
+            &hash(&key),
+            &all,
+            expires_at,
+        )
+        .await?;
     Ok((id, key))
 }

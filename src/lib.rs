@@ -71,7 +71,12 @@ impl Bridge {
             config.bot_user_id(),
         );
         let hs_token: Arc<str> = config.appservice.hs_token.as_str().into();
-        let puppets = Puppets::new(hs.clone(), mirror.store().clone(), config.clone(), mirror.clone());
+        let puppets = Puppets::new(
+            hs.clone(),
+            mirror.store().clone(),
+            config.clone(),
+            mirror.clone(),
+        );
         let api = ApiState {
             config: config.clone(),
             store: mirror.store().clone(),
@@ -80,7 +85,13 @@ impl Bridge {
             limiter: Arc::new(RateLimiter::new(config.api.rate_limit_per_minute)),
         };
         Ok(Self {
-            state: AppState { config, mirror, hs, metrics, hs_token },
+            state: AppState {
+                config,
+                mirror,
+                hs,
+                metrics,
+                hs_token,
+            },
             api,
             follow_ups: Some(rx),
         })
@@ -89,7 +100,11 @@ impl Bridge {
     /// The appservice routes, plus the agent API unless it has a listener of its own.
     pub fn router(&self) -> axum::Router {
         let router = appservice::router(self.state.clone());
-        if self.state.config.api.listen.is_some() { router } else { api::router(self.api.clone()).merge(router) }
+        if self.state.config.api.listen.is_some() {
+            router
+        } else {
+            api::router(self.api.clone()).merge(router)
+        }
     }
 
     /// Serves on `listener` until `shutdown` resolves; pings the homeserver in the background.
@@ -124,7 +139,9 @@ impl Bridge {
                 let listener = TcpListener::bind(addr).await?;
                 tracing::info!(%addr, "agent API listening");
                 let router = api::router(self.api.clone());
-                Some(tokio::spawn(async move { axum::serve(listener, router).await }))
+                Some(tokio::spawn(
+                    async move { axum::serve(listener, router).await },
+                ))
             }
             None => None,
         };

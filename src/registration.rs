@@ -202,7 +202,8 @@ mod generate_tests {
 
     #[test]
     fn generate_fills_placeholders_once_and_keeps_comments() {
-        let dir = std::env::temp_dir().join(format!("daarion-reg-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("daarion-reg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.toml");
         let out = dir.join("registration.yaml");
@@ -216,11 +217,17 @@ mod generate_tests {
         let first = generate(&config, &out).unwrap();
         assert!(first.tokens_written);
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(text.contains("# the token we send") && text.contains("# keep me"), "{text}");
+        assert!(
+            text.contains("# the token we send") && text.contains("# keep me"),
+            "{text}"
+        );
         let loaded = Config::load(&config).unwrap();
         assert_eq!(loaded.appservice.as_token, first.registration.as_token);
         let yaml = std::fs::read_to_string(&out).unwrap();
-        assert!(yaml.contains(r"regex: ^@agent_.*:matrix\.example\.org$"), "{yaml}");
+        assert!(
+            yaml.contains(r"regex: ^@agent_.*:matrix\.example\.org$"),
+            "{yaml}"
+        );
         assert!(yaml.contains("sender_localpart: daarion"));
         assert!(yaml.contains("aliases: []") && yaml.contains("rooms: []"));
         assert!(yaml.contains("rate_limited: false") && yaml.contains("receive_ephemeral: true"));

@@ -21,7 +21,9 @@ impl Caller {
         if self.0.capabilities.iter().any(|c| c == capability) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("this access key lacks the `{capability}` capability")))
+            Err(ApiError::forbidden(format!(
+                "this access key lacks the `{capability}` capability"
+            )))
         }
     }
 }
@@ -29,7 +31,10 @@ impl Caller {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -49,7 +54,10 @@ impl FromRequestParts<ApiState> for Caller {
         if key.expires_at.is_some_and(|e| e <= now) {
             return Err(ApiError::unknown_token("this access key has expired"));
         }
-        state.limiter.check(key.agent_id).map_err(ApiError::limit_exceeded)?;
+        state
+            .limiter
+            .check(key.agent_id)
+            .map_err(ApiError::limit_exceeded)?;
         if key.last_used_at.is_none_or(|t| now.0 - t.0 > TOUCH_EVERY) {
             state.store.touch_key(key.key_id, now).await?;
         }

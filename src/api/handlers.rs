@@ -34,11 +34,14 @@ fn body<T>(json: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 fn parse_uuid(name: &str, value: &str) -> Result<uuid::Uuid, ApiError> {
-    value.parse().map_err(|_| ApiError::invalid_param(format!("`{name}` is not a UUID: {value}")))
+    value
+        .parse()
+        .map_err(|_| ApiError::invalid_param(format!("`{name}` is not a UUID: {value}")))
 }
 
 fn parse_event_id(name: &str, value: &str) -> Result<OwnedEventId, ApiError> {
-    OwnedEventId::try_from(value).map_err(|_| ApiError::invalid_param(format!("`{name}` is not a Matrix event id: {value}")))
+    OwnedEventId::try_from(value)
+        .map_err(|_| ApiError::invalid_param(format!("`{name}` is not a Matrix event id: {value}")))
 }
 
 /// The caller's agent as the mirror knows it (agents added since start-up are reloaded).
@@ -54,12 +57,21 @@ async fn agent(state: &ApiState, caller: &Caller) -> Result<StoredAgent, ApiErro
 }
 
 /// The channel, if it exists (404) and the agent is an active member of it (403).
-async fn channel(state: &ApiState, caller: &Caller, id: &str) -> Result<(ChannelId, OwnedRoomId), ApiError> {
+async fn channel(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(ChannelId, OwnedRoomId), ApiError> {
     let id = ChannelId(parse_uuid("channel_id", id)?);
     match state.store.channel_access(id, caller.0.agent_id).await? {
         None => Err(ApiError::not_found("no such channel")),
-        Some((_, false)) => Err(ApiError::forbidden("the agent is not an active member of this channel")),
-        Some((room, true)) => Ok((id, OwnedRoomId::try_from(room).map_err(|e| ApiError::internal(e.to_string()))?)),
+        Some((_, false)) => Err(ApiError::forbidden(
+            "the agent is not an active member of this channel",
+        )),
+        Some((room, true)) => Ok((
+            id,
+            OwnedRoomId::try_from(room).map_err(|e| ApiError::internal(e.to_string()))?,
+        )),
     }
 }
 
@@ -76,9 +88,14 @@ pub async fn whoami(caller: Caller) -> Json<serde_json::Value> {
     }))
 }
 
-pub async fn channels(State(state): State<ApiState>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn channels(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(READ)?;
-    Ok(Json(json!({ "channels": state.store.agent_channels(caller.0.agent_id).await? })))
+    Ok(Json(
+        json!({ "channels": state.store.agent_channels(caller.0.agent_id).await? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -95,9 +112,13 @@ pub async fn sessions(
     if let Some(s) = &q.status
         && !["active", "idle", "closed"].contains(&s.as_str())
     {
-        return Err(ApiError::invalid_param("`status` must be active, idle or closed"));
+        return Err(ApiError::invalid_param(
+            "`status` must be active, idle or closed",
+        ));
     }
-    Ok(Json(json!({ "sessions": state.store.agent_sessions(caller.0.agent_id, q.status.as_deref()).await? })))
+    Ok(Json(
+        json!({ "sessions": state.store.agent_sessions(caller.0.agent_id, q.status.as_deref()).await? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -115,7 +136,10 @@ fn cursor(created_at: Ts, id: MessageId) -> String {
 fn parse_cursor(s: &str) -> Result<(Ts, MessageId), ApiError> {
     let bad = || ApiError::invalid_param("`before` is not a cursor returned by this API");
     let (ms, id) = s.split_once('.').ok_or_else(bad)?;
-    Ok((Ts::from_millis(ms.parse().map_err(|_| bad())?), MessageId(id.parse().map_err(|_| bad())?)))
+    Ok((
+        Ts::from_millis(ms.parse().map_err(|_| bad())?),
+        MessageId(id.parse().map_err(|_| bad())?),
+    ))
 }
 
 pub async fn messages(
@@ -132,7 +156,9 @@ pub async fn messages(
     }
     let before = q.before.as_deref().map(parse_cursor).transpose()?;
     let page = state.store.messages_page(channel, before, limit).await?;
-    let next = (page.len() as i64 == limit).then(|| page.last().map(|m| cursor(m.created_at, m.id))).flatten();
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|m| cursor(m.created_at, m.id)))
+        .flatten();
     Ok(Json(json!({ "messages": page, "next_cursor": next })))
 }
 
@@ -160,9 +186,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => {
-            let v = v.to_str().map_err(|_| ApiError::invalid_param("`Idempotency-Key` must be ASCII"))?;
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::invalid_param("`Idempotency-Key` must be ASCII"))?;
             if v.is_empty() || v.len() > 200 {
-                return Err(ApiError::invalid_param("`Idempotency-Key` must be 1 to 200 characters"));
+                return Err(ApiError::invalid_param(
+                    "`Idempotency-Key` must be 1 to 200 characters",
+                ));
             }
             Ok(Some(v.to_owned()))
         }
@@ -205,8 +235,14 @@ async fn queue_and_wait(
     redacts: Option<String>,
     key: Option<String>,
 ) -> Result<Response, ApiError> {
-    let (item, _existing) = state.puppets.enqueue(agent, room, event_type, content, redacts, key).await?;
-    let item = state.puppets.wait(item.id, state.config.api.send_wait).await?;
+    let (item, _existing) = state
+        .puppets
+        .enqueue(agent, room, event_type, content, redacts, key)
+        .await?;
+    let item = state
+        .puppets
+        .wait(item.id, state.config.api.send_wait)
+        .await?;
     Ok(outcome(&item))
 }
 
@@ -224,16 +260,28 @@ pub async fn send(
     }
     let (_, room) = channel(&state, &caller, &channel_id).await?;
     let agent = agent(&state, &caller).await?;
-    let puppet = ruma::UserId::parse(&agent.matrix_id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let puppet =
+        ruma::UserId::parse(&agent.matrix_id).map_err(|e| ApiError::internal(e.to_string()))?;
     let content = content::message(&Outgoing {
         body: b.text,
         markdown: b.markdown,
-        kind: b.msgtype.unwrap_or_else(|| state.config.agent_message_kind(&puppet)),
+        kind: b
+            .msgtype
+            .unwrap_or_else(|| state.config.agent_message_kind(&puppet)),
         reply_to: b.reply_to,
         thread_root: b.thread_root,
         mentions: b.mentions,
     });
-    queue_and_wait(&state, &agent, &room, "m.room.message", content, None, idempotency_key(&headers)?).await
+    queue_and_wait(
+        &state,
+        &agent,
+        &room,
+        "m.room.message",
+        content,
+        None,
+        idempotency_key(&headers)?,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -249,12 +297,19 @@ pub struct EditBody {
 }
 
 /// The target must be a message of this channel sent by this agent.
-async fn own_message(state: &ApiState, caller: &Caller, channel: ChannelId, event_id: &str) -> Result<OwnedEventId, ApiError> {
+async fn own_message(
+    state: &ApiState,
+    caller: &Caller,
+    channel: ChannelId,
+    event_id: &str,
+) -> Result<OwnedEventId, ApiError> {
     let target = parse_event_id("event_id", event_id)?;
     match state.store.message_agent(channel, target.as_str()).await? {
         None => Err(ApiError::not_found("no such message in this channel")),
         Some(Some(a)) if a == caller.0.agent_id => Ok(target),
-        Some(_) => Err(ApiError::forbidden("an agent may change only its own messages")),
+        Some(_) => Err(ApiError::forbidden(
+            "an agent may change only its own messages",
+        )),
     }
 }
 
@@ -273,10 +328,22 @@ pub async fn edit(
     let (channel, room) = channel(&state, &caller, &channel_id).await?;
     let target = own_message(&state, &caller, channel, &event_id).await?;
     let agent = agent(&state, &caller).await?;
-    let puppet = ruma::UserId::parse(&agent.matrix_id).map_err(|e| ApiError::internal(e.to_string()))?;
-    let kind = b.msgtype.unwrap_or_else(|| state.config.agent_message_kind(&puppet));
+    let puppet =
+        ruma::UserId::parse(&agent.matrix_id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let kind = b
+        .msgtype
+        .unwrap_or_else(|| state.config.agent_message_kind(&puppet));
     let content = content::edit(target, &b.text, b.markdown, kind, b.mentions);
-    queue_and_wait(&state, &agent, &room, "m.room.message", content, None, idempotency_key(&headers)?).await
+    queue_and_wait(
+        &state,
+        &agent,
+        &room,
+        "m.room.message",
+        content,
+        None,
+        idempotency_key(&headers)?,
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -299,7 +366,16 @@ pub async fn redact(
     let target = own_message(&state, &caller, channel, &event_id).await?;
     let agent = agent(&state, &caller).await?;
     let content = json!({ "reason": b.reason });
-    queue_and_wait(&state, &agent, &room, "m.room.redaction", content, Some(target.to_string()), idempotency_key(&headers)?).await
+    queue_and_wait(
+        &state,
+        &agent,
+        &room,
+        "m.room.redaction",
+        content,
+        Some(target.to_string()),
+        idempotency_key(&headers)?,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -322,12 +398,26 @@ pub async fn react(
     }
     let (channel, room) = channel(&state, &caller, &channel_id).await?;
     let target = parse_event_id("event_id", &event_id)?;
-    if state.store.message_agent(channel, target.as_str()).await?.is_none() {
+    if state
+        .store
+        .message_agent(channel, target.as_str())
+        .await?
+        .is_none()
+    {
         return Err(ApiError::not_found("no such message in this channel"));
     }
     let agent = agent(&state, &caller).await?;
     let content = content::reaction(target, &b.key);
-    queue_and_wait(&state, &agent, &room, "m.reaction", content, None, idempotency_key(&headers)?).await
+    queue_and_wait(
+        &state,
+        &agent,
+        &room,
+        "m.reaction",
+        content,
+        None,
+        idempotency_key(&headers)?,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -350,8 +440,17 @@ pub async fn typing(
     let (_, room) = channel(&state, &caller, &channel_id).await?;
     let agent = agent(&state, &caller).await?;
     let user = state.puppets.ensure_ready(&agent).await.map_err(hs_error)?;
-    state.puppets.ensure_joined(&room, &agent, &user).await.map_err(hs_error)?;
-    state.puppets.hs().typing(&room, &user, b.typing.then_some(timeout)).await.map_err(|e| hs_error(e.into()))?;
+    state
+        .puppets
+        .ensure_joined(&room, &agent, &user)
+        .await
+        .map_err(hs_error)?;
+    state
+        .puppets
+        .hs()
+        .typing(&room, &user, b.typing.then_some(timeout))
+        .await
+        .map_err(|e| hs_error(e.into()))?;
     Ok(Json(json!({})))
 }
 
@@ -372,8 +471,17 @@ pub async fn read_marker(
     let (_, room) = channel(&state, &caller, &channel_id).await?;
     let agent = agent(&state, &caller).await?;
     let user = state.puppets.ensure_ready(&agent).await.map_err(hs_error)?;
-    state.puppets.ensure_joined(&room, &agent, &user).await.map_err(hs_error)?;
-    state.puppets.hs().read_receipt(&room, &user, b.event_id).await.map_err(|e| hs_error(e.into()))?;
+    state
+        .puppets
+        .ensure_joined(&room, &agent, &user)
+        .await
+        .map_err(hs_error)?;
+    state
+        .puppets
+        .hs()
+        .read_receipt(&room, &user, b.event_id)
+        .await
+        .map_err(|e| hs_error(e.into()))?;
     Ok(Json(json!({})))
 }
 
@@ -392,5 +500,9 @@ pub async fn outbox(
 
 fn hs_error(e: crate::puppet::PuppetError) -> ApiError {
     tracing::warn!(error = %e, "homeserver call for the agent API failed");
-    ApiError::new(StatusCode::BAD_GATEWAY, ruma::api::error::ErrorKind::Unknown, format!("homeserver: {e}"))
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        ruma::api::error::ErrorKind::Unknown,
+        format!("homeserver: {e}"),
+    )
 }

@@ -35,14 +35,26 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agent", get(handlers::whoami))
         .route("/api/v1/channels", get(handlers::channels))
         .route("/api/v1/sessions", get(handlers::sessions))
-        .route("/api/v1/channels/{channel_id}/messages", get(handlers::messages).post(handlers::send))
+        .route(
+            "/api/v1/channels/{channel_id}/messages",
+            get(handlers::messages).post(handlers::send),
+        )
         .route(
             "/api/v1/channels/{channel_id}/messages/{event_id}",
             put(handlers::edit).delete(handlers::redact),
         )
-        .route("/api/v1/channels/{channel_id}/messages/{event_id}/reactions", post(handlers::react))
-        .route("/api/v1/channels/{channel_id}/typing", put(handlers::typing))
-        .route("/api/v1/channels/{channel_id}/read-marker", post(handlers::read_marker))
+        .route(
+            "/api/v1/channels/{channel_id}/messages/{event_id}/reactions",
+            post(handlers::react),
+        )
+        .route(
+            "/api/v1/channels/{channel_id}/typing",
+            put(handlers::typing),
+        )
+        .route(
+            "/api/v1/channels/{channel_id}/read-marker",
+            post(handlers::read_marker),
+        )
         .route("/api/v1/outbox/{outbox_id}", get(handlers::outbox))
         .with_state(state)
 }

@@ -28,7 +28,8 @@ impl RateLimiter {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("limiter lock");
         let (tokens, last) = buckets.entry(agent).or_insert((self.capacity, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.capacity);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
+            .min(self.capacity);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -51,7 +52,13 @@ mod tests {
         assert!(limiter.check(agent).is_ok());
         assert!(limiter.check(agent).is_ok());
         let wait = limiter.check(agent).unwrap_err();
-        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
-        assert!(limiter.check(AgentId::new()).is_ok(), "buckets are per agent");
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(
+            limiter.check(AgentId::new()).is_ok(),
+            "buckets are per agent"
+        );
     }
 }

@@ -69,7 +69,6 @@ impl ApiError {
     }
 }
 
-
 impl ApiError {
     pub fn missing_token() -> Self {
         Self::new(
@@ -108,13 +107,18 @@ impl IntoResponse for ApiError {
             }) => Some(*d),
             _ => None,
         };
-        let mut response =
-            (self.status, Json(StandardErrorBody::new(self.kind, self.message))).into_response();
+        let mut response = (
+            self.status,
+            Json(StandardErrorBody::new(self.kind, self.message)),
+        )
+            .into_response();
         if let Some(d) = retry_after {
             // Whole seconds, rounded up, as HTTP wants.
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
         response

@@ -166,13 +166,20 @@ impl Store {
             .rows_affected());
         }
         let cutoff = Ts(now.0 - chrono::Duration::from_std(default_after).unwrap_or_default());
-        let placeholders: Vec<String> = (0..overrides.len()).map(|i| format!("${}", i + 2)).collect();
+        let placeholders: Vec<String> = (0..overrides.len())
+            .map(|i| format!("${}", i + 2))
+            .collect();
         let exclude = if overrides.is_empty() {
             String::new()
         } else {
-            format!(" AND agent_id NOT IN (SELECT id FROM agents WHERE matrix_id IN ({}))", placeholders.join(", "))
+            format!(
+                " AND agent_id NOT IN (SELECT id FROM agents WHERE matrix_id IN ({}))",
+                placeholders.join(", ")
+            )
         };
-        let sql = format!("UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1{exclude}");
+        let sql = format!(
+            "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1{exclude}"
+        );
         changed += both!(self, pool => {
             let mut q = sqlx::query(&sql).bind(cutoff);
             for (agent, _) in overrides {
@@ -192,7 +199,11 @@ impl Store {
         .await?))
     }
 
-    pub async fn agent_sessions(&self, agent: AgentId, status: Option<&str>) -> Result<Vec<SessionRow>, StoreError> {
+    pub async fn agent_sessions(
+        &self,
+        agent: AgentId,
+        status: Option<&str>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
         let rows = both!(self, pool => sqlx::query(
             "SELECT s.id, s.channel_id, c.matrix_room_id, s.status, s.started_at, s.last_activity_at, s.closed_at \
              FROM agent_sessions s JOIN channels c ON c.id = s.channel_id \
@@ -244,7 +255,11 @@ impl Store {
     }
 
     /// The channel's room and whether `agent` is an active member; `None` if no such channel.
-    pub async fn channel_access(&self, channel: ChannelId, agent: AgentId) -> Result<Option<(String, bool)>, StoreError> {
+    pub async fn channel_access(
+        &self,
+        channel: ChannelId,
+        agent: AgentId,
+    ) -> Result<Option<(String, bool)>, StoreError> {
         Ok(both!(self, pool => sqlx::query_as::<_, (String, bool)>(
             "SELECT c.matrix_room_id, EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
              AND cm.member_agent_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1",
@@ -307,14 +322,20 @@ impl Store {
     }
 
     /// The agent that sent `event_id` in `channel`, if an agent did.
-    pub async fn message_agent(&self, channel: ChannelId, event_id: &str) -> Result<Option<Option<AgentId>>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar::<_, Option<AgentId>>(
+    pub async fn message_agent(
+        &self,
+        channel: ChannelId,
+        event_id: &str,
+    ) -> Result<Option<Option<AgentId>>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_scalar::<_, Option<AgentId>>(
             "SELECT sender_agent_id FROM messages WHERE channel_id = $1 AND matrix_event_id = $2",
         )
         .bind(channel)
         .bind(event_id)
         .fetch_optional(pool)
-        .await?))
+        .await?),
+        )
     }
 
     // --- access keys ---------------------------------------------------------------------
@@ -333,10 +354,14 @@ impl Store {
             .bind(agent_external_id)
             .fetch_optional(pool)
             .await?);
-        let agent = agent.ok_or_else(|| StoreError::Seed(format!("no agent `{agent_external_id}`")))?;
+        let agent =
+            agent.ok_or_else(|| StoreError::Seed(format!("no agent `{agent_external_id}`")))?;
         let known: Vec<String> = both!(self, pool => sqlx::query_scalar("SELECT code FROM capabilities").fetch_all(pool).await?);
         if let Some(unknown) = caps.iter().find(|c| !known.contains(c)) {
-            return Err(StoreError::Seed(format!("unknown capability `{unknown}` (known: {})", known.join(", "))));
+            return Err(StoreError::Seed(format!(
+                "unknown capability `{unknown}` (known: {})",
+                known.join(", ")
+            )));
         }
         let id = AccessKeyId::new();
         let now = Ts::now();
@@ -416,7 +441,10 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_keys(&self, agent_external_id: Option<&str>) -> Result<Vec<KeyListing>, StoreError> {
+    pub async fn list_keys(
+        &self,
+        agent_external_id: Option<&str>,
+    ) -> Result<Vec<KeyListing>, StoreError> {
         let mut keys = both!(self, pool => sqlx::query(
             "SELECT k.id, a.external_id, k.name, k.key_prefix, k.created_at, k.expires_at, k.revoked_at, k.last_used_at \
              FROM access_keys k JOIN agents a ON a.id = k.agent_id WHERE ($1 = '' OR a.external_id = $1) ORDER BY k.created_at",
@@ -497,16 +525,21 @@ impl Store {
         .await?
         .map(|r| Ok::<_, sqlx::Error>(outbox_row!(r)))
         .transpose()?);
-        Ok((existing.ok_or_else(|| StoreError::Seed("outbox conflict without a row".into()))?, true))
+        Ok((
+            existing.ok_or_else(|| StoreError::Seed("outbox conflict without a row".into()))?,
+            true,
+        ))
     }
 
     pub async fn outbox_get(&self, id: OutboxId) -> Result<Option<OutboxItem>, StoreError> {
-        Ok(both!(self, pool => sqlx::query(&format!("SELECT {OUTBOX_COLS} WHERE o.id = $1"))
+        Ok(
+            both!(self, pool => sqlx::query(&format!("SELECT {OUTBOX_COLS} WHERE o.id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await?
             .map(|r| Ok::<_, sqlx::Error>(outbox_row!(r)))
-            .transpose()?))
+            .transpose()?),
+        )
     }
 
     /// The oldest pending item of a room: rooms are delivered in order.
@@ -522,12 +555,19 @@ impl Store {
     }
 
     pub async fn outbox_pending_rooms(&self) -> Result<Vec<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar("SELECT DISTINCT room_id FROM agent_outbox WHERE status = 'pending'")
+        Ok(
+            both!(self, pool => sqlx::query_scalar("SELECT DISTINCT room_id FROM agent_outbox WHERE status = 'pending'")
             .fetch_all(pool)
-            .await?))
+            .await?),
+        )
     }
 
-    pub async fn outbox_attempt(&self, id: OutboxId, error: Option<&str>, failed: bool) -> Result<(), StoreError> {
+    pub async fn outbox_attempt(
+        &self,
+        id: OutboxId,
+        error: Option<&str>,
+        failed: bool,
+    ) -> Result<(), StoreError> {
         both!(self, pool => sqlx::query(
             "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, status = CASE WHEN $3 THEN 'failed' ELSE status END WHERE id = $1",
         )
@@ -572,7 +612,11 @@ impl Store {
         .unwrap_or_default()))
     }
 
-    pub async fn set_puppet_state(&self, agent: AgentId, s: &PuppetState) -> Result<(), StoreError> {
+    pub async fn set_puppet_state(
+        &self,
+        agent: AgentId,
+        s: &PuppetState,
+    ) -> Result<(), StoreError> {
         both!(self, pool => sqlx::query(
             "INSERT INTO bridge_puppets (agent_id, registered, display_name, avatar_url, avatar_source) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (agent_id) DO UPDATE SET registered = excluded.registered, display_name = excluded.display_name, \

@@ -12,29 +12,35 @@ use sqlx::{
 /// One migration: version, description, up SQL, down SQL.
 type Step = (i64, &'static str, &'static str, &'static str);
 
-const POSTGRES: &[Step] = &[(
-    1,
-    "daarion_schema",
-    include_str!("../../migrations/postgres/000001_daarion_schema.up.sql"),
-    include_str!("../../migrations/postgres/000001_daarion_schema.down.sql"),
-), (
-    2,
-    "agents",
-    include_str!("../../migrations/postgres/000002_agents.up.sql"),
-    include_str!("../../migrations/postgres/000002_agents.down.sql"),
-)];
+const POSTGRES: &[Step] = &[
+    (
+        1,
+        "daarion_schema",
+        include_str!("../../migrations/postgres/000001_daarion_schema.up.sql"),
+        include_str!("../../migrations/postgres/000001_daarion_schema.down.sql"),
+    ),
+    (
+        2,
+        "agents",
+        include_str!("../../migrations/postgres/000002_agents.up.sql"),
+        include_str!("../../migrations/postgres/000002_agents.down.sql"),
+    ),
+];
 
-const SQLITE: &[Step] = &[(
-    1,
-    "daarion_schema",
-    include_str!("../../migrations/sqlite/000001_daarion_schema.up.sql"),
-    include_str!("../../migrations/sqlite/000001_daarion_schema.down.sql"),
-), (
-    2,
-    "agents",
-    include_str!("../../migrations/sqlite/000002_agents.up.sql"),
-    include_str!("../../migrations/sqlite/000002_agents.down.sql"),
-)];
+const SQLITE: &[Step] = &[
+    (
+        1,
+        "daarion_schema",
+        include_str!("../../migrations/sqlite/000001_daarion_schema.up.sql"),
+        include_str!("../../migrations/sqlite/000001_daarion_schema.down.sql"),
+    ),
+    (
+        2,
+        "agents",
+        include_str!("../../migrations/sqlite/000002_agents.up.sql"),
+        include_str!("../../migrations/sqlite/000002_agents.down.sql"),
+    ),
+];
 
 /// The migrations of one dialect, as a sqlx source.
 #[derive(Debug, Clone, Copy)]

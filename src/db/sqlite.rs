@@ -5,7 +5,11 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::{Batch, StoreError, postgres::localpart, shared::{write_channel, write_session}};
+use super::{
+    Batch, StoreError,
+    postgres::localpart,
+    shared::{write_channel, write_session},
+};
 use crate::ids::{MessageId, UserRowId};
 
 pub(super) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<bool, StoreError> {

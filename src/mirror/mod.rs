@@ -172,7 +172,12 @@ impl Mirror {
 
     /// Every known agent.
     pub fn agents(&self) -> Vec<StoredAgent> {
-        self.agents.read().expect("agents lock").values().cloned().collect()
+        self.agents
+            .read()
+            .expect("agents lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The agent behind a puppet id, if any.
@@ -562,7 +567,18 @@ impl<'m> Planner<'m> {
                 }
                 let preview =
                     preview::of_msgtype(&content.msgtype, env.sender.localpart(), is_reply);
-                Ok(self.message(room_id, env, preview, at))
+                let outcome = self.message(room_id, env, preview, at);
+                // Being addressed opens (or revives) the agent's session in the channel.
+                if outcome == "mirrored"
+                    && let Some(mentions) = &content.mentions
+                {
+                    for user in &mentions.user_ids {
+                        if user != &env.sender && self.mirror.agent(user.as_str()).is_some() {
+                            self.session(room_id, Some(user.as_str()), SessionChange::Activate, at);
+                        }
+                    }
+                }
+                Ok(outcome)
             }
             ("m.sticker", false) => {
                 let content: StickerEventContent = env.content()?;
@@ -757,7 +773,11 @@ impl<'m> Planner<'m> {
                 .role(target.as_str())
         };
         if is_agent {
-            let change = if joined { SessionChange::Activate } else { SessionChange::Close };
+            let change = if joined {
+                SessionChange::Activate
+            } else {
+                SessionChange::Close
+            };
             self.session(room_id, Some(target.as_str()), change, at);
         }
         let key = (room_id.to_owned(), target);
@@ -781,14 +801,24 @@ impl<'m> Planner<'m> {
     /// Records a session change; consecutive activity of the same agent in the same channel
     /// collapses into one (the latest), so a burst of messages costs one statement.
     fn session(&mut self, room_id: &RoomId, agent: Option<&str>, change: SessionChange, at: Ts) {
-        if let Some(last) = self.batch.sessions.iter_mut().rev().find(|op| op.room_id == room_id.as_str() && op.agent.as_deref() == agent)
+        if let Some(last) = self
+            .batch
+            .sessions
+            .iter_mut()
+            .rev()
+            .find(|op| op.room_id == room_id.as_str() && op.agent.as_deref() == agent)
             && last.change == SessionChange::Activate
             && change == SessionChange::Activate
         {
             last.at = last.at.max(at);
             return;
         }
-        self.batch.sessions.push(SessionOp { room_id: room_id.to_string(), agent: agent.map(str::to_owned), change, at });
+        self.batch.sessions.push(SessionOp {
+            room_id: room_id.to_string(),
+            agent: agent.map(str::to_owned),
+            change,
+            at,
+        });
     }
 
     /// Collapses the plan into the batch and the cache updates to apply after commit.

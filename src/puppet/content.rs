@@ -44,7 +44,10 @@ pub fn markdown_html(text: &str) -> Option<String> {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn base(body: &str, markdown: bool, kind: MessageKind) -> RoomMessageEventContent {
@@ -58,11 +61,14 @@ fn base(body: &str, markdown: bool, kind: MessageKind) -> RoomMessageEventConten
 
 /// `m.room.message` content for a new message.
 pub fn message(o: &Outgoing) -> serde_json::Value {
-    let mut content = base(&o.body, o.markdown, o.kind).add_mentions(Mentions::with_user_ids(o.mentions.clone()));
+    let mut content =
+        base(&o.body, o.markdown, o.kind).add_mentions(Mentions::with_user_ids(o.mentions.clone()));
     content.relates_to = match (&o.thread_root, &o.reply_to) {
         // In a thread, a reply to a specific event is a real reply; otherwise the fallback
         // points at the root for clients without thread support.
-        (Some(root), Some(reply)) => Some(Relation::Thread(Thread::reply(root.clone(), reply.clone()))),
+        (Some(root), Some(reply)) => {
+            Some(Relation::Thread(Thread::reply(root.clone(), reply.clone())))
+        }
         (Some(root), None) => Some(Relation::Thread(Thread::plain(root.clone(), root.clone()))),
         // Rich replies without a fallback body (spec v1.13+).
         (None, Some(reply)) => Some(Relation::Reply(Reply::new(InReplyTo::new(reply.clone())))),
@@ -72,15 +78,26 @@ pub fn message(o: &Outgoing) -> serde_json::Value {
 }
 
 /// `m.room.message` content replacing `target` (`m.replace` + `m.new_content`).
-pub fn edit(target: OwnedEventId, body: &str, markdown: bool, kind: MessageKind, mentions: Vec<OwnedUserId>) -> serde_json::Value {
+pub fn edit(
+    target: OwnedEventId,
+    body: &str,
+    markdown: bool,
+    kind: MessageKind,
+    mentions: Vec<OwnedUserId>,
+) -> serde_json::Value {
     let mentions = Mentions::with_user_ids(mentions);
-    let content = base(body, markdown, kind).make_replacement(ReplacementMetadata::new(target, Some(mentions)));
+    let content = base(body, markdown, kind)
+        .make_replacement(ReplacementMetadata::new(target, Some(mentions)));
     serde_json::to_value(&content).expect("content serializes")
 }
 
 /// `m.reaction` content.
 pub fn reaction(target: OwnedEventId, key: &str) -> serde_json::Value {
-    serde_json::to_value(ReactionEventContent::new(Annotation::new(target, key.to_owned()))).expect("content serializes")
+    serde_json::to_value(ReactionEventContent::new(Annotation::new(
+        target,
+        key.to_owned(),
+    )))
+    .expect("content serializes")
 }
 
 #[cfg(test)]
@@ -90,30 +107,58 @@ mod tests {
     #[test]
     fn markdown_is_rendered_and_raw_html_escaped() {
         assert_eq!(markdown_html("plain words"), None);
-        assert_eq!(markdown_html("**bold**").as_deref(), Some("<p><strong>bold</strong></p>"));
+        assert_eq!(
+            markdown_html("**bold**").as_deref(),
+            Some("<p><strong>bold</strong></p>")
+        );
         let html = markdown_html("hi <script>alert(1)</script> *x*").unwrap();
-        assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;") && !html.contains("<script>"),
+            "{html}"
+        );
     }
 
     #[test]
     fn messages_carry_mentions_and_relations() {
         let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
         let root: OwnedEventId = "$root".try_into().unwrap();
-        let v = message(&Outgoing { body: "hi".into(), mentions: vec![bob], thread_root: Some(root), ..Default::default() });
+        let v = message(&Outgoing {
+            body: "hi".into(),
+            mentions: vec![bob],
+            thread_root: Some(root),
+            ..Default::default()
+        });
         assert_eq!(v["msgtype"], "m.notice");
         assert_eq!(v["m.mentions"]["user_ids"][0], "@bob:localhost");
         assert_eq!(v["m.relates_to"]["rel_type"], "m.thread");
         assert_eq!(v["m.relates_to"]["is_falling_back"], true);
-        let plain = message(&Outgoing { body: "hi".into(), kind: MessageKind::Text, ..Default::default() });
+        let plain = message(&Outgoing {
+            body: "hi".into(),
+            kind: MessageKind::Text,
+            ..Default::default()
+        });
         assert_eq!(plain["m.mentions"], serde_json::json!({}));
         assert_eq!(plain["msgtype"], "m.text");
-        let reply = message(&Outgoing { body: "yes".into(), reply_to: Some("$q".try_into().unwrap()), ..Default::default() });
+        let reply = message(&Outgoing {
+            body: "yes".into(),
+            reply_to: Some("$q".try_into().unwrap()),
+            ..Default::default()
+        });
         assert_eq!(reply["m.relates_to"]["m.in_reply_to"]["event_id"], "$q");
         assert_eq!(reply["body"], "yes", "no reply fallback");
-        let e = edit("$t".try_into().unwrap(), "**new**", true, MessageKind::Notice, vec![]);
+        let e = edit(
+            "$t".try_into().unwrap(),
+            "**new**",
+            true,
+            MessageKind::Notice,
+            vec![],
+        );
         assert_eq!(e["m.relates_to"]["rel_type"], "m.replace");
         assert_eq!(e["m.new_content"]["body"], "**new**");
-        assert_eq!(e["m.new_content"]["formatted_body"], "<p><strong>new</strong></p>");
+        assert_eq!(
+            e["m.new_content"]["formatted_body"],
+            "<p><strong>new</strong></p>"
+        );
         let r = reaction("$t".try_into().unwrap(), "👍");
         assert_eq!(r["m.relates_to"]["key"], "👍");
     }

@@ -20,7 +20,7 @@ use crate::{
         agents::{NewOutbox, OutboxItem, PuppetState},
         types::Ts,
     },
-    homeserver::{HsError, Homeserver},
+    homeserver::{Homeserver, HsError},
     ids::OutboxId,
     mirror::{Mirror, preview},
 };
@@ -63,7 +63,12 @@ pub struct Puppets {
 }
 
 impl Puppets {
-    pub fn new(hs: Homeserver, store: Store, config: Arc<Config>, mirror: Arc<Mirror>) -> Arc<Self> {
+    pub fn new(
+        hs: Homeserver,
+        store: Store,
+        config: Arc<Config>,
+        mirror: Arc<Mirror>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hs,
             store,
@@ -91,7 +96,8 @@ impl Puppets {
 
     /// Registers the puppet once and keeps its display name and avatar in sync with the agent.
     pub async fn ensure_ready(&self, agent: &StoredAgent) -> Result<OwnedUserId, PuppetError> {
-        let user = UserId::parse(&agent.matrix_id).map_err(|e| PuppetError::Other(e.to_string()))?;
+        let user =
+            UserId::parse(&agent.matrix_id).map_err(|e| PuppetError::Other(e.to_string()))?;
         if self.ready.lock().expect("ready lock").contains(&user) {
             return Ok(user);
         }
@@ -133,20 +139,33 @@ impl Puppets {
         let bytes = tokio::fs::read(source)
             .await
             .map_err(|e| PuppetError::Other(format!("cannot read avatar {source}: {e}")))?;
-        let mime = match source.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+        let mime = match source
+            .rsplit('.')
+            .next()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("png") => "image/png",
             Some("jpg" | "jpeg") => "image/jpeg",
             Some("gif") => "image/gif",
             Some("webp") => "image/webp",
             _ => "application/octet-stream",
         };
-        let name = std::path::Path::new(source).file_name().and_then(|n| n.to_str()).unwrap_or("avatar");
+        let name = std::path::Path::new(source)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("avatar");
         Ok(self.hs.upload(bytes, mime, name).await?)
     }
 
     /// Joins the room as the puppet unless the mirror already knows it is a member: actions
     /// such as typing fail, or worse are silently dropped, before the join.
-    pub async fn ensure_joined(&self, room: &OwnedRoomId, agent: &StoredAgent, user: &UserId) -> Result<(), PuppetError> {
+    pub async fn ensure_joined(
+        &self,
+        room: &OwnedRoomId,
+        agent: &StoredAgent,
+        user: &UserId,
+    ) -> Result<(), PuppetError> {
         if self.store.agent_in_room(room.as_str(), agent.id).await? {
             return Ok(());
         }
@@ -180,7 +199,11 @@ impl Puppets {
         let item = NewOutbox {
             agent_id: agent.id,
             room_id: room.to_string(),
-            kind: if redacts.is_some() { "redaction" } else { "message" },
+            kind: if redacts.is_some() {
+                "redaction"
+            } else {
+                "message"
+            },
             event_type: event_type.to_owned(),
             content,
             redacts,
@@ -197,7 +220,11 @@ impl Puppets {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let finished = self.finished.notified();
-            let item = self.store.outbox_get(id).await?.expect("queued items are never deleted");
+            let item = self
+                .store
+                .outbox_get(id)
+                .await?
+                .expect("queued items are never deleted");
             if item.status != "pending" {
                 return Ok(item);
             }
@@ -255,13 +282,20 @@ impl Puppets {
                         _ => delay,
                     };
                     tracing::warn!(room_id = %room, txn_id = %item.txn_id, %error, retry_in_ms = wait.as_millis() as u64, "puppet send failed; will retry");
-                    let _ = self.store.outbox_attempt(item.id, Some(&error.to_string()), false).await;
+                    let _ = self
+                        .store
+                        .outbox_attempt(item.id, Some(&error.to_string()), false)
+                        .await;
                     tokio::time::sleep(wait).await;
                     delay = (delay * 2).min(BACKOFF_MAX);
                 }
                 Err(error) => {
                     tracing::error!(room_id = %room, txn_id = %item.txn_id, %error, "puppet send failed for good");
-                    if let Err(e) = self.store.outbox_attempt(item.id, Some(&error.to_string()), true).await {
+                    if let Err(e) = self
+                        .store
+                        .outbox_attempt(item.id, Some(&error.to_string()), true)
+                        .await
+                    {
                         tracing::error!(error = %e, "cannot record the failure; will retry the send");
                         tokio::time::sleep(delay).await;
                         continue;
@@ -272,20 +306,34 @@ impl Puppets {
         }
     }
 
-    async fn try_deliver(&self, room: &OwnedRoomId, item: &OutboxItem) -> Result<OwnedEventId, PuppetError> {
-        let agent = self
-            .mirror
-            .agent(&item.agent_matrix_id)
-            .ok_or_else(|| PuppetError::Other(format!("agent {} no longer exists", item.agent_matrix_id)))?;
+    async fn try_deliver(
+        &self,
+        room: &OwnedRoomId,
+        item: &OutboxItem,
+    ) -> Result<OwnedEventId, PuppetError> {
+        let agent = self.mirror.agent(&item.agent_matrix_id).ok_or_else(|| {
+            PuppetError::Other(format!("agent {} no longer exists", item.agent_matrix_id))
+        })?;
         let user = self.ensure_ready(&agent).await?;
         self.ensure_joined(room, &agent, &user).await?;
         let event_id = match &item.redacts {
             Some(target) => {
-                let target = OwnedEventId::try_from(target.as_str()).map_err(|e| PuppetError::Other(e.to_string()))?;
-                let reason = item.content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
-                self.hs.redact(room, &user, target, &item.txn_id, reason).await?
+                let target = OwnedEventId::try_from(target.as_str())
+                    .map_err(|e| PuppetError::Other(e.to_string()))?;
+                let reason = item
+                    .content
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned);
+                self.hs
+                    .redact(room, &user, target, &item.txn_id, reason)
+                    .await?
             }
-            None => self.hs.send_event(room, &user, &item.txn_id, &item.event_type, &item.content).await?,
+            None => {
+                self.hs
+                    .send_event(room, &user, &item.txn_id, &item.event_type, &item.content)
+                    .await?
+            }
         };
         // Mirror what was sent at once (the echo in a later transaction is then a no-op), and
         // count it as the agent's activity in the channel.
@@ -295,7 +343,13 @@ impl Puppets {
         Ok(event_id)
     }
 
-    fn mirror_sent(&self, room: &RoomId, agent: &StoredAgent, item: &OutboxItem, event_id: &OwnedEventId) -> Batch {
+    fn mirror_sent(
+        &self,
+        room: &RoomId,
+        agent: &StoredAgent,
+        item: &OutboxItem,
+        event_id: &OwnedEventId,
+    ) -> Batch {
         let now = Ts::now();
         let mut batch = Batch::default();
         batch.sessions.push(SessionOp {
@@ -307,17 +361,27 @@ impl Puppets {
         if item.redacts.is_some() || item.event_type != "m.room.message" {
             return batch;
         }
-        let Ok(content) = serde_json::from_value::<ruma::events::room::message::RoomMessageEventContent>(item.content.clone()) else {
+        let Ok(content) = serde_json::from_value::<
+            ruma::events::room::message::RoomMessageEventContent,
+        >(item.content.clone()) else {
             return batch;
         };
-        let localpart = agent.matrix_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+        let localpart = agent
+            .matrix_id
+            .trim_start_matches('@')
+            .split(':')
+            .next()
+            .unwrap_or_default();
         let max = self.config.bridge.preview_chars;
         match &content.relates_to {
             Some(ruma::events::room::message::Relation::Replacement(r)) => {
                 batch.edits.push(Edit {
                     target_event_id: r.event_id.to_string(),
                     sender: agent.matrix_id.clone(),
-                    preview: preview::truncate(&preview::of_msgtype(&r.new_content.msgtype, localpart, false), max),
+                    preview: preview::truncate(
+                        &preview::of_msgtype(&r.new_content.msgtype, localpart, false),
+                        max,
+                    ),
                     at: now,
                 });
             }
@@ -326,7 +390,10 @@ impl Puppets {
                 event_id: event_id.to_string(),
                 sender: agent.matrix_id.clone(),
                 is_agent: true,
-                preview: preview::truncate(&preview::of_msgtype(&content.msgtype, localpart, false), max),
+                preview: preview::truncate(
+                    &preview::of_msgtype(&content.msgtype, localpart, false),
+                    max,
+                ),
                 at: now,
             }),
         }
@@ -357,7 +424,9 @@ pub async fn watch_profiles(puppets: Arc<Puppets>, mirror: Arc<Mirror>) {
             continue;
         }
         for agent in mirror.agents() {
-            let changed = known.get(&agent.matrix_id).is_some_and(|name| name != &agent.name);
+            let changed = known
+                .get(&agent.matrix_id)
+                .is_some_and(|name| name != &agent.name);
             known.insert(agent.matrix_id.clone(), agent.name.clone());
             if changed && let Ok(user) = UserId::parse(&agent.matrix_id) {
                 puppets.profile_changed(&user);

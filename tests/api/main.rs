@@ -1,7 +1,10 @@
 //! Integration tests of the HTTP surface and the mirror, each run against SQLite and a real
 //! PostgreSQL (a fresh database per test).
 
+mod agents;
 mod support;
+
+use agents::*;
 
 use serde_json::{Value, json};
 use support::{Backend, HS_TOKEN, TestApp, ev};
@@ -45,6 +48,17 @@ both_backends!(
     database_down_is_5xx_and_nothing_is_lost,
     health_and_metrics,
     migrations_are_reversible,
+    sessions_follow_activity,
+    per_agent_idle_override,
+    keys_and_capabilities,
+    membership_and_input_rules,
+    send_edit_react_redact,
+    idempotency_and_ordering,
+    homeserver_429_and_outage,
+    outbox_survives_restart,
+    failed_send_is_recorded,
+    rate_limited_per_agent,
+    openapi_documents_every_route,
 );
 
 async fn mirrored(app: &TestApp) {

@@ -42,6 +42,8 @@ pub struct FakeHs {
     pub calls: Arc<Mutex<Vec<HsCall>>>,
     /// Room state `/rooms/{roomId}/state` answers with.
     pub state: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    /// Statuses to answer the next sends/redactions with (429 carries retry_after_ms 50).
+    pub fail_sends: Arc<Mutex<std::collections::VecDeque<u16>>>,
 }
 
 impl FakeHs {
@@ -79,6 +81,25 @@ impl FakeHs {
             auth,
             body,
         });
+        if path.contains("/send/") || path.contains("/redact/") {
+            if let Some(status) = self.fail_sends.lock().unwrap().pop_front() {
+                let body = if status == 429 {
+                    json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 50 })
+                } else {
+                    json!({ "errcode": "M_UNKNOWN", "error": "down" })
+                };
+                return (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+            }
+            // The homeserver deduplicates by transaction id: same txn, same event.
+            let txn = path.rsplit('/').next().unwrap_or("");
+            return Json(json!({ "event_id": format!("$sent-{txn}") })).into_response();
+        }
+        if path.contains("/typing/") || path.contains("/receipt/") || path.contains("/profile/") {
+            return Json(json!({})).into_response();
+        }
+        if path.ends_with("/upload") {
+            return Json(json!({ "content_uri": "mxc://localhost/avatar" })).into_response();
+        }
         if path.ends_with("/join") {
             let room = path.split('/').nth(5).unwrap_or("").to_owned();
             return Json(json!({ "room_id": room })).into_response();
@@ -108,6 +129,14 @@ impl FakeHs {
             Json(json!({"errcode": "M_UNRECOGNIZED", "error": "fake"})),
         )
             .into_response()
+    }
+
+    /// Calls whose path contains `needle`.
+    pub fn calls_to(&self, needle: &str) -> Vec<HsCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path.contains(needle))
+            .collect()
     }
 
     pub fn calls(&self) -> Vec<HsCall> {
@@ -151,9 +180,11 @@ pub struct TestApp {
     pub hs: FakeHs,
     pub store: Store,
     pub db_url: String,
+    pub hs_url: String,
     pub backend: Backend,
     pg_db: Option<String>,
     _dir: Option<TempDir>,
+    toml: String,
 }
 
 /// A temporary directory removed on drop.
@@ -258,7 +289,7 @@ impl TestApp {
             }
         };
         let toml = tweak(base_config(&db_url, &hs_url));
-        let app = Self::start(backend, &toml, hs).await;
+        let app = Self::start(backend, &toml, hs, &hs_url).await;
         TestApp {
             db_url,
             pg_db,
@@ -267,7 +298,7 @@ impl TestApp {
         }
     }
 
-    async fn start(backend: Backend, toml: &str, hs: FakeHs) -> Self {
+    async fn start(backend: Backend, toml: &str, hs: FakeHs, hs_url: &str) -> Self {
         let config = Config::from_toml_str(toml).expect("test config parses");
         config.validate().expect("test config is valid");
         let db_url = config.database.url.clone();
@@ -282,16 +313,17 @@ impl TestApp {
             hs,
             store,
             db_url,
+            hs_url: hs_url.to_owned(),
             backend,
             pg_db: None,
             _dir: None,
+            toml: toml.to_owned(),
         }
     }
 
-    /// A second bridge process over the same database (a restart).
+    /// A second bridge process over the same database and homeserver (a restart).
     pub async fn restart(&self) -> TestApp {
-        let toml = base_config(&self.db_url, "http://127.0.0.1:9");
-        Self::start(self.backend, &toml, FakeHs::default()).await
+        Self::start(self.backend, &self.toml, self.hs.clone(), &self.hs_url).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -423,6 +455,14 @@ pub mod ev {
     pub fn in_room(mut e: Value, room: &str) -> Value {
         e["room_id"] = json!(room);
         e
+    }
+    /// Stamped with the current time (sessions and the idle sweeper work on real time).
+    pub fn now(e: Value) -> Value {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        at(e, ms)
     }
     pub fn at(mut e: Value, ts: u64) -> Value {
         e["origin_server_ts"] = json!(ts);
