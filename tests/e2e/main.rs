@@ -362,3 +362,242 @@ async fn room_is_mirrored_on_postgres() {
         .unwrap();
     room_is_mirrored(format!("{}/{name}", admin.rsplit_once('/').unwrap().0)).await;
 }
+
+/// The agent side against the real homeserver: invited, it joins as "Sofia"; through the agent
+/// API it answers in Markdown, edits, reacts; the person's /sync sees all of it from the agent's
+/// user id; a homeserver outage delays a send but delivers it exactly once; kicked, its session
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_lives_in_matrix() {
+    let admin = std::env::var("DAARION_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
+    let pg = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pg)
+        .await
+        .unwrap();
+    let db_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+
+    let _serial = serial().lock().await;
+    ensure_synapse();
+    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
+    let store = bridge.state.mirror.store().clone();
+    let pool = store.pool().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
+        .await
+        .expect("port 29334 free for the e2e bridge");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bridge.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let sofia = "@agent_sofia:localhost";
+
+    let alice = Person::register("alice").await;
+    let created = alice
+        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", json!({ "name": "Ask Sofia", "preset": "private_chat", "invite": ["@daarion:localhost"] }))
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let q = format!("SELECT CAST(id AS TEXT) FROM channels WHERE matrix_room_id = '{room}'");
+    let channel = wait_rows(&pool, &q, "the channel", |r| r.len() == 1).await[0][0]
+        .clone()
+        .unwrap();
+    alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": sofia }),
+        )
+        .await;
+    let q = format!(
+        "SELECT s.status FROM agent_sessions s JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = '{room}' ORDER BY s.started_at"
+    );
+    wait_rows(&pool, &q, "Sofia's active session", |r| {
+        r == [vec![Some("active".into())]]
+    })
+    .await;
+    // She joined under her own name.
+    let profile = alice
+        .call(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/profile/{}", enc(sofia)),
+            json!(null),
+        )
+        .await;
+    assert_eq!(profile["displayname"], "Sofia");
+
+    let question = alice
+        .send(
+            &room,
+            json!({ "msgtype": "m.text", "body": "Sofia, what is 2+2?" }),
+        )
+        .await;
+    let (_, key) = daarion_bridge::keys::create(
+        &store,
+        "agent:sofia",
+        "e2e",
+        &[],
+        &["agent.runtime".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let api = |method: reqwest::Method, path: String, body: Value| {
+        let req = http
+            .request(method, format!("http://127.0.0.1:29334{path}"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let base = format!("/api/v1/channels/{channel}/messages");
+    let (s, sent) = api(
+        reqwest::Method::POST,
+        base.clone(),
+        json!({ "text": "It is **4**.", "reply_to": question, "mentions": [alice.user_id] }),
+    )
+    .await;
+    assert_eq!(s, 200, "{sent}");
+    let answer = sent["event_id"].as_str().unwrap().to_owned();
+    let (s, _) = api(
+        reqwest::Method::PUT,
+        format!("{base}/{}", enc(&answer)),
+        json!({ "text": "It is **four**." }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = api(
+        reqwest::Method::POST,
+        format!("{base}/{}/reactions", enc(&question)),
+        json!({ "key": "👍" }),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // Alice's client sees all three from Sofia's user id.
+    let filter = enc(r#"{"room":{"timeline":{"limit":50}}}"#)
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace(',', "%2C");
+    let sync = alice
+        .call(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
+            json!(null),
+        )
+        .await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let from_sofia: Vec<&Value> = timeline.iter().filter(|e| e["sender"] == sofia).collect();
+    let reply = from_sofia
+        .iter()
+        .find(|e| e["event_id"] == answer.as_str())
+        .expect("the answer reached alice");
+    assert_eq!(reply["content"]["msgtype"], "m.notice");
+    assert_eq!(
+        reply["content"]["formatted_body"],
+        "<p>It is <strong>4</strong>.</p>"
+    );
+    assert_eq!(
+        reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        question.as_str()
+    );
+    assert_eq!(
+        reply["content"]["m.mentions"]["user_ids"][0],
+        alice.user_id.as_str()
+    );
+    assert!(
+        from_sofia
+            .iter()
+            .any(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace"
+                && e["content"]["m.new_content"]["body"] == "It is **four**.")
+    );
+    assert!(
+        from_sofia
+            .iter()
+            .any(|e| e["type"] == "m.reaction" && e["content"]["m.relates_to"]["key"] == "👍")
+    );
+    let q = format!(
+        "SELECT content_preview, sender_type FROM messages WHERE matrix_event_id = '{answer}'"
+    );
+    wait_rows(&pool, &q, "the edited answer", |r| {
+        r == [vec![Some("It is **four**.".into()), Some("agent".into())]]
+    })
+    .await;
+
+    // The homeserver goes away: the send is queued (202), then delivered exactly once.
+    let synapse = repo().join("scripts/synapse.sh");
+    assert!(
+        Command::new(&synapse)
+            .arg("stop")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (s, queued) = api(
+        reqwest::Method::POST,
+        base.clone(),
+        json!({ "text": "sent during the outage" }),
+    )
+    .await;
+    assert_eq!(s, 202, "{queued}");
+    assert!(
+        Command::new(&synapse)
+            .args(["start", "--registration"])
+            .arg(repo().join("target/e2e/registration.yaml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let q = "SELECT status FROM agent_outbox WHERE content->>'body' = 'sent during the outage'"
+        .to_owned();
+    wait_rows(&pool, &q, "the queued send to be delivered", |r| {
+        r == [vec![Some("sent".into())]]
+    })
+    .await;
+    let messages = alice
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                enc(&room)
+            ),
+            json!(null),
+        )
+        .await;
+    let copies = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["body"] == "sent during the outage")
+        .count();
+    assert_eq!(copies, 1, "delivered exactly once");
+
+    // Kicked, the agent's session closes.
+    alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+            json!({ "user_id": sofia, "reason": "bye" }),
+        )
+        .await;
+    let q = format!(
+        "SELECT s.status FROM agent_sessions s JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = '{room}'"
+    );
+    wait_rows(&pool, &q, "the closed session", |r| {
+        r == [vec![Some("closed".into())]]
+    })
+    .await;
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
