@@ -34,6 +34,18 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// Set when an agent answers in a channel: mentions (default), all, or never.
+    Respond {
+        /// The agent (external id, e.g. agent:sofia).
+        #[arg(long)]
+        agent: String,
+        /// The channel: its id, or its Matrix room id (!abc:example.org).
+        #[arg(long)]
+        channel: String,
+        /// mentions | all | never
+        #[arg(long = "set")]
+        respond: String,
+    },
     /// Manage access keys of agent runtimes (the agent API).
     AccessKey {
         #[command(subcommand)]
@@ -112,6 +124,33 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             store.seed(&config).await?;
             access_key(&store, command).await
+        }
+        Command::Respond {
+            agent,
+            channel,
+            respond,
+        } => {
+            anyhow::ensure!(
+                crate::mirror::trigger::Respond::parse(&respond).is_some(),
+                "--set must be mentions, all or never"
+            );
+            let config = Config::load(&cli.config)?;
+            let store = Store::connect(&config.database.url, 1).await?;
+            store.migrate().await?;
+            let channel_id = match channel.parse::<uuid::Uuid>() {
+                Ok(id) => crate::ids::ChannelId(id),
+                Err(_) => store
+                    .channel_for_room(&channel)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no channel for room {channel}"))?,
+            };
+            let agent_id = store
+                .agent_by_external_id(&agent)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no agent {agent}"))?;
+            store.set_respond(agent_id, channel_id, &respond).await?;
+            println!("{agent} answers {respond} in channel {channel_id}");
+            Ok(())
         }
         Command::CheckConfig => {
             Config::load(&cli.config)?;

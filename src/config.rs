@@ -103,6 +103,26 @@ pub struct BridgeConfig {
     /// An active agent session turns idle after this long without activity ("15m", "900s", 900).
     #[serde(default = "default_idle_after", with = "duration")]
     pub session_idle_after: std::time::Duration,
+    /// Messages older than this when they arrive address nobody (after an outage, recent
+    /// questions are answered, stale ones are not).
+    #[serde(default = "default_max_message_age", with = "duration")]
+    pub max_message_age: std::time::Duration,
+    /// At most this many agent→agent turns in a row (within `max_message_age`).
+    #[serde(default = "default_max_agent_chain")]
+    pub max_agent_chain: u32,
+    /// Messages addressing the same agent in the same channel within this window are merged
+    /// into one run.
+    #[serde(default = "default_debounce", with = "duration")]
+    pub debounce: std::time::Duration,
+    /// Runs executing at once, over all agents.
+    #[serde(default = "default_max_concurrent_runs")]
+    pub max_concurrent_runs: usize,
+    /// Runs each agent may start per minute.
+    #[serde(default = "default_runs_per_minute")]
+    pub runs_per_minute: u32,
+    /// A streamed answer is edited at most this often while it grows.
+    #[serde(default = "default_stream_edit_interval", with = "duration")]
+    pub stream_edit_interval: std::time::Duration,
 }
 
 impl Default for BridgeConfig {
@@ -111,6 +131,12 @@ impl Default for BridgeConfig {
             preview_chars: default_preview_chars(),
             default_microdao: None,
             session_idle_after: default_idle_after(),
+            max_message_age: default_max_message_age(),
+            max_agent_chain: default_max_agent_chain(),
+            debounce: default_debounce(),
+            max_concurrent_runs: default_max_concurrent_runs(),
+            runs_per_minute: default_runs_per_minute(),
+            stream_edit_interval: default_stream_edit_interval(),
         }
     }
 }
@@ -197,6 +223,92 @@ pub struct BlueprintDecl {
     /// What the agents of this blueprint send by default: `notice` (default) or `text`.
     #[serde(default)]
     pub message_type: MessageKind,
+    /// Which runtime answers for agents of this blueprint.
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// System prompt of the blueprint (agents may add their own `instructions`).
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// How many recent room events the runtime gets as context.
+    #[serde(default = "default_context_events")]
+    pub context_events: u32,
+    /// Post one short notice in the room when a run fails (default: on, off for `webhook`).
+    #[serde(default)]
+    pub failure_notice: Option<bool>,
+    #[serde(default)]
+    pub openai: Option<OpenAiConfig>,
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Answers with what it was sent (demos, smoke tests).
+    #[default]
+    Echo,
+    /// Any OpenAI-compatible `/v1/chat/completions` endpoint.
+    Openai,
+    /// Signed JSON POSTed to a URL of the agent developer's.
+    Webhook,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Echo => "echo",
+            RuntimeKind::Openai => "openai",
+            RuntimeKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// `[blueprints.openai]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Base URL up to `/v1`, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (none for local servers).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Stream the answer (SSE) and edit the message as it grows.
+    #[serde(default = "yes")]
+    pub stream: bool,
+    #[serde(default = "default_runtime_timeout", with = "duration")]
+    pub timeout: std::time::Duration,
+}
+
+/// `[blueprints.webhook]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Name of the environment variable holding the HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The HMAC secret itself (prefer `secret_env` outside tests).
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default = "default_runtime_timeout", with = "duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl WebhookConfig {
+    /// The signing secret: `secret`, else the variable `secret_env` names.
+    pub fn secret(&self) -> Option<String> {
+        self.secret
+            .clone()
+            .or_else(|| std::env::var(self.secret_env.as_deref()?).ok())
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An `[[agents]]` entry, upserted at start-up by `external_id`.
@@ -218,6 +330,9 @@ pub struct AgentDecl {
     /// Avatar: an `mxc://` URI, or a local image file the bridge uploads once.
     #[serde(default)]
     pub avatar: Option<String>,
+    /// The agent's own instructions, added to its blueprint's system prompt.
+    #[serde(default)]
+    pub instructions: Option<String>,
     /// Overrides `bridge.session_idle_after` for this agent.
     #[serde(default, with = "duration_opt")]
     pub session_idle_after: Option<std::time::Duration>,
@@ -252,6 +367,30 @@ fn default_rate_limit() -> u32 {
 }
 fn default_send_wait() -> std::time::Duration {
     std::time::Duration::from_secs(10)
+}
+fn default_max_message_age() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
+}
+fn default_max_agent_chain() -> u32 {
+    3
+}
+fn default_debounce() -> std::time::Duration {
+    std::time::Duration::from_millis(500)
+}
+fn default_max_concurrent_runs() -> usize {
+    4
+}
+fn default_runs_per_minute() -> u32 {
+    30
+}
+fn default_stream_edit_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+fn default_context_events() -> u32 {
+    20
+}
+fn default_runtime_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
 }
 fn default_agent_kind() -> String {
     "assistant".into()
@@ -446,6 +585,35 @@ impl Config {
         {
             return Err(invalid("bridge.default_microdao", "must not be empty"));
         }
+        for b in &self.blueprints {
+            match b.runtime {
+                RuntimeKind::Openai if b.openai.is_none() => {
+                    return Err(invalid(
+                        "blueprints.openai",
+                        format!(
+                            "blueprint `{}` uses runtime openai but has no [blueprints.openai] table",
+                            b.code
+                        ),
+                    ));
+                }
+                RuntimeKind::Webhook if b.webhook.as_ref().is_none_or(|w| w.secret().is_none()) => {
+                    return Err(invalid(
+                        "blueprints.webhook",
+                        format!(
+                            "blueprint `{}` uses runtime webhook but has no [blueprints.webhook] url and secret",
+                            b.code
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if self.bridge.max_concurrent_runs == 0 || self.bridge.runs_per_minute == 0 {
+            return Err(invalid(
+                "bridge.max_concurrent_runs",
+                "and bridge.runs_per_minute must be at least 1",
+            ));
+        }
         if self.api.rate_limit_per_minute == 0 {
             return Err(invalid("api.rate_limit_per_minute", "must be at least 1"));
         }
@@ -544,6 +712,12 @@ impl Config {
         self.agents
             .iter()
             .find(|a| self.agent_user_id(a).as_deref() == Some(user_id))
+    }
+
+    /// The blueprint of a puppet's agent, if declared.
+    pub fn agent_blueprint(&self, user_id: &UserId) -> Option<&BlueprintDecl> {
+        let code = self.agent_decl(user_id)?.blueprint.as_ref()?;
+        self.blueprints.iter().find(|b| &b.code == code)
     }
 
     /// The message type an agent sends by default (from its blueprint).

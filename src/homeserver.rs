@@ -14,7 +14,8 @@ use ruma::{
             account::register,
             appservice::request_ping,
             media::create_content,
-            membership::{join_room_by_id, leave_room},
+            membership::{join_room_by_id, joined_members, leave_room},
+            message::get_message_events,
             message::send_message_event,
             profile::{set_avatar_url, set_display_name},
             receipt::create_receipt,
@@ -321,6 +322,41 @@ impl Homeserver {
         request.content_type = Some(content_type.to_owned());
         request.filename = Some(filename.to_owned());
         Ok(self.send(request, None, self.versions()).await?.content_uri)
+    }
+
+    /// The latest `limit` timeline events of a room, newest first, read as `as_user`.
+    pub async fn recent_events(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<Raw<ruma::events::AnyTimelineEvent>>, HsError> {
+        let mut request = get_message_events::v3::Request::backward(room_id.clone());
+        request.limit = limit.into();
+        Ok(self
+            .send(request, Some(as_user), self.versions())
+            .await?
+            .chunk)
+    }
+
+    /// Display names of the room's joined members.
+    pub async fn member_names(
+        &self,
+        room_id: &OwnedRoomId,
+        as_user: &UserId,
+    ) -> Result<BTreeMap<String, String>, HsError> {
+        let response = self
+            .send(
+                joined_members::v3::Request::new(room_id.clone()),
+                Some(as_user),
+                self.versions(),
+            )
+            .await?;
+        Ok(response
+            .joined
+            .into_iter()
+            .filter_map(|(user, member)| Some((user.to_string(), member.display_name?)))
+            .collect())
     }
 
     /// The room's full current state, read as `as_user`.

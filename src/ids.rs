@@ -69,3 +69,7 @@ row_id!(
     /// `agent_outbox.id`
     OutboxId
 );
+row_id!(
+    /// `agent_runs.id`
+    RunId
+);

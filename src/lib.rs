@@ -13,6 +13,7 @@
 //! - [`api`]: the agent API (`/api/v1`) runtimes use to act as their agent; [`keys`]: its
 //!   access keys.
 //! - [`sessions`]: the idle sweeper of `agent_sessions`.
+//! - [`runs`]: agents that answer: the run scheduler and the runtimes (echo, openai, webhook).
 //! - [`homeserver`]: the client-server API client (ruma requests over reqwest).
 //! - [`metrics`], [`telemetry`]: Prometheus metrics, tracing set-up.
 //! - [`ids`]: typed DAARION row ids.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod puppet;
 pub mod registration;
+pub mod runs;
 pub mod sessions;
 pub mod telemetry;
 
@@ -130,6 +132,16 @@ impl Bridge {
             state.metrics.clone(),
             every,
         ));
+        let (runs_tx, runs_rx) = mpsc::channel(runs::QUEUE);
+        state.mirror.set_run_sink(runs_tx);
+        let runner = runs::Runner::new(
+            state.mirror.store().clone(),
+            state.config.clone(),
+            state.mirror.clone(),
+            self.api.puppets.clone(),
+            state.metrics.clone(),
+        );
+        let runner_task = tokio::spawn(runner.run(runs_rx));
         let profiles = tokio::spawn(puppet::watch_profiles(
             self.api.puppets.clone(),
             state.mirror.clone(),
@@ -155,6 +167,7 @@ impl Bridge {
             .await;
         ping.abort();
         sweeper.abort();
+        runner_task.abort();
         profiles.abort();
         if let Some(server) = api_server {
             server.abort();

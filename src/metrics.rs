@@ -28,6 +28,13 @@ pub struct Metrics {
     pub follow_up_dropped: Counter,
     pub follow_up_failed: Counter,
     pub sessions: Family<StatusLabel, Gauge>,
+    /// Trigger rule outcomes: addressed, stale, loop_refused, dropped.
+    pub triggers: Family<OutcomeLabel, Counter>,
+    pub runs: Family<StatusLabel, Counter>,
+    /// From the runtime call to the run's end.
+    pub runtime_seconds: Histogram,
+    /// From the runtime call to its first token (streaming runtimes).
+    pub first_token_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +62,30 @@ impl Metrics {
         let follow_up_dropped = Counter::default();
         let follow_up_failed = Counter::default();
         let sessions = Family::<StatusLabel, Gauge>::default();
+        let triggers = Family::<OutcomeLabel, Counter>::default();
+        let runs = Family::<StatusLabel, Counter>::default();
+        let runtime_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
+        );
+        let first_token_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
+        );
+        registry.register(
+            "triggers",
+            "Trigger rule outcomes (addressed, stale, loop_refused, dropped)",
+            triggers.clone(),
+        );
+        registry.register("agent_runs", "Agent runs by final status", runs.clone());
+        registry.register(
+            "runtime_duration_seconds",
+            "Runtime latency: from calling the runtime to the run's end",
+            runtime_seconds.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "From calling a streaming runtime to its first token",
+            first_token_seconds.clone(),
+        );
         registry.register(
             "transactions",
             "Appservice transactions by outcome (committed, replay, error)",
@@ -101,6 +132,10 @@ impl Metrics {
             follow_up_dropped,
             follow_up_failed,
             sessions,
+            triggers,
+            runs,
+            runtime_seconds,
+            first_token_seconds,
         }
     }
 

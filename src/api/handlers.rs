@@ -16,8 +16,9 @@ use super::{ApiState, OPENAPI, auth::Caller};
 use crate::{
     appservice::error::ApiError,
     config::MessageKind,
-    db::{StoredAgent, agents::OutboxItem, types::Ts},
-    ids::{ChannelId, MessageId, OutboxId},
+    db::{StoredAgent, agents::OutboxItem, runs::RunEnd, types::Ts},
+    ids::{ChannelId, MessageId, OutboxId, RunId},
+    mirror::trigger::Respond,
     puppet::content::{self, Outgoing},
 };
 
@@ -176,6 +177,10 @@ pub struct SendBody {
     thread_root: Option<OwnedEventId>,
     #[serde(default)]
     mentions: Vec<OwnedUserId>,
+    /// Answers a deferred run (a webhook runtime that replied 202): the run completes with
+    /// this message as its reply.
+    #[serde(default)]
+    run_id: Option<uuid::Uuid>,
 }
 
 fn yes() -> bool {
@@ -258,8 +263,34 @@ pub async fn send(
     if b.text.trim().is_empty() {
         return Err(ApiError::invalid_param("`text` must not be empty"));
     }
-    let (_, room) = channel(&state, &caller, &channel_id).await?;
+    let (channel_id, room) = channel(&state, &caller, &channel_id).await?;
     let agent = agent(&state, &caller).await?;
+    let run = match b.run_id {
+        Some(id) => {
+            caller.require("agent.run.invoke")?;
+            match state.store.get_run(RunId(id)).await? {
+                Some(r)
+                    if r.agent == caller.0.agent_external_id
+                        && r.channel_id == Some(channel_id) =>
+                {
+                    if r.status != "running" {
+                        return Err(ApiError::invalid_param(format!(
+                            "run {id} is {}, not running",
+                            r.status
+                        )));
+                    }
+                    Some(RunId(id))
+                }
+                _ => {
+                    return Err(ApiError::not_found(
+                        "no such run of this agent in this channel",
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let text = b.text.clone();
     let puppet =
         ruma::UserId::parse(&agent.matrix_id).map_err(|e| ApiError::internal(e.to_string()))?;
     let content = content::message(&Outgoing {
@@ -272,16 +303,125 @@ pub async fn send(
         thread_root: b.thread_root,
         mentions: b.mentions,
     });
-    queue_and_wait(
-        &state,
-        &agent,
-        &room,
-        "m.room.message",
-        content,
-        None,
-        idempotency_key(&headers)?,
-    )
-    .await
+    let (item, _existing) = state
+        .puppets
+        .enqueue(
+            &agent,
+            &room,
+            "m.room.message",
+            content,
+            None,
+            idempotency_key(&headers)?,
+        )
+        .await?;
+    let item = state
+        .puppets
+        .wait(item.id, state.config.api.send_wait)
+        .await?;
+    if let Some(run) = run {
+        let end = match (item.status.as_str(), &item.event_id) {
+            ("sent", Some(event)) => RunEnd {
+                status: "completed",
+                output: Some(json!({ "text": text })),
+                reply_event_id: Some(event.clone()),
+                ..Default::default()
+            },
+            ("failed", _) => RunEnd {
+                status: "failed",
+                error: item.error.clone(),
+                ..Default::default()
+            },
+            // Queued: the answer is on its way; the run is done from the runtime's side.
+            _ => RunEnd {
+                status: "completed",
+                output: Some(json!({ "text": text, "outbox_id": item.id })),
+                ..Default::default()
+            },
+        };
+        state.store.finish_run(run, &end).await?;
+    }
+    Ok(outcome(&item))
+}
+
+#[derive(Deserialize)]
+pub struct RunsQuery {
+    channel_id: Option<uuid::Uuid>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/runs`: the agent's runs, newest first.
+pub async fn runs(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(READ)?;
+    if let Some(s) = &q.status
+        && !["queued", "running", "completed", "failed", "cancelled"].contains(&s.as_str())
+    {
+        return Err(ApiError::invalid_param(
+            "`status` must be queued, running, completed, failed or cancelled",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::invalid_param("`limit` must be between 1 and 200"));
+    }
+    let runs = state
+        .store
+        .list_runs(
+            caller.0.agent_id,
+            q.channel_id.map(ChannelId),
+            q.status.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// `GET /api/v1/runs/{run_id}`.
+pub async fn run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(READ)?;
+    let id = RunId(parse_uuid("run_id", &id)?);
+    match state.store.get_run(id).await? {
+        Some(r) if r.agent == caller.0.agent_external_id => {
+            Ok(Json(serde_json::to_value(r).expect("rows serialize")))
+        }
+        _ => Err(ApiError::not_found("no such run of this agent")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    respond: String,
+}
+
+/// `PUT /api/v1/channels/{channel_id}/settings`: when the agent answers in this channel.
+pub async fn settings(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(channel_id): Path<String>,
+    json: Result<Json<SettingsBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require("agent.settings.write")?;
+    let b = body(json)?;
+    if Respond::parse(&b.respond).is_none() {
+        return Err(ApiError::invalid_param(
+            "`respond` must be mentions, all or never",
+        ));
+    }
+    let (channel, _) = channel(&state, &caller, &channel_id).await?;
+    state
+        .store
+        .set_respond(caller.0.agent_id, channel, &b.respond)
+        .await?;
+    Ok(Json(json!({ "respond": b.respond })))
 }
 
 #[derive(Deserialize)]

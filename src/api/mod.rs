@@ -56,5 +56,11 @@ pub fn router(state: ApiState) -> Router {
             post(handlers::read_marker),
         )
         .route("/api/v1/outbox/{outbox_id}", get(handlers::outbox))
+        .route("/api/v1/runs", get(handlers::runs))
+        .route("/api/v1/runs/{run_id}", get(handlers::run))
+        .route(
+            "/api/v1/channels/{channel_id}/settings",
+            put(handlers::settings),
+        )
         .with_state(state)
 }

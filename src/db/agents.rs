@@ -282,6 +282,41 @@ impl Store {
         .await?))
     }
 
+    /// Who sent `event_id` (agent or person), if it is mirrored.
+    pub async fn message_sender(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar::<_, Option<String>>(
+            "SELECT COALESCE(a.matrix_id, u.matrix_id) FROM messages m LEFT JOIN agents a ON a.id = m.sender_agent_id \
+             LEFT JOIN users u ON u.id = m.sender_user_id WHERE m.matrix_event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?
+        .flatten()))
+    }
+
+    /// Whether the agent started the thread or posted in it.
+    pub async fn agent_in_thread(&self, root: &str, agent: &str) -> Result<bool, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM messages m JOIN agents a ON a.id = m.sender_agent_id \
+             WHERE a.matrix_id = $2 AND (m.matrix_event_id = $1 OR m.thread_root_event_id = $1))",
+        )
+        .bind(root)
+        .bind(agent)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// People who are active members of the room's channel.
+    pub async fn human_member_count(&self, room_id: &str) -> Result<i64, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+             WHERE c.matrix_room_id = $1 AND cm.member_user_id IS NOT NULL AND cm.left_at IS NULL",
+        )
+        .bind(room_id)
+        .fetch_one(pool)
+        .await?))
+    }
+
     /// A page of a channel's messages, newest first, strictly before the cursor.
     pub async fn messages_page(
         &self,

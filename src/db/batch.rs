@@ -137,6 +137,8 @@ pub struct ChannelWrite {
     pub power_levels: PowerLevels,
     /// Whether this write comes from a full state read (records `state_synced_at`).
     pub state_synced: bool,
+    /// An invite marked the room as a direct chat.
+    pub is_direct: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +182,8 @@ pub struct NewMessage {
     pub is_agent: bool,
     pub preview: String,
     pub at: Ts,
+    /// Root of the thread the message is in.
+    pub thread_root: Option<String>,
 }
 
 #[derive(Debug, Clone)]

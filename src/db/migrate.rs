@@ -25,6 +25,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000002_agents.up.sql"),
         include_str!("../../migrations/postgres/000002_agents.down.sql"),
     ),
+    (
+        3,
+        "runs",
+        include_str!("../../migrations/postgres/000003_runs.up.sql"),
+        include_str!("../../migrations/postgres/000003_runs.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -39,6 +45,12 @@ const SQLITE: &[Step] = &[
         "agents",
         include_str!("../../migrations/sqlite/000002_agents.up.sql"),
         include_str!("../../migrations/sqlite/000002_agents.down.sql"),
+    ),
+    (
+        3,
+        "runs",
+        include_str!("../../migrations/sqlite/000003_runs.up.sql"),
+        include_str!("../../migrations/sqlite/000003_runs.down.sql"),
     ),
 ];
 

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod batch;
 pub mod migrate;
 mod postgres;
+pub mod runs;
 mod seed;
 mod sqlite;
 pub mod types;
@@ -68,6 +69,9 @@ pub struct StoredRoom {
     pub name_source: NameSource,
     pub visibility_pinned: bool,
     pub power_levels: PowerLevels,
+    pub is_direct: bool,
+    /// Active agent members: (agent matrix id, respond setting).
+    pub agents: Vec<(String, String)>,
 }
 
 /// An agent row, as the mirror needs it.
@@ -177,7 +181,7 @@ impl Store {
             return Ok(Vec::new());
         }
         const COLS: &str = "SELECT c.matrix_room_id, c.microdao_id, c.name, c.topic, c.visibility, \
-             br.name_source, br.visibility_pinned, br.power_levels \
+             br.name_source, br.visibility_pinned, br.power_levels, br.is_direct \
              FROM channels c LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
         let rows = match &self.pool {
             Pool::Pg(pool) => {
@@ -204,6 +208,8 @@ impl Store {
                                 .try_get::<Option<Json<PowerLevels>>, _>(7)?
                                 .map(|j| j.0)
                                 .unwrap_or_default(),
+                            is_direct: r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
+                            agents: Vec::new(),
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?
@@ -234,11 +240,43 @@ impl Store {
                             .try_get::<Option<Json<PowerLevels>>, _>(7)?
                             .map(|j| j.0)
                             .unwrap_or_default(),
+                        is_direct: r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
+                        agents: Vec::new(),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?
             }
         };
+        let mut rows = rows;
+        if !rows.is_empty() {
+            const AGENTS: &str = "SELECT c.matrix_room_id, a.matrix_id, COALESCE(s.respond, 'mentions') \
+                 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+                 JOIN agents a ON a.id = cm.member_agent_id \
+                 LEFT JOIN agent_channel_settings s ON s.agent_id = a.id AND s.channel_id = c.id \
+                 WHERE cm.left_at IS NULL AND a.matrix_id IS NOT NULL AND ";
+            let ids: Vec<&str> = rows.iter().map(|r| r.room_id.as_str()).collect();
+            let agents: Vec<(String, String, String)> = match &self.pool {
+                Pool::Pg(pool) => {
+                    sqlx::query_as(&format!("{AGENTS} c.matrix_room_id = ANY($1)"))
+                        .bind(ids)
+                        .fetch_all(pool)
+                        .await?
+                }
+                Pool::Sqlite(pool) => {
+                    sqlx::query_as(&format!(
+                        "{AGENTS} c.matrix_room_id IN (SELECT value FROM json_each($1))"
+                    ))
+                    .bind(serde_json::to_string(&ids).expect("strings serialize"))
+                    .fetch_all(pool)
+                    .await?
+                }
+            };
+            for (room, agent, respond) in agents {
+                if let Some(r) = rows.iter_mut().find(|r| r.room_id == room) {
+                    r.agents.push((agent, respond));
+                }
+            }
+        }
         Ok(rows)
     }
 

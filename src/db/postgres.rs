@@ -148,11 +148,11 @@ async fn write(tx: &mut Transaction<'static, Postgres>, b: &Batch) -> Result<(),
         // The event id's unique index makes a duplicate (same event in another txnId) a no-op.
         sqlx::query(
             "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_agent_id, \
-             sender_type, content_preview, created_at) \
+             sender_type, content_preview, created_at, thread_root_event_id) \
              SELECT m.id, c.id, m.event_id, u.id, a.id, \
-             CASE WHEN m.is_agent THEN 'agent' ELSE 'human' END, m.preview, m.at \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[]) \
-             AS m(id, room, event_id, sender, is_agent, preview, at) \
+             CASE WHEN m.is_agent THEN 'agent' ELSE 'human' END, m.preview, m.at, m.thread \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::timestamptz[], $8::text[]) \
+             AS m(id, room, event_id, sender, is_agent, preview, at, thread) \
              JOIN channels c ON c.matrix_room_id = m.room \
              LEFT JOIN users u ON NOT m.is_agent AND u.matrix_id = m.sender \
              LEFT JOIN agents a ON m.is_agent AND a.matrix_id = m.sender \
@@ -165,6 +165,7 @@ async fn write(tx: &mut Transaction<'static, Postgres>, b: &Batch) -> Result<(),
         .bind(m.iter().map(|x| x.is_agent).collect::<Vec<_>>())
         .bind(m.iter().map(|x| x.preview.as_str()).collect::<Vec<_>>())
         .bind(m.iter().map(|x| x.at).collect::<Vec<Ts>>())
+        .bind(m.iter().map(|x| x.thread_root.as_deref()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }

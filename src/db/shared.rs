@@ -55,17 +55,19 @@ macro_rules! write_channel {
                 .await?;
             }
             sqlx::query(
-                "INSERT INTO bridge_rooms (channel_id, name_source, visibility_pinned, power_levels, state_synced_at) \
-                 SELECT id, $2, $3, $4, $5 FROM channels WHERE matrix_room_id = $1 \
+                "INSERT INTO bridge_rooms (channel_id, name_source, visibility_pinned, power_levels, state_synced_at, is_direct) \
+                 SELECT id, $2, $3, $4, $5, $6 FROM channels WHERE matrix_room_id = $1 \
                  ON CONFLICT (channel_id) DO UPDATE SET name_source = excluded.name_source, \
                  visibility_pinned = excluded.visibility_pinned, power_levels = excluded.power_levels, \
-                 state_synced_at = COALESCE(excluded.state_synced_at, bridge_rooms.state_synced_at)",
+                 state_synced_at = COALESCE(excluded.state_synced_at, bridge_rooms.state_synced_at), \
+                 is_direct = excluded.is_direct",
             )
             .bind(&w.room_id)
             .bind(w.name_source.as_str())
             .bind(w.visibility_pinned)
             .bind(sqlx::types::Json(&w.power_levels))
             .bind(if w.state_synced { Some(now) } else { None })
+            .bind(w.is_direct)
             .execute(&mut *$conn)
             .await?;
             Ok::<(), sqlx::Error>(())

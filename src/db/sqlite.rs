@@ -105,11 +105,11 @@ async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error
     for m in &b.messages {
         sqlx::query(
             "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_agent_id, \
-             sender_type, content_preview, created_at) \
+             sender_type, content_preview, created_at, thread_root_event_id) \
              SELECT $1, c.id, $2, \
              CASE WHEN $4 THEN NULL ELSE (SELECT id FROM users WHERE matrix_id = $3) END, \
              CASE WHEN $4 THEN (SELECT id FROM agents WHERE matrix_id = $3) ELSE NULL END, \
-             CASE WHEN $4 THEN 'agent' ELSE 'human' END, $5, $6 \
+             CASE WHEN $4 THEN 'agent' ELSE 'human' END, $5, $6, $8 \
              FROM channels c WHERE c.matrix_room_id = $7 \
              ON CONFLICT (matrix_event_id) DO NOTHING",
         )
@@ -120,6 +120,7 @@ async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error
         .bind(&m.preview)
         .bind(m.at)
         .bind(&m.room_id)
+        .bind(&m.thread_root)
         .execute(&mut *conn)
         .await?;
     }

@@ -117,7 +117,8 @@ id_sql!(
     MessageId,
     SessionId,
     AccessKeyId,
-    OutboxId
+    OutboxId,
+    RunId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

@@ -6,10 +6,11 @@
 pub mod event;
 pub mod followup;
 pub mod preview;
+pub mod trigger;
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock},
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock, RwLock},
 };
 
 use ruma::{
@@ -46,6 +47,7 @@ use crate::{
 };
 
 pub use self::followup::FollowUp;
+use self::trigger::{Candidate, Respond, RunSignal};
 
 /// What the mirror remembers of a mirrored room.
 #[derive(Debug, Clone)]
@@ -58,6 +60,10 @@ pub struct RoomState {
     pub visibility: Visibility,
     pub visibility_pinned: bool,
     pub power: PowerLevels,
+    /// An invite marked the room as a direct chat.
+    pub is_direct: bool,
+    /// Agents that are active members, with their response setting.
+    pub agents: BTreeMap<String, Respond>,
 }
 
 /// Outcome of applying one transaction.
@@ -83,6 +89,8 @@ pub struct Mirror {
     ignored_logged: Mutex<HashSet<OwnedRoomId>>,
     default_microdao: Option<MicrodaoId>,
     follow_ups: mpsc::Sender<FollowUp>,
+    /// Where committed triggers and redactions go (the run scheduler), once it exists.
+    runs: OnceLock<mpsc::Sender<RunSignal>>,
 }
 
 /// Per-transaction working state of the planner.
@@ -97,6 +105,8 @@ struct Planner<'m> {
     message_ids: HashSet<String>,
     follow_ups: Vec<FollowUp>,
     sync: bool,
+    candidates: Vec<Candidate>,
+    redacted: Vec<String>,
 }
 
 /// A finished plan: the batch to write and what the caches learn once it is committed.
@@ -105,6 +115,8 @@ struct Finished {
     rooms: Vec<(OwnedRoomId, RoomState)>,
     users: Vec<String>,
     follow_ups: Vec<FollowUp>,
+    candidates: Vec<Candidate>,
+    redacted: Vec<String>,
 }
 
 struct Work {
@@ -142,6 +154,7 @@ impl Mirror {
             ignored_logged: Mutex::default(),
             default_microdao,
             follow_ups,
+            runs: OnceLock::new(),
         };
         mirror.reload_agents().await?;
         Ok(mirror)
@@ -168,6 +181,16 @@ impl Mirror {
             .collect();
         *self.agents.write().expect("agents lock") = map;
         Ok(())
+    }
+
+    /// Connects the run scheduler: from now on committed triggers reach it.
+    pub fn set_run_sink(&self, sink: mpsc::Sender<RunSignal>) {
+        let _ = self.runs.set(sink);
+    }
+
+    /// Forgets a room's cached state (its agents' settings changed elsewhere).
+    pub fn forget_room(&self, room_id: &RoomId) {
+        self.rooms.lock().expect("rooms lock").remove(room_id);
     }
 
     /// Every known agent.
@@ -217,6 +240,7 @@ impl Mirror {
         sync: bool,
     ) -> Result<Applied, StoreError> {
         let mut envelopes = Vec::with_capacity(raws.len());
+        let mut kept: Vec<&RawValue> = Vec::with_capacity(raws.len());
         for raw in raws {
             match serde_json::from_str::<Envelope<'_>>(raw.get()) {
                 Ok(mut env) => {
@@ -225,6 +249,7 @@ impl Mirror {
                     }
                     if env.room_id.is_some() {
                         envelopes.push(env);
+                        kept.push(*raw);
                     } else {
                         self.metrics.event("unknown", "malformed");
                     }
@@ -238,15 +263,23 @@ impl Mirror {
 
         let mut planner = Planner::new(self, sync);
         planner.load(&envelopes).await?;
-        for env in &envelopes {
+        for (raw, env) in kept.iter().zip(&envelopes) {
+            let before = planner.candidates.len();
             planner.event(env).await?;
+            // Runtimes get the triggering event in full.
+            for c in &mut planner.candidates[before..] {
+                c.event = serde_json::from_str(raw.get()).unwrap_or_default();
+            }
         }
         let Finished {
             batch,
             rooms,
             users,
             follow_ups,
+            candidates,
+            redacted,
         } = planner.finish(txn_id, raws.len());
+        let signals = self.triggers(&batch, &candidates).await?;
 
         if txn_id.is_none() && batch.is_empty() {
             return Ok(Applied::Committed);
@@ -270,7 +303,64 @@ impl Mirror {
                 self.metrics.follow_up_dropped.inc();
             }
         }
+        if let Some(runs) = self.runs.get() {
+            for signal in redacted.into_iter().map(RunSignal::Redacted).chain(signals) {
+                if runs.try_send(signal).is_err() {
+                    tracing::warn!("run queue full; a trigger is dropped");
+                    self.metrics
+                        .triggers
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "dropped" })
+                        .inc();
+                }
+            }
+        }
         Ok(Applied::Committed)
+    }
+
+    /// Applies the trigger rules to the transaction's candidate messages.
+    async fn triggers(
+        &self,
+        batch: &Batch,
+        candidates: &[Candidate],
+    ) -> Result<Vec<RunSignal>, StoreError> {
+        if candidates.is_empty() || self.runs.get().is_none() {
+            return Ok(Vec::new());
+        }
+        let sent_in_batch = |event: &str| {
+            batch
+                .messages
+                .iter()
+                .find(|m| m.event_id == event)
+                .map(|m| m.sender.clone())
+        };
+        let thread_in_batch = |root: &str, agent: &str| {
+            batch.messages.iter().any(|m| {
+                m.sender == agent && (m.event_id == root || m.thread_root.as_deref() == Some(root))
+            })
+        };
+        let now = Ts::now();
+        let mut out = Vec::new();
+        for c in candidates {
+            let mut outcomes = Vec::new();
+            let triggers = trigger::evaluate(
+                &self.store,
+                c,
+                now,
+                self.config.bridge.max_message_age,
+                &sent_in_batch,
+                &thread_in_batch,
+                &mut outcomes,
+            )
+            .await?;
+            for outcome in outcomes {
+                self.metrics
+                    .triggers
+                    .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                    .inc();
+            }
+            out.extend(triggers.into_iter().map(RunSignal::Trigger));
+        }
+        Ok(out)
     }
 
     fn log_ignored(&self, room_id: &RoomId, why: &str) {
@@ -298,6 +388,8 @@ impl<'m> Planner<'m> {
             message_ids: HashSet::new(),
             follow_ups: Vec::new(),
             sync,
+            candidates: Vec::new(),
+            redacted: Vec::new(),
         }
     }
 
@@ -340,6 +432,12 @@ impl<'m> Planner<'m> {
                 visibility: stored.visibility,
                 visibility_pinned: stored.visibility_pinned,
                 power: stored.power_levels,
+                is_direct: stored.is_direct,
+                agents: stored
+                    .agents
+                    .iter()
+                    .map(|(a, r)| (a.clone(), Respond::parse(r).unwrap_or(Respond::Mentions)))
+                    .collect(),
             };
             self.rooms.insert(
                 room_id,
@@ -503,6 +601,12 @@ impl<'m> Planner<'m> {
             visibility: visibility.unwrap_or(Visibility::Private),
             visibility_pinned: visibility.is_some(),
             power: PowerLevels::default(),
+            // An agent invited into a direct chat: every message there addresses it.
+            is_direct: env.kind == "m.room.member"
+                && env
+                    .content::<RoomMemberEventContent>()
+                    .is_ok_and(|m| m.is_direct == Some(true)),
+            agents: BTreeMap::new(),
         };
         if let Some(unsigned) = env.unsigned
             && let Ok(invite) = serde_json::from_str::<InviteUnsigned>(unsigned.get())
@@ -567,7 +671,21 @@ impl<'m> Planner<'m> {
                 }
                 let preview =
                     preview::of_msgtype(&content.msgtype, env.sender.localpart(), is_reply);
-                let outcome = self.message(room_id, env, preview, at);
+                let thread_root = match &content.relates_to {
+                    Some(Relation::Thread(t)) => Some(t.event_id.to_string()),
+                    _ => None,
+                };
+                let reply_to = match &content.relates_to {
+                    Some(Relation::Reply(r)) => Some(r.in_reply_to.event_id.to_string()),
+                    Some(Relation::Thread(t)) => {
+                        t.in_reply_to.as_ref().map(|r| r.event_id.to_string())
+                    }
+                    _ => None,
+                };
+                let outcome = self.message(room_id, env, preview, at, thread_root.clone());
+                if outcome == "mirrored" {
+                    self.candidate(room_id, env, &content, at, thread_root, reply_to);
+                }
                 // Being addressed opens (or revives) the agent's session in the channel.
                 if outcome == "mirrored"
                     && let Some(mentions) = &content.mentions
@@ -582,7 +700,13 @@ impl<'m> Planner<'m> {
             }
             ("m.sticker", false) => {
                 let content: StickerEventContent = env.content()?;
-                Ok(self.message(room_id, env, format!("[sticker] {}", content.body), at))
+                Ok(self.message(
+                    room_id,
+                    env,
+                    format!("[sticker] {}", content.body),
+                    at,
+                    None,
+                ))
             }
             ("m.room.encrypted", false) => {
                 let rel: RelatesTo = env.content()?;
@@ -590,13 +714,14 @@ impl<'m> Planner<'m> {
                     // An encrypted edit: its new text is unreadable, the original row stays.
                     return Ok("skipped");
                 }
-                Ok(self.message(room_id, env, "[encrypted]".into(), at))
+                Ok(self.message(room_id, env, "[encrypted]".into(), at, None))
             }
             ("m.room.redaction", false) => {
                 let content: RoomRedactionEventContent = env.content()?;
                 let Some(target) = content.redacts.or_else(|| env.redacts.clone()) else {
                     return Ok("malformed");
                 };
+                self.redacted.push(target.to_string());
                 self.batch.redactions.push(Redaction {
                     target_event_id: target.to_string(),
                     at,
@@ -674,6 +799,61 @@ impl<'m> Planner<'m> {
         }
     }
 
+    /// Records a mirrored message of a room with agents, for the trigger rules.
+    fn candidate(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        content: &RoomMessageEventContent,
+        at: Ts,
+        thread_root: Option<String>,
+        reply_to: Option<String>,
+    ) {
+        let state = &self.rooms.get(room_id).expect("adopted").state;
+        if state.agents.is_empty() || self.sync || env.sender == self.mirror.bot {
+            return;
+        }
+        let agents = state
+            .agents
+            .iter()
+            .filter_map(|(a, r)| Some((a.clone(), (*r, self.mirror.agent(a)?.name))))
+            .collect();
+        let (body, formatted) = match &content.msgtype {
+            ruma::events::room::message::MessageType::Text(t) => {
+                (t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone()))
+            }
+            ruma::events::room::message::MessageType::Notice(t) => {
+                (t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone()))
+            }
+            ruma::events::room::message::MessageType::Emote(t) => {
+                (t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone()))
+            }
+            other => (other.body().to_owned(), None),
+        };
+        let body = match &content.relates_to {
+            Some(Relation::Reply(_)) => preview::strip_reply_fallback(&body),
+            _ => body,
+        };
+        self.candidates.push(Candidate {
+            room_id: room_id.to_owned(),
+            event_id: env.event_id.to_string(),
+            sender: env.sender.to_string(),
+            sender_is_agent: self.mirror.config.is_puppet(&env.sender),
+            at,
+            body,
+            formatted_body: formatted,
+            mentions: content
+                .mentions
+                .as_ref()
+                .map(|m| m.user_ids.iter().map(|u| u.to_string()).collect()),
+            reply_to,
+            thread_root,
+            event: serde_json::Value::Null,
+            agents,
+            is_direct: state.is_direct,
+        });
+    }
+
     fn cut(&self, preview: &str) -> String {
         preview::truncate(preview, self.mirror.config.bridge.preview_chars)
     }
@@ -684,6 +864,7 @@ impl<'m> Planner<'m> {
         env: &Envelope<'_>,
         preview: String,
         at: Ts,
+        thread_root: Option<String>,
     ) -> &'static str {
         let sender = env.sender.as_str();
         if sender == self.mirror.bot.as_str() {
@@ -708,6 +889,7 @@ impl<'m> Planner<'m> {
             is_agent,
             preview: self.cut(&preview),
             at,
+            thread_root,
         });
         "mirrored"
     }
@@ -738,6 +920,13 @@ impl<'m> Planner<'m> {
                 return Ok("skipped");
             };
             if content.membership == MembershipState::Invite && !self.sync {
+                if content.is_direct == Some(true)
+                    && let Some(work) = self.rooms.get_mut(room_id)
+                    && !work.state.is_direct
+                {
+                    work.state.is_direct = true;
+                    work.dirty = true;
+                }
                 let microdao = self.rooms.get(room_id).map(|w| w.state.microdao_id);
                 if agent.microdao_id.is_none() || agent.microdao_id == microdao {
                     self.follow_ups.push(FollowUp::Join {
@@ -779,6 +968,15 @@ impl<'m> Planner<'m> {
                 SessionChange::Close
             };
             self.session(room_id, Some(target.as_str()), change, at);
+            let work = self.rooms.get_mut(room_id).expect("adopted");
+            if joined {
+                work.state
+                    .agents
+                    .entry(target.to_string())
+                    .or_insert(Respond::Mentions);
+            } else {
+                work.state.agents.remove(target.as_str());
+            }
         }
         let key = (room_id.to_owned(), target);
         let entry = self.members.entry(key.clone()).or_insert_with(|| {
@@ -837,6 +1035,7 @@ impl<'m> Planner<'m> {
                     visibility_pinned: work.state.visibility_pinned,
                     power_levels: work.state.power.clone(),
                     state_synced: self.sync,
+                    is_direct: work.state.is_direct,
                 });
             }
         }
@@ -892,6 +1091,8 @@ impl<'m> Planner<'m> {
             rooms,
             users,
             follow_ups: self.follow_ups,
+            candidates: self.candidates,
+            redacted: self.redacted,
         }
     }
 }

@@ -47,6 +47,11 @@ fn text(body: &str, formatted: Option<&str>, is_reply: bool) -> String {
     }
 }
 
+/// A plain body without its rich-reply fallback.
+pub fn strip_reply_fallback(body: &str) -> String {
+    remove_plain_reply_fallback(body).to_owned()
+}
+
 /// Removes tags (and `<mx-reply>` blocks) and decodes the common entities.
 pub fn strip_html(html: &str) -> String {
     let mut out = String::with_capacity(html.len());

@@ -395,6 +395,12 @@ impl Puppets {
                     max,
                 ),
                 at: now,
+                thread_root: match &content.relates_to {
+                    Some(ruma::events::room::message::Relation::Thread(t)) => {
+                        Some(t.event_id.to_string())
+                    }
+                    _ => None,
+                },
             }),
         }
         batch

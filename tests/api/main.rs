@@ -2,9 +2,11 @@
 //! PostgreSQL (a fresh database per test).
 
 mod agents;
+mod runs;
 mod support;
 
 use agents::*;
+use runs::*;
 
 use serde_json::{Value, json};
 use support::{Backend, HS_TOKEN, TestApp, ev};
@@ -59,6 +61,13 @@ both_backends!(
     failed_send_is_recorded,
     rate_limited_per_agent,
     openapi_documents_every_route,
+    echo_answers_mentions_and_dms,
+    settings_debounce_and_cancel,
+    queued_run_cancelled_by_redaction,
+    openai_streams_into_one_edited_message,
+    openai_plain_and_failures,
+    webhook_runtime,
+    agent_chain_stops_at_the_limit,
 );
 
 async fn mirrored(app: &TestApp) {

@@ -42,6 +42,8 @@ pub struct FakeHs {
     pub calls: Arc<Mutex<Vec<HsCall>>>,
     /// Room state `/rooms/{roomId}/state` answers with.
     pub state: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    /// What `/rooms/{roomId}/messages` answers (newest first), for run context.
+    pub history: Arc<Mutex<Vec<Value>>>,
     /// Statuses to answer the next sends/redactions with (429 carries retry_after_ms 50).
     pub fail_sends: Arc<Mutex<std::collections::VecDeque<u16>>>,
 }
@@ -94,6 +96,16 @@ impl FakeHs {
             let txn = path.rsplit('/').next().unwrap_or("");
             return Json(json!({ "event_id": format!("$sent-{txn}") })).into_response();
         }
+        if path.ends_with("/messages") {
+            let chunk = self.history.lock().unwrap().clone();
+            return Json(json!({ "chunk": chunk, "start": "s" })).into_response();
+        }
+        if path.ends_with("/joined_members") {
+            return Json(
+                json!({ "joined": { "@alice:localhost": { "display_name": "Alice Liddell" } } }),
+            )
+            .into_response();
+        }
         if path.contains("/typing/") || path.contains("/receipt/") || path.contains("/profile/") {
             return Json(json!({})).into_response();
         }
@@ -129,6 +141,23 @@ impl FakeHs {
             Json(json!({"errcode": "M_UNRECOGNIZED", "error": "fake"})),
         )
             .into_response()
+    }
+
+    /// The messages puppets sent, as `(sender, txn path, content)`, in order.
+    pub fn sent_messages(&self) -> Vec<(String, HsCall)> {
+        self.calls_to("/send/m.room.message/")
+            .into_iter()
+            .map(|c| {
+                let user = c
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("user_id="))
+                    .unwrap_or("")
+                    .replace("%40", "@")
+                    .replace("%3A", ":");
+                (user, c)
+            })
+            .collect()
     }
 
     /// Calls whose path contains `needle`.

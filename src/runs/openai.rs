@@ -1,0 +1,184 @@
+//! The `openai` runtime: any OpenAI-compatible `/v1/chat/completions` endpoint, streaming (SSE)
+//! or not.
+
+use futures_core::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::runtime::{RunOutput, RunRequest, Runtime, RuntimeError};
+use crate::config::OpenAiConfig;
+
+pub struct OpenAi {
+    http: reqwest::Client,
+    config: OpenAiConfig,
+}
+
+impl OpenAi {
+    pub fn new(config: OpenAiConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("reqwest client");
+        Self { http, config }
+    }
+
+    /// System prompt, then the room as user/assistant turns ("Name: text" for people).
+    fn messages(request: &RunRequest) -> Vec<Value> {
+        let mut messages = vec![json!({ "role": "system", "content": request.system_prompt })];
+        for turn in &request.context {
+            if turn.is_self {
+                messages.push(json!({ "role": "assistant", "content": turn.text }));
+            } else {
+                messages.push(
+                    json!({ "role": "user", "content": format!("{}: {}", turn.name, turn.text) }),
+                );
+            }
+        }
+        // The triggers are normally the newest context turns; make sure they are there.
+        let last_ids: Vec<&str> = request
+            .context
+            .iter()
+            .map(|t| t.event_id.as_str())
+            .collect();
+        for (event, text) in request.triggers.iter().zip(&request.trigger_texts) {
+            let id = event["event_id"].as_str().unwrap_or_default();
+            if !last_ids.contains(&id) {
+                let sender = event["sender"].as_str().unwrap_or("someone");
+                messages.push(json!({ "role": "user", "content": format!("{sender}: {text}") }));
+            }
+        }
+        messages
+    }
+
+    async fn call_inner(
+        &self,
+        request: &RunRequest,
+        deltas: mpsc::Sender<String>,
+    ) -> Result<RunOutput, RuntimeError> {
+        let mut body = json!({
+            "model": request.model.clone().unwrap_or_else(|| "gpt-4o-mini".into()),
+            "messages": Self::messages(request),
+            "stream": self.config.stream,
+        });
+        if let Some(t) = self.config.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = self.config.max_tokens {
+            body["max_tokens"] = json!(m);
+        }
+        if self.config.stream {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        let url = format!(
+            "{}/chat/completions",
+            self.config.base_url.trim_end_matches('/')
+        );
+        let mut req = self.http.post(url).json(&body);
+        if let Some(var) = &self.config.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                RuntimeError::Config(format!("environment variable {var} is not set"))
+            })?;
+            req = req.bearer_auth(key);
+        }
+        let mut response = req
+            .send()
+            .await
+            .map_err(|e| RuntimeError::Network(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(RuntimeError::Status {
+                status: status.as_u16(),
+                body: body.chars().take(300).collect(),
+            });
+        }
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            // A non-streaming endpoint (or one that ignores `stream`).
+            let v: Value = response
+                .json()
+                .await
+                .map_err(|e| RuntimeError::Malformed(e.to_string()))?;
+            let text = v["choices"][0]["message"]["content"]
+                .as_str()
+                .ok_or_else(|| RuntimeError::Malformed("no choices[0].message.content".into()))?
+                .to_owned();
+            let _ = deltas.send(text.clone()).await;
+            return Ok(RunOutput {
+                text,
+                prompt_tokens: v["usage"]["prompt_tokens"].as_i64().map(|n| n as i32),
+                completion_tokens: v["usage"]["completion_tokens"].as_i64().map(|n| n as i32),
+                deferred: false,
+            });
+        }
+        // Server-sent events: `data: {json}` lines, `data: [DONE]` at the end.
+        let mut out = RunOutput::default();
+        let mut buffer = String::new();
+        let mut done = false;
+        while !done {
+            let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| RuntimeError::Network(e.to_string()))?
+            else {
+                break;
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(newline) = buffer.find('\n') {
+                let line = buffer[..newline].trim_end_matches('\r').to_owned();
+                buffer.drain(..=newline);
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    done = true;
+                    break;
+                }
+                let v: Value = serde_json::from_str(data)
+                    .map_err(|e| RuntimeError::Malformed(format!("bad SSE chunk: {e}")))?;
+                if let Some(piece) = v["choices"][0]["delta"]["content"].as_str()
+                    && !piece.is_empty()
+                {
+                    out.text.push_str(piece);
+                    let _ = deltas.send(piece.to_owned()).await;
+                }
+                if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+                    out.prompt_tokens = usage["prompt_tokens"].as_i64().map(|n| n as i32);
+                    out.completion_tokens = usage["completion_tokens"].as_i64().map(|n| n as i32);
+                }
+            }
+        }
+        if !done {
+            return Err(RuntimeError::Malformed(
+                "stream ended without [DONE]".into(),
+            ));
+        }
+        if out.text.trim().is_empty() {
+            return Err(RuntimeError::Malformed("empty answer".into()));
+        }
+        Ok(out)
+    }
+}
+
+impl Runtime for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a RunRequest,
+        deltas: mpsc::Sender<String>,
+    ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.config.timeout, self.call_inner(request, deltas))
+                .await
+                .map_err(|_| RuntimeError::Timeout(self.config.timeout))?
+        })
+    }
+}

@@ -1,0 +1,912 @@
+//! Agents that answer: trigger rules, debounce, cancellation, the agent→agent chain limit, the
+//! echo/openai/webhook runtimes against servers written here (streaming and not; slow, failing,
+//! malformed), and the run lifecycle, on SQLite and PostgreSQL.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::Request,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::{
+    agents::{api, setup},
+    support::{Backend, TestApp, ev},
+};
+
+/// An OpenAI-compatible chat completions server. `mode`: stream | plain | fail | malformed | slow.
+#[derive(Clone, Default)]
+pub struct FakeModel {
+    pub requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeModel {
+    pub async fn spawn(mode: &'static str) -> (Self, String) {
+        let model = FakeModel::default();
+        let m = model.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let m = m.clone();
+            async move { m.handle(mode, req).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (model, url)
+    }
+
+    async fn handle(&self, mode: &str, req: Request) -> Response {
+        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        self.requests.lock().unwrap().push(body);
+        match mode {
+            "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "model exploded").into_response(),
+            "malformed" => ([("content-type", "application/json")], "{\"choices\": 7}").into_response(),
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Json(json!({})).into_response()
+            }
+            "plain" => Json(json!({
+                "choices": [{ "message": { "role": "assistant", "content": "A plain **answer**." } }],
+                "usage": { "prompt_tokens": 11, "completion_tokens": 4 },
+            }))
+            .into_response(),
+            _ => {
+                // Five pieces, 150 ms apart: the answer grows over ~600 ms.
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+                tokio::spawn(async move {
+                    for piece in ["The ", "answer ", "is ", "forty", "-two."] {
+                        let chunk = json!({ "choices": [{ "delta": { "content": piece } }] });
+                        let _ = tx.send(Ok(format!("data: {chunk}\n\n"))).await;
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                    }
+                    let usage = json!({ "choices": [], "usage": { "prompt_tokens": 20, "completion_tokens": 5 } });
+                    let _ = tx.send(Ok(format!("data: {usage}\n\ndata: [DONE]\n\n"))).await;
+                });
+                let stream = tokio_stream(rx);
+                Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+            }
+        }
+    }
+}
+
+/// An mpsc receiver as a body stream (no extra crates).
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+    struct S(tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>);
+    impl futures_core::Stream for S {
+        type Item = Result<String, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let _ = &mut rx;
+    S(rx)
+}
+
+/// A webhook runtime that checks the signature itself. `mode`: reply | defer | fail.
+#[derive(Clone, Default)]
+pub struct FakeWebhook {
+    pub calls: Arc<Mutex<Vec<(bool, Value)>>>,
+}
+
+const SECRET: &str = "webhook-test-secret";
+
+impl FakeWebhook {
+    pub async fn spawn(mode: &'static str) -> (Self, String) {
+        let hook = FakeWebhook::default();
+        let h = hook.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let h = h.clone();
+            async move {
+                let ts = req
+                    .headers()
+                    .get("x-daarion-timestamp")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let sig = req
+                    .headers()
+                    .get("x-daarion-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+                mac.update(format!("{ts}.").as_bytes());
+                mac.update(&bytes);
+                let expected: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let fresh = ts
+                    .parse::<i64>()
+                    .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
+                let valid = sig == format!("sha256={expected}") && fresh;
+                h.calls
+                    .lock()
+                    .unwrap()
+                    .push((valid, serde_json::from_slice(&bytes).unwrap_or(Value::Null)));
+                if !valid {
+                    return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
+                }
+                match mode {
+                    "defer" => StatusCode::ACCEPTED.into_response(),
+                    "fail" => (StatusCode::BAD_GATEWAY, "down").into_response(),
+                    _ => Json(json!({ "reply": "Webhook says hi" })).into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (hook, url)
+    }
+}
+
+/// Blueprint `echo` of the base config switched to another runtime.
+fn runtime_config(runtime: &str, extra: &str) -> impl FnOnce(String) -> String {
+    let runtime = runtime.to_owned();
+    let extra = extra.to_owned();
+    move |c: String| {
+        let c = c.replace(
+            "[bridge]\n",
+            "[bridge]\ndebounce = \"200ms\"\nstream_edit_interval = \"250ms\"\n",
+        );
+        c.replace(
+            "[[blueprints]]\ncode = \"echo\"\nmodel = \"echo\"\n",
+            &format!("[[blueprints]]\ncode = \"echo\"\nmodel = \"test-model\"\nruntime = \"{runtime}\"\ninstructions = \"Be brief.\"\n{extra}\n"),
+        )
+    }
+}
+
+fn mention(id: &str, body: &str, who: &[&str]) -> Value {
+    ev::now(ev::base(
+        "m.room.message",
+        id,
+        "@alice:localhost",
+        json!({
+            "msgtype": "m.text", "body": body, "m.mentions": { "user_ids": who },
+        }),
+    ))
+}
+
+fn plain(id: &str, body: &str) -> Value {
+    ev::now(ev::base(
+        "m.room.message",
+        id,
+        "@alice:localhost",
+        json!({ "msgtype": "m.text", "body": body, "m.mentions": {} }),
+    ))
+}
+
+async fn wait_runs(app: &TestApp, n: usize, status: &str) -> Vec<Vec<Option<String>>> {
+    let q = "SELECT status, trigger_event_id, reply_event_id, runtime, CAST(chain_depth AS TEXT), error, CAST(input AS TEXT) FROM agent_runs ORDER BY queued_at, id";
+    let mut rows = Vec::new();
+    for _ in 0..150 {
+        rows = app.rows(q).await;
+        if rows.len() == n && rows.iter().all(|r| r[0].as_deref() == Some(status)) {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    panic!("expected {n} {status} runs, got {rows:?}");
+}
+
+/// Runs stay as they are for a while (nothing else gets triggered).
+async fn settle(app: &TestApp, n: usize) {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        app.count("agent_runs").await,
+        n,
+        "{:?}",
+        app.rows("SELECT status, trigger_event_id FROM agent_runs")
+            .await
+    );
+}
+
+pub async fn echo_answers_mentions_and_dms(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace("[bridge]\n", "[bridge]\ndebounce = \"100ms\"\n")
+    })
+    .await;
+    setup(&app).await;
+    // A group room (alice + sofia + bob): no mention, no answer.
+    assert_eq!(
+        app.put_txn(
+            "b",
+            vec![ev::member("bj", "@bob:localhost", "@bob:localhost", "join")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        app.put_txn("1", vec![plain("p1", "just chatting")]).await.0,
+        200
+    );
+    settle(&app, 0).await;
+    // Mentioned: answered, as a reply to the trigger that mentions the asker.
+    assert_eq!(
+        app.put_txn("2", vec![mention("m1", "Sofia, ping?", &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    let runs = wait_runs(&app, 1, "completed").await;
+    assert_eq!(runs[0][1].as_deref(), Some("$m1"));
+    assert_eq!(runs[0][3].as_deref(), Some("echo"));
+    let (sender, call) = app.hs.sent_messages().pop().unwrap();
+    assert_eq!(sender, ev::SOFIA);
+    assert!(
+        call.body["body"].as_str().unwrap().contains("Sofia, ping?"),
+        "the trigger verbatim: {}",
+        call.body
+    );
+    assert_eq!(
+        call.body["m.relates_to"]["m.in_reply_to"]["event_id"],
+        "$m1"
+    );
+    assert_eq!(
+        call.body["m.mentions"]["user_ids"],
+        json!(["@alice:localhost"])
+    );
+    assert_eq!(
+        runs[0][2].as_deref(),
+        Some(format!("$sent-{}", call.path.rsplit('/').next().unwrap()).as_str())
+    );
+    // Typing was shown first.
+    assert!(
+        app.hs
+            .calls_to("/typing/")
+            .iter()
+            .any(|c| c.body["typing"] == true)
+    );
+    // The agent's own echo never triggers it.
+    let echo = ev::now(ev::base(
+        "m.room.message",
+        "sofia-echo",
+        ev::SOFIA,
+        call.body.clone(),
+    ));
+    assert_eq!(app.put_txn("3", vec![echo]).await.0, 200);
+    // A reply to Sofia's message addresses her; an edit does not; a stale message does not.
+    let reply = ev::now(ev::base(
+        "m.room.message",
+        "r1",
+        "@alice:localhost",
+        json!({
+            "msgtype": "m.text", "body": "thanks", "m.mentions": {}, "m.relates_to": { "m.in_reply_to": { "event_id": "$sofia-echo" } },
+        }),
+    ));
+    let edit = ev::now(ev::base(
+        "m.room.message",
+        "e1",
+        "@alice:localhost",
+        json!({
+            "msgtype": "m.text", "body": "* Sofia?", "m.mentions": { "user_ids": [ev::SOFIA] },
+            "m.new_content": { "msgtype": "m.text", "body": "Sofia?" }, "m.relates_to": { "rel_type": "m.replace", "event_id": "$m1" },
+        }),
+    ));
+    let mut stale = mention("old", "Sofia, from before the outage", &[ev::SOFIA]);
+    stale["origin_server_ts"] = json!(chrono::Utc::now().timestamp_millis() - 11 * 60 * 1000);
+    assert_eq!(app.put_txn("4", vec![reply, edit, stale]).await.0, 200);
+    let runs = wait_runs(&app, 2, "completed").await;
+    assert_eq!(runs[1][1].as_deref(), Some("$r1"));
+    // Old clients: her name at the start of the body.
+    let legacy = ev::now(ev::text("l1", "@alice:localhost", "Sofia: are you there?"));
+    assert_eq!(app.put_txn("5", vec![legacy]).await.0, 200);
+    wait_runs(&app, 3, "completed").await;
+    settle(&app, 3).await;
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"daarion_bridge_triggers_total{outcome="stale"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"daarion_bridge_agent_runs_total{status="completed"} 3"#),
+        "{metrics}"
+    );
+
+    // A DM (invite marked is_direct): every message addresses the agent.
+    let dm = "!dm:localhost";
+    let mut invite = ev::in_room(
+        ev::member("di", "@carol:localhost", ev::SOFIA, "invite"),
+        dm,
+    );
+    invite["content"]["is_direct"] = json!(true);
+    let joins = vec![
+        invite,
+        ev::in_room(
+            ev::member("dcj", "@carol:localhost", "@carol:localhost", "join"),
+            dm,
+        ),
+        ev::in_room(ev::now(ev::member("dsj", ev::SOFIA, ev::SOFIA, "join")), dm),
+    ];
+    assert_eq!(app.put_txn("dm1", joins).await.0, 200);
+    let hello = ev::in_room(
+        ev::now(ev::base(
+            "m.room.message",
+            "dmh",
+            "@carol:localhost",
+            json!({ "msgtype": "m.text", "body": "hello there", "m.mentions": {} }),
+        )),
+        dm,
+    );
+    assert_eq!(app.put_txn("dm2", vec![hello]).await.0, 200);
+    let runs = wait_runs(&app, 4, "completed").await;
+    assert_eq!(runs[3][1].as_deref(), Some("$dmh"));
+}
+
+pub async fn settings_debounce_and_cancel(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace("[bridge]\n", "[bridge]\ndebounce = \"400ms\"\n")
+    })
+    .await;
+    let (channel, key) = setup(&app).await;
+    // respond = never: not even a mention; respond = all: any message.
+    let (s, _, _) = api(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/api/v1/channels/{channel}/settings"),
+        &key,
+        Some(json!({ "respond": "never" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        app.put_txn("1", vec![mention("n1", "Sofia?", &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    settle(&app, 0).await;
+    let (s, _, _) = api(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/api/v1/channels/{channel}/settings"),
+        &key,
+        Some(json!({ "respond": "sometimes" })),
+    )
+    .await;
+    assert_eq!(s, 400);
+    api(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/api/v1/channels/{channel}/settings"),
+        &key,
+        Some(json!({ "respond": "all" })),
+    )
+    .await;
+    // A burst of three messages within the debounce window: one run, all three in its input.
+    for (i, id) in ["a1", "a2", "a3"].iter().enumerate() {
+        assert_eq!(
+            app.put_txn(&format!("b{i}"), vec![plain(id, &format!("part {i}"))])
+                .await
+                .0,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let runs = wait_runs(&app, 1, "completed").await;
+    let input: Value = serde_json::from_str(runs[0][6].as_deref().unwrap()).unwrap();
+    assert_eq!(input["triggers"].as_array().unwrap().len(), 3, "{input}");
+    let sent = app.hs.sent_messages();
+    assert_eq!(sent.len(), 1, "one answer for the burst");
+    assert!(
+        sent[0].1.body["body"]
+            .as_str()
+            .unwrap()
+            .contains("part 0\npart 1\npart 2")
+    );
+    // A trigger redacted during the debounce: no run at all.
+    assert_eq!(
+        app.put_txn("c1", vec![plain("gone", "never mind")]).await.0,
+        200
+    );
+    let mut redaction = ev::now(ev::base(
+        "m.room.redaction",
+        "red",
+        "@alice:localhost",
+        json!({ "redacts": "$gone" }),
+    ));
+    redaction["redacts"] = json!("$gone");
+    assert_eq!(app.put_txn("c2", vec![redaction]).await.0, 200);
+    settle(&app, 1).await;
+    // The runs API lists them.
+    let (s, body, _) = api(
+        &app,
+        reqwest::Method::GET,
+        "/api/v1/runs?status=completed",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(body["runs"][0]["agent"], "agent:sofia");
+    let (_, body, _) = api(
+        &app,
+        reqwest::Method::GET,
+        "/api/v1/runs?status=failed",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(body["runs"].as_array().unwrap().len(), 0);
+}
+
+pub async fn queued_run_cancelled_by_redaction(b: Backend) {
+    // One run at a time over all agents, and a slow runtime holding the slot.
+    let (_model, url) = FakeModel::spawn("stream").await;
+    let app = TestApp::spawn_with(b, move |c| {
+        runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        )(c)
+        .replace("[bridge]\n", "[bridge]\nmax_concurrent_runs = 1\n")
+    })
+    .await;
+    setup(&app).await;
+    let other = "!other:localhost";
+    let joins = vec![
+        ev::in_room(
+            ev::state(
+                "city.daarion.channel",
+                "oc",
+                "@alice:localhost",
+                "",
+                json!({ "microdao": "microdao:demo" }),
+            ),
+            other,
+        ),
+        ev::in_room(
+            ev::member("oaj", "@alice:localhost", "@alice:localhost", "join"),
+            other,
+        ),
+        ev::in_room(
+            ev::member("obj", "@bob:localhost", "@bob:localhost", "join"),
+            other,
+        ),
+        ev::in_room(
+            ev::now(ev::member("osj", ev::SOFIA, ev::SOFIA, "join")),
+            other,
+        ),
+    ];
+    assert_eq!(app.put_txn("o", joins).await.0, 200);
+    assert_eq!(
+        app.put_txn(
+            "1",
+            vec![mention("first", "Sofia, long question", &[ev::SOFIA])]
+        )
+        .await
+        .0,
+        200
+    );
+    wait_runs(&app, 1, "running").await;
+    let second = ev::in_room(mention("second", "Sofia, other room", &[ev::SOFIA]), other);
+    assert_eq!(app.put_txn("2", vec![second]).await.0, 200);
+    // Queued behind the running one.
+    for _ in 0..100 {
+        if app.count("agent_runs").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.col("SELECT status FROM agent_runs WHERE trigger_event_id = '$second'")
+            .await,
+        vec!["queued"]
+    );
+    let mut redaction = ev::in_room(
+        ev::now(ev::base(
+            "m.room.redaction",
+            "red2",
+            "@alice:localhost",
+            json!({ "redacts": "$second" }),
+        )),
+        other,
+    );
+    redaction["redacts"] = json!("$second");
+    assert_eq!(app.put_txn("3", vec![redaction]).await.0, 200);
+    for _ in 0..100 {
+        if app
+            .col("SELECT status FROM agent_runs WHERE trigger_event_id = '$second'")
+            .await
+            == ["cancelled"]
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.col("SELECT status FROM agent_runs WHERE trigger_event_id = '$second'")
+            .await,
+        vec!["cancelled"]
+    );
+    let first = app
+        .col("SELECT status FROM agent_runs WHERE trigger_event_id = '$first'")
+        .await;
+    assert!(first == ["running"] || first == ["completed"], "{first:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        app.col("SELECT status FROM agent_runs WHERE trigger_event_id = '$second'")
+            .await,
+        vec!["cancelled"],
+        "never started"
+    );
+}
+
+pub async fn openai_streams_into_one_edited_message(b: Backend) {
+    let (model, url) = FakeModel::spawn("stream").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "openai",
+            &format!(
+                "[blueprints.openai]\nbase_url = \"{url}\"\ntemperature = 0.2\nmax_tokens = 64\n"
+            ),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    app.hs.history.lock().unwrap().extend([
+        ev::now(ev::text(
+            "q",
+            "@alice:localhost",
+            "Sofia, what is six times seven?",
+        )),
+        ev::now(ev::base(
+            "m.room.message",
+            "old-answer",
+            ev::SOFIA,
+            json!({ "msgtype": "m.notice", "body": "Earlier answer" }),
+        )),
+    ]);
+    assert_eq!(
+        app.put_txn(
+            "1",
+            vec![mention(
+                "q",
+                "Sofia, what is six times seven?",
+                &[ev::SOFIA]
+            )]
+        )
+        .await
+        .0,
+        200
+    );
+    let runs = wait_runs(&app, 1, "completed").await;
+    // The model got the blueprint's model, options, system prompt and named turns.
+    let req = model.requests.lock().unwrap()[0].clone();
+    assert_eq!(req["model"], "test-model");
+    assert_eq!(req["stream"], true);
+    assert_eq!(req["max_tokens"], 64);
+    assert_eq!(
+        req["messages"][0],
+        json!({ "role": "system", "content": "Be brief." })
+    );
+    let turns = req["messages"].as_array().unwrap();
+    assert!(
+        turns
+            .iter()
+            .any(|m| m["role"] == "assistant" && m["content"] == "Earlier answer"),
+        "{req}"
+    );
+    assert!(
+        turns.iter().any(|m| m["role"] == "user"
+            && m["content"] == "Alice Liddell: Sofia, what is six times seven?"),
+        "{req}"
+    );
+    // One message, then edits; the last edit holds the whole text.
+    let sent = app.hs.sent_messages();
+    let first = &sent[0].1.body;
+    assert!(
+        first
+            .get("m.relates_to")
+            .is_none_or(|r| r["rel_type"] != "m.replace")
+    );
+    let edits: Vec<&Value> = sent[1..].iter().map(|(_, c)| &c.body).collect();
+    assert!(!edits.is_empty(), "a streamed answer is edited as it grows");
+    assert!(edits.len() <= 4, "edits are rate limited: {}", edits.len());
+    assert!(
+        edits
+            .iter()
+            .all(|e| e["m.relates_to"]["rel_type"] == "m.replace")
+    );
+    assert_eq!(
+        edits.last().unwrap()["m.new_content"]["body"],
+        "The answer is forty-two."
+    );
+    let rows = app.rows("SELECT CAST(output AS TEXT), CAST(prompt_tokens AS TEXT), CAST(completion_tokens AS TEXT) FROM agent_runs").await;
+    assert!(
+        rows[0][0]
+            .as_deref()
+            .unwrap()
+            .contains("The answer is forty-two.")
+    );
+    assert_eq!(
+        (rows[0][1].as_deref(), rows[0][2].as_deref()),
+        (Some("20"), Some("5"))
+    );
+    // The mirror shows the final text on the one message row.
+    let reply = runs[0][2].clone().unwrap();
+    assert_eq!(
+        app.col(&format!(
+            "SELECT content_preview FROM messages WHERE matrix_event_id = '{reply}'"
+        ))
+        .await,
+        vec!["The answer is forty-two."]
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("daarion_bridge_time_to_first_token_seconds_count 1"),
+        "{metrics}"
+    );
+}
+
+pub async fn openai_plain_and_failures(b: Backend) {
+    for (mode, expect) in [
+        ("plain", "completed"),
+        ("fail", "failed"),
+        ("malformed", "failed"),
+        ("slow", "failed"),
+    ] {
+        let (_model, url) = FakeModel::spawn(mode).await;
+        let app = TestApp::spawn_with(
+            b,
+            runtime_config(
+                "openai",
+                &format!(
+                    "[blueprints.openai]\nbase_url = \"{url}\"\nstream = false\ntimeout = \"1s\"\n"
+                ),
+            ),
+        )
+        .await;
+        setup(&app).await;
+        assert_eq!(
+            app.put_txn("1", vec![mention("q", "Sofia?", &[ev::SOFIA])])
+                .await
+                .0,
+            200
+        );
+        let runs = wait_runs(&app, 1, expect).await;
+        let sent = app.hs.sent_messages();
+        if expect == "completed" {
+            assert_eq!(sent.len(), 1, "{mode}");
+            assert_eq!(
+                sent[0].1.body["formatted_body"],
+                "<p>A plain <strong>answer</strong>.</p>"
+            );
+        } else {
+            // One short notice, never a retried answer.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let sent = app.hs.sent_messages();
+            assert_eq!(sent.len(), 1, "{mode}: exactly one notice");
+            assert!(
+                sent[0].1.body["body"]
+                    .as_str()
+                    .unwrap()
+                    .contains("could not answer"),
+                "{mode}"
+            );
+            assert!(
+                runs[0][5].as_deref().unwrap().len() > 3,
+                "{mode}: the error is recorded"
+            );
+        }
+        if mode == "slow" {
+            assert!(runs[0][5].as_deref().unwrap().contains("timed out"));
+        }
+    }
+}
+
+pub async fn webhook_runtime(b: Backend) {
+    // 200 with a reply: posted as the agent; the signature checked by the receiver.
+    let (hook, url) = FakeWebhook::spawn("reply").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "webhook",
+            &format!("[blueprints.webhook]\nurl = \"{url}\"\nsecret = \"webhook-test-secret\"\n"),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    assert_eq!(
+        app.put_txn("1", vec![mention("q", "Sofia, hook?", &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    wait_runs(&app, 1, "completed").await;
+    let (valid, payload) = hook.calls.lock().unwrap()[0].clone();
+    assert!(valid, "signature verifies");
+    assert_eq!(payload["agent"]["matrix_id"], ev::SOFIA);
+    assert_eq!(
+        payload["triggers"][0]["event_id"], "$q",
+        "the triggering event in full"
+    );
+    assert_eq!(payload["triggers"][0]["content"]["body"], "Sofia, hook?");
+    assert!(payload["run_id"].as_str().unwrap().len() == 36);
+    assert_eq!(app.hs.sent_messages()[0].1.body["body"], "Webhook says hi");
+
+    // 202: the runtime answers later through the agent API with the run id.
+    let (_hook, url) = FakeWebhook::spawn("defer").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "webhook",
+            &format!("[blueprints.webhook]\nurl = \"{url}\"\nsecret = \"webhook-test-secret\"\n"),
+        ),
+    )
+    .await;
+    let (channel, key) = setup(&app).await;
+    assert_eq!(
+        app.put_txn("1", vec![mention("q", "Sofia, later?", &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    wait_runs(&app, 1, "running").await;
+    let run_id = app
+        .col("SELECT CAST(id AS TEXT) FROM agent_runs")
+        .await
+        .remove(0);
+    let (s, sent, _) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/v1/channels/{channel}/messages"),
+        &key,
+        Some(json!({ "text": "Here you go", "run_id": run_id })),
+    )
+    .await;
+    assert_eq!(s, 200, "{sent}");
+    let runs = wait_runs(&app, 1, "completed").await;
+    assert_eq!(runs[0][2].as_deref(), sent["event_id"].as_str());
+    let (s, _, _) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/v1/channels/{channel}/messages"),
+        &key,
+        Some(json!({ "text": "again", "run_id": run_id })),
+    )
+    .await;
+    assert_eq!(s, 400, "a finished run cannot be answered twice");
+
+    // An error: the run fails, and webhook runtimes post no notice by default.
+    let (_hook, url) = FakeWebhook::spawn("fail").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "webhook",
+            &format!("[blueprints.webhook]\nurl = \"{url}\"\nsecret = \"webhook-test-secret\"\n"),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    assert_eq!(
+        app.put_txn("1", vec![mention("q", "Sofia?", &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    let runs = wait_runs(&app, 1, "failed").await;
+    assert!(runs[0][5].as_deref().unwrap().contains("502"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.hs.sent_messages().is_empty());
+}
+
+/// Replays what puppets sent as the homeserver would: echoes in the next transactions.
+async fn echo_sends(app: &TestApp, seen: &mut usize, txn: &mut u32) {
+    let sent = app.hs.sent_messages();
+    let mut events = Vec::new();
+    for (user, call) in &sent[*seen..] {
+        let txn_id = call.path.rsplit('/').next().unwrap();
+        events.push(ev::now(ev::base(
+            "m.room.message",
+            &format!("sent-{txn_id}"),
+            user,
+            call.body.clone(),
+        )));
+    }
+    *seen = sent.len();
+    if !events.is_empty() {
+        *txn += 1;
+        assert_eq!(app.put_txn(&format!("echo{txn}"), events).await.0, 200);
+    }
+}
+
+pub async fn agent_chain_stops_at_the_limit(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace(
+            "[bridge]\n",
+            "[bridge]\ndebounce = \"50ms\"\nmax_agent_chain = 3\n",
+        )
+    })
+    .await;
+    let (channel, key) = setup(&app).await;
+    let free = "@agent_free:localhost";
+    assert_eq!(
+        app.put_txn(
+            "fj",
+            vec![
+                ev::member("bj", "@bob:localhost", "@bob:localhost", "join"),
+                ev::now(ev::member("fj", free, free, "join"))
+            ]
+        )
+        .await
+        .0,
+        200
+    );
+    // Sofia speaks to Free through the API; each answer mentions the agent it answers.
+    let (s, _, _) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/v1/channels/{channel}/messages"),
+        &key,
+        Some(json!({ "text": "Free, your turn", "mentions": [free] })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (mut seen, mut txn) = (0, 0);
+    for _ in 0..60 {
+        echo_sends(&app, &mut seen, &mut txn).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let depths = app
+        .col("SELECT CAST(chain_depth AS TEXT) FROM agent_runs ORDER BY queued_at")
+        .await;
+    assert_eq!(
+        depths,
+        vec!["1", "2", "3"],
+        "three agent→agent turns, then the chain stops"
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"daarion_bridge_triggers_total{outcome="loop_refused"} 1"#),
+        "{metrics}"
+    );
+}
