@@ -103,27 +103,17 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_run_input(
-        &self,
-        id: RunId,
-        input: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query("UPDATE agent_runs SET input = $2 WHERE id = $1 AND status = 'queued'")
-            .bind(id)
-            .bind(Json(input))
-            .execute(pool)
-            .await
-            .map(|_| ())?);
-        Ok(())
-    }
-
-    pub async fn start_run(&self, id: RunId) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query("UPDATE agent_runs SET status = 'running', started_at = $2 WHERE id = $1 AND status = 'queued'")
-            .bind(id)
-            .bind(Ts::now())
-            .execute(pool)
-            .await
-            .map(|_| ())?);
+    /// Marks a queued run running, with its final input (triggers merged while it waited).
+    pub async fn start_run(&self, id: RunId, input: &serde_json::Value) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE agent_runs SET status = 'running', input = $2, started_at = $3 WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(Json(input))
+        .bind(Ts::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
         Ok(())
     }
 

@@ -274,8 +274,7 @@ impl Runner {
             }
         };
         let input = json!({ "triggers": triggers.iter().map(|t| &t.event).collect::<Vec<_>>() });
-        self.store.set_run_input(id, &input).await?;
-        self.store.start_run(id).await?;
+        self.store.start_run(id, &input).await?;
         let started = Instant::now();
         let end = self
             .execute(
@@ -349,10 +348,12 @@ impl Runner {
                 .await?;
             Ok::<(), crate::puppet::PuppetError>(())
         };
-        if let Err(error) = typing.await {
+        // Typing shows while the context is read: both are homeserver round trips.
+        let (typed, request) = tokio::join!(typing, self.request(id, agent, room, triggers));
+        if let Err(error) = typed {
             tracing::warn!(run_id = %id, %error, "cannot show typing");
         }
-        let request = match self.request(id, agent, room, triggers).await {
+        let request = match request {
             Ok(r) => r,
             Err(error) => {
                 return self

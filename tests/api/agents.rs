@@ -886,6 +886,9 @@ pub async fn openapi_documents_every_route(b: Backend) {
         ("/api/v1/channels/{channel_id}/typing", &["put"]),
         ("/api/v1/channels/{channel_id}/read-marker", &["post"]),
         ("/api/v1/outbox/{outbox_id}", &["get"]),
+        ("/api/v1/runs", &["get"]),
+        ("/api/v1/runs/{run_id}", &["get"]),
+        ("/api/v1/channels/{channel_id}/settings", &["put"]),
     ] {
         for m in methods {
             assert!(

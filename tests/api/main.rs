@@ -2,6 +2,8 @@
 //! PostgreSQL (a fresh database per test).
 
 mod agents;
+#[path = "../common/model.rs"]
+mod model;
 mod runs;
 mod support;
 

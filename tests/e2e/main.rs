@@ -8,6 +8,9 @@ use daarion_bridge::{Bridge, config::Config, db::Pool, registration};
 use serde_json::{Value, json};
 use sqlx::Row;
 
+#[path = "../common/model.rs"]
+mod model;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -597,6 +600,272 @@ async fn agent_lives_in_matrix() {
         r == [vec![Some("closed".into())]]
     })
     .await;
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// The room's timeline as a person's client reads it, oldest first.
+async fn timeline(p: &Person, room: &str) -> Vec<Value> {
+    let v = p
+        .call(
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
+                enc(room)
+            ),
+            json!(null),
+        )
+        .await;
+    let mut events = v["chunk"].as_array().cloned().unwrap_or_default();
+    events.reverse();
+    events
+}
+
+/// Polls the person's view of the room until `done` holds.
+async fn wait_timeline(
+    p: &Person,
+    room: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last = timeline(p, room).await;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "timed out waiting for {what}; timeline: {:#?}",
+        last.iter()
+            .map(|e| (&e["sender"], &e["type"], &e["content"]["body"]))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Agents answer for real: a DM gets an echo; a mention in a group room gets a streamed answer
+/// seen as one message plus edits ending with the whole text; two agents mentioning each other
+/// stop at the chain limit; a runtime that is down yields a failed run and one notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_answer() {
+    let admin = std::env::var("DAARION_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
+    let pg = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pg)
+        .await
+        .unwrap();
+    let db_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+
+    let _serial = serial().lock().await;
+    ensure_synapse();
+    let (_model, _) = model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
+    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
+    let store = bridge.state.mirror.store().clone();
+    let pool = store.pool().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
+        .await
+        .expect("port 29334 free for the e2e bridge");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bridge.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let (sofia, nova, ghost) = (
+        "@agent_sofia:localhost",
+        "@agent_nova:localhost",
+        "@agent_ghost:localhost",
+    );
+    let alice = Person::register("alice").await;
+    let bob = Person::register("bob").await;
+
+    // A DM with Sofia: no mention needed.
+    let dm = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            json!({ "is_direct": true, "preset": "trusted_private_chat", "invite": [sofia] }),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let q = format!(
+        "SELECT s.status FROM agent_sessions s JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = '{dm}'"
+    );
+    wait_rows(&pool, &q, "Sofia in the DM", |r| {
+        r == [vec![Some("active".into())]]
+    })
+    .await;
+    alice
+        .send(&dm, json!({ "msgtype": "m.text", "body": "hello sofia" }))
+        .await;
+    let events = wait_timeline(&alice, &dm, "Sofia's answer", |t| {
+        t.iter()
+            .any(|e| e["sender"] == sofia && e["type"] == "m.room.message")
+    })
+    .await;
+    let answer = events
+        .iter()
+        .find(|e| e["sender"] == sofia && e["type"] == "m.room.message")
+        .unwrap();
+    assert!(
+        answer["content"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("hello sofia"),
+        "{answer}"
+    );
+
+    // A group room with Nova: a mention gets a streamed answer.
+    let room = alice
+        .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", json!({ "name": "Group", "preset": "private_chat", "invite": ["@daarion:localhost", nova, sofia, ghost, bob.user_id] }))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let q = format!(
+        "SELECT COUNT(*) FROM agent_sessions s JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = '{room}' AND s.status = 'active'"
+    );
+    wait_rows(
+        &pool,
+        &q.replace("COUNT(*)", "CAST(COUNT(*) AS TEXT)"),
+        "three agents in the group",
+        |r| r == [vec![Some("3".into())]],
+    )
+    .await;
+    alice
+        .send(
+            &room,
+            json!({ "msgtype": "m.text", "body": "just chatting" }),
+        )
+        .await;
+    let question = alice
+        .send(&room, json!({ "msgtype": "m.text", "body": "Nova, what is six times seven?", "m.mentions": { "user_ids": [nova] } }))
+        .await;
+    let events = wait_timeline(&alice, &room, "Nova's final edit", |t| {
+        t.iter().any(|e| {
+            e["sender"] == nova
+                && e["content"]["m.new_content"]["body"] == "The answer is forty-two."
+        })
+    })
+    .await;
+    let from_nova: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["sender"] == nova && e["type"] == "m.room.message")
+        .collect();
+    let originals: Vec<&&Value> = from_nova
+        .iter()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] != "m.replace")
+        .collect();
+    assert_eq!(originals.len(), 1, "one message");
+    assert_eq!(
+        originals[0]["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+        question.as_str()
+    );
+    let edits: Vec<&&Value> = from_nova
+        .iter()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+        .collect();
+    assert!(!edits.is_empty(), "edits as the answer grows");
+    assert!(
+        edits
+            .iter()
+            .all(|e| e["content"]["m.relates_to"]["event_id"] == originals[0]["event_id"])
+    );
+    assert_eq!(
+        edits.last().unwrap()["content"]["m.new_content"]["body"],
+        "The answer is forty-two."
+    );
+    // "just chatting" addressed nobody.
+    let q = format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM agent_runs r JOIN channels c ON c.id = r.channel_id WHERE c.matrix_room_id = '{room}'"
+    );
+    assert_eq!(rows(&pool, &q).await, vec![vec![Some("1".into())]]);
+
+    // Sofia and Nova mention each other: three agent→agent turns, then the chain stops.
+    let channel = rows(
+        &pool,
+        &format!("SELECT CAST(id AS TEXT) FROM channels WHERE matrix_room_id = '{room}'"),
+    )
+    .await[0][0]
+        .clone()
+        .unwrap();
+    let (_, key) = daarion_bridge::keys::create(
+        &store,
+        "agent:sofia",
+        "e2e",
+        &[],
+        &["agent.runtime".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:29334/api/v1/channels/{channel}/messages"
+        ))
+        .bearer_auth(&key)
+        .json(&json!({ "text": "Nova, over to you", "mentions": [nova] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let q = format!(
+        "SELECT CAST(r.chain_depth AS TEXT), r.status FROM agent_runs r JOIN channels c ON c.id = r.channel_id WHERE c.matrix_room_id = '{room}' AND r.chain_depth > 0 ORDER BY r.queued_at"
+    );
+    let chain = wait_rows(&pool, &q, "three chained runs", |r| {
+        r.len() == 3 && r.iter().all(|x| x[1].as_deref() == Some("completed"))
+    })
+    .await;
+    assert_eq!(
+        chain
+            .iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rows(&pool, &q).await.len(), 3, "no fourth turn");
+
+    // Ghost's runtime is down: a failed run and exactly one notice.
+    alice.send(&room, json!({ "msgtype": "m.text", "body": "Ghost, are you there?", "m.mentions": { "user_ids": [ghost] } })).await;
+    let q = "SELECT r.status, r.error FROM agent_runs r JOIN agents a ON a.id = r.agent_id WHERE a.external_id = 'agent:ghost'".to_owned();
+    let failed = wait_rows(&pool, &q, "Ghost's failed run", |r| {
+        r.len() == 1 && r[0][0].as_deref() == Some("failed")
+    })
+    .await;
+    assert!(
+        failed[0][1].as_deref().unwrap().contains("unreachable"),
+        "{failed:?}"
+    );
+    let events = wait_timeline(&alice, &room, "Ghost's notice", |t| {
+        t.iter()
+            .any(|e| e["sender"] == ghost && e["type"] == "m.room.message")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events = if events.is_empty() {
+        events
+    } else {
+        timeline(&alice, &room).await
+    };
+    let notices: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["sender"] == ghost && e["type"] == "m.room.message")
+        .collect();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0]["content"]["msgtype"], "m.notice");
 
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();

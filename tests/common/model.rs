@@ -1,0 +1,97 @@
+#![allow(dead_code)] // each suite uses part of it
+//! An OpenAI-compatible chat completions server for tests (shared by the suites through
+//! `#[path]`): streaming (SSE), plain, failing, malformed and slow modes.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::Request,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+/// An OpenAI-compatible chat completions server. `mode`: stream | plain | fail | malformed | slow.
+#[derive(Clone, Default)]
+pub struct FakeModel {
+    pub requests: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeModel {
+    pub async fn spawn(mode: &'static str) -> (Self, String) {
+        Self::spawn_on(mode, "127.0.0.1:0").await
+    }
+
+    /// On a fixed address (the e2e config names it).
+    pub async fn spawn_on(mode: &'static str, addr: &str) -> (Self, String) {
+        let model = FakeModel::default();
+        let m = model.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let m = m.clone();
+            async move { m.handle(mode, req).await }
+        });
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (model, url)
+    }
+
+    async fn handle(&self, mode: &str, req: Request) -> Response {
+        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        self.requests.lock().unwrap().push(body);
+        match mode {
+            "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "model exploded").into_response(),
+            "malformed" => ([("content-type", "application/json")], "{\"choices\": 7}").into_response(),
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Json(json!({})).into_response()
+            }
+            "plain" => Json(json!({
+                "choices": [{ "message": { "role": "assistant", "content": "A plain **answer**." } }],
+                "usage": { "prompt_tokens": 11, "completion_tokens": 4 },
+            }))
+            .into_response(),
+            _ => {
+                // Five pieces, 150 ms apart: the answer grows over ~600 ms.
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+                tokio::spawn(async move {
+                    for piece in ["The ", "answer ", "is ", "forty", "-two."] {
+                        let chunk = json!({ "choices": [{ "delta": { "content": piece } }] });
+                        let _ = tx.send(Ok(format!("data: {chunk}\n\n"))).await;
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                    }
+                    let usage = json!({ "choices": [], "usage": { "prompt_tokens": 20, "completion_tokens": 5 } });
+                    let _ = tx.send(Ok(format!("data: {usage}\n\ndata: [DONE]\n\n"))).await;
+                });
+                let stream = tokio_stream(rx);
+                Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+            }
+        }
+    }
+}
+
+/// An mpsc receiver as a body stream (no extra crates).
+fn tokio_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+    struct S(tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>);
+    impl futures_core::Stream for S {
+        type Item = Result<String, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+    let _ = &mut rx;
+    S(rx)
+}
