@@ -2,12 +2,14 @@
 //! PostgreSQL (a fresh database per test).
 
 mod agents;
+mod cli;
 #[path = "../common/model.rs"]
 mod model;
 mod runs;
 mod support;
 
 use agents::*;
+use cli::*;
 use runs::*;
 
 use serde_json::{Value, json};
@@ -70,6 +72,9 @@ both_backends!(
     openai_plain_and_failures,
     webhook_runtime,
     agent_chain_stops_at_the_limit,
+    command_line,
+    puppet_avatar_is_uploaded_once,
+    thread_participation_addresses_the_agent,
 );
 
 async fn mirrored(app: &TestApp) {

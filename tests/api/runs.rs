@@ -830,3 +830,66 @@ pub async fn agent_chain_stops_at_the_limit(b: Backend) {
         "{metrics}"
     );
 }
+
+pub async fn thread_participation_addresses_the_agent(b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace("[bridge]\n", "[bridge]\ndebounce = \"50ms\"\n")
+    })
+    .await;
+    setup(&app).await;
+    assert_eq!(
+        app.put_txn(
+            "b",
+            vec![ev::member("bj", "@bob:localhost", "@bob:localhost", "join")]
+        )
+        .await
+        .0,
+        200
+    );
+    // A thread Sofia is not part of: nothing. Once she posted in it: every message there.
+    let in_thread = |id: &str, root: &str, sender: &str| {
+        ev::now(ev::base(
+            "m.room.message",
+            id,
+            sender,
+            json!({
+                "msgtype": "m.text", "body": format!("{id} in thread"), "m.mentions": {},
+                "m.relates_to": { "rel_type": "m.thread", "event_id": root, "is_falling_back": true, "m.in_reply_to": { "event_id": root } },
+            }),
+        ))
+    };
+    assert_eq!(
+        app.put_txn(
+            "1",
+            vec![
+                plain("root", "a thread root"),
+                in_thread("t1", "$root", "@alice:localhost")
+            ]
+        )
+        .await
+        .0,
+        200
+    );
+    settle(&app, 0).await;
+    let sofia_in = ev::now(ev::base(
+        "m.room.message",
+        "s1",
+        ev::SOFIA,
+        json!({
+            "msgtype": "m.notice", "body": "I can help", "m.relates_to": { "rel_type": "m.thread", "event_id": "$root" },
+        }),
+    ));
+    assert_eq!(app.put_txn("2", vec![sofia_in]).await.0, 200);
+    assert_eq!(
+        app.put_txn("3", vec![in_thread("t2", "$root", "@bob:localhost")])
+            .await
+            .0,
+        200
+    );
+    let runs = wait_runs(&app, 1, "completed").await;
+    assert_eq!(runs[0][1].as_deref(), Some("$t2"));
+    // Her answer stays in the thread.
+    let (_, call) = app.hs.sent_messages().pop().unwrap();
+    assert_eq!(call.body["m.relates_to"]["rel_type"], "m.thread");
+    assert_eq!(call.body["m.relates_to"]["event_id"], "$root");
+}
