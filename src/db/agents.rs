@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::{Row, types::Json};
 
-use super::{Pool, Store, StoreError, both, types::Ts};
+use super::{Store, StoreError, both, types::Ts};
 use crate::ids::{AccessKeyId, AgentId, ChannelId, MessageId, OutboxId, SessionId};
 
 #[derive(Debug, Clone, Serialize)]
@@ -400,8 +400,8 @@ impl Store {
         }
         let id = AccessKeyId::new();
         let now = Ts::now();
-        match &self.pool {
-            Pool::Pg(pool) => {
+        // The key and its capabilities commit together.
+        both!(self, pool => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("INSERT INTO access_keys (id, agent_id, name, key_prefix, key_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                     .bind(id).bind(agent).bind(name).bind(prefix).bind(hash).bind(now).bind(expires_at)
@@ -411,19 +411,7 @@ impl Store {
                         .bind(id).bind(cap).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-            }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("INSERT INTO access_keys (id, agent_id, name, key_prefix, key_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(id).bind(agent).bind(name).bind(prefix).bind(hash).bind(now).bind(expires_at)
-                    .execute(&mut *tx).await?;
-                for cap in caps {
-                    sqlx::query("INSERT INTO access_key_caps (key_id, cap_id) SELECT $1, id FROM capabilities WHERE code = $2 ON CONFLICT DO NOTHING")
-                        .bind(id).bind(cap).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-            }
-        }
+        });
         Ok(id)
     }
 

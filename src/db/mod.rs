@@ -58,6 +58,30 @@ macro_rules! both {
 }
 pub(crate) use both;
 
+/// Maps a `load_rooms` row (same columns in both dialects).
+macro_rules! stored_room {
+    ($r:expr) => {
+        StoredRoom {
+            room_id: $r.try_get(0)?,
+            microdao_id: $r.try_get(1)?,
+            name: $r.try_get(2)?,
+            topic: $r.try_get(3)?,
+            visibility: Visibility::parse($r.try_get::<&str, _>(4)?).unwrap_or(Visibility::Private),
+            name_source: $r
+                .try_get::<Option<&str>, _>(5)?
+                .map(NameSource::parse)
+                .unwrap_or(NameSource::Platform),
+            visibility_pinned: $r.try_get::<Option<bool>, _>(6)?.unwrap_or(true),
+            power_levels: $r
+                .try_get::<Option<Json<PowerLevels>>, _>(7)?
+                .map(|j| j.0)
+                .unwrap_or_default(),
+            is_direct: $r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
+            agents: Vec::new(),
+        }
+    };
+}
+
 /// A mirrored room as stored: its channel row plus the bridge's bookkeeping.
 #[derive(Debug, Clone)]
 pub struct StoredRoom {
@@ -191,27 +215,7 @@ impl Store {
                     .fetch_all(pool)
                     .await?
                     .into_iter()
-                    .map(|r| {
-                        Ok::<_, sqlx::Error>(StoredRoom {
-                            room_id: r.try_get(0)?,
-                            microdao_id: r.try_get(1)?,
-                            name: r.try_get(2)?,
-                            topic: r.try_get(3)?,
-                            visibility: Visibility::parse(r.try_get::<&str, _>(4)?)
-                                .unwrap_or(Visibility::Private),
-                            name_source: r
-                                .try_get::<Option<&str>, _>(5)?
-                                .map(NameSource::parse)
-                                .unwrap_or(NameSource::Platform),
-                            visibility_pinned: r.try_get::<Option<bool>, _>(6)?.unwrap_or(true),
-                            power_levels: r
-                                .try_get::<Option<Json<PowerLevels>>, _>(7)?
-                                .map(|j| j.0)
-                                .unwrap_or_default(),
-                            is_direct: r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
-                            agents: Vec::new(),
-                        })
-                    })
+                    .map(|r| Ok::<_, sqlx::Error>(stored_room!(r)))
                     .collect::<Result<Vec<_>, _>>()?
             }
             Pool::Sqlite(pool) => {
@@ -223,27 +227,7 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .into_iter()
-                .map(|r| {
-                    Ok::<_, sqlx::Error>(StoredRoom {
-                        room_id: r.try_get(0)?,
-                        microdao_id: r.try_get(1)?,
-                        name: r.try_get(2)?,
-                        topic: r.try_get(3)?,
-                        visibility: Visibility::parse(r.try_get::<&str, _>(4)?)
-                            .unwrap_or(Visibility::Private),
-                        name_source: r
-                            .try_get::<Option<&str>, _>(5)?
-                            .map(NameSource::parse)
-                            .unwrap_or(NameSource::Platform),
-                        visibility_pinned: r.try_get::<Option<bool>, _>(6)?.unwrap_or(true),
-                        power_levels: r
-                            .try_get::<Option<Json<PowerLevels>>, _>(7)?
-                            .map(|j| j.0)
-                            .unwrap_or_default(),
-                        is_direct: r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
-                        agents: Vec::new(),
-                    })
-                })
+                .map(|r| Ok::<_, sqlx::Error>(stored_room!(r)))
                 .collect::<Result<Vec<_>, _>>()?
             }
         };

@@ -337,8 +337,6 @@ impl Runner {
         runtime: &dyn Runtime,
         blueprint_code: Option<&str>,
     ) -> RunEnd {
-        let user = UserId::parse(&agent.matrix_id).expect("agents have valid ids");
-        let blueprint = self.config.agent_blueprint(&user);
         let typing = async {
             let u = self.puppets.ensure_ready(agent).await?;
             self.puppets.ensure_joined(room, agent, &u).await?;
@@ -372,7 +370,6 @@ impl Runner {
         let stream = self.stream(id, agent, room, last, rx);
         let called = Instant::now();
         let (result, streamed) = tokio::join!(runtime.call(&request, tx), stream);
-        let _ = blueprint;
         match result {
             Ok(RunOutput { deferred: true, .. }) => RunEnd {
                 status: "running",

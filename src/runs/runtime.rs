@@ -108,3 +108,16 @@ impl Runtime for Echo {
         })
     }
 }
+
+/// Bounds a runtime call by its configured timeout.
+pub async fn with_timeout<F>(
+    timeout: std::time::Duration,
+    call: F,
+) -> Result<RunOutput, RuntimeError>
+where
+    F: std::future::Future<Output = Result<RunOutput, RuntimeError>>,
+{
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| RuntimeError::Timeout(timeout))?
+}

@@ -111,11 +111,10 @@ impl Runtime for Webhook {
         request: &'a RunRequest,
         deltas: mpsc::Sender<String>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
-        Box::pin(async move {
-            tokio::time::timeout(self.config.timeout, self.call_inner(request, deltas))
-                .await
-                .map_err(|_| RuntimeError::Timeout(self.config.timeout))?
-        })
+        Box::pin(super::runtime::with_timeout(
+            self.config.timeout,
+            self.call_inner(request, deltas),
+        ))
     }
 }
 
