@@ -5,7 +5,10 @@ use std::time::Instant;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, State, rejection::BytesRejection},
+    extract::{
+        Path, State,
+        rejection::{BytesRejection, PathRejection},
+    },
     http::{Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -18,6 +21,11 @@ use tracing::Instrument;
 
 use super::{AppState, error::ApiError};
 use crate::mirror::Applied;
+
+/// A path parameter that is not valid UTF-8 (say) is a Matrix error, not axum's plain text.
+fn path_param(p: Result<Path<String>, PathRejection>) -> Result<Path<String>, ApiError> {
+    p.map_err(|e| ApiError::invalid_param(format!("bad path parameter: {}", e.body_text())))
+}
 
 /// Reads the body, mapping the size limit to `M_TOO_LARGE`.
 fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -33,10 +41,11 @@ fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, 
 /// `PUT /_matrix/app/v1/transactions/{txnId}`: answered only after its effects are committed.
 pub async fn transaction(
     State(state): State<AppState>,
-    Path(txn_id): Path<String>,
+    txn_id: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let started = Instant::now();
+    let Path(txn_id) = path_param(txn_id)?;
     let bytes = body(&state, raw)?;
     let http_request = axum::http::Request::builder()
         .method(Method::PUT)
@@ -98,8 +107,9 @@ pub async fn transaction(
 /// `GET /_matrix/app/v1/users/{userId}`: exists only for known agents, registered on demand.
 pub async fn query_user(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
+    user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(user_id) = path_param(user_id)?;
     let Ok(user_id) = UserId::parse(&user_id) else {
         return Err(ApiError::not_found("not a valid user id"));
     };
@@ -128,7 +138,7 @@ pub async fn query_user(
 }
 
 /// `GET /_matrix/app/v1/rooms/{roomAlias}`: the bridge creates no rooms on alias queries.
-pub async fn query_room(Path(_alias): Path<String>) -> ApiError {
+pub async fn query_room(_alias: Result<Path<String>, PathRejection>) -> ApiError {
     ApiError::not_found("this bridge does not provide rooms by alias")
 }
 

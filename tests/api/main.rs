@@ -6,11 +6,13 @@ mod cli;
 #[path = "../common/model.rs"]
 mod model;
 mod runs;
+mod spec;
 mod support;
 
 use agents::*;
 use cli::*;
 use runs::*;
+use spec::*;
 
 use serde_json::{Value, json};
 use support::{Backend, HS_TOKEN, TestApp, ev};
@@ -75,6 +77,7 @@ both_backends!(
     command_line,
     puppet_avatar_is_uploaded_once,
     thread_participation_addresses_the_agent,
+    conforms_to_the_appservice_spec,
 );
 
 async fn mirrored(app: &TestApp) {
@@ -413,6 +416,20 @@ async fn unknown_routes_and_methods(b: Backend) {
     assert_eq!(
         r.json::<Value>().await.unwrap()["errcode"],
         "M_UNRECOGNIZED"
+    );
+    // A path parameter that is not UTF-8 is a Matrix error too.
+    let r = app
+        .http
+        .put(app.url("/_matrix/app/v1/transactions/%FF%FE"))
+        .bearer_auth(HS_TOKEN)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errcode"],
+        "M_INVALID_PARAM"
     );
 }
 
