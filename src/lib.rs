@@ -124,6 +124,13 @@ impl Bridge {
             ));
         }
         self.api.puppets.resume().await?;
+        let interrupted = state.mirror.store().fail_interrupted_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "runs interrupted by the last shutdown marked failed"
+            );
+        }
         let every = (state.config.bridge.session_idle_after / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let sweeper = tokio::spawn(sessions::run_sweeper(

@@ -1,4 +1,5 @@
-//! Background upkeep of agent sessions: the idle sweeper and the sessions-by-status metric.
+//! Background upkeep of agent sessions (the idle sweeper, the sessions-by-status metric) and of
+//! deferred runs nobody answered.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,6 +22,16 @@ pub async fn sweep(
         .iter()
         .filter_map(|a| Some((config.agent_user_id(a)?.to_string(), a.session_idle_after?)))
         .collect();
+    // Deferred (webhook 202) runs get an hour to be answered through the agent API.
+    let abandoned = store
+        .fail_abandoned_runs(Ts(now.0 - chrono::Duration::hours(1)))
+        .await?;
+    if abandoned > 0 {
+        tracing::warn!(
+            runs = abandoned,
+            "deferred runs never answered; marked failed"
+        );
+    }
     let idled = store
         .sweep_idle_sessions(now, config.bridge.session_idle_after, &overrides)
         .await?;

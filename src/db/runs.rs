@@ -197,6 +197,32 @@ impl Store {
         .await?))
     }
 
+    /// At start-up: runs a previous process left queued or running (other than webhook runs
+    /// waiting for their deferred answer) can never finish; they are failed, not retried.
+    pub async fn fail_interrupted_runs(&self) -> Result<u64, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "UPDATE agent_runs SET status = 'failed', error = 'interrupted by a bridge restart', finished_at = $1 \
+             WHERE status = 'queued' OR (status = 'running' AND (runtime IS NULL OR runtime <> 'webhook' OR output IS NOT NULL))",
+        )
+        .bind(Ts::now())
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Deferred runs whose runtime never answered within `older_than` are failed.
+    pub async fn fail_abandoned_runs(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "UPDATE agent_runs SET status = 'failed', error = 'the runtime never answered', finished_at = $2 \
+             WHERE status = 'running' AND started_at < $1",
+        )
+        .bind(cutoff)
+        .bind(Ts::now())
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
     /// Sets when an agent answers in a channel.
     pub async fn set_respond(
         &self,

@@ -707,6 +707,36 @@ pub async fn webhook_runtime(b: Backend) {
         .col("SELECT CAST(id AS TEXT) FROM agent_runs")
         .await
         .remove(0);
+    // A restart keeps a deferred webhook run waiting, but fails a run it interrupted.
+    let interrupted = daarion_bridge::ids::RunId::new();
+    app.store
+        .insert_run(
+            interrupted,
+            ev::SOFIA,
+            ev::ROOM,
+            "$q",
+            &json!({}),
+            "echo",
+            0,
+        )
+        .await
+        .unwrap();
+    app.store.start_run(interrupted, &json!({})).await.unwrap();
+    let restarted = app.restart().await;
+    let status =
+        |id: String| format!("SELECT status FROM agent_runs WHERE CAST(id AS TEXT) = '{id}'");
+    for _ in 0..100 {
+        if app.col(&status(interrupted.to_string())).await == ["failed"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.col(&status(interrupted.to_string())).await,
+        vec!["failed"]
+    );
+    assert_eq!(app.col(&status(run_id.clone())).await, vec!["running"]);
+    drop(restarted);
     let (s, sent, _) = api(
         &app,
         reqwest::Method::POST,
@@ -716,8 +746,13 @@ pub async fn webhook_runtime(b: Backend) {
     )
     .await;
     assert_eq!(s, 200, "{sent}");
-    let runs = wait_runs(&app, 1, "completed").await;
-    assert_eq!(runs[0][2].as_deref(), sent["event_id"].as_str());
+    let done = app
+        .rows(&format!(
+            "SELECT status, reply_event_id FROM agent_runs WHERE CAST(id AS TEXT) = '{run_id}'"
+        ))
+        .await;
+    assert_eq!(done[0][0].as_deref(), Some("completed"));
+    assert_eq!(done[0][1].as_deref(), sent["event_id"].as_str());
     let (s, _, _) = api(
         &app,
         reqwest::Method::POST,
