@@ -469,6 +469,19 @@ impl<'m> Planner<'m> {
         }
         let found = self.mirror.store.known_users(&senders).await?;
         self.users_seen.extend(found);
+        // A puppet the cache does not know may be an agent another service just created.
+        let unknown_puppet = envelopes.iter().any(|env| {
+            [Some(env.sender.as_str()), env.state_key.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|u| {
+                    UserId::parse(u).is_ok_and(|u| self.mirror.config.is_puppet(&u))
+                        && self.mirror.agent(u).is_none()
+                })
+        });
+        if unknown_puppet {
+            self.mirror.reload_agents().await?;
+        }
         Ok(())
     }
 

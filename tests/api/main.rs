@@ -53,6 +53,7 @@ both_backends!(
     name_topic_and_visibility_follow_state,
     agent_messages_and_membership,
     invites_refused_with_reason,
+    agents_created_elsewhere_are_found,
     database_down_is_5xx_and_nothing_is_lost,
     health_and_metrics,
     migrations_are_reversible,
@@ -1032,6 +1033,25 @@ async fn agent_messages_and_membership(b: Backend) {
         200
     );
     assert_eq!(app.col("SELECT CASE WHEN left_at IS NULL THEN 'active' ELSE 'left' END FROM channel_members WHERE member_agent_id IS NOT NULL").await, vec!["left"]);
+}
+
+async fn agents_created_elsewhere_are_found(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    // Another DAARION service creates an agent while the bridge runs.
+    app.exec("INSERT INTO agents (id, external_id, name, kind, matrix_id) VALUES ('00000000-0000-4000-8000-0000000000a1', 'agent:late', 'Late', 'assistant', '@agent_late:localhost')").await;
+    let room = "!late:localhost";
+    let e = ev::in_room(
+        ev::member("il", "@alice:localhost", "@agent_late:localhost", "invite"),
+        room,
+    );
+    assert_eq!(app.put_txn("1", vec![e]).await.0, 200);
+    app.hs
+        .wait_for("the late agent's join", |c| {
+            c.path == format!("/_matrix/client/v3/rooms/{room}/join")
+        })
+        .await;
+    assert!(app.hs.calls_to("/leave").is_empty(), "not refused");
+    assert_eq!(app.count("channels").await, 1);
 }
 
 async fn invites_refused_with_reason(b: Backend) {
