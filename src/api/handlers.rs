@@ -577,14 +577,7 @@ pub async fn typing(
     caller.require(SEND)?;
     let b = body(json)?;
     let timeout = Duration::from_millis(b.timeout_ms.unwrap_or(30_000).clamp(1_000, 120_000));
-    let (_, room) = channel(&state, &caller, &channel_id).await?;
-    let agent = agent(&state, &caller).await?;
-    let user = state.puppets.ensure_ready(&agent).await.map_err(hs_error)?;
-    state
-        .puppets
-        .ensure_joined(&room, &agent, &user)
-        .await
-        .map_err(hs_error)?;
+    let (room, user) = puppet_in(&state, &caller, &channel_id).await?;
     state
         .puppets
         .hs()
@@ -608,14 +601,7 @@ pub async fn read_marker(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require(SEND)?;
     let b = body(json)?;
-    let (_, room) = channel(&state, &caller, &channel_id).await?;
-    let agent = agent(&state, &caller).await?;
-    let user = state.puppets.ensure_ready(&agent).await.map_err(hs_error)?;
-    state
-        .puppets
-        .ensure_joined(&room, &agent, &user)
-        .await
-        .map_err(hs_error)?;
+    let (room, user) = puppet_in(&state, &caller, &channel_id).await?;
     state
         .puppets
         .hs()
@@ -636,6 +622,24 @@ pub async fn outbox(
         Some(item) if item.agent_id == caller.0.agent_id => Ok(outcome(&item)),
         _ => Err(ApiError::not_found("no such queued send")),
     }
+}
+
+/// The channel's room and the agent's puppet, registered and joined there: ephemeral actions
+/// (typing, receipts) before the join are silently lost.
+async fn puppet_in(
+    state: &ApiState,
+    caller: &Caller,
+    channel_id: &str,
+) -> Result<(OwnedRoomId, ruma::OwnedUserId), ApiError> {
+    let (_, room) = channel(state, caller, channel_id).await?;
+    let agent = agent(state, caller).await?;
+    let user = state.puppets.ensure_ready(&agent).await.map_err(hs_error)?;
+    state
+        .puppets
+        .ensure_joined(&room, &agent, &user)
+        .await
+        .map_err(hs_error)?;
+    Ok((room, user))
 }
 
 fn hs_error(e: crate::puppet::PuppetError) -> ApiError {

@@ -57,6 +57,52 @@ fn ensure_synapse() {
     });
 }
 
+/// A fresh PostgreSQL database on the test server.
+async fn fresh_pg() -> String {
+    let admin = std::env::var("DAARION_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+/// The bridge serving on the registration's address (127.0.0.1:29334) until stopped.
+struct RunningBridge {
+    store: daarion_bridge::db::Store,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningBridge {
+    async fn start(db_url: &str) -> Self {
+        let bridge = Bridge::build(config(db_url)).await.expect("bridge builds");
+        let store = bridge.state.mirror.store().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
+            .await
+            .expect("port 29334 free for the e2e bridge");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bridge.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        RunningBridge {
+            store,
+            stop,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 /// A Matrix user of the test, speaking the client-server API as a person's client would.
 struct Person {
     http: reqwest::Client,
@@ -182,15 +228,8 @@ async fn wait_rows(
 async fn room_is_mirrored(db_url: String) {
     let _serial = serial().lock().await;
     ensure_synapse();
-    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
-    let pool = bridge.state.mirror.store().pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
-        .await
-        .expect("port 29334 free for the e2e bridge");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bridge.run(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let bridge = RunningBridge::start(&db_url).await;
+    let pool = bridge.store.pool().clone();
 
     let alice = Person::register("alice").await;
     let bob = Person::register("bob").await;
@@ -339,8 +378,7 @@ async fn room_is_mirrored(db_url: String) {
     })
     .await;
 
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    bridge.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,17 +391,7 @@ async fn room_is_mirrored_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_is_mirrored_on_postgres() {
-    let admin = std::env::var("DAARION_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::PgPool::connect(&admin)
-        .await
-        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    room_is_mirrored(format!("{}/{name}", admin.rsplit_once('/').unwrap().0)).await;
+    room_is_mirrored(fresh_pg().await).await;
 }
 
 /// The agent side against the real homeserver: invited, it joins as "Sofia"; through the agent
@@ -372,30 +400,12 @@ async fn room_is_mirrored_on_postgres() {
 /// closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_lives_in_matrix() {
-    let admin = std::env::var("DAARION_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
-    let pg = sqlx::PgPool::connect(&admin)
-        .await
-        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pg)
-        .await
-        .unwrap();
-    let db_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db_url = fresh_pg().await;
 
     let _serial = serial().lock().await;
     ensure_synapse();
-    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
-    let store = bridge.state.mirror.store().clone();
-    let pool = store.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
-        .await
-        .expect("port 29334 free for the e2e bridge");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bridge.run(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let bridge = RunningBridge::start(&db_url).await;
+    let (store, pool) = (bridge.store.clone(), bridge.store.pool().clone());
     let sofia = "@agent_sofia:localhost";
 
     let alice = Person::register("alice").await;
@@ -601,8 +611,7 @@ async fn agent_lives_in_matrix() {
     })
     .await;
 
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    bridge.stop().await;
 }
 
 /// The room's timeline as a person's client reads it, oldest first.
@@ -650,31 +659,13 @@ async fn wait_timeline(
 /// stop at the chain limit; a runtime that is down yields a failed run and one notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_answer() {
-    let admin = std::env::var("DAARION_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("daarion_e2e_{}", uuid::Uuid::new_v4().simple());
-    let pg = sqlx::PgPool::connect(&admin)
-        .await
-        .expect("PostgreSQL reachable (scripts/ensure-postgres.sh)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pg)
-        .await
-        .unwrap();
-    let db_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db_url = fresh_pg().await;
 
     let _serial = serial().lock().await;
     ensure_synapse();
     let (_model, _) = model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
-    let bridge = Bridge::build(config(&db_url)).await.expect("bridge builds");
-    let store = bridge.state.mirror.store().clone();
-    let pool = store.pool().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
-        .await
-        .expect("port 29334 free for the e2e bridge");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bridge.run(listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let bridge = RunningBridge::start(&db_url).await;
+    let (store, pool) = (bridge.store.clone(), bridge.store.pool().clone());
     let (sofia, nova, ghost) = (
         "@agent_sofia:localhost",
         "@agent_nova:localhost",
@@ -867,6 +858,5 @@ async fn agents_answer() {
     assert_eq!(notices.len(), 1);
     assert_eq!(notices[0]["content"]["msgtype"], "m.notice");
 
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    bridge.stop().await;
 }
