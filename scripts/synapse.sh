@@ -142,6 +142,25 @@ stop() {
   rm -f "$pidfile"
 }
 
+free_port() {
+  # A throwaway Synapse of another checkout (another state dir) may hold the port: stop it.
+  if up; then
+    local pid
+    for pid in $(pgrep -f "synapse.app.homeserver -c" || true); do
+      if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-c $dir/homeserver.yaml"; then
+        log "stopping a Synapse of another checkout (pid $pid) that holds port $port"
+        kill "$pid" 2>/dev/null || true
+      fi
+    done
+    for _ in $(seq 1 100); do
+      up || return 0
+      sleep 0.1
+    done
+    log "port $port is still taken by something else; set DAARION_SYNAPSE_PORT"
+    exit 1
+  fi
+}
+
 start() {
   local regs=()
   while [ $# -gt 0 ]; do
@@ -166,6 +185,7 @@ start() {
     return
   fi
   stop
+  free_port
   write_config "${regs[@]}"
   echo "$want" >"$dir/registrations.sha256"
   "$venv/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --daemonize

@@ -9,4 +9,11 @@ scripts/ensure-postgres.sh
 # Tests create a fresh database per test on this server.
 export DAARION_TEST_PG_URL="${DAARION_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
+# Drop the throwaway databases earlier runs left behind (each test makes its own).
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+  "select datname from pg_database where datname ~ '^daarion_(test|e2e|bench)_'" |
+  while read -r db; do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null
+  done
+
 cargo test --all-targets "$@"
