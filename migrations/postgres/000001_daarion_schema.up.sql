@@ -184,12 +184,15 @@ CREATE INDEX agent_sessions_channel_id_idx ON agent_sessions (channel_id);
 -- Bridge bookkeeping.
 
 CREATE TABLE bridge_transactions (
-    txn_id       text PRIMARY KEY,
+    txn_id       text NOT NULL,
+    fingerprint  text NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now(),
-    event_count  integer NOT NULL
+    event_count  integer NOT NULL,
+    PRIMARY KEY (txn_id, fingerprint)
 );
-COMMENT ON TABLE bridge_transactions IS 'Appservice transaction ids already applied: a replay changes nothing';
+COMMENT ON TABLE bridge_transactions IS 'Appservice transactions already applied: a replay changes nothing';
 COMMENT ON COLUMN bridge_transactions.txn_id IS 'The homeserver''s txnId (opaque)';
+COMMENT ON COLUMN bridge_transactions.fingerprint IS 'SHA-256 of the transaction''s event ids: a retry carries the same events, while a homeserver that reuses txnIds (Synapse on SQLite does after a restart) sends different ones';
 COMMENT ON COLUMN bridge_transactions.processed_at IS 'When its effects were committed';
 COMMENT ON COLUMN bridge_transactions.event_count IS 'Events the transaction carried';
 

@@ -111,9 +111,11 @@ CREATE INDEX agent_sessions_channel_id_idx ON agent_sessions (channel_id);
 -- Bridge bookkeeping.
 
 CREATE TABLE bridge_transactions (
-    txn_id       text PRIMARY KEY,
+    txn_id       text NOT NULL,
+    fingerprint  text NOT NULL,
     processed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-    event_count  INTEGER NOT NULL
+    event_count  INTEGER NOT NULL,
+    PRIMARY KEY (txn_id, fingerprint)
 );
 
 CREATE TABLE bridge_rooms (

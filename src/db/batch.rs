@@ -10,8 +10,9 @@ use crate::ids::MicrodaoId;
 /// Everything one appservice transaction (or one room-state sync) writes.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The transaction id to record; `None` for writes that are not homeserver transactions.
-    pub txn: Option<(String, i32)>,
+    /// The transaction to record (txnId, fingerprint of its events, event count); `None` for
+    /// writes that are not homeserver transactions.
+    pub txn: Option<(String, String, i32)>,
     pub channels: Vec<ChannelWrite>,
     /// Matrix users that need a `users` row (inserted unless one with that `matrix_id` exists).
     pub users: Vec<String>,

@@ -13,15 +13,16 @@ use crate::ids::MessageId;
 
 pub(super) async fn apply(pool: &PgPool, batch: &Batch) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
-    if let Some((txn_id, count)) = &batch.txn {
+    if let Some((txn_id, fingerprint, count)) = &batch.txn {
         // Recording the txnId inside the same transaction as its effects makes replay detection
         // exact: either both commit or neither does. A concurrent duplicate blocks on the primary
         // key until the first commits, then sees the conflict.
         let fresh: Option<String> = sqlx::query_scalar(
-            "INSERT INTO bridge_transactions (txn_id, event_count) VALUES ($1, $2) \
-             ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
+            "INSERT INTO bridge_transactions (txn_id, fingerprint, event_count) VALUES ($1, $2, $3) \
+             ON CONFLICT (txn_id, fingerprint) DO NOTHING RETURNING txn_id",
         )
         .bind(txn_id)
+        .bind(fingerprint)
         .bind(count)
         .fetch_optional(&mut *tx)
         .await?;

@@ -14,12 +14,13 @@ use crate::ids::{MessageId, UserRowId};
 
 pub(super) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<bool, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    if let Some((txn_id, count)) = &batch.txn {
+    if let Some((txn_id, fingerprint, count)) = &batch.txn {
         let fresh: Option<String> = sqlx::query_scalar(
-            "INSERT INTO bridge_transactions (txn_id, processed_at, event_count) VALUES ($1, $2, $3) \
-             ON CONFLICT (txn_id) DO NOTHING RETURNING txn_id",
+            "INSERT INTO bridge_transactions (txn_id, fingerprint, processed_at, event_count) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (txn_id, fingerprint) DO NOTHING RETURNING txn_id",
         )
         .bind(txn_id)
+        .bind(fingerprint)
         .bind(super::types::Ts::now())
         .bind(count)
         .fetch_optional(&mut *tx)

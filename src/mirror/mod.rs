@@ -16,6 +16,7 @@ use std::{
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, serde::Raw};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use self::{
@@ -187,9 +188,16 @@ impl Mirror {
     ) -> Result<Applied, StoreError> {
         let mut envelopes = Vec::with_capacity(raws.len());
         let mut kept: Vec<&RawValue> = Vec::with_capacity(raws.len());
+        // What identifies a transaction besides its txnId: its events. A retry carries the same
+        // events (only `unsigned.age` changes), while Synapse on SQLite restarts its txnIds at 1
+        // after a restart and sends new events under old ids: those must not count as replays.
+        let mut fingerprint = Sha256::new();
+        let mut malformed = 0;
         for raw in raws {
             match serde_json::from_str::<Envelope<'_>>(raw.get()) {
                 Ok(mut env) => {
+                    fingerprint.update(env.event_id.as_bytes());
+                    fingerprint.update(b"\n");
                     if env.room_id.is_none() {
                         env.room_id = room.map(ToOwned::to_owned);
                     }
@@ -197,12 +205,14 @@ impl Mirror {
                         envelopes.push(env);
                         kept.push(*raw);
                     } else {
-                        self.metrics.event("unknown", "malformed");
+                        malformed += 1;
                     }
                 }
                 Err(error) => {
+                    fingerprint.update(raw.get().as_bytes());
+                    fingerprint.update(b"\n");
                     tracing::warn!(txn_id, %error, "skipping malformed event");
-                    self.metrics.event("unknown", "malformed");
+                    malformed += 1;
                 }
             }
         }
@@ -224,7 +234,11 @@ impl Mirror {
             follow_ups,
             candidates,
             redacted,
-        } = planner.finish(txn_id, raws.len());
+            outcomes,
+        } = planner.finish(
+            txn_id.map(|id| (id, hex(&fingerprint.finalize()))),
+            raws.len(),
+        );
         let signals = self.triggers(&batch, &candidates).await?;
 
         if txn_id.is_none() && batch.is_empty() {
@@ -234,7 +248,14 @@ impl Mirror {
             return Ok(Applied::Replay);
         }
 
-        // Committed: now the caches may learn what the database holds.
+        // Committed: count what it did (a replay or a failed write counts nothing), and let the
+        // caches learn what the database holds.
+        for _ in 0..malformed {
+            self.metrics.event("unknown", "malformed");
+        }
+        for (kind, outcome) in outcomes {
+            self.metrics.event(kind, outcome);
+        }
         self.rooms.lock().expect("rooms lock").extend(rooms);
         {
             let mut known = self.known_users.lock().expect("users lock");
@@ -319,4 +340,8 @@ impl Mirror {
             tracing::info!(%room_id, why, "ignoring events of a room that is not mirrored");
         }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -47,6 +47,8 @@ pub(super) struct Planner<'m> {
     sync: bool,
     pub(super) candidates: Vec<Candidate>,
     redacted: Vec<String>,
+    /// (event type, outcome) per event, counted once the batch is committed.
+    pub(super) outcomes: Vec<(&'static str, &'static str)>,
 }
 
 /// A finished plan: the batch to write and what the caches learn once it is committed.
@@ -57,6 +59,7 @@ pub(super) struct Finished {
     pub(super) follow_ups: Vec<FollowUp>,
     pub(super) candidates: Vec<Candidate>,
     pub(super) redacted: Vec<String>,
+    pub(super) outcomes: Vec<(&'static str, &'static str)>,
 }
 
 struct Work {
@@ -86,6 +89,7 @@ impl<'m> Planner<'m> {
             sync,
             candidates: Vec::new(),
             redacted: Vec::new(),
+            outcomes: Vec::new(),
         }
     }
 
@@ -207,7 +211,7 @@ impl<'m> Planner<'m> {
         let room_id = env.room_id.clone().expect("checked");
         let kind = metric_kind(&env.kind);
         if !self.rooms.contains_key(&room_id) && !self.try_adopt(&room_id, env).await? {
-            self.mirror.metrics.event(kind, "ignored_room");
+            self.outcomes.push((kind, "ignored_room"));
             self.mirror.log_ignored(
                 &room_id,
                 "no channel, no city.daarion.channel state, no invite",
@@ -221,7 +225,7 @@ impl<'m> Planner<'m> {
                 "malformed"
             }
         };
-        self.mirror.metrics.event(kind, outcome);
+        self.outcomes.push((kind, outcome));
         Ok(())
     }
 
@@ -729,9 +733,15 @@ impl<'m> Planner<'m> {
     }
 
     /// Collapses the plan into the batch and the cache updates to apply after commit.
-    pub(super) fn finish(mut self, txn_id: Option<&str>, event_count: usize) -> Finished {
+    pub(super) fn finish(mut self, txn: Option<(&str, String)>, event_count: usize) -> Finished {
         let mut batch = std::mem::take(&mut self.batch);
-        batch.txn = txn_id.map(|t| (t.to_owned(), i32::try_from(event_count).unwrap_or(i32::MAX)));
+        batch.txn = txn.map(|(id, fingerprint)| {
+            (
+                id.to_owned(),
+                fingerprint,
+                i32::try_from(event_count).unwrap_or(i32::MAX),
+            )
+        });
         for (room_id, work) in &self.rooms {
             if work.dirty || work.create.is_some() || self.sync {
                 batch.channels.push(ChannelWrite {
@@ -802,6 +812,7 @@ impl<'m> Planner<'m> {
             follow_ups: self.follow_ups,
             candidates: self.candidates,
             redacted: self.redacted,
+            outcomes: self.outcomes,
         }
     }
 }

@@ -222,22 +222,52 @@ async fn replayed_txn_changes_nothing_even_after_restart(b: Backend) {
         .await;
     assert_eq!(s, 200);
     assert_eq!(app.count("messages").await, 2);
-    // Same txnId, different content: acknowledged, nothing applied.
-    let (s, body) = app
-        .put_txn("t1", vec![ev::text("m3", "@alice:localhost", "three")])
-        .await;
+    // A retry of t1 (as homeservers resend it: same events, a new `unsigned.age`; here even a
+    // tampered body): acknowledged, nothing applied, also by a restarted bridge.
+    let mut retry = vec![
+        ev::text("m1", "@alice:localhost", "one (tampered)"),
+        ev::text("m2", "@alice:localhost", "two"),
+    ];
+    retry[0]["unsigned"] = json!({ "age": 1234 });
+    let (s, body) = app.put_txn("t1", retry.clone()).await;
     assert_eq!((s, body), (200, json!({})));
     assert_eq!(app.count("messages").await, 2);
     let restarted = app.restart().await;
+    let (s, _) = restarted.put_txn("t1", retry).await;
+    assert_eq!(s, 200);
+    let previews = app
+        .col("SELECT content_preview FROM messages ORDER BY content_preview")
+        .await;
+    assert_eq!(previews, vec!["one", "two"]);
+    assert_eq!(
+        app.count("bridge_transactions").await,
+        2,
+        "setup + t1, recorded once"
+    );
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"daarion_bridge_transactions_total{outcome="replay"} 1"#),
+        "{metrics}"
+    );
+    // Synapse on SQLite restarts its txnIds at 1 after a restart: the same txnId with other
+    // events is a new transaction, and its events must not be lost.
     let (s, _) = restarted
-        .put_txn("t1", vec![ev::text("m4", "@alice:localhost", "four")])
+        .put_txn("t1", vec![ev::text("m3", "@alice:localhost", "three")])
         .await;
     assert_eq!(s, 200);
-    assert_eq!(app.count("messages").await, 2);
+    assert_eq!(app.count("messages").await, 3);
     assert_eq!(
         app.col("SELECT txn_id FROM bridge_transactions WHERE txn_id = 't1'")
             .await,
-        vec!["t1"]
+        vec!["t1", "t1"]
     );
 }
 
@@ -1183,7 +1213,8 @@ async fn health_and_metrics(b: Backend) {
     mirrored(&app).await;
     app.put_txn("m", vec![ev::text("x", "@alice:localhost", "count me")])
         .await;
-    app.put_txn("m", vec![]).await;
+    app.put_txn("m", vec![ev::text("x", "@alice:localhost", "count me")])
+        .await;
     let text = app
         .http
         .get(app.url("/metrics"))

@@ -81,6 +81,10 @@ struct RunningBridge {
 
 impl RunningBridge {
     async fn start(db_url: &str) -> Self {
+        // Bridge logs in the test output (shown when a test fails); RUST_LOG for more.
+        let mut logging = config(db_url).logging;
+        logging.level = "warn".into();
+        daarion_bridge::telemetry::init(&logging);
         let bridge = Bridge::build(config(db_url)).await.expect("bridge builds");
         let store = bridge.state.mirror.store().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
