@@ -232,7 +232,35 @@ impl Runner {
         let runtime = blueprint
             .and_then(|b| self.runtimes.get(&b.code).cloned())
             .unwrap_or_else(|| self.echo.clone());
-        let depth = self.chain_depth(&triggers).await?;
+        // The definitive chain check: the answer that triggered this may have been recorded only
+        // after `submit` looked (the homeserver can echo a message before our send returns), but
+        // it is by the end of the debounce. Too-deep agent triggers leave the run.
+        let since = Ts(Ts::now().0
+            - chrono::Duration::from_std(self.config.bridge.max_message_age).unwrap_or_default());
+        let mut depth = 0;
+        let mut kept = Vec::with_capacity(triggers.len());
+        for t in triggers {
+            let d = if t.from_agent {
+                self.store
+                    .chain_depth_of(&t.event_id, since)
+                    .await?
+                    .unwrap_or(0)
+                    + 1
+            } else {
+                0
+            };
+            if d > self.config.bridge.max_agent_chain as i32 {
+                tracing::info!(agent = %key.0, room_id = %key.1, event_id = %t.event_id, depth = d, "agent→agent chain limit reached; not answering");
+                self.count("loop_refused");
+            } else {
+                depth = depth.max(d);
+                kept.push(t);
+            }
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let triggers = kept;
         let id = RunId::new();
         let input = json!({ "triggers": triggers.iter().map(|t| &t.event).collect::<Vec<_>>() });
         self.store
@@ -309,22 +337,6 @@ impl Runner {
         if let Some(slot) = slots.get_mut(key) {
             slot.queued = queued;
         }
-    }
-
-    async fn chain_depth(&self, triggers: &[Trigger]) -> Result<i32, StoreError> {
-        let since = Ts(Ts::now().0
-            - chrono::Duration::from_std(self.config.bridge.max_message_age).unwrap_or_default());
-        let mut depth = 0;
-        for t in triggers.iter().filter(|t| t.from_agent) {
-            depth = depth.max(
-                self.store
-                    .chain_depth_of(&t.event_id, since)
-                    .await?
-                    .unwrap_or(0)
-                    + 1,
-            );
-        }
-        Ok(depth)
     }
 
     /// Calls the runtime and turns its answer into one message (edited as it streams).
