@@ -120,6 +120,9 @@ pub struct BridgeConfig {
     /// Runs each agent may start per minute.
     #[serde(default = "default_runs_per_minute")]
     pub runs_per_minute: u32,
+    /// Whether an edit addressing an agent (by its new text or new mentions) triggers a run.
+    #[serde(default)]
+    pub answer_edits: bool,
     /// A streamed answer is edited at most this often while it grows.
     #[serde(default = "default_stream_edit_interval", with = "duration")]
     pub stream_edit_interval: std::time::Duration,
@@ -137,6 +140,7 @@ impl Default for BridgeConfig {
             max_concurrent_runs: default_max_concurrent_runs(),
             runs_per_minute: default_runs_per_minute(),
             stream_edit_interval: default_stream_edit_interval(),
+            answer_edits: false,
         }
     }
 }

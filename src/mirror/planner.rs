@@ -380,6 +380,14 @@ impl<'m> Planner<'m> {
                         preview: self.cut(&preview),
                         at,
                     });
+                    // Edits address agents only when configured to: the new text is judged
+                    // like a message, with the edit event's own `m.mentions` (the newly
+                    // mentioned users).
+                    if self.mirror.config.bridge.answer_edits {
+                        let mut edited = replacement.new_content.clone().with_relation(None);
+                        edited.mentions = content.mentions.clone();
+                        self.candidate(room_id, env, &edited, at, None, None);
+                    }
                     return Ok("mirrored");
                 }
                 let preview =

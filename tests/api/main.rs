@@ -79,6 +79,7 @@ both_backends!(
     puppet_avatar_is_uploaded_once,
     thread_participation_addresses_the_agent,
     conforms_to_the_appservice_spec,
+    edits_trigger_only_when_configured,
 );
 
 async fn mirrored(app: &TestApp) {

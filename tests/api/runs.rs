@@ -928,3 +928,49 @@ pub async fn thread_participation_addresses_the_agent(b: Backend) {
     assert_eq!(call.body["m.relates_to"]["rel_type"], "m.thread");
     assert_eq!(call.body["m.relates_to"]["event_id"], "$root");
 }
+
+pub async fn edits_trigger_only_when_configured(b: Backend) {
+    let edit = |id: &str, target: &str| {
+        ev::now(ev::base(
+            "m.room.message",
+            id,
+            "@alice:localhost",
+            json!({
+                "msgtype": "m.text", "body": "* Sofia, what about this?", "m.mentions": { "user_ids": [ev::SOFIA] },
+                "m.new_content": { "msgtype": "m.text", "body": "Sofia, what about this?", "m.mentions": { "user_ids": [ev::SOFIA] } },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": target },
+            }),
+        ))
+    };
+    for (answer_edits, runs) in [(false, 0), (true, 1)] {
+        let app = TestApp::spawn_with(b, move |c| {
+            c.replace(
+                "[bridge]\n",
+                &format!("[bridge]\ndebounce = \"50ms\"\nanswer_edits = {answer_edits}\n"),
+            )
+        })
+        .await;
+        setup(&app).await;
+        assert_eq!(
+            app.put_txn(
+                "b",
+                vec![ev::member("bj", "@bob:localhost", "@bob:localhost", "join")]
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            app.put_txn("1", vec![plain("orig", "what about this?")])
+                .await
+                .0,
+            200
+        );
+        assert_eq!(app.put_txn("2", vec![edit("e1", "$orig")]).await.0, 200);
+        if runs == 1 {
+            let r = wait_runs(&app, 1, "completed").await;
+            assert_eq!(r[0][1].as_deref(), Some("$e1"));
+        }
+        settle(&app, runs).await;
+    }
+}
