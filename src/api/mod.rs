@@ -62,5 +62,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/channels/{channel_id}/settings",
             put(handlers::settings),
         )
+        .layer(axum::middleware::map_response(
+            crate::appservice::error::matrix_error_bodies,
+        ))
         .with_state(state)
 }

@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::map_response(error::matrix_error_bodies))
         .layer(
             // Path only: query strings may carry the legacy access_token.
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -351,6 +351,22 @@ pub async fn membership_and_input_rules(b: Backend) {
         (s, body["errcode"].as_str()),
         (400, Some("M_INVALID_PARAM"))
     );
+    // Whatever the failure, the body is a Matrix error (here a path that is not UTF-8).
+    let r = app
+        .http
+        .post(app.url("/api/v1/channels/%FF/messages"))
+        .bearer_auth(&key)
+        .json(&json!({ "text": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await.unwrap()["errcode"]
+            .as_str()
+            .unwrap()
+            .starts_with("M_")
+    );
     // Unknown channel: 404. A channel the agent is not in: 403.
     let (s, body, _) = api(
         &app,
