@@ -127,6 +127,27 @@ impl Puppets {
         Ok(user)
     }
 
+    /// Reloads the agents and re-applies the profile of every registered puppet whose display
+    /// name no longer matches its agent's name. Returns how many were updated.
+    pub async fn sync_profiles(&self, mirror: &Mirror) -> Result<usize, PuppetError> {
+        mirror.reload_agents().await?;
+        let mut updated = 0;
+        for agent in mirror.agents() {
+            let state = self.store.puppet_state(agent.id).await?;
+            if !state.registered || state.display_name.as_deref() == Some(agent.name.as_str()) {
+                continue;
+            }
+            let Ok(user) = UserId::parse(&agent.matrix_id) else {
+                continue;
+            };
+            self.profile_changed(&user);
+            self.ensure_ready(&agent).await?;
+            tracing::info!(user_id = %user, name = %agent.name, "puppet profile updated");
+            updated += 1;
+        }
+        Ok(updated)
+    }
+
     /// Forgets profile state so the next action re-syncs it (the agent row changed).
     pub fn profile_changed(&self, user: &UserId) {
         self.ready.lock().expect("ready lock").remove(user);
@@ -418,28 +439,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Re-syncs puppet profiles when agent rows change (name edited by another service, say):
-/// reloads the agents every minute and re-applies profiles whose name changed.
+/// Re-syncs puppet profiles when agent rows change (a name edited by another service, say):
+/// every minute, see [`Puppets::sync_profiles`].
 pub async fn watch_profiles(puppets: Arc<Puppets>, mirror: Arc<Mirror>) {
-    let mut known: HashMap<String, String> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        if let Err(error) = mirror.reload_agents().await {
-            tracing::warn!(%error, "cannot reload agents");
-            continue;
-        }
-        for agent in mirror.agents() {
-            let changed = known
-                .get(&agent.matrix_id)
-                .is_some_and(|name| name != &agent.name);
-            known.insert(agent.matrix_id.clone(), agent.name.clone());
-            if changed && let Ok(user) = UserId::parse(&agent.matrix_id) {
-                puppets.profile_changed(&user);
-                if let Err(error) = puppets.ensure_ready(&agent).await {
-                    tracing::warn!(user_id = %user, %error, "cannot update the puppet's profile");
-                }
-            }
+        if let Err(error) = puppets.sync_profiles(&mirror).await {
+            tracing::warn!(%error, "cannot re-sync puppet profiles");
         }
     }
 }

@@ -182,3 +182,45 @@ pub async fn puppet_avatar_is_uploaded_once(b: Backend) {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+pub async fn renamed_agents_get_their_new_name(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let (channel, key) = crate::agents::setup(&app).await;
+    let (s, _, _) = crate::agents::api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/v1/channels/{channel}/messages"),
+        &key,
+        Some(serde_json::json!({ "text": "hi" })),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        app.puppets.sync_profiles(&app.mirror).await.unwrap(),
+        0,
+        "nothing changed yet"
+    );
+    // Another service renames the agent: the puppet follows.
+    app.exec("UPDATE agents SET name = 'Sofia Prime' WHERE external_id = 'agent:sofia'")
+        .await;
+    assert_eq!(app.puppets.sync_profiles(&app.mirror).await.unwrap(), 1);
+    let names: Vec<serde_json::Value> = app
+        .hs
+        .calls_to("/displayname")
+        .into_iter()
+        .map(|c| c.body["displayname"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![serde_json::json!("Sofia"), serde_json::json!("Sofia Prime")]
+    );
+    assert_eq!(
+        app.col("SELECT display_name FROM bridge_puppets").await,
+        vec!["Sofia Prime"]
+    );
+    assert_eq!(
+        app.puppets.sync_profiles(&app.mirror).await.unwrap(),
+        0,
+        "once"
+    );
+}

@@ -80,6 +80,7 @@ both_backends!(
     thread_participation_addresses_the_agent,
     conforms_to_the_appservice_spec,
     edits_trigger_only_when_configured,
+    renamed_agents_get_their_new_name,
 );
 
 async fn mirrored(app: &TestApp) {

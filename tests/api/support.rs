@@ -208,6 +208,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub hs: FakeHs,
     pub store: Store,
+    pub puppets: std::sync::Arc<daarion_bridge::puppet::Puppets>,
+    pub mirror: std::sync::Arc<daarion_bridge::mirror::Mirror>,
     pub db_url: String,
     pub hs_url: String,
     pub backend: Backend,
@@ -333,6 +335,8 @@ impl TestApp {
         let db_url = config.database.url.clone();
         let bridge = Bridge::build(config).await.expect("bridge builds");
         let store = bridge.state.mirror.store().clone();
+        let puppets = bridge.api.puppets.clone();
+        let mirror = bridge.state.mirror.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
@@ -341,6 +345,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             hs,
             store,
+            puppets,
+            mirror,
             db_url,
             hs_url: hs_url.to_owned(),
             backend,
