@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{config::Config, db::Store, registration, telemetry};
 
+/// The parsed command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "daarion-bridge",
@@ -16,10 +17,12 @@ pub struct Cli {
     /// Path of the configuration file.
     #[arg(short, long, global = true, default_value = "./config.toml")]
     pub config: PathBuf,
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the bridge (applies migrations first).
@@ -48,11 +51,13 @@ pub enum Command {
     },
     /// Manage access keys of agent runtimes (the agent API).
     AccessKey {
+        /// What to do with keys.
         #[command(subcommand)]
         command: KeyCommand,
     },
 }
 
+/// Access-key subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Create a key; prints it once, alone on the last line of stdout.
@@ -97,7 +102,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| {
                     anyhow::anyhow!("cannot listen on {}: {e}", config.appservice.listen)
                 })?;
-            crate::run(listener, config, shutdown_signal()).await
+            crate::app::run(listener, config, shutdown_signal()).await
         }
         Command::GenerateRegistration { output } => {
             let generated = registration::generate(&cli.config, &output)?;
@@ -122,7 +127,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let store = Store::connect(&config.database.url, 1).await?;
             store.migrate().await?;
-            store.seed(&config).await?;
+            let declarations = crate::db::seed::Declarations {
+                microdaos: &config.microdaos,
+                blueprints: &config.blueprints,
+                agents: &config.agents,
+                default_microdao: config.bridge.default_microdao.as_deref(),
+            };
+            store.seed(declarations, &config.namespace()?).await?;
             access_key(&store, command).await
         }
         Command::Respond {
@@ -130,10 +141,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             channel,
             respond,
         } => {
-            anyhow::ensure!(
-                crate::mirror::trigger::Respond::parse(&respond).is_some(),
-                "--set must be mentions, all or never"
-            );
+            let setting = crate::db::Respond::parse(&respond)
+                .ok_or_else(|| anyhow::anyhow!("--set must be mentions, all or never"))?;
             let config = Config::load(&cli.config)?;
             let store = Store::connect(&config.database.url, 1).await?;
             store.migrate().await?;
@@ -148,7 +157,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .agent_by_external_id(&agent)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no agent {agent}"))?;
-            store.set_respond(agent_id, channel_id, &respond).await?;
+            store.set_respond(agent_id, channel_id, setting).await?;
             println!("{agent} answers {respond} in channel {channel_id}");
             Ok(())
         }

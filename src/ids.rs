@@ -73,3 +73,11 @@ row_id!(
     /// `agent_runs.id`
     RunId
 );
+row_id!(
+    /// `bridge_jobs.id`
+    JobId
+);
+row_id!(
+    /// `bridge_triggers.id`
+    TriggerId
+);

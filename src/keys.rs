@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{Store, StoreError, types::Ts},
+    db::{Store, StoreError, keys::NewKey, types::Ts},
     ids::AccessKeyId,
     registration::random_token,
 };
@@ -34,30 +34,31 @@ pub async fn create(
     for bundle in bundles {
         let in_bundle = store.bundle_caps(bundle).await?;
         if in_bundle.is_empty() {
-            return Err(StoreError::Seed(format!(
-                "unknown or empty bundle `{bundle}`"
-            )));
+            return Err(StoreError::NotFound {
+                what: "bundle",
+                key: bundle.clone(),
+            });
         }
         all.extend(in_bundle);
     }
     all.sort();
     all.dedup();
     if all.is_empty() {
-        return Err(StoreError::Seed(
+        return Err(StoreError::Invalid(
             "a key needs at least one capability (--cap or --bundle)".into(),
         ));
     }
     let key = format!("{PREFIX}{}", random_token());
     let prefix = key[..12].to_owned();
     let id = store
-        .insert_key(
+        .insert_key(&NewKey {
             agent_external_id,
             name,
-            &prefix,
-            &hash(&key),
-            &all,
+            prefix: &prefix,
+            hash: &hash(&key),
+            capabilities: &all,
             expires_at,
-        )
+        })
         .await?;
     Ok((id, key))
 }

@@ -1,45 +1,85 @@
-//! Prometheus metrics (`GET /metrics`): transactions, events by type and outcome, processing
-//! latency, skipped events, database errors, follow-ups.
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text): transactions, events by type and
+//! outcome, latency, database errors, follow-ups, sessions, triggers, runs, the outbox, HTTP
+//! connections and supervised task failures.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
+use crate::db::{RunStatus, SessionStatus};
+
+/// An `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
+    /// The outcome.
     pub outcome: &'static str,
 }
 
+/// `type` and `outcome` labels of the events metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
+    /// The event type (a bounded set).
     pub r#type: &'static str,
+    /// What happened to it.
     pub outcome: &'static str,
 }
 
-pub struct Metrics {
-    registry: Registry,
-    pub transactions: Family<OutcomeLabel, Counter>,
-    pub events: Family<EventLabels, Counter>,
-    pub skipped: Family<OutcomeLabel, Counter>,
-    pub transaction_seconds: Histogram,
-    pub db_errors: Counter,
-    pub follow_up_dropped: Counter,
-    pub follow_up_failed: Counter,
-    pub sessions: Family<StatusLabel, Gauge>,
-    /// Trigger rule outcomes: addressed, stale, loop_refused, dropped.
-    pub triggers: Family<OutcomeLabel, Counter>,
-    pub runs: Family<StatusLabel, Counter>,
-    /// From the runtime call to the run's end.
-    pub runtime_seconds: Histogram,
-    /// From the runtime call to its first token (streaming runtimes).
-    pub first_token_seconds: Histogram,
-}
-
+/// A `status` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
-    pub status: String,
+    /// The status.
+    pub status: &'static str,
+}
+
+/// A `task` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    /// The background task.
+    pub task: &'static str,
+}
+
+/// Every metric of the bridge.
+pub struct Metrics {
+    registry: Registry,
+    /// Appservice transactions by outcome (committed, replay, error, rejected).
+    pub transactions: Family<OutcomeLabel, Counter>,
+    /// Room events by type and outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Events not mirrored, by outcome.
+    pub skipped: Family<OutcomeLabel, Counter>,
+    /// Time from receiving a transaction to answering it.
+    pub transaction_seconds: Histogram,
+    /// Database errors that failed a transaction (503).
+    pub db_errors: Counter,
+    /// Follow-ups given up after their attempts.
+    pub follow_up_failed: Counter,
+    /// Agent sessions by status.
+    pub sessions: Family<StatusLabel, Gauge>,
+    /// Trigger rule outcomes.
+    pub triggers: Family<OutcomeLabel, Counter>,
+    /// Runs by final status.
+    pub runs: Family<StatusLabel, Counter>,
+    /// From calling the runtime to the run's end.
+    pub runtime_seconds: Histogram,
+    /// From calling a streaming runtime to its first token.
+    pub first_token_seconds: Histogram,
+    /// Outbox delivery attempts by outcome (sent, retry, failed).
+    pub outbox: Family<OutcomeLabel, Counter>,
+    /// HTTP connections open now.
+    pub connections: Gauge,
+    /// HTTP connections closed at once because the limit was reached.
+    pub connections_refused: Counter,
+    /// Failures of supervised background work (a panic or an unexpected end), by task.
+    pub task_failures: Family<TaskLabel, Counter>,
+    /// Failed agent-key authentications, by outcome (denied, limited).
+    pub auth_failures: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,94 +89,103 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates and registers every metric under the `daarion_bridge` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("daarion_bridge");
-        let transactions = Family::<OutcomeLabel, Counter>::default();
-        let events = Family::<EventLabels, Counter>::default();
-        let skipped = Family::<OutcomeLabel, Counter>::default();
-        // 100 µs … ~3 s.
-        let transaction_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
-        );
-        let db_errors = Counter::default();
-        let follow_up_dropped = Counter::default();
-        let follow_up_failed = Counter::default();
-        let sessions = Family::<StatusLabel, Gauge>::default();
-        let triggers = Family::<OutcomeLabel, Counter>::default();
-        let runs = Family::<StatusLabel, Counter>::default();
-        let runtime_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
-        );
-        let first_token_seconds = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
-        );
-        registry.register(
-            "triggers",
-            "Trigger rule outcomes (addressed, stale, loop_refused, dropped)",
-            triggers.clone(),
-        );
-        registry.register("agent_runs", "Agent runs by final status", runs.clone());
-        registry.register(
-            "runtime_duration_seconds",
-            "Runtime latency: from calling the runtime to the run's end",
-            runtime_seconds.clone(),
-        );
-        registry.register(
-            "time_to_first_token_seconds",
-            "From calling a streaming runtime to its first token",
-            first_token_seconds.clone(),
-        );
-        registry.register(
+        let m = Self {
+            transactions: Family::default(),
+            events: Family::default(),
+            skipped: Family::default(),
+            // 100 µs … ~3 s.
+            transaction_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            db_errors: Counter::default(),
+            follow_up_failed: Counter::default(),
+            sessions: Family::default(),
+            triggers: Family::default(),
+            runs: Family::default(),
+            runtime_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            first_token_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            outbox: Family::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            task_failures: Family::default(),
+            auth_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
             "transactions",
-            "Appservice transactions by outcome (committed, replay, error)",
-            transactions.clone(),
+            "Appservice transactions by outcome (committed, replay, error, rejected)",
+            m.transactions.clone(),
         );
-        registry.register("events", "Room events by type and outcome", events.clone());
-        registry.register(
-            "events_skipped",
-            "Events skipped (malformed, ignored room, unknown type, ...)",
-            skipped.clone(),
+        r.register(
+            "events",
+            "Room events by type and outcome",
+            m.events.clone(),
         );
-        registry.register(
+        r.register("events_skipped", "Events not mirrored (malformed, invalid_id, rejected, ignored_room, ignored_type, skipped, duplicate)", m.skipped.clone());
+        r.register(
             "transaction_duration_seconds",
             "Time from receiving a transaction to answering it",
-            transaction_seconds.clone(),
+            m.transaction_seconds.clone(),
         );
-        registry.register(
+        r.register(
             "db_errors",
-            "Database errors while applying transactions",
-            db_errors.clone(),
+            "Database errors that failed a transaction (503)",
+            m.db_errors.clone(),
         );
-        registry.register(
-            "follow_ups_dropped",
-            "Join/reject follow-ups dropped because the queue was full",
-            follow_up_dropped.clone(),
-        );
-        registry.register(
+        r.register(
             "follow_ups_failed",
-            "Join/reject follow-ups that failed after retries",
-            follow_up_failed.clone(),
+            "Join/refusal follow-ups given up after their attempts",
+            m.follow_up_failed.clone(),
         );
-        registry.register(
+        r.register(
             "agent_sessions",
             "Agent sessions by status (refreshed by the idle sweeper)",
-            sessions.clone(),
+            m.sessions.clone(),
         );
-        Self {
-            registry,
-            transactions,
-            events,
-            skipped,
-            transaction_seconds,
-            db_errors,
-            follow_up_dropped,
-            follow_up_failed,
-            sessions,
-            triggers,
-            runs,
-            runtime_seconds,
-            first_token_seconds,
-        }
+        r.register(
+            "triggers",
+            "Trigger rule outcomes (addressed, stale, loop_refused)",
+            m.triggers.clone(),
+        );
+        r.register("agent_runs", "Agent runs by final status", m.runs.clone());
+        r.register(
+            "runtime_duration_seconds",
+            "Runtime latency: from calling the runtime to the run's end",
+            m.runtime_seconds.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "From calling a streaming runtime to its first token",
+            m.first_token_seconds.clone(),
+        );
+        r.register(
+            "outbox_deliveries",
+            "Puppet send attempts by outcome (sent, retry, failed)",
+            m.outbox.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP connections open",
+            m.connections.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed at once: the connection limit was reached",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "task_failures",
+            "Supervised background work that panicked or ended unexpectedly (restarted)",
+            m.task_failures.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Failed agent-key authentications (denied, limited)",
+            m.auth_failures.clone(),
+        );
+        Self { registry, ..m }
     }
 
     /// Counts one event; outcomes other than `mirrored` also count as skipped.
@@ -149,16 +198,51 @@ impl Metrics {
         }
     }
 
+    /// Counts one transaction.
     pub fn transaction(&self, outcome: &'static str) {
         self.transactions
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 
+    /// Counts a trigger rule outcome.
+    pub fn trigger(&self, outcome: &'static str) {
+        self.triggers.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts a run's end.
+    pub fn run(&self, status: RunStatus) {
+        self.runs
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of sessions with a status.
+    pub fn sessions(&self, status: SessionStatus, n: i64) {
+        self.sessions
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .set(n);
+    }
+
+    /// Counts an outbox delivery attempt.
+    pub fn outbox(&self, outcome: &'static str) {
+        self.outbox.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts a failure of supervised background work.
+    pub fn task_failed(&self, task: &'static str) {
+        self.task_failures.get_or_create(&TaskLabel { task }).inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }

@@ -10,18 +10,31 @@ use crate::config::{Config, is_placeholder};
 /// Errors of `generate-registration`.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
+    /// The config file cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// A file cannot be written.
     #[error("cannot write {path}: {source}")]
     Write {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The config file cannot be edited (it does not parse as TOML).
     #[error("cannot edit {path}: {problem}")]
-    Edit { path: String, problem: String },
+    Edit {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The config is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -100,6 +113,7 @@ pub fn random_token() -> String {
 /// Outcome of [`generate`].
 #[derive(Debug)]
 pub struct Generated {
+    /// The registration written.
     pub registration: Registration,
     /// Whether new tokens were written back into the config file.
     pub tokens_written: bool,

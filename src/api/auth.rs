@@ -1,27 +1,40 @@
-//! Access-key authentication and capability checks of the agent API.
+//! Access-key authentication and capability checks of the agent API. Failed attempts are
+//! limited per client address before any database lookup, so guessing keys costs the bridge
+//! nothing but a token bucket.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use std::{net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::request::Parts,
+};
 
 use super::ApiState;
 use crate::{
-    appservice::error::ApiError,
-    db::{agents::AuthKey, types::Ts},
+    bridge::agents::Agent,
+    db::{keys::AuthKey, types::Ts},
     keys,
+    matrix::MatrixError,
 };
 
 /// `last_used_at` is written at most this often per key (not on every request).
 const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// The authenticated caller: an access key and the agent it acts as.
-pub struct Caller(pub AuthKey);
+pub struct Caller {
+    /// The key.
+    pub key: AuthKey,
+    /// Its agent.
+    pub agent: Arc<Agent>,
+}
 
 impl Caller {
     /// Fails with 403 unless the key holds `capability`.
-    pub fn require(&self, capability: &str) -> Result<(), ApiError> {
-        if self.0.capabilities.iter().any(|c| c == capability) {
+    pub fn require(&self, capability: &str) -> Result<(), MatrixError> {
+        if self.key.capabilities.iter().any(|c| c == capability) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!(
+            Err(MatrixError::forbidden(format!(
                 "this access key lacks the `{capability}` capability"
             )))
         }
@@ -29,38 +42,81 @@ impl Caller {
 }
 
 impl FromRequestParts<ApiState> for Caller {
-    type Rejection = ApiError;
+    type Rejection = MatrixError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
+        let ip: Option<IpAddr> = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = ip
+            && let Err(wait) = state.auth_failures.peek(&ip)
+        {
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "limited" })
+                .inc();
+            return Err(MatrixError::limit_exceeded(wait));
+        }
+        let fail = |error: MatrixError| {
+            if let Some(ip) = ip {
+                let _ = state.auth_failures.check(&ip);
+            }
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "denied" })
+                .inc();
+            error
+        };
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(ApiError::missing_token)?
+            .ok_or_else(|| fail(MatrixError::missing_token()))?
             .to_str()
-            .map_err(|_| ApiError::unknown_token("malformed Authorization header"))?;
+            .map_err(|_| fail(MatrixError::unknown_token("malformed Authorization header")))?;
         let key = header
             .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::unknown_token("Authorization must use the Bearer scheme"))?
+            .ok_or_else(|| {
+                fail(MatrixError::unknown_token(
+                    "Authorization must use the Bearer scheme",
+                ))
+            })?
             .trim();
         let found = state.store.key_by_hash(&keys::hash(key)).await?;
-        let key = found.ok_or_else(|| ApiError::unknown_token("unknown access key"))?;
+        let key = found.ok_or_else(|| fail(MatrixError::unknown_token("unknown access key")))?;
         let now = Ts::now();
         if key.revoked_at.is_some() {
-            return Err(ApiError::unknown_token("this access key was revoked"));
+            return Err(fail(MatrixError::unknown_token(
+                "this access key was revoked",
+            )));
         }
         if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(ApiError::unknown_token("this access key has expired"));
+            return Err(fail(MatrixError::unknown_token(
+                "this access key has expired",
+            )));
         }
         state
             .limiter
-            .check(key.agent_id)
-            .map_err(ApiError::limit_exceeded)?;
+            .check(&key.agent_id)
+            .map_err(MatrixError::limit_exceeded)?;
         if key.last_used_at.is_none_or(|t| now.0 - t.0 > TOUCH_EVERY) {
             state.store.touch_key(key.key_id, now).await?;
         }
-        Ok(Caller(key))
+        let agent = match state.registry.by_id(key.agent_id) {
+            Some(agent) => agent,
+            None => {
+                // Agents added since the last reload.
+                state.registry.reload().await?;
+                state.registry.by_id(key.agent_id).ok_or_else(|| {
+                    MatrixError::forbidden("this key's agent has no Matrix identity")
+                })?
+            }
+        };
+        Ok(Caller { key, agent })
     }
 }

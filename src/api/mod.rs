@@ -1,69 +1,108 @@
 //! The agent API (`/api/v1`): how agent runtimes act as their agent. Authenticated by access
-//! keys with capabilities; rate limited per agent; documented in `docs/agent-api.openapi.json`,
-//! which is also served at `/api/v1/openapi.json`.
+//! keys with capabilities ([`auth`]); rate limited per agent; request bodies bounded and
+//! checked ([`extract`]); documented in `docs/agent-api.openapi.json`, also served at
+//! `/api/v1/openapi.json`. Handlers: [`channels`] (who am I, channels, sessions, typing,
+//! receipts, settings), [`messages`] (read, send, edit, redact, react, outbox), [`runs`].
 
 mod auth;
-mod handlers;
-mod ratelimit;
+mod channels;
+mod extract;
+mod messages;
+mod runs;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
     routing::{get, post, put},
 };
 
-use crate::{config::Config, db::Store, mirror::Mirror, puppet::Puppets};
-
-pub use self::ratelimit::RateLimiter;
+use crate::{
+    bridge::agents::AgentRegistry,
+    db::Store,
+    ids::AgentId,
+    matrix::{MatrixError, error::matrix_error_bodies},
+    metrics::Metrics,
+    puppet::Puppets,
+    ratelimit::RateLimiter,
+};
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("../../docs/agent-api.openapi.json");
 
+/// Shared state of the agent API.
 #[derive(Clone)]
 pub struct ApiState {
-    pub config: Arc<Config>,
+    /// The store.
     pub store: Store,
-    pub mirror: Arc<Mirror>,
+    /// The agents.
+    pub registry: Arc<AgentRegistry>,
+    /// Acting as agents.
     pub puppets: Arc<Puppets>,
-    pub limiter: Arc<RateLimiter>,
+    /// Requests per agent.
+    pub limiter: Arc<RateLimiter<AgentId>>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<RateLimiter<IpAddr>>,
+    /// How long a send waits for the homeserver before answering 202.
+    pub send_wait: Duration,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
+/// The agent API on a listener of its own (unknown routes are Matrix errors too).
 pub fn router(state: ApiState) -> Router {
+    routes(state)
+        .fallback(|| async {
+            MatrixError::unrecognized(StatusCode::NOT_FOUND, "unrecognized request")
+        })
+        .method_not_allowed_fallback(|| async {
+            MatrixError::unrecognized(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+}
+
+/// The agent API's routes, to merge with the appservice's (which bring the fallbacks).
+pub fn routes(state: ApiState) -> Router {
+    let limit = state.max_body_bytes;
     Router::new()
-        .route("/api/v1/openapi.json", get(handlers::openapi))
-        .route("/api/v1/agent", get(handlers::whoami))
-        .route("/api/v1/channels", get(handlers::channels))
-        .route("/api/v1/sessions", get(handlers::sessions))
+        .route("/api/v1/openapi.json", get(channels::openapi))
+        .route("/api/v1/agent", get(channels::whoami))
+        .route("/api/v1/channels", get(channels::channels))
+        .route("/api/v1/sessions", get(channels::sessions))
         .route(
             "/api/v1/channels/{channel_id}/messages",
-            get(handlers::messages).post(handlers::send),
+            get(messages::list).post(messages::send),
         )
         .route(
             "/api/v1/channels/{channel_id}/messages/{event_id}",
-            put(handlers::edit).delete(handlers::redact),
+            put(messages::edit).delete(messages::redact),
         )
         .route(
             "/api/v1/channels/{channel_id}/messages/{event_id}/reactions",
-            post(handlers::react),
+            post(messages::react),
         )
         .route(
             "/api/v1/channels/{channel_id}/typing",
-            put(handlers::typing),
+            put(channels::typing),
         )
         .route(
             "/api/v1/channels/{channel_id}/read-marker",
-            post(handlers::read_marker),
+            post(channels::read_marker),
         )
-        .route("/api/v1/outbox/{outbox_id}", get(handlers::outbox))
-        .route("/api/v1/runs", get(handlers::runs))
-        .route("/api/v1/runs/{run_id}", get(handlers::run))
         .route(
             "/api/v1/channels/{channel_id}/settings",
-            put(handlers::settings),
+            put(channels::settings),
         )
-        .layer(axum::middleware::map_response(
-            crate::appservice::error::matrix_error_bodies,
-        ))
+        .route("/api/v1/outbox/{outbox_id}", get(messages::outbox))
+        .route("/api/v1/runs", get(runs::list))
+        .route("/api/v1/runs/{run_id}", get(runs::get))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(matrix_error_bodies))
         .with_state(state)
 }

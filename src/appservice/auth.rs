@@ -11,8 +11,10 @@ use axum::{
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::{AppState, error::ApiError};
+use super::AppState;
+use crate::matrix::MatrixError as ApiError;
 
+/// Lets the request through only with the homeserver's token.
 pub async fn require_hs_token(
     State(state): State<AppState>,
     request: Request,

@@ -1,12 +1,13 @@
-//! Handlers of the appservice and operator routes.
+//! Handlers of the routes the homeserver calls. A transaction is answered `200 {}` only after
+//! its effects are committed; only a database that is down gives 5xx (the homeserver retries
+//! the transaction), and no content of a transaction can make it fail forever.
 
-use std::time::Instant;
+use std::{borrow::Cow, time::Instant};
 
 use axum::{
-    Json,
     body::Bytes,
     extract::{
-        Path, State,
+        OriginalUri, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
     http::{Method, StatusCode, header},
@@ -14,61 +15,91 @@ use axum::{
 };
 use ruma::{
     UserId,
-    api::{IncomingRequestExt, appservice::event::push_events},
+    api::{
+        IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        appservice::{event::push_events, ping::send_ping, query::query_user_id},
+    },
 };
-use serde_json::json;
+use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use super::{AppState, error::ApiError};
-use crate::mirror::Applied;
+use super::AppState;
+use crate::{bridge::mirror::Applied, db::StoreError, matrix::MatrixError};
 
 /// A path parameter that is not valid UTF-8 (say) is a Matrix error, not axum's plain text.
-fn path_param(p: Result<Path<String>, PathRejection>) -> Result<Path<String>, ApiError> {
-    p.map_err(|e| ApiError::invalid_param(format!("bad path parameter: {}", e.body_text())))
+fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, MatrixError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| MatrixError::invalid_param(format!("bad path parameter: {}", e.body_text())))
 }
 
 /// Reads the body, mapping the size limit to `M_TOO_LARGE`.
-fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, MatrixError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.config.appservice.max_body_bytes)
+            MatrixError::too_large(state.max_body_bytes)
         } else {
-            ApiError::bad_json(rejection.body_text())
+            MatrixError::bad_json(rejection.body_text())
         }
     })
 }
 
-/// `PUT /_matrix/app/v1/transactions/{txnId}`: answered only after its effects are committed.
+/// A ruma response as an axum response.
+fn respond<R: OutgoingResponse>(response: R) -> Result<Response, MatrixError> {
+    let http = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| MatrixError::internal(e.to_string()))?;
+    Ok(http.map(axum::body::Body::from).into_response())
+}
+
+/// The txnId as sent: the last path segment, still percent-encoded when it does not decode
+/// (a txnId is opaque; only its hash is stored, so any bytes are acceptable).
+fn txn_id(decoded: Result<Path<String>, PathRejection>, uri: &axum::http::Uri) -> String {
+    match decoded {
+        Ok(Path(id)) => id,
+        Err(_) => uri.path().rsplit('/').next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// `PUT /_matrix/app/v1/transactions/{txnId}`.
+///
+/// Invalid UTF-8 inside an event is decoded lossily (each bad sequence becomes U+FFFD) rather
+/// than refusing the whole transaction, which the homeserver would resend forever: JSON must
+/// be UTF-8, so only a broken sender produces it, and its other events still deserve mirroring.
 pub async fn transaction(
     State(state): State<AppState>,
-    txn_id: Result<Path<String>, PathRejection>,
+    OriginalUri(uri): OriginalUri,
+    txn: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, MatrixError> {
     let started = Instant::now();
-    let Path(txn_id) = path_param(txn_id)?;
+    let txn_id = txn_id(txn, &uri);
     let bytes = body(&state, raw)?;
+    let text: Cow<'_, str> = String::from_utf8_lossy(&bytes);
+    if matches!(text, Cow::Owned(_)) {
+        tracing::warn!("transaction body is not valid UTF-8; decoding it lossily");
+        state.metrics.transaction("invalid_utf8");
+    }
     let http_request = axum::http::Request::builder()
         .method(Method::PUT)
         .uri("/_matrix/app/v1/transactions/txn")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(bytes.as_ref())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let request = push_events::v1::Request::try_from_http_request(http_request, &[txn_id.as_str()])
-        .map_err(|error| {
+        .body(text.as_bytes())
+        .map_err(|e| MatrixError::internal(e.to_string()))?;
+    let request = push_events::v1::Request::try_from_http_request(http_request, &["txn"]).map_err(
+        |error| {
             state.metrics.transaction("rejected");
-            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-                ApiError::not_json("request body is not JSON")
+            if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
+                MatrixError::not_json("request body is not JSON")
             } else {
-                ApiError::bad_json(format!("not a transaction: {error}"))
+                MatrixError::bad_json(format!("not a transaction: {error}"))
             }
-        })?;
-    for _ in &request.ephemeral {
-        state.metrics.event("ephemeral", "ignored_type");
-    }
-    let span = tracing::info_span!("transaction", txn_id = %txn_id, events = request.events.len());
+        },
+    )?;
+    let span = tracing::info_span!("transaction", txn_id = %txn_id.escape_debug(), events = request.events.len());
+    let events: Vec<&RawValue> = request.events.iter().map(|r| r.json()).collect();
     let result = state
         .mirror
-        .apply_transaction(&txn_id, &request.events)
+        .apply_transaction(&txn_id, &events)
         .instrument(span.clone())
         .await;
     state
@@ -76,20 +107,26 @@ pub async fn transaction(
         .transaction_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Applied::Committed) => {
-            state.metrics.transaction("committed");
+        Ok(applied) => {
+            let outcome = match applied {
+                Applied::Committed => "committed",
+                Applied::Replay => "replay",
+            };
+            state.metrics.transaction(outcome);
+            // Ephemeral events are counted once their transaction is (replays count nothing).
+            if applied == Applied::Committed {
+                for _ in &request.ephemeral {
+                    state.metrics.event("ephemeral", "ignored_type");
+                }
+            }
             span.in_scope(|| {
                 tracing::debug!(
+                    outcome,
                     elapsed_us = started.elapsed().as_micros() as u64,
-                    "transaction committed"
+                    "transaction done"
                 )
             });
-            Ok(Json(json!({})))
-        }
-        Ok(Applied::Replay) => {
-            state.metrics.transaction("replay");
-            span.in_scope(|| tracing::info!("transaction already applied; replay acknowledged"));
-            Ok(Json(json!({})))
+            respond(push_events::v1::Response::new())
         }
         Err(error) => {
             state.metrics.transaction("error");
@@ -97,9 +134,14 @@ pub async fn transaction(
             span.in_scope(
                 || tracing::error!(%error, "transaction not applied; the homeserver will retry"),
             );
-            Err(ApiError::unavailable(
-                "the bridge could not store this transaction; retry later",
-            ))
+            Err(match error {
+                StoreError::Unavailable(_) => MatrixError::unavailable(
+                    "the bridge could not store this transaction; retry later",
+                ),
+                other => MatrixError::internal(format!(
+                    "the bridge could not store this transaction: {other}"
+                )),
+            })
         }
     }
 }
@@ -108,22 +150,19 @@ pub async fn transaction(
 pub async fn query_user(
     State(state): State<AppState>,
     user_id: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Path(user_id) = path_param(user_id)?;
+) -> Result<Response, MatrixError> {
+    let user_id = path_param(user_id)?;
     let Ok(user_id) = UserId::parse(&user_id) else {
-        return Err(ApiError::not_found("not a valid user id"));
+        return Err(MatrixError::not_found("not a valid user id"));
     };
-    if !state.config.is_puppet(&user_id) {
-        return Err(ApiError::not_found("not in this bridge's namespace"));
+    if !state.registry.namespace().is_puppet(&user_id) {
+        return Err(MatrixError::not_found("not in this bridge's namespace"));
     }
-    if state.mirror.agent(user_id.as_str()).is_none() {
-        // Agents may have been added by another service since start-up.
-        if let Err(error) = state.mirror.reload_agents().await {
-            tracing::error!(%error, "cannot reload agents");
-            return Err(ApiError::unavailable("database unavailable"));
-        }
-        if state.mirror.agent(user_id.as_str()).is_none() {
-            return Err(ApiError::not_found("no such agent"));
+    if state.registry.get(&user_id).is_none() {
+        // Agents may have been added by another service since the last reload.
+        state.registry.reload().await?;
+        if state.registry.get(&user_id).is_none() {
+            return Err(MatrixError::not_found("no such agent"));
         }
     }
     state
@@ -132,69 +171,43 @@ pub async fn query_user(
         .await
         .map_err(|error| {
             tracing::warn!(user_id = %user_id, %error, "cannot register agent puppet");
-            ApiError::unavailable("cannot register the agent on the homeserver")
+            MatrixError::unavailable("cannot register the agent on the homeserver")
         })?;
-    Ok(Json(json!({})))
+    respond(query_user_id::v1::Response::new())
 }
 
 /// `GET /_matrix/app/v1/rooms/{roomAlias}`: the bridge creates no rooms on alias queries.
-pub async fn query_room(_alias: Result<Path<String>, PathRejection>) -> ApiError {
-    ApiError::not_found("this bridge does not provide rooms by alias")
+pub async fn query_room(_alias: Result<Path<String>, PathRejection>) -> MatrixError {
+    MatrixError::not_found("this bridge does not provide rooms by alias")
 }
 
 /// `POST /_matrix/app/v1/ping`.
-pub async fn ping(raw: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
-    let bytes = raw.map_err(|r| ApiError::bad_json(r.body_text()))?;
-    if !bytes.is_empty() {
-        let body: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| ApiError::not_json("request body is not JSON"))?;
-        if !body.is_object() {
-            return Err(ApiError::bad_json("body must be an object"));
-        }
-        tracing::info!(
-            transaction_id = body.get("transaction_id").and_then(|t| t.as_str()),
-            "pinged by the homeserver"
-        );
-    }
-    Ok(Json(json!({})))
+pub async fn ping(raw: Result<Bytes, BytesRejection>) -> Result<Response, MatrixError> {
+    let bytes = raw.map_err(|r| MatrixError::bad_json(r.body_text()))?;
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    let http_request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/_matrix/app/v1/ping")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(bytes.as_ref())
+        .map_err(|e| MatrixError::internal(e.to_string()))?;
+    let request = send_ping::v1::Request::try_from_http_request(http_request, &[] as &[&str])
+        .map_err(|_| {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                MatrixError::not_json("request body is not JSON")
+            } else {
+                MatrixError::bad_json("body must be an object")
+            }
+        })?;
+    tracing::info!(transaction_id = ?request.transaction_id, "pinged by the homeserver");
+    respond(send_ping::v1::Response::new())
 }
 
 /// Third-party lookups: no protocol is bridged.
-pub async fn no_protocols() -> ApiError {
-    ApiError::not_found("no third-party protocols are provided by this bridge")
-}
-
-pub async fn live() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.mirror.store().ready().await {
-        Ok(true) => Json(json!({ "status": "ok", "database": "ok", "migrations": "applied" }))
-            .into_response(),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "database": "ok", "migrations": "pending" })),
-        )
-            .into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "database": "unreachable" })),
-            )
-                .into_response()
-        }
-    }
-}
-
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+pub async fn no_protocols() -> MatrixError {
+    MatrixError::not_found("no third-party protocols are provided by this bridge")
 }

@@ -3,8 +3,8 @@
 //! (health, metrics), as one axum router.
 
 mod auth;
-pub mod error;
 mod handlers;
+mod ops;
 
 use std::sync::Arc;
 
@@ -17,22 +17,35 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
-use self::error::ApiError;
-use crate::{config::Config, homeserver::Homeserver, metrics::Metrics, mirror::Mirror};
+use crate::{
+    bridge::{agents::AgentRegistry, mirror::Mirror},
+    matrix::{Homeserver, MatrixError, error::matrix_error_bodies},
+    metrics::Metrics,
+    supervise::Health,
+};
 
-/// Shared state of the HTTP handlers.
+/// Shared state of the homeserver-facing handlers.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// Applies transactions.
     pub mirror: Arc<Mirror>,
+    /// The agents (user queries).
+    pub registry: Arc<AgentRegistry>,
+    /// Registers puppets on user queries.
     pub hs: Homeserver,
+    /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The token the homeserver must present.
     pub hs_token: Arc<str>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Whether the background tasks run (readiness).
+    pub health: Arc<Health>,
 }
 
-/// The bridge's HTTP surface.
+/// The bridge's HTTP surface for the homeserver and operators.
 pub fn router(state: AppState) -> Router {
-    let limit = state.config.appservice.max_body_bytes;
+    let limit = state.max_body_bytes;
     let appservice = Router::new()
         .route(
             "/_matrix/app/v1/transactions/{txn_id}",
@@ -85,17 +98,17 @@ pub fn router(state: AppState) -> Router {
             auth::require_hs_token,
         ));
     let operator = Router::new()
-        .route("/health/live", get(handlers::live))
-        .route("/health/ready", get(handlers::ready))
-        .route("/metrics", get(handlers::metrics));
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics));
     appservice
         .merge(operator)
-        .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND, "unrecognized request") })
+        .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND, "unrecognized request") })
         .method_not_allowed_fallback(|| async {
-            ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+            MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::map_response(error::matrix_error_bodies))
+        .layer(middleware::map_response(matrix_error_bodies))
         .layer(
             // Path only: query strings may carry the legacy access_token.
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

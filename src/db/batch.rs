@@ -1,96 +1,105 @@
-//! What one transaction changes, expressed in Matrix ids: the mirror plans a [`Batch`] in memory
-//! and the store applies it in one database transaction, resolving ids with joins, so the plan
-//! never holds a row id that a concurrent writer could have made stale.
+//! What one transaction changes: the mirror plans a [`Batch`] in memory and the store applies
+//! it atomically. Rows are addressed by the ids the mirror's caches already hold (channel,
+//! user and agent row ids) and by Matrix ids where a lookup is inherent (edit and redaction
+//! targets), so a steady-state transaction needs no read before its write. The planner
+//! resolves everything that would touch one row twice (an edit of a message of the same
+//! batch, a join and a leave of one member, several session changes of one agent), so each
+//! row kind can be written by one set-based statement.
 
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
-use super::types::Ts;
-use crate::ids::MicrodaoId;
+use super::{
+    enums::{JobKind, MemberRole, NameSource, Visibility},
+    text::DbText,
+    types::Ts,
+};
+use crate::ids::{AgentId, ChannelId, MessageId, MicrodaoId, OutboxId, RunId, UserRowId};
 
-/// Everything one appservice transaction (or one room-state sync) writes.
+/// Everything one appservice transaction (or one room-state read, or one delivered puppet send)
+/// writes.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The transaction to record (txnId, fingerprint of its events, event count); `None` for
-    /// writes that are not homeserver transactions.
-    pub txn: Option<(String, String, i32)>,
+    /// The transaction record that makes replays exact; `None` for writes that are not
+    /// homeserver transactions.
+    pub txn: Option<TxnRecord>,
+    /// Channels created or changed.
     pub channels: Vec<ChannelWrite>,
-    /// Matrix users that need a `users` row (inserted unless one with that `matrix_id` exists).
-    pub users: Vec<String>,
-    pub joins: Vec<MemberJoin>,
-    pub leaves: Vec<MemberLeave>,
+    /// Matrix users that need a `users` row.
+    pub users: Vec<NewUser>,
+    /// Memberships that start, end, or both.
+    pub members: Vec<MemberWrite>,
+    /// Role changes of members the batch does not otherwise write.
     pub roles: Vec<RoleChange>,
+    /// New messages (edits and redactions of messages of this batch already folded in).
     pub messages: Vec<NewMessage>,
+    /// Edits of messages stored earlier (the newest per target).
     pub edits: Vec<Edit>,
+    /// Redactions of messages stored earlier.
     pub redactions: Vec<Redaction>,
-    /// Agent session changes, in event order.
+    /// Agent session changes: at most one per (agent, channel).
     pub sessions: Vec<SessionOp>,
+    /// Follow-up work (joins, invite refusals), durable from this commit on.
+    pub jobs: Vec<NewJob>,
+    /// Messages that might address agents, evaluated by the run scheduler after commit.
+    pub candidates: Vec<NewCandidate>,
+    /// The puppet send this batch mirrors, marked sent in the same commit.
+    pub sent: Option<SentRecord>,
 }
 
 impl Batch {
-    /// Whether the batch writes any DAARION row.
+    /// Whether the batch writes nothing besides its transaction record.
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
             && self.users.is_empty()
-            && self.joins.is_empty()
-            && self.leaves.is_empty()
+            && self.members.is_empty()
             && self.roles.is_empty()
             && self.messages.is_empty()
             && self.edits.is_empty()
             && self.redactions.is_empty()
             && self.sessions.is_empty()
+            && self.jobs.is_empty()
+            && self.candidates.is_empty()
+            && self.sent.is_none()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Visibility {
-    Public,
-    Private,
-    Microdao,
+/// `bridge_transactions`: a transaction is identified by a hash of its txnId (txnIds are opaque
+/// and unbounded; a hash keeps the key small and free of NUL) and a fingerprint of its events.
+#[derive(Debug, Clone)]
+pub struct TxnRecord {
+    /// SHA-256 (hex) of the txnId.
+    pub txn_hash: String,
+    /// SHA-256 (hex) of the events' ids: a retry carries the same events, while Synapse on
+    /// SQLite reuses txnIds for new events after its own restart.
+    pub fingerprint: String,
+    /// Events the transaction carried.
+    pub event_count: i32,
 }
 
-impl Visibility {
-    pub fn as_str(self) -> &'static str {
+/// A person or an agent: who sent a message, who is a member, who created a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Party {
+    /// A `users` row.
+    User(UserRowId),
+    /// An `agents` row.
+    Agent(AgentId),
+}
+
+impl Party {
+    /// The user row id, for a person.
+    pub fn user(self) -> Option<UserRowId> {
         match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-            Visibility::Microdao => "microdao",
+            Party::User(id) => Some(id),
+            Party::Agent(_) => None,
         }
     }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "public" => Some(Self::Public),
-            "private" => Some(Self::Private),
-            "microdao" => Some(Self::Microdao),
-            _ => None,
-        }
-    }
-}
 
-/// Where a channel's name came from; a weaker source never overrides a stronger one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum NameSource {
-    Id,
-    Alias,
-    Platform,
-    Name,
-}
-
-impl NameSource {
-    pub fn as_str(self) -> &'static str {
+    /// The agent id, for an agent.
+    pub fn agent(self) -> Option<AgentId> {
         match self {
-            NameSource::Id => "id",
-            NameSource::Alias => "alias",
-            NameSource::Platform => "platform",
-            NameSource::Name => "name",
-        }
-    }
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "id" => Self::Id,
-            "alias" => Self::Alias,
-            "name" => Self::Name,
-            _ => Self::Platform,
+            Party::Agent(id) => Some(id),
+            Party::User(_) => None,
         }
     }
 }
@@ -98,8 +107,10 @@ impl NameSource {
 /// User power levels of a room, as much as roles need.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PowerLevels {
+    /// Explicit levels.
     #[serde(default)]
     pub users: std::collections::BTreeMap<String, i64>,
+    /// Level of everyone else.
     #[serde(default)]
     pub users_default: i64,
     /// Room v12+ creators: infinite power, not listed in `users`.
@@ -108,33 +119,46 @@ pub struct PowerLevels {
 }
 
 impl PowerLevels {
+    /// The user's power level.
     pub fn level(&self, user: &str) -> i64 {
         if self.creators.iter().any(|c| c == user) {
             return i64::MAX;
         }
         self.users.get(user).copied().unwrap_or(self.users_default)
     }
+
     /// 100 → owner, ≥ 50 → admin, else member.
-    pub fn role(&self, user: &str) -> &'static str {
+    pub fn role(&self, user: &str) -> MemberRole {
         match self.level(user) {
-            l if l >= 100 => "owner",
-            l if l >= 50 => "admin",
-            _ => "member",
+            l if l >= 100 => MemberRole::Owner,
+            l if l >= 50 => MemberRole::Admin,
+            _ => MemberRole::Member,
         }
     }
 }
 
-/// A mirrored room's channel row as it should be after the batch.
+/// A mirrored room's channel row (and `bridge_rooms` row) as it should be after the batch.
 #[derive(Debug, Clone)]
 pub struct ChannelWrite {
-    pub room_id: String,
+    /// The channel (a fresh id when [`ChannelWrite::create`] is set).
+    pub channel_id: ChannelId,
+    /// Its room.
+    pub room_id: OwnedRoomId,
     /// Set when the channel is created by this batch.
     pub create: Option<NewChannel>,
-    pub name: String,
+    /// `channels.name`.
+    pub name: DbText,
+    /// Where the name came from.
     pub name_source: NameSource,
-    pub topic: Option<String>,
+    /// The canonical alias, kept so removing the name can fall back to it.
+    pub alias: Option<DbText>,
+    /// `channels.topic`.
+    pub topic: Option<DbText>,
+    /// `channels.visibility`.
     pub visibility: Visibility,
+    /// Visibility set by `city.daarion.channel`; join rules no longer change it.
     pub visibility_pinned: bool,
+    /// The room's power levels.
     pub power_levels: PowerLevels,
     /// Whether this write comes from a full state read (records `state_synced_at`).
     pub state_synced: bool,
@@ -142,79 +166,187 @@ pub struct ChannelWrite {
     pub is_direct: bool,
 }
 
+/// The parts of a channel only its creation writes.
 #[derive(Debug, Clone)]
 pub struct NewChannel {
+    /// The owning microDAO.
     pub microdao_id: MicrodaoId,
-    /// Preferred slug; the store appends `-2`, `-3`, … when it is taken in the microDAO.
-    pub slug: String,
-    pub created_by_user: Option<String>,
-    pub created_by_agent: Option<String>,
+    /// The slug, already unique within the microDAO (the planner read the taken ones).
+    pub slug: DbText,
+    /// Who created the room, when known.
+    pub created_by: Option<Party>,
 }
 
+/// A `users` row for a Matrix user met for the first time.
 #[derive(Debug, Clone)]
-pub struct MemberJoin {
-    pub room_id: String,
-    pub user_id: String,
-    pub is_agent: bool,
-    pub role: &'static str,
-    pub at: Ts,
+pub struct NewUser {
+    /// The new row's id.
+    pub id: UserRowId,
+    /// The Matrix user.
+    pub matrix_id: OwnedUserId,
 }
 
+/// A membership change: a join (`joined_at`), a leave (`left_at`), or a join followed by a
+/// leave within the batch (both).
 #[derive(Debug, Clone)]
-pub struct MemberLeave {
-    pub room_id: String,
-    pub user_id: String,
-    pub is_agent: bool,
-    pub at: Ts,
+pub struct MemberWrite {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The member.
+    pub party: Party,
+    /// Role after the change.
+    pub role: MemberRole,
+    /// When the member (re)joined, if it did in this batch.
+    pub joined_at: Option<Ts>,
+    /// When the member left, if it did in this batch (after any join of the batch).
+    pub left_at: Option<Ts>,
 }
 
+/// A person's role changed (power levels) without a membership change in the batch.
 #[derive(Debug, Clone)]
 pub struct RoleChange {
-    pub room_id: String,
-    pub user_id: String,
-    pub role: &'static str,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The person.
+    pub user_id: UserRowId,
+    /// The new role.
+    pub role: MemberRole,
 }
 
+/// A message to insert (ignored when its event id is already stored).
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub room_id: String,
-    pub event_id: String,
-    pub sender: String,
-    pub is_agent: bool,
-    pub preview: String,
+    /// The new row's id.
+    pub id: MessageId,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The Matrix event.
+    pub event_id: OwnedEventId,
+    /// Who sent it.
+    pub sender: Party,
+    /// `content_preview`.
+    pub preview: DbText,
+    /// `origin_server_ts`.
     pub at: Ts,
-    /// Root of the thread the message is in.
-    pub thread_root: Option<String>,
+    /// Root of the thread it is in.
+    pub thread_root: Option<OwnedEventId>,
+    /// Set when an edit of the same batch applies to it.
+    pub edited_at: Option<Ts>,
+    /// Set when a redaction of the same batch removes it.
+    pub redacted_at: Option<Ts>,
 }
 
+/// An edit of a message stored earlier: applied only by the original sender, never to a
+/// redacted message, never older over newer.
 #[derive(Debug, Clone)]
 pub struct Edit {
-    pub target_event_id: String,
-    pub sender: String,
-    pub preview: String,
+    /// The edited message.
+    pub target: OwnedEventId,
+    /// Who edited it.
+    pub sender: Party,
+    /// The new preview.
+    pub preview: DbText,
+    /// `origin_server_ts` of the edit.
     pub at: Ts,
 }
 
+/// A redaction of a message stored earlier.
 #[derive(Debug, Clone)]
 pub struct Redaction {
-    pub target_event_id: String,
+    /// The redacted event.
+    pub target: OwnedEventId,
+    /// `origin_server_ts` of the redaction.
     pub at: Ts,
 }
 
-/// A change to an agent's session in a channel.
+/// A change to agent sessions of a channel.
 #[derive(Debug, Clone)]
 pub struct SessionOp {
-    pub room_id: String,
-    /// The agent's Matrix id; `None` with [`SessionChange::Close`] closes every open session of
-    /// the channel (room tombstoned).
-    pub agent: Option<String>,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The agent; `None` with [`SessionChange::Close`] closes every open session of the channel
+    /// (room tombstoned).
+    pub agent: Option<AgentId>,
+    /// What happens.
     pub change: SessionChange,
+    /// When.
     pub at: Ts,
 }
 
+/// What happens to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionChange {
     /// Open a session if none is open, or mark the open one active with this activity.
     Activate,
+    /// Close the open session.
     Close,
+}
+
+/// A follow-up job, durable from the commit of the transaction that asked for it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What to do.
+    pub kind: JobKind,
+    /// In which room.
+    pub room_id: OwnedRoomId,
+    /// As whom (the bot or a puppet).
+    pub user_id: OwnedUserId,
+    /// Why, for refusals.
+    pub reason: Option<DbText>,
+}
+
+/// A mirrored message in a room with agents: the run scheduler decides after commit whom it
+/// addresses. Durable, so a question is never lost between commit and answer.
+#[derive(Debug, Clone)]
+pub struct NewCandidate {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The message.
+    pub event_id: OwnedEventId,
+    /// `origin_server_ts`.
+    pub at: Ts,
+    /// What the trigger rules read (and the runtime receives).
+    pub payload: CandidatePayload,
+}
+
+/// What the trigger rules need of a message, stored with its candidate row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidatePayload {
+    /// The sender.
+    pub sender: OwnedUserId,
+    /// Sent by an agent puppet (counts toward the agent→agent chain).
+    pub sender_is_agent: bool,
+    /// The plain body (reply fallback removed).
+    pub body: String,
+    /// The HTML body, if any (legacy pills).
+    #[serde(default)]
+    pub formatted_body: Option<String>,
+    /// `m.mentions.user_ids`; `None` when the event has no `m.mentions` (an old client).
+    #[serde(default)]
+    pub mentions: Option<Vec<OwnedUserId>>,
+    /// The event it replies to.
+    #[serde(default)]
+    pub reply_to: Option<OwnedEventId>,
+    /// The thread it is in.
+    #[serde(default)]
+    pub thread_root: Option<OwnedEventId>,
+    /// The room is a direct chat (an invite said so).
+    #[serde(default)]
+    pub is_direct: bool,
+    /// The event as the homeserver sent it (what runtimes receive).
+    pub event: serde_json::Value,
+}
+
+/// A puppet send the homeserver accepted.
+#[derive(Debug, Clone)]
+pub struct SentRecord {
+    /// The outbox item.
+    pub outbox_id: OutboxId,
+    /// The event the homeserver created.
+    pub event_id: OwnedEventId,
+    /// The run whose answer it is: its `reply_event_id` is recorded in the same commit, before
+    /// the homeserver's echo can address another agent (the agent→agent chain reads it).
+    pub run: Option<RunId>,
 }

@@ -31,6 +31,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000003_runs.up.sql"),
         include_str!("../../migrations/postgres/000003_runs.down.sql"),
     ),
+    (
+        4,
+        "durable_work",
+        include_str!("../../migrations/postgres/000004_durable_work.up.sql"),
+        include_str!("../../migrations/postgres/000004_durable_work.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -52,6 +58,12 @@ const SQLITE: &[Step] = &[
         include_str!("../../migrations/sqlite/000003_runs.up.sql"),
         include_str!("../../migrations/sqlite/000003_runs.down.sql"),
     ),
+    (
+        4,
+        "durable_work",
+        include_str!("../../migrations/sqlite/000004_durable_work.up.sql"),
+        include_str!("../../migrations/sqlite/000004_durable_work.down.sql"),
+    ),
 ];
 
 /// The migrations of one dialect, as a sqlx source.
@@ -61,9 +73,11 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// PostgreSQL's migrations.
     pub fn postgres() -> Self {
         Self { postgres: true }
     }
+    /// SQLite's migrations.
     pub fn sqlite() -> Self {
         Self { postgres: false }
     }

@@ -1,48 +1,130 @@
-//! Storage: one [`Store`] over PostgreSQL or SQLite. Reads share SQL between dialects through
-//! [`both!`]; the transaction write path ([`Store::apply`]) has one implementation per dialect
-//! because PostgreSQL gets one batched statement per kind of row (arrays + `UNNEST`) while
-//! SQLite, in-process, runs prepared statements per row inside one `BEGIN IMMEDIATE`.
+//! Storage: one [`Store`] over PostgreSQL or SQLite. Reads and rare writes share SQL between
+//! dialects through [`both!`]; the transaction write path ([`Store::apply`]) has one
+//! implementation per dialect (`write::pg`: one statement, one round trip; `write::sqlite`:
+//! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds the
+//! queries of that group.
 
 pub mod agents;
 pub mod batch;
+pub mod enums;
+pub mod jobs;
+pub mod keys;
+pub mod messages;
 pub mod migrate;
-mod postgres;
+pub mod outbox;
+pub mod rooms;
 pub mod runs;
-mod seed;
-mod sqlite;
+pub mod seed;
+pub mod sessions;
+pub mod text;
+pub mod triggers;
 pub mod types;
+mod write;
 
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, Row, SqlitePool,
+    PgPool, SqlitePool,
     migrate::Migrator,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    types::Json,
 };
 
-pub use self::batch::*;
-use self::migrate::Embedded;
-use crate::ids::{AgentId, MicrodaoId};
+pub use self::{batch::*, enums::*, text::DbText};
+use self::{migrate::Embedded, types::Ts};
 
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    /// The database is down, unreachable, overloaded or busy: retry later (a transaction gets
+    /// 503 so the homeserver retries it).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused what was written (a constraint, a value out of range, a row too
+    /// large): retrying the same input fails again, so the input must be isolated.
+    #[error("database refused the write: {0}")]
+    Rejected(#[source] sqlx::Error),
+    /// A migration failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `database.url` is not usable.
     #[error("invalid database url `{url}`: {problem}")]
-    Url { url: String, problem: String },
+    Url {
+        /// The URL (password redacted by the caller's logging).
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A row the operation needs does not exist.
+    #[error("no {what} `{key}`")]
+    NotFound {
+        /// What kind of row.
+        what: &'static str,
+        /// How it was looked up.
+        key: String,
+    },
+    /// The operation's input is invalid (an unknown capability, say).
     #[error("{0}")]
-    Seed(String),
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database, not the input, is the problem).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_transient(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Rejected(error)
+        }
+    }
+}
+
+/// Whether a database error is about the database's availability rather than the statement's
+/// input. Unknown cases count as transient: a wrong "transient" costs a retry, a wrong
+/// "rejected" would drop data.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                // SQLSTATE classes: 22 data exception, 23 integrity constraint violation,
+                // 42 syntax/access rule, 54 program limit exceeded (a row too large for an
+                // index), XX internal: the input. Everything else (08 connection, 40
+                // serialization, 53 resources, 55 object state, 57 operator intervention, 58
+                // system) is the server's condition.
+                let class = &pg.code()[..2.min(pg.code().len())];
+                return !matches!(class, "22" | "23" | "42" | "54" | "2B" | "P0");
+            }
+            // SQLite: extended result codes; constraint (19), too big (18), mismatch (20) and
+            // range (25) are the input's fault; busy, locked, I/O, full, cannot open are not.
+            let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
+            !matches!(primary, 18..=20 | 25)
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::InvalidArgument(_) => false,
+        _ => true,
+    }
 }
 
 /// The two supported databases.
 #[derive(Clone, Debug)]
 pub enum Pool {
+    /// PostgreSQL (production).
     Pg(PgPool),
+    /// SQLite (the zero-setup default).
     Sqlite(SqlitePool),
 }
 
@@ -58,55 +140,7 @@ macro_rules! both {
 }
 pub(crate) use both;
 
-/// Maps a `load_rooms` row (same columns in both dialects).
-macro_rules! stored_room {
-    ($r:expr) => {
-        StoredRoom {
-            room_id: $r.try_get(0)?,
-            microdao_id: $r.try_get(1)?,
-            name: $r.try_get(2)?,
-            topic: $r.try_get(3)?,
-            visibility: Visibility::parse($r.try_get::<&str, _>(4)?).unwrap_or(Visibility::Private),
-            name_source: $r
-                .try_get::<Option<&str>, _>(5)?
-                .map(NameSource::parse)
-                .unwrap_or(NameSource::Platform),
-            visibility_pinned: $r.try_get::<Option<bool>, _>(6)?.unwrap_or(true),
-            power_levels: $r
-                .try_get::<Option<Json<PowerLevels>>, _>(7)?
-                .map(|j| j.0)
-                .unwrap_or_default(),
-            is_direct: $r.try_get::<Option<bool>, _>(8)?.unwrap_or(false),
-            agents: Vec::new(),
-        }
-    };
-}
-
-/// A mirrored room as stored: its channel row plus the bridge's bookkeeping.
-#[derive(Debug, Clone)]
-pub struct StoredRoom {
-    pub room_id: String,
-    pub microdao_id: MicrodaoId,
-    pub name: String,
-    pub topic: Option<String>,
-    pub visibility: Visibility,
-    pub name_source: NameSource,
-    pub visibility_pinned: bool,
-    pub power_levels: PowerLevels,
-    pub is_direct: bool,
-    /// Active agent members: (agent matrix id, respond setting).
-    pub agents: Vec<(String, String)>,
-}
-
-/// An agent row, as the mirror needs it.
-#[derive(Debug, Clone)]
-pub struct StoredAgent {
-    pub id: AgentId,
-    pub matrix_id: String,
-    pub name: String,
-    pub microdao_id: Option<MicrodaoId>,
-}
-
+/// The bridge's database.
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) pool: Pool,
@@ -158,10 +192,12 @@ impl Store {
         })
     }
 
+    /// Whether this is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         matches!(self.pool, Pool::Pg(_))
     }
 
+    /// The pool, for tests and tools that run their own SQL.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
@@ -199,142 +235,30 @@ impl Store {
         Ok(applied.unwrap_or(0) >= latest)
     }
 
-    /// Loads the mirrored rooms among `room_ids`.
-    pub async fn load_rooms(&self, room_ids: &[&str]) -> Result<Vec<StoredRoom>, StoreError> {
-        if room_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        const COLS: &str = "SELECT c.matrix_room_id, c.microdao_id, c.name, c.topic, c.visibility, \
-             br.name_source, br.visibility_pinned, br.power_levels, br.is_direct \
-             FROM channels c LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
-        let rows = match &self.pool {
-            Pool::Pg(pool) => {
-                let ids: Vec<&str> = room_ids.to_vec();
-                sqlx::query(&format!("{COLS} c.matrix_room_id = ANY($1)"))
-                    .bind(ids)
-                    .fetch_all(pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| Ok::<_, sqlx::Error>(stored_room!(r)))
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            Pool::Sqlite(pool) => {
-                let ids = serde_json::to_string(room_ids).expect("strings serialize");
-                sqlx::query(&format!(
-                    "{COLS} c.matrix_room_id IN (SELECT value FROM json_each($1))"
-                ))
-                .bind(ids)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok::<_, sqlx::Error>(stored_room!(r)))
-                .collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        let mut rows = rows;
-        if !rows.is_empty() {
-            const AGENTS: &str = "SELECT c.matrix_room_id, a.matrix_id, COALESCE(s.respond, 'mentions') \
-                 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
-                 JOIN agents a ON a.id = cm.member_agent_id \
-                 LEFT JOIN agent_channel_settings s ON s.agent_id = a.id AND s.channel_id = c.id \
-                 WHERE cm.left_at IS NULL AND a.matrix_id IS NOT NULL AND ";
-            let ids: Vec<&str> = rows.iter().map(|r| r.room_id.as_str()).collect();
-            let agents: Vec<(String, String, String)> = match &self.pool {
-                Pool::Pg(pool) => {
-                    sqlx::query_as(&format!("{AGENTS} c.matrix_room_id = ANY($1)"))
-                        .bind(ids)
-                        .fetch_all(pool)
-                        .await?
-                }
-                Pool::Sqlite(pool) => {
-                    sqlx::query_as(&format!(
-                        "{AGENTS} c.matrix_room_id IN (SELECT value FROM json_each($1))"
-                    ))
-                    .bind(serde_json::to_string(&ids).expect("strings serialize"))
-                    .fetch_all(pool)
-                    .await?
-                }
-            };
-            for (room, agent, respond) in agents {
-                if let Some(r) = rows.iter_mut().find(|r| r.room_id == room) {
-                    r.agents.push((agent, respond));
-                }
-            }
-        }
-        Ok(rows)
-    }
-
-    /// Which of `matrix_ids` already have a `users` row.
-    pub async fn known_users(&self, matrix_ids: &[&str]) -> Result<Vec<String>, StoreError> {
-        if matrix_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(match &self.pool {
-            Pool::Pg(pool) => {
-                sqlx::query_scalar("SELECT matrix_id FROM users WHERE matrix_id = ANY($1)")
-                    .bind(matrix_ids.to_vec())
-                    .fetch_all(pool)
-                    .await?
-            }
-            Pool::Sqlite(pool) => sqlx::query_scalar(
-                "SELECT matrix_id FROM users WHERE matrix_id IN (SELECT value FROM json_each($1))",
-            )
-            .bind(serde_json::to_string(matrix_ids).expect("strings serialize"))
-            .fetch_all(pool)
-            .await?,
-        })
-    }
-
-    /// Every agent that has a Matrix id.
-    pub async fn agents(&self) -> Result<Vec<StoredAgent>, StoreError> {
-        let rows = both!(self, pool => {
-            sqlx::query("SELECT id, matrix_id, name, microdao_id FROM agents WHERE matrix_id IS NOT NULL")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| Ok::<_, sqlx::Error>(StoredAgent {
-                    id: r.try_get(0)?,
-                    matrix_id: r.try_get(1)?,
-                    name: r.try_get(2)?,
-                    microdao_id: r.try_get(3)?,
-                }))
-                .collect::<Result<Vec<_>, _>>()?
-        });
-        Ok(rows)
-    }
-
-    /// `microdaos.id` for an external id such as `microdao:7`.
-    pub async fn microdao_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> Result<Option<MicrodaoId>, StoreError> {
-        Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM microdaos WHERE external_id = $1")
-            .bind(external_id)
-            .fetch_optional(pool)
-            .await?),
-        )
-    }
-
-    /// Applies a batch atomically. Returns `false` (and changes nothing) when the batch's txnId
-    /// was already applied.
+    /// Applies a batch atomically. Returns `false` (and changes nothing) when the batch's
+    /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         match &self.pool {
-            Pool::Pg(pool) => postgres::apply(pool, batch).await,
+            Pool::Pg(pool) => write::pg::apply(pool, batch).await,
             Pool::Sqlite(pool) => {
                 let _writer = self.write_lock.lock().await;
-                sqlite::apply(pool, batch).await
+                write::sqlite::apply(pool, batch).await
             }
         }
     }
 
-    /// Upserts the microDAOs, blueprints and agents the config declares.
-    pub async fn seed(&self, config: &crate::config::Config) -> Result<(), StoreError> {
-        seed::seed(self, config).await
+    /// Deletes transaction records older than `cutoff` (the homeserver's retry window is
+    /// minutes to hours; records far older than it protect nothing). Returns how many.
+    pub async fn prune_transactions(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "DELETE FROM bridge_transactions WHERE processed_at < $1"
+        )
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected()))
     }
 }
-
-mod shared;
 
 /// `base`, or the first of `base-2`, `base-3`, … not in `taken`.
 pub(crate) fn pick_slug(base: &str, taken: &[String]) -> String {
@@ -344,5 +268,5 @@ pub(crate) fn pick_slug(base: &str, taken: &[String]) -> String {
     (2..)
         .map(|n| format!("{base}-{n}"))
         .find(|candidate| !taken.iter().any(|t| t == candidate))
-        .expect("an unbounded range always has a free slug")
+        .unwrap_or_else(|| format!("{base}-{}", uuid::Uuid::now_v7().simple()))
 }

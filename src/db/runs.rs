@@ -1,120 +1,261 @@
-//! Storage of agent runs and per-(agent, channel) response settings.
+//! `agent_runs` (from queued to its end, with the triggers it took) and
+//! `agent_channel_settings` (when an agent answers in a channel).
 
 use serde::Serialize;
-use sqlx::{Row, types::Json};
+use sqlx::types::Json;
 
-use super::{Store, StoreError, both, types::Ts};
-use crate::ids::{AgentId, ChannelId, RunId};
+use super::{Respond, RunStatus, Store, StoreError, both, triggers::TriggerRow, types::Ts};
+use crate::ids::{AgentId, ChannelId, RunId, SessionId};
 
-#[derive(Debug, Clone, Serialize)]
+/// A run as the agent API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
+    /// The run.
     pub id: RunId,
+    /// The agent's external id.
     pub agent: String,
+    /// The agent's row id.
+    #[serde(skip)]
+    pub agent_id: AgentId,
+    /// The channel it answers in.
     pub channel_id: Option<ChannelId>,
-    pub status: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// echo | openai | webhook.
     pub runtime: Option<String>,
+    /// The (first) event that addressed the agent.
     pub trigger_event_id: Option<String>,
+    /// The answer's event.
     pub reply_event_id: Option<String>,
+    /// Agent→agent turns before this run.
     pub chain_depth: i32,
-    pub input: serde_json::Value,
-    pub output: Option<serde_json::Value>,
+    /// What the runtime was given.
+    pub input: Json<serde_json::Value>,
+    /// What it answered.
+    pub output: Option<Json<serde_json::Value>>,
+    /// Why it failed or was cancelled.
     pub error: Option<String>,
-    #[serde(with = "super::agents::ts_rfc3339")]
+    /// When it was queued.
     pub queued_at: Ts,
-    #[serde(with = "super::agents::ts_rfc3339_opt")]
+    /// When the runtime was called.
     pub started_at: Option<Ts>,
-    #[serde(with = "super::agents::ts_rfc3339_opt")]
+    /// When it ended.
     pub finished_at: Option<Ts>,
+    /// Prompt tokens, when reported.
     pub prompt_tokens: Option<i32>,
+    /// Completion tokens, when reported.
     pub completion_tokens: Option<i32>,
+    /// Times the runtime was called.
+    pub attempts: i32,
+    /// When the runtime said it answers later.
+    pub deferred_at: Option<Ts>,
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunEnd {
-    pub status: &'static str,
+    /// Completed, failed or cancelled.
+    pub status: RunStatus,
+    /// What the runtime answered.
     pub output: Option<serde_json::Value>,
+    /// The answer's event.
     pub reply_event_id: Option<String>,
+    /// Why it failed.
     pub error: Option<String>,
+    /// Prompt tokens.
     pub prompt_tokens: Option<i32>,
+    /// Completion tokens.
     pub completion_tokens: Option<i32>,
 }
 
-const RUN_COLS: &str = "r.id, a.external_id, r.channel_id, r.status, r.runtime, r.trigger_event_id, r.reply_event_id, \
-     r.chain_depth, r.input, r.output, r.error, r.queued_at, r.started_at, r.finished_at, r.prompt_tokens, r.completion_tokens \
+impl RunEnd {
+    /// A completion with the runtime's output and the answer's event.
+    pub fn completed(output: serde_json::Value, reply_event_id: Option<String>) -> Self {
+        Self {
+            status: RunStatus::Completed,
+            output: Some(output),
+            reply_event_id,
+            error: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
+    }
+
+    /// A cancellation with its reason.
+    pub fn cancelled(reason: impl Into<String>) -> Self {
+        Self {
+            status: RunStatus::Cancelled,
+            ..Self::failed(reason)
+        }
+    }
+
+    /// A failure with its reason.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self {
+            status: RunStatus::Failed,
+            output: None,
+            reply_event_id: None,
+            error: Some(error.into()),
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
+    }
+}
+
+/// A run to queue.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The runtime that will answer.
+    pub runtime: &'a str,
+    /// Agent→agent turns before it.
+    pub chain_depth: i32,
+}
+
+const RUN_COLS: &str = "SELECT r.id, a.external_id AS agent, r.agent_id, r.channel_id, r.status, r.runtime, \
+     r.trigger_event_id, r.reply_event_id, r.chain_depth, r.input, r.output, r.error, r.queued_at, r.started_at, \
+     r.finished_at, r.prompt_tokens, r.completion_tokens, r.attempts, r.deferred_at \
      FROM agent_runs r JOIN agents a ON a.id = r.agent_id";
 
-macro_rules! run_row {
-    ($r:expr) => {
-        RunRow {
-            id: $r.try_get(0)?,
-            agent: $r.try_get(1)?,
-            channel_id: $r.try_get(2)?,
-            status: $r.try_get(3)?,
-            runtime: $r.try_get(4)?,
-            trigger_event_id: $r.try_get(5)?,
-            reply_event_id: $r.try_get(6)?,
-            chain_depth: $r.try_get(7)?,
-            input: $r.try_get::<Json<serde_json::Value>, _>(8)?.0,
-            output: $r
-                .try_get::<Option<Json<serde_json::Value>>, _>(9)?
-                .map(|j| j.0),
-            error: $r.try_get(10)?,
-            queued_at: $r.try_get(11)?,
-            started_at: $r.try_get(12)?,
-            finished_at: $r.try_get(13)?,
-            prompt_tokens: $r.try_get(14)?,
-            completion_tokens: $r.try_get(15)?,
-        }
-    };
+const TAKEN: &str = "SELECT id, agent_id, channel_id, room_id, event_id, status, payload, at, created_at \
+     FROM bridge_triggers WHERE run_id = $1 AND status = 'taken' ORDER BY at, created_at";
+
+/// Triggers of an (agent, channel) (pending, or taken by run $1) whose message was redacted
+/// meanwhile are cancelled: a redaction that committed while its candidate was being evaluated
+/// cannot have seen the trigger the evaluation wrote, so the run checks again.
+const CANCEL_REDACTED: &str = "UPDATE bridge_triggers SET status = 'cancelled' WHERE agent_id = $2 \
+     AND channel_id = $3 AND (status = 'pending' OR (status = 'taken' AND run_id = $1)) \
+     AND EXISTS (SELECT 1 FROM messages m WHERE m.matrix_event_id = bridge_triggers.event_id \
+     AND m.redacted_at IS NOT NULL)";
+
+/// The runtime's input: the events that addressed the agent, in order.
+fn input(triggers: &[TriggerRow]) -> Json<serde_json::Value> {
+    let events: Vec<&serde_json::Value> = triggers.iter().map(|t| &t.payload.0.event).collect();
+    let mut value = serde_json::json!({ "triggers": events });
+    super::text::clean_json(&mut value);
+    Json(value)
 }
 
 impl Store {
-    /// Records a queued run of `agent` (Matrix id) in the room's channel, tied to the agent's
-    /// open session there.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn insert_run(
+    /// Queues a run taking the (agent, channel)'s pending triggers, atomically; `None` when none
+    /// was left to take (they were cancelled meanwhile).
+    pub async fn queue_run(
         &self,
-        id: RunId,
-        agent: &str,
-        room_id: &str,
-        trigger_event_id: &str,
-        input: &serde_json::Value,
-        runtime: &str,
-        chain_depth: i32,
-    ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
-            "INSERT INTO agent_runs (id, agent_id, input, status, channel_id, session_id, trigger_event_id, runtime, chain_depth, created_at, queued_at) \
-             SELECT $1, a.id, $2, 'queued', c.id, \
-             (SELECT s.id FROM agent_sessions s WHERE s.agent_id = a.id AND s.channel_id = c.id AND s.status <> 'closed'), \
-             $3, $4, $5, $6, $6 FROM agents a, channels c WHERE a.matrix_id = $7 AND c.matrix_room_id = $8",
-        )
-        .bind(id)
-        .bind(Json(input))
-        .bind(trigger_event_id)
-        .bind(runtime)
-        .bind(chain_depth)
-        .bind(Ts::now())
-        .bind(agent)
-        .bind(room_id)
-        .execute(pool)
-        .await
-        .map(|_| ())?);
-        Ok(())
+        run: &NewRun<'_>,
+    ) -> Result<Option<(RunId, Vec<TriggerRow>)>, StoreError> {
+        let id = RunId::new();
+        let now = Ts::now();
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO agent_runs (id, agent_id, input, status, channel_id, session_id, runtime, chain_depth, \
+                 created_at, queued_at) SELECT $1, $2, $3, 'queued', $4, \
+                 (SELECT s.id FROM agent_sessions s WHERE s.agent_id = $2 AND s.channel_id = $4 AND s.status <> 'closed'), \
+                 $5, $6, $7, $7",
+            )
+            .bind(id)
+            .bind(run.agent_id)
+            .bind(Json(serde_json::json!({ "triggers": [] })))
+            .bind(run.channel_id)
+            .bind(run.runtime)
+            .bind(run.chain_depth)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(CANCEL_REDACTED)
+                .bind(id)
+                .bind(run.agent_id)
+                .bind(run.channel_id)
+                .execute(&mut *tx)
+                .await?;
+            let taken = sqlx::query(
+                "UPDATE bridge_triggers SET status = 'taken', run_id = $1 WHERE agent_id = $2 AND channel_id = $3 \
+                 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(run.agent_id)
+            .bind(run.channel_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            let triggers: Vec<TriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            sqlx::query("UPDATE agent_runs SET input = $2, trigger_event_id = $3 WHERE id = $1")
+                .bind(id)
+                .bind(input(&triggers))
+                .bind(triggers.first().map(|t| t.event_id.clone()))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((id, triggers)))
+        })
     }
 
-    /// Marks a queued run running, with its final input (triggers merged while it waited).
-    pub async fn start_run(&self, id: RunId, input: &serde_json::Value) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
-            "UPDATE agent_runs SET status = 'running', input = $2, started_at = $3 WHERE id = $1 AND status = 'queued'",
-        )
-        .bind(id)
-        .bind(Json(input))
-        .bind(Ts::now())
-        .execute(pool)
-        .await
-        .map(|_| ())?);
-        Ok(())
+    /// Starts a queued run (or resumes a running one after a restart, when `resume`): counts the
+    /// attempt, takes the triggers that arrived while it waited, and returns all its live
+    /// triggers with the agent's session. `None` when the run was cancelled (or already ended).
+    pub async fn start_run(
+        &self,
+        id: RunId,
+        resume: bool,
+    ) -> Result<Option<(Vec<TriggerRow>, Option<SessionId>)>, StoreError> {
+        let now = Ts::now();
+        let from = if resume { "running" } else { "queued" };
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(AgentId, Option<ChannelId>, Option<SessionId>)> = sqlx::query_as(
+                "UPDATE agent_runs SET status = 'running', started_at = COALESCE(started_at, $2), \
+                 attempts = attempts + 1 WHERE id = $1 AND status = $3 RETURNING agent_id, channel_id, session_id",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(from)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((agent, Some(channel), session)) = row else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            sqlx::query(CANCEL_REDACTED)
+                .bind(id)
+                .bind(agent)
+                .bind(channel)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE bridge_triggers SET status = 'taken', run_id = $1 WHERE agent_id = $2 AND channel_id = $3 \
+                 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(agent)
+            .bind(channel)
+            .execute(&mut *tx)
+            .await?;
+            let triggers: Vec<TriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            sqlx::query("UPDATE agent_runs SET input = $2 WHERE id = $1")
+                .bind(id)
+                .bind(input(&triggers))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((triggers, session)))
+        })
+    }
+
+    /// Runs a previous process left queued or running (not deferred): the scheduler resumes
+    /// them at start-up.
+    pub async fn open_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{RUN_COLS} WHERE r.status IN ('queued', 'running') AND r.deferred_at IS NULL ORDER BY r.queued_at"
+        ))
+        .fetch_all(pool)
+        .await?))
     }
 
     /// Records the answer's event as soon as it exists (the agent→agent chain looks it up).
@@ -128,18 +269,33 @@ impl Store {
         Ok(())
     }
 
+    /// The runtime answers later (webhook 202): the run stays running, not resumed at restart.
+    pub async fn defer_run(&self, id: RunId) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query("UPDATE agent_runs SET deferred_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(Ts::now())
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
     /// Ends a run that has not ended yet; returns whether it did.
     pub async fn finish_run(&self, id: RunId, end: &RunEnd) -> Result<bool, StoreError> {
+        let output = end.output.clone().map(|mut v| {
+            super::text::clean_json(&mut v);
+            Json(v)
+        });
         Ok(both!(self, pool => sqlx::query(
-            "UPDATE agent_runs SET status = $2, output = $3, reply_event_id = COALESCE($4, reply_event_id), error = $5, \
-             prompt_tokens = $6, completion_tokens = $7, finished_at = $8 \
+            "UPDATE agent_runs SET status = $2, output = $3, reply_event_id = COALESCE($4, reply_event_id), \
+             error = $5, prompt_tokens = $6, completion_tokens = $7, finished_at = $8 \
              WHERE id = $1 AND status IN ('queued', 'running')",
         )
         .bind(id)
         .bind(end.status)
-        .bind(end.output.as_ref().map(Json))
+        .bind(output)
         .bind(&end.reply_event_id)
-        .bind(&end.error)
+        .bind(end.error.as_deref().map(super::text::clean))
         .bind(end.prompt_tokens)
         .bind(end.completion_tokens)
         .bind(Ts::now())
@@ -149,46 +305,43 @@ impl Store {
             == 1))
     }
 
+    /// One run.
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunRow>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query(&format!("SELECT {RUN_COLS} WHERE r.id = $1"))
+            both!(self, pool => sqlx::query_as(&format!("{RUN_COLS} WHERE r.id = $1"))
             .bind(id)
             .fetch_optional(pool)
-            .await?
-            .map(|r| Ok::<_, sqlx::Error>(run_row!(r)))
-            .transpose()?),
+            .await?),
         )
     }
 
+    /// The agent's runs, newest first.
     pub async fn list_runs(
         &self,
         agent: AgentId,
         channel: Option<ChannelId>,
-        status: Option<&str>,
+        status: Option<RunStatus>,
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query(&format!(
-            "SELECT {RUN_COLS} WHERE r.agent_id = $1 AND ($2 IS NULL OR r.channel_id = $2) AND ($3 = '' OR r.status = $3) \
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{RUN_COLS} WHERE r.agent_id = $1 AND ($2 IS NULL OR r.channel_id = $2) AND ($3 = '' OR r.status = $3) \
              ORDER BY r.queued_at DESC, r.id DESC LIMIT $4"
         ))
         .bind(agent)
         .bind(channel)
-        .bind(status.unwrap_or(""))
+        .bind(status.map(RunStatus::as_str).unwrap_or(""))
         .bind(limit)
         .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| Ok::<_, sqlx::Error>(run_row!(r)))
-        .collect::<Result<Vec<_>, _>>()?))
+        .await?))
     }
 
-    /// The chain depth of the run that posted `event_id`, if a run did within `window`.
+    /// The chain depth of the run that posted `event_id`, if a run queued since `since` did.
     pub async fn chain_depth_of(
         &self,
         event_id: &str,
         since: Ts,
     ) -> Result<Option<i32>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar::<_, i32>(
+        Ok(both!(self, pool => sqlx::query_scalar(
             "SELECT chain_depth FROM agent_runs WHERE reply_event_id = $1 AND queued_at >= $2",
         )
         .bind(event_id)
@@ -197,24 +350,11 @@ impl Store {
         .await?))
     }
 
-    /// At start-up: runs a previous process left queued or running (other than webhook runs
-    /// waiting for their deferred answer) can never finish; they are failed, not retried.
-    pub async fn fail_interrupted_runs(&self) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
-            "UPDATE agent_runs SET status = 'failed', error = 'interrupted by a bridge restart', finished_at = $1 \
-             WHERE status = 'queued' OR (status = 'running' AND (runtime IS NULL OR runtime <> 'webhook' OR output IS NOT NULL))",
-        )
-        .bind(Ts::now())
-        .execute(pool)
-        .await?
-        .rows_affected()))
-    }
-
-    /// Deferred runs whose runtime never answered within `older_than` are failed.
+    /// Deferred runs whose runtime never answered since `cutoff` are failed.
     pub async fn fail_abandoned_runs(&self, cutoff: Ts) -> Result<u64, StoreError> {
         Ok(both!(self, pool => sqlx::query(
             "UPDATE agent_runs SET status = 'failed', error = 'the runtime never answered', finished_at = $2 \
-             WHERE status = 'running' AND started_at < $1",
+             WHERE status = 'running' AND deferred_at IS NOT NULL AND deferred_at < $1",
         )
         .bind(cutoff)
         .bind(Ts::now())
@@ -228,7 +368,7 @@ impl Store {
         &self,
         agent: AgentId,
         channel: ChannelId,
-        respond: &str,
+        respond: Respond,
     ) -> Result<(), StoreError> {
         both!(self, pool => sqlx::query(
             "INSERT INTO agent_channel_settings (agent_id, channel_id, respond, updated_at) VALUES ($1, $2, $3, $4) \
@@ -244,49 +384,16 @@ impl Store {
         Ok(())
     }
 
-    /// The channel of a Matrix room.
-    pub async fn channel_for_room(&self, room_id: &str) -> Result<Option<ChannelId>, StoreError> {
-        Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM channels WHERE matrix_room_id = $1")
-            .bind(room_id)
-            .fetch_optional(pool)
-            .await?),
-        )
-    }
-
-    /// Response settings of the agents of a room: (agent matrix id, respond).
+    /// The explicit response settings of a channel's agents.
     pub async fn respond_settings(
         &self,
-        room_id: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as::<_, (String, String)>(
-            "SELECT a.matrix_id, s.respond FROM agent_channel_settings s JOIN agents a ON a.id = s.agent_id \
-             JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = $1 AND a.matrix_id IS NOT NULL",
+        channel: ChannelId,
+    ) -> Result<Vec<(AgentId, Respond)>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT agent_id, respond FROM agent_channel_settings WHERE channel_id = $1",
         )
-        .bind(room_id)
+        .bind(channel)
         .fetch_all(pool)
         .await?))
-    }
-
-    pub async fn agent_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> Result<Option<AgentId>, StoreError> {
-        Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM agents WHERE external_id = $1")
-            .bind(external_id)
-            .fetch_optional(pool)
-            .await?),
-        )
-    }
-
-    /// A channel's Matrix room id.
-    pub async fn channel_room(&self, channel: ChannelId) -> Result<Option<String>, StoreError> {
-        Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT matrix_room_id FROM channels WHERE id = $1")
-            .bind(channel)
-            .fetch_optional(pool)
-            .await?),
-        )
     }
 }

@@ -19,14 +19,46 @@ use crate::ids::*;
 pub struct Ts(pub DateTime<Utc>);
 
 impl Ts {
+    /// From milliseconds since the Unix epoch (out-of-range values become the epoch).
     pub fn from_millis(ms: i64) -> Self {
         Ts(DateTime::from_timestamp_millis(ms).unwrap_or_default())
     }
+    /// The current time.
     pub fn now() -> Self {
         Ts(Utc::now())
     }
+    /// `self` minus `d` (saturating at the epoch).
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| self.0.checked_sub_signed(d))
+            .map(Ts)
+            .unwrap_or(Ts(DateTime::<Utc>::MIN_UTC))
+    }
+
+    /// `self` plus `d`.
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| self.0.checked_add_signed(d))
+            .map(Ts)
+            .unwrap_or(Ts(DateTime::<Utc>::MAX_UTC))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn millis(self) -> i64 {
+        self.0.timestamp_millis()
+    }
+
     fn sqlite_text(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+/// API and event payloads show timestamps as RFC 3339 UTC with milliseconds.
+impl serde::Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.sqlite_text())
     }
 }
 
@@ -118,7 +150,9 @@ id_sql!(
     SessionId,
     AccessKeyId,
     OutboxId,
-    RunId
+    RunId,
+    JobId,
+    TriggerId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

@@ -18,12 +18,17 @@ use crate::config::MessageKind;
 /// A message an agent wants to post.
 #[derive(Debug, Clone, Default)]
 pub struct Outgoing {
+    /// The text (Markdown when `markdown`).
     pub body: String,
     /// Render `body` as Markdown (HTML goes into `formatted_body`).
     pub markdown: bool,
+    /// `m.notice` or `m.text`.
     pub kind: MessageKind,
+    /// The event it replies to.
     pub reply_to: Option<OwnedEventId>,
+    /// The thread it goes in.
     pub thread_root: Option<OwnedEventId>,
+    /// Users it mentions (`m.mentions`).
     pub mentions: Vec<OwnedUserId>,
 }
 
@@ -74,7 +79,8 @@ pub fn message(o: &Outgoing) -> serde_json::Value {
         (None, Some(reply)) => Some(Relation::Reply(Reply::new(InReplyTo::new(reply.clone())))),
         (None, None) => None,
     };
-    serde_json::to_value(&content).expect("content serializes")
+    // ruma content always serializes.
+    serde_json::to_value(&content).unwrap_or_default()
 }
 
 /// `m.room.message` content replacing `target` (`m.replace` + `m.new_content`).
@@ -88,7 +94,7 @@ pub fn edit(
     let mentions = Mentions::with_user_ids(mentions);
     let content = base(body, markdown, kind)
         .make_replacement(ReplacementMetadata::new(target, Some(mentions)));
-    serde_json::to_value(&content).expect("content serializes")
+    serde_json::to_value(&content).unwrap_or_default()
 }
 
 /// `m.reaction` content.
@@ -97,7 +103,7 @@ pub fn reaction(target: OwnedEventId, key: &str) -> serde_json::Value {
         target,
         key.to_owned(),
     )))
-    .expect("content serializes")
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

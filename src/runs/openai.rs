@@ -8,17 +8,15 @@ use tokio::sync::mpsc;
 use super::runtime::{RunOutput, RunRequest, Runtime, RuntimeError};
 use crate::config::OpenAiConfig;
 
+/// An OpenAI-compatible chat completions endpoint.
 pub struct OpenAi {
     http: reqwest::Client,
     config: OpenAiConfig,
 }
 
 impl OpenAi {
-    pub fn new(config: OpenAiConfig) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .expect("reqwest client");
+    /// The runtime for `config`, over a shared client.
+    pub fn new(config: OpenAiConfig, http: reqwest::Client) -> Self {
         Self { http, config }
     }
 
@@ -35,16 +33,11 @@ impl OpenAi {
             }
         }
         // The triggers are normally the newest context turns; make sure they are there.
-        let last_ids: Vec<&str> = request
-            .context
-            .iter()
-            .map(|t| t.event_id.as_str())
-            .collect();
-        for (event, text) in request.triggers.iter().zip(&request.trigger_texts) {
-            let id = event["event_id"].as_str().unwrap_or_default();
-            if !last_ids.contains(&id) {
-                let sender = event["sender"].as_str().unwrap_or("someone");
-                messages.push(json!({ "role": "user", "content": format!("{sender}: {text}") }));
+        for turn in &request.trigger_turns {
+            if !request.context.iter().any(|t| t.event_id == turn.event_id) {
+                messages.push(
+                    json!({ "role": "user", "content": format!("{}: {}", turn.name, turn.text) }),
+                );
             }
         }
         messages
@@ -84,13 +77,8 @@ impl OpenAi {
             .send()
             .await
             .map_err(|e| RuntimeError::Network(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(RuntimeError::Status {
-                status: status.as_u16(),
-                body: body.chars().take(300).collect(),
-            });
+        if !response.status().is_success() {
+            return Err(super::runtime::status_error(response).await);
         }
         let is_sse = response
             .headers()

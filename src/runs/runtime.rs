@@ -1,51 +1,77 @@
-//! The runtime boundary: what a run gives a runtime and gets back. A new runtime is one file
-//! implementing [`Runtime`].
+//! The runtime boundary: what a run gives a runtime and gets back, and which runtime answers for
+//! an agent. Adding a runtime: implement [`Runtime`] in a module of `runs/`, add a
+//! [`RuntimeSpec`] variant (with its config section in `config::decl` and its mapping from a
+//! blueprint in `bridge::agents`), and a case in [`runtime_for`].
+
+use std::sync::Arc;
 
 use futures_core::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::{openai::OpenAi, webhook::Webhook};
+use crate::bridge::agents::RuntimeSpec;
+
 /// One turn of the room's recent history.
 #[derive(Debug, Clone, Serialize)]
 pub struct Turn {
+    /// The sender's Matrix id.
     pub sender: String,
     /// Display name (else the localpart).
     pub name: String,
+    /// The message's plain text.
     pub text: String,
     /// Sent by this run's agent (an assistant turn).
     pub is_self: bool,
+    /// The event.
     pub event_id: String,
 }
 
-/// Everything a runtime gets.
+/// Everything a runtime gets (also the webhook runtime's JSON body).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRequest {
+    /// The run (quoted back by deferred runtimes).
     pub run_id: String,
+    /// The agent.
     pub agent: AgentInfo,
+    /// The channel.
     pub channel: ChannelInfo,
+    /// The agent's session in the channel.
     pub session_id: Option<String>,
     /// The blueprint's model.
     pub model: Option<String>,
+    /// The system prompt.
     pub system_prompt: String,
     /// The events that addressed the agent (merged by the debounce), in full.
     pub triggers: Vec<serde_json::Value>,
     /// Their texts, in order.
     pub trigger_texts: Vec<String>,
+    /// The same, as turns (sender, name, text).
+    #[serde(skip)]
+    pub trigger_turns: Vec<Turn>,
     /// The last events of the room, oldest first.
     pub context: Vec<Turn>,
 }
 
+/// The agent a run is for.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentInfo {
+    /// `agents.id`.
     pub id: String,
+    /// `agents.external_id`.
     pub external_id: String,
+    /// Display name.
     pub name: String,
+    /// The puppet.
     pub matrix_id: String,
 }
 
+/// The channel a run answers in.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChannelInfo {
+    /// `channels.id`.
     pub id: String,
+    /// The Matrix room.
     pub room_id: String,
 }
 
@@ -54,22 +80,35 @@ pub struct ChannelInfo {
 pub struct RunOutput {
     /// The whole answer (also sent piece by piece through the deltas channel when streaming).
     pub text: String,
+    /// Prompt tokens, when reported.
     pub prompt_tokens: Option<i32>,
+    /// Completion tokens, when reported.
     pub completion_tokens: Option<i32>,
     /// The runtime answers later through the agent API (webhook `202`).
     pub deferred: bool,
 }
 
+/// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// Not reachable.
     #[error("runtime unreachable: {0}")]
     Network(String),
+    /// A non-success status.
     #[error("runtime answered {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        /// The status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// An answer that does not parse.
     #[error("runtime answer malformed: {0}")]
     Malformed(String),
+    /// No answer in time.
     #[error("runtime timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A missing secret or setting.
     #[error("runtime misconfigured: {0}")]
     Config(String),
 }
@@ -77,7 +116,9 @@ pub enum RuntimeError {
 /// An agent runtime. `call` sends the answer's pieces through `deltas` as they come (a
 /// non-streaming runtime sends the whole answer once) and returns the complete output.
 pub trait Runtime: Send + Sync {
+    /// `echo`, `openai`, `webhook`.
     fn name(&self) -> &'static str;
+    /// Answers `request`.
     fn call<'a>(
         &'a self,
         request: &'a RunRequest,
@@ -109,6 +150,22 @@ impl Runtime for Echo {
     }
 }
 
+/// The runtime for `spec`, sharing one HTTP client (connection pool) across runs.
+pub fn runtime_for(spec: &RuntimeSpec, http: &reqwest::Client) -> Arc<dyn Runtime> {
+    match spec {
+        RuntimeSpec::Echo => Arc::new(Echo),
+        RuntimeSpec::OpenAi(config) => Arc::new(OpenAi::new(config.clone(), http.clone())),
+        RuntimeSpec::Webhook(config) => Arc::new(Webhook::new(config.clone(), http.clone())),
+    }
+}
+
+/// The HTTP client runtimes share.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+}
+
 /// Bounds a runtime call by its configured timeout.
 pub async fn with_timeout<F>(
     timeout: std::time::Duration,
@@ -120,4 +177,14 @@ where
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| RuntimeError::Timeout(timeout))?
+}
+
+/// A non-success response as a [`RuntimeError`] (the first 300 characters of its body).
+pub async fn status_error(response: reqwest::Response) -> RuntimeError {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    RuntimeError::Status {
+        status,
+        body: body.chars().take(300).collect(),
+    }
 }

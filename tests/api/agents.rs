@@ -78,15 +78,8 @@ pub async fn sessions_follow_activity(b: Backend) {
     );
     // Quiet for longer than session_idle_after (15 min): idle.
     let later = Ts(now().0 + chrono::Duration::minutes(16));
-    let bridge_cfg = daarion_bridge::config::Config::from_toml_str(&crate::support::base_config(
-        &app.db_url,
-        "http://x",
-    ))
-    .unwrap();
-    let metrics = daarion_bridge::metrics::Metrics::new();
-    let n = daarion_bridge::sessions::sweep(&app.store, &bridge_cfg, &metrics, later)
-        .await
-        .unwrap();
+    let metrics = std::sync::Arc::new(daarion_bridge::metrics::Metrics::new());
+    let n = app.sweep(&metrics, later).await;
     assert_eq!(n, 1);
     assert_eq!(app.col(SESSION).await, vec!["idle"]);
     assert!(
@@ -113,12 +106,7 @@ pub async fn sessions_follow_activity(b: Backend) {
         "being addressed revives the session"
     );
     let soon = Ts(now().0 + chrono::Duration::minutes(5));
-    assert_eq!(
-        daarion_bridge::sessions::sweep(&app.store, &bridge_cfg, &metrics, soon)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(app.sweep(&metrics, soon).await, 0);
     // Leaving closes it; a later rejoin opens a new row.
     assert_eq!(
         app.put_txn(
@@ -142,12 +130,7 @@ pub async fn sessions_follow_activity(b: Backend) {
     assert_eq!(app.col(SESSION).await, vec!["closed", "active"]);
     // A closed session is never swept, and the schema allows one open session only.
     let far = Ts(now().0 + chrono::Duration::days(30));
-    assert_eq!(
-        daarion_bridge::sessions::sweep(&app.store, &bridge_cfg, &metrics, far)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(app.sweep(&metrics, far).await, 1);
     assert_eq!(app.col(SESSION).await, vec!["closed", "idle"]);
     let dup = "INSERT INTO agent_sessions (id, agent_id, channel_id, status) SELECT '00000000-0000-4000-8000-0000000000aa', agent_id, channel_id, 'active' FROM agent_sessions WHERE status = 'idle'";
     let err = match app.store.pool() {
@@ -179,21 +162,9 @@ pub async fn per_agent_idle_override(b: Backend) {
     })
     .await;
     setup(&app).await;
-    let cfg = daarion_bridge::config::Config::from_toml_str(
-        &crate::support::base_config(&app.db_url, "http://x").replace(
-            "microdao = \"microdao:demo\"\n",
-            "microdao = \"microdao:demo\"\nsession_idle_after = \"2m\"\n",
-        ),
-    )
-    .unwrap();
-    let metrics = daarion_bridge::metrics::Metrics::new();
+    let metrics = std::sync::Arc::new(daarion_bridge::metrics::Metrics::new());
     let in3 = Ts(Ts::now().0 + chrono::Duration::minutes(3));
-    assert_eq!(
-        daarion_bridge::sessions::sweep(&app.store, &cfg, &metrics, in3)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(app.sweep(&metrics, in3).await, 1);
     assert_eq!(app.col(SESSION).await, vec!["idle"]);
 }
 

@@ -195,15 +195,11 @@ pub async fn renamed_agents_get_their_new_name(b: Backend) {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(
-        app.puppets.sync_profiles(&app.mirror).await.unwrap(),
-        0,
-        "nothing changed yet"
-    );
+    assert_eq!(app.sync_profiles().await, 0, "nothing changed yet");
     // Another service renames the agent: the puppet follows.
     app.exec("UPDATE agents SET name = 'Sofia Prime' WHERE external_id = 'agent:sofia'")
         .await;
-    assert_eq!(app.puppets.sync_profiles(&app.mirror).await.unwrap(), 1);
+    assert_eq!(app.sync_profiles().await, 1);
     let names: Vec<serde_json::Value> = app
         .hs
         .calls_to("/displayname")
@@ -218,9 +214,5 @@ pub async fn renamed_agents_get_their_new_name(b: Backend) {
         app.col("SELECT display_name FROM bridge_puppets").await,
         vec!["Sofia Prime"]
     );
-    assert_eq!(
-        app.puppets.sync_profiles(&app.mirror).await.unwrap(),
-        0,
-        "once"
-    );
+    assert_eq!(app.sync_profiles().await, 0, "once");
 }

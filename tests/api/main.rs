@@ -266,10 +266,20 @@ async fn replayed_txn_changes_nothing_even_after_restart(b: Backend) {
         .await;
     assert_eq!(s, 200);
     assert_eq!(app.count("messages").await, 3);
+    // Only a hash of the txnId is stored.
+    let t1: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"t1")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     assert_eq!(
-        app.col("SELECT txn_id FROM bridge_transactions WHERE txn_id = 't1'")
-            .await,
-        vec!["t1", "t1"]
+        app.col(&format!(
+            "SELECT txn_hash FROM bridge_transactions WHERE txn_hash = '{t1}'"
+        ))
+        .await,
+        vec![t1.clone(), t1]
     );
 }
 
@@ -450,12 +460,22 @@ async fn unknown_routes_and_methods(b: Backend) {
         r.json::<Value>().await.unwrap()["errcode"],
         "M_UNRECOGNIZED"
     );
-    // A path parameter that is not UTF-8 is a Matrix error too.
+    // A txnId is opaque (only its hash is stored): one that does not decode as UTF-8 is
+    // accepted as sent, so no homeserver's txnId can make its queue stall.
     let r = app
         .http
         .put(app.url("/_matrix/app/v1/transactions/%FF%FE"))
         .bearer_auth(HS_TOKEN)
-        .body("{}")
+        .body(r#"{"events": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A path parameter of another route that is not UTF-8 is a Matrix error.
+    let r = app
+        .http
+        .get(app.url("/_matrix/app/v1/users/%FF%FE"))
+        .bearer_auth(HS_TOKEN)
         .send()
         .await
         .unwrap();

@@ -707,34 +707,19 @@ pub async fn webhook_runtime(b: Backend) {
         .col("SELECT CAST(id AS TEXT) FROM agent_runs")
         .await
         .remove(0);
-    // A restart keeps a deferred webhook run waiting, but fails a run it interrupted.
-    let interrupted = daarion_bridge::ids::RunId::new();
-    app.store
-        .insert_run(
-            interrupted,
-            ev::SOFIA,
-            ev::ROOM,
-            "$q",
-            &json!({}),
-            "echo",
-            0,
-        )
-        .await
-        .unwrap();
-    app.store.start_run(interrupted, &json!({})).await.unwrap();
+    // A restart keeps a deferred webhook run waiting, and fails a run interrupted more often
+    // than `bridge.run_attempts` (a run interrupted less often is resumed: see the fault test).
+    let interrupted = app.insert_running_run(ev::SOFIA, 3).await;
     let restarted = app.restart().await;
     let status =
         |id: String| format!("SELECT status FROM agent_runs WHERE CAST(id AS TEXT) = '{id}'");
     for _ in 0..100 {
-        if app.col(&status(interrupted.to_string())).await == ["failed"] {
+        if app.col(&status(interrupted.clone())).await == ["failed"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        app.col(&status(interrupted.to_string())).await,
-        vec!["failed"]
-    );
+    assert_eq!(app.col(&status(interrupted.clone())).await, vec!["failed"]);
     assert_eq!(app.col(&status(run_id.clone())).await, vec!["running"]);
     drop(restarted);
     let (s, sent, _) = api(

@@ -209,7 +209,8 @@ pub struct TestApp {
     pub hs: FakeHs,
     pub store: Store,
     pub puppets: std::sync::Arc<daarion_bridge::puppet::Puppets>,
-    pub mirror: std::sync::Arc<daarion_bridge::mirror::Mirror>,
+    pub registry: std::sync::Arc<daarion_bridge::bridge::agents::AgentRegistry>,
+    pub config: Config,
     pub db_url: String,
     pub hs_url: String,
     pub backend: Backend,
@@ -333,10 +334,10 @@ impl TestApp {
         let config = Config::from_toml_str(toml).expect("test config parses");
         config.validate().expect("test config is valid");
         let db_url = config.database.url.clone();
-        let bridge = Bridge::build(config).await.expect("bridge builds");
-        let store = bridge.state.mirror.store().clone();
-        let puppets = bridge.api.puppets.clone();
-        let mirror = bridge.state.mirror.clone();
+        let bridge = Bridge::build(config.clone()).await.expect("bridge builds");
+        let store = bridge.store.clone();
+        let puppets = bridge.puppets.clone();
+        let registry = bridge.registry.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
@@ -346,7 +347,8 @@ impl TestApp {
             hs,
             store,
             puppets,
-            mirror,
+            registry,
+            config,
             db_url,
             hs_url: hs_url.to_owned(),
             backend,
@@ -354,6 +356,34 @@ impl TestApp {
             _dir: None,
             toml: toml.to_owned(),
         }
+    }
+
+    /// One idle sweep at `at` (as the upkeep task runs it), counting into `metrics`.
+    pub async fn sweep(
+        &self,
+        metrics: &std::sync::Arc<daarion_bridge::metrics::Metrics>,
+        at: daarion_bridge::db::types::Ts,
+    ) -> u64 {
+        daarion_bridge::bridge::upkeep::Upkeep::new(
+            self.store.clone(),
+            self.registry.clone(),
+            metrics.clone(),
+            self.config.bridge.session_idle_after,
+            self.config.bridge.retention,
+        )
+        .sweep(at)
+        .await
+        .unwrap()
+    }
+
+    /// Reloads the agents and brings every puppet profile in line (what the profile watcher
+    /// does); returns how many profiles changed.
+    pub async fn sync_profiles(&self) -> usize {
+        self.registry.reload().await.unwrap();
+        self.puppets
+            .sync_profiles(&self.registry.all())
+            .await
+            .unwrap()
     }
 
     /// A second bridge process over the same database and homeserver (a restart).
@@ -430,6 +460,39 @@ impl TestApp {
             .await[0]
             .parse()
             .unwrap()
+    }
+
+    /// A run left `running` by an earlier process after `attempts` runtime calls (a crash),
+    /// in the test room; returns its id.
+    pub async fn insert_running_run(&self, agent: &str, attempts: i32) -> String {
+        let id = daarion_bridge::ids::RunId::new();
+        let now = daarion_bridge::db::types::Ts::now();
+        let sql = "INSERT INTO agent_runs (id, agent_id, input, status, channel_id, runtime, attempts, \
+                   created_at, queued_at, started_at) \
+                   SELECT $1, a.id, '{}', 'running', c.id, 'echo', $2, $3, $3, $3 FROM agents a, channels c \
+                   WHERE a.matrix_id = $4 AND c.matrix_room_id = $5";
+        match self.store.pool() {
+            Pool::Pg(p) => sqlx::query(&sql.replace("'{}'", "'{}'::jsonb"))
+                .bind(id)
+                .bind(attempts)
+                .bind(now)
+                .bind(agent)
+                .bind(ev::ROOM)
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Pool::Sqlite(p) => sqlx::query(sql)
+                .bind(id)
+                .bind(attempts)
+                .bind(now)
+                .bind(agent)
+                .bind(ev::ROOM)
+                .execute(p)
+                .await
+                .map(|_| ()),
+        }
+        .unwrap();
+        id.to_string()
     }
 
     pub async fn exec(&self, sql: &str) {

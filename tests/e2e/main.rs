@@ -86,7 +86,7 @@ impl RunningBridge {
         logging.level = "warn".into();
         daarion_bridge::telemetry::init(&logging);
         let bridge = Bridge::build(config(db_url)).await.expect("bridge builds");
-        let store = bridge.state.mirror.store().clone();
+        let store = bridge.store.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
             .await
             .expect("port 29334 free for the e2e bridge");

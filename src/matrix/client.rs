@@ -1,11 +1,12 @@
 //! The bridge's client of the homeserver's client-server API: ruma request types sent with
 //! reqwest, authenticated with the as_token (header only), acting as the bot or, by identity
-//! assertion (`?user_id=`), as a puppet.
+//! assertion (`?user_id=`, and `device_id` for an agent's own device), as a puppet. Errors are
+//! parsed by ruma (`errcode`, `retry_after_ms`, `Retry-After`).
 
 use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use ruma::{
-    OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedTransactionId, OwnedUserId, UserId,
+    DeviceId, OwnedEventId, OwnedMxcUri, OwnedTransactionId, OwnedUserId, RoomId, UserId,
     api::{
         AppserviceUserIdentity, IncomingResponseExt, OutgoingRequest, OutgoingRequestAppserviceExt,
         SupportedVersions,
@@ -15,44 +16,76 @@ use ruma::{
             appservice::request_ping,
             media::create_content,
             membership::{join_room_by_id, joined_members, leave_room},
-            message::get_message_events,
-            message::send_message_event,
+            message::{get_message_events, send_message_event},
             profile::{set_avatar_url, set_display_name},
             receipt::create_receipt,
             redact::redact_event,
             state::get_state_events,
             typing::create_typing_event,
         },
+        error::{ErrorKind, FromHttpResponseError, LimitExceededErrorData, RetryAfter},
         path_builder::PathBuilder,
     },
-    events::{AnyMessageLikeEventContent, AnyStateEvent, MessageLikeEventType},
+    events::{AnyMessageLikeEventContent, AnyStateEvent, AnyTimelineEvent, MessageLikeEventType},
     serde::Raw,
 };
 
 /// Errors talking to the homeserver.
 #[derive(Debug, thiserror::Error)]
 pub enum HsError {
+    /// Not reachable (connection refused, timeout, reset).
     #[error("homeserver unreachable: {0}")]
     Network(#[from] reqwest::Error),
-    #[error("homeserver answered {status}: {errcode} {message}")]
-    Matrix {
-        status: u16,
-        errcode: String,
-        message: String,
-        /// From a 429: when the homeserver wants us back.
-        retry_after: Option<Duration>,
-    },
+    /// A Matrix error response.
+    #[error("homeserver answered {0}")]
+    Matrix(ruma::api::error::Error),
+    /// A success response ruma could not parse.
     #[error("unexpected homeserver response: {0}")]
     Response(String),
+    /// The request could not be built (an id or URL problem).
     #[error("cannot build request: {0}")]
     Request(String),
+    /// The homeserver asks for user-interactive authentication.
+    #[error("the homeserver asks for interactive authentication")]
+    Uiaa(Box<ruma::api::client::uiaa::UiaaInfo>),
+}
+
+/// The error types of ruma endpoints, as [`HsError`]s.
+pub trait EndpointErrorExt {
+    /// The error as an [`HsError`].
+    fn into_hs_error(self) -> HsError;
+}
+
+impl EndpointErrorExt for ruma::api::error::Error {
+    fn into_hs_error(self) -> HsError {
+        HsError::Matrix(self)
+    }
+}
+
+impl EndpointErrorExt for ruma::api::client::uiaa::UiaaResponse {
+    fn into_hs_error(self) -> HsError {
+        match self {
+            Self::MatrixError(e) => HsError::Matrix(e),
+            Self::AuthResponse(info) => HsError::Uiaa(Box::new(info)),
+        }
+    }
 }
 
 impl HsError {
     /// How long a 429 asked us to wait.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            HsError::Matrix { retry_after, .. } => *retry_after,
+            HsError::Matrix(e) => match e.error_kind() {
+                Some(ErrorKind::LimitExceeded(LimitExceededErrorData {
+                    retry_after: Some(RetryAfter::Delay(d)),
+                    ..
+                })) => Some(*d),
+                Some(ErrorKind::LimitExceeded(LimitExceededErrorData {
+                    retry_after: Some(RetryAfter::DateTime(at)),
+                    ..
+                })) => at.duration_since(std::time::SystemTime::now()).ok(),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -61,12 +94,21 @@ impl HsError {
     pub fn is_transient(&self) -> bool {
         match self {
             HsError::Network(_) => true,
-            HsError::Matrix { status, .. } => *status == 429 || *status >= 500,
+            HsError::Matrix(e) => e.status_code.as_u16() == 429 || e.status_code.is_server_error(),
             _ => false,
+        }
+    }
+
+    /// The Matrix error kind, if the homeserver sent a standard error body.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            HsError::Matrix(e) => e.error_kind(),
+            _ => None,
         }
     }
 }
 
+/// The homeserver, as the appservice sees it.
 #[derive(Clone)]
 pub struct Homeserver {
     http: reqwest::Client,
@@ -77,60 +119,66 @@ pub struct Homeserver {
 }
 
 impl Homeserver {
-    pub fn new(base: &str, as_token: &str, bot: OwnedUserId) -> Self {
+    /// A client of `base` (the client-server API URL) authenticated with `as_token`.
+    pub fn new(base: &str, as_token: &str, bot: OwnedUserId) -> Result<Self, HsError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("reqwest client");
-        Self {
+            .build()?;
+        Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
             as_token: as_token.to_owned(),
             bot,
             versions: SupportedVersions::from_parts(&["v1.11".to_owned()], &BTreeMap::new()),
-        }
+        })
     }
 
-    pub fn bot(&self) -> &UserId {
-        &self.bot
+    fn versions(&self) -> Cow<'_, SupportedVersions> {
+        Cow::Borrowed(&self.versions)
     }
 
-    async fn send<R>(
+    /// Sends any ruma request as the bot (`as_user` `None` or the bot) or as a puppet, optionally
+    /// asserting one of the puppet's devices (`device_id` and MSC3202's unstable parameter).
+    pub async fn send_as<R>(
         &self,
         request: R,
         as_user: Option<&UserId>,
-        path: <R::PathBuilder as PathBuilder>::Input<'_>,
+        device: Option<&DeviceId>,
     ) -> Result<R::IncomingResponse, HsError>
     where
         R: OutgoingRequest + OutgoingRequestAppserviceExt,
+        R::EndpointError: EndpointErrorExt,
         for<'a> R::Authentication:
             ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
     {
         // The bot is the registration's sender: no identity assertion needed for it.
-        let identity = match as_user {
+        let mut identity = match as_user {
             Some(user) if user != self.bot => AppserviceUserIdentity::new(user),
             _ => AppserviceUserIdentity::default(),
         };
-        let http_request = request
+        identity.device_id = device;
+        let mut http_request = request
             .try_into_http_request_with_identity::<Vec<u8>>(
                 &self.base,
                 SendAccessToken::Appservice(&self.as_token),
                 identity,
-                path,
+                self.versions().into(),
             )
             .map_err(|e| HsError::Request(e.to_string()))?;
+        if let Some(device) = device {
+            // Homeservers implementing only the unstable MSC3202 name read this one.
+            add_query(
+                http_request.uri_mut(),
+                "org.matrix.msc3202.device_id",
+                device.as_str(),
+            )?;
+        }
         let request = reqwest::Request::try_from(http_request)?;
         let response = self.http.execute(request).await?;
-        let status = response.status();
-        let retry_after_header = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut builder = axum::http::Response::builder().status(status);
+        let mut builder = http::Response::builder().status(response.status());
         for (name, value) in response.headers() {
             builder = builder.header(name, value);
         }
@@ -139,33 +187,24 @@ impl Homeserver {
             .body(body.as_ref())
             .map_err(|e| HsError::Response(e.to_string()))?;
         R::IncomingResponse::try_from_http_response(http_response).map_err(|e| match e {
-            ruma::api::error::FromHttpResponseError::Server(err) => {
-                let (errcode, message) = match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(v) => (
-                        v["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
-                        v["error"].as_str().unwrap_or("").to_owned(),
-                    ),
-                    Err(_) => ("M_UNKNOWN".to_owned(), err.to_string()),
-                };
-                // 429: the homeserver says when to come back (body `retry_after_ms` or header).
-                let retry_after = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["retry_after_ms"].as_u64())
-                    .map(Duration::from_millis)
-                    .or(retry_after_header);
-                HsError::Matrix {
-                    status: status.as_u16(),
-                    errcode,
-                    message,
-                    retry_after,
-                }
-            }
+            FromHttpResponseError::Server(error) => error.into_hs_error(),
             other => HsError::Response(other.to_string()),
         })
     }
 
-    fn versions(&self) -> Cow<'_, SupportedVersions> {
-        Cow::Borrowed(&self.versions)
+    async fn send<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+    ) -> Result<R::IncomingResponse, HsError>
+    where
+        R: OutgoingRequest + OutgoingRequestAppserviceExt,
+        R::EndpointError: EndpointErrorExt,
+        for<'a> R::Authentication:
+            ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
+    {
+        self.send_as(request, as_user, None).await
     }
 
     /// `POST /_matrix/client/v1/appservice/{id}/ping`: checks the homeserver can reach us, and
@@ -175,7 +214,6 @@ impl Homeserver {
             .send(
                 request_ping::v1::Request::new(appservice_id.to_owned()),
                 None,
-                self.versions(),
             )
             .await?;
         Ok(response.duration)
@@ -187,32 +225,33 @@ impl Homeserver {
         request.username = Some(localpart.to_owned());
         request.login_type = Some(register::LoginType::ApplicationService);
         request.inhibit_login = true;
-        match self.send(request, None, self.versions()).await {
+        match self.send(request, None).await {
             Ok(_) => Ok(()),
-            Err(HsError::Matrix { errcode, .. }) if errcode == "M_USER_IN_USE" => Ok(()),
+            Err(e) if matches!(e.kind(), Some(ErrorKind::UserInUse)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn join(&self, room_id: &OwnedRoomId, as_user: &UserId) -> Result<(), HsError> {
+    /// Joins a room as `as_user`.
+    pub async fn join(&self, room_id: &RoomId, as_user: &UserId) -> Result<(), HsError> {
         self.send(
-            join_room_by_id::v3::Request::new(room_id.clone()),
+            join_room_by_id::v3::Request::new(room_id.to_owned()),
             Some(as_user),
-            self.versions(),
         )
         .await?;
         Ok(())
     }
 
+    /// Leaves a room (or refuses an invite) as `as_user`, with a reason.
     pub async fn leave(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         reason: &str,
     ) -> Result<(), HsError> {
-        let mut request = leave_room::v3::Request::new(room_id.clone());
+        let mut request = leave_room::v3::Request::new(room_id.to_owned());
         request.reason = Some(reason.to_owned());
-        self.send(request, Some(as_user), self.versions()).await?;
+        self.send(request, Some(as_user)).await?;
         Ok(())
     }
 
@@ -220,51 +259,43 @@ impl Homeserver {
     /// homeserver deduplicates retries by it).
     pub async fn send_event(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         txn_id: &str,
         event_type: &str,
-        content: &serde_json::Value,
+        content: Raw<AnyMessageLikeEventContent>,
     ) -> Result<OwnedEventId, HsError> {
-        let raw = Raw::<AnyMessageLikeEventContent>::from_json(
-            serde_json::value::to_raw_value(content)
-                .map_err(|e| HsError::Request(e.to_string()))?,
-        );
         let request = send_message_event::v3::Request::new_raw(
-            room_id.clone(),
+            room_id.to_owned(),
             OwnedTransactionId::from(txn_id),
             MessageLikeEventType::from(event_type),
-            raw,
+            content,
         );
-        Ok(self
-            .send(request, Some(as_user), self.versions())
-            .await?
-            .event_id)
+        Ok(self.send(request, Some(as_user)).await?.event_id)
     }
 
+    /// Redacts an event as `as_user`.
     pub async fn redact(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         event_id: OwnedEventId,
         txn_id: &str,
         reason: Option<String>,
     ) -> Result<OwnedEventId, HsError> {
         let mut request = redact_event::v3::Request::new(
-            room_id.clone(),
+            room_id.to_owned(),
             event_id,
             OwnedTransactionId::from(txn_id),
         );
         request.reason = reason;
-        Ok(self
-            .send(request, Some(as_user), self.versions())
-            .await?
-            .event_id)
+        Ok(self.send(request, Some(as_user)).await?.event_id)
     }
 
+    /// Starts (`Some(timeout)`) or stops typing as `as_user`.
     pub async fn typing(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         timeout: Option<Duration>,
     ) -> Result<(), HsError> {
@@ -274,40 +305,42 @@ impl Homeserver {
             None => Typing::No,
         };
         self.send(
-            create_typing_event::v3::Request::new(as_user.to_owned(), room_id.clone(), state),
+            create_typing_event::v3::Request::new(as_user.to_owned(), room_id.to_owned(), state),
             Some(as_user),
-            self.versions(),
         )
         .await?;
         Ok(())
     }
 
+    /// Sends a read receipt as `as_user`.
     pub async fn read_receipt(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         event_id: OwnedEventId,
     ) -> Result<(), HsError> {
         let request = create_receipt::v3::Request::new(
-            room_id.clone(),
+            room_id.to_owned(),
             create_receipt::v3::ReceiptType::Read,
             event_id,
         );
-        self.send(request, Some(as_user), self.versions()).await?;
+        self.send(request, Some(as_user)).await?;
         Ok(())
     }
 
+    /// Sets a puppet's display name.
     pub async fn set_display_name(&self, user: &UserId, name: &str) -> Result<(), HsError> {
         #[allow(deprecated)]
         let request = set_display_name::v3::Request::new(user.to_owned(), Some(name.to_owned()));
-        self.send(request, Some(user), self.versions()).await?;
+        self.send(request, Some(user)).await?;
         Ok(())
     }
 
+    /// Sets a puppet's avatar.
     pub async fn set_avatar_url(&self, user: &UserId, url: OwnedMxcUri) -> Result<(), HsError> {
         #[allow(deprecated)]
         let request = set_avatar_url::v3::Request::new(user.to_owned(), Some(url));
-        self.send(request, Some(user), self.versions()).await?;
+        self.send(request, Some(user)).await?;
         Ok(())
     }
 
@@ -321,57 +354,83 @@ impl Homeserver {
         let mut request = create_content::v3::Request::new(bytes);
         request.content_type = Some(content_type.to_owned());
         request.filename = Some(filename.to_owned());
-        Ok(self.send(request, None, self.versions()).await?.content_uri)
+        Ok(self.send(request, None).await?.content_uri)
     }
 
     /// The latest `limit` timeline events of a room, newest first, read as `as_user`.
     pub async fn recent_events(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
         limit: u32,
-    ) -> Result<Vec<Raw<ruma::events::AnyTimelineEvent>>, HsError> {
-        let mut request = get_message_events::v3::Request::backward(room_id.clone());
+    ) -> Result<Vec<Raw<AnyTimelineEvent>>, HsError> {
+        let mut request = get_message_events::v3::Request::backward(room_id.to_owned());
         request.limit = limit.into();
-        Ok(self
-            .send(request, Some(as_user), self.versions())
-            .await?
-            .chunk)
+        Ok(self.send(request, Some(as_user)).await?.chunk)
     }
 
     /// Display names of the room's joined members.
     pub async fn member_names(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
-    ) -> Result<BTreeMap<String, String>, HsError> {
+    ) -> Result<BTreeMap<OwnedUserId, String>, HsError> {
         let response = self
             .send(
-                joined_members::v3::Request::new(room_id.clone()),
+                joined_members::v3::Request::new(room_id.to_owned()),
                 Some(as_user),
-                self.versions(),
             )
             .await?;
         Ok(response
             .joined
             .into_iter()
-            .filter_map(|(user, member)| Some((user.to_string(), member.display_name?)))
+            .filter_map(|(user, member)| Some((user, member.display_name?)))
             .collect())
     }
 
     /// The room's full current state, read as `as_user`.
     pub async fn room_state(
         &self,
-        room_id: &OwnedRoomId,
+        room_id: &RoomId,
         as_user: &UserId,
     ) -> Result<Vec<Raw<AnyStateEvent>>, HsError> {
         let response = self
             .send(
-                get_state_events::v3::Request::new(room_id.clone()),
+                get_state_events::v3::Request::new(room_id.to_owned()),
                 Some(as_user),
-                self.versions(),
             )
             .await?;
         Ok(response.room_state)
     }
+}
+
+/// Appends `key=value` (percent-encoded) to a URI's query.
+fn add_query(uri: &mut http::Uri, key: &str, value: &str) -> Result<(), HsError> {
+    let encoded: String = url_encode(value);
+    let pq = match uri.path_and_query() {
+        Some(pq) => match pq.query() {
+            Some(q) => format!("{}?{q}&{key}={encoded}", pq.path()),
+            None => format!("{}?{key}={encoded}", pq.path()),
+        },
+        None => format!("/?{key}={encoded}"),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e: http::uri::InvalidUri| HsError::Request(e.to_string()))?,
+    );
+    *uri = http::Uri::from_parts(parts).map_err(|e| HsError::Request(e.to_string()))?;
+    Ok(())
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -7,76 +7,70 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// The routing fields of a room event.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
+    /// The event type.
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
+    /// The event id.
     pub event_id: OwnedEventId,
     /// Absent in state read from `/rooms/{roomId}/state` by some servers; filled by the caller.
     #[serde(default)]
     pub room_id: Option<OwnedRoomId>,
+    /// The sender.
     pub sender: OwnedUserId,
+    /// When the sender's server received it.
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// Set for state events.
     #[serde(default, borrow)]
     pub state_key: Option<Cow<'a, str>>,
+    /// The content, parsed by type later.
     #[serde(borrow)]
     pub content: &'a RawValue,
     /// Top-level `redacts` of redactions in room versions before 11.
     #[serde(default)]
     pub redacts: Option<OwnedEventId>,
+    /// `unsigned` (invite room state lives there).
     #[serde(default, borrow)]
     pub unsigned: Option<&'a RawValue>,
 }
 
 impl Envelope<'_> {
+    /// `origin_server_ts` in milliseconds.
     pub fn ts_millis(&self) -> i64 {
         i64::from(self.origin_server_ts.0)
     }
 
+    /// The content as a ruma type.
     pub fn content<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
         serde_json::from_str(self.content.get())
+    }
+
+    /// Whether an id of the event holds a character no Matrix id may hold (NUL): such an event
+    /// is invalid and never reaches the store.
+    pub fn has_invalid_id(&self) -> bool {
+        let bad = |s: &str| s.contains('\0');
+        bad(self.event_id.as_str())
+            || bad(self.sender.as_str())
+            || self.room_id.as_ref().is_some_and(|r| bad(r.as_str()))
+            || self.state_key.as_deref().is_some_and(bad)
+            || self.redacts.as_ref().is_some_and(|r| bad(r.as_str()))
     }
 }
 
 /// `city.daarion.channel` state: places a room in a microDAO.
 #[derive(Debug, Deserialize)]
 pub struct DaarionChannelContent {
+    /// External id of the microDAO.
     pub microdao: String,
+    /// Preferred slug.
     #[serde(default)]
     pub slug: Option<String>,
+    /// `public`, `private` or `microdao`.
     #[serde(default)]
     pub visibility: Option<String>,
 }
 
+/// The state event type that places a room in a microDAO.
 pub const DAARION_CHANNEL: &str = "city.daarion.channel";
-
-/// The part of `m.relates_to` the mirror needs for events it cannot parse fully (encrypted).
-#[derive(Debug, Deserialize)]
-pub struct RelatesTo {
-    #[serde(rename = "m.relates_to", default)]
-    pub relates_to: Option<RelType>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RelType {
-    #[serde(default)]
-    pub rel_type: Option<String>,
-}
-
-/// Stripped state of an invite (`unsigned.invite_room_state`), for naming a room before joining.
-#[derive(Debug, Deserialize)]
-pub struct InviteUnsigned {
-    #[serde(default)]
-    pub invite_room_state: Vec<StrippedState>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct StrippedState {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub state_key: String,
-    pub content: Box<RawValue>,
-    #[serde(default)]
-    pub sender: Option<OwnedUserId>,
-}

@@ -1,5 +1,6 @@
-//! The HTTP boundary's error: every failure answers a Matrix error body `{"errcode","error"}`
-//! built from ruma's error types.
+//! The HTTP boundary's error, shared by the appservice API and the agent API: every failure
+//! answers a Matrix error body `{"errcode","error"}` built from ruma's error types, with the
+//! status that goes with it.
 
 use axum::{
     Json,
@@ -13,14 +14,19 @@ use ruma::api::error::{
     ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody, UnknownTokenErrorData,
 };
 
+/// A Matrix error response.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct MatrixError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The `errcode` (and its data, e.g. `retry_after_ms`).
     pub kind: ErrorKind,
+    /// The `error` text.
     pub message: String,
 }
 
-impl ApiError {
+impl MatrixError {
+    /// An error with any status and kind.
     pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -28,6 +34,7 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 401 `M_UNAUTHORIZED`: no homeserver token.
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -35,21 +42,27 @@ impl ApiError {
             "missing homeserver token",
         )
     }
+    /// 403 `M_FORBIDDEN`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
     }
+    /// 404 `M_NOT_FOUND`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
     }
+    /// `M_UNRECOGNIZED` (unknown route or method).
     pub fn unrecognized(status: StatusCode, message: impl Into<String>) -> Self {
         Self::new(status, ErrorKind::Unrecognized, message)
     }
+    /// 400 `M_BAD_JSON`: JSON of the wrong shape.
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
     }
+    /// 400 `M_NOT_JSON`: not JSON at all.
     pub fn not_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorKind::NotJson, message)
     }
+    /// 413 `M_TOO_LARGE`.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -57,9 +70,11 @@ impl ApiError {
             format!("request body exceeds {limit} bytes"),
         )
     }
+    /// 503 `M_UNKNOWN`: retry later.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unknown, message)
     }
+    /// 500 `M_UNKNOWN`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,7 +84,8 @@ impl ApiError {
     }
 }
 
-impl ApiError {
+impl MatrixError {
+    /// 401 `M_MISSING_TOKEN`.
     pub fn missing_token() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -77,6 +93,7 @@ impl ApiError {
             "missing access key (Authorization: Bearer …)",
         )
     }
+    /// 401 `M_UNKNOWN_TOKEN`.
     pub fn unknown_token(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -84,9 +101,11 @@ impl ApiError {
             message,
         )
     }
+    /// 400 `M_INVALID_PARAM`.
     pub fn invalid_param(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
     }
+    /// 429 `M_LIMIT_EXCEEDED` with `retry_after_ms` and `Retry-After`.
     pub fn limit_exceeded(retry_after: Duration) -> Self {
         let mut data = LimitExceededErrorData::new();
         data.retry_after = Some(RetryAfter::Delay(retry_after));
@@ -98,7 +117,7 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
         let retry_after = match &self.kind {
             ErrorKind::LimitExceeded(LimitExceededErrorData {
@@ -125,10 +144,40 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<crate::db::StoreError> for ApiError {
+impl MatrixError {
+    /// 422 `M_INVALID_PARAM`: the request is well-formed but cannot be honoured as asked.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::InvalidParam,
+            message,
+        )
+    }
+
+    /// 502 `M_UNKNOWN`: the homeserver failed a call made for this request.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message)
+    }
+}
+
+/// Storage errors at the HTTP edge: only a database that is down gives 5xx.
+impl From<crate::db::StoreError> for MatrixError {
     fn from(error: crate::db::StoreError) -> Self {
-        tracing::error!(%error, "database error in the agent API");
-        ApiError::unavailable("database unavailable; retry later")
+        use crate::db::StoreError;
+        match error {
+            StoreError::NotFound { what, key } => {
+                MatrixError::not_found(format!("no {what} `{key}`"))
+            }
+            StoreError::Invalid(problem) => MatrixError::invalid_param(problem),
+            StoreError::Rejected(source) => {
+                tracing::warn!(error = %source, "the database refused a request's values");
+                MatrixError::invalid_param("the request holds a value the database refuses")
+            }
+            other => {
+                tracing::error!(error = %other, "database error at the HTTP edge");
+                MatrixError::unavailable("database unavailable; retry later")
+            }
+        }
     }
 }
 
@@ -159,5 +208,5 @@ pub async fn matrix_error_bodies(response: Response) -> Response {
     } else {
         message
     };
-    ApiError::new(status, kind, message).into_response()
+    MatrixError::new(status, kind, message).into_response()
 }

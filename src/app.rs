@@ -1,0 +1,343 @@
+//! Building and running the bridge: the store migrated and seeded, the agent registry, the
+//! mirror and the puppets wired together; then the HTTP listener(s) and the supervised
+//! background tasks, until shutdown (as in mini-redis: `run(listener, shutdown)`, every task
+//! drained before returning).
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, ApiState},
+    appservice::{self, AppState},
+    bridge::{
+        agents::AgentRegistry,
+        followup::FollowUps,
+        mirror::{Mirror, Wakers},
+        planner::MirrorSettings,
+        upkeep::Upkeep,
+    },
+    config::Config,
+    db::{Store, seed::Declarations},
+    matrix::Homeserver,
+    metrics::Metrics,
+    puppet::{
+        Puppets,
+        outbox::{Delivery, SentSink},
+    },
+    ratelimit::RateLimiter,
+    runs::{RunSettings, Runner},
+    server,
+    supervise::{Health, Supervisor},
+};
+
+/// How often agent rows are re-read (names, avatars, new agents) for puppet profiles.
+const PROFILE_SYNC: Duration = Duration::from_secs(30);
+
+/// A bridge ready to serve: store migrated and seeded, components built.
+pub struct Bridge {
+    /// The configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The agents.
+    pub registry: Arc<AgentRegistry>,
+    /// The mirror.
+    pub mirror: Arc<Mirror>,
+    /// The puppets.
+    pub puppets: Arc<Puppets>,
+    hs: Homeserver,
+    wakers: Wakers,
+    health: Arc<Health>,
+}
+
+/// The mirror records what puppets sent.
+impl SentSink for Mirror {
+    fn sent<'a>(
+        &'a self,
+        agent: &'a crate::bridge::agents::Agent,
+        room: &'a ruma::RoomId,
+        item: &'a crate::db::outbox::OutboxItem,
+        event_id: &'a ruma::EventId,
+    ) -> futures_core::future::BoxFuture<'a, Result<(), crate::db::StoreError>> {
+        Box::pin(self.mirror_sent(agent, room, item, event_id))
+    }
+}
+
+impl Bridge {
+    /// Connects the database, applies migrations, upserts config-declared rows, builds the
+    /// components.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let namespace = config.namespace()?;
+        let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+        store.migrate().await?;
+        let declarations = Declarations {
+            microdaos: &config.microdaos,
+            blueprints: &config.blueprints,
+            agents: &config.agents,
+            default_microdao: config.bridge.default_microdao.as_deref(),
+        };
+        store.seed(declarations, &namespace).await?;
+        let metrics = Arc::new(Metrics::new());
+        let registry = AgentRegistry::load(
+            store.clone(),
+            namespace.clone(),
+            config.blueprints.clone(),
+            config.agents.clone(),
+        )
+        .await?;
+        let default_microdao = match &config.bridge.default_microdao {
+            Some(external) => store.microdao_by_external_id(external).await?,
+            None => None,
+        };
+        let settings = MirrorSettings {
+            preview_chars: config.bridge.preview_chars,
+            answer_edits: config.bridge.answer_edits,
+            default_microdao,
+        };
+        let wakers = Wakers::default();
+        let mirror = Arc::new(Mirror::new(
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            settings,
+            wakers.clone(),
+        ));
+        let hs = Homeserver::new(
+            &config.homeserver.url,
+            &config.appservice.as_token,
+            namespace.bot().to_owned(),
+        )?;
+        let puppets = Puppets::new(
+            hs.clone(),
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            wakers.outbox.clone(),
+        );
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            registry,
+            mirror,
+            puppets,
+            hs,
+            wakers,
+            health: Arc::default(),
+        })
+    }
+
+    /// State of the homeserver-facing routes.
+    pub fn app_state(&self) -> AppState {
+        AppState {
+            mirror: self.mirror.clone(),
+            registry: self.registry.clone(),
+            hs: self.hs.clone(),
+            metrics: self.metrics.clone(),
+            hs_token: self.config.appservice.hs_token.as_str().into(),
+            max_body_bytes: self.config.appservice.max_body_bytes,
+            health: self.health.clone(),
+        }
+    }
+
+    /// State of the agent API.
+    pub fn api_state(&self) -> ApiState {
+        ApiState {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            puppets: self.puppets.clone(),
+            limiter: Arc::new(RateLimiter::new(self.config.api.rate_limit_per_minute)),
+            auth_failures: Arc::new(RateLimiter::new(self.config.api.auth_failures_per_minute)),
+            send_wait: self.config.api.send_wait,
+            max_body_bytes: self.config.api.max_body_bytes,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The appservice routes, plus the agent API unless it has a listener of its own.
+    pub fn router(&self) -> axum::Router {
+        let router = appservice::router(self.app_state());
+        if self.config.api.listen.is_some() {
+            router
+        } else {
+            api::routes(self.api_state()).merge(router)
+        }
+    }
+
+    fn run_settings(&self) -> RunSettings {
+        let b = &self.config.bridge;
+        RunSettings {
+            debounce: b.debounce,
+            max_message_age: b.max_message_age,
+            max_agent_chain: b.max_agent_chain,
+            max_concurrent_runs: b.max_concurrent_runs,
+            runs_per_minute: b.runs_per_minute,
+            stream_edit_interval: b.stream_edit_interval,
+            send_wait: self.config.api.send_wait,
+            run_attempts: b.run_attempts,
+        }
+    }
+
+    /// Starts the supervised background tasks.
+    fn spawn_tasks(&self, supervisor: &mut Supervisor) -> anyhow::Result<()> {
+        let followups = FollowUps::new(
+            self.mirror.clone(),
+            self.puppets.clone(),
+            self.metrics.clone(),
+            self.wakers.jobs.clone(),
+        );
+        supervisor.spawn("follow-ups", move |cancel| followups.clone().run(cancel));
+        let delivery = Delivery::new(
+            self.puppets.clone(),
+            self.mirror.clone(),
+            self.wakers.outbox.clone(),
+        );
+        supervisor.spawn("outbox", move |cancel| delivery.clone().run(cancel));
+        let runner = Runner::new(
+            self.store.clone(),
+            self.registry.clone(),
+            self.puppets.clone(),
+            self.metrics.clone(),
+            self.run_settings(),
+            self.wakers.runs.clone(),
+        )?;
+        supervisor.spawn("runs", move |cancel| runner.clone().run(cancel));
+        let upkeep = Upkeep::new(
+            self.store.clone(),
+            self.registry.clone(),
+            self.metrics.clone(),
+            self.config.bridge.session_idle_after,
+            self.config.bridge.retention,
+        );
+        let every = (self.config.bridge.session_idle_after / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        supervisor.spawn("upkeep", move |cancel| upkeep.clone().run(cancel, every));
+        let (registry, puppets) = (self.registry.clone(), self.puppets.clone());
+        supervisor.spawn("profiles", move |cancel| {
+            watch_profiles(registry.clone(), puppets.clone(), cancel)
+        });
+        let (hs, id) = (self.hs.clone(), self.config.appservice.id.clone());
+        supervisor.spawn("ping", move |cancel| {
+            ping_until_reached(hs.clone(), id.clone(), cancel)
+        });
+        Ok(())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves (or a background task keeps failing),
+    /// then drains: connections finish within `server.shutdown_grace`, background tasks stop.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let mut supervisor =
+            Supervisor::new(cancel.clone(), self.metrics.clone(), self.health.clone());
+        self.spawn_tasks(&mut supervisor)?;
+        let broken = supervisor.broken();
+        let stop_serving = CancellationToken::new();
+        let limits = self.config.server.clone();
+        let mut servers = Vec::new();
+        if let Some(addr) = self.config.api.listen {
+            let api_listener = TcpListener::bind(addr).await?;
+            tracing::info!(%addr, "agent API listening");
+            servers.push(tokio::spawn(server::serve(
+                api_listener,
+                api::router(self.api_state()),
+                limits.clone(),
+                self.metrics.clone(),
+                stop_serving.clone(),
+            )));
+        }
+        let addr: SocketAddr = listener.local_addr()?;
+        tracing::info!(%addr, "listening for the homeserver");
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            self.router(),
+            limits.clone(),
+            self.metrics.clone(),
+            stop_serving.clone(),
+        )));
+        let failure = tokio::select! {
+            _ = shutdown => None,
+            _ = broken.cancelled() => Some("a background task keeps failing"),
+        };
+        stop_serving.cancel();
+        for server in servers {
+            let _ = server.await;
+        }
+        supervisor.shutdown(limits.shutdown_grace).await;
+        match failure {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => {
+                tracing::info!("shut down");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Builds the bridge and serves on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Bridge::build(config).await?.run(listener, shutdown).await
+}
+
+/// Re-reads the agents now and then; renamed agents or new avatars reach their puppets.
+async fn watch_profiles(
+    registry: Arc<AgentRegistry>,
+    puppets: Arc<Puppets>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PROFILE_SYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match registry.reload().await {
+            Ok(changed) if !changed.is_empty() => {
+                if let Err(error) = puppets.sync_profiles(&changed).await {
+                    tracing::warn!(%error, "cannot re-sync puppet profiles");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot reload agents"),
+        }
+    }
+}
+
+/// Pings the homeserver until it answers: proves the registration and the network path both
+/// ways, and makes the homeserver retry any failed transactions at once. Then idles until
+/// shutdown (a supervised task must not end early).
+async fn ping_until_reached(hs: Homeserver, appservice_id: String, cancel: CancellationToken) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match hs.ping(&appservice_id).await {
+            Ok(rtt) => {
+                tracing::info!(
+                    rtt_ms = rtt.as_millis() as u64,
+                    "homeserver reached the bridge (ping ok)"
+                );
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_s = delay.as_secs(), "homeserver ping failed; is it up and does it load registration.yaml?");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    cancel.cancelled().await;
+}

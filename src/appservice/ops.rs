@@ -1,0 +1,63 @@
+//! Operator endpoints: liveness, readiness (database, migrations, background tasks) and
+//! metrics.
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /health/live`: the process answers.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /health/ready`: the database answers, every migration is applied, and every
+/// background task runs; 503 otherwise, with what is wrong.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let tasks = state.health.failing();
+    let (status, database, migrations) = match state.mirror.store().ready().await {
+        Ok(true) => (StatusCode::OK, "ok", "applied"),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown")
+        }
+    };
+    let status = if tasks.is_empty() {
+        status
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = if status == StatusCode::OK {
+        "ok"
+    } else {
+        "unavailable"
+    };
+    (
+        status,
+        Json(json!({
+            "status": word,
+            "database": database,
+            "migrations": migrations,
+            "tasks_restarting": tasks,
+        })),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

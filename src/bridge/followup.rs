@@ -1,0 +1,187 @@
+//! Follow-up work a transaction asks for but must not wait on: joining rooms the bot or a
+//! puppet was invited to (then reading their state so the channel starts complete) and refusing
+//! invites the bridge cannot honour. The jobs are rows written in the transaction's own commit;
+//! this worker claims them under a lease, retries transient failures with backoff, and gives up
+//! (counted) after a bounded number of attempts. A crash loses nothing: the lease runs out and
+//! the job is claimed again.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::{RoomId, UserId};
+use serde_json::value::RawValue;
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::mirror::Mirror;
+use crate::{
+    db::{JobKind, StoreError, jobs::JobRow, types::Ts},
+    matrix::HsError,
+    metrics::Metrics,
+    puppet::{PuppetError, Puppets},
+};
+
+/// Jobs executed at once.
+const PARALLEL: usize = 4;
+/// Attempts before a job is given up.
+const ATTEMPTS: i32 = 8;
+/// How long a claimed job is held (a join and a state read take seconds).
+const LEASE: Duration = Duration::from_secs(300);
+/// Re-read the queue this often even without a wake-up.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Why a follow-up failed.
+#[derive(Debug, thiserror::Error)]
+enum FollowUpError {
+    #[error(transparent)]
+    Hs(#[from] HsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Puppet(#[from] PuppetError),
+    #[error("invalid id in a job: {0}")]
+    InvalidId(String),
+}
+
+impl FollowUpError {
+    fn is_transient(&self) -> bool {
+        match self {
+            FollowUpError::Hs(e) => e.is_transient(),
+            FollowUpError::Store(e) => e.is_transient(),
+            FollowUpError::Puppet(e) => e.is_transient(),
+            FollowUpError::InvalidId(_) => false,
+        }
+    }
+}
+
+/// The follow-up worker.
+pub struct FollowUps {
+    mirror: Arc<Mirror>,
+    puppets: Arc<Puppets>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl FollowUps {
+    /// A worker applying joined rooms' state through `mirror` and acting through `puppets`.
+    pub fn new(
+        mirror: Arc<Mirror>,
+        puppets: Arc<Puppets>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            mirror,
+            puppets,
+            metrics,
+            wake,
+        })
+    }
+
+    /// Works the queue until cancelled; in-flight jobs finish first.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let store = self.mirror.store().clone();
+        let mut inflight = JoinSet::new();
+        loop {
+            let free = PARALLEL.saturating_sub(inflight.len());
+            if free > 0 {
+                match store.claim_jobs(free as i64, LEASE).await {
+                    Ok(jobs) => {
+                        for job in jobs {
+                            let this = self.clone();
+                            inflight.spawn(async move { this.execute(job).await });
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "follow-up queue unreadable; retrying"),
+                }
+            }
+            let wait = match store.next_job_due().await {
+                Ok(Some(due)) => Duration::from_millis(
+                    (due.millis() - Ts::now().millis()).clamp(0, POLL.as_millis() as i64) as u64,
+                ),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Err(error) = done {
+                        tracing::error!(%error, "a follow-up panicked; its lease will run out and it is retried");
+                        self.metrics.task_failed("follow-up");
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(50))), if inflight.len() < PARALLEL => {}
+            }
+        }
+        while inflight.join_next().await.is_some() {}
+    }
+
+    async fn execute(&self, job: JobRow) {
+        let store = self.mirror.store();
+        let result = match job.kind {
+            JobKind::Join => self.join(&job).await,
+            JobKind::Reject => self.reject(&job).await,
+        };
+        let recorded = match result {
+            Ok(()) => store.job_done(job.id).await,
+            Err(error) if error.is_transient() && job.attempts < ATTEMPTS => {
+                let wait =
+                    Duration::from_millis(500).saturating_mul(1 << job.attempts.clamp(0, 10));
+                tracing::warn!(room_id = %job.room_id, user_id = %job.user_id, kind = %job.kind, attempt = job.attempts, %error, "follow-up failed; will retry");
+                store
+                    .job_failed(job.id, &error.to_string(), Some(Ts::now().plus(wait)))
+                    .await
+            }
+            Err(error) => {
+                tracing::error!(room_id = %job.room_id, user_id = %job.user_id, kind = %job.kind, %error, "follow-up failed for good");
+                self.metrics.follow_up_failed.inc();
+                store.job_failed(job.id, &error.to_string(), None).await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::warn!(%error, job_id = %job.id, "cannot record a follow-up's outcome; its lease will run out");
+        }
+    }
+
+    fn ids(job: &JobRow) -> Result<(&RoomId, &UserId), FollowUpError> {
+        let room = <&RoomId>::try_from(job.room_id.as_str())
+            .map_err(|e| FollowUpError::InvalidId(e.to_string()))?;
+        let user = <&UserId>::try_from(job.user_id.as_str())
+            .map_err(|e| FollowUpError::InvalidId(e.to_string()))?;
+        Ok((room, user))
+    }
+
+    /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
+    async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
+        let (room, user) = Self::ids(job)?;
+        let hs = self.puppets.homeserver();
+        match self.puppets.registry().get(user) {
+            // Registered, named and with its avatar before it shows up in the room.
+            Some(agent) => self.puppets.intent(agent).join(room).await?,
+            None => {
+                if self.puppets.registry().namespace().is_puppet(user) {
+                    hs.ensure_registered(user.localpart()).await?;
+                }
+                hs.join(room, user).await?;
+            }
+        }
+        tracing::info!(room_id = %room, user_id = %user, "joined room");
+        let state = hs.room_state(room, user).await?;
+        let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
+        self.mirror.apply_room_state(room, &raws).await?;
+        tracing::info!(room_id = %room, events = raws.len(), "room state mirrored");
+        Ok(())
+    }
+
+    /// Refuses an invite with its reason.
+    async fn reject(&self, job: &JobRow) -> Result<(), FollowUpError> {
+        let (room, user) = Self::ids(job)?;
+        let reason = job.reason.as_deref().unwrap_or("refused");
+        let hs = self.puppets.homeserver();
+        if self.puppets.registry().namespace().is_puppet(user) {
+            hs.ensure_registered(user.localpart()).await?;
+        }
+        hs.leave(room, user, reason).await?;
+        tracing::info!(room_id = %room, user_id = %user, reason, "refused invite");
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! What a delivered puppet send writes: its message (or edit) row, the agent's activity in the
+//! channel, and the outbox item marked sent, in one commit (the homeserver's echo of it later
+//! is then a duplicate, absorbed by the event id's unique key).
+
+use ruma::{EventId, RoomId, events::room::message::RoomMessageEventContent};
+
+use super::Mirror;
+use crate::{
+    bridge::{agents::Agent, planner::messages::shape},
+    db::{
+        Batch, Edit, NewMessage, Party, SentRecord, SessionChange, SessionOp, StoreError,
+        outbox::OutboxItem, text::DbText, types::Ts,
+    },
+    ids::MessageId,
+    puppet::RUN_KEY_PREFIX,
+};
+
+impl Mirror {
+    /// Records a puppet send the homeserver accepted as `event_id`.
+    pub async fn mirror_sent(
+        &self,
+        agent: &Agent,
+        room: &RoomId,
+        item: &OutboxItem,
+        event_id: &EventId,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch {
+            sent: Some(SentRecord {
+                outbox_id: item.id,
+                event_id: event_id.to_owned(),
+                run: item
+                    .idempotency_key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix(RUN_KEY_PREFIX))
+                    .and_then(|id| id.parse().ok())
+                    .map(crate::ids::RunId),
+            }),
+            ..Default::default()
+        };
+        let channel = match self.caches.room(room) {
+            Some(state) => Some(state.channel_id),
+            None => self.store.channel_for_room(room.as_str()).await?,
+        };
+        if let Some(channel_id) = channel {
+            let now = Ts::now();
+            batch.sessions.push(SessionOp {
+                channel_id,
+                agent: Some(agent.id),
+                change: SessionChange::Activate,
+                at: now,
+            });
+            let content = (item.redacts.is_none() && item.event_type == "m.room.message")
+                .then(|| {
+                    serde_json::from_value::<RoomMessageEventContent>(item.content.0.clone()).ok()
+                })
+                .flatten();
+            if let Some(content) = content {
+                let shape = shape(&content, agent.user_id.localpart());
+                let preview = DbText::new(super::preview::truncate(
+                    &shape.preview,
+                    self.settings.preview_chars,
+                ));
+                match shape.replaces {
+                    Some(target) => batch.edits.push(Edit {
+                        target,
+                        sender: Party::Agent(agent.id),
+                        preview,
+                        at: now,
+                    }),
+                    None => batch.messages.push(NewMessage {
+                        id: MessageId::new(),
+                        channel_id,
+                        event_id: event_id.to_owned(),
+                        sender: Party::Agent(agent.id),
+                        preview,
+                        at: now,
+                        thread_root: shape.thread_root,
+                        edited_at: None,
+                        redacted_at: None,
+                    }),
+                }
+            }
+        }
+        self.store.apply(&batch).await?;
+        Ok(())
+    }
+}

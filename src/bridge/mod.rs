@@ -1,0 +1,10 @@
+//! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
+//! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
+//! and background upkeep.
+
+pub mod agents;
+pub mod followup;
+pub mod mirror;
+pub mod planner;
+pub mod triggers;
+pub mod upkeep;

@@ -1,0 +1,237 @@
+//! Memberships (people and agents), invites the bridge answers (durable follow-up jobs), and
+//! agent sessions. Several changes of one member, or of one agent's session, within a batch
+//! collapse into one row write.
+
+use std::collections::HashMap;
+
+use ruma::{
+    RoomId, UserId,
+    events::room::member::{MembershipState, RoomMemberEventContent},
+};
+
+use super::{Outcome, Planner};
+use crate::{
+    bridge::mirror::event::Envelope,
+    db::{
+        JobKind, MemberRole, MemberWrite, NewJob, Party, RoleChange, SessionChange, SessionOp,
+        text::DbText, types::Ts,
+    },
+    ids::{AgentId, ChannelId},
+};
+
+/// One member's changes within the batch.
+pub(super) struct Member {
+    role: MemberRole,
+    join: Option<Ts>,
+    leave: Option<Ts>,
+}
+
+impl Planner<'_> {
+    pub(super) fn member(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        at: Ts,
+    ) -> serde_json::Result<Outcome> {
+        let content: RoomMemberEventContent = env.content()?;
+        let Some(target) = env.state_key.as_deref().and_then(|s| UserId::parse(s).ok()) else {
+            return Ok(Outcome::Malformed);
+        };
+        if target == self.namespace.bot() {
+            if content.membership == MembershipState::Invite && !self.sync {
+                self.job(JobKind::Join, room_id, &target, None);
+            }
+            return Ok(Outcome::Mirrored);
+        }
+        let agent = if self.namespace.is_puppet(&target) {
+            let Some(agent) = self.registry.get(&target) else {
+                return Ok(Outcome::Skipped);
+            };
+            if content.membership == MembershipState::Invite && !self.sync {
+                let microdao = self.rooms.get(room_id).map(|w| w.state.microdao_id);
+                if content.is_direct == Some(true)
+                    && let Some(work) = self.work(room_id)
+                    && !work.state.is_direct
+                {
+                    work.state.is_direct = true;
+                    work.dirty = true;
+                }
+                if agent.microdao_id.is_none() || agent.microdao_id == microdao {
+                    self.job(JobKind::Join, room_id, &target, None);
+                } else {
+                    self.job(
+                        JobKind::Reject,
+                        room_id,
+                        &target,
+                        Some("this agent belongs to another microDAO"),
+                    );
+                }
+                return Ok(Outcome::Mirrored);
+            }
+            Some(agent.id)
+        } else {
+            None
+        };
+        let joined = match content.membership {
+            MembershipState::Join => true,
+            MembershipState::Leave | MembershipState::Ban => false,
+            _ => return Ok(Outcome::IgnoredType),
+        };
+        let Some(work) = self.rooms.get(room_id) else {
+            return Ok(Outcome::IgnoredRoom);
+        };
+        let channel = work.state.channel_id;
+        let (party, role) = match agent {
+            Some(agent) => (Party::Agent(agent), MemberRole::Agent),
+            None => {
+                let role = work.state.power.role(target.as_str());
+                (Party::User(self.person(&target)), role)
+            }
+        };
+        if let Some(agent) = agent {
+            let change = if joined {
+                SessionChange::Activate
+            } else {
+                SessionChange::Close
+            };
+            self.session(channel, Some(agent), change, at);
+            if let Some(work) = self.work(room_id) {
+                if joined {
+                    work.state.agents.insert(agent);
+                } else {
+                    work.state.agents.remove(&agent);
+                }
+            }
+        }
+        let key = (channel, party);
+        let entry = self.members.entry(key).or_insert_with(|| {
+            self.member_order.push(key);
+            Member {
+                role,
+                join: None,
+                leave: None,
+            }
+        });
+        entry.role = role;
+        if joined {
+            entry.join = Some(at);
+            entry.leave = None;
+        } else {
+            entry.leave = Some(at);
+        }
+        Ok(Outcome::Mirrored)
+    }
+
+    /// Queues a follow-up job (durable from the commit on).
+    pub(super) fn job(
+        &mut self,
+        kind: JobKind,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: Option<&str>,
+    ) {
+        self.batch.jobs.push(NewJob {
+            kind,
+            room_id: room_id.to_owned(),
+            user_id: user.to_owned(),
+            reason: reason.map(DbText::new),
+        });
+    }
+
+    /// Records a session change.
+    pub(super) fn session(
+        &mut self,
+        channel: ChannelId,
+        agent: Option<AgentId>,
+        change: SessionChange,
+        at: Ts,
+    ) {
+        self.batch.sessions.push(SessionOp {
+            channel_id: channel,
+            agent,
+            change,
+            at,
+        });
+    }
+
+    /// A person's role changed with the power levels (someone without a `users` row is no
+    /// member: nothing to change).
+    pub(super) fn role_change(&mut self, channel: ChannelId, user: &UserId, role: MemberRole) {
+        let Some(&user_id) = self.users.get(user) else {
+            return;
+        };
+        self.batch.roles.push(RoleChange {
+            channel_id: channel,
+            user_id,
+            role,
+        });
+    }
+
+    /// Collapses memberships, roles and sessions: one write per member, one per (agent,
+    /// channel) session (the last change wins, with the latest activity), nothing else for a
+    /// tombstoned channel.
+    pub(super) fn finish_members(&mut self) {
+        let b = &mut self.batch;
+        // Roles of members written anyway go into that write; a member who left keeps the role
+        // it had.
+        let mut roles: HashMap<(ChannelId, Party), MemberRole> = HashMap::new();
+        for r in b.roles.drain(..) {
+            roles.insert((r.channel_id, Party::User(r.user_id)), r.role);
+        }
+        for key in &self.member_order {
+            let m = &self.members[key];
+            let role = match (m.join, roles.remove(key)) {
+                (Some(_), Some(changed)) => changed,
+                (None, Some(_)) => m.role,
+                (_, None) => m.role,
+            };
+            b.members.push(MemberWrite {
+                channel_id: key.0,
+                party: key.1,
+                role,
+                joined_at: m.join,
+                left_at: m.leave,
+            });
+        }
+        let mut remaining: Vec<_> = roles.into_iter().collect();
+        remaining.sort_by_key(|((c, p), _)| (*c, p.user()));
+        for ((channel_id, party), role) in remaining {
+            if let Party::User(user_id) = party {
+                b.roles.push(RoleChange {
+                    channel_id,
+                    user_id,
+                    role,
+                });
+            }
+        }
+        let tombstoned: Vec<ChannelId> = b
+            .sessions
+            .iter()
+            .filter(|o| o.agent.is_none())
+            .map(|o| o.channel_id)
+            .collect();
+        let mut last: HashMap<(ChannelId, Option<AgentId>), SessionOp> = HashMap::new();
+        let mut order = Vec::new();
+        for op in b.sessions.drain(..) {
+            if op.agent.is_some() && tombstoned.contains(&op.channel_id) {
+                continue;
+            }
+            let key = (op.channel_id, op.agent);
+            match last.get_mut(&key) {
+                Some(prev) => {
+                    let at = if prev.change == op.change {
+                        prev.at.max(op.at)
+                    } else {
+                        op.at
+                    };
+                    *prev = SessionOp { at, ..op };
+                }
+                None => {
+                    order.push(key);
+                    last.insert(key, op);
+                }
+            }
+        }
+        b.sessions = order.into_iter().filter_map(|k| last.remove(&k)).collect();
+    }
+}

@@ -1,0 +1,339 @@
+//! Messages, edits, redactions and trigger candidates. Edits and redactions of messages of the
+//! same batch are folded into the new message (one row is written once); several edits of one
+//! message keep the newest.
+
+use std::collections::{HashMap, HashSet};
+
+use ruma::{
+    OwnedEventId, RoomId,
+    events::{
+        room::{
+            encrypted,
+            message::{Relation, RoomMessageEventContent},
+            redaction::RoomRedactionEventContent,
+        },
+        sticker::StickerEventContent,
+    },
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Outcome, Planner};
+use crate::{
+    bridge::mirror::{event::Envelope, preview},
+    db::{
+        CandidatePayload, Edit, NewCandidate, NewMessage, Party, Redaction, SessionChange,
+        text::DbText, types::Ts,
+    },
+    ids::MessageId,
+};
+
+/// The `m.relates_to` of an encrypted event (visible without decrypting).
+#[derive(Deserialize)]
+struct EncryptedRelation {
+    #[serde(rename = "m.relates_to", default)]
+    relates_to: Option<encrypted::Relation>,
+}
+
+/// What a message row needs of a message's content, shared with the mirroring of what puppets
+/// send (so both map content the same way).
+pub(crate) struct MessageShape {
+    /// `Some(target)` for an edit.
+    pub replaces: Option<OwnedEventId>,
+    /// The preview (not yet cut).
+    pub preview: String,
+    /// The thread it is in.
+    pub thread_root: Option<OwnedEventId>,
+    /// The event it replies to.
+    pub reply_to: Option<OwnedEventId>,
+}
+
+/// The shape of `m.room.message` content sent by `sender_localpart`.
+pub(crate) fn shape(content: &RoomMessageEventContent, sender_localpart: &str) -> MessageShape {
+    if let Some(Relation::Replacement(r)) = &content.relates_to {
+        return MessageShape {
+            replaces: Some(r.event_id.clone()),
+            preview: preview::of_msgtype(&r.new_content.msgtype, sender_localpart, false),
+            thread_root: None,
+            reply_to: None,
+        };
+    }
+    let is_reply = matches!(content.relates_to, Some(Relation::Reply { .. }));
+    MessageShape {
+        replaces: None,
+        preview: preview::of_msgtype(&content.msgtype, sender_localpart, is_reply),
+        thread_root: match &content.relates_to {
+            Some(Relation::Thread(t)) => Some(t.event_id.clone()),
+            _ => None,
+        },
+        reply_to: match &content.relates_to {
+            Some(Relation::Reply(r)) => Some(r.in_reply_to.event_id.clone()),
+            Some(Relation::Thread(t)) => t.in_reply_to.as_ref().map(|r| r.event_id.clone()),
+            _ => None,
+        },
+    }
+}
+
+impl Planner<'_> {
+    /// A preview cut to the configured length, as the store accepts it.
+    pub(super) fn cut(&self, preview: &str) -> DbText {
+        DbText::new(preview::truncate(preview, self.settings.preview_chars))
+    }
+
+    pub(super) fn message_event(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        raw: &RawValue,
+        at: Ts,
+    ) -> serde_json::Result<Outcome> {
+        let content: RoomMessageEventContent = env.content()?;
+        let shape = shape(&content, env.sender.localpart());
+        if let Some(target) = shape.replaces {
+            let Some(sender) = self.party(&env.sender) else {
+                return Ok(Outcome::Skipped);
+            };
+            let preview = self.cut(&shape.preview);
+            self.batch.edits.push(Edit {
+                target,
+                sender,
+                preview,
+                at,
+            });
+            // Edits address agents only when configured to: the new text is judged like a
+            // message, with the edit event's own `m.mentions` (the newly mentioned users).
+            if self.settings.answer_edits
+                && let Some(Relation::Replacement(r)) = &content.relates_to
+            {
+                let mut edited = r.new_content.clone();
+                edited.mentions = content.mentions.clone();
+                let (body, html) = preview::bodies(&edited.msgtype);
+                let mentions = edited
+                    .mentions
+                    .as_ref()
+                    .map(|m| m.user_ids.iter().cloned().collect());
+                self.candidate(room_id, env, raw, at, body, html, mentions, None, None);
+            }
+            return Ok(Outcome::Mirrored);
+        }
+        let outcome = self.message(room_id, env, &shape.preview, at, shape.thread_root.clone());
+        if outcome == Outcome::Mirrored {
+            let (body, html) = preview::bodies(&content.msgtype);
+            let body = match &content.relates_to {
+                Some(Relation::Reply(_)) => preview::strip_reply_fallback(body),
+                _ => body,
+            };
+            let mentions = content
+                .mentions
+                .as_ref()
+                .map(|m| m.user_ids.iter().cloned().collect());
+            self.candidate(
+                room_id,
+                env,
+                raw,
+                at,
+                body,
+                html,
+                mentions,
+                shape.reply_to,
+                shape.thread_root,
+            );
+            // Being addressed opens (or revives) the agent's session in the channel.
+            if let (Some(mentions), Some(work)) = (&content.mentions, self.rooms.get(room_id)) {
+                let channel = work.state.channel_id;
+                let agents: Vec<_> = mentions
+                    .user_ids
+                    .iter()
+                    .filter(|u| **u != env.sender)
+                    .filter_map(|u| self.registry.get(u))
+                    .map(|a| a.id)
+                    .collect();
+                for agent in agents {
+                    self.session(channel, Some(agent), SessionChange::Activate, at);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub(super) fn sticker(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        at: Ts,
+    ) -> serde_json::Result<Outcome> {
+        let content: StickerEventContent = env.content()?;
+        Ok(self.message(
+            room_id,
+            env,
+            &format!("[sticker] {}", content.body),
+            at,
+            None,
+        ))
+    }
+
+    pub(super) fn encrypted(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        at: Ts,
+    ) -> serde_json::Result<Outcome> {
+        let rel: EncryptedRelation = env.content()?;
+        if matches!(rel.relates_to, Some(encrypted::Relation::Replacement(_))) {
+            // An encrypted edit the bridge could not read: the original row stays.
+            return Ok(Outcome::Skipped);
+        }
+        Ok(self.message(room_id, env, "[encrypted]", at, None))
+    }
+
+    pub(super) fn redaction(&mut self, env: &Envelope<'_>, at: Ts) -> serde_json::Result<Outcome> {
+        let content: RoomRedactionEventContent = env.content()?;
+        let Some(target) = content.redacts.or_else(|| env.redacts.clone()) else {
+            return Ok(Outcome::Malformed);
+        };
+        self.batch.redactions.push(Redaction { target, at });
+        Ok(Outcome::Mirrored)
+    }
+
+    /// A new message row, unless the sender is the bridge itself or it was planned already.
+    fn message(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        preview: &str,
+        at: Ts,
+        thread_root: Option<OwnedEventId>,
+    ) -> Outcome {
+        let Some(channel_id) = self.rooms.get(room_id).map(|w| w.state.channel_id) else {
+            return Outcome::IgnoredRoom;
+        };
+        let Some(sender) = self.party(&env.sender) else {
+            return Outcome::Skipped;
+        };
+        if !self.message_ids.insert(env.event_id.clone()) {
+            return Outcome::Duplicate;
+        }
+        if let Party::Agent(agent) = sender {
+            self.session(channel_id, Some(agent), SessionChange::Activate, at);
+        }
+        let preview = self.cut(preview);
+        self.batch.messages.push(NewMessage {
+            id: MessageId::new(),
+            channel_id,
+            event_id: env.event_id.clone(),
+            sender,
+            preview,
+            at,
+            thread_root,
+            edited_at: None,
+            redacted_at: None,
+        });
+        Outcome::Mirrored
+    }
+
+    /// Records a mirrored message of a room with agents: the run scheduler decides after commit
+    /// whether it addresses one.
+    #[allow(clippy::too_many_arguments)]
+    fn candidate(
+        &mut self,
+        room_id: &RoomId,
+        env: &Envelope<'_>,
+        raw: &RawValue,
+        at: Ts,
+        body: &str,
+        formatted_body: Option<&str>,
+        mentions: Option<Vec<ruma::OwnedUserId>>,
+        reply_to: Option<OwnedEventId>,
+        thread_root: Option<OwnedEventId>,
+    ) {
+        let Some(work) = self.rooms.get(room_id) else {
+            return;
+        };
+        if work.state.agents.is_empty() || self.sync || env.sender == self.namespace.bot() {
+            return;
+        }
+        let event = serde_json::from_str(raw.get()).unwrap_or_default();
+        self.batch.candidates.push(NewCandidate {
+            channel_id: work.state.channel_id,
+            room_id: room_id.to_owned(),
+            event_id: env.event_id.clone(),
+            at,
+            payload: CandidatePayload {
+                sender: env.sender.clone(),
+                sender_is_agent: self.namespace.is_puppet(&env.sender),
+                body: body.to_owned(),
+                formatted_body: formatted_body.map(str::to_owned),
+                mentions,
+                reply_to,
+                thread_root,
+                is_direct: work.state.is_direct,
+                event,
+            },
+        });
+    }
+
+    /// Folds edits and redactions into messages of the same batch, keeps the newest edit per
+    /// target, and drops edits of messages redacted in the batch: afterwards no row is written
+    /// twice by one statement.
+    pub(super) fn finish_messages(&mut self) {
+        let b = &mut self.batch;
+        let redacted: HashMap<OwnedEventId, Ts> = b
+            .redactions
+            .iter()
+            .map(|r| (r.target.clone(), r.at))
+            .collect();
+        let index: HashMap<OwnedEventId, usize> = b
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.event_id.clone(), i))
+            .collect();
+        // Newest edit per target.
+        let mut newest: HashMap<OwnedEventId, Edit> = HashMap::new();
+        for e in b.edits.drain(..) {
+            match newest.get(&e.target) {
+                Some(kept) if kept.at > e.at => {}
+                _ => {
+                    newest.insert(e.target.clone(), e);
+                }
+            }
+        }
+        let mut edits = Vec::new();
+        let mut order: Vec<OwnedEventId> = newest.keys().cloned().collect();
+        order.sort();
+        for target in order {
+            let Some(e) = newest.remove(&target) else {
+                continue;
+            };
+            if redacted.contains_key(&e.target) {
+                continue;
+            }
+            match index.get(&e.target) {
+                Some(&i) => {
+                    let m = &mut b.messages[i];
+                    if m.sender == e.sender && m.edited_at.is_none_or(|t| t <= e.at) {
+                        m.preview = e.preview;
+                        m.edited_at = Some(e.at);
+                    }
+                }
+                None => edits.push(e),
+            }
+        }
+        b.edits = edits;
+        let mut seen = HashSet::new();
+        b.redactions.retain(|r| seen.insert(r.target.clone()));
+        // A question redacted in its own batch is never a candidate (a statement cannot cancel
+        // a row it inserts).
+        b.candidates.retain(|c| !redacted.contains_key(&c.event_id));
+        b.redactions.retain(|r| match index.get(&r.target) {
+            Some(&i) => {
+                let m = &mut b.messages[i];
+                m.preview = DbText::default();
+                m.redacted_at = Some(r.at);
+                // Still listed: the statement cancels the message's trigger candidate too.
+                true
+            }
+            None => true,
+        });
+    }
+}

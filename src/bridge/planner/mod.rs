@@ -1,0 +1,347 @@
+//! The planner: turns one transaction's events (or a room's state) into a [`Batch`] of DAARION
+//! rows, in the order received, from room states and senders loaded beforehand. It is pure
+//! (no I/O), so the transaction → plan path can be fuzzed and property-tested without a
+//! database. Submodules: [`adopt`] (which rooms become channels), [`messages`] (messages,
+//! edits, redactions, trigger candidates), [`members`] (memberships and agent sessions),
+//! [`state`] (names, topics, visibility, power levels).
+
+mod adopt;
+mod members;
+pub(crate) mod messages;
+mod route;
+mod state;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::value::RawValue;
+
+use self::members::Member;
+pub use self::state::slugify;
+use super::{
+    agents::AgentRegistry,
+    mirror::{cache::RoomState, event::Envelope},
+};
+use crate::{
+    db::{Batch, ChannelWrite, NewChannel, NewUser, Party, text::DbText},
+    ids::{ChannelId, MicrodaoId, UserRowId},
+    matrix::Namespace,
+};
+
+/// The mirror's settings the planner applies.
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    /// `content_preview` length in grapheme clusters.
+    pub preview_chars: usize,
+    /// Whether edits may address agents.
+    pub answer_edits: bool,
+    /// Where rooms nothing else places go.
+    pub default_microdao: Option<MicrodaoId>,
+}
+
+/// What one event did, for the events metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written (or its effect planned).
+    Mirrored,
+    /// Already planned in this transaction.
+    Duplicate,
+    /// Deliberately not mirrored (the bot's own messages, unknown puppets).
+    Skipped,
+    /// Its content does not parse.
+    Malformed,
+    /// An event type the mirror does not handle.
+    IgnoredType,
+    /// A room the bridge does not mirror.
+    IgnoredRoom,
+    /// An id holds a character no Matrix id may hold.
+    InvalidId,
+    /// The database refused it when applied alone.
+    Rejected,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Mirrored => "mirrored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::Malformed => "malformed",
+            Outcome::IgnoredType => "ignored_type",
+            Outcome::IgnoredRoom => "ignored_room",
+            Outcome::InvalidId => "invalid_id",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// What the planner starts from.
+pub(crate) struct PlanInput<'a> {
+    /// The bridge's users.
+    pub namespace: &'a Namespace,
+    /// The agents.
+    pub registry: &'a AgentRegistry,
+    /// Settings.
+    pub settings: &'a MirrorSettings,
+    /// States of the mirrored rooms the events touch.
+    pub rooms: HashMap<OwnedRoomId, RoomState>,
+    /// `users` rows of the senders and members the events touch, where they exist.
+    pub users: HashMap<OwnedUserId, UserRowId>,
+    /// microDAOs named by `city.daarion.channel` events.
+    pub microdaos: HashMap<String, MicrodaoId>,
+    /// A full state read (not a transaction): no follow-ups, no triggers.
+    pub sync: bool,
+}
+
+/// A finished plan: the batch to write and what the caches learn once it is committed.
+pub(crate) struct Plan {
+    /// The rows.
+    pub batch: Batch,
+    /// Room states after the batch.
+    pub rooms: Vec<(OwnedRoomId, RoomState)>,
+    /// `users` rows the batch creates.
+    pub users: Vec<(OwnedUserId, UserRowId)>,
+    /// (event type, outcome) per event.
+    pub outcomes: Vec<(&'static str, Outcome)>,
+    /// Whether a trigger candidate or follow-up was planned (the workers are woken).
+    pub wakes: Wakes,
+    /// Rooms whose events were ignored (not mirrored).
+    pub ignored: Vec<OwnedRoomId>,
+}
+
+/// Which workers a committed plan has work for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wakes {
+    /// Follow-up jobs were queued.
+    pub jobs: bool,
+    /// Trigger candidates were queued (or cancelled).
+    pub runs: bool,
+}
+
+/// A room of the plan.
+struct Work {
+    state: RoomState,
+    create: Option<NewChannel>,
+    dirty: bool,
+}
+
+/// The planner's working state for one transaction.
+pub(crate) struct Planner<'a> {
+    namespace: &'a Namespace,
+    registry: &'a AgentRegistry,
+    settings: &'a MirrorSettings,
+    microdaos: HashMap<String, MicrodaoId>,
+    sync: bool,
+    rooms: HashMap<OwnedRoomId, Work>,
+    users: HashMap<OwnedUserId, UserRowId>,
+    new_users: Vec<(OwnedUserId, UserRowId)>,
+    members: HashMap<(ChannelId, Party), Member>,
+    member_order: Vec<(ChannelId, Party)>,
+    batch: Batch,
+    message_ids: HashSet<OwnedEventId>,
+    outcomes: Vec<(&'static str, Outcome)>,
+    ignored: Vec<OwnedRoomId>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner over what was loaded.
+    pub(crate) fn new(input: PlanInput<'a>) -> Self {
+        Self {
+            namespace: input.namespace,
+            registry: input.registry,
+            settings: input.settings,
+            microdaos: input.microdaos,
+            sync: input.sync,
+            rooms: input
+                .rooms
+                .into_iter()
+                .map(|(id, state)| {
+                    (
+                        id,
+                        Work {
+                            state,
+                            create: None,
+                            dirty: false,
+                        },
+                    )
+                })
+                .collect(),
+            users: input.users,
+            new_users: Vec::new(),
+            members: HashMap::new(),
+            member_order: Vec::new(),
+            batch: Batch::default(),
+            message_ids: HashSet::new(),
+            outcomes: Vec::new(),
+            ignored: Vec::new(),
+        }
+    }
+
+    /// Plans one event (`raw` is the event as the homeserver sent it, for runtimes).
+    pub(crate) fn event(&mut self, env: &Envelope<'_>, raw: &RawValue) {
+        let kind = metric_kind(&env.kind);
+        let Some(room_id) = env.room_id.clone() else {
+            self.outcomes.push((kind, Outcome::Malformed));
+            return;
+        };
+        if env.has_invalid_id() {
+            tracing::warn!(room_id = %room_id.as_str().escape_debug(), "skipping an event whose ids hold NUL");
+            self.outcomes.push((kind, Outcome::InvalidId));
+            return;
+        }
+        if !self.rooms.contains_key(&room_id) && !self.try_adopt(&room_id, env) {
+            self.outcomes.push((kind, Outcome::IgnoredRoom));
+            if !self.ignored.contains(&room_id) {
+                self.ignored.push(room_id);
+            }
+            return;
+        }
+        let outcome = match self.route(&room_id, env, raw) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                tracing::warn!(%room_id, event_id = %env.event_id, kind = %env.kind, %error, "skipping malformed event content");
+                Outcome::Malformed
+            }
+        };
+        self.outcomes.push((kind, outcome));
+    }
+
+    /// Counts an event that never reached the planner (it did not parse).
+    pub(crate) fn count_unparsed(&mut self) {
+        self.outcomes.push(("unknown", Outcome::Malformed));
+    }
+
+    /// The `users` row id of a person, planning its insert when it has none yet.
+    fn person(&mut self, user: &UserId) -> UserRowId {
+        if let Some(id) = self.users.get(user) {
+            return *id;
+        }
+        let id = UserRowId::new();
+        self.users.insert(user.to_owned(), id);
+        self.new_users.push((user.to_owned(), id));
+        id
+    }
+
+    /// The party behind a Matrix user: an agent, or a person (never the bridge bot or an
+    /// unknown puppet, which are `None`).
+    fn party(&mut self, user: &UserId) -> Option<Party> {
+        if self.namespace.is_puppet(user) {
+            return self.registry.get(user).map(|a| Party::Agent(a.id));
+        }
+        if user == self.namespace.bot() {
+            return None;
+        }
+        Some(Party::User(self.person(user)))
+    }
+
+    fn work(&mut self, room: &RoomId) -> Option<&mut Work> {
+        self.rooms.get_mut(room)
+    }
+
+    /// Collapses the plan into the batch and the cache updates to apply after commit.
+    pub(crate) fn finish(mut self, txn: Option<crate::db::TxnRecord>) -> Plan {
+        self.batch.txn = txn;
+        let mut channels = Vec::new();
+        for (room_id, work) in &self.rooms {
+            if work.dirty || work.create.is_some() || self.sync {
+                let s = &work.state;
+                channels.push(ChannelWrite {
+                    channel_id: s.channel_id,
+                    room_id: room_id.clone(),
+                    create: work.create.clone(),
+                    name: DbText::new(s.name.as_str()),
+                    name_source: s.name_source,
+                    alias: s.alias.as_deref().map(DbText::new),
+                    topic: s.topic.as_deref().map(DbText::new),
+                    visibility: s.visibility,
+                    visibility_pinned: s.visibility_pinned,
+                    power_levels: s.power.clone(),
+                    state_synced: self.sync,
+                    is_direct: s.is_direct,
+                });
+            }
+        }
+        self.batch.channels = channels;
+        self.finish_members();
+        self.finish_messages();
+        self.batch.users = self
+            .new_users
+            .iter()
+            .map(|(matrix_id, id)| NewUser {
+                id: *id,
+                matrix_id: matrix_id.clone(),
+            })
+            .collect();
+        let wakes = Wakes {
+            jobs: !self.batch.jobs.is_empty(),
+            runs: !self.batch.candidates.is_empty() || !self.batch.redactions.is_empty(),
+        };
+        Plan {
+            batch: self.batch,
+            rooms: self
+                .rooms
+                .into_iter()
+                .map(|(id, w)| (id, w.state))
+                .collect(),
+            users: self.new_users,
+            outcomes: self.outcomes,
+            wakes,
+            ignored: self.ignored,
+        }
+    }
+}
+
+/// Rooms and users an event list touches (what must be loaded first): senders, membership
+/// targets, and the users power levels name (their roles may change).
+pub(crate) fn touched<'e>(
+    envelopes: &[&'e Envelope<'e>],
+) -> (BTreeSet<&'e RoomId>, BTreeSet<String>) {
+    let mut rooms = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    for env in envelopes {
+        if let Some(room) = &env.room_id {
+            rooms.insert(room.as_ref());
+        }
+        users.insert(env.sender.to_string());
+        match (&*env.kind, env.state_key.as_deref()) {
+            ("m.room.member", Some(key)) => {
+                users.insert(key.to_owned());
+            }
+            ("m.room.power_levels", Some(_)) => {
+                if let Ok(c) = env.content::<PowerLevelUsers>() {
+                    users.extend(c.users.into_keys());
+                }
+            }
+            _ => {}
+        }
+    }
+    (rooms, users)
+}
+
+/// The users a power levels event names.
+#[derive(serde::Deserialize)]
+struct PowerLevelUsers {
+    #[serde(default)]
+    users: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+/// A bounded label for the events metric.
+fn metric_kind(kind: &str) -> &'static str {
+    match kind {
+        "m.room.message" => "m.room.message",
+        "m.sticker" => "m.sticker",
+        "m.room.encrypted" => "m.room.encrypted",
+        "m.room.redaction" => "m.room.redaction",
+        "m.room.member" => "m.room.member",
+        "m.room.name" => "m.room.name",
+        "m.room.topic" => "m.room.topic",
+        "m.room.canonical_alias" => "m.room.canonical_alias",
+        "m.room.join_rules" => "m.room.join_rules",
+        "m.room.power_levels" => "m.room.power_levels",
+        "m.room.create" => "m.room.create",
+        "m.room.tombstone" => "m.room.tombstone",
+        super::mirror::event::DAARION_CHANNEL => super::mirror::event::DAARION_CHANNEL,
+        _ => "other",
+    }
+}

@@ -1,0 +1,128 @@
+//! `bridge_jobs`: follow-ups (joins, invite refusals) written in the commit of the transaction
+//! that asked for them, claimed by workers under a lease so a crash never loses one.
+
+use std::time::Duration;
+
+use super::{JobKind, Store, StoreError, both, types::Ts};
+use crate::ids::JobId;
+
+/// A claimed job.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    /// The job.
+    pub id: JobId,
+    /// What to do.
+    pub kind: JobKind,
+    /// In which room.
+    pub room_id: String,
+    /// As whom.
+    pub user_id: String,
+    /// Why (refusals).
+    pub reason: Option<String>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+impl Store {
+    /// Claims up to `limit` due jobs for `lease`: concurrent workers never take the same job
+    /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serialises the claim),
+    /// and a worker that dies lets its lease run out.
+    pub async fn claim_jobs(&self, limit: i64, lease: Duration) -> Result<Vec<JobRow>, StoreError> {
+        let now = Ts::now();
+        let until = now.plus(lease);
+        Ok(match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query_as(
+                    "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
+                     (SELECT id FROM bridge_jobs WHERE status = 'pending' AND not_before <= $1 \
+                     AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY created_at LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED) RETURNING id, kind, room_id, user_id, reason, attempts",
+                )
+                .bind(now)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                let _writer = self.write_lock.lock().await;
+                sqlx::query_as(
+                    "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
+                     (SELECT id FROM bridge_jobs WHERE status = 'pending' AND not_before <= $1 \
+                     AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY created_at LIMIT $3) \
+                     RETURNING id, kind, room_id, user_id, reason, attempts",
+                )
+                .bind(now)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+        })
+    }
+
+    /// When the next pending job is due (none: nothing pending).
+    pub async fn next_job_due(&self) -> Result<Option<Ts>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > not_before \
+             THEN claimed_until ELSE not_before END) FROM bridge_jobs WHERE status = 'pending'",
+        )
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// The job is done.
+    pub async fn job_done(&self, id: JobId) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE bridge_jobs SET status = 'done', finished_at = $2, claimed_until = NULL, last_error = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(Ts::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// The job failed; it is retried after `retry_at`, or given up when `retry_at` is `None`.
+    pub async fn job_failed(
+        &self,
+        id: JobId,
+        error: &str,
+        retry_at: Option<Ts>,
+    ) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE bridge_jobs SET last_error = $2, claimed_until = NULL, \
+             status = CASE WHEN $3 IS NULL THEN 'failed' ELSE 'pending' END, \
+             not_before = COALESCE($3, not_before), finished_at = CASE WHEN $3 IS NULL THEN $4 END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(retry_at)
+        .bind(Ts::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Jobs waiting.
+    pub async fn jobs_pending(&self) -> Result<i64, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM bridge_jobs WHERE status = 'pending'"
+        )
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Deletes finished jobs older than `cutoff`.
+    pub async fn prune_jobs(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "DELETE FROM bridge_jobs WHERE status <> 'pending' AND created_at < $1"
+        )
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+}

@@ -1,0 +1,197 @@
+//! Access keys of agent runtimes and their capabilities (the microDAO access schema).
+
+use serde::Serialize;
+
+use super::{Store, StoreError, both, types::Ts};
+use crate::ids::{AccessKeyId, AgentId};
+
+/// An access key found by its hash, with what the agent API needs to authorise a call.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuthKey {
+    /// The key's id.
+    pub key_id: AccessKeyId,
+    /// The agent it acts as.
+    pub agent_id: AgentId,
+    /// That agent's external id.
+    pub agent_external_id: String,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Ts>,
+    /// When it was revoked.
+    pub revoked_at: Option<Ts>,
+    /// Last authenticated use.
+    pub last_used_at: Option<Ts>,
+    /// Capability codes it holds.
+    #[sqlx(skip)]
+    pub capabilities: Vec<String>,
+}
+
+/// A key as listings show it (never the key itself).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct KeyListing {
+    /// The key's id.
+    pub id: AccessKeyId,
+    /// The agent's external id.
+    pub agent: String,
+    /// Its label.
+    pub name: String,
+    /// Its first characters.
+    pub prefix: String,
+    /// When it was created.
+    pub created_at: Ts,
+    /// When it expires.
+    pub expires_at: Option<Ts>,
+    /// When it was revoked.
+    pub revoked_at: Option<Ts>,
+    /// Last authenticated use.
+    pub last_used_at: Option<Ts>,
+    /// Capability codes.
+    #[sqlx(skip)]
+    pub capabilities: Vec<String>,
+}
+
+/// A key to store: everything but the key itself, which is never stored.
+#[derive(Debug, Clone)]
+pub struct NewKey<'a> {
+    /// The agent's external id.
+    pub agent_external_id: &'a str,
+    /// A label.
+    pub name: &'a str,
+    /// The key's first characters.
+    pub prefix: &'a str,
+    /// SHA-256 (hex) of the key.
+    pub hash: &'a str,
+    /// Capability codes (each must exist).
+    pub capabilities: &'a [String],
+    /// When it expires.
+    pub expires_at: Option<Ts>,
+}
+
+impl Store {
+    /// Stores a new key (hash only) with its capabilities, atomically.
+    pub async fn insert_key(&self, key: &NewKey<'_>) -> Result<AccessKeyId, StoreError> {
+        let agent = self
+            .agent_by_external_id(key.agent_external_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "agent",
+                key: key.agent_external_id.into(),
+            })?;
+        let known: Vec<String> = both!(self, pool => sqlx::query_scalar("SELECT code FROM capabilities ORDER BY code")
+            .fetch_all(pool)
+            .await?);
+        if let Some(unknown) = key.capabilities.iter().find(|c| !known.contains(c)) {
+            return Err(StoreError::Invalid(format!(
+                "unknown capability `{unknown}` (known: {})",
+                known.join(", ")
+            )));
+        }
+        let id = AccessKeyId::new();
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO access_keys (id, agent_id, name, key_prefix, key_hash, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(agent)
+            .bind(key.name)
+            .bind(key.prefix)
+            .bind(key.hash)
+            .bind(Ts::now())
+            .bind(key.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            for cap in key.capabilities {
+                sqlx::query(
+                    "INSERT INTO access_key_caps (key_id, cap_id) SELECT $1, id FROM capabilities WHERE code = $2 \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(cap)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(id)
+    }
+
+    /// Capability codes of a bundle (empty for an unknown bundle).
+    pub async fn bundle_caps(&self, bundle: &str) -> Result<Vec<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT c.code FROM bundle_caps bc JOIN bundles b ON b.id = bc.bundle_id \
+             JOIN capabilities c ON c.id = bc.cap_id WHERE b.code = $1 ORDER BY c.code",
+        )
+        .bind(bundle)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    async fn key_caps(&self, key: AccessKeyId) -> Result<Vec<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT c.code FROM access_key_caps kc JOIN capabilities c ON c.id = kc.cap_id \
+             WHERE kc.key_id = $1 ORDER BY c.code",
+        )
+        .bind(key)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The key with this hash, with its capabilities.
+    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<AuthKey>, StoreError> {
+        let row: Option<AuthKey> = both!(self, pool => sqlx::query_as(
+            "SELECT k.id AS key_id, k.agent_id, a.external_id AS agent_external_id, k.expires_at, \
+             k.revoked_at, k.last_used_at FROM access_keys k JOIN agents a ON a.id = k.agent_id \
+             WHERE k.key_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?);
+        let Some(mut key) = row else { return Ok(None) };
+        key.capabilities = self.key_caps(key.key_id).await?;
+        Ok(Some(key))
+    }
+
+    /// Records a use of the key.
+    pub async fn touch_key(&self, key: AccessKeyId, now: Ts) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query("UPDATE access_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(key)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Every key (of one agent, when given), oldest first.
+    pub async fn list_keys(
+        &self,
+        agent_external_id: Option<&str>,
+    ) -> Result<Vec<KeyListing>, StoreError> {
+        let mut keys: Vec<KeyListing> = both!(self, pool => sqlx::query_as(
+            "SELECT k.id, a.external_id AS agent, k.name, k.key_prefix AS prefix, k.created_at, k.expires_at, \
+             k.revoked_at, k.last_used_at FROM access_keys k JOIN agents a ON a.id = k.agent_id \
+             WHERE ($1 = '' OR a.external_id = $1) ORDER BY k.created_at",
+        )
+        .bind(agent_external_id.unwrap_or(""))
+        .fetch_all(pool)
+        .await?);
+        for key in &mut keys {
+            key.capabilities = self.key_caps(key.id).await?;
+        }
+        Ok(keys)
+    }
+
+    /// Revokes the key with this id or prefix; returns how many keys were revoked.
+    pub async fn revoke_key(&self, id_or_prefix: &str) -> Result<u64, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "UPDATE access_keys SET revoked_at = $1 WHERE revoked_at IS NULL \
+             AND (CAST(id AS TEXT) = $2 OR key_prefix = $2)",
+        )
+        .bind(Ts::now())
+        .bind(id_or_prefix)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+}

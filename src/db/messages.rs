@@ -1,0 +1,188 @@
+//! Reads of channels, members and messages: the agent API's pages and access checks, and the
+//! facts the trigger rules look up (who sent a message, who is in a thread, how many people a
+//! room has).
+
+use serde::Serialize;
+
+use super::{SenderType, Store, StoreError, Visibility, both, types::Ts};
+use crate::ids::{AgentId, ChannelId, MessageId};
+
+/// A channel where an agent is an active member.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AgentChannel {
+    /// The channel.
+    pub id: ChannelId,
+    /// Its room.
+    pub matrix_room_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its slug.
+    pub slug: String,
+    /// Its topic.
+    pub topic: Option<String>,
+    /// Its visibility.
+    pub visibility: Visibility,
+    /// The external id of its microDAO.
+    pub microdao: String,
+    /// When the agent joined.
+    pub joined_at: Ts,
+    /// The agent's open session there, if any.
+    pub session_status: Option<String>,
+}
+
+/// A message as the agent API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MessageRow {
+    /// The row.
+    pub id: MessageId,
+    /// The Matrix event.
+    pub event_id: String,
+    /// The sender's Matrix id.
+    pub sender: Option<String>,
+    /// human | agent | system.
+    pub sender_type: SenderType,
+    /// The preview.
+    pub content_preview: String,
+    /// When it was sent.
+    pub created_at: Ts,
+    /// When it was last edited.
+    pub edited_at: Option<Ts>,
+    /// Whether it was redacted.
+    pub redacted: bool,
+}
+
+impl Store {
+    /// Channels where the agent is an active member, with its session status there.
+    pub async fn agent_channels(&self, agent: AgentId) -> Result<Vec<AgentChannel>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT c.id, c.matrix_room_id, c.name, c.slug, c.topic, c.visibility, m.external_id AS microdao, \
+             cm.joined_at, (SELECT s.status FROM agent_sessions s WHERE s.agent_id = cm.member_agent_id \
+             AND s.channel_id = c.id AND s.status <> 'closed') AS session_status \
+             FROM channel_members cm JOIN channels c ON c.id = cm.channel_id JOIN microdaos m ON m.id = c.microdao_id \
+             WHERE cm.member_agent_id = $1 AND cm.left_at IS NULL ORDER BY c.name",
+        )
+        .bind(agent)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The channel's room and whether `agent` is an active member; `None` if no such channel.
+    pub async fn channel_access(
+        &self,
+        channel: ChannelId,
+        agent: AgentId,
+    ) -> Result<Option<(String, bool)>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT c.matrix_room_id, EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
+             AND cm.member_agent_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1 \
+             AND c.matrix_room_id IS NOT NULL",
+        )
+        .bind(channel)
+        .bind(agent)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Whether the agent is an active member of the room's channel.
+    pub async fn agent_in_room(&self, room_id: &str, agent: AgentId) -> Result<bool, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+             WHERE c.matrix_room_id = $1 AND cm.member_agent_id = $2 AND cm.left_at IS NULL)",
+        )
+        .bind(room_id)
+        .bind(agent)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Agents that are active members of the channel.
+    pub async fn channel_agents(&self, channel: ChannelId) -> Result<Vec<AgentId>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT member_agent_id FROM channel_members WHERE channel_id = $1 \
+             AND member_agent_id IS NOT NULL AND left_at IS NULL",
+        )
+        .bind(channel)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Who sent `event_id` (agent or person), if it is mirrored.
+    pub async fn message_sender(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar::<_, Option<String>>(
+            "SELECT COALESCE(a.matrix_id, u.matrix_id) FROM messages m \
+             LEFT JOIN agents a ON a.id = m.sender_agent_id LEFT JOIN users u ON u.id = m.sender_user_id \
+             WHERE m.matrix_event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?
+        .flatten()))
+    }
+
+    /// Whether the agent started the thread or posted in it.
+    pub async fn agent_in_thread(&self, root: &str, agent: AgentId) -> Result<bool, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE sender_agent_id = $2 \
+             AND (matrix_event_id = $1 OR thread_root_event_id = $1))",
+        )
+        .bind(root)
+        .bind(agent)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// People who are active members of the channel.
+    pub async fn human_member_count(&self, channel: ChannelId) -> Result<i64, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM channel_members WHERE channel_id = $1 AND member_user_id IS NOT NULL \
+             AND left_at IS NULL",
+        )
+        .bind(channel)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// A page of a channel's messages, newest first, strictly before the cursor.
+    pub async fn messages_page(
+        &self,
+        channel: ChannelId,
+        before: Option<(Ts, MessageId)>,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let (ts, id) = match before {
+            Some((ts, id)) => (Some(ts), Some(id)),
+            None => (None, None),
+        };
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT m.id, m.matrix_event_id AS event_id, COALESCE(u.matrix_id, a.matrix_id) AS sender, \
+             m.sender_type, m.content_preview, m.created_at, m.edited_at, m.redacted_at IS NOT NULL AS redacted \
+             FROM messages m LEFT JOIN users u ON u.id = m.sender_user_id LEFT JOIN agents a ON a.id = m.sender_agent_id \
+             WHERE m.channel_id = $1 AND ($2 IS NULL OR m.created_at < $2 OR (m.created_at = $2 AND m.id < $3)) \
+             ORDER BY m.created_at DESC, m.id DESC LIMIT $4",
+        )
+        .bind(channel)
+        .bind(ts)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The agent that sent `event_id` in `channel`: `None` if no such message, `Some(None)` if
+    /// a person sent it.
+    pub async fn message_agent(
+        &self,
+        channel: ChannelId,
+        event_id: &str,
+    ) -> Result<Option<Option<AgentId>>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_scalar::<_, Option<AgentId>>(
+            "SELECT sender_agent_id FROM messages WHERE channel_id = $1 AND matrix_event_id = $2",
+        )
+        .bind(channel)
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?),
+        )
+    }
+}

@@ -1,0 +1,209 @@
+//! `agent_outbox`: the durable, per-room ordered queue of everything puppets send.
+
+use sqlx::types::Json;
+
+use super::{OutboxKind, OutboxStatus, Store, StoreError, both, types::Ts};
+use crate::ids::{AgentId, OutboxId};
+
+/// One queued puppet send.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxItem {
+    /// Its id.
+    pub id: OutboxId,
+    /// The sending agent.
+    pub agent_id: AgentId,
+    /// The target room.
+    pub room_id: String,
+    /// Matrix event type.
+    pub event_type: String,
+    /// Event content as sent (for redactions: `{"reason": …}`).
+    pub content: Json<serde_json::Value>,
+    /// The redacted event, for redactions.
+    pub redacts: Option<String>,
+    /// Client transaction id, reused on every retry.
+    pub txn_id: String,
+    /// Where it stands.
+    pub status: OutboxStatus,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// The event the homeserver created.
+    pub event_id: Option<String>,
+    /// The last error.
+    pub error: Option<String>,
+    /// Idempotency key of the request that queued it (`run:{id}` for a run's answer).
+    pub idempotency_key: Option<String>,
+    /// Hash of the request that queued it.
+    pub request_hash: Option<String>,
+    /// Not retried before this time.
+    pub not_before: Option<Ts>,
+}
+
+/// What to queue.
+#[derive(Debug, Clone)]
+pub struct NewOutbox {
+    /// The sending agent.
+    pub agent_id: AgentId,
+    /// The target room.
+    pub room_id: String,
+    /// Message or redaction.
+    pub kind: OutboxKind,
+    /// Matrix event type.
+    pub event_type: String,
+    /// Event content.
+    pub content: serde_json::Value,
+    /// The redacted event, for redactions.
+    pub redacts: Option<String>,
+    /// Client transaction id.
+    pub txn_id: String,
+    /// Idempotency key of the request, if any.
+    pub idempotency_key: Option<String>,
+    /// Hash of the request, bound to the idempotency key.
+    pub request_hash: String,
+}
+
+/// What queuing did.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// A new item.
+    New(OutboxItem),
+    /// The idempotency key (or the same content) was queued before: that item.
+    Existing(OutboxItem),
+    /// The idempotency key was used before for a different request.
+    KeyReused(OutboxItem),
+}
+
+const COLS: &str = "SELECT id, agent_id, room_id, event_type, content, redacts, txn_id, status, attempts, \
+     event_id, error, idempotency_key, request_hash, not_before FROM agent_outbox";
+
+impl Store {
+    /// Queues a send. An idempotency key already used by this agent returns the earlier item
+    /// when the request is the same, and [`Enqueued::KeyReused`] when it is not.
+    pub async fn outbox_enqueue(&self, item: &NewOutbox) -> Result<Enqueued, StoreError> {
+        let id = OutboxId::new();
+        let inserted = both!(self, pool => sqlx::query(
+            "INSERT INTO agent_outbox (id, agent_id, room_id, kind, event_type, content, redacts, txn_id, \
+             idempotency_key, status, created_at, request_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(item.agent_id)
+        .bind(&item.room_id)
+        .bind(item.kind)
+        .bind(&item.event_type)
+        .bind(Json(&item.content))
+        .bind(&item.redacts)
+        .bind(&item.txn_id)
+        .bind(&item.idempotency_key)
+        .bind(Ts::now())
+        .bind(&item.request_hash)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if inserted == 1 {
+            let new = self.outbox_get(id).await?.ok_or(StoreError::NotFound {
+                what: "outbox item",
+                key: id.to_string(),
+            })?;
+            return Ok(Enqueued::New(new));
+        }
+        // Conflict: the same idempotency key, or the same content queued twice (same txn id).
+        let existing: Option<OutboxItem> = both!(self, pool => sqlx::query_as(&format!(
+            "{COLS} WHERE (agent_id = $1 AND idempotency_key = $2) OR txn_id = $3"
+        ))
+        .bind(item.agent_id)
+        .bind(&item.idempotency_key)
+        .bind(&item.txn_id)
+        .fetch_optional(pool)
+        .await?);
+        let existing = existing.ok_or(StoreError::NotFound {
+            what: "outbox item",
+            key: item.txn_id.clone(),
+        })?;
+        Ok(match &existing.request_hash {
+            Some(hash) if item.idempotency_key.is_some() && hash != &item.request_hash => {
+                Enqueued::KeyReused(existing)
+            }
+            _ => Enqueued::Existing(existing),
+        })
+    }
+
+    /// One item.
+    pub async fn outbox_get(&self, id: OutboxId) -> Result<Option<OutboxItem>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_as(&format!("{COLS} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?),
+        )
+    }
+
+    /// The agent's item queued under an idempotency key, if any.
+    pub async fn outbox_by_key(
+        &self,
+        agent: AgentId,
+        key: &str,
+    ) -> Result<Option<OutboxItem>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{COLS} WHERE agent_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(agent)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// The oldest pending item of every room with pending items (rooms are delivered in order:
+    /// only a room's head may be sent), at most `limit` rooms.
+    pub async fn outbox_heads(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{COLS} o WHERE o.status = 'pending' AND NOT EXISTS (SELECT 1 FROM agent_outbox p \
+             WHERE p.room_id = o.room_id AND p.status = 'pending' \
+             AND (p.created_at < o.created_at OR (p.created_at = o.created_at AND p.id < o.id))) \
+             ORDER BY o.created_at LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Records a failed attempt that will be retried after `not_before`.
+    pub async fn outbox_retry(
+        &self,
+        id: OutboxId,
+        error: &str,
+        not_before: Ts,
+    ) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, not_before = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(not_before)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Records a send the homeserver refused for good.
+    pub async fn outbox_fail(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, status = 'failed' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Items waiting to be sent.
+    pub async fn outbox_pending(&self) -> Result<i64, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM agent_outbox WHERE status = 'pending'"
+        )
+        .fetch_one(pool)
+        .await?))
+    }
+}

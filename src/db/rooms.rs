@@ -1,0 +1,181 @@
+//! Reads of mirrored rooms, senders and microDAOs that the mirror's caches start from.
+
+use sqlx::types::Json;
+
+use super::{NameSource, PowerLevels, Store, StoreError, Visibility, both};
+use crate::ids::{AgentId, ChannelId, MicrodaoId, UserRowId};
+
+/// A mirrored room as stored: its channel row plus the bridge's bookkeeping.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRoom {
+    /// `channels.id`.
+    pub channel_id: ChannelId,
+    /// `channels.matrix_room_id`.
+    pub room_id: String,
+    /// `channels.microdao_id`.
+    pub microdao_id: MicrodaoId,
+    /// `channels.name`.
+    pub name: String,
+    /// `channels.topic`.
+    pub topic: Option<String>,
+    /// `channels.visibility`.
+    pub visibility: Visibility,
+    /// `bridge_rooms.name_source` (none: the platform created the channel).
+    pub name_source: Option<NameSource>,
+    /// `bridge_rooms.visibility_pinned`.
+    pub visibility_pinned: Option<bool>,
+    /// `bridge_rooms.power_levels`.
+    pub power_levels: Option<Json<PowerLevels>>,
+    /// `bridge_rooms.is_direct`.
+    pub is_direct: Option<bool>,
+    /// `bridge_rooms.canonical_alias`.
+    pub canonical_alias: Option<String>,
+}
+
+const ROOM_COLS: &str = "SELECT c.id AS channel_id, c.matrix_room_id AS room_id, c.microdao_id, c.name, c.topic, \
+     c.visibility, br.name_source, br.visibility_pinned, br.power_levels, br.is_direct, br.canonical_alias \
+     FROM channels c LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
+
+impl Store {
+    /// The mirrored rooms among `room_ids`, with the agents that are active members of each.
+    pub async fn load_rooms(
+        &self,
+        room_ids: &[&str],
+    ) -> Result<Vec<(StoredRoom, Vec<AgentId>)>, StoreError> {
+        if room_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms: Vec<StoredRoom> = match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query_as(&format!("{ROOM_COLS} c.matrix_room_id = ANY($1)"))
+                    .bind(room_ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                sqlx::query_as(&format!(
+                    "{ROOM_COLS} c.matrix_room_id IN (SELECT value FROM json_each($1))"
+                ))
+                .bind(json_list(room_ids))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ChannelId> = rooms.iter().map(|r| r.channel_id).collect();
+        const AGENTS: &str = "SELECT channel_id, member_agent_id FROM channel_members \
+             WHERE member_agent_id IS NOT NULL AND left_at IS NULL AND ";
+        let agents: Vec<(ChannelId, AgentId)> = match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query_as(&format!("{AGENTS} channel_id = ANY($1)"))
+                    .bind(&ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                sqlx::query_as(&format!(
+                    "{AGENTS} channel_id IN (SELECT value FROM json_each($1))"
+                ))
+                .bind(json_list(&list))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rooms
+            .into_iter()
+            .map(|room| {
+                let members = agents
+                    .iter()
+                    .filter(|(c, _)| *c == room.channel_id)
+                    .map(|(_, a)| *a)
+                    .collect();
+                (room, members)
+            })
+            .collect())
+    }
+
+    /// The `users` rows of those of `matrix_ids` that have one.
+    pub async fn known_users(
+        &self,
+        matrix_ids: &[&str],
+    ) -> Result<Vec<(String, UserRowId)>, StoreError> {
+        if matrix_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query_as("SELECT matrix_id, id FROM users WHERE matrix_id = ANY($1)")
+                    .bind(matrix_ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT matrix_id, id FROM users WHERE matrix_id IN (SELECT value FROM json_each($1))",
+                )
+                .bind(json_list(matrix_ids))
+                .fetch_all(pool)
+                .await?
+            }
+        })
+    }
+
+    /// `microdaos.id` for an external id such as `microdao:7`.
+    pub async fn microdao_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<MicrodaoId>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_scalar("SELECT id FROM microdaos WHERE external_id = $1")
+            .bind(external_id)
+            .fetch_optional(pool)
+            .await?),
+        )
+    }
+
+    /// Slugs of the microDAO equal to `base` or starting with `base-` (to pick a free one).
+    pub async fn taken_slugs(
+        &self,
+        microdao: MicrodaoId,
+        base: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT slug FROM channels WHERE microdao_id = $1 AND (slug = $2 OR slug LIKE $3)",
+        )
+        .bind(microdao)
+        .bind(base)
+        .bind(format!("{base}-%"))
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The channel of a Matrix room.
+    pub async fn channel_for_room(&self, room_id: &str) -> Result<Option<ChannelId>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_scalar("SELECT id FROM channels WHERE matrix_room_id = $1")
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?),
+        )
+    }
+
+    /// A channel's Matrix room id.
+    pub async fn room_of_channel(&self, channel: ChannelId) -> Result<Option<String>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_scalar(
+            "SELECT matrix_room_id FROM channels WHERE id = $1",
+        )
+        .bind(channel)
+        .fetch_optional(pool)
+        .await?
+        .flatten()))
+    }
+}
+
+/// A JSON array of strings, for SQLite's `json_each` (it has no array parameters).
+pub(crate) fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+}

@@ -1,0 +1,97 @@
+//! `agent_sessions`: the idle sweep, counts for the metric, and the agent API's listing.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{SessionStatus, Store, StoreError, both, types::Ts};
+use crate::ids::{AgentId, ChannelId, SessionId};
+
+/// A session as the agent API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SessionRow {
+    /// The session.
+    pub id: SessionId,
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// The channel's room.
+    pub room_id: String,
+    /// Where it stands.
+    pub status: SessionStatus,
+    /// When it opened.
+    pub started_at: Ts,
+    /// Last activity.
+    pub last_activity_at: Ts,
+    /// When it closed.
+    pub closed_at: Option<Ts>,
+}
+
+impl Store {
+    /// Marks active sessions idle after their quiet period (`overrides` per agent, `default_after`
+    /// for the rest). Touches only active sessions (a partial index), so the work does not grow
+    /// with the number of closed sessions. Returns how many turned idle.
+    pub async fn sweep_idle_sessions(
+        &self,
+        now: Ts,
+        default_after: Duration,
+        overrides: &[(AgentId, Duration)],
+    ) -> Result<u64, StoreError> {
+        let mut changed = 0;
+        for (agent, after) in overrides {
+            changed += both!(self, pool => sqlx::query(
+                "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1 \
+                 AND agent_id = $2",
+            )
+            .bind(now.minus(*after))
+            .bind(agent)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        }
+        let exclude: Vec<String> = (0..overrides.len())
+            .map(|i| format!("${}", i + 2))
+            .collect();
+        let exclude = if exclude.is_empty() {
+            String::new()
+        } else {
+            format!(" AND agent_id NOT IN ({})", exclude.join(", "))
+        };
+        let sql = format!(
+            "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1{exclude}"
+        );
+        changed += both!(self, pool => {
+            let mut q = sqlx::query(&sql).bind(now.minus(default_after));
+            for (agent, _) in overrides {
+                q = q.bind(*agent);
+            }
+            q.execute(pool).await?.rows_affected()
+        });
+        Ok(changed)
+    }
+
+    /// Sessions by status, for the metric.
+    pub async fn session_counts(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT status, COUNT(*) FROM agent_sessions GROUP BY status"
+        )
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// The agent's sessions (of one status, when given), newest first.
+    pub async fn agent_sessions(
+        &self,
+        agent: AgentId,
+        status: Option<SessionStatus>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT s.id, s.channel_id, c.matrix_room_id AS room_id, s.status, s.started_at, s.last_activity_at, \
+             s.closed_at FROM agent_sessions s JOIN channels c ON c.id = s.channel_id \
+             WHERE s.agent_id = $1 AND ($2 = '' OR s.status = $2) ORDER BY s.started_at DESC LIMIT 500",
+        )
+        .bind(agent)
+        .bind(status.map(SessionStatus::as_str).unwrap_or(""))
+        .fetch_all(pool)
+        .await?))
+    }
+}

@@ -1,0 +1,139 @@
+//! [`PuppetIntent`]: everything done as one agent. It makes sure the puppet exists, has its
+//! profile and is in the room before acting, and sends through the durable outbox; ephemeral
+//! actions (typing, receipts) and reads go straight to the homeserver as the puppet.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::AnyTimelineEvent, serde::Raw};
+
+use super::{PuppetError, Puppets, Send};
+use crate::{
+    bridge::agents::Agent,
+    db::outbox::{Enqueued, OutboxItem},
+    ids::OutboxId,
+};
+
+/// Acting as one agent.
+#[derive(Clone)]
+pub struct PuppetIntent {
+    puppets: Arc<Puppets>,
+    agent: Arc<Agent>,
+}
+
+impl PuppetIntent {
+    pub(super) fn new(puppets: Arc<Puppets>, agent: Arc<Agent>) -> Self {
+        Self { puppets, agent }
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
+    /// The puppet's Matrix id.
+    pub fn user_id(&self) -> &UserId {
+        &self.agent.user_id
+    }
+
+    /// Registered, named and with its avatar.
+    pub async fn ensure_ready(&self) -> Result<(), PuppetError> {
+        self.puppets.ensure_ready(&self.agent).await
+    }
+
+    /// Ready and joined to `room` (unless the mirror already knows it is a member): actions such
+    /// as typing fail, or worse are silently dropped, before the join.
+    pub async fn ensure_joined(&self, room: &RoomId) -> Result<(), PuppetError> {
+        self.ensure_ready().await?;
+        if self
+            .puppets
+            .store
+            .agent_in_room(room.as_str(), self.agent.id)
+            .await?
+        {
+            return Ok(());
+        }
+        self.puppets.hs.join(room, self.user_id()).await?;
+        Ok(())
+    }
+
+    /// Joins `room` (accepting an invite) after making sure the puppet is ready.
+    pub async fn join(&self, room: &RoomId) -> Result<(), PuppetError> {
+        self.ensure_ready().await?;
+        self.puppets.hs.join(room, self.user_id()).await?;
+        Ok(())
+    }
+
+    /// Leaves `room` (or refuses an invite) with a reason.
+    pub async fn leave(&self, room: &RoomId, reason: &str) -> Result<(), PuppetError> {
+        self.puppets
+            .hs
+            .ensure_registered(self.user_id().localpart())
+            .await?;
+        self.puppets.hs.leave(room, self.user_id(), reason).await?;
+        Ok(())
+    }
+
+    /// Queues a send in `room`.
+    pub async fn send(&self, room: &RoomId, send: Send) -> Result<Enqueued, PuppetError> {
+        Ok(self.puppets.enqueue(&self.agent, room, send).await?)
+    }
+
+    /// Waits for a queued send to finish, up to `timeout`.
+    pub async fn wait(&self, id: OutboxId, timeout: Duration) -> Result<OutboxItem, PuppetError> {
+        Ok(self.puppets.wait(id, timeout).await?)
+    }
+
+    /// The agent's send queued under `key`, if any.
+    pub async fn queued(&self, key: &str) -> Result<Option<OutboxItem>, PuppetError> {
+        Ok(self.puppets.store.outbox_by_key(self.agent.id, key).await?)
+    }
+
+    /// Shows (`Some(timeout)`) or stops typing in `room`.
+    pub async fn typing(
+        &self,
+        room: &RoomId,
+        timeout: Option<Duration>,
+    ) -> Result<(), PuppetError> {
+        self.ensure_joined(room).await?;
+        self.puppets
+            .hs
+            .typing(room, self.user_id(), timeout)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the puppet's read receipt to `event`.
+    pub async fn read_receipt(
+        &self,
+        room: &RoomId,
+        event: OwnedEventId,
+    ) -> Result<(), PuppetError> {
+        self.ensure_joined(room).await?;
+        self.puppets
+            .hs
+            .read_receipt(room, self.user_id(), event)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` events of `room`, newest first, as the puppet sees them.
+    pub async fn recent_events(
+        &self,
+        room: &RoomId,
+        limit: u32,
+    ) -> Result<Vec<Raw<AnyTimelineEvent>>, PuppetError> {
+        Ok(self
+            .puppets
+            .hs
+            .recent_events(room, self.user_id(), limit)
+            .await?)
+    }
+
+    /// Display names of `room`'s joined members.
+    pub async fn member_names(
+        &self,
+        room: &RoomId,
+    ) -> Result<BTreeMap<OwnedUserId, String>, PuppetError> {
+        Ok(self.puppets.hs.member_names(room, self.user_id()).await?)
+    }
+}

@@ -1,0 +1,297 @@
+//! Executing one run: typing while the context is read, calling the runtime, and streaming its
+//! answer into **one** message edited as it grows (no more often than the edit interval), with a
+//! final edit holding the whole text. The answer is queued under the run's own idempotency key,
+//! so a run resumed after a crash edits the answer it already posted instead of posting twice.
+
+use std::time::{Duration, Instant};
+
+use ruma::{OwnedEventId, RoomId};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{
+    Runner, context,
+    runtime::{RunOutput, runtime_for},
+};
+use crate::{
+    config::MessageKind,
+    db::{OutboxStatus, RunStatus, outbox::Enqueued, runs::RunEnd, triggers::TriggerRow},
+    ids::{ChannelId, RunId},
+    puppet::{
+        PuppetIntent, RUN_KEY_PREFIX, Send,
+        content::{self, Outgoing},
+    },
+};
+
+/// How a run's execution ended.
+pub(super) enum Ended {
+    /// Completed or failed.
+    End(RunEnd),
+    /// The runtime answers later through the agent API.
+    Deferred,
+}
+
+#[derive(Default)]
+struct Streamed {
+    event_id: Option<OwnedEventId>,
+    first_token: Option<Instant>,
+    error: Option<String>,
+}
+
+impl Runner {
+    /// Calls the runtime and turns its answer into one message (edited as it streams).
+    pub(super) async fn execute(
+        &self,
+        id: RunId,
+        intent: &PuppetIntent,
+        room: &RoomId,
+        channel: ChannelId,
+        session: Option<String>,
+        triggers: &[TriggerRow],
+    ) -> Ended {
+        // Typing shows while the context is read: both are homeserver round trips.
+        let typing = intent.typing(room, Some(Duration::from_secs(30)));
+        let request = context::request(id, intent, room, channel, session, triggers);
+        let (typed, request) = tokio::join!(typing, request);
+        if let Err(error) = typed {
+            tracing::warn!(run_id = %id, %error, "cannot show typing");
+        }
+        let request = match request {
+            Ok(r) => r,
+            Err(error) => {
+                return Ended::End(
+                    self.failed(
+                        id,
+                        intent,
+                        room,
+                        format!("cannot read the room's context: {error}"),
+                    )
+                    .await,
+                );
+            }
+        };
+        let runtime = runtime_for(&intent.agent().behaviour.runtime, &self.http);
+        let (tx, rx) = mpsc::channel::<String>(256);
+        let Some(last) = triggers.last() else {
+            return Ended::End(RunEnd::failed("a run without triggers"));
+        };
+        let stream = self.stream(id, intent, room, last, rx);
+        let called = Instant::now();
+        let (result, streamed) = tokio::join!(runtime.call(&request, tx), stream);
+        match result {
+            Ok(RunOutput { deferred: true, .. }) => Ended::Deferred,
+            Ok(out) => {
+                if let Some(ttft) = streamed.first_token {
+                    self.metrics
+                        .first_token_seconds
+                        .observe(ttft.duration_since(called).as_secs_f64());
+                }
+                match streamed.event_id {
+                    Some(event_id) => Ended::End(RunEnd {
+                        status: RunStatus::Completed,
+                        output: Some(json!({ "text": out.text })),
+                        reply_event_id: Some(event_id.to_string()),
+                        prompt_tokens: out.prompt_tokens,
+                        completion_tokens: out.completion_tokens,
+                        error: None,
+                    }),
+                    None => {
+                        let error = streamed
+                            .error
+                            .unwrap_or_else(|| "the answer could not be posted".into());
+                        Ended::End(self.failed(id, intent, room, error).await)
+                    }
+                }
+            }
+            Err(error) => {
+                // Whatever was already posted stays; the run is failed, never retried.
+                let mut end = self.failed(id, intent, room, error.to_string()).await;
+                end.reply_event_id = streamed.event_id.map(|e| e.to_string());
+                Ended::End(end)
+            }
+        }
+    }
+
+    /// Posts the answer as it streams: typing until the first piece, then one message edited
+    /// no more often than the edit interval, and a final edit with the whole text.
+    async fn stream(
+        &self,
+        id: RunId,
+        intent: &PuppetIntent,
+        room: &RoomId,
+        last: &TriggerRow,
+        mut rx: mpsc::Receiver<String>,
+    ) -> Streamed {
+        let kind = intent.agent().behaviour.message_kind;
+        let interval = self.settings.stream_edit_interval;
+        let mut text = String::new();
+        let mut posted_text = String::new();
+        let mut out = Streamed::default();
+        let mut last_edit = Instant::now();
+        let mut target: Option<OwnedEventId> = None;
+        loop {
+            let piece = if let Some(posted) = target.as_ref().filter(|_| posted_text != text) {
+                // Something is waiting to be shown: wake up when the edit interval allows it.
+                let wait = interval.saturating_sub(last_edit.elapsed());
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        self.edit(intent, room, posted, &text, kind, false).await;
+                        posted_text = text.clone();
+                        last_edit = Instant::now();
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            let Some(piece) = piece else { break };
+            if out.first_token.is_none() {
+                out.first_token = Some(Instant::now());
+            }
+            text.push_str(&piece);
+            if target.is_none() && !text.trim().is_empty() {
+                let trigger = &last.payload.0;
+                let content = content::message(&Outgoing {
+                    body: text.clone(),
+                    markdown: true,
+                    kind,
+                    reply_to: OwnedEventId::try_from(last.event_id.as_str()).ok(),
+                    thread_root: trigger.thread_root.clone(),
+                    // A reply mentions whom it answers (an agent too: the chain limit bounds that).
+                    mentions: vec![trigger.sender.clone()],
+                });
+                match self.post_answer(id, intent, room, content).await {
+                    Ok((event_id, resumed)) => {
+                        out.event_id = Some(event_id.clone());
+                        target = Some(event_id);
+                        // A resumed run's answer holds the earlier attempt's text: edit it.
+                        posted_text = if resumed { String::new() } else { text.clone() };
+                        last_edit = Instant::now();
+                    }
+                    Err(error) => {
+                        out.error = Some(error);
+                        // Drain so the runtime is not blocked; the run will be failed.
+                        while rx.recv().await.is_some() {}
+                        return out;
+                    }
+                }
+            }
+        }
+        if let Some(target) = &target
+            && posted_text != text
+        {
+            self.edit(intent, room, target, &text, kind, true).await;
+        }
+        out
+    }
+
+    /// Queues the run's answer under its idempotency key (or finds the one a previous attempt
+    /// queued) and waits for its event id. Returns whether it was queued before.
+    async fn post_answer(
+        &self,
+        id: RunId,
+        intent: &PuppetIntent,
+        room: &RoomId,
+        content: serde_json::Value,
+    ) -> Result<(OwnedEventId, bool), String> {
+        let key = format!("{RUN_KEY_PREFIX}{id}");
+        let earlier = intent.queued(&key).await.map_err(|e| e.to_string())?;
+        let resumed = earlier.is_some();
+        let item = match earlier {
+            Some(item) => item,
+            None => match intent
+                .send(
+                    room,
+                    Send {
+                        event_type: "m.room.message".into(),
+                        content,
+                        redacts: None,
+                        key: Some(key),
+                        request_hash: None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Enqueued::New(item) | Enqueued::Existing(item) | Enqueued::KeyReused(item) => item,
+            },
+        };
+        let item = intent
+            .wait(
+                item.id,
+                self.settings.send_wait.max(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match (item.status, item.event_id) {
+            (OutboxStatus::Sent, Some(e)) => OwnedEventId::try_from(e)
+                .map(|e| (e, resumed))
+                .map_err(|e| e.to_string()),
+            _ => Err(item
+                .error
+                .unwrap_or_else(|| "the homeserver has not accepted the answer yet".into())),
+        }
+    }
+
+    async fn edit(
+        &self,
+        intent: &PuppetIntent,
+        room: &RoomId,
+        target: &OwnedEventId,
+        text: &str,
+        kind: MessageKind,
+        wait: bool,
+    ) {
+        let content = content::edit(target.clone(), text, true, kind, vec![]);
+        let send = Send {
+            event_type: "m.room.message".into(),
+            content,
+            redacts: None,
+            key: None,
+            request_hash: None,
+        };
+        match intent.send(room, send).await {
+            Ok(Enqueued::New(item)) if wait => {
+                let _ = intent.wait(item.id, self.settings.send_wait).await;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot queue a streaming edit"),
+        }
+    }
+
+    /// A failed run: recorded with its error; one short notice in the room when configured.
+    pub(super) async fn failed(
+        &self,
+        id: RunId,
+        intent: &PuppetIntent,
+        room: &RoomId,
+        error: String,
+    ) -> RunEnd {
+        let agent = intent.agent();
+        tracing::warn!(run_id = %id, agent = %agent.user_id, room_id = %room, %error, "run failed");
+        let _ = intent.typing(room, None).await;
+        if agent.behaviour.failure_notice {
+            let content = content::message(&Outgoing {
+                body: format!(
+                    "{} could not answer this time (run {id} failed).",
+                    agent.name
+                ),
+                markdown: false,
+                kind: MessageKind::Notice,
+                ..Default::default()
+            });
+            let send = Send {
+                event_type: "m.room.message".into(),
+                content,
+                redacts: None,
+                key: Some(format!("run-failed:{id}")),
+                request_hash: None,
+            };
+            if let Err(e) = intent.send(room, send).await {
+                tracing::warn!(error = %e, "cannot post the failure notice");
+            }
+        }
+        RunEnd::failed(error)
+    }
+}
