@@ -23,7 +23,11 @@ impl Namespace {
     ) -> Option<Self> {
         // Strict ids only: historical ids (spaces, upper case) are valid for old users but not
         // for users the bridge creates.
-        let strict = |s: String| UserId::parse(s).ok().filter(|u| !u.is_historical());
+        let strict = |s: String| {
+            UserId::parse(s)
+                .ok()
+                .filter(|u| u.validate_strict().is_ok())
+        };
         let bot = strict(format!("@{bot_localpart}:{server_name}"))?;
         strict(format!("@{agent_prefix}x:{server_name}"))?;
         Some(Self {
