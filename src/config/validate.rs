@@ -37,7 +37,7 @@ impl Config {
         http_url("appservice.url", &a.url)?;
         let server = &self.homeserver.server_name;
         if UserId::parse(format!("@{}:{server}", a.bot_localpart))
-            .map_or(true, |u| !u.validate_strict().is_ok())
+            .map_or(true, |u| u.validate_strict().is_err())
         {
             return Err(invalid(
                 "appservice.bot_localpart",
@@ -46,7 +46,7 @@ impl Config {
         }
         if a.agent_prefix.is_empty()
             || UserId::parse(format!("@{}x:{server}", a.agent_prefix))
-                .map_or(true, |u| !u.validate_strict().is_ok())
+                .map_or(true, |u| u.validate_strict().is_err())
         {
             return Err(invalid(
                 "appservice.agent_prefix",
