@@ -3,14 +3,18 @@
 
 mod agents;
 mod cli;
+mod hardening;
 #[path = "../common/model.rs"]
 mod model;
+mod process;
 mod runs;
 mod spec;
 mod support;
 
 use agents::*;
 use cli::*;
+use hardening::*;
+use process::*;
 use runs::*;
 use spec::*;
 
@@ -81,9 +85,25 @@ both_backends!(
     conforms_to_the_appservice_spec,
     edits_trigger_only_when_configured,
     renamed_agents_get_their_new_name,
+    nul_anywhere_never_stalls_mirroring,
+    an_event_the_database_refuses_is_skipped,
+    long_and_odd_txn_ids,
+    invalid_utf8_is_decoded_lossily,
+    removing_the_name_falls_back,
+    previews_are_bounded,
+    agent_api_refuses_bad_input,
+    failed_authentication_is_limited_per_address,
+    old_records_are_pruned,
+    follow_ups_are_durable,
+    slow_and_idle_clients_are_cut_off,
+    the_connection_limit_holds,
+    idle_connections_do_not_starve_the_homeserver,
+    negative_content_length_is_refused,
+    sigterm_with_a_half_open_connection_exits_cleanly,
+    sigkill_mid_load_loses_and_doubles_no_answer,
 );
 
-async fn mirrored(app: &TestApp) {
+pub(crate) async fn mirrored(app: &TestApp) {
     let (status, _) = app
         .put_txn(
             "setup",

@@ -46,6 +46,10 @@ pub struct FakeHs {
     pub history: Arc<Mutex<Vec<Value>>>,
     /// Statuses to answer the next sends/redactions with (429 carries retry_after_ms 50).
     pub fail_sends: Arc<Mutex<std::collections::VecDeque<u16>>>,
+    /// Statuses to answer the next joins with.
+    pub fail_joins: Arc<Mutex<std::collections::VecDeque<u16>>>,
+    /// A delay before answering sends (keeps answers in flight).
+    pub send_delay: Arc<Mutex<Duration>>,
 }
 
 impl FakeHs {
@@ -84,6 +88,10 @@ impl FakeHs {
             body,
         });
         if path.contains("/send/") || path.contains("/redact/") {
+            let delay = *self.send_delay.lock().unwrap();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if let Some(status) = self.fail_sends.lock().unwrap().pop_front() {
                 let body = if status == 429 {
                     json!({ "errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 50 })
@@ -113,6 +121,13 @@ impl FakeHs {
             return Json(json!({ "content_uri": "mxc://localhost/avatar" })).into_response();
         }
         if path.ends_with("/join") {
+            if let Some(status) = self.fail_joins.lock().unwrap().pop_front() {
+                return (
+                    StatusCode::from_u16(status).unwrap(),
+                    Json(json!({ "errcode": "M_UNKNOWN", "error": "down" })),
+                )
+                    .into_response();
+            }
             let room = path.split('/').nth(5).unwrap_or("").to_owned();
             return Json(json!({ "room_id": room })).into_response();
         }
@@ -208,8 +223,10 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub hs: FakeHs,
     pub store: Store,
-    pub puppets: std::sync::Arc<daarion_bridge::puppet::Puppets>,
-    pub registry: std::sync::Arc<daarion_bridge::bridge::agents::AgentRegistry>,
+    /// The bridge's puppets (`None` when the bridge runs as a separate process).
+    pub puppets: Option<std::sync::Arc<daarion_bridge::puppet::Puppets>>,
+    /// The bridge's agent registry (`None` when the bridge runs as a separate process).
+    pub registry: Option<std::sync::Arc<daarion_bridge::bridge::agents::AgentRegistry>>,
     pub config: Config,
     pub db_url: String,
     pub hs_url: String,
@@ -217,6 +234,17 @@ pub struct TestApp {
     pg_db: Option<String>,
     _dir: Option<TempDir>,
     toml: String,
+    /// The bridge as a child process (the release-like binary), when started so.
+    pub process: Option<std::process::Child>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A temporary directory removed on drop.
@@ -294,6 +322,23 @@ impl TestApp {
 
     /// Spawns with a config edited by `tweak` (on the TOML text).
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(String) -> String) -> Self {
+        let prepared = Self::prepare(backend, tweak).await;
+        let mut app = Self::start(
+            backend,
+            &prepared.toml,
+            prepared.hs.clone(),
+            &prepared.hs_url,
+        )
+        .await;
+        app.db_url = prepared.db_url.clone();
+        app.pg_db = prepared.pg_db.clone();
+        app._dir = prepared.take_dir();
+        app
+    }
+
+    /// A fresh database, a fake homeserver and a config, without a bridge: start one with
+    /// [`TestApp::spawn_process`].
+    pub async fn prepare(backend: Backend, tweak: impl FnOnce(String) -> String) -> Self {
         let (hs, hs_url) = FakeHs::spawn().await;
         let (db_url, pg_db, dir) = match backend {
             Backend::Sqlite => {
@@ -321,13 +366,29 @@ impl TestApp {
             }
         };
         let toml = tweak(base_config(&db_url, &hs_url));
-        let app = Self::start(backend, &toml, hs, &hs_url).await;
+        let config = Config::from_toml_str(&toml).expect("test config parses");
+        let store = Store::connect(&db_url, 2).await.unwrap();
+        store.migrate().await.unwrap();
         TestApp {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            http: reqwest::Client::new(),
+            hs,
+            store,
+            puppets: None,
+            registry: None,
+            config,
             db_url,
+            hs_url,
+            backend,
             pg_db,
             _dir: dir,
-            ..app
+            toml,
+            process: None,
         }
+    }
+
+    fn take_dir(mut self) -> Option<TempDir> {
+        self._dir.take()
     }
 
     async fn start(backend: Backend, toml: &str, hs: FakeHs, hs_url: &str) -> Self {
@@ -346,8 +407,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             hs,
             store,
-            puppets,
-            registry,
+            puppets: Some(puppets),
+            registry: Some(registry),
             config,
             db_url,
             hs_url: hs_url.to_owned(),
@@ -355,7 +416,100 @@ impl TestApp {
             pg_db: None,
             _dir: None,
             toml: toml.to_owned(),
+            process: None,
         }
+    }
+
+    /// Starts the bridge binary as a child process over the same database and homeserver (to
+    /// kill it for real); returns a handle whose `addr` is the child's listener.
+    pub async fn spawn_process(&self, tweak: impl FnOnce(String) -> String) -> TestApp {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let toml = tweak(self.toml.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        ));
+        let dir =
+            std::env::temp_dir().join(format!("daarion-proc-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_daarion-bridge"))
+            .arg("-c")
+            .arg(&config)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the bridge binary starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if http
+                .get(format!("http://{addr}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TestApp {
+            addr,
+            http,
+            hs: self.hs.clone(),
+            store: Store::connect(&self.db_url, 2).await.unwrap(),
+            puppets: None,
+            registry: None,
+            config: Config::from_toml_str(&toml).unwrap(),
+            db_url: self.db_url.clone(),
+            hs_url: self.hs_url.clone(),
+            backend: self.backend,
+            pg_db: None,
+            _dir: Some(TempDir(dir)),
+            toml,
+            process: Some(child),
+        }
+    }
+
+    /// SIGKILL to the child process: it dies mid-whatever, as in a crash.
+    pub fn kill9(&mut self) {
+        let child = self.process.as_mut().expect("a child process");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM to the child process, then its exit status within `timeout` (`None` if it did
+    /// not exit, after which it is killed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.process.as_mut().expect("a child process");
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// The child process's log.
+    pub fn process_log(&self) -> String {
+        self._dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.0.join("bridge.log")).ok())
+            .unwrap_or_default()
     }
 
     /// One idle sweep at `at` (as the upkeep task runs it), counting into `metrics`.
@@ -366,7 +520,7 @@ impl TestApp {
     ) -> u64 {
         daarion_bridge::bridge::upkeep::Upkeep::new(
             self.store.clone(),
-            self.registry.clone(),
+            self.registry.clone().expect("an in-process bridge"),
             metrics.clone(),
             self.config.bridge.session_idle_after,
             self.config.bridge.retention,
@@ -379,9 +533,12 @@ impl TestApp {
     /// Reloads the agents and brings every puppet profile in line (what the profile watcher
     /// does); returns how many profiles changed.
     pub async fn sync_profiles(&self) -> usize {
-        self.registry.reload().await.unwrap();
+        let registry = self.registry.as_ref().expect("an in-process bridge");
+        registry.reload().await.unwrap();
         self.puppets
-            .sync_profiles(&self.registry.all())
+            .as_ref()
+            .expect("an in-process bridge")
+            .sync_profiles(&registry.all())
             .await
             .unwrap()
     }

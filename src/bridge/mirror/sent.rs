@@ -60,7 +60,7 @@ impl Mirror {
                     &shape.preview,
                     self.settings.preview_chars,
                 ));
-                match shape.replaces {
+                match shape.replaces.filter(|_| !shape.invalid) {
                     Some(target) => batch.edits.push(Edit {
                         target,
                         sender: Party::Agent(agent.id),

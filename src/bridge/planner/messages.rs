@@ -38,6 +38,8 @@ struct EncryptedRelation {
 /// What a message row needs of a message's content, shared with the mirroring of what puppets
 /// send (so both map content the same way).
 pub(crate) struct MessageShape {
+    /// An edit whose target id cannot be valid.
+    pub invalid: bool,
     /// `Some(target)` for an edit.
     pub replaces: Option<OwnedEventId>,
     /// The preview (not yet cut).
@@ -48,10 +50,19 @@ pub(crate) struct MessageShape {
     pub reply_to: Option<OwnedEventId>,
 }
 
-/// The shape of `m.room.message` content sent by `sender_localpart`.
+/// Whether an event id from content may be stored (no NUL: it is no valid id, and PostgreSQL
+/// refuses it).
+fn storable(id: &OwnedEventId) -> bool {
+    !id.as_str().contains('\0')
+}
+
+/// The shape of `m.room.message` content sent by `sender_localpart`. Relation ids that cannot
+/// be valid are dropped (an edit of such a target has `replaces` set to none of its own: see
+/// [`MessageShape::invalid`]).
 pub(crate) fn shape(content: &RoomMessageEventContent, sender_localpart: &str) -> MessageShape {
     if let Some(Relation::Replacement(r)) = &content.relates_to {
         return MessageShape {
+            invalid: !storable(&r.event_id),
             replaces: Some(r.event_id.clone()),
             preview: preview::of_msgtype(&r.new_content.msgtype, sender_localpart, false),
             thread_root: None,
@@ -60,17 +71,20 @@ pub(crate) fn shape(content: &RoomMessageEventContent, sender_localpart: &str) -
     }
     let is_reply = matches!(content.relates_to, Some(Relation::Reply { .. }));
     MessageShape {
+        invalid: false,
         replaces: None,
         preview: preview::of_msgtype(&content.msgtype, sender_localpart, is_reply),
         thread_root: match &content.relates_to {
             Some(Relation::Thread(t)) => Some(t.event_id.clone()),
             _ => None,
-        },
+        }
+        .filter(storable),
         reply_to: match &content.relates_to {
             Some(Relation::Reply(r)) => Some(r.in_reply_to.event_id.clone()),
             Some(Relation::Thread(t)) => t.in_reply_to.as_ref().map(|r| r.event_id.clone()),
             _ => None,
-        },
+        }
+        .filter(storable),
     }
 }
 
@@ -89,6 +103,9 @@ impl Planner<'_> {
     ) -> serde_json::Result<Outcome> {
         let content: RoomMessageEventContent = env.content()?;
         let shape = shape(&content, env.sender.localpart());
+        if shape.invalid {
+            return Ok(Outcome::InvalidId);
+        }
         if let Some(target) = shape.replaces {
             let Some(sender) = self.party(&env.sender) else {
                 return Ok(Outcome::Skipped);
@@ -191,6 +208,9 @@ impl Planner<'_> {
         let Some(target) = content.redacts.or_else(|| env.redacts.clone()) else {
             return Ok(Outcome::Malformed);
         };
+        if !storable(&target) {
+            return Ok(Outcome::InvalidId);
+        }
         self.batch.redactions.push(Redaction { target, at });
         Ok(Outcome::Mirrored)
     }
