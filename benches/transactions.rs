@@ -1,13 +1,20 @@
-//! Transaction benchmark: realistic transactions of 1, 50 and 100 `m.room.message` events PUT to
-//! a running bridge process (the release binary) on PostgreSQL and on SQLite, one at a time (as
-//! homeservers send them) and 16 at a time. Prints latency percentiles, events/s, the bridge's
-//! CPU per 1,000 events and peak RSS, and the floor: the same rows inserted straight into the
-//! same database with one batched `INSERT … ON CONFLICT DO NOTHING` per transaction.
+//! Transaction benchmark under realistic traffic: 100 mirrored rooms, 300 senders, ~600-byte
+//! events of which about 12 % are edits, 2 % redactions, 10 % notices, 4 % emotes, and many
+//! replies and HTML bodies; a history of 1,000,000 messages prefilled before measuring. The
+//! bridge (the release binary, a separate process) and the **floor** (a minimal axum + sqlx
+//! server — this same executable re-run as a child — that only parses the transaction into typed
+//! structs and inserts its events with one batched `INSERT … ON CONFLICT DO NOTHING`) receive the
+//! same traffic over HTTP, one transaction at a time (as a homeserver sends), over the same
+//! database, interleaved per size. Prints p50/p90/p99/p99.9, events/s, CPU per event of each
+//! process (`/proc`, 10 ms ticks) and the bridge's peak RSS, on PostgreSQL and SQLite; then 16
+//! transactions at a time, and the bridge's own overhead around an agent runtime.
 //!
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
+//! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000).
 
 use std::{
+    collections::VecDeque,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -18,29 +25,29 @@ use serde_json::{Value, json};
 const HS_TOKEN: &str = "bench_hs_token_0123456789abcdefghijklmnopqrstuvwxyz";
 const AS_TOKEN: &str = "bench_as_token_0123456789abcdefghijklmnopqrstuvwxyz";
 const ROOM: &str = "!bench:localhost";
-const SENDERS: usize = 20;
+const ROOMS: usize = 100;
+const SENDERS: usize = 300;
+/// Environment of the floor server child: `DATABASE_URL PORT CHANNEL_ID`.
+const FLOOR_ENV: &str = "DAARION_BENCH_FLOOR";
 
-struct Bridge {
+/// A server process under test (the bridge, or the floor).
+struct Server {
     child: Child,
     base: String,
     http: reqwest::Client,
 }
 
-impl Drop for Bridge {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Bridge {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// utime + stime of the bridge process, in seconds.
+impl Server {
+    /// utime + stime of the process, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let f: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
@@ -48,7 +55,7 @@ impl Bridge {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace()
             .nth(1)
@@ -58,26 +65,39 @@ impl Bridge {
             / 1024.0
     }
 
-    async fn put(&self, txn: &str, events: &[Value]) -> Duration {
-        put(&self.http, &self.base, txn, events).await
+    async fn put(&self, txn: &str, body: Vec<u8>) -> Duration {
+        put(&self.http, &self.base, txn, body).await
+    }
+
+    async fn ready(self) -> Self {
+        for _ in 0..400 {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/health/ready", self.base))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return self;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{} did not become ready", self.base);
     }
 }
 
-async fn put(http: &reqwest::Client, base: &str, txn: &str, events: &[Value]) -> Duration {
-    {
-        let body = serde_json::to_vec(&json!({ "events": events })).unwrap();
-        let started = Instant::now();
-        let r = http
-            .put(format!("{base}/_matrix/app/v1/transactions/{txn}"))
-            .bearer_auth(HS_TOKEN)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-        started.elapsed()
-    }
+async fn put(http: &reqwest::Client, base: &str, txn: &str, body: Vec<u8>) -> Duration {
+    let started = Instant::now();
+    let r = http
+        .put(format!("{base}/_matrix/app/v1/transactions/{txn}"))
+        .bearer_auth(HS_TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    started.elapsed()
 }
 
 fn free_port() -> u16 {
@@ -88,16 +108,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_bridge(db_url: &str, dir: &std::path::Path) -> Bridge {
-    start_bridge_with(db_url, dir, "http://127.0.0.1:9", "").await
-}
-
-async fn start_bridge_with(
-    db_url: &str,
-    dir: &std::path::Path,
-    hs_url: &str,
-    extra: &str,
-) -> Bridge {
+async fn start_bridge(db_url: &str, dir: &std::path::Path, hs_url: &str, extra: &str) -> Server {
     let port = free_port();
     let config = format!(
         r#"
@@ -126,7 +137,7 @@ name = "Bench"
 {extra}
 "#
     );
-    let path = dir.join("bench.toml");
+    let path = dir.join(format!("bench-{port}.toml"));
     std::fs::write(&path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_daarion-bridge"))
         .args(["-c", path.to_str().unwrap(), "run"])
@@ -134,60 +145,139 @@ name = "Bench"
         .stderr(Stdio::null())
         .spawn()
         .expect("start the bridge binary");
-    let bridge = Bridge {
+    Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
         http: reqwest::Client::new(),
-    };
-    for _ in 0..200 {
-        if let Ok(r) = bridge
-            .http
-            .get(format!("{}/health/ready", bridge.base))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return bridge;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("bridge did not become ready");
+    .ready()
+    .await
+}
+
+async fn start_floor(db_url: &str, channel: &str) -> Server {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(FLOOR_ENV, format!("{db_url} {port} {channel}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the floor server");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    }
+    .ready()
+    .await
+}
+
+fn room(i: usize) -> String {
+    format!("!bench{}:localhost", i % ROOMS)
 }
 
 fn sender(i: usize) -> String {
     format!("@user{}:localhost", i % SENDERS)
 }
 
-/// A realistic message: a sentence or three, some with HTML formatting, some replies.
-fn message(seq: u64) -> Value {
-    let body = format!(
-        "Message {seq}: the quarterly numbers for the garden microDAO look good; let's review the treasury proposal tomorrow at 10:00 and decide on the next grant round."
-    );
-    let mut content = json!({ "msgtype": "m.text", "body": body });
-    if seq.is_multiple_of(3) {
-        content["format"] = json!("org.matrix.custom.html");
-        content["formatted_body"] = json!(format!(
-            "<p>Message <b>{seq}</b>: the quarterly numbers look <i>good</i></p>"
-        ));
+/// Realistic traffic: per 50 events 6 edits, 1 redaction, 5 notices, 2 emotes; a fifth of the
+/// messages are replies and a third carry HTML. Edits and redactions target recent messages of
+/// the same sender in the same room.
+struct Traffic {
+    seq: u64,
+    prefix: &'static str,
+    recent: VecDeque<(u64, usize)>,
+}
+
+const SENTENCE: &str = "the quarterly numbers for the garden microDAO look good; let's review the \
+    treasury proposal tomorrow at 10:00, decide on the next grant round, and ask the agents to \
+    summarise the open questions from last week's call before we vote on the budget";
+
+impl Traffic {
+    fn new(prefix: &'static str) -> Self {
+        Self {
+            seq: 0,
+            prefix,
+            recent: VecDeque::new(),
+        }
     }
-    if seq.is_multiple_of(5) {
-        content["m.relates_to"] =
-            json!({ "m.in_reply_to": { "event_id": format!("$ev{}", seq.saturating_sub(1)) } });
+
+    fn event(&mut self) -> Value {
+        self.seq += 1;
+        let seq = self.seq;
+        let slot = seq % 50;
+        let id = format!("${}{seq}", self.prefix);
+        let target = self.recent.iter().rev().nth((seq % 7) as usize).copied();
+        let (kind, content, who) = match (slot, target) {
+            (3 | 11 | 19 | 27 | 35 | 43, Some((t, who))) => (
+                "m.room.message",
+                json!({
+                    "msgtype": "m.text", "body": format!("* Edited {t}: {SENTENCE}"),
+                    "m.new_content": { "msgtype": "m.text", "body": format!("Edited {t}: {SENTENCE}") },
+                    "m.relates_to": { "rel_type": "m.replace", "event_id": format!("${}{t}", self.prefix) },
+                }),
+                who,
+            ),
+            (47, Some((t, who))) => (
+                "m.room.redaction",
+                json!({ "redacts": format!("${}{t}", self.prefix), "reason": "oops" }),
+                who,
+            ),
+            (5 | 15 | 25 | 30 | 45, _) => (
+                "m.room.message",
+                json!({ "msgtype": "m.notice", "body": format!("Notice {seq}: {SENTENCE}") }),
+                seq as usize,
+            ),
+            (7 | 33, _) => (
+                "m.room.message",
+                json!({ "msgtype": "m.emote", "body": format!("agrees with {seq}: {SENTENCE}") }),
+                seq as usize,
+            ),
+            _ => {
+                let mut c =
+                    json!({ "msgtype": "m.text", "body": format!("Message {seq}: {SENTENCE}") });
+                if seq.is_multiple_of(3) {
+                    c["format"] = json!("org.matrix.custom.html");
+                    c["formatted_body"] = json!(format!(
+                        "<p>Message <b>{seq}</b>: the quarterly numbers look <i>good</i>; let's review the <a href=\"https://example.org\">treasury proposal</a></p>"
+                    ));
+                }
+                if seq.is_multiple_of(5)
+                    && let Some((t, _)) = target
+                {
+                    c["m.relates_to"] =
+                        json!({ "m.in_reply_to": { "event_id": format!("${}{t}", self.prefix) } });
+                }
+                ("m.room.message", c, seq as usize)
+            }
+        };
+        if content.get("m.new_content").is_none() && kind == "m.room.message" {
+            self.recent.push_back((seq, who));
+            if self.recent.len() > 64 {
+                self.recent.pop_front();
+            }
+        }
+        let mut e = json!({
+            "type": kind, "event_id": id, "sender": sender(who), "room_id": room(who),
+            "origin_server_ts": 1_700_000_000_000u64 + seq, "content": content,
+            "unsigned": { "age": 12 },
+        });
+        if kind == "m.room.redaction" {
+            e["redacts"] = e["content"]["redacts"].clone();
+        }
+        e
     }
-    json!({
-        "type": "m.room.message",
-        "event_id": format!("$ev{seq}"),
-        "sender": sender(seq as usize),
-        "room_id": ROOM,
-        "origin_server_ts": 1_700_000_000_000u64 + seq,
-        "content": content,
-        "unsigned": { "age": 12 },
-    })
+
+    fn body(&mut self, n: usize) -> Vec<u8> {
+        let events: Vec<Value> = (0..n).map(|_| self.event()).collect();
+        serde_json::to_vec(&json!({ "events": events })).unwrap()
+    }
 }
 
 struct Stats {
     p50: f64,
+    p90: f64,
     p99: f64,
+    p999: f64,
 }
 
 fn stats(mut v: Vec<Duration>) -> Stats {
@@ -195,211 +285,329 @@ fn stats(mut v: Vec<Duration>) -> Stats {
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
     Stats {
         p50: at(0.50),
+        p90: at(0.90),
         p99: at(0.99),
+        p999: at(0.999),
     }
 }
 
-enum Floor {
+enum Db {
     Pg(sqlx::PgPool),
     Sqlite(sqlx::SqlitePool),
 }
 
-impl Floor {
-    /// The floor any bridge pays: the same rows, one batched upsert, one commit.
-    async fn insert(&self, channel: &str, seqs: std::ops::Range<u64>) -> Duration {
-        let ids: Vec<uuid::Uuid> = seqs.clone().map(|_| uuid::Uuid::now_v7()).collect();
-        let events: Vec<String> = seqs.clone().map(|s| format!("$floor{s}")).collect();
-        let previews: Vec<String> = seqs
-            .clone()
-            .map(|s| {
-                format!("Message {s}: the quarterly numbers for the garden microDAO look good")
-            })
-            .collect();
-        let started = Instant::now();
+impl Db {
+    async fn exec(&self, sql: &str) {
         match self {
-            Floor::Pg(pool) => {
-                let channel: uuid::Uuid = channel.parse().unwrap();
-                let ts: Vec<chrono::DateTime<chrono::Utc>> =
-                    seqs.clone().map(|_| chrono::Utc::now()).collect();
-                sqlx::query(
-                    "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
-                     SELECT id, $1, e, 'human', p, t FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) AS x(id, e, p, t) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(channel)
-                .bind(ids)
-                .bind(events)
-                .bind(previews)
-                .bind(ts)
-                .execute(pool)
-                .await
-                .unwrap();
-            }
-            Floor::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-                for ((id, e), p) in ids.iter().zip(&events).zip(&previews) {
-                    sqlx::query(
-                        "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
-                         VALUES ($1, $2, $3, 'human', $4, $5) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(id.hyphenated().to_string())
-                    .bind(channel)
-                    .bind(e)
-                    .bind(p)
-                    .bind("2026-01-01T00:00:00.000Z")
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                }
-                tx.commit().await.unwrap();
-            }
+            Db::Pg(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         }
-        started.elapsed()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn scalar(&self, sql: &str) -> String {
+        match self {
+            Db::Pg(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
     }
 }
 
-async fn run(name: &str, db_url: &str, dir: &std::path::Path) {
-    let bridge = start_bridge(db_url, dir).await;
-    // Set up: the bot is invited (room mirrored), the senders join.
-    let mut setup = vec![json!({
-        "type": "m.room.member", "state_key": "@daarion:localhost", "sender": "@user0:localhost",
-        "room_id": ROOM, "event_id": "$invite", "origin_server_ts": 1_700_000_000_000u64,
-        "content": { "membership": "invite" },
-    })];
-    for i in 0..SENDERS {
-        let u = sender(i);
+/// `history` messages spread over the mirrored channels and senders, as other traffic left
+/// them, then fresh statistics (as autovacuum would have them).
+async fn prefill(db: &Db, history: u64) {
+    let started = Instant::now();
+    match db {
+        Db::Pg(_) => {
+            db.exec(&format!(
+                "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_type, content_preview, created_at) \
+                 SELECT gen_random_uuid(), c.ids[1 + g % array_length(c.ids, 1)], '$hist' || g, u.ids[1 + g % array_length(u.ids, 1)], \
+                 'human', 'history message ' || g || ': ' || repeat('x', 80), now() - make_interval(secs => g) \
+                 FROM generate_series(1, {history}) g, \
+                 (SELECT array_agg(id) AS ids FROM channels) c, (SELECT array_agg(id) AS ids FROM users) u"
+            ))
+            .await;
+            db.exec("VACUUM ANALYZE messages").await;
+        }
+        Db::Sqlite(_) => {
+            db.exec(&format!(
+                "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_type, content_preview, created_at) \
+                 WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {history}) \
+                 SELECT lower(hex(randomblob(16))), c.id, '$hist' || n, NULL, 'human', 'history message ' || n, \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || n || ' seconds') FROM g \
+                 JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS k FROM channels) c \
+                 ON c.k = g.n % (SELECT COUNT(*) FROM channels)"
+            ))
+            .await;
+            db.exec("ANALYZE").await;
+        }
+    }
+    println!(
+        "(history of {history} messages prefilled in {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
+    let bridge = start_bridge(db_url, dir, "http://127.0.0.1:9", "").await;
+    // Set up: the bot is invited to every room (mirrored), the senders join theirs.
+    let mut setup = Vec::new();
+    for r in 0..ROOMS {
         setup.push(json!({
-            "type": "m.room.member", "state_key": u, "sender": u, "room_id": ROOM,
+            "type": "m.room.member", "state_key": "@daarion:localhost", "sender": sender(r),
+            "room_id": room(r), "event_id": format!("$invite{r}"), "origin_server_ts": 1_700_000_000_000u64,
+            "content": { "membership": "invite" },
+        }));
+    }
+    for i in 0..SENDERS {
+        setup.push(json!({
+            "type": "m.room.member", "state_key": sender(i), "sender": sender(i), "room_id": room(i),
             "event_id": format!("$join{i}"), "origin_server_ts": 1_700_000_000_000u64,
             "content": { "membership": "join" },
         }));
     }
-    bridge.put("setup", &setup).await;
-
-    let floor = if db_url.starts_with("postgres") {
-        Floor::Pg(sqlx::PgPool::connect(db_url).await.unwrap())
+    bridge
+        .put(
+            "setup",
+            serde_json::to_vec(&json!({ "events": setup })).unwrap(),
+        )
+        .await;
+    let db = if db_url.starts_with("postgres") {
+        Db::Pg(sqlx::PgPool::connect(db_url).await.unwrap())
     } else {
-        Floor::Sqlite(sqlx::SqlitePool::connect(db_url).await.unwrap())
+        Db::Sqlite(sqlx::SqlitePool::connect(db_url).await.unwrap())
     };
-    let channel: String = match &floor {
-        Floor::Pg(p) => sqlx::query_scalar("SELECT CAST(id AS TEXT) FROM channels")
-            .fetch_one(p)
-            .await
-            .unwrap(),
-        Floor::Sqlite(p) => sqlx::query_scalar("SELECT id FROM channels")
-            .fetch_one(p)
-            .await
-            .unwrap(),
-    };
+    prefill(&db, history).await;
+    // The floor writes into a channel of its own, in the same table.
+    db.exec(
+        "INSERT INTO channels (id, slug, name, microdao_id, matrix_room_id, visibility) \
+         SELECT '00000000-0000-4000-8000-00000000f100', 'floor', 'Floor', microdao_id, '!floor:localhost', 'private' \
+         FROM channels LIMIT 1",
+    )
+    .await;
+    let floor = start_floor(db_url, "00000000-0000-4000-8000-00000000f100").await;
 
-    println!("\n## {name}\n");
+    println!("\n## {name}, realistic traffic, {history} messages of history\n");
     println!(
-        "| events/txn | concurrency | txns | p50 ms | p99 ms | events/s | floor p50 ms | bridge/floor | bridge CPU µs/event |"
+        "| events/txn | txns | bridge p50 | p90 | p99 | p99.9 ms | floor p50 | p90 | p99 | p99.9 ms | p50 ×floor | p99 ×floor | bridge µs CPU/event | floor µs CPU/event | bridge events/s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut seq: u64 = 0;
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut traffic = Traffic::new("ev");
+    let mut floor_traffic = Traffic::new("fl");
     let mut txn = 0u64;
-    for (size, count) in [(1usize, 400usize), (50, 200), (100, 150)] {
-        // Warm-up.
+    for (size, count) in [(1usize, 1000usize), (50, 400), (100, 200)] {
         for _ in 0..20 {
-            let events: Vec<Value> = (0..size)
-                .map(|_| {
-                    seq += 1;
-                    message(seq)
-                })
-                .collect();
             txn += 1;
-            bridge.put(&format!("w{txn}"), &events).await;
+            bridge.put(&format!("w{txn}"), traffic.body(size)).await;
+            floor
+                .put(&format!("w{txn}"), floor_traffic.body(size))
+                .await;
         }
-        let cpu0 = bridge.cpu_seconds();
-        let started = Instant::now();
         let mut lat = Vec::with_capacity(count);
-        for _ in 0..count {
-            let events: Vec<Value> = (0..size)
-                .map(|_| {
-                    seq += 1;
-                    message(seq)
-                })
-                .collect();
-            txn += 1;
-            lat.push(bridge.put(&format!("t{txn}"), &events).await);
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let cpu = bridge.cpu_seconds() - cpu0;
         let mut floor_lat = Vec::with_capacity(count);
-        for i in 0..count as u64 {
-            let base = 10_000_000 + seq * 2 + i * size as u64;
-            floor_lat.push(floor.insert(&channel, base..base + size as u64).await);
+        let (mut bridge_cpu, mut floor_cpu, mut bridge_wall) = (0.0, 0.0, 0.0);
+        // Interleaved in blocks, so both see the same table size and machine state.
+        for block in 0..10 {
+            let n = count / 10;
+            let bodies: Vec<Vec<u8>> = (0..n).map(|_| traffic.body(size)).collect();
+            let cpu0 = bridge.cpu_seconds();
+            let started = Instant::now();
+            for (i, body) in bodies.into_iter().enumerate() {
+                lat.push(bridge.put(&format!("t{txn}-{block}-{i}"), body).await);
+            }
+            bridge_wall += started.elapsed().as_secs_f64();
+            bridge_cpu += bridge.cpu_seconds() - cpu0;
+            let bodies: Vec<Vec<u8>> = (0..n).map(|_| floor_traffic.body(size)).collect();
+            let cpu0 = floor.cpu_seconds();
+            for (i, body) in bodies.into_iter().enumerate() {
+                floor_lat.push(floor.put(&format!("f{txn}-{block}-{i}"), body).await);
+            }
+            floor_cpu += floor.cpu_seconds() - cpu0;
         }
-        seq += count as u64 * size as u64 * 2;
-        let s = stats(lat);
-        let f = stats(floor_lat);
+        txn += 1;
         let events = (count * size) as f64;
+        let (s, f) = (stats(lat), stats(floor_lat));
         println!(
-            "| {size} | 1 | {count} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {size} | {count} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
             s.p50,
+            s.p90,
             s.p99,
-            events / wall,
+            s.p999,
             f.p50,
+            f.p90,
+            f.p99,
+            f.p999,
             s.p50 / f.p50,
-            cpu / events * 1e6
+            s.p99 / f.p99,
+            bridge_cpu / events * 1e6,
+            floor_cpu / events * 1e6,
+            events / bridge_wall
         );
     }
-    // Concurrency 16, 50-event transactions.
-    let size = 50;
-    let per_task = 25;
+    // 16 transactions at a time, 50 events each (throughput; homeservers send one at a time).
+    let (size, per_task) = (50usize, 25usize);
     let cpu0 = bridge.cpu_seconds();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..16u64 {
-        let start_seq = seq + task * (per_task * size) as u64;
-        let (http, base) = (bridge.http.clone(), bridge.base.clone());
-        tasks.push(async move {
-            let mut lat = Vec::new();
-            for i in 0..per_task as u64 {
-                let events: Vec<Value> = (0..size as u64)
-                    .map(|k| message(start_seq + i * size as u64 + k + 1))
-                    .collect();
-                lat.push(put(&http, &base, &format!("c{task}-{i}-{start_seq}"), &events).await);
-            }
-            lat
-        });
-    }
-    let lat: Vec<Duration> = futures_join_all(tasks)
-        .await
-        .into_iter()
-        .flatten()
+    let bodies: Vec<Vec<Vec<u8>>> = (0..16)
+        .map(|_| (0..per_task).map(|_| traffic.body(size)).collect())
         .collect();
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(task, bodies)| {
+            let (http, base) = (bridge.http.clone(), bridge.base.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for (i, body) in bodies.into_iter().enumerate() {
+                    lat.push(put(&http, &base, &format!("c{task}-{i}"), body).await);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
     let wall = started.elapsed().as_secs_f64();
-    let cpu = bridge.cpu_seconds() - cpu0;
     let events = (16 * per_task * size) as f64;
     let s = stats(lat);
     println!(
-        "| {size} | 16 | {} | {:.2} | {:.2} | {:.0} | – | – | {:.1} |",
-        16 * per_task,
+        "\n16 at a time, 50 events: p50 {:.2} ms, p99 {:.2} ms, {:.0} events/s, {:.1} µs CPU/event",
         s.p50,
         s.p99,
         events / wall,
-        cpu / events * 1e6
+        (bridge.cpu_seconds() - cpu0) / events * 1e6
     );
-    println!("\nbridge peak RSS: {:.1} MiB", bridge.peak_rss_mib());
+    println!(
+        "bridge peak RSS: {:.1} MiB; messages now: {}",
+        bridge.peak_rss_mib(),
+        db.scalar("SELECT CAST(COUNT(*) AS TEXT) FROM messages")
+            .await
+    );
 }
 
-/// Joins futures without pulling in the `futures` crate.
-async fn futures_join_all<F, T>(fs: Vec<F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
+/// The floor: what any bridge pays — typed parsing of the transaction and one batched insert.
+mod floor {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Txn {
+        pub events: Vec<Event>,
     }
-    out
+
+    #[derive(Deserialize)]
+    pub struct Event {
+        pub event_id: String,
+        #[allow(dead_code)]
+        pub sender: String,
+        #[allow(dead_code)]
+        pub room_id: String,
+        pub origin_server_ts: i64,
+        pub content: Content,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Content {
+        #[serde(default)]
+        pub body: Option<String>,
+    }
+
+    pub fn serve(spec: String) {
+        let mut parts = spec.split(' ');
+        let (db_url, port, channel) = (
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap().parse::<uuid::Uuid>().unwrap(),
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use axum::{extract::State, routing::{get, put}};
+            #[derive(Clone)]
+            enum Pool {
+                Pg(sqlx::PgPool),
+                Sqlite(sqlx::SqlitePool),
+            }
+            let pool = if db_url.starts_with("postgres") {
+                Pool::Pg(sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&db_url).await.unwrap())
+            } else {
+                Pool::Sqlite(sqlx::SqlitePool::connect(&db_url).await.unwrap())
+            };
+            let app = axum::Router::new()
+                .route("/health/ready", get(|| async { "ok" }))
+                .route(
+                    "/_matrix/app/v1/transactions/{txn}",
+                    put(move |State(pool): State<Pool>, axum::Json(txn): axum::Json<Txn>| async move {
+                        let ids: Vec<uuid::Uuid> = txn.events.iter().map(|_| uuid::Uuid::now_v7()).collect();
+                        let events: Vec<&str> = txn.events.iter().map(|e| e.event_id.as_str()).collect();
+                        let previews: Vec<&str> = txn.events.iter().map(|e| e.content.body.as_deref().unwrap_or("")).collect();
+                        let at: Vec<chrono::DateTime<chrono::Utc>> = txn
+                            .events
+                            .iter()
+                            .map(|e| chrono::DateTime::from_timestamp_millis(e.origin_server_ts).unwrap_or_default())
+                            .collect();
+                        match pool {
+                            Pool::Pg(p) => {
+                                sqlx::query(
+                                    "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
+                                     SELECT id, $1, e, 'human', p, t FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
+                                     AS x(id, e, p, t) ON CONFLICT DO NOTHING",
+                                )
+                                .bind(channel)
+                                .bind(ids)
+                                .bind(events)
+                                .bind(previews)
+                                .bind(at)
+                                .execute(&p)
+                                .await
+                                .unwrap();
+                            }
+                            Pool::Sqlite(p) => {
+                                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                                for i in 0..ids.len() {
+                                    sqlx::query(
+                                        "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
+                                         VALUES ($1, $2, $3, 'human', $4, $5) ON CONFLICT DO NOTHING",
+                                    )
+                                    .bind(ids[i].hyphenated().to_string())
+                                    .bind(channel.hyphenated().to_string())
+                                    .bind(events[i])
+                                    .bind(previews[i])
+                                    .bind(at[i].to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                                    .execute(&mut *tx)
+                                    .await
+                                    .unwrap();
+                                }
+                                tx.commit().await.unwrap();
+                            }
+                        }
+                        axum::Json(serde_json::json!({}))
+                    }),
+                )
+                .with_state(pool);
+            let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await.unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    }
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(FLOOR_ENV) {
+        floor::serve(spec);
+        return;
+    }
+    // `cargo test --benches` builds and runs benches as tests: nothing to measure then.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let history: u64 = std::env::var("DAARION_BENCH_HISTORY")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(1_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -419,18 +627,19 @@ fn main() {
             .execute(&pool)
             .await
             .unwrap();
-        let pg_url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        let base = admin.rsplit_once('/').unwrap().0.to_owned();
         println!(
             "# daarion-bridge transaction benchmark ({} cores)",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0)
         );
-        run("PostgreSQL", &pg_url, &dir).await;
+        run("PostgreSQL", &format!("{base}/{name}"), &dir, history).await;
         run(
             "SQLite",
             &format!("sqlite://{}/bench.db", dir.display()),
             &dir,
+            history,
         )
         .await;
         let runs_db = format!("{name}_runs");
@@ -438,19 +647,13 @@ fn main() {
             .execute(&pool)
             .await
             .unwrap();
-        run_overhead(
-            &format!("{}/{runs_db}", admin.rsplit_once('/').unwrap().0),
-            &dir,
-        )
-        .await;
-        sqlx::query(&format!("DROP DATABASE {runs_db} WITH (FORCE)"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&pool)
-            .await
-            .unwrap();
+        run_overhead(&format!("{base}/{runs_db}"), &dir).await;
+        for db in [runs_db, name] {
+            sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -523,7 +726,7 @@ blueprint = "bench"
 microdao = "microdao:bench"
 "#
     );
-    let bridge = start_bridge_with(db_url, dir, &hs_url, &extra).await;
+    let bridge = start_bridge(db_url, dir, &hs_url, &extra).await;
     let agent = "@agent_bench:localhost";
     let now_ms = || {
         std::time::SystemTime::now()
@@ -541,7 +744,12 @@ microdao = "microdao:bench"
         member("$oj1", "@user1:localhost", "join"),
         member("$oa", agent, "join"),
     ];
-    bridge.put("overhead-setup", &setup).await;
+    bridge
+        .put(
+            "overhead-setup",
+            serde_json::to_vec(&json!({ "events": setup })).unwrap(),
+        )
+        .await;
     let n = 120;
     let mut sent_at = Vec::new();
     for i in 0..n {
@@ -552,7 +760,12 @@ microdao = "microdao:bench"
         });
         let before = stamps.hs_sent.lock().unwrap().len();
         sent_at.push(Instant::now());
-        bridge.put(&format!("q{i}"), &[event]).await;
+        bridge
+            .put(
+                &format!("q{i}"),
+                serde_json::to_vec(&json!({ "events": [event] })).unwrap(),
+            )
+            .await;
         // One run at a time: wait for its answer before the next question.
         for _ in 0..20_000 {
             if stamps.hs_sent.lock().unwrap().len() > before {

@@ -149,3 +149,83 @@ impl Supervisor {
         drained
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_restarted_and_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let mut supervisor = Supervisor::new(CancellationToken::new(), metrics.clone(), health);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counter = starts.clone();
+        supervisor.spawn("flaky", move |cancel| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    panic!("first run dies");
+                }
+                cancel.cancelled().await;
+            }
+        });
+        for _ in 0..100 {
+            if starts.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(starts.load(Ordering::SeqCst), 2, "restarted once");
+        assert!(
+            metrics
+                .render()
+                .contains(r#"daarion_bridge_task_failures_total{task="flaky"} 1"#)
+        );
+        assert!(supervisor.shutdown(Duration::from_secs(1)).await, "drained");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_keeps_failing_breaks_the_bridge() {
+        let metrics = Arc::new(Metrics::new());
+        let mut supervisor = Supervisor::new(
+            CancellationToken::new(),
+            metrics,
+            Arc::new(Health::default()),
+        );
+        let broken = supervisor.broken();
+        supervisor.spawn("doomed", |_| async {});
+        tokio::time::timeout(Duration::from_secs(60), broken.cancelled())
+            .await
+            .expect("the supervisor gives up on a task that ends at once, every time");
+        supervisor.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_tasks_to_drain() {
+        let metrics = Arc::new(Metrics::new());
+        let mut supervisor = Supervisor::new(
+            CancellationToken::new(),
+            metrics,
+            Arc::new(Health::default()),
+        );
+        let drained = Arc::new(AtomicUsize::new(0));
+        let flag = drained.clone();
+        supervisor.spawn("slow-to-stop", move |cancel| {
+            let flag = flag.clone();
+            async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                flag.store(1, Ordering::SeqCst);
+            }
+        });
+        assert!(supervisor.shutdown(Duration::from_secs(2)).await);
+        assert_eq!(
+            drained.load(Ordering::SeqCst),
+            1,
+            "the task finished its clean-up"
+        );
+    }
+}

@@ -1,8 +1,8 @@
 //! The agent API (`/api/v1`): how agent runtimes act as their agent. Authenticated by access
-//! keys with capabilities ([`auth`]); rate limited per agent; request bodies bounded and
-//! checked ([`extract`]); documented in `docs/agent-api.openapi.json`, also served at
-//! `/api/v1/openapi.json`. Handlers: [`channels`] (who am I, channels, sessions, typing,
-//! receipts, settings), [`messages`] (read, send, edit, redact, react, outbox), [`runs`].
+//! keys with capabilities (`auth`); rate limited per agent; request bodies bounded and
+//! checked (`extract`); documented in `docs/agent-api.openapi.json`, also served at
+//! `/api/v1/openapi.json`. Handlers: `channels` (who am I, channels, sessions, typing,
+//! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `runs`.
 
 mod auth;
 mod channels;

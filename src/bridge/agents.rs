@@ -107,7 +107,8 @@ struct Snapshot {
 
 /// Every known agent.
 pub struct AgentRegistry {
-    store: Store,
+    /// `None` for a fixed registry (tests, fuzzing): reloads change nothing.
+    store: Option<Store>,
     namespace: Namespace,
     blueprints: Vec<BlueprintDecl>,
     decls: Vec<AgentDecl>,
@@ -123,7 +124,7 @@ impl AgentRegistry {
         decls: Vec<AgentDecl>,
     ) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Self {
-            store,
+            store: Some(store),
             namespace,
             blueprints,
             decls,
@@ -131,6 +132,25 @@ impl AgentRegistry {
         });
         registry.reload().await?;
         Ok(registry)
+    }
+
+    /// A registry of exactly these agents, without a database (tests and fuzzing).
+    pub fn fixed(namespace: Namespace, agents: Vec<Agent>) -> Arc<Self> {
+        let mut snapshot = Snapshot::default();
+        for agent in agents {
+            let agent = Arc::new(agent);
+            snapshot
+                .by_user
+                .insert(agent.user_id.clone(), agent.clone());
+            snapshot.by_id.insert(agent.id, agent);
+        }
+        Arc::new(Self {
+            store: None,
+            namespace,
+            blueprints: Vec::new(),
+            decls: Vec::new(),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+        })
     }
 
     fn read(&self) -> Arc<Snapshot> {
@@ -144,7 +164,10 @@ impl AgentRegistry {
     /// Re-reads the agents table; returns the agents whose name or avatar changed (and new
     /// ones), so their puppets' profiles can follow.
     pub async fn reload(&self) -> Result<Vec<Arc<Agent>>, StoreError> {
-        let rows = self.store.agents().await?;
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let rows = store.agents().await?;
         let old = self.read();
         let mut next = Snapshot::default();
         let mut changed = Vec::new();

@@ -134,7 +134,7 @@ mod tests {
             reply_to: None,
             thread_root: None,
             is_direct: false,
-            event: serde_json::Value::Null,
+            event: serde_json::value::RawValue::from_string("null".into()).unwrap(),
         }
     }
 

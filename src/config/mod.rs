@@ -1,6 +1,6 @@
 //! The bridge's configuration: `config.toml` plus `DAARION_BRIDGE__SECTION__KEY` overrides.
 //! Sections live here, declarations in [`decl`], durations in [`duration`], and the checks that
-//! run before anything starts in [`validate`].
+//! run before anything starts in `validate`.
 
 pub mod decl;
 pub mod duration;

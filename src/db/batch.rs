@@ -335,8 +335,8 @@ pub struct CandidatePayload {
     /// The room is a direct chat (an invite said so).
     #[serde(default)]
     pub is_direct: bool,
-    /// The event as the homeserver sent it (what runtimes receive).
-    pub event: serde_json::Value,
+    /// The event as the homeserver sent it (what runtimes receive), kept as raw JSON.
+    pub event: Box<serde_json::value::RawValue>,
 }
 
 /// A puppet send the homeserver accepted.

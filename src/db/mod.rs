@@ -1,5 +1,5 @@
 //! Storage: one [`Store`] over PostgreSQL or SQLite. Reads and rare writes share SQL between
-//! dialects through [`both!`]; the transaction write path ([`Store::apply`]) has one
+//! dialects through `both!`; the transaction write path ([`Store::apply`]) has one
 //! implementation per dialect (`write::pg`: one statement, one round trip; `write::sqlite`:
 //! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds the
 //! queries of that group.
@@ -144,6 +144,11 @@ pub(crate) use both;
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// PostgreSQL: the connections of the transaction write path, set to generic plans: the
+    /// statement's many CTEs cost more to plan than to run (custom plans would re-plan it on
+    /// every execution), and its lookups are written to use their indexes whatever the plan
+    /// (see `write::pg`).
+    writer: Option<PgPool>,
     /// SQLite has one writer at a time; queueing writers here (FIFO) beats SQLite's busy handler,
     /// which sleeps in growing steps and turns contention into 100 ms+ tail latencies.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -152,7 +157,27 @@ pub struct Store {
 impl Store {
     /// Opens a pool. SQLite files are created when missing and run in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let mut writer = None;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            writer = Some(
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    // No ping before each use: it would double the transaction's round trips,
+                    // and a connection that died (a database restart) fails its statement with
+                    // 503, which the homeserver retries on a fresh one.
+                    .test_before_acquire(false)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET plan_cache_mode = force_generic_plan")
+                                .execute(conn)
+                                .await
+                                .map(|_| ())
+                        })
+                    })
+                    .connect(url)
+                    .await?,
+            );
             Pool::Pg(
                 PgPoolOptions::new()
                     .max_connections(max_connections)
@@ -176,6 +201,7 @@ impl Store {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(max_connections)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options)
                     .await?,
@@ -188,6 +214,7 @@ impl Store {
         };
         Ok(Self {
             pool,
+            writer,
             write_lock: Default::default(),
         })
     }
@@ -238,12 +265,26 @@ impl Store {
     /// Applies a batch atomically. Returns `false` (and changes nothing) when the batch's
     /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
-        match &self.pool {
-            Pool::Pg(pool) => write::pg::apply(pool, batch).await,
-            Pool::Sqlite(pool) => {
+        match (&self.pool, &self.writer) {
+            (_, Some(writer)) => write::pg::apply(writer, batch).await,
+            (Pool::Pg(pool), None) => write::pg::apply(pool, batch).await,
+            (Pool::Sqlite(pool), None) => {
                 let _writer = self.write_lock.lock().await;
                 write::sqlite::apply(pool, batch).await
             }
+        }
+    }
+
+    /// How the database executes the write path's lookups by Matrix event id (edits and
+    /// redactions): `EXPLAIN` of the batch's statement on PostgreSQL (a generic plan, as the
+    /// writer connections run it), `EXPLAIN QUERY PLAN` of the edit and redaction statements on
+    /// SQLite. For tests that prove the lookups use the `matrix_event_id` index.
+    #[doc(hidden)]
+    pub async fn explain_apply(&self, batch: &Batch) -> Result<String, StoreError> {
+        match (&self.pool, &self.writer) {
+            (_, Some(writer)) => write::pg::explain(writer, batch).await,
+            (Pool::Pg(pool), None) => write::pg::explain(pool, batch).await,
+            (Pool::Sqlite(pool), None) => write::sqlite::explain(pool).await,
         }
     }
 

@@ -133,7 +133,10 @@ const CANCEL_REDACTED: &str = "UPDATE bridge_triggers SET status = 'cancelled' W
 
 /// The runtime's input: the events that addressed the agent, in order.
 fn input(triggers: &[TriggerRow]) -> Json<serde_json::Value> {
-    let events: Vec<&serde_json::Value> = triggers.iter().map(|t| &t.payload.0.event).collect();
+    let events: Vec<&serde_json::value::RawValue> = triggers
+        .iter()
+        .map(|t| t.payload.0.event.as_ref())
+        .collect();
     let mut value = serde_json::json!({ "triggers": events });
     super::text::clean_json(&mut value);
     Json(value)

@@ -1,4 +1,4 @@
-//! Agents as Matrix users: registration and profile of puppets ([`profile`]), what they send
+//! Agents as Matrix users: registration and profile of puppets (`profile`), what they send
 //! ([`content`]), the durable, per-room ordered outbox through which every send reaches the
 //! homeserver exactly once ([`outbox`]), and [`PuppetIntent`], the one way the rest of the
 //! bridge acts as an agent (like bridgev2's `GhostIntent`).

@@ -43,7 +43,7 @@ pub struct RunRequest {
     /// The system prompt.
     pub system_prompt: String,
     /// The events that addressed the agent (merged by the debounce), in full.
-    pub triggers: Vec<serde_json::Value>,
+    pub triggers: Vec<Box<serde_json::value::RawValue>>,
     /// Their texts, in order.
     pub trigger_texts: Vec<String>,
     /// The same, as turns (sender, name, text).

@@ -6,6 +6,7 @@ mod cli;
 mod hardening;
 #[path = "../common/model.rs"]
 mod model;
+mod plans;
 mod process;
 mod runs;
 mod spec;
@@ -14,6 +15,7 @@ mod support;
 use agents::*;
 use cli::*;
 use hardening::*;
+use plans::*;
 use process::*;
 use runs::*;
 use spec::*;
@@ -101,6 +103,8 @@ both_backends!(
     negative_content_length_is_refused,
     sigterm_with_a_half_open_connection_exits_cleanly,
     sigkill_mid_load_loses_and_doubles_no_answer,
+    any_transaction_gets_200_or_a_matrix_4xx,
+    lookups_by_event_id_use_the_index_at_any_size,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

@@ -47,6 +47,11 @@ impl Envelope<'_> {
         serde_json::from_str(self.content.get())
     }
 
+    /// The content as a view borrowing from the event.
+    pub fn content_borrowed<'c, T: serde::Deserialize<'c>>(&'c self) -> serde_json::Result<T> {
+        serde_json::from_str(self.content.get())
+    }
+
     /// Whether an id of the event holds a character no Matrix id may hold (NUL): such an event
     /// is invalid and never reaches the store.
     pub fn has_invalid_id(&self) -> bool {

@@ -6,6 +6,7 @@
 //! bad event is skipped and counted and never stalls the homeserver's queue.
 
 pub(crate) mod cache;
+pub mod content;
 pub mod event;
 pub mod preview;
 mod sent;

@@ -2,46 +2,31 @@
 //! to the configured number of grapheme clusters and never more than four bytes per cluster
 //! (one cluster of 100,000 combining marks is cut too).
 
-use ruma::events::room::message::{MessageType, sanitize::remove_plain_reply_fallback};
+use ruma::events::room::message::sanitize::remove_plain_reply_fallback;
 use unicode_segmentation::UnicodeSegmentation;
 
-/// The preview of a message body, before truncation.
-pub fn of_msgtype(msgtype: &MessageType, sender_localpart: &str, is_reply: bool) -> String {
-    match msgtype {
-        MessageType::Text(c) => text(
-            &c.body,
-            c.formatted.as_ref().map(|f| f.body.as_str()),
-            is_reply,
+use super::content::MessageView;
+
+/// The preview of a message (before truncation), by message type.
+pub fn of_message(m: &MessageView<'_>, sender_localpart: &str, is_reply: bool) -> String {
+    match &*m.msgtype {
+        "m.text" | "m.notice" => text(&m.body, m.html(), is_reply),
+        "m.emote" => format!("* {sender_localpart} {}", text(&m.body, m.html(), is_reply)),
+        kind @ ("m.image" | "m.file" | "m.audio" | "m.video") => format!(
+            "[{}] {}",
+            &kind[2..],
+            m.filename.as_deref().unwrap_or(&m.body)
         ),
-        MessageType::Notice(c) => text(
-            &c.body,
-            c.formatted.as_ref().map(|f| f.body.as_str()),
-            is_reply,
-        ),
-        MessageType::Emote(c) => {
-            let body = text(
-                &c.body,
-                c.formatted.as_ref().map(|f| f.body.as_str()),
-                is_reply,
-            );
-            format!("* {sender_localpart} {body}")
-        }
-        MessageType::Image(c) => format!("[image] {}", c.filename()),
-        MessageType::File(c) => format!("[file] {}", c.filename()),
-        MessageType::Audio(c) => format!("[audio] {}", c.filename()),
-        MessageType::Video(c) => format!("[video] {}", c.filename()),
-        MessageType::Location(c) => format!("[location] {}", c.body),
-        other => text(other.body(), None, is_reply),
+        "m.location" => format!("[location] {}", m.body),
+        _ => text(&m.body, None, is_reply),
     }
 }
 
-/// The plain body and HTML body of a message type, for the trigger rules.
-pub fn bodies(msgtype: &MessageType) -> (&str, Option<&str>) {
-    match msgtype {
-        MessageType::Text(t) => (&t.body, t.formatted.as_ref().map(|f| f.body.as_str())),
-        MessageType::Notice(t) => (&t.body, t.formatted.as_ref().map(|f| f.body.as_str())),
-        MessageType::Emote(t) => (&t.body, t.formatted.as_ref().map(|f| f.body.as_str())),
-        other => (other.body(), None),
+/// The plain body and HTML body of a message, for the trigger rules.
+pub fn bodies<'m>(m: &'m MessageView<'_>) -> (&'m str, Option<&'m str>) {
+    match &*m.msgtype {
+        "m.text" | "m.notice" | "m.emote" => (&m.body, m.formatted_body.as_deref()),
+        _ => (&m.body, None),
     }
 }
 
@@ -149,6 +134,15 @@ pub fn truncate(text: &str, max: usize) -> String {
     // At most `max` bytes means at most `max` clusters: nothing to count.
     if text.len() <= max.min(max_bytes) {
         return text.to_owned();
+    }
+    // ASCII without CR: one byte is one grapheme cluster ("\r\n" is one cluster of two).
+    if text.is_ascii() && !text.contains('\r') {
+        if text.len() <= max {
+            return text.to_owned();
+        }
+        let mut out = text[..max.saturating_sub(1)].trim_end().to_owned();
+        out.push('…');
+        return out;
     }
     let fits = text.len() <= max_bytes && text.graphemes(true).nth(max).is_none();
     if fits {

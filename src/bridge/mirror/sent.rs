@@ -2,9 +2,9 @@
 //! channel, and the outbox item marked sent, in one commit (the homeserver's echo of it later
 //! is then a duplicate, absorbed by the event id's unique key).
 
-use ruma::{EventId, RoomId, events::room::message::RoomMessageEventContent};
+use ruma::{EventId, RoomId};
 
-use super::Mirror;
+use super::{Mirror, content::MessageView};
 use crate::{
     bridge::{agents::Agent, planner::messages::shape},
     db::{
@@ -49,11 +49,12 @@ impl Mirror {
                 change: SessionChange::Activate,
                 at: now,
             });
-            let content = (item.redacts.is_none() && item.event_type == "m.room.message")
-                .then(|| {
-                    serde_json::from_value::<RoomMessageEventContent>(item.content.0.clone()).ok()
-                })
-                .flatten();
+            // Stored as JSON; read through the same view the planner uses.
+            let json = (item.redacts.is_none() && item.event_type == "m.room.message")
+                .then(|| item.content.0.to_string());
+            let content = json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<MessageView<'_>>(j).ok());
             if let Some(content) = content {
                 let shape = shape(&content, agent.user_id.localpart());
                 let preview = DbText::new(super::preview::truncate(

@@ -7,11 +7,7 @@ use std::collections::{HashMap, HashSet};
 use ruma::{
     OwnedEventId, RoomId,
     events::{
-        room::{
-            encrypted,
-            message::{Relation, RoomMessageEventContent},
-            redaction::RoomRedactionEventContent,
-        },
+        room::{encrypted, redaction::RoomRedactionEventContent},
         sticker::StickerEventContent,
     },
 };
@@ -20,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::{Outcome, Planner};
 use crate::{
-    bridge::mirror::{event::Envelope, preview},
+    bridge::mirror::{content::MessageView, event::Envelope, preview},
     db::{
         CandidatePayload, Edit, NewCandidate, NewMessage, Party, Redaction, SessionChange,
         text::DbText, types::Ts,
@@ -50,41 +46,24 @@ pub(crate) struct MessageShape {
     pub reply_to: Option<OwnedEventId>,
 }
 
-/// Whether an event id from content may be stored (no NUL: it is no valid id, and PostgreSQL
-/// refuses it).
-fn storable(id: &OwnedEventId) -> bool {
-    !id.as_str().contains('\0')
-}
-
 /// The shape of `m.room.message` content sent by `sender_localpart`. Relation ids that cannot
-/// be valid are dropped (an edit of such a target has `replaces` set to none of its own: see
-/// [`MessageShape::invalid`]).
-pub(crate) fn shape(content: &RoomMessageEventContent, sender_localpart: &str) -> MessageShape {
-    if let Some(Relation::Replacement(r)) = &content.relates_to {
-        return MessageShape {
-            invalid: !storable(&r.event_id),
-            replaces: Some(r.event_id.clone()),
-            preview: preview::of_msgtype(&r.new_content.msgtype, sender_localpart, false),
+/// be valid are dropped, and an edit of such a target is marked invalid.
+pub(crate) fn shape(m: &MessageView<'_>, sender_localpart: &str) -> MessageShape {
+    match (m.replaces(), &m.new_content) {
+        (Some(target), Some(new)) => MessageShape {
+            invalid: target.is_err(),
+            replaces: target.ok(),
+            preview: preview::of_message(new, sender_localpart, false),
             thread_root: None,
             reply_to: None,
-        };
-    }
-    let is_reply = matches!(content.relates_to, Some(Relation::Reply { .. }));
-    MessageShape {
-        invalid: false,
-        replaces: None,
-        preview: preview::of_msgtype(&content.msgtype, sender_localpart, is_reply),
-        thread_root: match &content.relates_to {
-            Some(Relation::Thread(t)) => Some(t.event_id.clone()),
-            _ => None,
-        }
-        .filter(storable),
-        reply_to: match &content.relates_to {
-            Some(Relation::Reply(r)) => Some(r.in_reply_to.event_id.clone()),
-            Some(Relation::Thread(t)) => t.in_reply_to.as_ref().map(|r| r.event_id.clone()),
-            _ => None,
-        }
-        .filter(storable),
+        },
+        _ => MessageShape {
+            invalid: false,
+            replaces: None,
+            preview: preview::of_message(m, sender_localpart, m.is_reply()),
+            thread_root: m.thread_root(),
+            reply_to: m.reply_to(),
+        },
     }
 }
 
@@ -101,7 +80,7 @@ impl Planner<'_> {
         raw: &RawValue,
         at: Ts,
     ) -> serde_json::Result<Outcome> {
-        let content: RoomMessageEventContent = env.content()?;
+        let content: MessageView<'_> = env.content_borrowed()?;
         let shape = shape(&content, env.sender.localpart());
         if shape.invalid {
             return Ok(Outcome::InvalidId);
@@ -120,30 +99,45 @@ impl Planner<'_> {
             // Edits address agents only when configured to: the new text is judged like a
             // message, with the edit event's own `m.mentions` (the newly mentioned users).
             if self.settings.answer_edits
-                && let Some(Relation::Replacement(r)) = &content.relates_to
+                && let Some(new) = &content.new_content
             {
-                let mut edited = r.new_content.clone();
-                edited.mentions = content.mentions.clone();
-                let (body, html) = preview::bodies(&edited.msgtype);
-                let mentions = edited
-                    .mentions
-                    .as_ref()
-                    .map(|m| m.user_ids.iter().cloned().collect());
-                self.candidate(room_id, env, raw, at, body, html, mentions, None, None);
+                let (body, html) = preview::bodies(new);
+                self.candidate(
+                    room_id,
+                    env,
+                    raw,
+                    at,
+                    body,
+                    html,
+                    content.mentioned(),
+                    None,
+                    None,
+                );
             }
             return Ok(Outcome::Mirrored);
         }
         let outcome = self.message(room_id, env, &shape.preview, at, shape.thread_root.clone());
         if outcome == Outcome::Mirrored {
-            let (body, html) = preview::bodies(&content.msgtype);
-            let body = match &content.relates_to {
-                Some(Relation::Reply(_)) => preview::strip_reply_fallback(body),
-                _ => body,
+            let (body, html) = preview::bodies(&content);
+            let body = if content.is_reply() {
+                preview::strip_reply_fallback(body)
+            } else {
+                body
             };
-            let mentions = content
-                .mentions
-                .as_ref()
-                .map(|m| m.user_ids.iter().cloned().collect());
+            let mentions = content.mentioned();
+            // Being addressed opens (or revives) the agent's session in the channel.
+            if let (Some(mentions), Some(work)) = (&mentions, self.rooms.get(room_id)) {
+                let channel = work.state.channel_id;
+                let agents: Vec<_> = mentions
+                    .iter()
+                    .filter(|u| **u != env.sender)
+                    .filter_map(|u| self.registry.get(u))
+                    .map(|a| a.id)
+                    .collect();
+                for agent in agents {
+                    self.session(channel, Some(agent), SessionChange::Activate, at);
+                }
+            }
             self.candidate(
                 room_id,
                 env,
@@ -155,20 +149,6 @@ impl Planner<'_> {
                 shape.reply_to,
                 shape.thread_root,
             );
-            // Being addressed opens (or revives) the agent's session in the channel.
-            if let (Some(mentions), Some(work)) = (&content.mentions, self.rooms.get(room_id)) {
-                let channel = work.state.channel_id;
-                let agents: Vec<_> = mentions
-                    .user_ids
-                    .iter()
-                    .filter(|u| **u != env.sender)
-                    .filter_map(|u| self.registry.get(u))
-                    .map(|a| a.id)
-                    .collect();
-                for agent in agents {
-                    self.session(channel, Some(agent), SessionChange::Activate, at);
-                }
-            }
         }
         Ok(outcome)
     }
@@ -208,14 +188,14 @@ impl Planner<'_> {
         let Some(target) = content.redacts.or_else(|| env.redacts.clone()) else {
             return Ok(Outcome::Malformed);
         };
-        if !storable(&target) {
+        if target.as_str().contains('\0') {
             return Ok(Outcome::InvalidId);
         }
         self.batch.redactions.push(Redaction { target, at });
         Ok(Outcome::Mirrored)
     }
 
-    /// A new message row, unless the sender is the bridge itself or it was planned already.
+    /// A new message row, unless the sender is the bridge itself.
     fn message(
         &mut self,
         room_id: &RoomId,
@@ -230,9 +210,6 @@ impl Planner<'_> {
         let Some(sender) = self.party(&env.sender) else {
             return Outcome::Skipped;
         };
-        if !self.message_ids.insert(env.event_id.clone()) {
-            return Outcome::Duplicate;
-        }
         if let Party::Agent(agent) = sender {
             self.session(channel_id, Some(agent), SessionChange::Activate, at);
         }
@@ -272,7 +249,7 @@ impl Planner<'_> {
         if work.state.agents.is_empty() || self.sync || env.sender == self.namespace.bot() {
             return;
         }
-        let event = serde_json::from_str(raw.get()).unwrap_or_default();
+        let event = raw.to_owned();
         self.batch.candidates.push(NewCandidate {
             channel_id: work.state.channel_id,
             room_id: room_id.to_owned(),

@@ -1,11 +1,13 @@
 //! The planner: turns one transaction's events (or a room's state) into a [`Batch`] of DAARION
 //! rows, in the order received, from room states and senders loaded beforehand. It is pure
 //! (no I/O), so the transaction → plan path can be fuzzed and property-tested without a
-//! database. Submodules: [`adopt`] (which rooms become channels), [`messages`] (messages,
-//! edits, redactions, trigger candidates), [`members`] (memberships and agent sessions),
-//! [`state`] (names, topics, visibility, power levels).
+//! database. Submodules: `adopt` (which rooms become channels), `messages` (messages,
+//! edits, redactions, trigger candidates), `members` (memberships and agent sessions),
+//! `state` (names, topics, visibility, power levels).
 
 mod adopt;
+#[doc(hidden)]
+pub mod fuzz;
 mod members;
 pub(crate) mod messages;
 mod route;
@@ -115,7 +117,7 @@ pub(crate) struct Plan {
 pub(crate) struct Wakes {
     /// Follow-up jobs were queued.
     pub jobs: bool,
-    /// Trigger candidates were queued (or cancelled).
+    /// Trigger candidates were queued.
     pub runs: bool,
 }
 
@@ -139,7 +141,7 @@ pub(crate) struct Planner<'a> {
     members: HashMap<(ChannelId, Party), Member>,
     member_order: Vec<(ChannelId, Party)>,
     batch: Batch,
-    message_ids: HashSet<OwnedEventId>,
+    event_ids: HashSet<OwnedEventId>,
     outcomes: Vec<(&'static str, Outcome)>,
     ignored: Vec<OwnedRoomId>,
 }
@@ -172,7 +174,7 @@ impl<'a> Planner<'a> {
             members: HashMap::new(),
             member_order: Vec::new(),
             batch: Batch::default(),
-            message_ids: HashSet::new(),
+            event_ids: HashSet::new(),
             outcomes: Vec::new(),
             ignored: Vec::new(),
         }
@@ -188,6 +190,11 @@ impl<'a> Planner<'a> {
         if env.has_invalid_id() {
             tracing::warn!(room_id = %room_id.as_str().escape_debug(), "skipping an event whose ids hold NUL");
             self.outcomes.push((kind, Outcome::InvalidId));
+            return;
+        }
+        // The same event twice in one transaction is planned once (whatever its type).
+        if !self.event_ids.insert(env.event_id.clone()) {
+            self.outcomes.push((kind, Outcome::Duplicate));
             return;
         }
         if !self.rooms.contains_key(&room_id) && !self.try_adopt(&room_id, env) {
@@ -275,7 +282,9 @@ impl<'a> Planner<'a> {
             .collect();
         let wakes = Wakes {
             jobs: !self.batch.jobs.is_empty(),
-            runs: !self.batch.candidates.is_empty() || !self.batch.redactions.is_empty(),
+            // Redactions cancel what they must in the statement itself; only new candidates
+            // give the scheduler work.
+            runs: !self.batch.candidates.is_empty(),
         };
         Plan {
             batch: self.batch,

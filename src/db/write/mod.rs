@@ -7,7 +7,12 @@ pub(super) mod sqlite;
 
 /// A candidate's payload as JSON text the store accepts (no NUL anywhere in it).
 pub(super) fn payload_json(payload: &crate::db::CandidatePayload) -> String {
-    let mut value = serde_json::to_value(payload).unwrap_or_default();
+    let text = serde_json::to_string(payload).unwrap_or_else(|_| "{}".into());
+    // Text fields are plain strings here; only the raw event can carry an escaped NUL.
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     crate::db::text::clean_json(&mut value);
     value.to_string()
 }

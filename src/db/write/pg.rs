@@ -56,6 +56,23 @@ impl Statement {
 }
 
 pub(in crate::db) async fn apply(pool: &PgPool, b: &Batch) -> Result<bool, StoreError> {
+    let s = statement(b)?;
+    Ok(sqlx::query_scalar_with::<_, bool, _>(&s.sql, s.args)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The plan PostgreSQL chooses for the batch's statement (on the writer connections: a generic
+/// plan), as `EXPLAIN` prints it. For tests that prove lookups use their indexes.
+pub(in crate::db) async fn explain(pool: &PgPool, b: &Batch) -> Result<String, StoreError> {
+    let s = statement(b)?;
+    let lines: Vec<String> = sqlx::query_scalar_with(&format!("EXPLAIN {}", s.sql), s.args)
+        .fetch_all(pool)
+        .await?;
+    Ok(lines.join("\n"))
+}
+
+fn statement(b: &Batch) -> Result<Statement, StoreError> {
     let mut s = Statement {
         sql: String::new(),
         args: PgArguments::default(),
@@ -92,9 +109,7 @@ pub(in crate::db) async fn apply(pool: &PgPool, b: &Batch) -> Result<bool, Store
         " SELECT true"
     };
     s.sql.push_str(main);
-    Ok(sqlx::query_scalar_with::<_, bool, _>(&s.sql, s.args)
-        .fetch_one(pool)
-        .await?)
+    Ok(s)
 }
 
 fn users(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {

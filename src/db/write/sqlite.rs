@@ -30,6 +30,37 @@ pub(in crate::db) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<boo
     Ok(true)
 }
 
+/// The edit and redaction lookups' query plans (`EXPLAIN QUERY PLAN`), for tests that prove
+/// they use the `matrix_event_id` index.
+pub(in crate::db) async fn explain(pool: &SqlitePool) -> Result<String, StoreError> {
+    let edit: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {EDIT}"))
+        .bind("x")
+        .bind(Ts::now())
+        .bind("$e")
+        .bind(None::<String>)
+        .bind(None::<String>)
+        .fetch_all(pool)
+        .await?;
+    let redact: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as(&format!("EXPLAIN QUERY PLAN {REDACT}"))
+            .bind(Ts::now())
+            .bind("$e")
+            .fetch_all(pool)
+            .await?;
+    Ok(edit
+        .into_iter()
+        .chain(redact)
+        .map(|r| r.3)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+const EDIT: &str = "UPDATE messages SET content_preview = $1, edited_at = $2 \
+     WHERE matrix_event_id = $3 AND redacted_at IS NULL AND (edited_at IS NULL OR edited_at <= $2) \
+     AND (sender_user_id = $4 OR sender_agent_id = $5)";
+
+const REDACT: &str = "UPDATE messages SET content_preview = '', redacted_at = $1 WHERE matrix_event_id = $2 AND redacted_at IS NULL";
+
 async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error> {
     let now = Ts::now();
     for u in &b.users {
@@ -184,27 +215,21 @@ async fn messages(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Er
         .await?;
     }
     for e in &b.edits {
-        sqlx::query(
-            "UPDATE messages SET content_preview = $1, edited_at = $2 \
-             WHERE matrix_event_id = $3 AND redacted_at IS NULL AND (edited_at IS NULL OR edited_at <= $2) \
-             AND (sender_user_id = $4 OR sender_agent_id = $5)",
-        )
-        .bind(&e.preview)
-        .bind(e.at)
-        .bind(e.target.as_str())
-        .bind(e.sender.user())
-        .bind(e.sender.agent())
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(EDIT)
+            .bind(&e.preview)
+            .bind(e.at)
+            .bind(e.target.as_str())
+            .bind(e.sender.user())
+            .bind(e.sender.agent())
+            .execute(&mut *conn)
+            .await?;
     }
     for r in &b.redactions {
-        sqlx::query(
-            "UPDATE messages SET content_preview = '', redacted_at = $1 WHERE matrix_event_id = $2 AND redacted_at IS NULL",
-        )
-        .bind(r.at)
-        .bind(r.target.as_str())
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(REDACT)
+            .bind(r.at)
+            .bind(r.target.as_str())
+            .execute(&mut *conn)
+            .await?;
         // A redacted question is not answered (see the PostgreSQL statement).
         let runs: Vec<Option<String>> = sqlx::query_scalar(
             "UPDATE bridge_triggers SET status = 'cancelled' WHERE event_id = $1 \

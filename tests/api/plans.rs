@@ -1,0 +1,115 @@
+//! Lookups by Matrix event id (edits, redactions) stay index lookups however large `messages`
+//! grows and whatever plan was cached while it was small: a table prefilled with 200,000
+//! messages, plans cached beforehand on the empty table, 20 transactions with edits and
+//! redactions through the bridge, then the plan the database uses.
+
+use serde_json::json;
+
+use crate::support::{Backend, TestApp, ev};
+
+const HISTORY: u64 = 200_000;
+
+/// Transactions of messages, edits of earlier ones and a redaction.
+fn traffic(round: u64) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for i in 0..8 {
+        events.push(ev::text(
+            &format!("r{round}m{i}"),
+            "@alice:localhost",
+            &format!("message {round}.{i}"),
+        ));
+    }
+    for i in 0..3 {
+        events.push(ev::base(
+            "m.room.message",
+            &format!("r{round}e{i}"),
+            "@alice:localhost",
+            json!({
+                "msgtype": "m.text", "body": "* fixed",
+                "m.new_content": { "msgtype": "m.text", "body": format!("fixed {round}.{i}") },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": format!("$r{}m{i}", round.saturating_sub(1)) },
+            }),
+        ));
+    }
+    let mut redaction = ev::base(
+        "m.room.redaction",
+        &format!("r{round}x"),
+        "@alice:localhost",
+        json!({ "redacts": format!("$r{}m7", round.saturating_sub(1)) }),
+    );
+    redaction["redacts"] = json!(format!("$r{}m7", round.saturating_sub(1)));
+    events.push(redaction);
+    events
+}
+
+pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    crate::mirrored(&app).await;
+    // Plans cached while the table is empty.
+    for round in 0..6 {
+        assert_eq!(
+            app.put_txn(&format!("early{round}"), traffic(round))
+                .await
+                .0,
+            200
+        );
+    }
+    let prefill = match b {
+        Backend::Postgres => format!(
+            "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
+             SELECT gen_random_uuid(), (SELECT id FROM channels LIMIT 1), '$hist' || g, 'human', 'old ' || g, now() \
+             FROM generate_series(1, {HISTORY}) g"
+        ),
+        Backend::Sqlite => format!(
+            "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
+             WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {HISTORY}) \
+             SELECT lower(hex(randomblob(16))), (SELECT id FROM channels LIMIT 1), '$hist' || n, 'human', 'old ' || n, \
+             '2026-01-01T00:00:00.000Z' FROM g"
+        ),
+    };
+    app.exec(&prefill).await;
+    for round in 6..26 {
+        assert_eq!(
+            app.put_txn(&format!("late{round}"), traffic(round)).await.0,
+            200
+        );
+    }
+    // The edits and redactions were applied.
+    assert_eq!(
+        app.col("SELECT content_preview FROM messages WHERE matrix_event_id = '$r24m1'")
+            .await,
+        vec!["fixed 25.1"]
+    );
+    assert_eq!(
+        app.col("SELECT CAST(redacted_at IS NOT NULL AS TEXT) FROM messages WHERE matrix_event_id = '$r24m7'").await.len(),
+        1
+    );
+    // The plan of a batch with edits and redactions, as the write path runs it.
+    let batch = daarion_bridge::db::Batch {
+        edits: vec![daarion_bridge::db::Edit {
+            target: "$r24m2".try_into().unwrap(),
+            sender: daarion_bridge::db::Party::User(daarion_bridge::ids::UserRowId::new()),
+            preview: "x".into(),
+            at: daarion_bridge::db::types::Ts::now(),
+        }],
+        redactions: vec![daarion_bridge::db::Redaction {
+            target: "$r24m3".try_into().unwrap(),
+            at: daarion_bridge::db::types::Ts::now(),
+        }],
+        ..Default::default()
+    };
+    let plan = app.store.explain_apply(&batch).await.unwrap();
+    match b {
+        Backend::Postgres => {
+            assert!(
+                plan.matches("messages_matrix_event_id_key").count() >= 2,
+                "{plan}"
+            );
+            assert!(!plan.contains("Seq Scan on messages"), "{plan}");
+        }
+        Backend::Sqlite => {
+            assert!(plan.matches("USING INDEX").count() >= 2, "{plan}");
+            assert!(!plan.contains("SCAN messages"), "{plan}");
+        }
+    }
+}
