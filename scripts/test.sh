@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine. Starts (installing if needed) PostgreSQL; the
+# The whole test suite on a fresh machine. Starts (installing if needed) PostgreSQL and NATS; the
 # end-to-end tests start a real Synapse on loopback themselves through scripts/synapse.sh.
 # Every suite runs against SQLite and PostgreSQL.
 set -euo pipefail
@@ -15,6 +15,9 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   while read -r db; do
     psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null
   done
+
+# The event tests start their own NATS servers (JetStream) from the nats-server binary.
+scripts/ensure-nats.sh
 
 # Benches are built by clippy --all-targets in CI and run on purpose (cargo bench), not here.
 cargo test --lib --bins --tests "$@"

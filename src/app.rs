@@ -1,5 +1,5 @@
 //! Building and running the bridge: the store migrated and seeded, the agent registry, the
-//! mirror and the puppets wired together; then the HTTP listener(s) and the supervised
+//! mirror, the puppets and the events publisher wired together; then the HTTP listener(s) and the supervised
 //! background tasks, until shutdown (as in mini-redis: `run(listener, shutdown)`, every task
 //! drained before returning).
 
@@ -16,10 +16,11 @@ use crate::{
         followup::FollowUps,
         mirror::{Mirror, Wakers},
         planner::MirrorSettings,
-        upkeep::Upkeep,
+        upkeep::{Retention, Upkeep},
     },
     config::Config,
     db::{Store, seed::Declarations},
+    events::publisher::{Publisher, PublisherStatus},
     matrix::Homeserver,
     metrics::Metrics,
     puppet::{
@@ -52,6 +53,7 @@ pub struct Bridge {
     hs: Homeserver,
     wakers: Wakers,
     health: Arc<Health>,
+    events: Arc<PublisherStatus>,
 }
 
 /// The mirror records what puppets sent.
@@ -72,7 +74,9 @@ impl Bridge {
     /// components.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let namespace = config.namespace()?;
-        let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+        let store = Store::connect(&config.database.url, config.database.max_connections)
+            .await?
+            .with_events(config.events.enabled);
         store.migrate().await?;
         let declarations = Declarations {
             microdaos: &config.microdaos,
@@ -128,6 +132,7 @@ impl Bridge {
             hs,
             wakers,
             health: Arc::default(),
+            events: Arc::default(),
         })
     }
 
@@ -141,6 +146,7 @@ impl Bridge {
             hs_token: self.config.appservice.hs_token.as_str().into(),
             max_body_bytes: self.config.appservice.max_body_bytes,
             health: self.health.clone(),
+            events: self.events.clone(),
         }
     }
 
@@ -211,7 +217,7 @@ impl Bridge {
             self.registry.clone(),
             self.metrics.clone(),
             self.config.bridge.session_idle_after,
-            self.config.bridge.retention,
+            Retention::from_config(&self.config),
         );
         let every = (self.config.bridge.session_idle_after / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -220,6 +226,13 @@ impl Bridge {
         supervisor.spawn("profiles", move |cancel| {
             watch_profiles(registry.clone(), puppets.clone(), cancel)
         });
+        let publisher = Publisher::new(
+            self.store.clone(),
+            self.config.events.clone(),
+            self.metrics.clone(),
+            self.events.clone(),
+        );
+        supervisor.spawn("events", move |cancel| publisher.clone().run(cancel));
         let (hs, id) = (self.hs.clone(), self.config.appservice.id.clone());
         supervisor.spawn("ping", move |cancel| {
             ping_until_reached(hs.clone(), id.clone(), cancel)

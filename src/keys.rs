@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{Store, StoreError, keys::NewKey, types::Ts},
+    db::{Store, StoreError, audit::Actor, keys::NewKey, types::Ts},
     ids::AccessKeyId,
     registration::random_token,
 };
@@ -29,6 +29,7 @@ pub async fn create(
     caps: &[String],
     bundles: &[String],
     expires_at: Option<Ts>,
+    by: &Actor,
 ) -> Result<(AccessKeyId, String), StoreError> {
     let mut all: Vec<String> = caps.to_vec();
     for bundle in bundles {
@@ -58,6 +59,7 @@ pub async fn create(
             hash: &hash(&key),
             capabilities: &all,
             expires_at,
+            by,
         })
         .await?;
     Ok((id, key))

@@ -8,11 +8,14 @@
 //! - HTTP surfaces: [`appservice`] (the Application Service API the homeserver calls, health,
 //!   metrics) and [`api`] (the agent API runtimes use).
 //! - Agents answering: [`runs`] (the run scheduler, execution, runtimes).
+//! - Events out: [`events`] (topics, payloads, the NATS JetStream publisher of the transactional
+//!   outbox) and [`export`] (a channel's conversation as JSON lines or CSV).
 //! - Bridge core: [`bridge`] (the agent registry, the mirror and its pure planner, trigger
 //!   rules, follow-up jobs, upkeep).
 //! - Acting as agents: [`puppet`] (`PuppetIntent`, profiles, content, the durable outbox).
 //! - Matrix edge: [`matrix`] (namespace, client-server client, Matrix errors).
-//! - Storage: [`db`] (PostgreSQL and SQLite: migrations, batched writes, reads per table group).
+//! - Storage: [`db`] (PostgreSQL and SQLite: migrations, batched writes with their events and
+//!   audit records, reads per table group).
 //! - Foundations: [`config`], [`registration`], [`keys`], [`ratelimit`], [`metrics`],
 //!   [`telemetry`], [`ids`].
 
@@ -25,6 +28,8 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod events;
+pub mod export;
 pub mod ids;
 pub mod keys;
 pub mod matrix;

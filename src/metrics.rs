@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): transactions, events by type and
 //! outcome, latency, database errors, follow-ups, sessions, triggers, runs, the outbox, HTTP
-//! connections and supervised task failures.
+//! connections, supervised task failures, and the events publisher.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -80,6 +80,14 @@ pub struct Metrics {
     pub task_failures: Family<TaskLabel, Counter>,
     /// Failed agent-key authentications, by outcome (denied, limited).
     pub auth_failures: Family<OutcomeLabel, Counter>,
+    /// Outbox events waiting to be published (as of the publisher's last look).
+    pub events_pending: Gauge,
+    /// Outbox events JetStream acknowledged.
+    pub events_published: Counter,
+    /// Failed publish attempts.
+    pub event_publish_errors: Counter,
+    /// From an event's commit to JetStream's acknowledgement.
+    pub event_publish_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -110,6 +118,11 @@ impl Metrics {
             connections_refused: Counter::default(),
             task_failures: Family::default(),
             auth_failures: Family::default(),
+            events_pending: Gauge::default(),
+            events_published: Counter::default(),
+            event_publish_errors: Counter::default(),
+            // 1 ms … ~65 s.
+            event_publish_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -184,6 +197,26 @@ impl Metrics {
             "auth_failures",
             "Failed agent-key authentications (denied, limited)",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "events_pending",
+            "Outbox events waiting to be published to NATS JetStream",
+            m.events_pending.clone(),
+        );
+        r.register(
+            "events_published",
+            "Outbox events JetStream acknowledged",
+            m.events_published.clone(),
+        );
+        r.register(
+            "event_publish_errors",
+            "Failed attempts to publish an outbox event",
+            m.event_publish_errors.clone(),
+        );
+        r.register(
+            "event_publish_lag_seconds",
+            "From an event's commit to JetStream's acknowledgement",
+            m.event_publish_lag.clone(),
         );
         Self { registry, ..m }
     }

@@ -12,7 +12,7 @@ use axum::{
 use super::ApiState;
 use crate::{
     bridge::agents::Agent,
-    db::{keys::AuthKey, types::Ts},
+    db::{ActorType, AuditOutcome, audit::NewAudit, keys::AuthKey, types::Ts},
     keys,
     matrix::MatrixError,
 };
@@ -29,6 +29,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller as an audit actor: the agent, by its external id.
+    pub fn actor(&self) -> crate::db::audit::Actor {
+        crate::db::audit::Actor {
+            kind: ActorType::Agent,
+            id: Some(self.agent.external_id.clone()),
+        }
+    }
+
     /// Fails with 403 unless the key holds `capability`.
     pub fn require(&self, capability: &str) -> Result<(), MatrixError> {
         if self.key.capabilities.iter().any(|c| c == capability) {
@@ -90,15 +98,28 @@ impl FromRequestParts<ApiState> for Caller {
         let found = state.store.key_by_hash(&keys::hash(key)).await?;
         let key = found.ok_or_else(|| fail(MatrixError::unknown_token("unknown access key")))?;
         let now = Ts::now();
-        if key.revoked_at.is_some() {
-            return Err(fail(MatrixError::unknown_token(
-                "this access key was revoked",
-            )));
-        }
-        if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(fail(MatrixError::unknown_token(
-                "this access key has expired",
-            )));
+        let used = if key.revoked_at.is_some() {
+            Some(("access_key.revoked_use", "this access key was revoked"))
+        } else if key.expires_at.is_some_and(|e| e <= now) {
+            Some(("access_key.expired_use", "this access key has expired"))
+        } else {
+            None
+        };
+        if let Some((action, reason)) = used {
+            // A real key used after its end: worth more than the generic denial (which the
+            // audit layer also records), since whoever holds it may not know it ended.
+            let entry = NewAudit::new(
+                ActorType::Key,
+                Some(&key.key_id.to_string()),
+                action,
+                Some(&key.agent_external_id),
+                AuditOutcome::Denied,
+            )
+            .details(
+                serde_json::json!({ "expires_at": key.expires_at, "revoked_at": key.revoked_at }),
+            );
+            state.store.audit(&[entry]).await?;
+            return Err(fail(MatrixError::unknown_token(reason)));
         }
         state
             .limiter

@@ -182,7 +182,7 @@ pub async fn settings(
     let (channel, _) = channel(&state, &caller, &channel_id).await?;
     state
         .store
-        .set_respond(caller.agent.id, channel, respond)
+        .set_respond(caller.agent.id, channel, respond, &caller.actor())
         .await?;
     Ok(Json(json!({ "respond": respond })))
 }

@@ -4,6 +4,7 @@
 //! `/api/v1/openapi.json`. Handlers: `channels` (who am I, channels, sessions, typing,
 //! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `runs`.
 
+pub mod audit;
 mod auth;
 mod channels;
 mod extract;
@@ -104,5 +105,9 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/runs/{run_id}", get(runs::get))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(matrix_error_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit_denied,
+        ))
         .with_state(state)
 }

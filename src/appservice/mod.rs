@@ -41,6 +41,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Whether the background tasks run (readiness).
     pub health: Arc<Health>,
+    /// The events publisher (readiness detail).
+    pub events: Arc<crate::events::publisher::PublisherStatus>,
 }
 
 /// The bridge's HTTP surface for the homeserver and operators.

@@ -20,6 +20,9 @@ pub async fn live() -> Json<serde_json::Value> {
 /// background task runs; 503 otherwise, with what is wrong.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let tasks = state.health.failing();
+    // Events wait durably in the outbox while NATS is away: reported, but not a reason to take
+    // the bridge out of rotation.
+    let backlog = state.events.backlog();
     let (status, database, migrations) = match state.mirror.store().ready().await {
         Ok(true) => (StatusCode::OK, "ok", "applied"),
         Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
@@ -45,6 +48,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             "database": database,
             "migrations": migrations,
             "tasks_restarting": tasks,
+            "events": {
+                "publisher": state.events.state(),
+                "pending": backlog.pending,
+                "oldest_pending_seconds": backlog.oldest_age_seconds,
+            },
         })),
     )
         .into_response()

@@ -1,7 +1,7 @@
 //! Background upkeep: active agent sessions turn idle after their quiet period (and the
 //! sessions metric is refreshed), deferred runs nobody answered are failed, and records whose
 //! purpose has passed (transaction records beyond the homeserver's retry window, finished jobs
-//! and triggers) are pruned.
+//! and triggers, published events, old audit rows) are pruned.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,13 +16,38 @@ use crate::{
 /// Deferred (webhook 202) runs get this long to be answered through the agent API.
 const DEFERRED_RUN_LIMIT: Duration = Duration::from_secs(3600);
 
+/// How long each kind of record is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Transaction records, finished jobs and triggers (`bridge.retention`).
+    pub work: Duration,
+    /// Outbox events (`events.retention`).
+    pub events: Duration,
+    /// Whether only published events are pruned (a broker is configured).
+    pub events_published_only: bool,
+    /// Audit rows (`audit.retention`; none: forever).
+    pub audit: Option<Duration>,
+}
+
+impl Retention {
+    /// The retention `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            work: config.bridge.retention,
+            events: config.events.retention,
+            events_published_only: config.events.nats_url.is_some(),
+            audit: config.audit.retention,
+        }
+    }
+}
+
 /// The upkeep worker.
 pub struct Upkeep {
     store: Store,
     registry: Arc<AgentRegistry>,
     metrics: Arc<Metrics>,
     idle_after: Duration,
-    retention: Duration,
+    retention: Retention,
 }
 
 impl Upkeep {
@@ -32,7 +57,7 @@ impl Upkeep {
         registry: Arc<AgentRegistry>,
         metrics: Arc<Metrics>,
         idle_after: Duration,
-        retention: Duration,
+        retention: Retention,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -80,10 +105,19 @@ impl Upkeep {
 
     /// Deletes what is older than the retention. Returns how many rows went.
     pub async fn prune(&self, now: Ts) -> Result<u64, StoreError> {
-        let cutoff = now.minus(self.retention);
-        Ok(self.store.prune_transactions(cutoff).await?
+        let r = self.retention;
+        let cutoff = now.minus(r.work);
+        let mut n = self.store.prune_transactions(cutoff).await?
             + self.store.prune_jobs(cutoff).await?
-            + self.store.prune_triggers(cutoff).await?)
+            + self.store.prune_triggers(cutoff).await?;
+        n += self
+            .store
+            .prune_events(now.minus(r.events), r.events_published_only)
+            .await?;
+        if let Some(audit) = r.audit {
+            n += self.store.prune_audit(now.minus(audit)).await?;
+        }
+        Ok(n)
     }
 
     /// Sweeps every `every` (and prunes hourly) until cancelled.

@@ -4,6 +4,7 @@
 
 pub mod decl;
 pub mod duration;
+mod events;
 mod validate;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -15,7 +16,10 @@ use figment::{
 use ruma::OwnedServerName;
 use serde::{Deserialize, Serialize};
 
-pub use self::decl::*;
+pub use self::{
+    decl::*,
+    events::{AuditConfig, EventsConfig},
+};
 use crate::matrix::Namespace;
 
 /// Prefix of environment overrides: `DAARION_BRIDGE__DATABASE__URL` sets `[database] url`.
@@ -58,6 +62,12 @@ pub struct Config {
     /// `[api]`: the agent API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[events]`: the outbox and its delivery to NATS JetStream.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// `[audit]`: the audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// `[[microdaos]]`.
     #[serde(default)]
     pub microdaos: Vec<MicrodaoDecl>,

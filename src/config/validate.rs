@@ -91,6 +91,16 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
+        self.events
+            .check()
+            .map_err(|(key, why)| invalid(key, why))?;
+        if self
+            .audit
+            .retention
+            .is_some_and(|r| r < std::time::Duration::from_secs(3600))
+        {
+            return Err(invalid("audit.retention", "must be at least 1h"));
+        }
         self.validate_bridge()?;
         self.validate_declarations()
     }

@@ -45,6 +45,8 @@ pub struct Batch {
     pub candidates: Vec<NewCandidate>,
     /// The puppet send this batch mirrors, marked sent in the same commit.
     pub sent: Option<SentRecord>,
+    /// Audit records of the decisions this batch makes (invites accepted or refused).
+    pub audits: Vec<super::audit::NewAudit>,
 }
 
 impl Batch {
@@ -61,6 +63,7 @@ impl Batch {
             && self.jobs.is_empty()
             && self.candidates.is_empty()
             && self.sent.is_none()
+            && self.audits.is_empty()
     }
 }
 

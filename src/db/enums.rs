@@ -269,3 +269,29 @@ text_enum!(
         Cancelled = "cancelled",
     }
 );
+
+text_enum!(
+    /// `audit_log.actor_type`: who acted.
+    ActorType {
+        /// A Matrix user (a person).
+        User = "user",
+        /// An agent (its puppet, or its runtime through the agent API).
+        Agent = "agent",
+        /// An access key (whose agent may not be known, e.g. a revoked key).
+        Key = "key",
+        /// An operator: the command line or the admin API.
+        Admin = "admin",
+        /// The bridge itself.
+        Bridge = "bridge",
+    }
+);
+
+text_enum!(
+    /// `audit_log.outcome`.
+    AuditOutcome {
+        /// The action was carried out.
+        Allowed = "allowed",
+        /// The action was refused.
+        Denied = "denied",
+    }
+);

@@ -2,8 +2,17 @@
 
 use serde::Serialize;
 
-use super::{Store, StoreError, both, types::Ts};
-use crate::ids::{AccessKeyId, AgentId};
+use super::{
+    AuditOutcome, Store, StoreError,
+    audit::{Actor, AppendAudit, NewAudit},
+    both,
+    events::AppendEvents,
+    types::Ts,
+};
+use crate::{
+    events::{Draft, KeyChanged, PAYLOAD_VERSION, Topic, agent_partition},
+    ids::{AccessKeyId, AgentId},
+};
 
 /// An access key found by its hash, with what the agent API needs to authorise a call.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -64,6 +73,8 @@ pub struct NewKey<'a> {
     pub capabilities: &'a [String],
     /// When it expires.
     pub expires_at: Option<Ts>,
+    /// Who creates it (audited).
+    pub by: &'a Actor,
 }
 
 impl Store {
@@ -101,6 +112,30 @@ impl Store {
             .bind(key.expires_at)
             .execute(&mut *tx)
             .await?;
+            tx.append_audit(&[key
+                .by
+                .did("access_key.created", Some(&id.to_string()), AuditOutcome::Allowed)
+                .details(serde_json::json!({
+                    "agent": key.agent_external_id, "prefix": key.prefix, "name": key.name,
+                    "capabilities": key.capabilities, "expires_at": key.expires_at,
+                }))])
+                .await?;
+            if self.events_enabled() {
+                tx.append_events(&[Draft::new(
+                    Topic::KeyCreated,
+                    agent_partition(agent),
+                    &KeyChanged {
+                        v: PAYLOAD_VERSION,
+                        key_id: id,
+                        agent_id: agent,
+                        name: Some(key.name),
+                        prefix: key.prefix,
+                        capabilities: Some(key.capabilities),
+                        at: Ts::now(),
+                    },
+                )])
+                .await?;
+            }
             for cap in key.capabilities {
                 sqlx::query(
                     "INSERT INTO access_key_caps (key_id, cap_id) SELECT $1, id FROM capabilities WHERE code = $2 \
@@ -113,6 +148,7 @@ impl Store {
             }
             tx.commit().await?;
         });
+        self.wake_publisher();
         Ok(id)
     }
 
@@ -182,16 +218,53 @@ impl Store {
         Ok(keys)
     }
 
-    /// Revokes the key with this id or prefix; returns how many keys were revoked.
-    pub async fn revoke_key(&self, id_or_prefix: &str) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
-            "UPDATE access_keys SET revoked_at = $1 WHERE revoked_at IS NULL \
-             AND (CAST(id AS TEXT) = $2 OR key_prefix = $2)",
-        )
-        .bind(Ts::now())
-        .bind(id_or_prefix)
-        .execute(pool)
-        .await?
-        .rows_affected()))
+    /// Revokes the key with this id or prefix (audited as `by`); returns how many keys were
+    /// revoked.
+    pub async fn revoke_key(&self, id_or_prefix: &str, by: &Actor) -> Result<u64, StoreError> {
+        let now = Ts::now();
+        let n = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<(AccessKeyId, AgentId, Option<String>, String)> = sqlx::query_as(
+                "UPDATE access_keys SET revoked_at = $1 WHERE revoked_at IS NULL \
+                 AND (CAST(id AS TEXT) = $2 OR key_prefix = $2) RETURNING id, agent_id, name, key_prefix",
+            )
+            .bind(now)
+            .bind(id_or_prefix)
+            .fetch_all(&mut *tx)
+            .await?;
+            let audits: Vec<NewAudit> = rows
+                .iter()
+                .map(|(id, _, _, prefix)| {
+                    by.did("access_key.revoked", Some(&id.to_string()), AuditOutcome::Allowed)
+                        .details(serde_json::json!({ "prefix": prefix }))
+                })
+                .collect();
+            tx.append_audit(&audits).await?;
+            if self.events_enabled() {
+                let drafts: Vec<Draft> = rows
+                    .iter()
+                    .map(|(id, agent, name, prefix)| {
+                        Draft::new(
+                            Topic::KeyRevoked,
+                            agent_partition(*agent),
+                            &KeyChanged {
+                                v: PAYLOAD_VERSION,
+                                key_id: *id,
+                                agent_id: *agent,
+                                name: name.as_deref(),
+                                prefix,
+                                capabilities: None,
+                                at: now,
+                            },
+                        )
+                    })
+                    .collect();
+                tx.append_events(&drafts).await?;
+            }
+            tx.commit().await?;
+            rows.len() as u64
+        });
+        self.wake_publisher();
+        Ok(n)
     }
 }

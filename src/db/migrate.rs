@@ -37,6 +37,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000004_durable_work.up.sql"),
         include_str!("../../migrations/postgres/000004_durable_work.down.sql"),
     ),
+    (
+        5,
+        "events",
+        include_str!("../../migrations/postgres/000005_events.up.sql"),
+        include_str!("../../migrations/postgres/000005_events.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -63,6 +69,12 @@ const SQLITE: &[Step] = &[
         "durable_work",
         include_str!("../../migrations/sqlite/000004_durable_work.up.sql"),
         include_str!("../../migrations/sqlite/000004_durable_work.down.sql"),
+    ),
+    (
+        5,
+        "events",
+        include_str!("../../migrations/sqlite/000005_events.up.sql"),
+        include_str!("../../migrations/sqlite/000005_events.down.sql"),
     ),
 ];
 

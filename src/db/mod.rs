@@ -5,8 +5,10 @@
 //! queries of that group.
 
 pub mod agents;
+pub mod audit;
 pub mod batch;
 pub mod enums;
+pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod messages;
@@ -152,6 +154,10 @@ pub struct Store {
     /// SQLite has one writer at a time; queueing writers here (FIFO) beats SQLite's busy handler,
     /// which sleeps in growing steps and turns contention into 100 ms+ tail latencies.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Whether writes append events to `outbox_events` (`events.enabled`).
+    events: bool,
+    /// Poked after a commit that appended events, so the publisher does not wait for its poll.
+    events_written: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -216,7 +222,32 @@ impl Store {
             pool,
             writer,
             write_lock: Default::default(),
+            events: true,
+            events_written: Default::default(),
         })
+    }
+
+    /// Turns event appending on or off (`events.enabled`; on by default).
+    pub fn with_events(mut self, enabled: bool) -> Self {
+        self.events = enabled;
+        self
+    }
+
+    /// Whether writes append events.
+    pub fn events_enabled(&self) -> bool {
+        self.events
+    }
+
+    /// Notified after commits that appended events (the publisher waits on it).
+    pub fn events_written(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.events_written.clone()
+    }
+
+    /// Tells the publisher that events were committed.
+    pub(crate) fn wake_publisher(&self) {
+        if self.events {
+            self.events_written.notify_one();
+        }
     }
 
     /// Whether this is PostgreSQL.
@@ -265,14 +296,18 @@ impl Store {
     /// Applies a batch atomically. Returns `false` (and changes nothing) when the batch's
     /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
-        match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::apply(writer, batch).await,
-            (Pool::Pg(pool), None) => write::pg::apply(pool, batch).await,
+        let applied = match (&self.pool, &self.writer) {
+            (_, Some(writer)) => write::pg::apply(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::pg::apply(pool, batch, self.events).await,
             (Pool::Sqlite(pool), None) => {
                 let _writer = self.write_lock.lock().await;
-                write::sqlite::apply(pool, batch).await
+                write::sqlite::apply(pool, batch, self.events).await
             }
+        }?;
+        if applied {
+            self.wake_publisher();
         }
+        Ok(applied)
     }
 
     /// How the database executes the write path's lookups by Matrix event id (edits and
@@ -282,8 +317,8 @@ impl Store {
     #[doc(hidden)]
     pub async fn explain_apply(&self, batch: &Batch) -> Result<String, StoreError> {
         match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::explain(writer, batch).await,
-            (Pool::Pg(pool), None) => write::pg::explain(pool, batch).await,
+            (_, Some(writer)) => write::pg::explain(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::pg::explain(pool, batch, self.events).await,
             (Pool::Sqlite(pool), None) => write::sqlite::explain(pool).await,
         }
     }

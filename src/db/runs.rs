@@ -4,8 +4,33 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{Respond, RunStatus, Store, StoreError, both, triggers::TriggerRow, types::Ts};
-use crate::ids::{AgentId, ChannelId, RunId, SessionId};
+use super::{
+    Respond, RunStatus, Store, StoreError, both, events::AppendEvents, triggers::TriggerRow,
+    types::Ts,
+};
+use crate::{
+    events::{RunChanged, Topic},
+    ids::{AgentId, ChannelId, RunId, SessionId},
+};
+
+/// A run's columns as its events carry them.
+const RUN_EVENT: &str = "id AS run_id, agent_id, channel_id, status, runtime, trigger_event_id, reply_event_id, \
+     error, queued_at, started_at, finished_at, prompt_tokens, completion_tokens";
+
+/// The drafts of run changes (`None` where nothing is published: a cancelled run that never
+/// started was never announced).
+fn run_drafts(rows: Vec<RunChanged>) -> Vec<crate::events::Draft> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let topic = match r.status {
+                RunStatus::Running => Topic::RunStarted,
+                RunStatus::Cancelled if r.started_at.is_none() => return None,
+                status => Topic::of_run_end(status)?,
+            };
+            r.draft(topic)
+        })
+        .collect()
+}
 
 /// A run as the agent API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -246,6 +271,15 @@ impl Store {
                 .bind(input(&triggers))
                 .execute(&mut *tx)
                 .await?;
+            // A resumed run was announced when it first started.
+            if self.events_enabled() && !resume {
+                let row: Vec<RunChanged> =
+                    sqlx::query_as(&format!("SELECT {RUN_EVENT} FROM agent_runs WHERE id = $1"))
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.append_events(&run_drafts(row)).await?;
+            }
             tx.commit().await?;
             Ok(Some((triggers, session)))
         })
@@ -289,23 +323,34 @@ impl Store {
             super::text::clean_json(&mut v);
             Json(v)
         });
-        Ok(both!(self, pool => sqlx::query(
-            "UPDATE agent_runs SET status = $2, output = $3, reply_event_id = COALESCE($4, reply_event_id), \
-             error = $5, prompt_tokens = $6, completion_tokens = $7, finished_at = $8 \
-             WHERE id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(id)
-        .bind(end.status)
-        .bind(output)
-        .bind(&end.reply_event_id)
-        .bind(end.error.as_deref().map(super::text::clean))
-        .bind(end.prompt_tokens)
-        .bind(end.completion_tokens)
-        .bind(Ts::now())
-        .execute(pool)
-        .await?
-        .rows_affected()
-            == 1))
+        let ended = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<RunChanged> = sqlx::query_as(&format!(
+                "UPDATE agent_runs SET status = $2, output = $3, reply_event_id = COALESCE($4, reply_event_id), \
+                 error = $5, prompt_tokens = $6, completion_tokens = $7, finished_at = $8 \
+                 WHERE id = $1 AND status IN ('queued', 'running') RETURNING {RUN_EVENT}"
+            ))
+            .bind(id)
+            .bind(end.status)
+            .bind(output)
+            .bind(&end.reply_event_id)
+            .bind(end.error.as_deref().map(super::text::clean))
+            .bind(end.prompt_tokens)
+            .bind(end.completion_tokens)
+            .bind(Ts::now())
+            .fetch_all(&mut *tx)
+            .await?;
+            let ended = rows.len() == 1;
+            if self.events_enabled() {
+                tx.append_events(&run_drafts(rows)).await?;
+            }
+            tx.commit().await?;
+            ended
+        });
+        if ended {
+            self.wake_publisher();
+        }
+        Ok(ended)
     }
 
     /// One run.
@@ -355,35 +400,56 @@ impl Store {
 
     /// Deferred runs whose runtime never answered since `cutoff` are failed.
     pub async fn fail_abandoned_runs(&self, cutoff: Ts) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
-            "UPDATE agent_runs SET status = 'failed', error = 'the runtime never answered', finished_at = $2 \
-             WHERE status = 'running' AND deferred_at IS NOT NULL AND deferred_at < $1",
-        )
-        .bind(cutoff)
-        .bind(Ts::now())
-        .execute(pool)
-        .await?
-        .rows_affected()))
+        Ok(both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<RunChanged> = sqlx::query_as(&format!(
+                "UPDATE agent_runs SET status = 'failed', error = 'the runtime never answered', finished_at = $2 \
+                 WHERE status = 'running' AND deferred_at IS NOT NULL AND deferred_at < $1 RETURNING {RUN_EVENT}"
+            ))
+            .bind(cutoff)
+            .bind(Ts::now())
+            .fetch_all(&mut *tx)
+            .await?;
+            let n = rows.len() as u64;
+            if self.events_enabled() {
+                tx.append_events(&run_drafts(rows)).await?;
+            }
+            tx.commit().await?;
+            n
+        }))
     }
 
-    /// Sets when an agent answers in a channel.
+    /// Sets when an agent answers in a channel (audited as `by`).
     pub async fn set_respond(
         &self,
         agent: AgentId,
         channel: ChannelId,
         respond: Respond,
+        by: &super::audit::Actor,
     ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
-            "INSERT INTO agent_channel_settings (agent_id, channel_id, respond, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (agent_id, channel_id) DO UPDATE SET respond = excluded.respond, updated_at = excluded.updated_at",
-        )
-        .bind(agent)
-        .bind(channel)
-        .bind(respond)
-        .bind(Ts::now())
-        .execute(pool)
-        .await
-        .map(|_| ())?);
+        use super::audit::AppendAudit;
+        let entry = by
+            .did(
+                "agent.respond_set",
+                Some(&channel.to_string()),
+                super::AuditOutcome::Allowed,
+            )
+            .details(serde_json::json!({ "agent_id": agent, "respond": respond }));
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO agent_channel_settings (agent_id, channel_id, respond, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (agent_id, channel_id) DO UPDATE SET respond = excluded.respond, updated_at = excluded.updated_at",
+            )
+            .bind(agent)
+            .bind(channel)
+            .bind(respond)
+            .bind(Ts::now())
+            .execute(&mut *tx)
+            .await?;
+            tx.append_audit(&[entry]).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 

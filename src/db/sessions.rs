@@ -4,8 +4,31 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{SessionStatus, Store, StoreError, both, types::Ts};
-use crate::ids::{AgentId, ChannelId, SessionId};
+use super::{SessionStatus, Store, StoreError, both, events::AppendEvents, types::Ts};
+use crate::{
+    events::{Draft, PAYLOAD_VERSION, SessionChanged, Topic, channel_partition},
+    ids::{AgentId, ChannelId, SessionId},
+};
+
+/// A session as its `agent.session.changed` event carries it.
+pub(crate) type SessionEventRow = (SessionId, AgentId, ChannelId, SessionStatus, Ts, Option<Ts>);
+
+pub(crate) fn session_draft(r: &SessionEventRow) -> Draft {
+    let &(session_id, agent_id, channel_id, status, last_activity_at, closed_at) = r;
+    Draft::new(
+        Topic::SessionChanged,
+        channel_partition(channel_id),
+        &SessionChanged {
+            v: PAYLOAD_VERSION,
+            session_id,
+            agent_id,
+            channel_id,
+            status,
+            last_activity_at,
+            closed_at,
+        },
+    )
+}
 
 /// A session as the agent API lists it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -36,18 +59,7 @@ impl Store {
         default_after: Duration,
         overrides: &[(AgentId, Duration)],
     ) -> Result<u64, StoreError> {
-        let mut changed = 0;
-        for (agent, after) in overrides {
-            changed += both!(self, pool => sqlx::query(
-                "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1 \
-                 AND agent_id = $2",
-            )
-            .bind(now.minus(*after))
-            .bind(agent)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        }
+        let ret = "RETURNING id, agent_id, channel_id, status, last_activity_at, closed_at";
         let exclude: Vec<String> = (0..overrides.len())
             .map(|i| format!("${}", i + 2))
             .collect();
@@ -56,16 +68,40 @@ impl Store {
         } else {
             format!(" AND agent_id NOT IN ({})", exclude.join(", "))
         };
-        let sql = format!(
-            "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1{exclude}"
+        let default_sql = format!(
+            "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1{exclude} {ret}"
         );
-        changed += both!(self, pool => {
-            let mut q = sqlx::query(&sql).bind(now.minus(default_after));
+        let override_sql = format!(
+            "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1 \
+             AND agent_id = $2 {ret}"
+        );
+        let changed = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut rows: Vec<SessionEventRow> = Vec::new();
+            for (agent, after) in overrides {
+                rows.extend(
+                    sqlx::query_as::<_, SessionEventRow>(&override_sql)
+                        .bind(now.minus(*after))
+                        .bind(agent)
+                        .fetch_all(&mut *tx)
+                        .await?,
+                );
+            }
+            let mut q = sqlx::query_as::<_, SessionEventRow>(&default_sql).bind(now.minus(default_after));
             for (agent, _) in overrides {
                 q = q.bind(*agent);
             }
-            q.execute(pool).await?.rows_affected()
+            rows.extend(q.fetch_all(&mut *tx).await?);
+            if self.events_enabled() {
+                let drafts: Vec<_> = rows.iter().map(session_draft).collect();
+                tx.append_events(&drafts).await?;
+            }
+            tx.commit().await?;
+            rows.len() as u64
         });
+        if changed > 0 {
+            self.wake_publisher();
+        }
         Ok(changed)
     }
 

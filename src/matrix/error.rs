@@ -117,6 +117,10 @@ impl MatrixError {
     }
 }
 
+/// The text of a 401/403 error, attached to its response so an audit layer can record why.
+#[derive(Debug, Clone)]
+pub struct DeniedReason(pub String);
+
 impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
         let retry_after = match &self.kind {
@@ -126,11 +130,20 @@ impl IntoResponse for MatrixError {
             }) => Some(*d),
             _ => None,
         };
+        let denied = matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+        .then(|| self.message.clone());
         let mut response = (
             self.status,
             Json(StandardErrorBody::new(self.kind, self.message)),
         )
             .into_response();
+        if let Some(reason) = denied {
+            // For the agent API's audit of denied calls.
+            response.extensions_mut().insert(DeniedReason(reason));
+        }
         if let Some(d) = retry_after {
             // Whole seconds, rounded up, as HTTP wants.
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);

@@ -30,6 +30,7 @@ pub async fn setup(app: &TestApp) -> (String, String) {
         &[],
         &["agent.runtime".into()],
         None,
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();
@@ -193,10 +194,17 @@ pub async fn keys_and_capabilities(b: Backend) {
         &["chat.message.read".into()],
         &[],
         None,
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();
-    assert_eq!(app.store.revoke_key(&revoked[..12]).await.unwrap(), 1);
+    assert_eq!(
+        app.store
+            .revoke_key(&revoked[..12], &daarion_bridge::db::audit::Actor::cli())
+            .await
+            .unwrap(),
+        1
+    );
     let (s, body, _) = api(&app, get.clone(), "/api/v1/agent", &revoked, None).await;
     assert_eq!(
         (s, body["error"].as_str()),
@@ -210,6 +218,7 @@ pub async fn keys_and_capabilities(b: Backend) {
         &["chat.message.read".into()],
         &[],
         Some(past),
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();
@@ -235,6 +244,7 @@ pub async fn keys_and_capabilities(b: Backend) {
         &["chat.message.read".into()],
         &[],
         None,
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();

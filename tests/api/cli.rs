@@ -5,13 +5,13 @@ use std::process::Command;
 
 use crate::support::{Backend, TestApp, ev};
 
-fn bridge(config: &std::path::Path) -> Command {
+pub(crate) fn bridge(config: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_daarion-bridge"));
     cmd.arg("-c").arg(config);
     cmd
 }
 
-fn write_config(app: &TestApp) -> (crate::support::TempDir, std::path::PathBuf) {
+pub(crate) fn write_config(app: &TestApp) -> (crate::support::TempDir, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("daarion-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config.toml");

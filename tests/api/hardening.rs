@@ -484,7 +484,7 @@ pub async fn old_records_are_pruned(b: Backend) {
         app.registry.clone().unwrap(),
         std::sync::Arc::new(daarion_bridge::metrics::Metrics::new()),
         app.config.bridge.session_idle_after,
-        app.config.bridge.retention,
+        daarion_bridge::bridge::upkeep::Retention::from_config(&app.config),
     )
     .prune(daarion_bridge::db::types::Ts::now())
     .await

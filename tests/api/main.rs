@@ -5,15 +5,19 @@ mod agents;
 mod appservice;
 mod cli;
 mod delivery;
+mod events;
 mod fake_hs;
 mod hardening;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;
+mod nats;
 mod ops;
 mod plans;
 mod process;
 mod properties;
+mod publish;
+mod records;
 mod runs;
 mod runtimes;
 mod spec;
@@ -23,12 +27,15 @@ use agents::*;
 use appservice::*;
 use cli::*;
 use delivery::*;
+use events::*;
 use hardening::*;
 use mirror::*;
 use ops::*;
 use plans::*;
 use process::*;
 use properties::*;
+use publish::*;
+use records::*;
 use runs::*;
 use runtimes::*;
 use spec::*;
@@ -117,6 +124,18 @@ both_backends!(
     sigkill_mid_load_loses_and_doubles_no_answer,
     any_transaction_gets_200_or_a_matrix_4xx,
     lookups_by_event_id_use_the_index_at_any_size,
+    every_change_publishes_its_event,
+    runs_keys_and_sweeps_publish,
+    events_roll_back_with_their_change,
+    sequences_are_gapless_under_concurrency,
+    events_and_audit_are_pruned,
+    events_can_be_turned_off,
+    events_reach_jetstream_in_order,
+    a_lost_mark_is_deduplicated_by_jetstream,
+    nats_outage_loses_and_doubles_nothing,
+    audit_records_every_action,
+    channels_export_with_edits_and_redactions,
+    a_large_export_runs_in_bounded_memory,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

@@ -328,7 +328,7 @@ impl TestApp {
             self.registry.clone().expect("an in-process bridge"),
             metrics.clone(),
             self.config.bridge.session_idle_after,
-            self.config.bridge.retention,
+            daarion_bridge::bridge::upkeep::Retention::from_config(&self.config),
         )
         .sweep(at)
         .await

@@ -67,6 +67,7 @@ async fn agent_lives_in_matrix() {
         &[],
         &["agent.runtime".into()],
         None,
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();
@@ -372,6 +373,7 @@ async fn agents_answer() {
         &[],
         &["agent.runtime".into()],
         None,
+        &daarion_bridge::db::audit::Actor::cli(),
     )
     .await
     .unwrap();

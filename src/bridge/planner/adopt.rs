@@ -154,6 +154,7 @@ impl Planner<'_> {
                             room_id,
                             &target,
                             Some("this agent does not exist"),
+                            &env.sender,
                         );
                     }
                     return None;
@@ -169,6 +170,7 @@ impl Planner<'_> {
                     room_id,
                     &target,
                     Some("this bridge has no microDAO to place the room in"),
+                    &env.sender,
                 );
             }
             return None;

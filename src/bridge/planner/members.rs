@@ -13,8 +13,8 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::event::Envelope,
     db::{
-        JobKind, MemberRole, MemberWrite, NewJob, Party, RoleChange, SessionChange, SessionOp,
-        text::DbText, types::Ts,
+        ActorType, AuditOutcome, JobKind, MemberRole, MemberWrite, NewJob, Party, RoleChange,
+        SessionChange, SessionOp, audit::NewAudit, text::DbText, types::Ts,
     },
     ids::{AgentId, ChannelId},
 };
@@ -39,7 +39,7 @@ impl Planner<'_> {
         };
         if target == self.namespace.bot() {
             if content.membership == MembershipState::Invite && !self.sync {
-                self.job(JobKind::Join, room_id, &target, None);
+                self.job(JobKind::Join, room_id, &target, None, &env.sender);
             }
             return Ok(Outcome::Mirrored);
         }
@@ -57,13 +57,14 @@ impl Planner<'_> {
                     work.dirty = true;
                 }
                 if agent.microdao_id.is_none() || agent.microdao_id == microdao {
-                    self.job(JobKind::Join, room_id, &target, None);
+                    self.job(JobKind::Join, room_id, &target, None, &env.sender);
                 } else {
                     self.job(
                         JobKind::Reject,
                         room_id,
                         &target,
                         Some("this agent belongs to another microDAO"),
+                        &env.sender,
                     );
                 }
                 return Ok(Outcome::Mirrored);
@@ -122,14 +123,35 @@ impl Planner<'_> {
         Ok(Outcome::Mirrored)
     }
 
-    /// Queues a follow-up job (durable from the commit on).
+    /// Queues a follow-up job (durable from the commit on) answering `inviter`'s invite, and
+    /// audits the decision in the same commit.
     pub(super) fn job(
         &mut self,
         kind: JobKind,
         room_id: &RoomId,
         user: &UserId,
         reason: Option<&str>,
+        inviter: &UserId,
     ) {
+        let (action, outcome) = match kind {
+            JobKind::Join => ("invite.accepted", AuditOutcome::Allowed),
+            JobKind::Reject => ("invite.refused", AuditOutcome::Denied),
+        };
+        let actor = if self.namespace.is_puppet(inviter) {
+            ActorType::Agent
+        } else {
+            ActorType::User
+        };
+        self.batch.audits.push(
+            NewAudit::new(
+                actor,
+                Some(inviter.as_str()),
+                action,
+                Some(room_id.as_str()),
+                outcome,
+            )
+            .details(serde_json::json!({ "invitee": user.as_str(), "reason": reason })),
+        );
         self.batch.jobs.push(NewJob {
             kind,
             room_id: room_id.to_owned(),

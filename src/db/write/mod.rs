@@ -2,7 +2,9 @@
 //! per transaction (every row kind in one statement of data-modifying CTEs, autocommitted), and
 //! SQLite, in-process, runs cached prepared statements inside one `BEGIN IMMEDIATE`.
 
+mod events;
 pub(super) mod pg;
+mod pg_events;
 pub(super) mod sqlite;
 
 /// A candidate's payload as JSON text the store accepts (no NUL anywhere in it).

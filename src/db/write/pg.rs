@@ -16,17 +16,21 @@ use sqlx::{
 use crate::db::{Batch, SessionChange, StoreError, types::Ts};
 
 /// A statement under construction: SQL text plus its bound arguments.
-struct Statement {
+pub(super) struct Statement {
     sql: String,
     args: PgArguments,
     params: usize,
     /// The gate every CTE adds, empty when there is no transaction record.
     gate: &'static str,
+    /// Whether the batch's changes are published as events (the CTEs then return their rows).
+    events: bool,
+    /// The CTEs written so far.
+    ctes: Vec<&'static str>,
 }
 
 impl Statement {
     /// Binds `value` and returns its placeholder.
-    fn bind<'q, T>(&mut self, value: T) -> Result<String, StoreError>
+    pub(super) fn bind<'q, T>(&mut self, value: T) -> Result<String, StoreError>
     where
         T: Encode<'q, Postgres> + Type<Postgres> + 'q,
     {
@@ -38,14 +42,28 @@ impl Statement {
     }
 
     /// Binds one array per column.
-    fn arrays<'q, T>(&mut self, value: Vec<T>) -> Result<String, StoreError>
+    pub(super) fn arrays<'q, T>(&mut self, value: Vec<T>) -> Result<String, StoreError>
     where
         T: Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType + 'q,
     {
         self.bind(value)
     }
 
-    fn cte(&mut self, name: &str, body: &str) {
+    /// `clause` when events are on (a `RETURNING` the event CTEs read), else nothing.
+    pub(super) fn returning(&self, clause: &str) -> String {
+        if self.events {
+            format!(" {clause}")
+        } else {
+            String::new()
+        }
+    }
+
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.ctes.contains(&name)
+    }
+
+    pub(super) fn cte(&mut self, name: &'static str, body: &str) {
+        self.ctes.push(name);
         self.sql
             .push_str(if self.sql.is_empty() { "WITH " } else { ", " });
         self.sql.push_str(name);
@@ -55,8 +73,12 @@ impl Statement {
     }
 }
 
-pub(in crate::db) async fn apply(pool: &PgPool, b: &Batch) -> Result<bool, StoreError> {
-    let s = statement(b)?;
+pub(in crate::db) async fn apply(
+    pool: &PgPool,
+    b: &Batch,
+    events: bool,
+) -> Result<bool, StoreError> {
+    let s = statement(b, events)?;
     Ok(sqlx::query_scalar_with::<_, bool, _>(&s.sql, s.args)
         .fetch_one(pool)
         .await?)
@@ -64,20 +86,26 @@ pub(in crate::db) async fn apply(pool: &PgPool, b: &Batch) -> Result<bool, Store
 
 /// The plan PostgreSQL chooses for the batch's statement (on the writer connections: a generic
 /// plan), as `EXPLAIN` prints it. For tests that prove lookups use their indexes.
-pub(in crate::db) async fn explain(pool: &PgPool, b: &Batch) -> Result<String, StoreError> {
-    let s = statement(b)?;
+pub(in crate::db) async fn explain(
+    pool: &PgPool,
+    b: &Batch,
+    events: bool,
+) -> Result<String, StoreError> {
+    let s = statement(b, events)?;
     let lines: Vec<String> = sqlx::query_scalar_with(&format!("EXPLAIN {}", s.sql), s.args)
         .fetch_all(pool)
         .await?;
     Ok(lines.join("\n"))
 }
 
-fn statement(b: &Batch) -> Result<Statement, StoreError> {
+fn statement(b: &Batch, events: bool) -> Result<Statement, StoreError> {
     let mut s = Statement {
         sql: String::new(),
         args: PgArguments::default(),
         params: 0,
         gate: "",
+        events,
+        ctes: Vec::new(),
     };
     if let Some(txn) = &b.txn {
         // Recording the transaction inside the same statement as its effects makes replay
@@ -103,6 +131,9 @@ fn statement(b: &Batch) -> Result<Statement, StoreError> {
     messages(&mut s, b)?;
     sessions(&mut s, b)?;
     work(&mut s, b)?;
+    if events {
+        super::pg_events::events(&mut s, b)?;
+    }
     let main = if b.txn.is_some() {
         " SELECT EXISTS (SELECT 1 FROM txn)"
     } else {
@@ -175,7 +206,8 @@ fn channels(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  FROM unnest({ids}::uuid[], {slugs}::text[], {names}::text[], {daos}::uuid[], {rooms}::text[], \
                  {vis}::text[], {topics}::text[], {by_user}::uuid[], {by_agent}::uuid[]) \
                  AS x(id, slug, name, dao, room, vis, topic, bu, ba) \
-                 WHERE true{gate} ON CONFLICT (matrix_room_id) DO NOTHING"
+                 WHERE true{gate} ON CONFLICT (matrix_room_id) DO NOTHING{ret}",
+                ret = s.returning("RETURNING id")
             ),
         );
     }
@@ -191,7 +223,8 @@ fn channels(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                 "UPDATE channels c SET name = x.name, topic = x.topic, visibility = x.vis, updated_at = now() \
                  FROM unnest({ids}::uuid[], {names}::text[], {topics}::text[], {vis}::text[]) AS x(id, name, topic, vis) \
                  WHERE c.id = ANY(ARRAY[x.id]) \
-                 AND (c.name <> x.name OR c.topic IS DISTINCT FROM x.topic OR c.visibility <> x.vis){gate}"
+                 AND (c.name <> x.name OR c.topic IS DISTINCT FROM x.topic OR c.visibility <> x.vis){gate}{ret}",
+                ret = s.returning("RETURNING c.id")
             ),
         );
     }
@@ -254,7 +287,8 @@ fn members(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                      {joined}::timestamptz[], {left}::timestamptz[]) AS x WHERE true{gate} \
                      ON CONFLICT (channel_id, {col}) DO UPDATE SET role = excluded.role, \
                      joined_at = CASE WHEN channel_members.left_at IS NULL THEN channel_members.joined_at \
-                     ELSE excluded.joined_at END, left_at = excluded.left_at"
+                     ELSE excluded.joined_at END, left_at = excluded.left_at{ret}",
+                    ret = s.returning(&format!("RETURNING channel_id, {col} AS who, joined_at, left_at"))
                 ),
             );
         }
@@ -268,11 +302,12 @@ fn members(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             let who = s.arrays(leaves.iter().map(|m| party_uuid(m.party)).collect())?;
             let at = s.arrays(leaves.iter().map(|m| m.left_at).collect())?;
             s.cte(
-                &format!("{name}l"),
+                if agents { "mjal" } else { "mjul" },
                 &format!(
                     "UPDATE channel_members cm SET left_at = x.at \
                      FROM unnest({chans}::uuid[], {who}::uuid[], {at}::timestamptz[]) AS x(ch, who, at) \
-                     WHERE cm.{col} = ANY(ARRAY[x.who]) AND cm.channel_id = x.ch AND cm.left_at IS NULL{gate}"
+                     WHERE cm.{col} = ANY(ARRAY[x.who]) AND cm.channel_id = x.ch AND cm.left_at IS NULL{gate}{ret}",
+                    ret = s.returning(&format!("RETURNING cm.channel_id, cm.{col} AS who"))
                 ),
             );
         }
@@ -323,7 +358,8 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  FROM unnest({ids}::uuid[], {chans}::uuid[], {events}::text[], {users}::uuid[], {agents}::uuid[], \
                  {previews}::text[], {at}::timestamptz[], {threads}::text[], {edited}::timestamptz[], \
                  {redacted}::timestamptz[]) AS x(id, ch, ev, u, a, p, at, th, ed, rd) \
-                 WHERE true{gate} ON CONFLICT (matrix_event_id) DO NOTHING"
+                 WHERE true{gate} ON CONFLICT (matrix_event_id) DO NOTHING{ret}",
+                ret = s.returning("RETURNING id")
             ),
         );
     }
@@ -344,7 +380,8 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  {agents}::uuid[]) AS x(t, p, at, u, a) \
                  WHERE m.matrix_event_id = ANY(ARRAY[x.t]) AND m.redacted_at IS NULL \
                  AND (m.edited_at IS NULL OR m.edited_at <= x.at) \
-                 AND (m.sender_user_id = x.u OR m.sender_agent_id = x.a){gate}"
+                 AND (m.sender_user_id = x.u OR m.sender_agent_id = x.a){gate}{ret}",
+                ret = s.returning("RETURNING m.id, m.channel_id, m.matrix_event_id")
             ),
         );
     }
@@ -357,7 +394,8 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             &format!(
                 "UPDATE messages m SET content_preview = '', redacted_at = x.at \
                  FROM unnest({targets}::text[], {at}::timestamptz[]) AS x(t, at) \
-                 WHERE m.matrix_event_id = ANY(ARRAY[x.t]) AND m.redacted_at IS NULL{gate}"
+                 WHERE m.matrix_event_id = ANY(ARRAY[x.t]) AND m.redacted_at IS NULL{gate}{ret}",
+                ret = s.returning("RETURNING m.id, m.channel_id, m.matrix_event_id")
             ),
         );
         // A redacted question is not answered: its candidate and triggers are cancelled, and a
@@ -385,6 +423,11 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What the session CTEs return for their events.
+const SESSION_ROW: &str = "RETURNING id, agent_id, channel_id, status, last_activity_at, closed_at";
+const SESSION_ROW_S: &str =
+    "RETURNING s.id, s.agent_id, s.channel_id, s.status, s.last_activity_at, s.closed_at";
+
 fn sessions(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
     let activate: Vec<_> = b
@@ -407,7 +450,8 @@ fn sessions(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  FROM unnest({ids}::uuid[], {agents}::uuid[], {chans}::uuid[], {at}::timestamptz[]) AS x(id, a, ch, at) \
                  WHERE true{gate} \
                  ON CONFLICT (agent_id, channel_id) WHERE status <> 'closed' DO UPDATE SET status = 'active', \
-                 last_activity_at = GREATEST(agent_sessions.last_activity_at, excluded.last_activity_at)"
+                 last_activity_at = GREATEST(agent_sessions.last_activity_at, excluded.last_activity_at){ret}",
+                ret = s.returning(SESSION_ROW)
             ),
         );
     }
@@ -425,7 +469,8 @@ fn sessions(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             &format!(
                 "UPDATE agent_sessions s SET status = 'closed', closed_at = x.at \
                  FROM unnest({agents}::uuid[], {chans}::uuid[], {at}::timestamptz[]) AS x(a, ch, at) \
-                 WHERE s.agent_id = ANY(ARRAY[x.a]) AND s.channel_id = x.ch AND s.status <> 'closed'{gate}"
+                 WHERE s.agent_id = ANY(ARRAY[x.a]) AND s.channel_id = x.ch AND s.status <> 'closed'{gate}{ret}",
+                ret = s.returning(SESSION_ROW_S)
             ),
         );
     }
@@ -438,7 +483,8 @@ fn sessions(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             &format!(
                 "UPDATE agent_sessions s SET status = 'closed', closed_at = x.at \
                  FROM unnest({chans}::uuid[], {at}::timestamptz[]) AS x(ch, at) \
-                 WHERE s.channel_id = ANY(ARRAY[x.ch]) AND s.status <> 'closed'{gate}"
+                 WHERE s.channel_id = ANY(ARRAY[x.ch]) AND s.status <> 'closed'{gate}{ret}",
+                ret = s.returning(SESSION_ROW_S)
             ),
         );
     }
@@ -482,6 +528,25 @@ fn work(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  FROM unnest({ids}::uuid[], {chans}::uuid[], {rooms}::text[], {events}::text[], {payloads}::text[], \
                  {at}::timestamptz[]) AS x(id, ch, r, ev, p, at) WHERE true{gate} \
                  ON CONFLICT (event_id) WHERE agent_id IS NULL DO NOTHING"
+            ),
+        );
+    }
+    if !b.audits.is_empty() {
+        let a = &b.audits;
+        let ids = s.arrays(a.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
+        let types = s.arrays(a.iter().map(|a| a.actor_type).collect())?;
+        let actors = s.arrays(a.iter().map(|a| a.actor_id.clone()).collect())?;
+        let actions = s.arrays(a.iter().map(|a| a.action).collect())?;
+        let targets = s.arrays(a.iter().map(|a| a.target.clone()).collect())?;
+        let outcomes = s.arrays(a.iter().map(|a| a.outcome).collect())?;
+        let details = s.arrays(a.iter().map(|a| a.details.to_string()).collect())?;
+        s.cte(
+            "au",
+            &format!(
+                "INSERT INTO audit_log (id, actor_type, actor_id, action, target, outcome, details) \
+                 SELECT x.id, x.ty, x.ac, x.act, x.tg, x.oc, x.d::jsonb \
+                 FROM unnest({ids}::uuid[], {types}::text[], {actors}::text[], {actions}::text[], {targets}::text[], \
+                 {outcomes}::text[], {details}::text[]) AS x(id, ty, ac, act, tg, oc, d) WHERE true{gate}"
             ),
         );
     }

@@ -5,9 +5,25 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
-use crate::db::{Batch, Party, SessionChange, StoreError, types::Ts};
+use super::events as draft;
+use crate::{
+    db::sessions::{SessionEventRow, session_draft},
+    db::{
+        Batch, Party, SessionChange, SessionStatus, StoreError, audit::AppendAudit,
+        events::AppendEvents, types::Ts,
+    },
+    events::{Draft, Topic},
+    ids::{ChannelId, MessageId, SessionId},
+};
 
-pub(in crate::db) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<bool, StoreError> {
+/// The events of the batch, when they are on: each write adds the drafts its result confirms.
+type Events = Option<Vec<Draft>>;
+
+pub(in crate::db) async fn apply(
+    pool: &SqlitePool,
+    batch: &Batch,
+    events: bool,
+) -> Result<bool, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     if let Some(txn) = &batch.txn {
         let fresh: Option<i64> = sqlx::query_scalar(
@@ -25,7 +41,12 @@ pub(in crate::db) async fn apply(pool: &SqlitePool, batch: &Batch) -> Result<boo
             return Ok(false);
         }
     }
-    write(&mut tx, batch).await?;
+    let mut ev: Events = events.then(Vec::new);
+    write(&mut tx, batch, &mut ev).await?;
+    tx.append_audit(&batch.audits).await?;
+    if let Some(drafts) = ev {
+        tx.append_events(&drafts).await?;
+    }
     tx.commit().await?;
     Ok(true)
 }
@@ -59,9 +80,12 @@ const EDIT: &str = "UPDATE messages SET content_preview = $1, edited_at = $2 \
      WHERE matrix_event_id = $3 AND redacted_at IS NULL AND (edited_at IS NULL OR edited_at <= $2) \
      AND (sender_user_id = $4 OR sender_agent_id = $5)";
 
+/// What the edit and redaction statements return for their events.
+const RETURNING: &str = "RETURNING id, channel_id";
+
 const REDACT: &str = "UPDATE messages SET content_preview = '', redacted_at = $1 WHERE matrix_event_id = $2 AND redacted_at IS NULL";
 
-async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error> {
+async fn write(conn: &mut SqliteConnection, b: &Batch, ev: &mut Events) -> Result<(), sqlx::Error> {
     let now = Ts::now();
     for u in &b.users {
         sqlx::query(
@@ -76,16 +100,21 @@ async fn write(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error
         .execute(&mut *conn)
         .await?;
     }
-    channels(conn, b, now).await?;
-    members(conn, b).await?;
-    messages(conn, b).await?;
-    sessions(conn, b).await?;
+    channels(conn, b, now, ev).await?;
+    members(conn, b, ev).await?;
+    messages(conn, b, ev).await?;
+    sessions(conn, b, ev).await?;
     work(conn, b, now).await
 }
 
-async fn channels(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sqlx::Error> {
+async fn channels(
+    conn: &mut SqliteConnection,
+    b: &Batch,
+    now: Ts,
+    ev: &mut Events,
+) -> Result<(), sqlx::Error> {
     for w in &b.channels {
-        match &w.create {
+        let changed = match &w.create {
             Some(create) => {
                 sqlx::query(
                     "INSERT INTO channels (id, slug, name, microdao_id, matrix_room_id, visibility, topic, \
@@ -103,7 +132,8 @@ async fn channels(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(),
                 .bind(create.created_by.and_then(Party::agent))
                 .bind(now)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected()
             }
             None => {
                 sqlx::query(
@@ -116,8 +146,14 @@ async fn channels(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(),
                 .bind(w.visibility)
                 .bind(now)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected()
             }
+        };
+        if let Some(ev) = ev
+            && changed > 0
+        {
+            ev.push(draft::channel_changed(w, now));
         }
         sqlx::query(
             "INSERT INTO bridge_rooms (channel_id, name_source, visibility_pinned, power_levels, \
@@ -140,7 +176,11 @@ async fn channels(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(),
     Ok(())
 }
 
-async fn members(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error> {
+async fn members(
+    conn: &mut SqliteConnection,
+    b: &Batch,
+    ev: &mut Events,
+) -> Result<(), sqlx::Error> {
     for m in &b.members {
         let col = match m.party {
             Party::User(_) => "member_user_id",
@@ -154,12 +194,12 @@ async fn members(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Err
         .hyphenated()
         .to_string();
         if m.joined_at.is_some() {
-            sqlx::query(&format!(
+            let row = sqlx::query(&format!(
                 "INSERT INTO channel_members (id, channel_id, {col}, role, joined_at, left_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (channel_id, {col}) DO UPDATE SET role = excluded.role, \
                  joined_at = CASE WHEN channel_members.left_at IS NULL THEN channel_members.joined_at \
-                 ELSE excluded.joined_at END, left_at = excluded.left_at"
+                 ELSE excluded.joined_at END, left_at = excluded.left_at RETURNING joined_at, left_at"
             ))
             .bind(uuid::Uuid::now_v7().hyphenated().to_string())
             .bind(m.channel_id)
@@ -167,17 +207,39 @@ async fn members(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Err
             .bind(m.role)
             .bind(m.joined_at)
             .bind(m.left_at)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
+            if let Some(ev) = ev {
+                let (joined, left): (Ts, Option<Ts>) =
+                    (sqlx::Row::try_get(&row, 0)?, sqlx::Row::try_get(&row, 1)?);
+                // A new membership period starts at this join; an active member's join time
+                // is kept, and then nothing happened.
+                if Some(joined) == m.joined_at {
+                    ev.push(draft::member_changed(m, Topic::MemberJoined, joined));
+                }
+                if let Some(left) = left.filter(|l| Some(*l) == m.left_at) {
+                    ev.push(draft::member_changed(m, Topic::MemberLeft, left));
+                }
+            }
         } else {
-            sqlx::query(&format!(
+            let left = sqlx::query(&format!(
                 "UPDATE channel_members SET left_at = $3 WHERE channel_id = $1 AND {col} = $2 AND left_at IS NULL"
             ))
             .bind(m.channel_id)
             .bind(&who)
             .bind(m.left_at)
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected();
+            if let Some(ev) = ev
+                && left > 0
+            {
+                ev.push(draft::member_changed(
+                    m,
+                    Topic::MemberLeft,
+                    m.left_at.unwrap_or_else(Ts::now),
+                ));
+            }
         }
     }
     for r in &b.roles {
@@ -193,9 +255,13 @@ async fn members(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Err
     Ok(())
 }
 
-async fn messages(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error> {
+async fn messages(
+    conn: &mut SqliteConnection,
+    b: &Batch,
+    ev: &mut Events,
+) -> Result<(), sqlx::Error> {
     for m in &b.messages {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_agent_id, \
              sender_type, content_preview, created_at, thread_root_event_id, edited_at, redacted_at) \
              VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 IS NULL THEN 'human' ELSE 'agent' END, $6, $7, $8, $9, $10) \
@@ -212,24 +278,36 @@ async fn messages(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Er
         .bind(m.edited_at)
         .bind(m.redacted_at)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if let Some(ev) = ev
+            && inserted > 0
+        {
+            ev.push(draft::message_created(m));
+        }
     }
     for e in &b.edits {
-        sqlx::query(EDIT)
+        let row: Option<(MessageId, ChannelId)> = sqlx::query_as(&format!("{EDIT} {RETURNING}"))
             .bind(&e.preview)
             .bind(e.at)
             .bind(e.target.as_str())
             .bind(e.sender.user())
             .bind(e.sender.agent())
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
+        if let (Some(ev), Some(row)) = (ev.as_mut(), row) {
+            ev.push(draft::message_edited(e, Some(row)));
+        }
     }
     for r in &b.redactions {
-        sqlx::query(REDACT)
+        let row: Option<(MessageId, ChannelId)> = sqlx::query_as(&format!("{REDACT} {RETURNING}"))
             .bind(r.at)
             .bind(r.target.as_str())
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
+        if let (Some(ev), Some(row)) = (ev.as_mut(), row) {
+            ev.push(draft::message_redacted(r, Some(row)));
+        }
         // A redacted question is not answered (see the PostgreSQL statement).
         let runs: Vec<Option<String>> = sqlx::query_scalar(
             "UPDATE bridge_triggers SET status = 'cancelled' WHERE event_id = $1 \
@@ -254,42 +332,73 @@ async fn messages(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Er
     Ok(())
 }
 
-async fn sessions(conn: &mut SqliteConnection, b: &Batch) -> Result<(), sqlx::Error> {
+const SESSION_ROW: &str = "RETURNING id, agent_id, channel_id, status, last_activity_at, closed_at";
+
+async fn sessions(
+    conn: &mut SqliteConnection,
+    b: &Batch,
+    ev: &mut Events,
+) -> Result<(), sqlx::Error> {
     for op in &b.sessions {
         match (op.change, op.agent) {
             (SessionChange::Activate, Some(agent)) => {
-                sqlx::query(
+                // Whether the status changes is known only from the state before the upsert.
+                let before: Option<SessionStatus> = match ev {
+                    Some(_) => sqlx::query_scalar(
+                        "SELECT status FROM agent_sessions WHERE agent_id = $1 AND channel_id = $2 \
+                             AND status <> 'closed'",
+                    )
+                    .bind(agent)
+                    .bind(op.channel_id)
+                    .fetch_optional(&mut *conn)
+                    .await?,
+                    None => None,
+                };
+                let row: SessionEventRow = sqlx::query_as(&format!(
                     "INSERT INTO agent_sessions (id, agent_id, channel_id, started_at, last_activity_at, status) \
                      VALUES ($1, $2, $3, $4, $4, 'active') \
                      ON CONFLICT (agent_id, channel_id) WHERE status <> 'closed' DO UPDATE SET status = 'active', \
-                     last_activity_at = MAX(agent_sessions.last_activity_at, excluded.last_activity_at)",
-                )
-                .bind(crate::ids::SessionId::new())
+                     last_activity_at = MAX(agent_sessions.last_activity_at, excluded.last_activity_at) {SESSION_ROW}"
+                ))
+                .bind(SessionId::new())
                 .bind(agent)
                 .bind(op.channel_id)
                 .bind(op.at)
-                .execute(&mut *conn)
+                .fetch_one(&mut *conn)
                 .await?;
+                if let Some(ev) = ev
+                    && before != Some(SessionStatus::Active)
+                {
+                    ev.push(session_draft(&row));
+                }
             }
-            (SessionChange::Close, Some(agent)) => {
-                sqlx::query(
-                    "UPDATE agent_sessions SET status = 'closed', closed_at = $1 \
-                     WHERE agent_id = $2 AND channel_id = $3 AND status <> 'closed'",
-                )
-                .bind(op.at)
-                .bind(agent)
-                .bind(op.channel_id)
-                .execute(&mut *conn)
-                .await?;
-            }
-            (SessionChange::Close, None) => {
-                sqlx::query(
-                    "UPDATE agent_sessions SET status = 'closed', closed_at = $1 WHERE channel_id = $2 AND status <> 'closed'",
-                )
-                .bind(op.at)
-                .bind(op.channel_id)
-                .execute(&mut *conn)
-                .await?;
+            (SessionChange::Close, agent) => {
+                let rows: Vec<SessionEventRow> = match agent {
+                    Some(agent) => {
+                        sqlx::query_as(&format!(
+                            "UPDATE agent_sessions SET status = 'closed', closed_at = $1 \
+                             WHERE agent_id = $2 AND channel_id = $3 AND status <> 'closed' {SESSION_ROW}"
+                        ))
+                        .bind(op.at)
+                        .bind(agent)
+                        .bind(op.channel_id)
+                        .fetch_all(&mut *conn)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query_as(&format!(
+                            "UPDATE agent_sessions SET status = 'closed', closed_at = $1 \
+                             WHERE channel_id = $2 AND status <> 'closed' {SESSION_ROW}"
+                        ))
+                        .bind(op.at)
+                        .bind(op.channel_id)
+                        .fetch_all(&mut *conn)
+                        .await?
+                    }
+                };
+                if let Some(ev) = ev {
+                    ev.extend(rows.iter().map(session_draft));
+                }
             }
             (SessionChange::Activate, None) => {}
         }

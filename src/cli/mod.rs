@@ -1,4 +1,8 @@
-//! The command line: `daarion-bridge [-c PATH] run | generate-registration | migrate | check-config`.
+//! The command line: `daarion-bridge [-c PATH] run | generate-registration | migrate |
+//! check-config | access-key | respond | audit | export`. Reading records (the audit log,
+//! channel exports) lives in `records`.
+
+mod records;
 
 use std::path::PathBuf;
 
@@ -55,6 +59,14 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Read the audit log.
+    Audit {
+        /// What to read.
+        #[command(subcommand)]
+        command: records::AuditCommand,
+    },
+    /// Export a channel's mirrored conversation (members, sessions, messages), streamed.
+    Export(records::ExportArgs),
 }
 
 /// Access-key subcommands.
@@ -157,9 +169,28 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .agent_by_external_id(&agent)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no agent {agent}"))?;
-            store.set_respond(agent_id, channel_id, setting).await?;
+            store
+                .set_respond(
+                    agent_id,
+                    channel_id,
+                    setting,
+                    &crate::db::audit::Actor::cli(),
+                )
+                .await?;
             println!("{agent} answers {respond} in channel {channel_id}");
             Ok(())
+        }
+        Command::Audit { command } => {
+            let config = Config::load(&cli.config)?;
+            let store = Store::connect(&config.database.url, 1).await?;
+            store.migrate().await?;
+            records::audit(&store, command).await
+        }
+        Command::Export(args) => {
+            let config = Config::load(&cli.config)?;
+            let store = Store::connect(&config.database.url, 2).await?;
+            store.migrate().await?;
+            records::export(&store, args).await
         }
         Command::CheckConfig => {
             Config::load(&cli.config)?;
@@ -184,8 +215,16 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
             let expires = expires_in_days.map(|d| {
                 crate::db::types::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
             });
-            let (id, key) =
-                crate::keys::create(store, &agent, &name, &caps, &bundles, expires).await?;
+            let (id, key) = crate::keys::create(
+                store,
+                &agent,
+                &name,
+                &caps,
+                &bundles,
+                expires,
+                &crate::db::audit::Actor::cli(),
+            )
+            .await?;
             println!("created access key {id} for {agent}; it is shown only now:");
             println!("{key}");
         }
@@ -219,7 +258,9 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
             }
         }
         KeyCommand::Revoke { key } => {
-            let n = store.revoke_key(&key).await?;
+            let n = store
+                .revoke_key(&key, &crate::db::audit::Actor::cli())
+                .await?;
             anyhow::ensure!(n > 0, "no active key with id or prefix `{key}`");
             println!("revoked {n} key(s)");
         }

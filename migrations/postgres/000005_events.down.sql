@@ -1,0 +1,3 @@
+DROP TABLE audit_log;
+DROP TABLE outbox_partitions;
+DROP TABLE outbox_events;

@@ -1,0 +1,306 @@
+//! `outbox_events` and `outbox_partitions`: appending events inside a writer's own database
+//! transaction (both dialects), and what the publisher and the pruner read and mark.
+//!
+//! Ordering: each partition has a counter row in `outbox_partitions`. A writer takes its
+//! sequence numbers by upserting that row, and the row lock it holds until commit serialises the
+//! writers of one partition. So sequence order is commit order, and a row with sequence `n` is
+//! visible only once every row before it is: the publisher may publish a partition strictly in
+//! sequence order without ever skipping a row that commits later.
+
+use futures_core::future::BoxFuture;
+use sqlx::{PgConnection, SqliteConnection};
+
+use super::{Store, StoreError, both, types::Ts};
+use crate::events::Draft;
+
+/// A connection (usually inside a transaction) that events can be appended on.
+pub trait AppendEvents {
+    /// Appends `drafts` in order (sequence numbers per partition follow the slice's order).
+    fn append_events<'a>(
+        &'a mut self,
+        drafts: &'a [Draft],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+impl AppendEvents for PgConnection {
+    fn append_events<'a>(
+        &'a mut self,
+        drafts: &'a [Draft],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            // One statement: count per partition, bump the counters in key order (a fixed lock
+            // order, so two writers of overlapping partitions cannot deadlock), then number the
+            // rows of each partition after the counter's previous value.
+            sqlx::query(
+                "WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
+                 WITH ORDINALITY AS d(id, topic, pk, payload, ord)), \
+                 n AS (SELECT pk, count(*) AS c FROM d GROUP BY pk), \
+                 p AS (INSERT INTO outbox_partitions AS p (partition_key, last_seq) \
+                 SELECT pk, c FROM n ORDER BY pk \
+                 ON CONFLICT (partition_key) DO UPDATE SET last_seq = p.last_seq + excluded.last_seq \
+                 RETURNING partition_key, last_seq) \
+                 INSERT INTO outbox_events (id, topic, payload, partition_key, seq) \
+                 SELECT d.id, d.topic, d.payload::jsonb, d.pk, \
+                 p.last_seq - n.c + row_number() OVER (PARTITION BY d.pk ORDER BY d.ord) \
+                 FROM d JOIN n ON n.pk = d.pk JOIN p ON p.partition_key = d.pk",
+            )
+            .bind(drafts.iter().map(|d| d.id).collect::<Vec<_>>())
+            .bind(drafts.iter().map(|d| d.topic.as_str()).collect::<Vec<_>>())
+            .bind(drafts.iter().map(|d| d.partition.as_str()).collect::<Vec<_>>())
+            .bind(drafts.iter().map(|d| d.payload.as_str()).collect::<Vec<_>>())
+            .execute(self)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+impl AppendEvents for SqliteConnection {
+    fn append_events<'a>(
+        &'a mut self,
+        drafts: &'a [Draft],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            let now = Ts::now();
+            // Runs of one partition take their numbers with one counter update.
+            let mut start = 0;
+            while start < drafts.len() {
+                let pk = &drafts[start].partition;
+                let end = drafts[start..]
+                    .iter()
+                    .position(|d| &d.partition != pk)
+                    .map_or(drafts.len(), |n| start + n);
+                let count = (end - start) as i64;
+                let last: i64 = sqlx::query_scalar(
+                    "INSERT INTO outbox_partitions (partition_key, last_seq) VALUES ($1, $2) \
+                     ON CONFLICT (partition_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq \
+                     RETURNING last_seq",
+                )
+                .bind(pk)
+                .bind(count)
+                .fetch_one(&mut *self)
+                .await?;
+                for (i, d) in drafts[start..end].iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO outbox_events (id, topic, payload, created_at, partition_key, seq) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(d.id.hyphenated().to_string())
+                    .bind(d.topic.as_str())
+                    .bind(&d.payload)
+                    .bind(now)
+                    .bind(pk)
+                    .bind(last - count + 1 + i as i64)
+                    .execute(&mut *self)
+                    .await?;
+                }
+                start = end;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// An event waiting to be published.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    /// Its id (the `Nats-Msg-Id`).
+    pub id: uuid::Uuid,
+    /// Its topic.
+    pub topic: String,
+    /// Its payload, as JSON text.
+    pub payload: String,
+    /// Its partition.
+    pub partition_key: String,
+    /// Its place in the partition.
+    pub seq: i64,
+    /// When it was committed.
+    pub created_at: Ts,
+}
+
+/// What is waiting, for the metric and `/health/ready`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events not published yet.
+    pub pending: i64,
+    /// Age of the oldest of them, in seconds.
+    pub oldest_age_seconds: i64,
+}
+
+impl Store {
+    /// Appends `drafts` in a transaction of their own (for writers with nothing else to commit
+    /// atomically with them).
+    pub async fn append_events(&self, drafts: &[Draft]) -> Result<(), StoreError> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            tx.append_events(drafts).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The next events to publish: the first `per_partition` pending rows of each partition, in
+    /// sequence order, at most `limit` in all. PostgreSQL walks the partitions and reads each
+    /// one's head from the partial pending index, so a long backlog in one partition costs
+    /// nothing here and cannot starve the others.
+    pub async fn pending_events(
+        &self,
+        per_partition: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        Ok(match &self.pool {
+            super::Pool::Pg(pool) => {
+                // The partitions with pending rows, found by skipping through the partial pending
+                // index (one probe per partition), then each one's head.
+                sqlx::query_as(
+                    "WITH RECURSIVE pk AS ( \
+                     (SELECT partition_key FROM outbox_events WHERE NOT processed ORDER BY partition_key LIMIT 1) \
+                     UNION ALL SELECT (SELECT o.partition_key FROM outbox_events o WHERE NOT o.processed \
+                     AND o.partition_key > pk.partition_key ORDER BY o.partition_key LIMIT 1) \
+                     FROM pk WHERE pk.partition_key IS NOT NULL) \
+                     SELECT e.id, e.topic, e.payload::text AS payload, e.partition_key, e.seq, e.created_at \
+                     FROM pk CROSS JOIN LATERAL (SELECT id, topic, payload, partition_key, seq, created_at \
+                     FROM outbox_events o WHERE o.partition_key = pk.partition_key AND NOT o.processed \
+                     ORDER BY o.seq LIMIT $1) e WHERE pk.partition_key IS NOT NULL LIMIT $2",
+                )
+                .bind(per_partition)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                let rows: Vec<(String, String, String, String, i64, Ts)> = sqlx::query_as(
+                    "SELECT id, topic, payload, partition_key, seq, created_at FROM (SELECT id, topic, payload, \
+                     partition_key, seq, created_at, \
+                     row_number() OVER (PARTITION BY partition_key ORDER BY seq) AS rn FROM outbox_events \
+                     WHERE NOT processed) WHERE rn <= $1 ORDER BY partition_key, seq LIMIT $2",
+                )
+                .bind(per_partition)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                rows.into_iter()
+                    .filter_map(|(id, topic, payload, partition_key, seq, created_at)| {
+                        Some(PendingEvent {
+                            id: id.parse().ok()?,
+                            topic,
+                            payload,
+                            partition_key,
+                            seq,
+                            created_at,
+                        })
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    /// Marks events published (JetStream acknowledged them).
+    pub async fn mark_published(&self, ids: &[uuid::Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = Ts::now();
+        match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query(
+                    "UPDATE outbox_events SET processed = true, processed_at = $2 WHERE id = ANY($1)",
+                )
+                .bind(ids)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            }
+            super::Pool::Sqlite(pool) => {
+                let _writer = self.write_lock.lock().await;
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                for id in ids {
+                    sqlx::query(
+                        "UPDATE outbox_events SET processed = 1, processed_at = $2 WHERE id = $1",
+                    )
+                    .bind(id.hyphenated().to_string())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed publish of `id`.
+    pub async fn event_failed(&self, id: uuid::Uuid, error: &str) -> Result<(), StoreError> {
+        let error = super::text::clean(error);
+        match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query(
+                    "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(error.as_ref())
+                .execute(pool)
+                .await?;
+            }
+            super::Pool::Sqlite(pool) => {
+                sqlx::query(
+                    "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                )
+                .bind(id.hyphenated().to_string())
+                .bind(error.as_ref())
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many events wait, and since when.
+    pub async fn event_backlog(&self) -> Result<Backlog, StoreError> {
+        let (pending, oldest): (i64, Option<Ts>) = both!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE NOT processed"
+        )
+        .fetch_one(pool)
+        .await?);
+        Ok(Backlog {
+            pending,
+            oldest_age_seconds: oldest
+                .map(|t| (Ts::now().millis() - t.millis()).max(0) / 1000)
+                .unwrap_or(0),
+        })
+    }
+
+    /// Deletes events created before `cutoff`: only published ones when `published_only` (a
+    /// broker is configured), all of them otherwise (the table is then read by SQL only).
+    /// Deletes in bounded batches so no statement holds locks for long; returns how many.
+    pub async fn prune_events(&self, cutoff: Ts, published_only: bool) -> Result<u64, StoreError> {
+        let filter = if published_only { " AND processed" } else { "" };
+        let mut total = 0;
+        loop {
+            let sql = match &self.pool {
+                super::Pool::Pg(_) => format!(
+                    "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+                     WHERE created_at < $1{filter} LIMIT 5000)"
+                ),
+                super::Pool::Sqlite(_) => format!(
+                    "DELETE FROM outbox_events WHERE rowid IN (SELECT rowid FROM outbox_events \
+                     WHERE created_at < $1{filter} LIMIT 5000)"
+                ),
+            };
+            let n = both!(self, pool => sqlx::query(&sql).bind(cutoff).execute(pool).await?.rows_affected());
+            total += n;
+            if n < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The events the bridge publishes: topics, their versioned payloads, and the draft of an outbox
+//! row (what a writer appends inside its own database transaction).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    db::{MemberRole, RunStatus, SenderType, SessionStatus, Visibility, types::Ts},
+    ids::{AccessKeyId, AgentId, ChannelId, MessageId, MicrodaoId, RunId, SessionId, UserRowId},
+};
+
+/// The payload version every payload carries as `"v"`. A consumer that sees a higher version
+/// than it knows may still read the fields it knows: versions only ever add fields.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// What happened. The NATS subject is `<subject_prefix>.<topic>`, e.g.
+/// `daarion.chat.message.created`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// A message was mirrored.
+    MessageCreated,
+    /// A message was edited (`m.replace`).
+    MessageEdited,
+    /// A message was redacted.
+    MessageRedacted,
+    /// A room became a channel.
+    ChannelCreated,
+    /// A channel's name, topic or visibility changed.
+    ChannelUpdated,
+    /// A person or agent joined a channel.
+    MemberJoined,
+    /// A person or agent left (or was kicked or banned from) a channel.
+    MemberLeft,
+    /// An agent session turned active, idle or closed.
+    SessionChanged,
+    /// An agent's runtime was called.
+    RunStarted,
+    /// A run answered.
+    RunCompleted,
+    /// A run failed.
+    RunFailed,
+    /// A started run was cancelled.
+    RunCancelled,
+    /// An access key was created.
+    KeyCreated,
+    /// An access key was revoked.
+    KeyRevoked,
+}
+
+impl Topic {
+    /// Every topic, for documentation and tests.
+    pub const ALL: [Topic; 14] = [
+        Topic::MessageCreated,
+        Topic::MessageEdited,
+        Topic::MessageRedacted,
+        Topic::ChannelCreated,
+        Topic::ChannelUpdated,
+        Topic::MemberJoined,
+        Topic::MemberLeft,
+        Topic::SessionChanged,
+        Topic::RunStarted,
+        Topic::RunCompleted,
+        Topic::RunFailed,
+        Topic::RunCancelled,
+        Topic::KeyCreated,
+        Topic::KeyRevoked,
+    ];
+
+    /// The topic's name, as stored in `outbox_events.topic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::MessageCreated => "chat.message.created",
+            Topic::MessageEdited => "chat.message.edited",
+            Topic::MessageRedacted => "chat.message.redacted",
+            Topic::ChannelCreated => "chat.channel.created",
+            Topic::ChannelUpdated => "chat.channel.updated",
+            Topic::MemberJoined => "chat.member.joined",
+            Topic::MemberLeft => "chat.member.left",
+            Topic::SessionChanged => "agent.session.changed",
+            Topic::RunStarted => "agent.run.started",
+            Topic::RunCompleted => "agent.run.completed",
+            Topic::RunFailed => "agent.run.failed",
+            Topic::RunCancelled => "agent.run.cancelled",
+            Topic::KeyCreated => "access_key.created",
+            Topic::KeyRevoked => "access_key.revoked",
+        }
+    }
+
+    /// The topic a run's end publishes.
+    pub fn of_run_end(status: RunStatus) -> Option<Topic> {
+        match status {
+            RunStatus::Completed => Some(Topic::RunCompleted),
+            RunStatus::Failed => Some(Topic::RunFailed),
+            RunStatus::Cancelled => Some(Topic::RunCancelled),
+            _ => None,
+        }
+    }
+}
+
+/// The ordering scope of an event: every event about a channel (messages, members, sessions,
+/// runs) is ordered within the channel; access-key events within their agent.
+pub fn channel_partition(channel: ChannelId) -> String {
+    channel.0.hyphenated().to_string()
+}
+
+/// The partition of an agent's access-key events.
+pub fn agent_partition(agent: AgentId) -> String {
+    format!("agent:{}", agent.0.hyphenated())
+}
+
+/// An outbox row to append: the writer appends it in the same database transaction as the change
+/// it describes, so there is no event without its change and no change without its event.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The event id (UUIDv7), also the `Nats-Msg-Id`.
+    pub id: Uuid,
+    /// What happened.
+    pub topic: Topic,
+    /// The ordering scope.
+    pub partition: String,
+    /// The payload as JSON text.
+    pub payload: String,
+}
+
+impl Draft {
+    /// A draft with a fresh id and `payload` serialized.
+    pub fn new(topic: Topic, partition: String, payload: &impl Serialize) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            topic,
+            partition,
+            // Payloads are plain structs of strings, numbers and ids: serializing cannot fail.
+            payload: serde_json::to_string(payload).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// `chat.message.created`.
+#[derive(Debug, Serialize)]
+pub struct MessageCreated<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// `messages.id`.
+    pub message_id: MessageId,
+    /// The Matrix event.
+    pub matrix_event_id: &'a str,
+    /// human | agent.
+    pub sender_type: SenderType,
+    /// `users.id` of a human sender.
+    pub sender_user_id: Option<UserRowId>,
+    /// `agents.id` of an agent sender.
+    pub sender_agent_id: Option<AgentId>,
+    /// The plain-text preview.
+    pub content_preview: &'a str,
+    /// The thread it belongs to.
+    pub thread_root_event_id: Option<&'a str>,
+    /// The event's origin time.
+    pub created_at: Ts,
+    /// Set when an edit arrived in the same transaction (the preview is the edited text).
+    pub edited_at: Option<Ts>,
+    /// Set when a redaction arrived in the same transaction (the preview is empty).
+    pub redacted_at: Option<Ts>,
+}
+
+/// `chat.message.edited`. `message_id` and `channel_id` come from the edited row.
+#[derive(Debug, Serialize)]
+pub struct MessageEdited<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel (from the row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<ChannelId>,
+    /// `messages.id` (from the row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    /// The edited message's Matrix event.
+    pub matrix_event_id: &'a str,
+    /// human | agent.
+    pub sender_type: SenderType,
+    /// `users.id` of a human sender.
+    pub sender_user_id: Option<UserRowId>,
+    /// `agents.id` of an agent sender.
+    pub sender_agent_id: Option<AgentId>,
+    /// The new preview.
+    pub content_preview: &'a str,
+    /// The edit's origin time.
+    pub edited_at: Ts,
+}
+
+/// `chat.message.redacted`. `message_id` and `channel_id` come from the redacted row.
+#[derive(Debug, Serialize)]
+pub struct MessageRedacted<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel (from the row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<ChannelId>,
+    /// `messages.id` (from the row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    /// The redacted message's Matrix event.
+    pub matrix_event_id: &'a str,
+    /// The redaction's origin time.
+    pub redacted_at: Ts,
+}
+
+/// `chat.channel.created` and `chat.channel.updated`.
+#[derive(Debug, Serialize)]
+pub struct ChannelChanged<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Its Matrix room.
+    pub matrix_room_id: &'a str,
+    /// Its microDAO (created only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub microdao_id: Option<MicrodaoId>,
+    /// Its slug (created only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slug: Option<&'a str>,
+    /// Its name.
+    pub name: &'a str,
+    /// Its topic.
+    pub topic: Option<&'a str>,
+    /// public | private.
+    pub visibility: Visibility,
+    /// When it was created (created) or changed (updated).
+    pub at: Ts,
+}
+
+/// `chat.member.joined` and `chat.member.left`.
+#[derive(Debug, Serialize)]
+pub struct MemberChanged {
+    /// Payload version.
+    pub v: u32,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// user | agent.
+    pub member_type: &'static str,
+    /// `users.id` of a person.
+    pub user_id: Option<UserRowId>,
+    /// `agents.id` of an agent.
+    pub agent_id: Option<AgentId>,
+    /// owner | admin | member.
+    pub role: MemberRole,
+    /// When it joined (joined) or left (left).
+    pub at: Ts,
+}
+
+/// `agent.session.changed`.
+#[derive(Debug, Serialize)]
+pub struct SessionChanged {
+    /// Payload version.
+    pub v: u32,
+    /// The session.
+    pub session_id: SessionId,
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// active | idle | closed.
+    pub status: SessionStatus,
+    /// Last activity.
+    pub last_activity_at: Ts,
+    /// When it closed.
+    pub closed_at: Option<Ts>,
+}
+
+/// `agent.run.started`, `agent.run.completed`, `agent.run.failed`, `agent.run.cancelled`.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct RunChanged {
+    /// Payload version.
+    #[sqlx(skip)]
+    pub v: u32,
+    /// The run.
+    pub run_id: RunId,
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The channel.
+    pub channel_id: Option<ChannelId>,
+    /// running | completed | failed | cancelled.
+    pub status: RunStatus,
+    /// echo | openai | webhook.
+    pub runtime: Option<String>,
+    /// The first event that addressed the agent.
+    pub trigger_event_id: Option<String>,
+    /// The answer's event.
+    pub reply_event_id: Option<String>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// When it was queued.
+    pub queued_at: Ts,
+    /// When the runtime was first called.
+    pub started_at: Option<Ts>,
+    /// When it ended.
+    pub finished_at: Option<Ts>,
+    /// Prompt tokens, when reported.
+    pub prompt_tokens: Option<i32>,
+    /// Completion tokens, when reported.
+    pub completion_tokens: Option<i32>,
+}
+
+impl RunChanged {
+    /// The draft of this run change (`None` for statuses that publish nothing).
+    pub fn draft(mut self, topic: Topic) -> Option<Draft> {
+        self.v = PAYLOAD_VERSION;
+        let partition = channel_partition(self.channel_id?);
+        Some(Draft::new(topic, partition, &self))
+    }
+}
+
+/// `access_key.created` and `access_key.revoked`.
+#[derive(Debug, Serialize)]
+pub struct KeyChanged<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The key.
+    pub key_id: AccessKeyId,
+    /// The agent it acts as.
+    pub agent_id: AgentId,
+    /// Its name.
+    pub name: Option<&'a str>,
+    /// Its public prefix.
+    pub prefix: &'a str,
+    /// Its capabilities (created only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<&'a [String]>,
+    /// When it was created or revoked.
+    pub at: Ts,
+}
