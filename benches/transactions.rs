@@ -7,7 +7,8 @@
 //! same traffic over HTTP, one transaction at a time (as a homeserver sends), over the same
 //! database, interleaved per size. Prints p50/p90/p99/p99.9, events/s, CPU per event of each
 //! process (`/proc`, 10 ms ticks) and the bridge's peak RSS, on PostgreSQL and SQLite; then 16
-//! transactions at a time, and the bridge's own overhead around an agent runtime.
+//! transactions at a time, events on versus off, the events publisher against NATS JetStream,
+//! and the bridge's own overhead around an agent runtime.
 //!
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
@@ -16,7 +17,6 @@
 use std::{
     collections::VecDeque,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -487,113 +487,12 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     );
 }
 
-/// The floor: what any bridge pays — typed parsing of the transaction and one batched insert.
-mod floor {
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    pub struct Txn {
-        pub events: Vec<Event>,
-    }
-
-    #[derive(Deserialize)]
-    pub struct Event {
-        pub event_id: String,
-        #[allow(dead_code)]
-        pub sender: String,
-        #[allow(dead_code)]
-        pub room_id: String,
-        pub origin_server_ts: i64,
-        pub content: Content,
-    }
-
-    #[derive(Deserialize)]
-    pub struct Content {
-        #[serde(default)]
-        pub body: Option<String>,
-    }
-
-    pub fn serve(spec: String) {
-        let mut parts = spec.split(' ');
-        let (db_url, port, channel) = (
-            parts.next().unwrap().to_owned(),
-            parts.next().unwrap().to_owned(),
-            parts.next().unwrap().parse::<uuid::Uuid>().unwrap(),
-        );
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use axum::{extract::State, routing::{get, put}};
-            #[derive(Clone)]
-            enum Pool {
-                Pg(sqlx::PgPool),
-                Sqlite(sqlx::SqlitePool),
-            }
-            let pool = if db_url.starts_with("postgres") {
-                Pool::Pg(sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&db_url).await.unwrap())
-            } else {
-                Pool::Sqlite(sqlx::SqlitePool::connect(&db_url).await.unwrap())
-            };
-            let app = axum::Router::new()
-                .route("/health/ready", get(|| async { "ok" }))
-                .route(
-                    "/_matrix/app/v1/transactions/{txn}",
-                    put(move |State(pool): State<Pool>, axum::Json(txn): axum::Json<Txn>| async move {
-                        let ids: Vec<uuid::Uuid> = txn.events.iter().map(|_| uuid::Uuid::now_v7()).collect();
-                        let events: Vec<&str> = txn.events.iter().map(|e| e.event_id.as_str()).collect();
-                        let previews: Vec<&str> = txn.events.iter().map(|e| e.content.body.as_deref().unwrap_or("")).collect();
-                        let at: Vec<chrono::DateTime<chrono::Utc>> = txn
-                            .events
-                            .iter()
-                            .map(|e| chrono::DateTime::from_timestamp_millis(e.origin_server_ts).unwrap_or_default())
-                            .collect();
-                        match pool {
-                            Pool::Pg(p) => {
-                                sqlx::query(
-                                    "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
-                                     SELECT id, $1, e, 'human', p, t FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
-                                     AS x(id, e, p, t) ON CONFLICT DO NOTHING",
-                                )
-                                .bind(channel)
-                                .bind(ids)
-                                .bind(events)
-                                .bind(previews)
-                                .bind(at)
-                                .execute(&p)
-                                .await
-                                .unwrap();
-                            }
-                            Pool::Sqlite(p) => {
-                                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.unwrap();
-                                for i in 0..ids.len() {
-                                    sqlx::query(
-                                        "INSERT INTO messages (id, channel_id, matrix_event_id, sender_type, content_preview, created_at) \
-                                         VALUES ($1, $2, $3, 'human', $4, $5) ON CONFLICT DO NOTHING",
-                                    )
-                                    .bind(ids[i].hyphenated().to_string())
-                                    .bind(channel.hyphenated().to_string())
-                                    .bind(events[i])
-                                    .bind(previews[i])
-                                    .bind(at[i].to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                                    .execute(&mut *tx)
-                                    .await
-                                    .unwrap();
-                                }
-                                tx.commit().await.unwrap();
-                            }
-                        }
-                        axum::Json(serde_json::json!({}))
-                    }),
-                )
-                .with_state(pool);
-            let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await.unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    }
-}
+#[path = "transactions/events.rs"]
+mod events;
+#[path = "transactions/floor.rs"]
+mod floor;
+#[path = "transactions/overhead.rs"]
+mod overhead;
 
 fn main() {
     if let Ok(spec) = std::env::var(FLOOR_ENV) {
@@ -635,6 +534,12 @@ fn main() {
                 .unwrap_or(0)
         );
         run("PostgreSQL", &format!("{base}/{name}"), &dir, history).await;
+        {
+            let url = format!("{base}/{name}");
+            let db = Db::Pg(sqlx::PgPool::connect(&url).await.unwrap());
+            events::on_versus_off(&url, &dir, &db).await;
+            events::publisher(&url, &dir, &db).await;
+        }
         run(
             "SQLite",
             &format!("sqlite://{}/bench.db", dir.display()),
@@ -647,7 +552,7 @@ fn main() {
             .execute(&pool)
             .await
             .unwrap();
-        run_overhead(&format!("{base}/{runs_db}"), &dir).await;
+        overhead::run_overhead(&format!("{base}/{runs_db}"), &dir).await;
         for db in [runs_db, name] {
             sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
                 .execute(&pool)
@@ -656,156 +561,4 @@ fn main() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     });
-}
-
-/// Shared clock of the run-overhead benchmark: the fake model and the fake homeserver stamp
-/// what they see, the driver stamps what it sends; all in this process.
-#[derive(Clone, Default)]
-struct Stamps {
-    model_called: Arc<Mutex<Vec<Instant>>>,
-    model_answered: Arc<Mutex<Vec<Instant>>>,
-    hs_sent: Arc<Mutex<Vec<Instant>>>,
-}
-
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    url
-}
-
-/// The bridge's own overhead around a runtime: from the transaction arriving to the runtime
-/// being called, and from the runtime's final chunk to the homeserver receiving the answer.
-async fn run_overhead(db_url: &str, dir: &std::path::Path) {
-    let stamps = Stamps::default();
-    let st = stamps.clone();
-    let model = axum::Router::new().fallback(move || {
-        let st = st.clone();
-        async move {
-            st.model_called.lock().unwrap().push(Instant::now());
-            let body = json!({ "choices": [{ "message": { "role": "assistant", "content": "Forty-two." } }] });
-            // The final (only) chunk leaves now.
-            st.model_answered.lock().unwrap().push(Instant::now());
-            axum::Json(body)
-        }
-    });
-    let model_url = serve(model).await;
-    let st = stamps.clone();
-    let hs = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let st = st.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            if path.contains("/send/m.room.message/") {
-                let mut sent = st.hs_sent.lock().unwrap();
-                sent.push(Instant::now());
-                return axum::Json(json!({ "event_id": format!("$bench{}", sent.len()) }));
-            }
-            if path.ends_with("/messages") {
-                return axum::Json(json!({ "chunk": [], "start": "s" }));
-            }
-            if path.ends_with("/joined_members") {
-                return axum::Json(json!({ "joined": {} }));
-            }
-            axum::Json(json!({ "user_id": "@x:localhost", "room_id": ROOM, "duration_ms": 1 }))
-        }
-    });
-    let hs_url = serve(hs).await;
-    let extra = format!(
-        r#"
-[[blueprints]]
-code = "bench"
-runtime = "openai"
-[blueprints.openai]
-base_url = "{model_url}/v1"
-stream = false
-
-[[agents]]
-external_id = "agent:bench"
-name = "Bench"
-blueprint = "bench"
-microdao = "microdao:bench"
-"#
-    );
-    let bridge = start_bridge(db_url, dir, &hs_url, &extra).await;
-    let agent = "@agent_bench:localhost";
-    let now_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let member = |id: &str, user: &str, membership: &str| {
-        json!({ "type": "m.room.member", "state_key": user, "sender": user, "room_id": ROOM,
-                "event_id": id, "origin_server_ts": now_ms(), "content": { "membership": membership } })
-    };
-    let setup = vec![
-        member("$oi", "@daarion:localhost", "invite"),
-        member("$oj0", "@user0:localhost", "join"),
-        member("$oj1", "@user1:localhost", "join"),
-        member("$oa", agent, "join"),
-    ];
-    bridge
-        .put(
-            "overhead-setup",
-            serde_json::to_vec(&json!({ "events": setup })).unwrap(),
-        )
-        .await;
-    let n = 120;
-    let mut sent_at = Vec::new();
-    for i in 0..n {
-        let event = json!({
-            "type": "m.room.message", "event_id": format!("$q{i}"), "sender": "@user0:localhost", "room_id": ROOM,
-            "origin_server_ts": now_ms(),
-            "content": { "msgtype": "m.text", "body": "Bench, what is six times seven?", "m.mentions": { "user_ids": [agent] } },
-        });
-        let before = stamps.hs_sent.lock().unwrap().len();
-        sent_at.push(Instant::now());
-        bridge
-            .put(
-                &format!("q{i}"),
-                serde_json::to_vec(&json!({ "events": [event] })).unwrap(),
-            )
-            .await;
-        // One run at a time: wait for its answer before the next question.
-        for _ in 0..20_000 {
-            if stamps.hs_sent.lock().unwrap().len() > before {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-    let called = stamps.model_called.lock().unwrap().clone();
-    let answered = stamps.model_answered.lock().unwrap().clone();
-    let delivered = stamps.hs_sent.lock().unwrap().clone();
-    assert_eq!(called.len(), n, "every question reached the runtime");
-    assert_eq!(delivered.len(), n, "every answer reached the homeserver");
-    let to_runtime: Vec<Duration> = called
-        .iter()
-        .zip(&sent_at)
-        .map(|(c, s)| *c - *s)
-        .skip(20)
-        .collect();
-    let to_homeserver: Vec<Duration> = delivered
-        .iter()
-        .zip(&answered)
-        .map(|(d, a)| *d - *a)
-        .skip(20)
-        .collect();
-    let a = stats(to_runtime);
-    let b = stats(to_homeserver);
-    println!("\n## Run overhead (PostgreSQL, openai runtime, debounce 0)\n");
-    println!("| path | runs | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| transaction PUT sent → runtime called | {} | {:.2} | {:.2} |",
-        n - 20,
-        a.p50,
-        a.p99
-    );
-    println!(
-        "| runtime's final chunk → homeserver send | {} | {:.2} | {:.2} |",
-        n - 20,
-        b.p50,
-        b.p99
-    );
 }
