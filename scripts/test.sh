@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/ensure-toolchain.sh
 scripts/ensure-postgres.sh
 # Tests create a fresh database per test on this server.
 export DAARION_TEST_PG_URL="${DAARION_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -16,6 +16,7 @@ use crate::{
         followup::FollowUps,
         mirror::{Mirror, Wakers},
         planner::MirrorSettings,
+        reconcile,
         upkeep::{Retention, Upkeep},
     },
     config::Config,
@@ -32,9 +33,6 @@ use crate::{
     server,
     supervise::{Health, Supervisor},
 };
-
-/// How often agent rows are re-read (names, avatars, new agents) for puppet profiles.
-const PROFILE_SYNC: Duration = Duration::from_secs(30);
 
 /// A bridge ready to serve: store migrated and seeded, components built.
 pub struct Bridge {
@@ -86,13 +84,8 @@ impl Bridge {
         };
         store.seed(declarations, &namespace).await?;
         let metrics = Arc::new(Metrics::new());
-        let registry = AgentRegistry::load(
-            store.clone(),
-            namespace.clone(),
-            config.blueprints.clone(),
-            config.agents.clone(),
-        )
-        .await?;
+        let registry =
+            AgentRegistry::load(store.clone(), namespace.clone(), secrets(&config)).await?;
         let default_microdao = match &config.bridge.default_microdao {
             Some(external) => store.microdao_by_external_id(external).await?,
             None => None,
@@ -222,9 +215,33 @@ impl Bridge {
         let every = (self.config.bridge.session_idle_after / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(30));
         supervisor.spawn("upkeep", move |cancel| upkeep.clone().run(cancel, every));
-        let (registry, puppets) = (self.registry.clone(), self.puppets.clone());
-        supervisor.spawn("profiles", move |cancel| {
-            watch_profiles(registry.clone(), puppets.clone(), cancel)
+        let (registry, puppets, store) = (
+            self.registry.clone(),
+            self.puppets.clone(),
+            self.store.clone(),
+        );
+        // SQLite has no notifications: the periodic reconcile is how changes arrive, so it runs
+        // often enough for a change to show within a second (one indexed read of the agents).
+        let every = if self.store.is_postgres() {
+            self.config.bridge.reconcile_interval
+        } else {
+            self.config
+                .bridge
+                .reconcile_interval
+                .min(Duration::from_millis(500))
+        };
+        supervisor.spawn("agents", move |cancel| {
+            reconcile::run(
+                registry.clone(),
+                puppets.clone(),
+                store.clone(),
+                every,
+                cancel,
+            )
+        });
+        let (registry, store) = (self.registry.clone(), self.store.clone());
+        supervisor.spawn("agent-notifications", move |cancel| {
+            reconcile::listen(store.clone(), registry.clone(), cancel)
         });
         let publisher = Publisher::new(
             self.store.clone(),
@@ -303,31 +320,6 @@ pub async fn run(
     Bridge::build(config).await?.run(listener, shutdown).await
 }
 
-/// Re-reads the agents now and then; renamed agents or new avatars reach their puppets.
-async fn watch_profiles(
-    registry: Arc<AgentRegistry>,
-    puppets: Arc<Puppets>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(PROFILE_SYNC);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match registry.reload().await {
-            Ok(changed) if !changed.is_empty() => {
-                if let Err(error) = puppets.sync_profiles(&changed).await {
-                    tracing::warn!(%error, "cannot re-sync puppet profiles");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "cannot reload agents"),
-        }
-    }
-}
-
 /// Pings the homeserver until it answers: proves the registration and the network path both
 /// ways, and makes the homeserver retry any failed transactions at once. Then idles until
 /// shutdown (a supervised task must not end early).
@@ -353,4 +345,16 @@ async fn ping_until_reached(hs: Homeserver, appservice_id: String, cancel: Cance
         }
     }
     cancel.cancelled().await;
+}
+
+/// The named secrets runtime settings may refer to: `[secrets]`, plus the inline webhook
+/// secrets of config blueprints (stored in the database as a `secret_ref` to them).
+fn secrets(config: &Config) -> std::collections::BTreeMap<String, String> {
+    let mut out = config.secrets.clone();
+    for b in &config.blueprints {
+        if let Some(secret) = b.webhook.as_ref().and_then(|w| w.secret.clone()) {
+            out.insert(crate::db::seed::inline_secret_ref(&b.code), secret);
+        }
+    }
+    out
 }

@@ -138,6 +138,9 @@ impl FromRequestParts<ApiState> for Caller {
                 })?
             }
         };
+        if !agent.active {
+            return Err(MatrixError::forbidden("this key's agent is disabled"));
+        }
         Ok(Caller { key, agent })
     }
 }

@@ -1,19 +1,21 @@
 //! The agent registry: every agent the bridge knows, by row id and by Matrix id, with what
-//! defines its behaviour (runtime, model, instructions, message type, avatar, idle period).
-//! Reloadable: agents written by other DAARION services are found on the next reload, and
-//! readers always see one consistent snapshot.
+//! defines its behaviour (runtime, model, instructions, message type, avatar, idle period,
+//! `respond` default, active or disabled), read from the database (`agents`, `agent_blueprints`
+//! and their bridge rows): the database is the source of truth, the config only seeds it.
+//! Reloads are serialised and swap one consistent snapshot; what a reload changed (profiles to
+//! update, agents gone or disabled) is queued for the reconciler, whoever triggered the reload.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use ruma::{OwnedUserId, UserId};
 
 use crate::{
-    config::{AgentDecl, BlueprintDecl, MessageKind, OpenAiConfig, RuntimeKind, WebhookConfig},
-    db::{Store, StoreError, agents::StoredAgent},
+    config::{MessageKind, OpenAiConfig, WebhookConfig},
+    db::{Respond, Store, StoreError, agents::StoredAgent},
     ids::{AgentId, MicrodaoId},
     matrix::Namespace,
 };
@@ -27,6 +29,8 @@ pub enum RuntimeSpec {
     OpenAi(OpenAiConfig),
     /// A signed webhook.
     Webhook(WebhookConfig),
+    /// Settings that do not parse, or name a secret that does not exist: runs fail with this.
+    Misconfigured(String),
 }
 
 impl RuntimeSpec {
@@ -36,6 +40,7 @@ impl RuntimeSpec {
             RuntimeSpec::Echo => "echo",
             RuntimeSpec::OpenAi(_) => "openai",
             RuntimeSpec::Webhook(_) => "webhook",
+            RuntimeSpec::Misconfigured(_) => "misconfigured",
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct Behaviour {
     pub avatar: Option<String>,
     /// Overrides the bridge's session idle period.
     pub idle_after: Option<Duration>,
+    /// When it answers in a channel without a per-channel setting (default: mentions).
+    pub respond: Option<Respond>,
 }
 
 impl Default for Behaviour {
@@ -78,6 +85,7 @@ impl Default for Behaviour {
             message_kind: MessageKind::Notice,
             avatar: None,
             idle_after: None,
+            respond: None,
         }
     }
 }
@@ -95,8 +103,28 @@ pub struct Agent {
     pub name: String,
     /// Its microDAO, if scoped to one.
     pub microdao_id: Option<MicrodaoId>,
+    /// `agents.kind`.
+    pub kind: String,
+    /// `false`: disabled (answers nothing, refuses invites, its keys get 403).
+    pub active: bool,
     /// How it behaves.
     pub behaviour: Behaviour,
+}
+
+/// What reloads changed, for the reconciler.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New agents, and agents whose name or avatar changed: their profiles follow.
+    pub profiles: Vec<Arc<Agent>>,
+    /// Agents deleted or disabled (as they were before): they leave their rooms.
+    pub gone: Vec<Arc<Agent>>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty() && self.gone.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -110,28 +138,43 @@ pub struct AgentRegistry {
     /// `None` for a fixed registry (tests, fuzzing): reloads change nothing.
     store: Option<Store>,
     namespace: Namespace,
-    blueprints: Vec<BlueprintDecl>,
-    decls: Vec<AgentDecl>,
+    /// Named secrets runtime settings refer to (`[secrets]`, inline config secrets).
+    secrets: BTreeMap<String, String>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// One reload at a time: a slow reload must not overwrite a newer snapshot.
+    reloading: tokio::sync::Mutex<()>,
+    pending: Mutex<Changes>,
+    changed: tokio::sync::Notify,
 }
 
 impl AgentRegistry {
-    /// Loads the agents. Behaviour comes from the blueprint and agent declarations of the config.
+    /// Loads the agents from the database; `secrets` resolves the settings' `*_ref`s.
     pub async fn load(
         store: Store,
         namespace: Namespace,
-        blueprints: Vec<BlueprintDecl>,
-        decls: Vec<AgentDecl>,
+        secrets: BTreeMap<String, String>,
     ) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Self {
             store: Some(store),
             namespace,
-            blueprints,
-            decls,
+            secrets,
             snapshot: RwLock::default(),
+            reloading: tokio::sync::Mutex::new(()),
+            pending: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         });
         registry.reload().await?;
         Ok(registry)
+    }
+
+    /// Takes what reloads changed since the last call.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when a reload changed something.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// A registry of exactly these agents, without a database (tests and fuzzing).
@@ -147,9 +190,11 @@ impl AgentRegistry {
         Arc::new(Self {
             store: None,
             namespace,
-            blueprints: Vec::new(),
-            decls: Vec::new(),
+            secrets: BTreeMap::new(),
             snapshot: RwLock::new(Arc::new(snapshot)),
+            reloading: tokio::sync::Mutex::new(()),
+            pending: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -161,66 +206,164 @@ impl AgentRegistry {
         }
     }
 
-    /// Re-reads the agents table; returns the agents whose name or avatar changed (and new
-    /// ones), so their puppets' profiles can follow.
-    pub async fn reload(&self) -> Result<Vec<Arc<Agent>>, StoreError> {
+    /// Re-reads the agents; returns how many agents changed (their changes are queued for
+    /// [`take_changes`](Self::take_changes)).
+    pub async fn reload(&self) -> Result<usize, StoreError> {
         let Some(store) = &self.store else {
-            return Ok(Vec::new());
+            return Ok(0);
         };
+        let _one = self.reloading.lock().await;
         let rows = store.agents().await?;
         let old = self.read();
         let mut next = Snapshot::default();
-        let mut changed = Vec::new();
+        let mut changes = Changes::default();
         for row in rows {
+            let derived = row.matrix_id.is_none();
             let Some(agent) = self.agent(row) else {
                 continue;
             };
+            if derived {
+                // Tell other services which puppet the agent is.
+                store
+                    .set_agent_matrix_id(agent.id, agent.user_id.as_str())
+                    .await?;
+            }
             let agent = Arc::new(agent);
-            let differs = match old.by_id.get(&agent.id) {
+            match old.by_id.get(&agent.id) {
                 Some(before) => {
-                    before.name != agent.name || before.behaviour.avatar != agent.behaviour.avatar
+                    if before.active && !agent.active {
+                        changes.gone.push(before.clone());
+                    }
+                    if agent.active
+                        && (!before.active
+                            || before.name != agent.name
+                            || before.behaviour.avatar != agent.behaviour.avatar)
+                    {
+                        changes.profiles.push(agent.clone());
+                    }
                 }
-                None => true,
-            };
-            if differs {
-                changed.push(agent.clone());
+                None if agent.active => changes.profiles.push(agent.clone()),
+                None => {}
             }
             next.by_user.insert(agent.user_id.clone(), agent.clone());
             next.by_id.insert(agent.id, agent);
+        }
+        for (id, before) in &old.by_id {
+            if !next.by_id.contains_key(id) && before.active {
+                changes.gone.push(before.clone());
+            }
         }
         let next = Arc::new(next);
         match self.snapshot.write() {
             Ok(mut s) => *s = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
-        Ok(changed)
+        let n = changes.profiles.len() + changes.gone.len();
+        if n > 0 {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.profiles.extend(changes.profiles);
+            pending.gone.extend(changes.gone);
+            drop(pending);
+            self.changed.notify_one();
+        }
+        Ok(n)
     }
 
     fn agent(&self, row: StoredAgent) -> Option<Agent> {
-        let Ok(user_id) = UserId::parse(&row.matrix_id) else {
-            tracing::warn!(agent = %row.external_id, matrix_id = %row.matrix_id, "agent has an invalid Matrix id; ignored");
-            return None;
+        let user_id = match &row.matrix_id {
+            Some(m) => match UserId::parse(m) {
+                Ok(u) => u,
+                Err(_) => {
+                    tracing::warn!(agent = %row.external_id, matrix_id = %m, "agent has an invalid Matrix id; ignored");
+                    return None;
+                }
+            },
+            // Written without one: the puppet the external id names (`agent:helix`).
+            None => self
+                .namespace
+                .puppet(row.external_id.strip_prefix("agent:")?)?,
         };
         if !self.namespace.is_puppet(&user_id) {
             tracing::debug!(agent = %row.external_id, %user_id, "agent outside the bridge's namespace; ignored");
             return None;
         }
-        let decl = self
-            .decls
-            .iter()
-            .find(|d| self.namespace.agent_user_id(d).as_deref() == Some(&*user_id));
-        let blueprint = row
-            .blueprint
-            .as_deref()
-            .and_then(|code| self.blueprints.iter().find(|b| b.code == code));
+        let behaviour = self.behaviour(&row);
         Some(Agent {
             id: row.id,
             external_id: row.external_id,
             user_id,
             name: row.name,
             microdao_id: row.microdao_id,
-            behaviour: behaviour(blueprint, decl),
+            kind: row.kind,
+            active: row.active != 0,
+            behaviour,
         })
+    }
+
+    /// An agent's behaviour from its blueprint's bridge row and its own.
+    fn behaviour(&self, row: &StoredAgent) -> Behaviour {
+        let kind = |k: Option<&str>| match k {
+            Some("text") => Some(MessageKind::Text),
+            Some("notice") => Some(MessageKind::Notice),
+            _ => None,
+        };
+        let runtime = self.runtime(row.runtime.as_deref(), row.settings.as_deref());
+        let webhook = matches!(runtime, RuntimeSpec::Webhook(_));
+        Behaviour {
+            blueprint: row.blueprint.clone(),
+            runtime,
+            model: row.model.clone().or_else(|| row.blueprint_model.clone()),
+            instructions: row.system_instructions.clone(),
+            agent_instructions: row.instructions.clone(),
+            context_events: row.context_events.map_or(20, |n| n.clamp(0, 200) as u32),
+            failure_notice: row.failure_notice.map_or(!webhook, |f| f != 0),
+            message_kind: kind(row.message_type.as_deref())
+                .or(kind(row.blueprint_message_type.as_deref()))
+                .unwrap_or_default(),
+            avatar: row.avatar.clone(),
+            idle_after: row
+                .idle_after_seconds
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(s as u64)),
+            respond: row.respond.as_deref().and_then(Respond::parse),
+        }
+    }
+
+    /// The runtime a blueprint's row names, its secrets resolved.
+    fn runtime(&self, runtime: Option<&str>, settings: Option<&str>) -> RuntimeSpec {
+        let settings = settings.unwrap_or("{}");
+        let secret = |name: &Option<String>| -> Result<Option<String>, String> {
+            match name {
+                None => Ok(None),
+                Some(n) => self.secrets.get(n).cloned().map(Some).ok_or_else(|| {
+                    format!("secret `{n}` is not defined in the bridge's [secrets]")
+                }),
+            }
+        };
+        match runtime {
+            None | Some("echo") => RuntimeSpec::Echo,
+            Some("openai") => match serde_json::from_str::<OpenAiConfig>(settings) {
+                Ok(mut o) => match secret(&o.api_key_ref) {
+                    Ok(key) => {
+                        o.api_key = key;
+                        RuntimeSpec::OpenAi(o)
+                    }
+                    Err(e) => RuntimeSpec::Misconfigured(e),
+                },
+                Err(e) => RuntimeSpec::Misconfigured(format!("openai settings: {e}")),
+            },
+            Some("webhook") => match serde_json::from_str::<WebhookConfig>(settings) {
+                Ok(mut w) => match secret(&w.secret_ref) {
+                    Ok(s) => {
+                        w.secret = s.or(w.secret);
+                        RuntimeSpec::Webhook(w)
+                    }
+                    Err(e) => RuntimeSpec::Misconfigured(e),
+                },
+                Err(e) => RuntimeSpec::Misconfigured(format!("webhook settings: {e}")),
+            },
+            Some(other) => RuntimeSpec::Misconfigured(format!("unknown runtime `{other}`")),
+        }
     }
 
     /// The agent behind a puppet.
@@ -233,7 +376,7 @@ impl AgentRegistry {
         self.read().by_id.get(&id).cloned()
     }
 
-    /// Every agent.
+    /// Every agent (disabled ones too).
     pub fn all(&self) -> Vec<Arc<Agent>> {
         self.read().by_id.values().cloned().collect()
     }
@@ -242,30 +385,4 @@ impl AgentRegistry {
     pub fn namespace(&self) -> &Namespace {
         &self.namespace
     }
-}
-
-/// An agent's behaviour from its blueprint and its own declaration.
-fn behaviour(blueprint: Option<&BlueprintDecl>, decl: Option<&AgentDecl>) -> Behaviour {
-    let mut b = Behaviour::default();
-    if let Some(bp) = blueprint {
-        b.blueprint = Some(bp.code.clone());
-        b.runtime = match (bp.runtime, &bp.openai, &bp.webhook) {
-            (RuntimeKind::Openai, Some(o), _) => RuntimeSpec::OpenAi(o.clone()),
-            (RuntimeKind::Webhook, _, Some(w)) => RuntimeSpec::Webhook(w.clone()),
-            _ => RuntimeSpec::Echo,
-        };
-        b.model = bp.model.clone();
-        b.instructions = bp.instructions.clone();
-        b.context_events = bp.context_events;
-        b.failure_notice = bp
-            .failure_notice
-            .unwrap_or(bp.runtime != RuntimeKind::Webhook);
-        b.message_kind = bp.message_type;
-    }
-    if let Some(d) = decl {
-        b.avatar = d.avatar.clone();
-        b.idle_after = d.session_idle_after;
-        b.agent_instructions = d.instructions.clone();
-    }
-    b
 }

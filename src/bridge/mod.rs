@@ -1,10 +1,12 @@
 //! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
 //! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
-//! and background upkeep.
+//! (joins, refusals, bot commands), the reconciler that follows agent rows others write, and
+//! background upkeep.
 
 pub mod agents;
 pub mod followup;
 pub mod mirror;
 pub mod planner;
+pub mod reconcile;
 pub mod triggers;
 pub mod upkeep;

@@ -36,6 +36,9 @@ pub async fn evaluate(
         .into_iter()
         .filter_map(|id| registry.by_id(id))
         .collect();
+    // A disabled agent answers nothing; it still counts as present for the DM rule below.
+    let present = agents.len();
+    let agents: Vec<std::sync::Arc<Agent>> = agents.into_iter().filter(|a| a.active).collect();
     if agents.is_empty() {
         return Ok(out);
     }
@@ -44,8 +47,8 @@ pub async fn evaluate(
         return Ok(out);
     }
     // A direct chat: invited as one, or one person and one agent.
-    let dm = agents.len() == 1
-        && (c.is_direct || store.human_member_count(candidate.channel_id).await? <= 1);
+    let dm =
+        present == 1 && (c.is_direct || store.human_member_count(candidate.channel_id).await? <= 1);
     // Settings are read here (not cached): the CLI and the API change them from outside.
     let settings = store.respond_settings(candidate.channel_id).await?;
     for agent in agents {
@@ -56,7 +59,7 @@ pub async fn evaluate(
         let respond = match settings.iter().find(|(a, _)| *a == agent.id) {
             Some((_, r)) => *r,
             None if dm => Respond::All,
-            None => Respond::Mentions,
+            None => agent.behaviour.respond.unwrap_or(Respond::Mentions),
         };
         let explicit = c
             .mentions
@@ -145,6 +148,8 @@ mod tests {
             user_id: "@agent_sofia:x".try_into().unwrap(),
             name: "Sofia".into(),
             microdao_id: None,
+            kind: "assistant".into(),
+            active: true,
             behaviour: Behaviour::default(),
         }
     }

@@ -86,6 +86,12 @@ pub struct OpenAiConfig {
     /// Name of the environment variable holding the API key (none for local servers).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// Name of a secret in the config's `[secrets]` holding the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_ref: Option<String>,
+    /// The API key `api_key_ref` resolved to (never serialized, never stored).
+    #[serde(skip)]
+    pub api_key: Option<String>,
     /// Sampling temperature.
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -109,8 +115,12 @@ pub struct WebhookConfig {
     /// Name of the environment variable holding the HMAC secret.
     #[serde(default)]
     pub secret_env: Option<String>,
-    /// The HMAC secret itself (prefer `secret_env` outside tests).
-    #[serde(default)]
+    /// Name of a secret in the config's `[secrets]` holding the HMAC secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<String>,
+    /// The HMAC secret itself (prefer `secret_env` outside tests). Never stored in the
+    /// database: the seed stores a `secret_ref` to it instead.
+    #[serde(default, skip_serializing)]
     pub secret: Option<String>,
     /// Bound on one call.
     #[serde(default = "default_runtime_timeout", with = "duration")]
@@ -155,7 +165,22 @@ pub struct AgentDecl {
     /// Overrides `bridge.session_idle_after` for this agent.
     #[serde(default, with = "duration::opt")]
     pub session_idle_after: Option<std::time::Duration>,
+    /// Overrides the blueprint's model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// When it answers in a channel by default: `mentions` (default), `all` or `never`.
+    #[serde(default)]
+    pub respond: Option<String>,
+    /// Overrides the blueprint's message type.
+    #[serde(default)]
+    pub message_type: Option<MessageKind>,
+    /// `false`: the agent is disabled (answers nothing, refuses invites, its keys get 403).
+    #[serde(default = "yes")]
+    pub active: bool,
 }
+
+/// The ERD's agent kinds.
+pub const AGENT_KINDS: [&str; 4] = ["system", "assistant", "node", "quest"];
 
 fn yes() -> bool {
     true

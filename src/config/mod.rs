@@ -77,6 +77,11 @@ pub struct Config {
     /// `[[agents]]`.
     #[serde(default)]
     pub agents: Vec<AgentDecl>,
+    /// `[secrets]`: named secrets runtimes refer to (`api_key_ref`, `secret_ref`), so none is
+    /// ever stored in the database. Values may come from the environment
+    /// (`DAARION_BRIDGE__SECRETS__NAME`).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// `[homeserver]`.
@@ -206,6 +211,16 @@ pub struct BridgeConfig {
     /// Transaction records (replay protection) and finished work rows are kept this long.
     #[serde(default = "default_retention", with = "duration")]
     pub retention: Duration,
+    /// The first word of bot commands in rooms (in a DM with the bot no prefix is needed).
+    #[serde(default = "default_command_prefix")]
+    pub command_prefix: String,
+    /// Matrix ids allowed bridge-wide commands (`status`) and every room command anywhere.
+    #[serde(default)]
+    pub admins: Vec<ruma::OwnedUserId>,
+    /// How often agents are re-read from the database as a safety net (PostgreSQL is notified
+    /// of changes at once; SQLite re-reads at least every 500 ms).
+    #[serde(default = "default_reconcile", with = "duration")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for BridgeConfig {
@@ -223,6 +238,9 @@ impl Default for BridgeConfig {
             answer_edits: false,
             run_attempts: default_run_attempts(),
             retention: default_retention(),
+            command_prefix: default_command_prefix(),
+            admins: Vec::new(),
+            reconcile_interval: default_reconcile(),
         }
     }
 }
@@ -293,6 +311,12 @@ impl Default for LoggingConfig {
     }
 }
 
+fn default_command_prefix() -> String {
+    "!daarion".into()
+}
+fn default_reconcile() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_bot_localpart() -> String {
     "daarion".into()
 }

@@ -66,10 +66,25 @@ fn validation_names_the_offending_key() {
     assert!(err(&bad_db).contains("database.url"));
     let bad_agent = format!("{BASE}[[agents]]\nexternal_id = \"sofia\"\nname = \"Sofia\"\n");
     assert!(err(&bad_agent).contains("agents.external_id"));
-    let bad_bp = format!(
-        "{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nblueprint = \"nope\"\n"
+    // An unknown blueprint may exist in the database: the seed checks it, not the config.
+    let bad_kind = format!(
+        "{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nkind = \"bot\"\n"
     );
-    assert!(err(&bad_bp).contains("unknown blueprint"));
+    assert!(err(&bad_kind).contains("agents.kind"));
+    let bad_respond = format!(
+        "{BASE}[[agents]]\nexternal_id = \"agent:sofia\"\nname = \"Sofia\"\nrespond = \"always\"\n"
+    );
+    assert!(err(&bad_respond).contains("agents.respond"));
+    let missing_secret = format!(
+        "{BASE}[[blueprints]]\ncode = \"w\"\nruntime = \"webhook\"\n[blueprints.webhook]\nurl = \"http://x\"\nsecret_ref = \"nope\"\n"
+    );
+    assert!(
+        err(&missing_secret).contains("blueprints.webhook"),
+        "{}",
+        err(&missing_secret)
+    );
+    let bad_prefix = format!("{BASE}[bridge]\ncommand_prefix = \"two words\"\n");
+    assert!(err(&bad_prefix).contains("bridge.command_prefix"));
     let bad_server = format!("{BASE}[server]\nmax_connections = 0\n");
     assert!(err(&bad_server).contains("server.max_connections"));
     let short_retention = format!("{BASE}[bridge]\nretention = \"10m\"\n");

@@ -107,6 +107,18 @@ impl Config {
 
     fn validate_bridge(&self) -> Result<(), ConfigError> {
         let b = &self.bridge;
+        if b.command_prefix.trim().is_empty() || b.command_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "bridge.command_prefix",
+                "must be one word, e.g. !daarion",
+            ));
+        }
+        if b.reconcile_interval < std::time::Duration::from_millis(100) {
+            return Err(invalid(
+                "bridge.reconcile_interval",
+                "must be at least 100ms",
+            ));
+        }
         if b.preview_chars == 0 {
             return Err(invalid("bridge.preview_chars", "must be at least 1"));
         }
@@ -158,7 +170,14 @@ impl Config {
                         ),
                     ));
                 }
-                RuntimeKind::Webhook if b.webhook.as_ref().is_none_or(|w| w.secret().is_none()) => {
+                RuntimeKind::Webhook
+                    if b.webhook.as_ref().is_none_or(|w| {
+                        w.secret().is_none()
+                            && w.secret_ref
+                                .as_ref()
+                                .is_none_or(|r| !self.secrets.contains_key(r))
+                    }) =>
+                {
                     return Err(invalid(
                         "blueprints.webhook",
                         format!(
@@ -168,6 +187,23 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            let refs = [
+                b.openai.as_ref().and_then(|o| o.api_key_ref.as_ref()),
+                b.webhook.as_ref().and_then(|w| w.secret_ref.as_ref()),
+            ];
+            if let Some(missing) = refs
+                .into_iter()
+                .flatten()
+                .find(|r| !self.secrets.contains_key(*r))
+            {
+                return Err(invalid(
+                    "secrets",
+                    format!(
+                        "blueprint `{}` refers to secret `{missing}`, which [secrets] does not define",
+                        b.code
+                    ),
+                ));
             }
         }
         let namespace = self.namespace()?;
@@ -190,16 +226,37 @@ impl Config {
                     ),
                 ));
             }
-            if let Some(bp) = &agent.blueprint
-                && !self.blueprints.iter().any(|b| &b.code == bp)
+            if !super::AGENT_KINDS.contains(&agent.kind.as_str()) {
+                return Err(invalid(
+                    "agents.kind",
+                    format!(
+                        "agent `{}`: kind must be one of {}",
+                        agent.external_id,
+                        super::AGENT_KINDS.join(", ")
+                    ),
+                ));
+            }
+            if agent
+                .respond
+                .as_deref()
+                .is_some_and(|r| crate::db::Respond::parse(r).is_none())
             {
                 return Err(invalid(
-                    "agents.blueprint",
+                    "agents.respond",
                     format!(
-                        "agent `{}` names unknown blueprint `{bp}`",
+                        "agent `{}`: must be mentions, all or never",
                         agent.external_id
                     ),
                 ));
+            }
+            // A blueprint the config does not declare may exist in the database; the seed at
+            // start-up checks that.
+            if agent
+                .blueprint
+                .as_deref()
+                .is_some_and(|b| b.trim().is_empty())
+            {
+                return Err(invalid("agents.blueprint", "must not be empty"));
             }
             // A microDAO the config does not declare may exist in the database; the seed at
             // start-up checks that (check-config has no database).

@@ -3,21 +3,52 @@
 use super::{Store, StoreError, both};
 use crate::ids::{AgentId, MicrodaoId};
 
-/// An agent row with a Matrix identity.
+/// An agent row with everything that defines its behaviour: the ERD columns, its blueprint's,
+/// and the bridge rows of both (all optional: a row another service wrote may have none).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredAgent {
     /// `agents.id`.
     pub id: AgentId,
     /// `agents.external_id` (`agent:sofia`).
     pub external_id: String,
-    /// `agents.matrix_id`.
-    pub matrix_id: String,
+    /// `agents.matrix_id` (none: derived from the external id by the registry).
+    pub matrix_id: Option<String>,
     /// `agents.name` (the puppet's display name).
     pub name: String,
+    /// `agents.kind`.
+    pub kind: String,
     /// `agents.microdao_id`.
     pub microdao_id: Option<MicrodaoId>,
     /// The code of its blueprint.
     pub blueprint: Option<String>,
+    /// The blueprint's model.
+    pub blueprint_model: Option<String>,
+    /// `bridge_blueprints.runtime`.
+    pub runtime: Option<String>,
+    /// `bridge_blueprints.settings`, as JSON text.
+    pub settings: Option<String>,
+    /// `bridge_blueprints.system_instructions`.
+    pub system_instructions: Option<String>,
+    /// `bridge_blueprints.context_events`.
+    pub context_events: Option<i32>,
+    /// `bridge_blueprints.failure_notice` (0/1).
+    pub failure_notice: Option<i32>,
+    /// `bridge_blueprints.message_type`.
+    pub blueprint_message_type: Option<String>,
+    /// `bridge_agents.active` (0/1; no row: active).
+    pub active: i32,
+    /// `bridge_agents.instructions`.
+    pub instructions: Option<String>,
+    /// `bridge_agents.model`.
+    pub model: Option<String>,
+    /// `bridge_agents.idle_after_seconds`.
+    pub idle_after_seconds: Option<i32>,
+    /// `bridge_agents.respond`.
+    pub respond: Option<String>,
+    /// `bridge_agents.message_type`.
+    pub message_type: Option<String>,
+    /// `bridge_agents.avatar`.
+    pub avatar: Option<String>,
 }
 
 /// What the homeserver knows of a puppet, so registration and profile changes happen once.
@@ -34,14 +65,38 @@ pub struct PuppetState {
 }
 
 impl Store {
-    /// Every agent that has a Matrix id.
+    /// Every agent, with its behaviour.
     pub async fn agents(&self) -> Result<Vec<StoredAgent>, StoreError> {
         Ok(both!(self, pool => sqlx::query_as(
-            "SELECT a.id, a.external_id, a.matrix_id, a.name, a.microdao_id, b.code AS blueprint \
-             FROM agents a LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id WHERE a.matrix_id IS NOT NULL",
+            "SELECT a.id, a.external_id, a.matrix_id, a.name, a.kind, a.microdao_id, b.code AS blueprint, \
+             b.model AS blueprint_model, bb.runtime, CAST(bb.settings AS TEXT) AS settings, bb.system_instructions, \
+             bb.context_events, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
+             AS failure_notice, bb.message_type AS blueprint_message_type, \
+             CASE WHEN ba.active IS NULL OR ba.active THEN 1 ELSE 0 END AS active, ba.instructions, ba.model, \
+             ba.idle_after_seconds, ba.respond, ba.message_type, ba.avatar \
+             FROM agents a LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id \
+             LEFT JOIN bridge_blueprints bb ON bb.blueprint_id = b.id LEFT JOIN bridge_agents ba ON ba.agent_id = a.id",
         )
         .fetch_all(pool)
         .await?))
+    }
+
+    /// Records the Matrix id the bridge derived for an agent written without one (so other
+    /// services see it); a row that got one meanwhile keeps it.
+    pub async fn set_agent_matrix_id(
+        &self,
+        agent: AgentId,
+        matrix_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(both!(self, pool => sqlx::query(
+            "UPDATE agents SET matrix_id = $2 WHERE id = $1 AND matrix_id IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM agents o WHERE o.matrix_id = $2)",
+        )
+        .bind(agent)
+        .bind(matrix_id)
+        .execute(pool)
+        .await?
+        .rows_affected() == 1))
     }
 
     /// `agents.id` for an external id such as `agent:sofia`.

@@ -43,6 +43,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000005_events.up.sql"),
         include_str!("../../migrations/postgres/000005_events.down.sql"),
     ),
+    (
+        6,
+        "platform",
+        include_str!("../../migrations/postgres/000006_platform.up.sql"),
+        include_str!("../../migrations/postgres/000006_platform.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -75,6 +81,12 @@ const SQLITE: &[Step] = &[
         "events",
         include_str!("../../migrations/sqlite/000005_events.up.sql"),
         include_str!("../../migrations/sqlite/000005_events.down.sql"),
+    ),
+    (
+        6,
+        "platform",
+        include_str!("../../migrations/sqlite/000006_platform.up.sql"),
+        include_str!("../../migrations/sqlite/000006_platform.down.sql"),
     ),
 ];
 
@@ -125,4 +137,51 @@ impl<'s> MigrationSource<'s> for Embedded {
             Ok(out)
         })
     }
+}
+
+/// The `agents.kind` CHECK of the first SQLite migration.
+const OLD_KINDS: &str =
+    "CHECK (kind IN ('assistant', 'specialist', 'orchestrator', 'service', 'system', 'bot'))";
+/// The ERD's values (the old ones stay accepted, as the issue allows, for rows others wrote).
+const ERD_KINDS: &str = "CHECK (kind IN ('system', 'assistant', 'node', 'quest', 'specialist', 'orchestrator', 'service', 'bot'))";
+
+/// SQLite: widens the `agents.kind` CHECK to the ERD's values, then moves rows to them. Widening
+/// a CHECK does not change what is stored, so the table's SQL is edited in place, SQLite's
+/// documented procedure for such changes (`writable_schema`, then a new schema version so every
+/// connection re-reads the schema). It runs on a connection of its own after the migrations
+/// (their transaction cannot do it: the pool's connections would keep the old schema), and is
+/// idempotent.
+pub(super) async fn sqlite_erd_kinds(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
+    use sqlx::{Connection, Executor};
+    let sql: Option<String> = sqlx::query_scalar(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'agents'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(sql) = sql.filter(|s| s.contains(OLD_KINDS)) {
+        let options = pool.connect_options();
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+        let mut tx = conn.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA schema_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.execute("PRAGMA writable_schema = ON").await?;
+        sqlx::query("UPDATE sqlite_schema SET sql = $1 WHERE type = 'table' AND name = 'agents'")
+            .bind(sql.replace(OLD_KINDS, ERD_KINDS))
+            .execute(&mut *tx)
+            .await?;
+        tx.execute(format!("PRAGMA schema_version = {}", version + 1).as_str())
+            .await?;
+        tx.execute("PRAGMA writable_schema = OFF").await?;
+        tx.commit().await?;
+        conn.close().await?;
+    }
+    sqlx::query(
+        "UPDATE agents SET kind = CASE kind WHEN 'specialist' THEN 'assistant' WHEN 'orchestrator' THEN 'system' \
+         WHEN 'service' THEN 'node' WHEN 'bot' THEN 'system' ELSE kind END \
+         WHERE kind IN ('specialist', 'orchestrator', 'service', 'bot')",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }

@@ -272,6 +272,9 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrator = Migrator::new(self.source()).await?;
         both!(self, pool => migrator.run(pool).await?);
+        if let Pool::Sqlite(pool) = &self.pool {
+            migrate::sqlite_erd_kinds(pool).await?;
+        }
         Ok(())
     }
 

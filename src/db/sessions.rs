@@ -105,6 +105,32 @@ impl Store {
         Ok(changed)
     }
 
+    /// Closes every open session of an agent (it was disabled), with their events.
+    pub async fn close_agent_sessions(&self, agent: AgentId) -> Result<u64, StoreError> {
+        let now = Ts::now();
+        let n = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<SessionEventRow> = sqlx::query_as(
+                "UPDATE agent_sessions SET status = 'closed', closed_at = $2 WHERE agent_id = $1 AND status <> 'closed' \
+                 RETURNING id, agent_id, channel_id, status, last_activity_at, closed_at",
+            )
+            .bind(agent)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            if self.events_enabled() {
+                let drafts: Vec<_> = rows.iter().map(session_draft).collect();
+                tx.append_events(&drafts).await?;
+            }
+            tx.commit().await?;
+            rows.len() as u64
+        });
+        if n > 0 {
+            self.wake_publisher();
+        }
+        Ok(n)
+    }
+
     /// Sessions by status, for the metric.
     pub async fn session_counts(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
         Ok(both!(self, pool => sqlx::query_as(

@@ -15,7 +15,10 @@ use ruma::{
             account::register,
             appservice::request_ping,
             media::create_content,
-            membership::{join_room_by_id, joined_members, leave_room},
+            membership::{
+                invite_user::{self, v3::InviteUserId},
+                join_room_by_id, joined_members, joined_rooms, leave_room,
+            },
             message::{get_message_events, send_message_event},
             profile::{set_avatar_url, set_display_name},
             receipt::create_receipt,
@@ -253,6 +256,29 @@ impl Homeserver {
         request.reason = Some(reason.to_owned());
         self.send(request, Some(as_user)).await?;
         Ok(())
+    }
+
+    /// Invites `target` into a room as `as_user` (the bot, inviting a puppet).
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        as_user: &UserId,
+        target: &UserId,
+    ) -> Result<(), HsError> {
+        let request = invite_user::v3::Request::new(
+            room_id.to_owned(),
+            InviteUserId::new(target.to_owned()).into(),
+        );
+        self.send(request, Some(as_user)).await?;
+        Ok(())
+    }
+
+    /// The rooms `as_user` is joined to, as the homeserver knows them.
+    pub async fn joined_rooms(&self, as_user: &UserId) -> Result<Vec<ruma::OwnedRoomId>, HsError> {
+        Ok(self
+            .send(joined_rooms::v3::Request::new(), Some(as_user))
+            .await?
+            .joined_rooms)
     }
 
     /// Sends a message-like event as `as_user` with the given client transaction id (the

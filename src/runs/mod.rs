@@ -262,8 +262,8 @@ impl Runner {
         group: TriggerGroup,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let Some(agent) = self.registry.by_id(group.agent_id) else {
-            // The agent is gone: its triggers will never be answered.
+        let Some(agent) = self.registry.by_id(group.agent_id).filter(|a| a.active) else {
+            // The agent is gone or disabled: its triggers will never be answered.
             self.store
                 .cancel_pending_triggers(group.agent_id, group.channel_id)
                 .await?;
@@ -366,6 +366,11 @@ impl Runner {
                 .await?;
             return Ok(());
         };
+        if !agent.active {
+            self.finish(id, RunEnd::cancelled("the agent was disabled"))
+                .await?;
+            return Ok(());
+        }
         if triggers.is_empty() {
             self.finish(id, RunEnd::cancelled("its triggers were redacted"))
                 .await?;

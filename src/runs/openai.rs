@@ -67,7 +67,9 @@ impl OpenAi {
             self.config.base_url.trim_end_matches('/')
         );
         let mut req = self.http.post(url).json(&body);
-        if let Some(var) = &self.config.api_key_env {
+        if let Some(key) = &self.config.api_key {
+            req = req.bearer_auth(key);
+        } else if let Some(var) = &self.config.api_key_env {
             let key = std::env::var(var).map_err(|_| {
                 RuntimeError::Config(format!("environment variable {var} is not set"))
             })?;

@@ -156,6 +156,24 @@ pub fn runtime_for(spec: &RuntimeSpec, http: &reqwest::Client) -> Arc<dyn Runtim
         RuntimeSpec::Echo => Arc::new(Echo),
         RuntimeSpec::OpenAi(config) => Arc::new(OpenAi::new(config.clone(), http.clone())),
         RuntimeSpec::Webhook(config) => Arc::new(Webhook::new(config.clone(), http.clone())),
+        RuntimeSpec::Misconfigured(why) => Arc::new(Misconfigured(why.clone())),
+    }
+}
+
+/// The runtime of a blueprint whose settings are unusable: every call fails, saying why.
+struct Misconfigured(String);
+
+impl Runtime for Misconfigured {
+    fn name(&self) -> &'static str {
+        "misconfigured"
+    }
+
+    fn call<'a>(
+        &'a self,
+        _request: &'a RunRequest,
+        _deltas: mpsc::Sender<String>,
+    ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
+        Box::pin(async move { Err(RuntimeError::Config(self.0.clone())) })
     }
 }
 

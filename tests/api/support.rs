@@ -457,6 +457,19 @@ impl TestApp {
         id.to_string()
     }
 
+    /// Polls `check` every 20 ms until it holds; panics after `within` naming `what`.
+    pub async fn eventually<F, Fut>(&self, what: &str, within: Duration, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = std::time::Instant::now();
+        while !check().await {
+            assert!(start.elapsed() < within, "{what} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn exec(&self, sql: &str) {
         match self.store.pool() {
             Pool::Pg(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),

@@ -146,6 +146,18 @@ impl Planner<'_> {
             default
         } else if self.namespace.is_puppet(&target) {
             match self.registry.get(&target) {
+                Some(agent) if !agent.active => {
+                    if invite && !self.sync {
+                        self.job(
+                            JobKind::Reject,
+                            room_id,
+                            &target,
+                            Some("this agent is disabled"),
+                            &env.sender,
+                        );
+                    }
+                    return None;
+                }
                 Some(agent) => agent.microdao_id.or(default),
                 None => {
                     if invite && !self.sync {

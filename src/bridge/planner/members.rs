@@ -56,7 +56,15 @@ impl Planner<'_> {
                     work.state.is_direct = true;
                     work.dirty = true;
                 }
-                if agent.microdao_id.is_none() || agent.microdao_id == microdao {
+                if !agent.active {
+                    self.job(
+                        JobKind::Reject,
+                        room_id,
+                        &target,
+                        Some("this agent is disabled"),
+                        &env.sender,
+                    );
+                } else if agent.microdao_id.is_none() || agent.microdao_id == microdao {
                     self.job(JobKind::Join, room_id, &target, None, &env.sender);
                 } else {
                     self.job(

@@ -508,7 +508,7 @@ fn work(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  SELECT x.id, x.k, x.r, x.u, x.why, 'pending' \
                  FROM unnest({ids}::uuid[], {kinds}::text[], {rooms}::text[], {users}::text[], {reasons}::text[]) \
                  AS x(id, k, r, u, why) WHERE true{gate} \
-                 ON CONFLICT (kind, room_id, user_id) WHERE status = 'pending' DO NOTHING"
+                 ON CONFLICT (kind, room_id, user_id) WHERE status = 'pending' AND kind <> 'command' DO NOTHING"
             ),
         );
     }

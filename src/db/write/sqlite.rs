@@ -411,7 +411,7 @@ async fn work(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sql
         sqlx::query(
             "INSERT INTO bridge_jobs (id, kind, room_id, user_id, reason, status, not_before, created_at) \
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) \
-             ON CONFLICT (kind, room_id, user_id) WHERE status = 'pending' DO NOTHING",
+             ON CONFLICT (kind, room_id, user_id) WHERE status = 'pending' AND kind <> 'command' DO NOTHING",
         )
         .bind(crate::ids::JobId::new())
         .bind(j.kind)

@@ -1,0 +1,12 @@
+DELETE FROM capabilities WHERE code = 'bridge.admin';
+DROP TABLE bridge_admin_keys;
+DROP TABLE bridge_agents;
+DROP TABLE bridge_blueprints;
+DROP INDEX channel_members_channel_id_idx;
+DROP INDEX agent_sessions_agent_id_channel_id_idx;
+DROP INDEX agent_sessions_status_idx;
+DROP INDEX users_matrix_id_idx;
+DROP INDEX channels_microdao_id_idx;
+DROP INDEX messages_sender_agent_id_idx;
+DROP INDEX messages_sender_user_id_idx;
+DELETE FROM bridge_jobs WHERE kind = 'command';
