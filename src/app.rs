@@ -13,6 +13,7 @@ use crate::{
     appservice::{self, AppState},
     bridge::{
         agents::AgentRegistry,
+        commands::Commands,
         followup::FollowUps,
         mirror::{Mirror, Wakers},
         planner::MirrorSettings,
@@ -93,6 +94,7 @@ impl Bridge {
         let settings = MirrorSettings {
             preview_chars: config.bridge.preview_chars,
             answer_edits: config.bridge.answer_edits,
+            command_prefix: config.bridge.command_prefix.clone(),
             default_microdao,
         };
         let wakers = Wakers::default();
@@ -154,6 +156,7 @@ impl Bridge {
             send_wait: self.config.api.send_wait,
             max_body_bytes: self.config.api.max_body_bytes,
             metrics: self.metrics.clone(),
+            appservice_id: self.config.appservice.id.clone(),
         }
     }
 
@@ -183,9 +186,16 @@ impl Bridge {
 
     /// Starts the supervised background tasks.
     fn spawn_tasks(&self, supervisor: &mut Supervisor) -> anyhow::Result<()> {
+        let commands = Commands::new(
+            self.puppets.clone(),
+            self.config.bridge.command_prefix.clone(),
+            self.config.bridge.admins.clone(),
+            self.config.appservice.id.clone(),
+        );
         let followups = FollowUps::new(
             self.mirror.clone(),
             self.puppets.clone(),
+            commands,
             self.metrics.clone(),
             self.wakers.jobs.clone(),
         );

@@ -81,3 +81,11 @@ row_id!(
     /// `bridge_triggers.id`
     TriggerId
 );
+row_id!(
+    /// `channel_members.id`
+    MemberId
+);
+row_id!(
+    /// `bridge_admin_keys.id`
+    AdminKeyId
+);

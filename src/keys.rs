@@ -64,3 +64,18 @@ pub async fn create(
         .await?;
     Ok((id, key))
 }
+
+/// Creates an admin key (capability `bridge.admin`, for the admin API). Returns the id and the
+/// key itself, which is never stored.
+pub async fn create_admin(
+    store: &Store,
+    name: &str,
+    expires_at: Option<Ts>,
+    by: &Actor,
+) -> Result<(crate::ids::AdminKeyId, String), StoreError> {
+    let key = format!("{PREFIX}{}", random_token());
+    let id = store
+        .insert_admin_key(name, &key[..12], &hash(&key), expires_at, by)
+        .await?;
+    Ok((id, key))
+}

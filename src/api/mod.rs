@@ -2,12 +2,14 @@
 //! keys with capabilities (`auth`); rate limited per agent; request bodies bounded and
 //! checked (`extract`); documented in `docs/agent-api.openapi.json`, also served at
 //! `/api/v1/openapi.json`. Handlers: `channels` (who am I, channels, sessions, typing,
-//! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `runs`.
+//! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `runs`, and the
+//! admin (provisioning) API under `/api/v1/admin` (`admin`, admin keys only).
 
+pub mod admin;
 pub mod audit;
 mod auth;
 mod channels;
-mod extract;
+pub(crate) mod extract;
 mod messages;
 mod runs;
 
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The appservice's id (the status endpoint pings the homeserver with it).
+    pub appservice_id: String,
 }
 
 /// The agent API on a listener of its own (unknown routes are Matrix errors too).
@@ -103,6 +107,7 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/outbox/{outbox_id}", get(messages::outbox))
         .route("/api/v1/runs", get(runs::list))
         .route("/api/v1/runs/{run_id}", get(runs::get))
+        .merge(admin::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(matrix_error_bodies))
         .layer(axum::middleware::from_fn_with_state(

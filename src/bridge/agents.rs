@@ -376,6 +376,31 @@ impl AgentRegistry {
         self.read().by_id.get(&id).cloned()
     }
 
+    /// The agent a person means by `needle`: its external id (`agent:sofia`), the part after
+    /// `agent:`, its Matrix id or localpart, or its display name (case-insensitive).
+    pub fn find(&self, needle: &str) -> Option<Arc<Agent>> {
+        let needle = needle.trim();
+        let snapshot = self.read();
+        let mut agents: Vec<&Arc<Agent>> = snapshot.by_id.values().collect();
+        // Deterministic when two agents share a name.
+        agents.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+        agents
+            .iter()
+            .find(|a| {
+                a.external_id == needle
+                    || a.external_id.strip_prefix("agent:") == Some(needle)
+                    || a.user_id.as_str() == needle
+                    || a.user_id.localpart() == needle
+            })
+            .or_else(|| agents.iter().find(|a| a.name.eq_ignore_ascii_case(needle)))
+            .map(|a| (*a).clone())
+    }
+
+    /// Whether the bridge's config defines the secret `name` (what `*_ref` settings name).
+    pub fn has_secret(&self, name: &str) -> bool {
+        self.secrets.contains_key(name)
+    }
+
     /// Every agent (disabled ones too).
     pub fn all(&self) -> Vec<Arc<Agent>> {
         self.read().by_id.values().cloned().collect()

@@ -1,18 +1,21 @@
 //! Follow-up work a transaction asks for but must not wait on: joining rooms the bot or a
-//! puppet was invited to (then reading their state so the channel starts complete) and refusing
-//! invites the bridge cannot honour. The jobs are rows written in the transaction's own commit;
+//! puppet was invited to (then reading their state so the channel starts complete), refusing
+//! invites the bridge cannot honour, and running bot commands. The jobs are rows written in the transaction's own commit;
 //! this worker claims them under a lease, retries transient failures with backoff, and gives up
 //! (counted) after a bounded number of attempts. A crash loses nothing: the lease runs out and
 //! the job is claimed again.
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{RoomId, UserId};
+use ruma::{EventId, RoomId, UserId};
 use serde_json::value::RawValue;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::mirror::Mirror;
+use super::{
+    commands::{CommandError, Commands, Invocation},
+    mirror::Mirror,
+};
 use crate::{
     db::{JobKind, StoreError, jobs::JobRow, types::Ts},
     matrix::HsError,
@@ -38,6 +41,8 @@ enum FollowUpError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Puppet(#[from] PuppetError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
     #[error("invalid id in a job: {0}")]
     InvalidId(String),
 }
@@ -48,6 +53,7 @@ impl FollowUpError {
             FollowUpError::Hs(e) => e.is_transient(),
             FollowUpError::Store(e) => e.is_transient(),
             FollowUpError::Puppet(e) => e.is_transient(),
+            FollowUpError::Command(e) => e.is_transient(),
             FollowUpError::InvalidId(_) => false,
         }
     }
@@ -57,21 +63,25 @@ impl FollowUpError {
 pub struct FollowUps {
     mirror: Arc<Mirror>,
     puppets: Arc<Puppets>,
+    commands: Arc<Commands>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
 }
 
 impl FollowUps {
-    /// A worker applying joined rooms' state through `mirror` and acting through `puppets`.
+    /// A worker applying joined rooms' state through `mirror`, acting through `puppets` and
+    /// running bot commands through `commands`.
     pub fn new(
         mirror: Arc<Mirror>,
         puppets: Arc<Puppets>,
+        commands: Arc<Commands>,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(Self {
             mirror,
             puppets,
+            commands,
             metrics,
             wake,
         })
@@ -120,6 +130,7 @@ impl FollowUps {
         let result = match job.kind {
             JobKind::Join => self.join(&job).await,
             JobKind::Reject => self.reject(&job).await,
+            JobKind::Command => self.command(&job).await,
         };
         let recorded = match result {
             Ok(()) => store.job_done(job.id).await,
@@ -169,6 +180,27 @@ impl FollowUps {
         let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
         self.mirror.apply_room_state(room, &raws).await?;
         tracing::info!(room_id = %room, events = raws.len(), "room state mirrored");
+        Ok(())
+    }
+
+    /// Runs a bot command and answers it.
+    async fn command(&self, job: &JobRow) -> Result<(), FollowUpError> {
+        let (room, sender) = Self::ids(job)?;
+        let event_id = job
+            .event_id
+            .as_deref()
+            .and_then(|e| <&EventId>::try_from(e).ok())
+            .ok_or_else(|| FollowUpError::InvalidId("a command job without its event".into()))?;
+        self.commands
+            .run(Invocation {
+                job: &job.id.to_string(),
+                room,
+                sender,
+                event_id,
+                text: job.body.as_deref().unwrap_or(""),
+            })
+            .await?;
+        tracing::info!(room_id = %room, user_id = %sender, "bot command answered");
         Ok(())
     }
 

@@ -1,9 +1,11 @@
 //! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
 //! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
-//! (joins, refusals, bot commands), the reconciler that follows agent rows others write, and
+//! (joins, refusals, bot commands), operator operations (`control`) and the bot commands, the reconciler that follows agent rows others write, and
 //! background upkeep.
 
 pub mod agents;
+pub mod commands;
+pub mod control;
 pub mod followup;
 pub mod mirror;
 pub mod planner;

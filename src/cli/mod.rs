@@ -75,8 +75,11 @@ pub enum KeyCommand {
     /// Create a key; prints it once, alone on the last line of stdout.
     Create {
         /// The agent the key acts as (external id, e.g. agent:sofia).
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        agent: Option<String>,
+        /// An admin key (capability `bridge.admin`) for the admin API instead of an agent key.
         #[arg(long)]
-        agent: String,
+        admin: bool,
         /// A label for the key.
         #[arg(long, default_value = "runtime")]
         name: String,
@@ -100,6 +103,9 @@ pub enum KeyCommand {
     Revoke {
         /// The key's id or its prefix (as `list` shows).
         key: String,
+        /// Revoke an admin key.
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -204,17 +210,34 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create {
             agent,
+            admin,
             name,
             caps,
             mut bundles,
             expires_in_days,
         } => {
-            if caps.is_empty() && bundles.is_empty() {
-                bundles.push("agent.runtime".into());
-            }
             let expires = expires_in_days.map(|d| {
                 crate::db::types::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
             });
+            let Some(agent) = agent.filter(|_| !admin) else {
+                anyhow::ensure!(
+                    caps.is_empty() && bundles.is_empty(),
+                    "an admin key holds bridge.admin only: drop --cap and --bundle"
+                );
+                let (id, key) = crate::keys::create_admin(
+                    store,
+                    &name,
+                    expires,
+                    &crate::db::audit::Actor::cli(),
+                )
+                .await?;
+                println!("created admin key {id} (bridge.admin); it is shown only now:");
+                println!("{key}");
+                return Ok(());
+            };
+            if caps.is_empty() && bundles.is_empty() {
+                bundles.push("agent.runtime".into());
+            }
             let (id, key) = crate::keys::create(
                 store,
                 &agent,
@@ -257,10 +280,13 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        KeyCommand::Revoke { key } => {
-            let n = store
-                .revoke_key(&key, &crate::db::audit::Actor::cli())
-                .await?;
+        KeyCommand::Revoke { key, admin } => {
+            let by = crate::db::audit::Actor::cli();
+            let n = if admin {
+                store.revoke_admin_key(&key, &by).await?
+            } else {
+                store.revoke_key(&key, &by).await?
+            };
             anyhow::ensure!(n > 0, "no active key with id or prefix `{key}`");
             println!("revoked {n} key(s)");
         }

@@ -296,6 +296,10 @@ pub struct NewJob {
     pub user_id: OwnedUserId,
     /// Why, for refusals.
     pub reason: Option<DbText>,
+    /// The command's event (commands; at most one job per event, so replays add none).
+    pub event_id: Option<ruma::OwnedEventId>,
+    /// The command text (commands).
+    pub body: Option<DbText>,
 }
 
 /// A mirrored message in a room with agents: the run scheduler decides after commit whom it

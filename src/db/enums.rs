@@ -238,6 +238,8 @@ text_enum!(
         Join = "join",
         /// Refuse an invite with a reason.
         Reject = "reject",
+        /// Run a bot command (`!daarion …`) and answer it as the bot.
+        Command = "command",
     }
 );
 

@@ -19,6 +19,10 @@ pub struct JobRow {
     pub user_id: String,
     /// Why (refusals).
     pub reason: Option<String>,
+    /// The command's event (commands).
+    pub event_id: Option<String>,
+    /// The command text (commands).
+    pub body: Option<String>,
     /// Attempts so far, this one included.
     pub attempts: i32,
 }
@@ -36,7 +40,7 @@ impl Store {
                     "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
                      (SELECT id FROM bridge_jobs WHERE status = 'pending' AND not_before <= $1 \
                      AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY created_at LIMIT $3 \
-                     FOR UPDATE SKIP LOCKED) RETURNING id, kind, room_id, user_id, reason, attempts",
+                     FOR UPDATE SKIP LOCKED) RETURNING id, kind, room_id, user_id, reason, event_id, body, attempts",
                 )
                 .bind(now)
                 .bind(until)
@@ -50,7 +54,7 @@ impl Store {
                     "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
                      (SELECT id FROM bridge_jobs WHERE status = 'pending' AND not_before <= $1 \
                      AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY created_at LIMIT $3) \
-                     RETURNING id, kind, room_id, user_id, reason, attempts",
+                     RETURNING id, kind, room_id, user_id, reason, event_id, body, attempts",
                 )
                 .bind(now)
                 .bind(until)

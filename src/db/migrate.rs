@@ -145,20 +145,34 @@ const OLD_KINDS: &str =
 /// The ERD's values (the old ones stay accepted, as the issue allows, for rows others wrote).
 const ERD_KINDS: &str = "CHECK (kind IN ('system', 'assistant', 'node', 'quest', 'specialist', 'orchestrator', 'service', 'bot'))";
 
-/// SQLite: widens the `agents.kind` CHECK to the ERD's values, then moves rows to them. Widening
-/// a CHECK does not change what is stored, so the table's SQL is edited in place, SQLite's
-/// documented procedure for such changes (`writable_schema`, then a new schema version so every
-/// connection re-reads the schema). It runs on a connection of its own after the migrations
-/// (their transaction cannot do it: the pool's connections would keep the old schema), and is
-/// idempotent.
+/// The ERD's `messages.created_at` default, which the first SQLite migration lacked.
+const OLD_CREATED_AT: &str = "created_at      TEXT NOT NULL,\n    edited_at";
+/// With the default (the bridge always writes it; other services may rely on the ERD's).
+const ERD_CREATED_AT: &str =
+    "created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),\n    edited_at";
+
+/// SQLite: widens the `agents.kind` CHECK to the ERD's values and gives `messages.created_at`
+/// the ERD's `now()` default, then moves rows to the ERD's kinds. Neither change alters what is
+/// stored, so the tables' SQL is edited in place, SQLite's documented procedure for such
+/// changes (`writable_schema`, then a new schema version so every connection re-reads the
+/// schema), rather than copying `messages`, which may be large. It runs on a connection of its
+/// own after the migrations (their transaction cannot do it: the pool's connections would keep
+/// the old schema), and is idempotent.
 pub(super) async fn sqlite_erd_kinds(pool: &sqlx::SqlitePool) -> Result<(), sqlx::Error> {
     use sqlx::{Connection, Executor};
-    let sql: Option<String> = sqlx::query_scalar(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'agents'",
-    )
-    .fetch_optional(pool)
-    .await?;
-    if let Some(sql) = sql.filter(|s| s.contains(OLD_KINDS)) {
+    let patches = [
+        ("agents", OLD_KINDS, ERD_KINDS),
+        ("messages", OLD_CREATED_AT, ERD_CREATED_AT),
+    ];
+    for (table, old, new) in patches {
+        let sql: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = $1")
+                .bind(table)
+                .fetch_optional(pool)
+                .await?;
+        let Some(sql) = sql.filter(|s| s.contains(old)) else {
+            continue;
+        };
         let options = pool.connect_options();
         let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
         let mut tx = conn.begin().await?;
@@ -166,8 +180,9 @@ pub(super) async fn sqlite_erd_kinds(pool: &sqlx::SqlitePool) -> Result<(), sqlx
             .fetch_one(&mut *tx)
             .await?;
         tx.execute("PRAGMA writable_schema = ON").await?;
-        sqlx::query("UPDATE sqlite_schema SET sql = $1 WHERE type = 'table' AND name = 'agents'")
-            .bind(sql.replace(OLD_KINDS, ERD_KINDS))
+        sqlx::query("UPDATE sqlite_schema SET sql = $1 WHERE type = 'table' AND name = $2")
+            .bind(sql.replace(old, new))
+            .bind(table)
             .execute(&mut *tx)
             .await?;
         tx.execute(format!("PRAGMA schema_version = {}", version + 1).as_str())

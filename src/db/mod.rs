@@ -4,6 +4,7 @@
 //! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds the
 //! queries of that group.
 
+pub mod admin;
 pub mod agents;
 pub mod audit;
 pub mod batch;

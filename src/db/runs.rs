@@ -140,7 +140,7 @@ pub struct NewRun<'a> {
     pub chain_depth: i32,
 }
 
-const RUN_COLS: &str = "SELECT r.id, a.external_id AS agent, r.agent_id, r.channel_id, r.status, r.runtime, \
+pub(crate) const RUN_COLS: &str = "SELECT r.id, a.external_id AS agent, r.agent_id, r.channel_id, r.status, r.runtime, \
      r.trigger_event_id, r.reply_event_id, r.chain_depth, r.input, r.output, r.error, r.queued_at, r.started_at, \
      r.finished_at, r.prompt_tokens, r.completion_tokens, r.attempts, r.deferred_at \
      FROM agent_runs r JOIN agents a ON a.id = r.agent_id";

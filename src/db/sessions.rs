@@ -156,4 +156,40 @@ impl Store {
         .fetch_all(pool)
         .await?))
     }
+
+    /// A channel's sessions, newest first (at most `limit`), with the agent of each.
+    pub async fn channel_sessions(
+        &self,
+        channel: ChannelId,
+        limit: i64,
+    ) -> Result<Vec<ChannelSession>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT s.id, a.external_id AS agent, a.name AS agent_name, s.status, s.started_at, \
+             s.last_activity_at, s.closed_at FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
+             WHERE s.channel_id = $1 ORDER BY s.started_at DESC, s.id LIMIT $2",
+        )
+        .bind(channel)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+}
+
+/// A session of a channel, with its agent.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ChannelSession {
+    /// The session.
+    pub id: SessionId,
+    /// The agent's external id.
+    pub agent: String,
+    /// The agent's name.
+    pub agent_name: String,
+    /// Where it stands.
+    pub status: SessionStatus,
+    /// When it opened.
+    pub started_at: Ts,
+    /// Last activity.
+    pub last_activity_at: Ts,
+    /// When it closed.
+    pub closed_at: Option<Ts>,
 }

@@ -152,7 +152,9 @@ id_sql!(
     OutboxId,
     RunId,
     JobId,
-    TriggerId
+    TriggerId,
+    MemberId,
+    AdminKeyId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

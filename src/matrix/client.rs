@@ -222,6 +222,11 @@ impl Homeserver {
         Ok(response.duration)
     }
 
+    /// The bot's Matrix id (the appservice's sender).
+    pub fn bot(&self) -> &UserId {
+        &self.bot
+    }
+
     /// Registers a puppet (`m.login.application_service`, no device); `M_USER_IN_USE` is success.
     pub async fn ensure_registered(&self, localpart: &str) -> Result<(), HsError> {
         let mut request = register::v3::Request::new();

@@ -131,6 +131,11 @@ impl Puppets {
         &self.registry
     }
 
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The homeserver client (for the bot's own requests).
     pub fn homeserver(&self) -> &Homeserver {
         &self.hs

@@ -66,7 +66,7 @@ impl FakeHs {
         self.calls.lock().unwrap().push(HsCall {
             method,
             path: path.clone(),
-            query,
+            query: query.clone(),
             auth,
             body,
         });
@@ -131,14 +131,40 @@ impl FakeHs {
         if path.contains("/appservice/") && path.ends_with("/ping") {
             return Json(json!({ "duration_ms": 1 })).into_response();
         }
-        if path.ends_with("/leave") {
+        if path.ends_with("/leave") || path.ends_with("/invite") {
             return Json(json!({})).into_response();
+        }
+        if path.ends_with("/joined_rooms") {
+            // The rooms this user joined and has not left since, as the calls tell.
+            let user = user_of(&query);
+            let mut rooms: Vec<String> = Vec::new();
+            for c in self.calls() {
+                if user_of(&c.query) != user {
+                    continue;
+                }
+                let room = c.path.split('/').nth(5).unwrap_or("").to_owned();
+                if c.path.ends_with("/join") && !rooms.contains(&room) {
+                    rooms.push(room);
+                } else if c.path.ends_with("/leave") {
+                    rooms.retain(|r| *r != room);
+                }
+            }
+            return Json(json!({ "joined_rooms": rooms })).into_response();
         }
         (
             StatusCode::NOT_FOUND,
             Json(json!({"errcode": "M_UNRECOGNIZED", "error": "fake"})),
         )
             .into_response()
+    }
+
+    /// The messages the bot sent (command answers), as their content.
+    pub fn bot_notices(&self) -> Vec<Value> {
+        self.sent_messages()
+            .into_iter()
+            .filter(|(user, _)| user.is_empty() || user == "@daarion:localhost")
+            .map(|(_, c)| c.body)
+            .collect()
     }
 
     /// The messages puppets sent, as `(sender, txn path, content)`, in order.
@@ -199,4 +225,14 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8(out).unwrap()
+}
+
+/// The `user_id` a query acts as (empty: the bot).
+fn user_of(query: &str) -> String {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("user_id="))
+        .unwrap_or("")
+        .replace("%40", "@")
+        .replace("%3A", ":")
 }

@@ -1,10 +1,12 @@
 //! Integration tests of the HTTP surface and the mirror, each run against SQLite and a real
 //! PostgreSQL (a fresh database per test).
 
+mod admin;
 mod agents;
 mod appservice;
 mod cli;
 mod delivery;
+mod erd;
 mod events;
 mod fake_hs;
 mod hardening;
@@ -14,6 +16,7 @@ mod model;
 mod nats;
 mod ops;
 mod plans;
+mod platform;
 mod process;
 mod properties;
 mod publish;
@@ -23,15 +26,18 @@ mod runtimes;
 mod spec;
 mod support;
 
+use admin::*;
 use agents::*;
 use appservice::*;
 use cli::*;
 use delivery::*;
+use erd::*;
 use events::*;
 use hardening::*;
 use mirror::*;
 use ops::*;
 use plans::*;
+use platform::*;
 use process::*;
 use properties::*;
 use publish::*;
@@ -136,6 +142,12 @@ both_backends!(
     audit_records_every_action,
     channels_export_with_edits_and_redactions,
     a_large_export_runs_in_bounded_memory,
+    sql_defined_agent_answers,
+    disabled_agents_are_silent_and_refused,
+    bot_commands,
+    admin_api_refuses_wrong_keys,
+    admin_api_provisions_agents,
+    the_schema_is_the_erds,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

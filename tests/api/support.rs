@@ -17,7 +17,7 @@ pub use crate::fake_hs::FakeHs;
 pub const HS_TOKEN: &str = "hs_test_token_0123456789abcdefghijklmnopqrstuv";
 pub const AS_TOKEN: &str = "as_test_token_0123456789abcdefghijklmnopqrstuv";
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,

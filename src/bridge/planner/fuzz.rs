@@ -68,6 +68,7 @@ pub fn plan(raws: &[&RawValue]) -> Result<usize, String> {
     let settings = MirrorSettings {
         preview_chars: 40,
         answer_edits: true,
+        command_prefix: "!daarion".into(),
         default_microdao: Some(MicrodaoId::new()),
     };
     let room: OwnedRoomId = "!room:localhost".try_into().map_err(|_| "room id")?;

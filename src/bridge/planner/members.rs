@@ -144,6 +144,8 @@ impl Planner<'_> {
         let (action, outcome) = match kind {
             JobKind::Join => ("invite.accepted", AuditOutcome::Allowed),
             JobKind::Reject => ("invite.refused", AuditOutcome::Denied),
+            // Commands are audited when they run (the planner only queues them).
+            JobKind::Command => ("command.queued", AuditOutcome::Allowed),
         };
         let actor = if self.namespace.is_puppet(inviter) {
             ActorType::Agent
@@ -165,6 +167,8 @@ impl Planner<'_> {
             room_id: room_id.to_owned(),
             user_id: user.to_owned(),
             reason: reason.map(DbText::new),
+            event_id: None,
+            body: None,
         });
     }
 

@@ -18,8 +18,8 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::{content::MessageView, event::Envelope, preview},
     db::{
-        CandidatePayload, Edit, NewCandidate, NewMessage, Party, Redaction, SessionChange,
-        text::DbText, types::Ts,
+        CandidatePayload, Edit, JobKind, NewCandidate, NewJob, NewMessage, Party, Redaction,
+        SessionChange, text::DbText, types::Ts,
     },
     ids::MessageId,
 };
@@ -124,6 +124,10 @@ impl Planner<'_> {
             } else {
                 body
             };
+            if self.bot_command(room_id, env, body) {
+                // A command for the bridge, not a question for its agents.
+                return Ok(outcome);
+            }
             let mentions = content.mentioned();
             // Being addressed opens (or revives) the agent's session in the channel.
             if let (Some(mentions), Some(work)) = (&mentions, self.rooms.get(room_id)) {
@@ -226,6 +230,35 @@ impl Planner<'_> {
             redacted_at: None,
         });
         Outcome::Mirrored
+    }
+
+    /// Queues a bot command (durable, one job per event) when the message is one: the prefix,
+    /// or anything a person says in a direct chat with the bot alone.
+    fn bot_command(&mut self, room_id: &RoomId, env: &Envelope<'_>, body: &str) -> bool {
+        let Some(work) = self.rooms.get(room_id) else {
+            return false;
+        };
+        if self.sync || env.sender == self.namespace.bot() || self.namespace.is_puppet(&env.sender)
+        {
+            return false;
+        }
+        let direct_with_bot = work.state.is_direct && work.state.agents.is_empty();
+        let Some(text) = crate::bridge::commands::command_text(
+            body,
+            &self.settings.command_prefix,
+            direct_with_bot,
+        ) else {
+            return false;
+        };
+        self.batch.jobs.push(NewJob {
+            kind: JobKind::Command,
+            room_id: room_id.to_owned(),
+            user_id: env.sender.clone(),
+            reason: None,
+            event_id: Some(env.event_id.clone()),
+            body: Some(DbText::new(text)),
+        });
+        true
     }
 
     /// Records a mirrored message of a room with agents: the run scheduler decides after commit

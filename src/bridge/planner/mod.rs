@@ -37,6 +37,8 @@ pub struct MirrorSettings {
     pub preview_chars: usize,
     /// Whether edits may address agents.
     pub answer_edits: bool,
+    /// What starts a bot command (`!daarion`).
+    pub command_prefix: String,
     /// Where rooms nothing else places go.
     pub default_microdao: Option<MicrodaoId>,
 }

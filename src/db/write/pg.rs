@@ -13,7 +13,7 @@ use sqlx::{
     postgres::{PgArguments, PgHasArrayType},
 };
 
-use crate::db::{Batch, SessionChange, StoreError, types::Ts};
+use crate::db::{Batch, JobKind, NewJob, SessionChange, StoreError, types::Ts};
 
 /// A statement under construction: SQL text plus its bound arguments.
 pub(super) struct Statement {
@@ -494,8 +494,33 @@ fn sessions(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
 /// Durable work: follow-up jobs, trigger candidates, and the outbox item this batch mirrors.
 fn work(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
-    if !b.jobs.is_empty() {
-        let j = &b.jobs;
+    let (commands, jobs): (Vec<&NewJob>, Vec<&NewJob>) =
+        b.jobs.iter().partition(|j| j.kind == JobKind::Command);
+    if !commands.is_empty() {
+        let j = &commands;
+        let ids = s.arrays(j.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
+        let rooms = s.arrays(j.iter().map(|j| j.room_id.as_str()).collect())?;
+        let users = s.arrays(j.iter().map(|j| j.user_id.as_str()).collect())?;
+        let events = s.arrays(
+            j.iter()
+                .map(|j| j.event_id.as_ref().map(|e| e.as_str()))
+                .collect(),
+        )?;
+        let bodies = s.arrays(j.iter().map(|j| j.body.clone()).collect())?;
+        // One job per command event: a replayed or duplicated event adds none.
+        s.cte(
+            "jc",
+            &format!(
+                "INSERT INTO bridge_jobs (id, kind, room_id, user_id, event_id, body, status) \
+                 SELECT x.id, 'command', x.r, x.u, x.ev, x.b, 'pending' \
+                 FROM unnest({ids}::uuid[], {rooms}::text[], {users}::text[], {events}::text[], {bodies}::text[]) \
+                 AS x(id, r, u, ev, b) WHERE true{gate} \
+                 ON CONFLICT (event_id) WHERE kind = 'command' DO NOTHING"
+            ),
+        );
+    }
+    if !jobs.is_empty() {
+        let j = &jobs;
         let ids = s.arrays(j.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
         let kinds = s.arrays(j.iter().map(|j| j.kind).collect())?;
         let rooms = s.arrays(j.iter().map(|j| j.room_id.as_str()).collect())?;

@@ -9,7 +9,7 @@ use super::events as draft;
 use crate::{
     db::sessions::{SessionEventRow, session_draft},
     db::{
-        Batch, Party, SessionChange, SessionStatus, StoreError, audit::AppendAudit,
+        Batch, JobKind, Party, SessionChange, SessionStatus, StoreError, audit::AppendAudit,
         events::AppendEvents, types::Ts,
     },
     events::{Draft, Topic},
@@ -408,6 +408,23 @@ async fn sessions(
 
 async fn work(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sqlx::Error> {
     for j in &b.jobs {
+        if j.kind == JobKind::Command {
+            // One job per command event: a replayed or duplicated event adds none.
+            sqlx::query(
+                "INSERT INTO bridge_jobs (id, kind, room_id, user_id, event_id, body, status, not_before, created_at) \
+                 VALUES ($1, 'command', $2, $3, $4, $5, 'pending', $6, $6) \
+                 ON CONFLICT (event_id) WHERE kind = 'command' DO NOTHING",
+            )
+            .bind(crate::ids::JobId::new())
+            .bind(j.room_id.as_str())
+            .bind(j.user_id.as_str())
+            .bind(j.event_id.as_ref().map(|e| e.as_str()))
+            .bind(&j.body)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            continue;
+        }
         sqlx::query(
             "INSERT INTO bridge_jobs (id, kind, room_id, user_id, reason, status, not_before, created_at) \
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) \

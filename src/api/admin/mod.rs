@@ -1,0 +1,213 @@
+//! The admin (provisioning) API under `/api/v1/admin`: what operators and the microDAO console
+//! use to create microDAOs, blueprints and agents (PUT by external id, idempotent), put agents
+//! into rooms, set how they answer, list channels, members, sessions and runs (keyset pages),
+//! manage agent keys, read the audit log, export channels and see the bridge's status.
+//! Authenticated by admin keys (`daarion-bridge access-key create --admin`, capability
+//! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
+
+mod catalog;
+mod ops;
+
+use std::net::IpAddr;
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, FromRequestParts},
+    http::request::Parts,
+    routing::{delete, get, post, put},
+};
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use crate::{
+    db::{ActorType, audit::Actor, types::Ts},
+    keys,
+    matrix::MatrixError,
+};
+
+/// The capability admin keys hold.
+pub const ADMIN: &str = "bridge.admin";
+
+/// Largest page.
+const MAX_LIMIT: i64 = 500;
+
+/// The admin API's routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/admin/status", get(ops::status))
+        .route("/api/v1/admin/microdaos", get(catalog::list_microdaos))
+        .route(
+            "/api/v1/admin/microdaos/{external_id}",
+            get(catalog::get_microdao)
+                .put(catalog::put_microdao)
+                .delete(catalog::delete_microdao),
+        )
+        .route("/api/v1/admin/blueprints", get(catalog::list_blueprints))
+        .route(
+            "/api/v1/admin/blueprints/{code}",
+            get(catalog::get_blueprint)
+                .put(catalog::put_blueprint)
+                .delete(catalog::delete_blueprint),
+        )
+        .route("/api/v1/admin/agents", get(catalog::list_agents))
+        .route(
+            "/api/v1/admin/agents/{external_id}",
+            get(catalog::get_agent)
+                .put(catalog::put_agent)
+                .delete(catalog::delete_agent),
+        )
+        .route(
+            "/api/v1/admin/agents/{external_id}/rooms",
+            post(ops::invite),
+        )
+        .route(
+            "/api/v1/admin/agents/{external_id}/rooms/{room_id}",
+            delete(ops::remove),
+        )
+        .route(
+            "/api/v1/admin/agents/{external_id}/channels/{channel_id}/respond",
+            put(ops::respond),
+        )
+        .route(
+            "/api/v1/admin/agents/{external_id}/keys",
+            post(ops::create_key),
+        )
+        .route("/api/v1/admin/keys/{key_id}", delete(ops::revoke_key))
+        .route("/api/v1/admin/channels", get(ops::channels))
+        .route(
+            "/api/v1/admin/channels/{channel_id}/members",
+            get(ops::members),
+        )
+        .route(
+            "/api/v1/admin/channels/{channel_id}/export",
+            get(ops::export),
+        )
+        .route("/api/v1/admin/sessions", get(ops::sessions))
+        .route("/api/v1/admin/runs", get(ops::runs))
+        .route("/api/v1/admin/audit", get(ops::audit))
+}
+
+/// An authenticated admin.
+pub struct Admin {
+    /// The admin key's id.
+    pub key_id: String,
+}
+
+impl Admin {
+    /// The admin as an audit actor.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            kind: ActorType::Admin,
+            id: Some(format!("admin-key:{}", self.key_id)),
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let ip: Option<IpAddr> = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        // Guessing admin keys costs what guessing agent keys does: one token bucket per address.
+        if let Some(ip) = ip
+            && let Err(wait) = state.auth_failures.peek(&ip)
+        {
+            return Err(MatrixError::limit_exceeded(wait));
+        }
+        let fail = |error: MatrixError| {
+            if let Some(ip) = ip {
+                let _ = state.auth_failures.check(&ip);
+            }
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "denied" })
+                .inc();
+            error
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| fail(MatrixError::missing_token()))?
+            .to_str()
+            .map_err(|_| fail(MatrixError::unknown_token("malformed Authorization header")))?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| {
+                fail(MatrixError::unknown_token(
+                    "Authorization must use the Bearer scheme",
+                ))
+            })?
+            .trim();
+        let hash = keys::hash(key);
+        let Some(found) = state.store.admin_key_by_hash(&hash).await? else {
+            // An agent key is a real key, just not an admin's: 403 rather than 401.
+            if state.store.key_by_hash(&hash).await?.is_some() {
+                return Err(fail(MatrixError::forbidden(format!(
+                    "this access key lacks the `{ADMIN}` capability (agent keys cannot use the admin API)"
+                ))));
+            }
+            return Err(fail(MatrixError::unknown_token("unknown access key")));
+        };
+        if found.revoked_at.is_some() {
+            return Err(fail(MatrixError::unknown_token(
+                "this admin key was revoked",
+            )));
+        }
+        if found.expires_at.is_some_and(|e| e <= Ts::now()) {
+            return Err(fail(MatrixError::unknown_token(
+                "this admin key has expired",
+            )));
+        }
+        Ok(Admin {
+            key_id: found.id.to_string(),
+        })
+    }
+}
+
+/// Keyset pagination parameters shared by the listings.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+    /// Page size (1 to 500, default 100).
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    /// The page size, validated.
+    pub fn limit(&self) -> Result<i64, MatrixError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(_) => Err(MatrixError::invalid_param(format!(
+                "`limit` must be 1 to {MAX_LIMIT}"
+            ))),
+        }
+    }
+}
+
+/// One page of a listing: its items and the cursor of the next page, if there may be one.
+#[derive(Debug, Serialize)]
+pub struct Listing<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page (none: this was the last).
+    pub next: Option<String>,
+}
+
+impl<T> Listing<T> {
+    /// A page of `items` read with `limit`; `cursor` is the keyset of an item.
+    pub fn of(items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Self {
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(&cursor))
+            .flatten();
+        Listing { items, next }
+    }
+}

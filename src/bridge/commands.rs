@@ -1,0 +1,426 @@
+//! Bot commands in Matrix (`!daarion invite sofia`, or anything in a direct chat with the bot):
+//! recognised by the planner and queued as durable follow-up jobs in the transaction's commit,
+//! then parsed, authorised (room power levels, plus the configured bridge admins) and executed
+//! here, and answered as the bot with an `m.notice` in Markdown that replies to the command.
+//! A reply's transaction id is derived from the job, so a retried job never answers twice.
+
+use std::sync::Arc;
+
+use ruma::{EventId, OwnedUserId, RoomId, UserId};
+
+use super::{agents::Agent, control};
+use crate::{
+    db::{ActorType, AuditOutcome, Respond, StoreError, audit::Actor},
+    ids::{AgentId, ChannelId},
+    matrix::HsError,
+    puppet::{Puppets, content::markdown_html},
+};
+
+/// Power level a room member needs for `invite`, `kick` and `respond` (moderator).
+pub const MANAGE_LEVEL: i64 = 50;
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// What the bot understands.
+    Help,
+    /// The agents, and which of them are in this room.
+    Agents,
+    /// Put an agent into this room.
+    Invite(String),
+    /// Take an agent out of this room.
+    Kick(String),
+    /// When an agent answers in this room.
+    Respond(String, Respond),
+    /// The bridge's status (bridge admins).
+    Status,
+    /// The agents' sessions in this room.
+    Sessions,
+}
+
+/// The command text of a message, if it is one: what follows the prefix (`!daarion agents` →
+/// `agents`), or the whole text in a direct chat with the bot.
+pub fn command_text<'a>(body: &'a str, prefix: &str, direct_with_bot: bool) -> Option<&'a str> {
+    let trimmed = body.trim_start();
+    if let Some(rest) = trimmed.strip_prefix(prefix)
+        && (rest.is_empty() || rest.starts_with(char::is_whitespace))
+    {
+        return Some(rest.trim());
+    }
+    direct_with_bot.then(|| body.trim())
+}
+
+/// Parses a command text; the error is the helpful answer.
+pub fn parse(text: &str, prefix: &str) -> Result<Command, String> {
+    let mut words = text.split_whitespace();
+    let Some(verb) = words.next() else {
+        return Ok(Command::Help);
+    };
+    let args: Vec<&str> = words.collect();
+    let one = |usage: &str| -> Result<String, String> {
+        match args.as_slice() {
+            [agent] => Ok((*agent).to_owned()),
+            _ => Err(format!("Usage: `{prefix} {usage}`")),
+        }
+    };
+    match verb.to_ascii_lowercase().as_str() {
+        "help" | "?" => Ok(Command::Help),
+        "agents" | "list" => Ok(Command::Agents),
+        "invite" => one("invite <agent>").map(Command::Invite),
+        "kick" | "remove" => one("kick <agent>").map(Command::Kick),
+        "respond" => match args.as_slice() {
+            [agent, mode] => match Respond::parse(&mode.to_ascii_lowercase()) {
+                Some(r) => Ok(Command::Respond((*agent).to_owned(), r)),
+                None => Err(format!(
+                    "`{}` is not a response mode: use `mentions`, `all` or `never`.",
+                    mode.escape_debug()
+                )),
+            },
+            _ => Err(format!(
+                "Usage: `{prefix} respond <agent> mentions|all|never`"
+            )),
+        },
+        "status" => Ok(Command::Status),
+        "sessions" => Ok(Command::Sessions),
+        other => Err(format!(
+            "I don't know the command `{}`.\n\n{}",
+            other.escape_debug(),
+            help(prefix)
+        )),
+    }
+}
+
+/// The help text.
+pub fn help(prefix: &str) -> String {
+    format!(
+        "**Commands** (in a direct chat with me, the prefix is optional):\n\n\
+         - `{prefix} help`: this text\n\
+         - `{prefix} agents`: the agents, and which are in this room\n\
+         - `{prefix} invite <agent>`: bring an agent into this room (power level {MANAGE_LEVEL})\n\
+         - `{prefix} kick <agent>`: take an agent out of this room (power level {MANAGE_LEVEL})\n\
+         - `{prefix} respond <agent> mentions|all|never`: when the agent answers here (power level {MANAGE_LEVEL})\n\
+         - `{prefix} sessions`: the agents' sessions in this room\n\
+         - `{prefix} status`: the bridge's status (bridge admins)\n\n\
+         An agent is named by its id (`sofia`, `agent:sofia`), its Matrix id or its name."
+    )
+}
+
+/// Why running a command failed (and should be retried, when transient).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The homeserver refused the reply.
+    #[error(transparent)]
+    Hs(#[from] HsError),
+}
+
+impl CommandError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CommandError::Store(e) => e.is_transient(),
+            CommandError::Hs(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Runs commands as the bot.
+pub struct Commands {
+    puppets: Arc<Puppets>,
+    prefix: String,
+    admins: Vec<OwnedUserId>,
+    appservice_id: String,
+}
+
+/// A command to run: where, from whom, and its text.
+pub struct Invocation<'a> {
+    /// The job (its id makes the reply's transaction id).
+    pub job: &'a str,
+    /// The room.
+    pub room: &'a RoomId,
+    /// Who sent it.
+    pub sender: &'a UserId,
+    /// The command's event (the reply points at it).
+    pub event_id: &'a EventId,
+    /// The command text (after the prefix).
+    pub text: &'a str,
+}
+
+impl Commands {
+    /// Commands acting through `puppets`, with the configured prefix and bridge admins.
+    pub fn new(
+        puppets: Arc<Puppets>,
+        prefix: String,
+        admins: Vec<OwnedUserId>,
+        appservice_id: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            puppets,
+            prefix,
+            admins,
+            appservice_id,
+        })
+    }
+
+    /// Parses, authorises and runs a command, then answers it. Only failures worth retrying
+    /// are errors; everything else (bad arguments, no permission, a refusal) is the answer.
+    pub async fn run(&self, call: Invocation<'_>) -> Result<(), CommandError> {
+        let actor = Actor {
+            kind: ActorType::User,
+            id: Some(call.sender.to_string()),
+        };
+        let (answer, outcome) = match parse(call.text, &self.prefix) {
+            Err(help) => (help, AuditOutcome::Denied),
+            Ok(command) => self.execute(&call, &command, &actor).await?,
+        };
+        let entry = actor
+            .did("command.run", Some(call.room.as_str()), outcome)
+            .details(serde_json::json!({ "command": call.text, "event_id": call.event_id }));
+        self.puppets.store().audit(&[entry]).await?;
+        self.reply(&call, &answer).await
+    }
+
+    async fn execute(
+        &self,
+        call: &Invocation<'_>,
+        command: &Command,
+        actor: &Actor,
+    ) -> Result<(String, AuditOutcome), CommandError> {
+        let store = self.puppets.store();
+        let room = store.load_rooms(&[call.room.as_str()]).await?.pop();
+        let admin = self.admins.iter().any(|a| a == call.sender);
+        let level = room
+            .as_ref()
+            .and_then(|(r, _)| r.power_levels.as_ref())
+            .map_or(0, |p| p.0.level(call.sender.as_str()));
+        let may_manage = admin || level >= MANAGE_LEVEL;
+        let in_room: Vec<AgentId> = room.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
+        let channel: Option<ChannelId> = room.as_ref().map(|(r, _)| r.channel_id);
+        let denied = |what: &str| {
+            Ok((
+                format!(
+                    "You need power level {MANAGE_LEVEL} in this room (yours is {level}), or to be a \
+                     bridge admin, to {what}."
+                ),
+                AuditOutcome::Denied,
+            ))
+        };
+        let registry = self.puppets.registry();
+        let find = |name: &str| -> Result<Arc<Agent>, String> {
+            registry.find(name).ok_or_else(|| {
+                format!(
+                    "There is no agent called `{}`. `{} agents` lists them.",
+                    name.escape_debug(),
+                    self.prefix
+                )
+            })
+        };
+        let ok = |text: String| Ok((text, AuditOutcome::Allowed));
+        match command {
+            Command::Help => ok(help(&self.prefix)),
+            Command::Agents => ok(agents_list(&registry.all(), &in_room)),
+            Command::Status if !admin => Ok((
+                "Only bridge admins (`bridge.admins` in the bridge's config) may see its status."
+                    .into(),
+                AuditOutcome::Denied,
+            )),
+            Command::Status => {
+                let s = control::status(&self.puppets, &self.appservice_id).await?;
+                ok(status_text(&s))
+            }
+            Command::Sessions => {
+                let Some(channel) = channel else {
+                    return ok(not_mirrored());
+                };
+                ok(sessions_text(&store.channel_sessions(channel, 20).await?))
+            }
+            Command::Invite(_) | Command::Kick(_) | Command::Respond(..) if !may_manage => {
+                denied(match command {
+                    Command::Invite(_) => "invite agents",
+                    Command::Kick(_) => "remove agents",
+                    _ => "change when agents answer",
+                })
+            }
+            Command::Invite(name) => {
+                let agent = match find(name) {
+                    Ok(a) => a,
+                    Err(e) => return Ok((e, AuditOutcome::Denied)),
+                };
+                match control::invite_agent(&self.puppets, call.room, agent.clone(), actor).await {
+                    Ok(()) => ok(format!("{} joined this room.", agent.name)),
+                    Err(control::ControlError::Store(e)) => Err(e.into()),
+                    Err(e) => Ok((
+                        format!("Cannot invite {}: {e}.", agent.name),
+                        AuditOutcome::Denied,
+                    )),
+                }
+            }
+            Command::Kick(name) => {
+                let agent = match find(name) {
+                    Ok(a) => a,
+                    Err(e) => return Ok((e, AuditOutcome::Denied)),
+                };
+                if !in_room.contains(&agent.id) {
+                    return Ok((
+                        format!("{} is not in this room.", agent.name),
+                        AuditOutcome::Denied,
+                    ));
+                }
+                match control::remove_agent(&self.puppets, call.room, agent.clone(), actor).await {
+                    Ok(()) => ok(format!("{} left this room.", agent.name)),
+                    Err(control::ControlError::Store(e)) => Err(e.into()),
+                    Err(e) => Ok((
+                        format!("Cannot remove {}: {e}.", agent.name),
+                        AuditOutcome::Denied,
+                    )),
+                }
+            }
+            Command::Respond(name, respond) => {
+                let agent = match find(name) {
+                    Ok(a) => a,
+                    Err(e) => return Ok((e, AuditOutcome::Denied)),
+                };
+                let Some(channel) = channel else {
+                    return ok(not_mirrored());
+                };
+                store
+                    .set_respond(agent.id, channel, *respond, actor)
+                    .await?;
+                ok(format!(
+                    "{} now answers {} in this room.",
+                    agent.name,
+                    match respond {
+                        Respond::Mentions => "when mentioned, replied to or in its threads",
+                        Respond::All => "every message",
+                        Respond::Never => "nothing",
+                    }
+                ))
+            }
+        }
+    }
+
+    async fn reply(&self, call: &Invocation<'_>, text: &str) -> Result<(), CommandError> {
+        let mut content = serde_json::json!({
+            "msgtype": "m.notice",
+            "body": text,
+            "m.relates_to": { "m.in_reply_to": { "event_id": call.event_id } },
+            "m.mentions": { "user_ids": [call.sender] },
+        });
+        if let Some(html) = markdown_html(text) {
+            content["format"] = "org.matrix.custom.html".into();
+            content["formatted_body"] = html.into();
+        }
+        let raw = ruma::serde::Raw::new(&content)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .cast_unchecked();
+        let hs = self.puppets.homeserver();
+        hs.send_event(
+            call.room,
+            hs.bot(),
+            &format!("cmd-{}", call.job),
+            "m.room.message",
+            raw,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn not_mirrored() -> String {
+    "This room is not mirrored by the bridge (invite the bridge bot first).".into()
+}
+
+fn agents_list(agents: &[Arc<Agent>], in_room: &[AgentId]) -> String {
+    if agents.is_empty() {
+        return "There are no agents yet.".into();
+    }
+    let mut agents = agents.to_vec();
+    agents.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = String::from("**Agents** (✓ in this room):\n\n");
+    for a in agents {
+        let mark = if in_room.contains(&a.id) { " ✓" } else { "" };
+        let off = if a.active { "" } else { " (disabled)" };
+        out.push_str(&format!(
+            "- {}{mark}{off}: `{}`, {}\n",
+            a.name, a.external_id, a.user_id
+        ));
+    }
+    out
+}
+
+fn status_text(s: &control::Status) -> String {
+    let hs = if s.homeserver.reachable {
+        format!("reachable (ping {} ms)", s.homeserver.ping_ms.unwrap_or(0))
+    } else {
+        format!(
+            "**unreachable**: {}",
+            s.homeserver.error.as_deref().unwrap_or("unknown")
+        )
+    };
+    format!(
+        "**daarion-bridge {}**\n\n\
+         - homeserver: {hs}\n\
+         - agents: {} ({} enabled)\n\
+         - queues: {} follow-ups, {} sends, {} runs, {} events unpublished\n",
+        s.version,
+        s.agents,
+        s.agents_enabled,
+        s.queues.follow_ups,
+        s.queues.outbox,
+        s.queues.runs,
+        s.queues.events
+    )
+}
+
+fn sessions_text(sessions: &[crate::db::sessions::ChannelSession]) -> String {
+    if sessions.is_empty() {
+        return "No agent has had a session in this room yet.".into();
+    }
+    let mut out = String::from("**Sessions** in this room (newest first):\n\n");
+    for s in sessions {
+        out.push_str(&format!(
+            "- {} (`{}`): {}, last active {}\n",
+            s.agent_name,
+            s.agent,
+            s.status,
+            s.last_activity_at.0.format("%Y-%m-%d %H:%M UTC")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_and_direct_chats() {
+        assert_eq!(
+            command_text("!daarion agents", "!daarion", false),
+            Some("agents")
+        );
+        assert_eq!(command_text("  !daarion", "!daarion", false), Some(""));
+        assert_eq!(command_text("!daarionx agents", "!daarion", false), None);
+        assert_eq!(command_text("hello", "!daarion", false), None);
+        assert_eq!(command_text(" help ", "!daarion", true), Some("help"));
+    }
+
+    #[test]
+    fn parsing_and_helpful_errors() {
+        let p = |t| parse(t, "!daarion");
+        assert_eq!(p(""), Ok(Command::Help));
+        assert_eq!(p("AGENTS"), Ok(Command::Agents));
+        assert_eq!(p("invite sofia"), Ok(Command::Invite("sofia".into())));
+        assert_eq!(
+            p("respond sofia ALL"),
+            Ok(Command::Respond("sofia".into(), Respond::All))
+        );
+        assert!(p("invite").unwrap_err().contains("invite <agent>"));
+        assert!(p("invite a b").unwrap_err().contains("Usage"));
+        assert!(p("respond sofia loud").unwrap_err().contains("mentions"));
+        let unknown = p("dance").unwrap_err();
+        assert!(unknown.contains("`dance`") && unknown.contains("!daarion help"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Operations operators run on a live bridge, shared by the admin API and the bot commands so
+//! both behave the same: put an agent into a room or take it out, and the bridge's status.
+//! Each operation is audited with who asked for it.
+
+use std::{sync::Arc, time::Duration};
+
+use ruma::RoomId;
+use serde::Serialize;
+
+use super::agents::Agent;
+use crate::{
+    db::{AuditOutcome, Store, StoreError, audit::Actor},
+    matrix::HsError,
+    puppet::{PuppetError, Puppets},
+};
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The agent is disabled: it joins nothing.
+    #[error("{0} is disabled")]
+    Disabled(String),
+    /// The room is not a channel the bridge mirrors.
+    #[error("the bridge does not mirror room {0}")]
+    NotMirrored(String),
+    /// The homeserver refused (for example the bot may not invite there).
+    #[error("the homeserver refused: {0}")]
+    Homeserver(#[from] HsError),
+    /// Acting as the agent failed.
+    #[error(transparent)]
+    Puppet(#[from] PuppetError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Invites `agent` into `room` as the bot and joins it at once. Idempotent: an agent already in
+/// the room stays there (the homeserver refuses the invite, the join is a no-op).
+pub async fn invite_agent(
+    puppets: &Arc<Puppets>,
+    room: &RoomId,
+    agent: Arc<Agent>,
+    by: &Actor,
+) -> Result<(), ControlError> {
+    if !agent.active {
+        return Err(ControlError::Disabled(agent.name.clone()));
+    }
+    let store = puppets.store();
+    if store.channel_for_room(room.as_str()).await?.is_none() {
+        return Err(ControlError::NotMirrored(room.to_string()));
+    }
+    let hs = puppets.homeserver();
+    let intent = puppets.intent(agent.clone());
+    intent.ensure_ready().await?;
+    if let Err(invite) = hs.invite(room, hs.bot(), &agent.user_id).await {
+        // Already a member (or invited): the join below settles it. Anything else (the bot
+        // lacks the power to invite, the room is gone) is the answer.
+        if intent.join(room).await.is_err() {
+            return Err(invite.into());
+        }
+    } else {
+        intent.join(room).await?;
+    }
+    audit(store, by, "agent.invited", room, &agent).await?;
+    Ok(())
+}
+
+/// Makes `agent` leave `room`, saying who removed it.
+pub async fn remove_agent(
+    puppets: &Arc<Puppets>,
+    room: &RoomId,
+    agent: Arc<Agent>,
+    by: &Actor,
+) -> Result<(), ControlError> {
+    let who = by.id.as_deref().unwrap_or("an operator");
+    puppets
+        .intent(agent.clone())
+        .leave(room, &format!("removed by {who}"))
+        .await?;
+    audit(puppets.store(), by, "agent.kicked", room, &agent).await?;
+    Ok(())
+}
+
+async fn audit(
+    store: &Store,
+    by: &Actor,
+    action: &'static str,
+    room: &RoomId,
+    agent: &Agent,
+) -> Result<(), StoreError> {
+    let entry = by
+        .did(action, Some(room.as_str()), AuditOutcome::Allowed)
+        .details(serde_json::json!({ "agent": agent.external_id, "matrix_id": agent.user_id }));
+    store.audit(&[entry]).await
+}
+
+/// The homeserver as the bridge sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HomeserverStatus {
+    /// Whether `/ping` made the round trip (homeserver → bridge → homeserver).
+    pub reachable: bool,
+    /// How long the homeserver took to reach the bridge, in milliseconds.
+    pub ping_ms: Option<u64>,
+    /// Why not, when unreachable.
+    pub error: Option<String>,
+}
+
+/// Work waiting in the bridge's durable queues.
+#[derive(Debug, Clone, Serialize)]
+pub struct Queues {
+    /// Follow-ups (joins, refusals, bot commands) pending.
+    pub follow_ups: i64,
+    /// Puppet sends not delivered yet.
+    pub outbox: i64,
+    /// Agent runs queued or running.
+    pub runs: i64,
+    /// Events not yet published to NATS.
+    pub events: i64,
+}
+
+/// The bridge's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The bridge's version.
+    pub version: &'static str,
+    /// The homeserver.
+    pub homeserver: HomeserverStatus,
+    /// The queues.
+    pub queues: Queues,
+    /// Agents known, and how many of them are enabled.
+    pub agents: usize,
+    /// Enabled agents.
+    pub agents_enabled: usize,
+}
+
+/// Reads the status; the ping waits at most five seconds.
+pub async fn status(puppets: &Arc<Puppets>, appservice_id: &str) -> Result<Status, StoreError> {
+    let store = puppets.store();
+    let ping = tokio::time::timeout(
+        Duration::from_secs(5),
+        puppets.homeserver().ping(appservice_id),
+    )
+    .await;
+    let homeserver = match ping {
+        Ok(Ok(d)) => HomeserverStatus {
+            reachable: true,
+            ping_ms: Some(d.as_millis() as u64),
+            error: None,
+        },
+        Ok(Err(e)) => HomeserverStatus {
+            reachable: false,
+            ping_ms: None,
+            error: Some(e.to_string()),
+        },
+        Err(_) => HomeserverStatus {
+            reachable: false,
+            ping_ms: None,
+            error: Some("no answer within 5s".into()),
+        },
+    };
+    let agents = puppets.registry().all();
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        homeserver,
+        queues: Queues {
+            follow_ups: store.jobs_pending().await?,
+            outbox: store.outbox_pending().await?,
+            runs: store.open_runs().await?.len() as i64,
+            events: store.event_backlog().await?.pending,
+        },
+        agents: agents.len(),
+        agents_enabled: agents.iter().filter(|a| a.active).count(),
+    })
+}

@@ -1,0 +1,655 @@
+//! What the admin (provisioning) API reads and writes: microDAOs, blueprints and agents put by
+//! their external id (idempotent upserts that take ownership of the bridge rows, `source =
+//! 'admin'`), keyset-paginated listings, and the admin keys themselves. Every write is one
+//! transaction with its audit record; the agent tables' triggers tell the bridge to reload.
+
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::{
+    AuditOutcome, Store, StoreError,
+    audit::{Actor, AppendAudit},
+    both,
+    types::Ts,
+};
+use crate::ids::{AdminKeyId, AgentId, BlueprintId, ChannelId, MemberId, MicrodaoId, SessionId};
+
+/// A microDAO.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MicrodaoRow {
+    /// `microdaos.id`.
+    pub id: MicrodaoId,
+    /// Its external id.
+    pub external_id: String,
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: Ts,
+}
+
+/// A blueprint with its bridge row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BlueprintRow {
+    /// `agent_blueprints.id`.
+    pub id: BlueprintId,
+    /// Its code.
+    pub code: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Its model.
+    pub model: Option<String>,
+    /// `echo | openai | webhook` (none: echo).
+    pub runtime: Option<String>,
+    /// Runtime settings (never secret values).
+    pub settings: Option<Json<serde_json::Value>>,
+    /// System instructions.
+    pub system_instructions: Option<String>,
+    /// Events of room history given to the runtime.
+    pub context_events: Option<i32>,
+    /// Whether a failed run posts a notice.
+    pub failure_notice: Option<bool>,
+    /// `notice | text`.
+    pub message_type: Option<String>,
+    /// Who owns the bridge row: `config | platform | admin`.
+    pub source: Option<String>,
+}
+
+/// A blueprint to put.
+#[derive(Debug, Clone)]
+pub struct BlueprintPut {
+    /// Its code (the external id).
+    pub code: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Its model.
+    pub model: Option<String>,
+    /// `echo | openai | webhook`.
+    pub runtime: String,
+    /// Runtime settings.
+    pub settings: serde_json::Value,
+    /// System instructions.
+    pub system_instructions: Option<String>,
+    /// Events of room history given to the runtime.
+    pub context_events: Option<i32>,
+    /// Whether a failed run posts a notice.
+    pub failure_notice: Option<bool>,
+    /// `notice | text`.
+    pub message_type: Option<String>,
+}
+
+/// An agent with its bridge row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AgentRow {
+    /// `agents.id`.
+    pub id: AgentId,
+    /// Its external id.
+    pub external_id: String,
+    /// Its name.
+    pub name: String,
+    /// `system | assistant | node | quest`.
+    pub kind: String,
+    /// Its microDAO's external id.
+    pub microdao: Option<String>,
+    /// Its blueprint's code.
+    pub blueprint: Option<String>,
+    /// Its puppet.
+    pub matrix_id: Option<String>,
+    /// Enabled (none: yes).
+    pub active: Option<bool>,
+    /// Its own instructions, after the blueprint's.
+    pub instructions: Option<String>,
+    /// Model override.
+    pub model: Option<String>,
+    /// Session idle timeout override.
+    pub idle_after_seconds: Option<i32>,
+    /// Default `respond` setting.
+    pub respond: Option<String>,
+    /// `notice | text`.
+    pub message_type: Option<String>,
+    /// Avatar (`mxc://` or a file on the bridge's host).
+    pub avatar: Option<String>,
+    /// Who owns the bridge row.
+    pub source: Option<String>,
+}
+
+/// An agent to put.
+#[derive(Debug, Clone)]
+pub struct AgentPut {
+    /// Its external id.
+    pub external_id: String,
+    /// Its name.
+    pub name: String,
+    /// `system | assistant | node | quest`.
+    pub kind: String,
+    /// Its microDAO's external id.
+    pub microdao: Option<String>,
+    /// Its blueprint's code.
+    pub blueprint: Option<String>,
+    /// Enabled.
+    pub active: bool,
+    /// Its own instructions.
+    pub instructions: Option<String>,
+    /// Model override.
+    pub model: Option<String>,
+    /// Session idle timeout override.
+    pub idle_after_seconds: Option<i32>,
+    /// Default `respond` setting.
+    pub respond: Option<String>,
+    /// `notice | text`.
+    pub message_type: Option<String>,
+    /// Avatar.
+    pub avatar: Option<String>,
+}
+
+/// A channel as the admin API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ChannelRow {
+    /// `channels.id`.
+    pub id: ChannelId,
+    /// Its slug.
+    pub slug: String,
+    /// Its name.
+    pub name: String,
+    /// Its microDAO's external id.
+    pub microdao: String,
+    /// Its room.
+    pub matrix_room_id: Option<String>,
+    /// `public | private | microdao`.
+    pub visibility: String,
+    /// Its topic.
+    pub topic: Option<String>,
+    /// When it was created.
+    pub created_at: Ts,
+}
+
+/// A member of a channel.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MemberRow {
+    /// `channel_members.id`.
+    pub id: MemberId,
+    /// A person's Matrix id.
+    pub user: Option<String>,
+    /// An agent's external id.
+    pub agent: Option<String>,
+    /// `owner | admin | member | agent | guest`.
+    pub role: String,
+    /// When they joined.
+    pub joined_at: Ts,
+    /// When they left.
+    pub left_at: Option<Ts>,
+}
+
+/// A session as the admin API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AdminSession {
+    /// The session.
+    pub id: SessionId,
+    /// Its agent's external id.
+    pub agent: String,
+    /// Its channel.
+    pub channel_id: ChannelId,
+    /// `active | idle | closed`.
+    pub status: String,
+    /// When it opened.
+    pub started_at: Ts,
+    /// Last activity.
+    pub last_activity_at: Ts,
+    /// When it closed.
+    pub closed_at: Option<Ts>,
+}
+
+/// An admin key found by its hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AdminKey {
+    /// The key's id.
+    pub id: AdminKeyId,
+    /// Its label.
+    pub name: String,
+    /// When it stops working.
+    pub expires_at: Option<Ts>,
+    /// When it was revoked.
+    pub revoked_at: Option<Ts>,
+}
+
+const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, b.model, x.runtime, x.settings, \
+     x.system_instructions, x.context_events, x.failure_notice, x.message_type, x.source \
+     FROM agent_blueprints b LEFT JOIN bridge_blueprints x ON x.blueprint_id = b.id";
+
+const AGENT_COLS: &str = "SELECT a.id, a.external_id, a.name, a.kind, m.external_id AS microdao, \
+     b.code AS blueprint, a.matrix_id, x.active, x.instructions, x.model, x.idle_after_seconds, x.respond, \
+     x.message_type, x.avatar, x.source FROM agents a LEFT JOIN microdaos m ON m.id = a.microdao_id \
+     LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id LEFT JOIN bridge_agents x ON x.agent_id = a.id";
+
+impl Store {
+    /// Creates or renames a microDAO; `true` when created.
+    pub async fn put_microdao(
+        &self,
+        external_id: &str,
+        name: &str,
+        by: &Actor,
+    ) -> Result<(MicrodaoRow, bool), StoreError> {
+        let entry = by.did("microdao.put", Some(external_id), AuditOutcome::Allowed);
+        let id = MicrodaoId::new();
+        Ok(both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: MicrodaoRow = sqlx::query_as(
+                "INSERT INTO microdaos (id, external_id, name, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (external_id) DO UPDATE SET name = excluded.name \
+                 RETURNING id, external_id, name, created_at",
+            )
+            .bind(id)
+            .bind(external_id)
+            .bind(name)
+            .bind(Ts::now())
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.append_audit(&[entry]).await?;
+            tx.commit().await?;
+            let created = row.id == id;
+            (row, created)
+        }))
+    }
+
+    /// The microDAOs after `after` (by external id), at most `limit`.
+    pub async fn list_microdaos(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<MicrodaoRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT id, external_id, name, created_at FROM microdaos WHERE ($1 = '' OR external_id > $1) \
+             ORDER BY external_id LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// A microDAO by external id.
+    pub async fn get_microdao(&self, external_id: &str) -> Result<Option<MicrodaoRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT id, external_id, name, created_at FROM microdaos WHERE external_id = $1",
+        )
+        .bind(external_id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Runs after `after` (by id, which is time-ordered), filtered by agent, channel and status.
+    pub async fn admin_runs(
+        &self,
+        agent: Option<&str>,
+        channel: Option<ChannelId>,
+        status: Option<&str>,
+        after: Option<crate::ids::RunId>,
+        limit: i64,
+    ) -> Result<Vec<super::runs::RunRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{} WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR r.channel_id = $2) \
+             AND ($3 = '' OR r.status = $3) AND ($4 IS NULL OR r.id > $4) ORDER BY r.id LIMIT $5",
+            super::runs::RUN_COLS
+        ))
+        .bind(agent.unwrap_or(""))
+        .bind(channel)
+        .bind(status.unwrap_or(""))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// A microDAO by external id, with how many channels and agents it has.
+    pub async fn microdao_usage(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM channels c WHERE c.microdao_id = m.id), \
+             (SELECT COUNT(*) FROM agents a WHERE a.microdao_id = m.id) FROM microdaos m WHERE m.external_id = $1",
+        )
+        .bind(external_id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Creates or replaces a blueprint and its bridge row (which the admin API then owns).
+    pub async fn put_blueprint(
+        &self,
+        b: &BlueprintPut,
+        by: &Actor,
+    ) -> Result<(BlueprintRow, bool), StoreError> {
+        let entry = by.did("blueprint.put", Some(&b.code), AuditOutcome::Allowed);
+        let id = BlueprintId::new();
+        let actual: BlueprintId = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let actual: BlueprintId = sqlx::query_scalar(
+                "INSERT INTO agent_blueprints (id, code, description, model) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (code) DO UPDATE SET description = excluded.description, model = excluded.model \
+                 RETURNING id",
+            )
+            .bind(id)
+            .bind(&b.code)
+            .bind(&b.description)
+            .bind(&b.model)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bridge_blueprints (blueprint_id, runtime, settings, system_instructions, context_events, \
+                 failure_notice, message_type, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'admin', $8) \
+                 ON CONFLICT (blueprint_id) DO UPDATE SET runtime = excluded.runtime, settings = excluded.settings, \
+                 system_instructions = excluded.system_instructions, context_events = excluded.context_events, \
+                 failure_notice = excluded.failure_notice, message_type = excluded.message_type, \
+                 source = 'admin', updated_at = excluded.updated_at",
+            )
+            .bind(actual)
+            .bind(&b.runtime)
+            .bind(Json(&b.settings))
+            .bind(&b.system_instructions)
+            .bind(b.context_events)
+            .bind(b.failure_notice)
+            .bind(&b.message_type)
+            .bind(Ts::now())
+            .execute(&mut *tx)
+            .await?;
+            tx.append_audit(&[entry]).await?;
+            tx.commit().await?;
+            actual
+        });
+        let row = self
+            .get_blueprint(&b.code)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("blueprint vanished".into()))?;
+        Ok((row, actual == id))
+    }
+
+    /// A blueprint by code.
+    pub async fn get_blueprint(&self, code: &str) -> Result<Option<BlueprintRow>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_as(&format!("{BLUEPRINT_COLS} WHERE b.code = $1"))
+            .bind(code)
+            .fetch_optional(pool)
+            .await?),
+        )
+    }
+
+    /// The blueprints after `after` (by code), at most `limit`.
+    pub async fn list_blueprints(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BlueprintRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{BLUEPRINT_COLS} WHERE ($1 = '' OR b.code > $1) ORDER BY b.code LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Creates or replaces an agent and its bridge row (which the admin API then owns). The
+    /// microDAO and blueprint must exist (checked by the caller, enforced by the subqueries).
+    pub async fn put_agent(
+        &self,
+        a: &AgentPut,
+        by: &Actor,
+    ) -> Result<(AgentRow, bool), StoreError> {
+        let entry = by.did("agent.put", Some(&a.external_id), AuditOutcome::Allowed);
+        let id = AgentId::new();
+        let actual: AgentId = both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let actual: AgentId = sqlx::query_scalar(
+                "INSERT INTO agents (id, external_id, name, kind, microdao_id, blueprint_id, created_at) \
+                 VALUES ($1, $2, $3, $4, (SELECT id FROM microdaos WHERE external_id = $5), \
+                 (SELECT id FROM agent_blueprints WHERE code = $6), $7) \
+                 ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, \
+                 microdao_id = excluded.microdao_id, blueprint_id = excluded.blueprint_id RETURNING id",
+            )
+            .bind(id)
+            .bind(&a.external_id)
+            .bind(&a.name)
+            .bind(&a.kind)
+            .bind(&a.microdao)
+            .bind(&a.blueprint)
+            .bind(Ts::now())
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bridge_agents (agent_id, active, instructions, model, idle_after_seconds, respond, \
+                 message_type, avatar, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'admin', $9) \
+                 ON CONFLICT (agent_id) DO UPDATE SET active = excluded.active, instructions = excluded.instructions, \
+                 model = excluded.model, idle_after_seconds = excluded.idle_after_seconds, respond = excluded.respond, \
+                 message_type = excluded.message_type, avatar = excluded.avatar, source = 'admin', \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(actual)
+            .bind(a.active)
+            .bind(&a.instructions)
+            .bind(&a.model)
+            .bind(a.idle_after_seconds)
+            .bind(&a.respond)
+            .bind(&a.message_type)
+            .bind(&a.avatar)
+            .bind(Ts::now())
+            .execute(&mut *tx)
+            .await?;
+            tx.append_audit(&[entry]).await?;
+            tx.commit().await?;
+            actual
+        });
+        let row = self
+            .get_agent(&a.external_id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("agent vanished".into()))?;
+        Ok((row, actual == id))
+    }
+
+    /// An agent by external id.
+    pub async fn get_agent(&self, external_id: &str) -> Result<Option<AgentRow>, StoreError> {
+        Ok(
+            both!(self, pool => sqlx::query_as(&format!("{AGENT_COLS} WHERE a.external_id = $1"))
+            .bind(external_id)
+            .fetch_optional(pool)
+            .await?),
+        )
+    }
+
+    /// The agents after `after` (by external id), at most `limit`.
+    pub async fn list_agents(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AgentRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(&format!(
+            "{AGENT_COLS} WHERE ($1 = '' OR a.external_id > $1) ORDER BY a.external_id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Deletes a row of `microdaos`, `agent_blueprints` or `agents` by its external id (`code`
+    /// for blueprints); `false` when there was none.
+    pub async fn delete_catalog(
+        &self,
+        what: Catalog,
+        key: &str,
+        by: &Actor,
+    ) -> Result<bool, StoreError> {
+        let (sql, action) = match what {
+            Catalog::Microdao => (
+                "DELETE FROM microdaos WHERE external_id = $1",
+                "microdao.deleted",
+            ),
+            Catalog::Blueprint => (
+                "DELETE FROM agent_blueprints WHERE code = $1",
+                "blueprint.deleted",
+            ),
+            Catalog::Agent => ("DELETE FROM agents WHERE external_id = $1", "agent.deleted"),
+        };
+        let entry = by.did(action, Some(key), AuditOutcome::Allowed);
+        Ok(both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(sql).bind(key).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                tx.append_audit(&[entry]).await?;
+            }
+            tx.commit().await?;
+            n > 0
+        }))
+    }
+
+    /// Channels after `after` (by id), of one microDAO when given, at most `limit`.
+    pub async fn list_channels(
+        &self,
+        microdao: Option<&str>,
+        after: Option<ChannelId>,
+        limit: i64,
+    ) -> Result<Vec<ChannelRow>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT c.id, c.slug, c.name, m.external_id AS microdao, c.matrix_room_id, c.visibility, c.topic, \
+             c.created_at FROM channels c JOIN microdaos m ON m.id = c.microdao_id \
+             WHERE ($1 = '' OR m.external_id = $1) AND ($2 IS NULL OR c.id > $2) ORDER BY c.id LIMIT $3",
+        )
+        .bind(microdao.unwrap_or(""))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Members of a channel after `after` (by id), current ones only unless `all`.
+    pub async fn list_members(
+        &self,
+        channel: ChannelId,
+        all: bool,
+        after: Option<MemberId>,
+        limit: i64,
+    ) -> Result<Vec<MemberRow>, StoreError> {
+        let sql = "SELECT cm.id, u.matrix_id AS \"user\", a.external_id AS agent, cm.role, cm.joined_at, cm.left_at \
+             FROM channel_members cm LEFT JOIN users u ON u.id = cm.member_user_id \
+             LEFT JOIN agents a ON a.id = cm.member_agent_id \
+             WHERE cm.channel_id = $1 AND ($2 OR cm.left_at IS NULL) AND ($3 IS NULL OR cm.id > $3) \
+             ORDER BY cm.id LIMIT $4";
+        Ok(both!(self, pool => sqlx::query_as(sql)
+            .bind(channel)
+            .bind(all)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Sessions after `after` (by id), filtered by agent, channel and status.
+    pub async fn list_sessions(
+        &self,
+        agent: Option<&str>,
+        channel: Option<ChannelId>,
+        status: Option<&str>,
+        after: Option<SessionId>,
+        limit: i64,
+    ) -> Result<Vec<AdminSession>, StoreError> {
+        let sql = "SELECT s.id, a.external_id AS agent, s.channel_id, s.status, s.started_at, s.last_activity_at, \
+             s.closed_at FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
+             WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR s.channel_id = $2) \
+             AND ($3 = '' OR s.status = $3) AND ($4 IS NULL OR s.id > $4) ORDER BY s.id LIMIT $5";
+        Ok(both!(self, pool => sqlx::query_as(sql)
+            .bind(agent.unwrap_or(""))
+            .bind(channel)
+            .bind(status.unwrap_or(""))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Stores an admin key (only its hash).
+    pub async fn insert_admin_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        hash: &str,
+        expires_at: Option<Ts>,
+        by: &Actor,
+    ) -> Result<AdminKeyId, StoreError> {
+        let id = AdminKeyId::new();
+        let entry = by
+            .did(
+                "admin_key.created",
+                Some(&id.to_string()),
+                AuditOutcome::Allowed,
+            )
+            .details(serde_json::json!({ "name": name, "prefix": prefix }));
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO bridge_admin_keys (id, name, key_prefix, key_hash, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(prefix)
+            .bind(hash)
+            .bind(Ts::now())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.append_audit(&[entry]).await?;
+            tx.commit().await?;
+        });
+        Ok(id)
+    }
+
+    /// An admin key by the hash of the key.
+    pub async fn admin_key_by_hash(&self, hash: &str) -> Result<Option<AdminKey>, StoreError> {
+        Ok(both!(self, pool => sqlx::query_as(
+            "SELECT id, name, expires_at, revoked_at FROM bridge_admin_keys WHERE key_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Revokes admin keys by id or prefix; returns how many.
+    pub async fn revoke_admin_key(
+        &self,
+        id_or_prefix: &str,
+        by: &Actor,
+    ) -> Result<u64, StoreError> {
+        let entry = by.did(
+            "admin_key.revoked",
+            Some(id_or_prefix),
+            AuditOutcome::Allowed,
+        );
+        Ok(both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE bridge_admin_keys SET revoked_at = $2 WHERE revoked_at IS NULL \
+                 AND (CAST(id AS TEXT) = $1 OR key_prefix = $1)",
+            )
+            .bind(id_or_prefix)
+            .bind(Ts::now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                tx.append_audit(&[entry]).await?;
+            }
+            tx.commit().await?;
+            n
+        }))
+    }
+}
+
+/// The catalog tables the admin API deletes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catalog {
+    /// `microdaos`.
+    Microdao,
+    /// `agent_blueprints`.
+    Blueprint,
+    /// `agents`.
+    Agent,
+}
