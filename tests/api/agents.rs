@@ -440,12 +440,52 @@ pub async fn openapi_documents_every_route(b: Backend) {
         ("/api/v1/runs", &["get"]),
         ("/api/v1/runs/{run_id}", &["get"]),
         ("/api/v1/channels/{channel_id}/settings", &["put"]),
+        ("/api/v1/admin/status", &["get"]),
+        ("/api/v1/admin/microdaos", &["get"]),
+        (
+            "/api/v1/admin/microdaos/{external_id}",
+            &["get", "put", "delete"],
+        ),
+        ("/api/v1/admin/blueprints", &["get"]),
+        ("/api/v1/admin/blueprints/{code}", &["get", "put", "delete"]),
+        ("/api/v1/admin/agents", &["get"]),
+        (
+            "/api/v1/admin/agents/{external_id}",
+            &["get", "put", "delete"],
+        ),
+        ("/api/v1/admin/agents/{external_id}/rooms", &["post"]),
+        (
+            "/api/v1/admin/agents/{external_id}/rooms/{room_id}",
+            &["delete"],
+        ),
+        (
+            "/api/v1/admin/agents/{external_id}/channels/{channel_id}/respond",
+            &["put"],
+        ),
+        ("/api/v1/admin/agents/{external_id}/keys", &["post"]),
+        ("/api/v1/admin/keys/{key_id}", &["delete"]),
+        ("/api/v1/admin/channels", &["get"]),
+        ("/api/v1/admin/channels/{channel_id}/members", &["get"]),
+        ("/api/v1/admin/channels/{channel_id}/export", &["get"]),
+        ("/api/v1/admin/sessions", &["get"]),
+        ("/api/v1/admin/runs", &["get"]),
+        ("/api/v1/admin/audit", &["get"]),
     ] {
         for m in methods {
             assert!(
                 paths.get(path).and_then(|p| p.get(*m)).is_some(),
                 "{m} {path} is not documented"
             );
+        }
+    }
+    // Every admin operation names its key scheme.
+    for (path, methods) in paths
+        .iter()
+        .filter(|(p, _)| p.starts_with("/api/v1/admin/"))
+    {
+        for (m, op) in methods.as_object().unwrap() {
+            assert_eq!(op["security"][0]["adminKey"], json!([]), "{m} {path}");
+            assert!(op["responses"].get("403").is_some(), "{m} {path}");
         }
     }
 }

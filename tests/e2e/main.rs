@@ -7,3 +7,4 @@ mod harness;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;
+mod platform;
