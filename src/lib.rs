@@ -6,16 +6,17 @@
 //!   [`server`] (the HTTP listener and its limits), [`supervise`] (restarting and draining
 //!   background tasks).
 //! - HTTP surfaces: [`appservice`] (the Application Service API the homeserver calls, health,
-//!   metrics) and [`api`] (the agent API runtimes use).
+//!   metrics) and [`api`] (the agent API runtimes use, and the admin API operators use).
 //! - Agents answering: [`runs`] (the run scheduler, execution, runtimes).
 //! - Events out: [`events`] (topics, payloads, the NATS JetStream publisher of the transactional
 //!   outbox) and [`export`] (a channel's conversation as JSON lines or CSV).
-//! - Bridge core: [`bridge`] (the agent registry, the mirror and its pure planner, trigger
-//!   rules, follow-up jobs, upkeep).
+//! - Bridge core: [`bridge`] (the agent registry and the reconciler that follows the agent rows
+//!   others write, the mirror and its pure planner, trigger rules, follow-up jobs, bot commands,
+//!   operator operations shared by the admin API and the commands, upkeep).
 //! - Acting as agents: [`puppet`] (`PuppetIntent`, profiles, content, the durable outbox).
 //! - Matrix edge: [`matrix`] (namespace, client-server client, Matrix errors).
 //! - Storage: [`db`] (PostgreSQL and SQLite: migrations, batched writes with their events and
-//!   audit records, reads per table group).
+//!   audit records, reads per table group, the admin API's catalog and listings).
 //! - Foundations: [`config`], [`registration`], [`keys`], [`ratelimit`], [`metrics`],
 //!   [`telemetry`], [`ids`].
 

@@ -2,6 +2,7 @@
 //! their external id (idempotent upserts that take ownership of the bridge rows, `source =
 //! 'admin'`), keyset-paginated listings, and the admin keys themselves. Every write is one
 //! transaction with its audit record; the agent tables' triggers tell the bridge to reload.
+//! Listings of channels and activity are in `listings`, admin keys in `admin_keys`.
 
 use serde::Serialize;
 use sqlx::types::Json;
@@ -12,7 +13,7 @@ use super::{
     both,
     types::Ts,
 };
-use crate::ids::{AdminKeyId, AgentId, BlueprintId, ChannelId, MemberId, MicrodaoId, SessionId};
+use crate::ids::{AgentId, BlueprintId, MicrodaoId};
 
 /// A microDAO.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -141,76 +142,6 @@ pub struct AgentPut {
     pub avatar: Option<String>,
 }
 
-/// A channel as the admin API lists it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct ChannelRow {
-    /// `channels.id`.
-    pub id: ChannelId,
-    /// Its slug.
-    pub slug: String,
-    /// Its name.
-    pub name: String,
-    /// Its microDAO's external id.
-    pub microdao: String,
-    /// Its room.
-    pub matrix_room_id: Option<String>,
-    /// `public | private | microdao`.
-    pub visibility: String,
-    /// Its topic.
-    pub topic: Option<String>,
-    /// When it was created.
-    pub created_at: Ts,
-}
-
-/// A member of a channel.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct MemberRow {
-    /// `channel_members.id`.
-    pub id: MemberId,
-    /// A person's Matrix id.
-    pub user: Option<String>,
-    /// An agent's external id.
-    pub agent: Option<String>,
-    /// `owner | admin | member | agent | guest`.
-    pub role: String,
-    /// When they joined.
-    pub joined_at: Ts,
-    /// When they left.
-    pub left_at: Option<Ts>,
-}
-
-/// A session as the admin API lists it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct AdminSession {
-    /// The session.
-    pub id: SessionId,
-    /// Its agent's external id.
-    pub agent: String,
-    /// Its channel.
-    pub channel_id: ChannelId,
-    /// `active | idle | closed`.
-    pub status: String,
-    /// When it opened.
-    pub started_at: Ts,
-    /// Last activity.
-    pub last_activity_at: Ts,
-    /// When it closed.
-    pub closed_at: Option<Ts>,
-}
-
-/// An admin key found by its hash.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AdminKey {
-    /// The key's id.
-    pub id: AdminKeyId,
-    /// Its label.
-    pub name: String,
-    /// When it stops working.
-    pub expires_at: Option<Ts>,
-    /// When it was revoked.
-    pub revoked_at: Option<Ts>,
-}
-
 const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, b.model, x.runtime, x.settings, \
      x.system_instructions, x.context_events, x.failure_notice, x.message_type, x.source \
      FROM agent_blueprints b LEFT JOIN bridge_blueprints x ON x.blueprint_id = b.id";
@@ -273,29 +204,6 @@ impl Store {
         )
         .bind(external_id)
         .fetch_optional(pool)
-        .await?))
-    }
-
-    /// Runs after `after` (by id, which is time-ordered), filtered by agent, channel and status.
-    pub async fn admin_runs(
-        &self,
-        agent: Option<&str>,
-        channel: Option<ChannelId>,
-        status: Option<&str>,
-        after: Option<crate::ids::RunId>,
-        limit: i64,
-    ) -> Result<Vec<super::runs::RunRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
-            "{} WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR r.channel_id = $2) \
-             AND ($3 = '' OR r.status = $3) AND ($4 IS NULL OR r.id > $4) ORDER BY r.id LIMIT $5",
-            super::runs::RUN_COLS
-        ))
-        .bind(agent.unwrap_or(""))
-        .bind(channel)
-        .bind(status.unwrap_or(""))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
         .await?))
     }
 
@@ -501,146 +409,6 @@ impl Store {
         }))
     }
 
-    /// Channels after `after` (by id), of one microDAO when given, at most `limit`.
-    pub async fn list_channels(
-        &self,
-        microdao: Option<&str>,
-        after: Option<ChannelId>,
-        limit: i64,
-    ) -> Result<Vec<ChannelRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
-            "SELECT c.id, c.slug, c.name, m.external_id AS microdao, c.matrix_room_id, c.visibility, c.topic, \
-             c.created_at FROM channels c JOIN microdaos m ON m.id = c.microdao_id \
-             WHERE ($1 = '' OR m.external_id = $1) AND ($2 IS NULL OR c.id > $2) ORDER BY c.id LIMIT $3",
-        )
-        .bind(microdao.unwrap_or(""))
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?))
-    }
-
-    /// Members of a channel after `after` (by id), current ones only unless `all`.
-    pub async fn list_members(
-        &self,
-        channel: ChannelId,
-        all: bool,
-        after: Option<MemberId>,
-        limit: i64,
-    ) -> Result<Vec<MemberRow>, StoreError> {
-        let sql = "SELECT cm.id, u.matrix_id AS \"user\", a.external_id AS agent, cm.role, cm.joined_at, cm.left_at \
-             FROM channel_members cm LEFT JOIN users u ON u.id = cm.member_user_id \
-             LEFT JOIN agents a ON a.id = cm.member_agent_id \
-             WHERE cm.channel_id = $1 AND ($2 OR cm.left_at IS NULL) AND ($3 IS NULL OR cm.id > $3) \
-             ORDER BY cm.id LIMIT $4";
-        Ok(both!(self, pool => sqlx::query_as(sql)
-            .bind(channel)
-            .bind(all)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?))
-    }
-
-    /// Sessions after `after` (by id), filtered by agent, channel and status.
-    pub async fn list_sessions(
-        &self,
-        agent: Option<&str>,
-        channel: Option<ChannelId>,
-        status: Option<&str>,
-        after: Option<SessionId>,
-        limit: i64,
-    ) -> Result<Vec<AdminSession>, StoreError> {
-        let sql = "SELECT s.id, a.external_id AS agent, s.channel_id, s.status, s.started_at, s.last_activity_at, \
-             s.closed_at FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
-             WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR s.channel_id = $2) \
-             AND ($3 = '' OR s.status = $3) AND ($4 IS NULL OR s.id > $4) ORDER BY s.id LIMIT $5";
-        Ok(both!(self, pool => sqlx::query_as(sql)
-            .bind(agent.unwrap_or(""))
-            .bind(channel)
-            .bind(status.unwrap_or(""))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?))
-    }
-
-    /// Stores an admin key (only its hash).
-    pub async fn insert_admin_key(
-        &self,
-        name: &str,
-        prefix: &str,
-        hash: &str,
-        expires_at: Option<Ts>,
-        by: &Actor,
-    ) -> Result<AdminKeyId, StoreError> {
-        let id = AdminKeyId::new();
-        let entry = by
-            .did(
-                "admin_key.created",
-                Some(&id.to_string()),
-                AuditOutcome::Allowed,
-            )
-            .details(serde_json::json!({ "name": name, "prefix": prefix }));
-        both!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO bridge_admin_keys (id, name, key_prefix, key_hash, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(id)
-            .bind(name)
-            .bind(prefix)
-            .bind(hash)
-            .bind(Ts::now())
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.append_audit(&[entry]).await?;
-            tx.commit().await?;
-        });
-        Ok(id)
-    }
-
-    /// An admin key by the hash of the key.
-    pub async fn admin_key_by_hash(&self, hash: &str) -> Result<Option<AdminKey>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
-            "SELECT id, name, expires_at, revoked_at FROM bridge_admin_keys WHERE key_hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(pool)
-        .await?))
-    }
-
-    /// Revokes admin keys by id or prefix; returns how many.
-    pub async fn revoke_admin_key(
-        &self,
-        id_or_prefix: &str,
-        by: &Actor,
-    ) -> Result<u64, StoreError> {
-        let entry = by.did(
-            "admin_key.revoked",
-            Some(id_or_prefix),
-            AuditOutcome::Allowed,
-        );
-        Ok(both!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE bridge_admin_keys SET revoked_at = $2 WHERE revoked_at IS NULL \
-                 AND (CAST(id AS TEXT) = $1 OR key_prefix = $1)",
-            )
-            .bind(id_or_prefix)
-            .bind(Ts::now())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n > 0 {
-                tx.append_audit(&[entry]).await?;
-            }
-            tx.commit().await?;
-            n
-        }))
-    }
 }
 
 /// The catalog tables the admin API deletes from.

@@ -5,6 +5,7 @@
 //! queries of that group.
 
 pub mod admin;
+pub mod admin_keys;
 pub mod agents;
 pub mod audit;
 pub mod batch;
@@ -12,6 +13,7 @@ pub mod enums;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod listings;
 pub mod messages;
 pub mod migrate;
 pub mod outbox;

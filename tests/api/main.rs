@@ -148,6 +148,7 @@ both_backends!(
     admin_api_refuses_wrong_keys,
     admin_api_provisions_agents,
     the_schema_is_the_erds,
+    config_seeds_but_never_overwrites_others,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

@@ -345,3 +345,84 @@ pub async fn bot_commands(b: Backend) {
         "{denied:?}"
     );
 }
+
+/// Runs start-up seeding with the base config edited by `tweak`, as a restart would.
+async fn reseed(app: &TestApp, tweak: impl FnOnce(String) -> String) {
+    let config =
+        daarion_bridge::config::Config::from_toml_str(&tweak(app.toml.clone())).unwrap();
+    let declarations = daarion_bridge::db::seed::Declarations {
+        microdaos: &config.microdaos,
+        blueprints: &config.blueprints,
+        agents: &config.agents,
+        default_microdao: config.bridge.default_microdao.as_deref(),
+    };
+    app.store
+        .seed(declarations, &config.namespace().unwrap())
+        .await
+        .unwrap();
+}
+
+pub async fn config_seeds_but_never_overwrites_others(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    // Rule 1: declared rows that do not exist are created, their bridge rows owned by config.
+    assert_eq!(
+        app.col("SELECT source FROM bridge_agents x JOIN agents a ON a.id = x.agent_id WHERE a.external_id = 'agent:sofia'")
+            .await,
+        vec!["config"]
+    );
+    assert_eq!(
+        app.col("SELECT source FROM bridge_blueprints x JOIN agent_blueprints b ON b.id = x.blueprint_id WHERE b.code = 'echo'")
+            .await,
+        vec!["config"]
+    );
+    // Rule 3: config-owned rows follow the declaration on every start.
+    reseed(&app, |c| c.replace("name = \"Sofia\"", "name = \"Sofia II\"\ninstructions = \"Be kind.\"")).await;
+    assert_eq!(
+        app.rows("SELECT a.name, x.instructions FROM agents a JOIN bridge_agents x ON x.agent_id = a.id WHERE a.external_id = 'agent:sofia'")
+            .await,
+        vec![vec![Some("Sofia II".into()), Some("Be kind.".into())]]
+    );
+    // Rule 4: rows another service (platform) or the admin API owns are never touched.
+    app.exec("UPDATE bridge_agents SET source = 'platform', instructions = 'Platform says.' WHERE agent_id = (SELECT id FROM agents WHERE external_id = 'agent:sofia')").await;
+    app.exec("UPDATE agents SET name = 'Sofia (platform)' WHERE external_id = 'agent:sofia'")
+        .await;
+    app.exec("UPDATE bridge_blueprints SET source = 'admin', system_instructions = 'Admin says.'")
+        .await;
+    reseed(&app, |c| c.replace("name = \"Sofia\"", "name = \"Sofia III\"\ninstructions = \"Config says.\"")).await;
+    assert_eq!(
+        app.rows("SELECT a.name, x.instructions, x.source FROM agents a JOIN bridge_agents x ON x.agent_id = a.id WHERE a.external_id = 'agent:sofia'")
+            .await,
+        vec![vec![Some("Sofia (platform)".into()), Some("Platform says.".into()), Some("platform".into())]]
+    );
+    assert_eq!(
+        app.col("SELECT system_instructions FROM bridge_blueprints").await,
+        vec!["Admin says."]
+    );
+    // Rule 2: a row another service wrote without a bridge row gets the declared bridge row;
+    // its ERD columns stay as the service wrote them.
+    app.exec("INSERT INTO agents (external_id, name, kind) VALUES ('agent:orion', 'Orion (theirs)', 'quest')")
+        .await;
+    reseed(&app, |c| {
+        c + "\n[[agents]]\nexternal_id = \"agent:orion\"\nname = \"Orion (ours)\"\nkind = \"system\"\ninstructions = \"Declared.\"\n"
+    })
+    .await;
+    assert_eq!(
+        app.rows("SELECT a.name, a.kind, x.instructions, x.source FROM agents a JOIN bridge_agents x ON x.agent_id = a.id WHERE a.external_id = 'agent:orion'")
+            .await,
+        vec![vec![
+            Some("Orion (theirs)".into()),
+            Some("quest".into()),
+            Some("Declared.".into()),
+            Some("config".into())
+        ]]
+    );
+    // Rule 5: a declared microDAO is created when missing and otherwise left alone.
+    app.exec("UPDATE microdaos SET name = 'Renamed by the console' WHERE external_id = 'microdao:7'")
+        .await;
+    reseed(&app, |c| c + "\n[[microdaos]]\nexternal_id = \"microdao:new\"\nname = \"New\"\n").await;
+    assert_eq!(
+        app.col("SELECT name FROM microdaos WHERE external_id IN ('microdao:7', 'microdao:new') ORDER BY external_id")
+            .await,
+        vec!["Renamed by the console", "New"]
+    );
+}

@@ -38,7 +38,7 @@ pub struct TestApp {
     pub backend: Backend,
     pg_db: Option<String>,
     _dir: Option<TempDir>,
-    toml: String,
+    pub toml: String,
     /// The bridge as a child process (the release-like binary), when started so.
     pub process: Option<std::process::Child>,
 }
