@@ -12,7 +12,8 @@
 //!
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
-//! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000).
+//! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000); `DAARION_BENCH_ONLY`
+//! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`; default all).
 
 use std::{
     collections::VecDeque,
@@ -533,26 +534,35 @@ fn main() {
                 .map(|n| n.get())
                 .unwrap_or(0)
         );
-        run("PostgreSQL", &format!("{base}/{name}"), &dir, history).await;
-        {
+        let only = std::env::var("DAARION_BENCH_ONLY").unwrap_or_default();
+        let wanted =
+            |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+        if wanted("pg") || wanted("events") {
+            run("PostgreSQL", &format!("{base}/{name}"), &dir, history).await;
+        }
+        if wanted("events") {
             let url = format!("{base}/{name}");
             let db = Db::Pg(sqlx::PgPool::connect(&url).await.unwrap());
             events::on_versus_off(&url, &dir, &db).await;
             events::publisher(&url, &dir, &db).await;
         }
-        run(
-            "SQLite",
-            &format!("sqlite://{}/bench.db", dir.display()),
-            &dir,
-            history,
-        )
-        .await;
+        if wanted("sqlite") {
+            run(
+                "SQLite",
+                &format!("sqlite://{}/bench.db", dir.display()),
+                &dir,
+                history,
+            )
+            .await;
+        }
         let runs_db = format!("{name}_runs");
         sqlx::query(&format!("CREATE DATABASE {runs_db}"))
             .execute(&pool)
             .await
             .unwrap();
-        overhead::run_overhead(&format!("{base}/{runs_db}"), &dir).await;
+        if wanted("overhead") {
+            overhead::run_overhead(&format!("{base}/{runs_db}"), &dir).await;
+        }
         for db in [runs_db, name] {
             sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
                 .execute(&pool)

@@ -408,7 +408,6 @@ impl Store {
             n > 0
         }))
     }
-
 }
 
 /// The catalog tables the admin API deletes from.

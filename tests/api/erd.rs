@@ -280,3 +280,24 @@ pub async fn the_schema_is_the_erds(b: Backend) {
         problems.join("\n")
     );
 }
+
+pub async fn old_agent_kinds_move_to_the_erds(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    // Back to before the platform migration, rows of the old kinds, then forward again.
+    app.store.migrate_down_to(5).await.unwrap();
+    for (i, kind) in ["specialist", "orchestrator", "service", "bot", "assistant"]
+        .iter()
+        .enumerate()
+    {
+        app.exec(&format!(
+            "INSERT INTO agents (external_id, name, kind) VALUES ('agent:old{i}', 'Old', '{kind}')"
+        ))
+        .await;
+    }
+    app.store.migrate().await.unwrap();
+    assert_eq!(
+        app.col("SELECT kind FROM agents WHERE external_id LIKE 'agent:old%' ORDER BY external_id")
+            .await,
+        vec!["assistant", "system", "node", "system", "assistant"]
+    );
+}

@@ -149,6 +149,7 @@ both_backends!(
     admin_api_provisions_agents,
     the_schema_is_the_erds,
     config_seeds_but_never_overwrites_others,
+    old_agent_kinds_move_to_the_erds,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

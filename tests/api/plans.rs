@@ -68,6 +68,21 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
         ),
     };
     app.exec(&prefill).await;
+    // What the database actually executes, not only what EXPLAIN says now: PostgreSQL counts
+    // sequential and index scans per table (flushed by each backend within a second).
+    let scans = || async {
+        if b != Backend::Postgres {
+            return (0, 0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        app.exec("SELECT pg_stat_clear_snapshot()").await;
+        let r = app
+            .rows("SELECT CAST(seq_scan AS TEXT), CAST(idx_scan AS TEXT) FROM pg_stat_user_tables WHERE relname = 'messages'")
+            .await;
+        let n = |i: usize| r[0][i].as_deref().unwrap_or("0").parse::<i64>().unwrap();
+        (n(0), n(1))
+    };
+    let before = scans().await;
     for round in 6..26 {
         assert_eq!(
             app.put_txn(&format!("late{round}"), traffic(round)).await.0,
@@ -84,6 +99,17 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
         app.col("SELECT CAST(redacted_at IS NOT NULL AS TEXT) FROM messages WHERE matrix_event_id = '$r24m7'").await.len(),
         1
     );
+    let after = scans().await;
+    assert_eq!(
+        after.0, before.0,
+        "no sequential scan of messages while applying edits and redactions ({before:?} → {after:?})"
+    );
+    if b == Backend::Postgres {
+        assert!(
+            after.1 >= before.1 + 20 * 4,
+            "index lookups: {before:?} → {after:?}"
+        );
+    }
     // The plan of a batch with edits and redactions, as the write path runs it.
     let batch = daarion_bridge::db::Batch {
         edits: vec![daarion_bridge::db::Edit {

@@ -348,8 +348,7 @@ pub async fn bot_commands(b: Backend) {
 
 /// Runs start-up seeding with the base config edited by `tweak`, as a restart would.
 async fn reseed(app: &TestApp, tweak: impl FnOnce(String) -> String) {
-    let config =
-        daarion_bridge::config::Config::from_toml_str(&tweak(app.toml.clone())).unwrap();
+    let config = daarion_bridge::config::Config::from_toml_str(&tweak(app.toml.clone())).unwrap();
     let declarations = daarion_bridge::db::seed::Declarations {
         microdaos: &config.microdaos,
         blueprints: &config.blueprints,
@@ -376,7 +375,13 @@ pub async fn config_seeds_but_never_overwrites_others(b: Backend) {
         vec!["config"]
     );
     // Rule 3: config-owned rows follow the declaration on every start.
-    reseed(&app, |c| c.replace("name = \"Sofia\"", "name = \"Sofia II\"\ninstructions = \"Be kind.\"")).await;
+    reseed(&app, |c| {
+        c.replace(
+            "name = \"Sofia\"",
+            "name = \"Sofia II\"\ninstructions = \"Be kind.\"",
+        )
+    })
+    .await;
     assert_eq!(
         app.rows("SELECT a.name, x.instructions FROM agents a JOIN bridge_agents x ON x.agent_id = a.id WHERE a.external_id = 'agent:sofia'")
             .await,
@@ -388,14 +393,21 @@ pub async fn config_seeds_but_never_overwrites_others(b: Backend) {
         .await;
     app.exec("UPDATE bridge_blueprints SET source = 'admin', system_instructions = 'Admin says.'")
         .await;
-    reseed(&app, |c| c.replace("name = \"Sofia\"", "name = \"Sofia III\"\ninstructions = \"Config says.\"")).await;
+    reseed(&app, |c| {
+        c.replace(
+            "name = \"Sofia\"",
+            "name = \"Sofia III\"\ninstructions = \"Config says.\"",
+        )
+    })
+    .await;
     assert_eq!(
         app.rows("SELECT a.name, x.instructions, x.source FROM agents a JOIN bridge_agents x ON x.agent_id = a.id WHERE a.external_id = 'agent:sofia'")
             .await,
         vec![vec![Some("Sofia (platform)".into()), Some("Platform says.".into()), Some("platform".into())]]
     );
     assert_eq!(
-        app.col("SELECT system_instructions FROM bridge_blueprints").await,
+        app.col("SELECT system_instructions FROM bridge_blueprints")
+            .await,
         vec!["Admin says."]
     );
     // Rule 2: a row another service wrote without a bridge row gets the declared bridge row;
@@ -417,9 +429,14 @@ pub async fn config_seeds_but_never_overwrites_others(b: Backend) {
         ]]
     );
     // Rule 5: a declared microDAO is created when missing and otherwise left alone.
-    app.exec("UPDATE microdaos SET name = 'Renamed by the console' WHERE external_id = 'microdao:7'")
-        .await;
-    reseed(&app, |c| c + "\n[[microdaos]]\nexternal_id = \"microdao:new\"\nname = \"New\"\n").await;
+    app.exec(
+        "UPDATE microdaos SET name = 'Renamed by the console' WHERE external_id = 'microdao:7'",
+    )
+    .await;
+    reseed(&app, |c| {
+        c + "\n[[microdaos]]\nexternal_id = \"microdao:new\"\nname = \"New\"\n"
+    })
+    .await;
     assert_eq!(
         app.col("SELECT name FROM microdaos WHERE external_id IN ('microdao:7', 'microdao:new') ORDER BY external_id")
             .await,
