@@ -50,7 +50,8 @@ impl Ts {
         self.0.timestamp_millis()
     }
 
-    fn sqlite_text(&self) -> String {
+    /// The timestamp as SQLite stores it (RFC 3339, milliseconds, `Z`).
+    pub fn sqlite_text(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 }
