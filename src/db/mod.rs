@@ -198,7 +198,12 @@ impl Store {
                 PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect(url)
+                    // Reads are short or paged (exports, listings): compiling one with JIT costs
+                    // far more than running it.
+                    .connect_with(
+                        url.parse::<sqlx::postgres::PgConnectOptions>()?
+                            .options([("jit", "off")]),
+                    )
                     .await?,
             )
         } else if url.starts_with("sqlite:") {
