@@ -478,7 +478,8 @@ pub async fn old_records_are_pruned(b: Backend) {
         "INSERT INTO bridge_transactions (txn_hash, fingerprint, processed_at, event_count) VALUES ('old', 'f', {old}, 1)"
     ))
     .await;
-    assert_eq!(app.count("bridge_transactions").await, 3);
+    // The bridge's own upkeep task prunes too (its first round runs at start-up and may land
+    // after the insert on a slow machine), so the old record is gone either way, exactly once.
     let pruned = daarion_bridge::bridge::upkeep::Upkeep::new(
         app.store.clone(),
         app.registry.clone().unwrap(),
@@ -489,8 +490,13 @@ pub async fn old_records_are_pruned(b: Backend) {
     .prune(daarion_bridge::db::types::Ts::now())
     .await
     .unwrap();
-    assert_eq!(pruned, 1);
+    assert!(pruned <= 1, "{pruned}");
     assert_eq!(app.count("bridge_transactions").await, 2);
+    assert!(
+        app.col("SELECT txn_hash FROM bridge_transactions WHERE txn_hash = 'old'")
+            .await
+            .is_empty()
+    );
     // Within the retention, a retry is still a replay.
     assert_eq!(
         app.put_txn("recent", vec![ev::text("r", "@alice:localhost", "recent")])
