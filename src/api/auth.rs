@@ -49,13 +49,19 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<ApiState> for Caller {
-    type Rejection = MatrixError;
+/// A Bearer key presented to the API, before it is looked up: shared by agent and admin keys,
+/// so both are limited per client address the same way.
+pub(super) struct Presented<'a> {
+    state: &'a ApiState,
+    ip: Option<IpAddr>,
+    /// SHA-256 (hex) of the key, as keys are stored.
+    pub hash: String,
+}
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ApiState,
-    ) -> Result<Self, Self::Rejection> {
+impl<'a> Presented<'a> {
+    /// Reads `Authorization: Bearer …`; fails with 429 when this address failed too often, and
+    /// with 401 (counted against the address) when the header is missing or malformed.
+    pub fn read(parts: &Parts, state: &'a ApiState) -> Result<Self, MatrixError> {
         let ip: Option<IpAddr> = parts
             .extensions
             .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -70,32 +76,55 @@ impl FromRequestParts<ApiState> for Caller {
                 .inc();
             return Err(MatrixError::limit_exceeded(wait));
         }
-        let fail = |error: MatrixError| {
-            if let Some(ip) = ip {
-                let _ = state.auth_failures.check(&ip);
-            }
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "denied" })
-                .inc();
-            error
+        let mut presented = Presented {
+            state,
+            ip,
+            hash: String::new(),
         };
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| fail(MatrixError::missing_token()))?
+            .ok_or_else(|| presented.fail(MatrixError::missing_token()))?
             .to_str()
-            .map_err(|_| fail(MatrixError::unknown_token("malformed Authorization header")))?;
+            .map_err(|_| {
+                presented.fail(MatrixError::unknown_token("malformed Authorization header"))
+            })?;
         let key = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| {
-                fail(MatrixError::unknown_token(
+                presented.fail(MatrixError::unknown_token(
                     "Authorization must use the Bearer scheme",
                 ))
             })?
             .trim();
-        let found = state.store.key_by_hash(&keys::hash(key)).await?;
+        presented.hash = keys::hash(key);
+        Ok(presented)
+    }
+
+    /// Counts a failed authentication against the client's address and returns `error`.
+    pub fn fail(&self, error: MatrixError) -> MatrixError {
+        if let Some(ip) = self.ip {
+            let _ = self.state.auth_failures.check(&ip);
+        }
+        self.state
+            .metrics
+            .auth_failures
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome: "denied" })
+            .inc();
+        error
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = Presented::read(parts, state)?;
+        let fail = |error| presented.fail(error);
+        let found = state.store.key_by_hash(&presented.hash).await?;
         let key = found.ok_or_else(|| fail(MatrixError::unknown_token("unknown access key")))?;
         let now = Ts::now();
         let used = if key.revoked_at.is_some() {

@@ -296,13 +296,11 @@ impl Store {
         .await?))
     }
 
-    /// Creates or replaces an agent and its bridge row (which the admin API then owns). The
-    /// microDAO and blueprint must exist (checked by the caller, enforced by the subqueries).
-    pub async fn put_agent(
-        &self,
-        a: &AgentPut,
-        by: &Actor,
-    ) -> Result<(AgentRow, bool), StoreError> {
+    /// Creates or replaces an agent and its bridge row (which the admin API then owns); `true`
+    /// when created. The microDAO and blueprint must exist (checked by the caller, enforced by
+    /// the subqueries). The caller reads the row back after reloading the registry, which fills
+    /// in the derived Matrix id.
+    pub async fn put_agent(&self, a: &AgentPut, by: &Actor) -> Result<bool, StoreError> {
         let entry = by.did("agent.put", Some(&a.external_id), AuditOutcome::Allowed);
         let id = AgentId::new();
         let actual: AgentId = both!(self, pool => {
@@ -346,11 +344,7 @@ impl Store {
             tx.commit().await?;
             actual
         });
-        let row = self
-            .get_agent(&a.external_id)
-            .await?
-            .ok_or_else(|| StoreError::Invalid("agent vanished".into()))?;
-        Ok((row, actual == id))
+        Ok(actual == id)
     }
 
     /// An agent by external id.

@@ -402,7 +402,7 @@ pub async fn put_agent(
         message_type: a.message_type,
         avatar: a.avatar,
     };
-    let (_, new) = state.store.put_agent(&put, &admin.actor()).await?;
+    let new = state.store.put_agent(&put, &admin.actor()).await?;
     reload(&state).await?;
     // Read back after the reload, which fills in the derived Matrix id.
     let row = state

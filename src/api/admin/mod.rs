@@ -8,20 +8,17 @@
 mod catalog;
 mod ops;
 
-use std::net::IpAddr;
-
 use axum::{
     Router,
-    extract::{ConnectInfo, FromRequestParts},
+    extract::FromRequestParts,
     http::request::Parts,
     routing::{delete, get, post, put},
 };
 use serde::{Deserialize, Serialize};
 
-use super::ApiState;
+use super::{ApiState, auth::Presented};
 use crate::{
     db::{ActorType, audit::Actor, types::Ts},
-    keys,
     matrix::MatrixError,
 };
 
@@ -110,45 +107,14 @@ impl FromRequestParts<ApiState> for Admin {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let ip: Option<IpAddr> = parts
-            .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        // Guessing admin keys costs what guessing agent keys does: one token bucket per address.
-        if let Some(ip) = ip
-            && let Err(wait) = state.auth_failures.peek(&ip)
-        {
-            return Err(MatrixError::limit_exceeded(wait));
-        }
-        let fail = |error: MatrixError| {
-            if let Some(ip) = ip {
-                let _ = state.auth_failures.check(&ip);
-            }
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "denied" })
-                .inc();
-            error
-        };
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| fail(MatrixError::missing_token()))?
-            .to_str()
-            .map_err(|_| fail(MatrixError::unknown_token("malformed Authorization header")))?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| {
-                fail(MatrixError::unknown_token(
-                    "Authorization must use the Bearer scheme",
-                ))
-            })?
-            .trim();
-        let hash = keys::hash(key);
-        let Some(found) = state.store.admin_key_by_hash(&hash).await? else {
+        // Read and limited exactly as agent keys are: guessing admin keys costs what guessing
+        // agent keys does, one token bucket per address.
+        let presented = Presented::read(parts, state)?;
+        let fail = |error| presented.fail(error);
+        let hash = &presented.hash;
+        let Some(found) = state.store.admin_key_by_hash(hash).await? else {
             // An agent key is a real key, just not an admin's: 403 rather than 401.
-            if state.store.key_by_hash(&hash).await?.is_some() {
+            if state.store.key_by_hash(hash).await?.is_some() {
                 return Err(fail(MatrixError::forbidden(format!(
                     "this access key lacks the `{ADMIN}` capability (agent keys cannot use the admin API)"
                 ))));

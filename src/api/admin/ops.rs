@@ -275,6 +275,16 @@ pub struct ActivityQuery {
     limit: Option<i64>,
 }
 
+impl ActivityQuery {
+    /// The `channel` filter, validated.
+    fn channel(&self) -> Result<Option<ChannelId>, MatrixError> {
+        self.channel
+            .as_deref()
+            .map(|c| uuid("channel", c).map(ChannelId))
+            .transpose()
+    }
+}
+
 /// `GET /api/v1/admin/sessions`.
 pub async fn sessions(
     State(state): State<ApiState>,
@@ -293,11 +303,7 @@ pub async fn sessions(
             "`status` must be one of active, idle, closed",
         ));
     }
-    let channel = q
-        .channel
-        .as_deref()
-        .map(|c| uuid("channel", c).map(ChannelId))
-        .transpose()?;
+    let channel = q.channel()?;
     let rows = state
         .store
         .list_sessions(
@@ -329,11 +335,7 @@ pub async fn runs(
             "`status` must be one of queued, running, completed, failed, cancelled",
         ));
     }
-    let channel = q
-        .channel
-        .as_deref()
-        .map(|c| uuid("channel", c).map(ChannelId))
-        .transpose()?;
+    let channel = q.channel()?;
     let rows = state
         .store
         .admin_runs(
