@@ -111,6 +111,11 @@ rc_presence:
   per_user: {per_second: 1000, burst_count: 10000}
 rc_delayed_event_mgmt: {per_second: 1000, burst_count: 10000}
 rc_reports: {per_second: 1000, burst_count: 10000}
+# End-to-end encryption of appservice users: to-device events (MSC2409/MSC4203), device lists and
+# one-time key counts (MSC3202) in transactions.
+experimental_features:
+  msc2409_to_device_messages_enabled: true
+  msc3202_transaction_extensions: true
 YAML
     if [ ${#regs[@]} -gt 0 ]; then
       echo "app_service_config_files:"

@@ -21,6 +21,7 @@ use crate::{
         upkeep::{Retention, Upkeep},
     },
     config::Config,
+    crypto::Crypto,
     db::{Store, seed::Declarations},
     events::publisher::{Publisher, PublisherStatus},
     matrix::Homeserver,
@@ -53,6 +54,8 @@ pub struct Bridge {
     wakers: Wakers,
     health: Arc<Health>,
     events: Arc<PublisherStatus>,
+    /// The agents' crypto engines (`None`: encryption off).
+    pub crypto: Option<Arc<Crypto>>,
 }
 
 /// The mirror records what puppets sent.
@@ -117,6 +120,25 @@ impl Bridge {
             metrics.clone(),
             wakers.outbox.clone(),
         );
+        let crypto = match config.encryption.active_key() {
+            Some(key) => {
+                let crypto = Crypto::open(
+                    store.clone(),
+                    hs.clone(),
+                    key,
+                    config.encryption.store_previews,
+                )
+                .await?;
+                puppets.set_crypto(crypto.clone());
+                Some(crypto)
+            }
+            None => {
+                tracing::warn!(
+                    "end-to-end encryption is off (encryption.enabled = false or no encryption.pickle_key): agents cannot read or answer in encrypted rooms"
+                );
+                None
+            }
+        };
         Ok(Self {
             config,
             store,
@@ -128,6 +150,7 @@ impl Bridge {
             wakers,
             health: Arc::default(),
             events: Arc::default(),
+            crypto,
         })
     }
 
@@ -142,6 +165,7 @@ impl Bridge {
             max_body_bytes: self.config.appservice.max_body_bytes,
             health: self.health.clone(),
             events: self.events.clone(),
+            crypto: self.crypto.clone(),
         }
     }
 
@@ -260,9 +284,28 @@ impl Bridge {
             self.events.clone(),
         );
         supervisor.spawn("events", move |cancel| publisher.clone().run(cancel));
+        if let Some(crypto) = self.crypto.clone() {
+            let (mirror, metrics) = (self.mirror.clone(), self.metrics.clone());
+            let max_age = self.config.encryption.pending_max_age;
+            let every = (max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            supervisor.spawn("crypto-pending", move |cancel| {
+                crate::bridge::pending::run(
+                    crypto.clone(),
+                    mirror.clone(),
+                    metrics.clone(),
+                    max_age,
+                    every,
+                    cancel,
+                )
+            });
+        }
         let (hs, id) = (self.hs.clone(), self.config.appservice.id.clone());
+        let devices = self
+            .crypto
+            .clone()
+            .map(|crypto| (crypto, self.registry.clone()));
         supervisor.spawn("ping", move |cancel| {
-            ping_until_reached(hs.clone(), id.clone(), cancel)
+            ping_until_reached(hs.clone(), id.clone(), devices.clone(), cancel)
         });
         Ok(())
     }
@@ -333,7 +376,12 @@ pub async fn run(
 /// Pings the homeserver until it answers: proves the registration and the network path both
 /// ways, and makes the homeserver retry any failed transactions at once. Then idles until
 /// shutdown (a supervised task must not end early).
-async fn ping_until_reached(hs: Homeserver, appservice_id: String, cancel: CancellationToken) {
+async fn ping_until_reached(
+    hs: Homeserver,
+    appservice_id: String,
+    devices: Option<(Arc<Crypto>, Arc<AgentRegistry>)>,
+    cancel: CancellationToken,
+) {
     let mut delay = Duration::from_secs(1);
     loop {
         match hs.ping(&appservice_id).await {
@@ -353,6 +401,23 @@ async fn ping_until_reached(hs: Homeserver, appservice_id: String, cancel: Cance
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
+    }
+    if let Some((crypto, registry)) = devices {
+        // Every agent gets its device before anyone writes to it: a client encrypts only for
+        // the devices it sees when it sends.
+        let mut ready = 0;
+        for agent in registry.all() {
+            match crypto.machine(&agent.user_id).await {
+                Ok(_) => ready += 1,
+                Err(error) => {
+                    tracing::error!(user = %agent.user_id, %error, "{}", crate::crypto::explain(&error));
+                }
+            }
+        }
+        tracing::info!(
+            agents = ready,
+            "agent devices ready for end-to-end encryption"
+        );
     }
     cancel.cancelled().await;
 }

@@ -13,6 +13,8 @@
 //! - Bridge core: [`bridge`] (the agent registry and the reconciler that follows the agent rows
 //!   others write, the mirror and its pure planner, trigger rules, follow-up jobs, bot commands,
 //!   operator operations shared by the admin API and the commands, upkeep).
+//! - Encryption: [`crypto`] (each agent's device and `OlmMachine`, its store in the database,
+//!   decrypting transactions, encrypting sends).
 //! - Acting as agents: [`puppet`] (`PuppetIntent`, profiles, content, the durable outbox).
 //! - Matrix edge: [`matrix`] (namespace, client-server client, Matrix errors).
 //! - Storage: [`db`] (PostgreSQL and SQLite: migrations, batched writes with their events and
@@ -28,6 +30,7 @@ pub mod appservice;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod events;
 pub mod export;

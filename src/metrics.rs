@@ -54,6 +54,9 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Events not mirrored, by outcome.
     pub skipped: Family<OutcomeLabel, Counter>,
+    /// End-to-end encryption: encrypted events and to-device events by outcome (decrypted,
+    /// pending, late, expired, undecryptable, to_device, to_device_ignored).
+    pub crypto: Family<OutcomeLabel, Counter>,
     /// Time from receiving a transaction to answering it.
     pub transaction_seconds: Histogram,
     /// Database errors that failed a transaction (503).
@@ -104,6 +107,7 @@ impl Metrics {
             transactions: Family::default(),
             events: Family::default(),
             skipped: Family::default(),
+            crypto: Family::default(),
             // 100 µs … ~3 s.
             transaction_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             db_errors: Counter::default(),
@@ -136,6 +140,7 @@ impl Metrics {
             "Room events by type and outcome",
             m.events.clone(),
         );
+        r.register("crypto_events", "Encrypted and to-device events by outcome (decrypted, pending, late, expired, undecryptable, to_device, to_device_ignored)", m.crypto.clone());
         r.register("events_skipped", "Events not mirrored (malformed, invalid_id, rejected, ignored_room, ignored_type, skipped, duplicate)", m.skipped.clone());
         r.register(
             "transaction_duration_seconds",
@@ -229,6 +234,11 @@ impl Metrics {
         if outcome != "mirrored" {
             self.skipped.get_or_create(&OutcomeLabel { outcome }).inc();
         }
+    }
+
+    /// Counts one encrypted or to-device event by outcome.
+    pub fn crypto(&self, outcome: &'static str) {
+        self.crypto.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts one transaction.

@@ -74,6 +74,18 @@ pub fn to_yaml(registration: &Registration) -> String {
                 .or_insert_with(|| serde_yaml::Value::Sequence(Vec::new()));
         }
     }
+    // End-to-end encryption of the agents: ephemeral and to-device events in transactions
+    // (MSC2409; older Synapse reads only the unstable key), device lists and one-time key
+    // counts (MSC3202), and devices the appservice creates itself (MSC4190).
+    if let Some(map) = value.as_mapping_mut() {
+        for key in [
+            "de.sorunome.msc2409.push_ephemeral",
+            "org.matrix.msc3202",
+            "io.element.msc4190",
+        ] {
+            map.insert(key.into(), true.into());
+        }
+    }
     serde_yaml::to_string(&value).expect("registration serializes")
 }
 
@@ -245,6 +257,13 @@ mod generate_tests {
         assert!(yaml.contains("sender_localpart: daarion"));
         assert!(yaml.contains("aliases: []") && yaml.contains("rooms: []"));
         assert!(yaml.contains("rate_limited: false") && yaml.contains("receive_ephemeral: true"));
+        for key in [
+            "de.sorunome.msc2409.push_ephemeral: true",
+            "org.matrix.msc3202: true",
+            "io.element.msc4190: true",
+        ] {
+            assert!(yaml.contains(key), "{key} missing from\n{yaml}");
+        }
         // Twice: the same tokens.
         let second = generate(&config, &out).unwrap();
         assert!(!second.tokens_written);

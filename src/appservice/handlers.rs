@@ -100,12 +100,48 @@ pub async fn transaction(
         },
     )?;
     let span = tracing::info_span!("transaction", txn_id = %txn_id.escape_debug(), events = request.events.len());
-    let events: Vec<&RawValue> = request.events.iter().map(|r| r.json()).collect();
+    // Encryption first: to-device room keys, then decryption of the encrypted events.
+    let prepared = match &state.crypto {
+        Some(crypto) => match crypto
+            .prepare(&request, &state.metrics)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(prepared) => Some(prepared),
+            Err(error) if error.is_transient() => {
+                state.metrics.transaction("error");
+                span.in_scope(|| tracing::error!(%error, "crypto state not stored; the homeserver will retry"));
+                return Err(MatrixError::unavailable(
+                    "the bridge could not store this transaction's keys; retry later",
+                ));
+            }
+            Err(error) => {
+                // Not the database: never fail the transaction for it; mirror it as received.
+                span.in_scope(
+                    || tracing::warn!(%error, "cannot process this transaction's encryption"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let events: Vec<&RawValue> = match &prepared {
+        Some(prepared) => prepared.events.iter().map(AsRef::as_ref).collect(),
+        None => request.events.iter().map(|r| r.json()).collect(),
+    };
     let result = state
         .mirror
         .apply_transaction(&txn_id, &events)
         .instrument(span.clone())
         .await;
+    if let (Ok(Applied::Committed), Some(prepared)) = (&result, &prepared) {
+        // The late events are committed with this transaction: they wait no more.
+        for event_id in &prepared.late {
+            if let Err(error) = state.mirror.store().crypto_pending_remove(event_id).await {
+                tracing::warn!(%error, "cannot forget a decrypted pending event; a replay of it changes nothing");
+            }
+        }
+    }
     state
         .metrics
         .transaction_seconds

@@ -43,6 +43,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// The events publisher (readiness detail).
     pub events: Arc<crate::events::publisher::PublisherStatus>,
+    /// The agents' crypto engines (`None`: encryption off).
+    pub crypto: Option<Arc<crate::crypto::Crypto>>,
 }
 
 /// The bridge's HTTP surface for the homeserver and operators.

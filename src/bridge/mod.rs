@@ -1,13 +1,14 @@
 //! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
 //! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
 //! (joins, refusals, bot commands), operator operations (`control`) and the bot commands, the reconciler that follows agent rows others write, and
-//! background upkeep.
+//! background upkeep, and encrypted events that wait for their key (`pending`).
 
 pub mod agents;
 pub mod commands;
 pub mod control;
 pub mod followup;
 pub mod mirror;
+pub mod pending;
 pub mod planner;
 pub mod reconcile;
 pub mod triggers;

@@ -4,6 +4,7 @@
 
 pub mod decl;
 pub mod duration;
+mod encryption;
 mod events;
 mod validate;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     decl::*,
+    encryption::EncryptionConfig,
     events::{AuditConfig, EventsConfig},
 };
 use crate::matrix::Namespace;
@@ -68,6 +70,9 @@ pub struct Config {
     /// `[audit]`: the audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[encryption]`: agents in end-to-end encrypted rooms.
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
     /// `[[microdaos]]`.
     #[serde(default)]
     pub microdaos: Vec<MicrodaoDecl>,

@@ -94,6 +94,9 @@ impl Config {
         self.events
             .check()
             .map_err(|(key, why)| invalid(key, why))?;
+        self.encryption
+            .check()
+            .map_err(|(key, why)| invalid(key, why))?;
         if self
             .audit
             .retention

@@ -49,6 +49,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000006_platform.up.sql"),
         include_str!("../../migrations/postgres/000006_platform.down.sql"),
     ),
+    (
+        7,
+        "crypto",
+        include_str!("../../migrations/postgres/000007_crypto.up.sql"),
+        include_str!("../../migrations/postgres/000007_crypto.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -87,6 +93,12 @@ const SQLITE: &[Step] = &[
         "platform",
         include_str!("../../migrations/sqlite/000006_platform.up.sql"),
         include_str!("../../migrations/sqlite/000006_platform.down.sql"),
+    ),
+    (
+        7,
+        "crypto",
+        include_str!("../../migrations/sqlite/000007_crypto.up.sql"),
+        include_str!("../../migrations/sqlite/000007_crypto.down.sql"),
     ),
 ];
 

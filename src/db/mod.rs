@@ -9,6 +9,7 @@ pub mod admin_keys;
 pub mod agents;
 pub mod audit;
 pub mod batch;
+pub mod crypto;
 pub mod enums;
 pub mod events;
 pub mod jobs;

@@ -23,7 +23,7 @@ use ruma::{
             profile::{set_avatar_url, set_display_name},
             receipt::create_receipt,
             redact::redact_event,
-            state::get_state_events,
+            state::{get_state_event_for_key, get_state_events},
             typing::create_typing_event,
         },
         error::{ErrorKind, FromHttpResponseError, LimitExceededErrorData, RetryAfter},
@@ -417,6 +417,39 @@ impl Homeserver {
             .into_iter()
             .filter_map(|(user, member)| Some((user, member.display_name?)))
             .collect())
+    }
+
+    /// The user ids of the room's joined members.
+    pub async fn joined_member_ids(
+        &self,
+        room_id: &RoomId,
+        as_user: &UserId,
+    ) -> Result<Vec<OwnedUserId>, HsError> {
+        let response = self
+            .send(
+                joined_members::v3::Request::new(room_id.to_owned()),
+                Some(as_user),
+            )
+            .await?;
+        Ok(response.joined.into_keys().collect())
+    }
+
+    /// The room's `m.room.encryption` state content, `None` when the room is not encrypted.
+    pub async fn encryption_state(
+        &self,
+        room_id: &RoomId,
+        as_user: &UserId,
+    ) -> Result<Option<ruma::events::room::encryption::RoomEncryptionEventContent>, HsError> {
+        let request = get_state_event_for_key::v3::Request::new(
+            room_id.to_owned(),
+            ruma::events::StateEventType::RoomEncryption,
+            String::new(),
+        );
+        match self.send(request, Some(as_user)).await {
+            Ok(response) => Ok(serde_json::from_str(response.event_or_content.get()).ok()),
+            Err(HsError::Matrix(e)) if e.status_code.as_u16() == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The room's full current state, read as `as_user`.

@@ -55,6 +55,9 @@ pub enum PuppetError {
         /// Why.
         source: std::io::Error,
     },
+    /// Encrypting for an encrypted room failed.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
     /// A stored value is not a valid Matrix id.
     #[error("invalid id in the outbox: {0}")]
     InvalidId(String),
@@ -66,6 +69,7 @@ impl PuppetError {
         match self {
             PuppetError::Hs(e) => e.is_transient(),
             PuppetError::Store(e) => e.is_transient(),
+            PuppetError::Crypto(e) => e.is_transient(),
             PuppetError::Gone(_) | PuppetError::Avatar { .. } | PuppetError::InvalidId(_) => false,
         }
     }
@@ -99,6 +103,8 @@ pub struct Puppets {
     outbox_wake: Arc<Notify>,
     /// Woken whenever an outbox item is finished (sent or failed).
     finished: Notify,
+    /// The agents' crypto engines, when encryption is on.
+    crypto: std::sync::OnceLock<Arc<crate::crypto::Crypto>>,
 }
 
 impl Puppets {
@@ -118,7 +124,18 @@ impl Puppets {
             ready: Mutex::default(),
             outbox_wake,
             finished: Notify::new(),
+            crypto: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Turns encryption on: sends into encrypted rooms are encrypted by the agent's device.
+    pub fn set_crypto(&self, crypto: Arc<crate::crypto::Crypto>) {
+        let _ = self.crypto.set(crypto);
+    }
+
+    /// The crypto engines, when encryption is on.
+    pub fn crypto(&self) -> Option<&Arc<crate::crypto::Crypto>> {
+        self.crypto.get()
     }
 
     /// Acting as `agent`.

@@ -195,14 +195,38 @@ impl<S: SentSink> Delivery<S> {
                 let raw = serde_json::value::to_raw_value(&item.content.0)
                     .map_err(|e| PuppetError::InvalidId(e.to_string()))?;
                 let content = Raw::<AnyMessageLikeEventContent>::from_json(raw);
-                hs.send_event(
-                    room,
-                    &agent.user_id,
-                    &item.txn_id,
-                    &item.event_type,
-                    content,
-                )
-                .await?
+                // Into an encrypted room only ever encrypted: the same transaction id makes a
+                // retry (whose ciphertext differs) return the event first sent.
+                let encrypted = match self.puppets.crypto() {
+                    Some(crypto) => {
+                        crypto
+                            .encrypt(&agent.user_id, room, &item.event_type, &content)
+                            .await?
+                    }
+                    None => None,
+                };
+                match encrypted {
+                    Some(content) => {
+                        hs.send_event(
+                            room,
+                            &agent.user_id,
+                            &item.txn_id,
+                            "m.room.encrypted",
+                            content,
+                        )
+                        .await?
+                    }
+                    None => {
+                        hs.send_event(
+                            room,
+                            &agent.user_id,
+                            &item.txn_id,
+                            &item.event_type,
+                            content,
+                        )
+                        .await?
+                    }
+                }
             }
         };
         // Mirror what was sent at once (the echo in a later transaction is then a no-op), count

@@ -5,6 +5,7 @@ mod admin;
 mod agents;
 mod appservice;
 mod cli;
+mod crypto;
 mod delivery;
 mod erd;
 mod events;
@@ -30,6 +31,7 @@ use admin::*;
 use agents::*;
 use appservice::*;
 use cli::*;
+use crypto::*;
 use delivery::*;
 use erd::*;
 use events::*;
@@ -65,6 +67,8 @@ macro_rules! both_backends {
 }
 
 both_backends!(
+    encrypted_events_decrypt_whatever_the_key_order,
+    hostile_encrypted_input_never_fails_a_transaction,
     bot_invite_mirrors_room_and_joins,
     replayed_txn_changes_nothing_even_after_restart,
     same_event_in_another_txn_is_not_doubled,

@@ -7,6 +7,10 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// Top-level marker the crypto layer puts on a decrypted event whose text must not be stored as
+/// a preview (`encryption.store_previews = false`).
+pub const HIDE_PREVIEW: &str = "io.daarion.hide_preview";
+
 /// The routing fields of a room event.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
@@ -34,6 +38,9 @@ pub struct Envelope<'a> {
     /// `unsigned` (invite room state lives there).
     #[serde(default, borrow)]
     pub unsigned: Option<&'a RawValue>,
+    /// A decrypted event whose text is kept out of the previews (see [`HIDE_PREVIEW`]).
+    #[serde(default, rename = "io.daarion.hide_preview")]
+    pub hide_preview: bool,
 }
 
 impl Envelope<'_> {

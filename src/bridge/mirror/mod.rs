@@ -118,6 +118,12 @@ impl Mirror {
         self.apply(Some(txn_id), None, events, false).await
     }
 
+    /// Applies events that arrive outside a transaction (encrypted events whose key came late,
+    /// or that are given up on): like a transaction's, without a transaction record.
+    pub async fn apply_late(&self, events: &[&RawValue]) -> Result<(), StoreError> {
+        self.apply(None, None, events, false).await.map(|_| ())
+    }
+
     /// Applies a room's full state read from the homeserver (after a join).
     pub async fn apply_room_state(
         &self,

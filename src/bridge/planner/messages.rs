@@ -81,7 +81,11 @@ impl Planner<'_> {
         at: Ts,
     ) -> serde_json::Result<Outcome> {
         let content: MessageView<'_> = env.content_borrowed()?;
-        let shape = shape(&content, env.sender.localpart());
+        let mut shape = shape(&content, env.sender.localpart());
+        if env.hide_preview {
+            // Decrypted for the agents, not for the database (`encryption.store_previews`).
+            shape.preview = "[encrypted]".into();
+        }
         if shape.invalid {
             return Ok(Outcome::InvalidId);
         }

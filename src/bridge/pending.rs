@@ -1,0 +1,74 @@
+//! Encrypted events past their wait: an event whose room key has not arrived within
+//! `encryption.pending_max_age` is tried once more, then mirrored as it is (`[encrypted]`) and
+//! counted, so the bound on `bridge_crypto_pending` holds and no event is lost.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+use super::mirror::Mirror;
+use crate::{crypto::Crypto, db::types::Ts, metrics::Metrics};
+
+/// Events handled per round.
+const BATCH: i64 = 100;
+
+/// One round at `now`: returns how many pending events were given up on or decrypted.
+pub async fn expire(
+    crypto: &Crypto,
+    mirror: &Mirror,
+    metrics: &Metrics,
+    max_age: Duration,
+    now: Ts,
+) -> Result<usize, crate::crypto::CryptoError> {
+    let store = mirror.store();
+    let expired = store
+        .crypto_pending_expired(now.minus(max_age), BATCH)
+        .await?;
+    for pending in &expired {
+        let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
+            store.crypto_pending_remove(&pending.event_id).await?;
+            continue;
+        };
+        let room = ruma::OwnedRoomId::try_from(pending.room_id.as_str()).ok();
+        let decrypted = match &room {
+            Some(room) => crypto.retry_pending(&raw, room).await?,
+            None => None,
+        };
+        let outcome = if decrypted.is_some() {
+            "late"
+        } else {
+            "expired"
+        };
+        let event: &RawValue = decrypted.as_deref().unwrap_or(&raw);
+        mirror.apply_late(&[event]).await?;
+        store.crypto_pending_remove(&pending.event_id).await?;
+        metrics.crypto(outcome);
+        if outcome == "expired" {
+            tracing::warn!(event_id = %pending.event_id, room_id = %pending.room_id, "no room key arrived in time; mirrored as [encrypted]");
+        }
+    }
+    Ok(expired.len())
+}
+
+/// Runs [`expire`] every `every` until cancelled.
+pub async fn run(
+    crypto: Arc<Crypto>,
+    mirror: Arc<Mirror>,
+    metrics: Arc<Metrics>,
+    max_age: Duration,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = expire(&crypto, &mirror, &metrics, max_age, Ts::now()).await {
+            tracing::warn!(%error, "cannot settle pending encrypted events; will retry");
+        }
+    }
+}

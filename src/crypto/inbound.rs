@@ -1,0 +1,311 @@
+//! The crypto part of an appservice transaction, run before the mirror sees its events:
+//! to-device events (MSC4203), device-list changes and key counts (MSC3202) go to the agents'
+//! machines first (a room key often arrives in the same transaction as the event it opens),
+//! then every `m.room.encrypted` event is decrypted by the machine of an agent that holds its
+//! key. An event whose key is missing is kept durably in `bridge_crypto_pending` (committed
+//! before the transaction is acknowledged) and re-enters a later transaction once its key
+//! arrives. Nothing here fails a transaction but the database being down.
+
+use std::collections::{BTreeMap, HashMap};
+
+use matrix_sdk_crypto::{
+    DecryptionSettings, EncryptionSyncChanges, MegolmError, TrustRequirement,
+    types::events::room::encrypted::EncryptedEvent,
+};
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, UInt,
+    api::{appservice::event::push_events, client::sync::sync_events::DeviceLists},
+    events::AnyToDeviceEvent,
+    serde::Raw,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Crypto, CryptoError};
+use crate::{
+    db::{crypto::PendingEvent, types::Ts},
+    metrics::Metrics,
+};
+
+/// A transaction's events after decryption.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The events to mirror: late events whose key arrived now (first, being older), then the
+    /// transaction's own, encrypted ones replaced by their decrypted form.
+    pub events: Vec<Box<RawValue>>,
+    /// Pending events decrypted now: forget them once the transaction is committed.
+    pub late: Vec<String>,
+}
+
+/// What the transaction path needs to know of an event.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    room_id: Option<OwnedRoomId>,
+    #[serde(default, borrow)]
+    event_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    state_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The target of an appservice to-device event.
+#[derive(Deserialize)]
+struct Target {
+    to_user_id: OwnedUserId,
+    #[serde(default)]
+    to_device_id: Option<OwnedDeviceId>,
+}
+
+/// The Megolm session of an encrypted event, to find it again when its key arrives.
+#[derive(Deserialize)]
+struct SessionOf {
+    content: SessionContent,
+}
+
+#[derive(Deserialize)]
+struct SessionContent {
+    #[serde(default)]
+    session_id: Option<String>,
+}
+
+enum Outcome {
+    Decrypted(Box<RawValue>),
+    MissingKey,
+    Failed,
+}
+
+impl Crypto {
+    /// Feeds the transaction's to-device events, device lists and key counts to the machines,
+    /// then decrypts its encrypted events. Only a database that is down fails it.
+    pub async fn prepare(
+        &self,
+        request: &push_events::v1::Request,
+        metrics: &Metrics,
+    ) -> Result<Prepared, CryptoError> {
+        let keys = self.receive_device_data(request, metrics).await?;
+        let mut prepared = Prepared::default();
+        // Late events first: keys that arrived now may open events of earlier transactions.
+        for (room, session) in keys {
+            for pending in self.db.crypto_pending_for(room.as_str(), &session).await? {
+                let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
+                    continue;
+                };
+                if let Outcome::Decrypted(event) = self.decrypt(&raw, &room).await? {
+                    metrics.crypto("late");
+                    prepared.events.push(event);
+                    prepared.late.push(pending.event_id);
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for raw in &request.events {
+            let raw = raw.json();
+            let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
+                prepared.events.push(raw.to_owned());
+                continue;
+            };
+            match (peek.kind.as_deref(), &peek.room_id) {
+                (Some("m.room.encryption"), Some(room))
+                    if peek.state_key.as_deref() == Some("") =>
+                {
+                    #[derive(Deserialize)]
+                    struct Content {
+                        content: ruma::events::room::encryption::RoomEncryptionEventContent,
+                    }
+                    if let Ok(c) = serde_json::from_str::<Content>(raw.get()) {
+                        self.note_room(room, Some(c.content));
+                    }
+                    prepared.events.push(raw.to_owned());
+                }
+                (Some("m.room.encrypted"), Some(room)) if !self.opened().is_empty() => {
+                    match self.decrypt(raw, room).await? {
+                        Outcome::Decrypted(event) => {
+                            metrics.crypto("decrypted");
+                            prepared.events.push(event);
+                        }
+                        Outcome::MissingKey => {
+                            let session = serde_json::from_str::<SessionOf>(raw.get())
+                                .ok()
+                                .and_then(|s| s.content.session_id);
+                            match (session, peek.event_id) {
+                                (Some(session_id), Some(event_id)) => {
+                                    metrics.crypto("pending");
+                                    pending.push(PendingEvent {
+                                        event_id: event_id.into_owned(),
+                                        room_id: room.to_string(),
+                                        session_id,
+                                        event: raw.get().to_owned(),
+                                        received_at: Ts::now(),
+                                    });
+                                }
+                                _ => {
+                                    metrics.crypto("undecryptable");
+                                    prepared.events.push(raw.to_owned());
+                                }
+                            }
+                        }
+                        Outcome::Failed => {
+                            metrics.crypto("undecryptable");
+                            prepared.events.push(raw.to_owned());
+                        }
+                    }
+                }
+                _ => prepared.events.push(raw.to_owned()),
+            }
+        }
+        self.db.crypto_pending_add(&pending).await?;
+        Ok(prepared)
+    }
+
+    /// One more try at a pending event (its key may have come another way): the decrypted
+    /// event, or `None`.
+    pub async fn retry_pending(
+        &self,
+        raw: &RawValue,
+        room: &OwnedRoomId,
+    ) -> Result<Option<Box<RawValue>>, CryptoError> {
+        Ok(match self.decrypt(raw, room).await? {
+            Outcome::Decrypted(event) => Some(event),
+            _ => None,
+        })
+    }
+
+    /// Decrypts `raw` with the first machine holding its key. Decryption failures other than a
+    /// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
+    async fn decrypt(&self, raw: &RawValue, room: &OwnedRoomId) -> Result<Outcome, CryptoError> {
+        let event: Raw<EncryptedEvent> = Raw::from_json(raw.to_owned());
+        let settings = DecryptionSettings {
+            sender_device_trust_requirement: TrustRequirement::Untrusted,
+        };
+        let mut missing = false;
+        for agent in self.opened() {
+            match agent
+                .machine
+                .decrypt_room_event(&event, room, &settings)
+                .await
+            {
+                Ok(decrypted) => {
+                    return Ok(Outcome::Decrypted(with_room(
+                        decrypted.event.json(),
+                        room,
+                        !self.store_previews,
+                    )));
+                }
+                Err(MegolmError::MissingRoomKey(_)) => missing = true,
+                Err(MegolmError::Store(e)) => return Err(CryptoError::CryptoStore(e)),
+                Err(error) => {
+                    tracing::debug!(user = %agent.user, %error, "cannot decrypt an event");
+                }
+            }
+        }
+        Ok(if missing {
+            Outcome::MissingKey
+        } else {
+            Outcome::Failed
+        })
+    }
+
+    /// Hands to-device events, device lists and key counts to the machines they concern.
+    /// Returns the (room, session) of every room key received.
+    async fn receive_device_data(
+        &self,
+        request: &push_events::v1::Request,
+        metrics: &Metrics,
+    ) -> Result<Vec<(OwnedRoomId, String)>, CryptoError> {
+        let mut to_device: HashMap<OwnedUserId, Vec<Raw<AnyToDeviceEvent>>> = HashMap::new();
+        for raw in &request.to_device {
+            match raw.deserialize_as_unchecked::<Target>() {
+                Ok(target) => {
+                    let mine = self.opened().into_iter().any(|m| {
+                        m.user == target.to_user_id
+                            && target.to_device_id.as_ref().is_none_or(|d| *d == m.device)
+                    });
+                    if mine {
+                        metrics.crypto("to_device");
+                        to_device
+                            .entry(target.to_user_id)
+                            .or_default()
+                            .push(raw.clone().cast_unchecked());
+                    } else {
+                        metrics.crypto("to_device_ignored");
+                    }
+                }
+                Err(_) => metrics.crypto("to_device_ignored"),
+            }
+        }
+        let mut lists = DeviceLists::new();
+        lists.changed = request.device_lists.changed.clone();
+        lists.left = request.device_lists.left.clone();
+        let no_counts = BTreeMap::new();
+        let settings = DecryptionSettings {
+            sender_device_trust_requirement: TrustRequirement::Untrusted,
+        };
+        let mut keys = Vec::new();
+        for agent in self.opened() {
+            let events = to_device.remove(&agent.user).unwrap_or_default();
+            let counts: &BTreeMap<OneTimeKeyAlgorithm, UInt> = request
+                .device_one_time_keys_count
+                .get(&agent.user)
+                .and_then(|d| d.get(&agent.device))
+                .unwrap_or(&no_counts);
+            let fallback = request
+                .device_unused_fallback_key_types
+                .get(&agent.user)
+                .and_then(|d| d.get(&agent.device))
+                .map(|v| v.as_slice());
+            if events.is_empty() && lists.is_empty() && counts.is_empty() && fallback.is_none() {
+                continue;
+            }
+            let counted = !counts.is_empty();
+            // The MSC4186 variant: a transaction without a count for this device says nothing
+            // about it, where a /sync without one would mean "no keys left" (and trigger an
+            // upload the server refuses past its limit).
+            let (_, room_keys) = agent
+                .machine
+                .receive_sync_changes_msc4186(
+                    EncryptionSyncChanges {
+                        to_device_events: events,
+                        changed_devices: &lists,
+                        one_time_keys_counts: counts,
+                        unused_fallback_keys: fallback,
+                        next_batch_token: None,
+                    },
+                    &settings,
+                )
+                .await?;
+            keys.extend(room_keys.into_iter().map(|k| (k.room_id, k.session_id)));
+            if counted || !lists.is_empty() {
+                // Top-ups and key queries go out after the acknowledgement: the homeserver's
+                // next transaction must not wait for them.
+                let this_hs = self.hs.clone();
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = super::flush_with(&this_hs, &agent).await {
+                        tracing::warn!(user = %agent.user, %error, "cannot send crypto requests");
+                    }
+                });
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// The decrypted event with its `room_id` (the mirror routes by it), marked when its text must
+/// not become a preview (`encryption.store_previews = false`).
+fn with_room(event: &RawValue, room: &OwnedRoomId, hide_preview: bool) -> Box<RawValue> {
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.get()) {
+        Ok(mut map) => {
+            map.insert("room_id".into(), room.as_str().into());
+            if hide_preview {
+                map.insert(
+                    crate::bridge::mirror::event::HIDE_PREVIEW.into(),
+                    true.into(),
+                );
+            }
+            serde_json::value::to_raw_value(&map).unwrap_or_else(|_| event.to_owned())
+        }
+        Err(_) => event.to_owned(),
+    }
+}

@@ -1,0 +1,204 @@
+//! The crypto tables: each agent's device id (`bridge_crypto_devices`), the encrypted items of
+//! its crypto store (`bridge_crypto_items`, written by `crypto::store`) and encrypted events
+//! waiting for their room key (`bridge_crypto_pending`).
+
+use super::{Store, StoreError, both, types::Ts};
+
+/// One item of an agent's crypto store: what it is, its key within the kind, its encrypted value.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CryptoItem {
+    /// The kind (`account`, `session`, `inbound`, …).
+    pub kind: String,
+    /// The key within the kind.
+    pub key: String,
+    /// The value, encrypted.
+    pub value: Vec<u8>,
+}
+
+/// An encrypted event waiting for its room key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    /// Its Matrix event id.
+    pub event_id: String,
+    /// Its room.
+    pub room_id: String,
+    /// The Megolm session that encrypted it.
+    pub session_id: String,
+    /// The event as received (JSON).
+    pub event: String,
+    /// When it arrived.
+    pub received_at: Ts,
+}
+
+impl Store {
+    /// The device of `user_id`, creating the row with `device_id` when it has none. Returns the
+    /// stored device (which is `device_id` unless another process stored one first).
+    pub async fn crypto_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<String, StoreError> {
+        both!(self, pool => {
+            sqlx::query(
+                "INSERT INTO bridge_crypto_devices (user_id, device_id) VALUES ($1, $2) \
+                 ON CONFLICT (user_id) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .execute(pool)
+            .await?;
+            let (device,): (String,) =
+                sqlx::query_as("SELECT device_id FROM bridge_crypto_devices WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await?;
+            Ok(device)
+        })
+    }
+
+    /// Every agent device: (user id, device id).
+    pub async fn crypto_devices(&self) -> Result<Vec<(String, String)>, StoreError> {
+        both!(self, pool => {
+            Ok(sqlx::query_as("SELECT user_id, device_id FROM bridge_crypto_devices ORDER BY user_id")
+                .fetch_all(pool)
+                .await?)
+        })
+    }
+
+    /// Every item of `user_id`'s crypto store.
+    pub async fn crypto_items(&self, user_id: &str) -> Result<Vec<CryptoItem>, StoreError> {
+        both!(self, pool => {
+            Ok(sqlx::query_as::<_, CryptoItem>(
+                "SELECT kind, key, value FROM bridge_crypto_items WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Writes (upserts) and deletes items of `user_id`'s crypto store in one commit, so a crash
+    /// never leaves half of one change of the crypto state on disk.
+    pub async fn crypto_write(
+        &self,
+        user_id: &str,
+        put: &[CryptoItem],
+        delete: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
+        if put.is_empty() && delete.is_empty() {
+            return Ok(());
+        }
+        let now = Ts::now();
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for item in put {
+                sqlx::query(
+                    "INSERT INTO bridge_crypto_items (user_id, kind, key, value, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, kind, key) \
+                     DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(user_id)
+                .bind(&item.kind)
+                .bind(&item.key)
+                .bind(&item.value)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (kind, key) in delete {
+                sqlx::query(
+                    "DELETE FROM bridge_crypto_items WHERE user_id = $1 AND kind = $2 AND key = $3",
+                )
+                .bind(user_id)
+                .bind(kind)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Keeps encrypted events whose room key is missing (a replayed event changes nothing).
+    pub async fn crypto_pending_add(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for e in events {
+                sqlx::query(
+                    "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&e.event_id)
+                .bind(&e.room_id)
+                .bind(&e.session_id)
+                .bind(&e.event)
+                .bind(e.received_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The pending events of a Megolm session, oldest first.
+    pub async fn crypto_pending_for(
+        &self,
+        room_id: &str,
+        session_id: &str,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        both!(self, pool => {
+            Ok(sqlx::query_as::<_, PendingEvent>(
+                "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
+                 WHERE room_id = $1 AND session_id = $2 ORDER BY received_at, event_id",
+            )
+            .bind(room_id)
+            .bind(session_id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Pending events received before `before` (past the bound), oldest first, at most `limit`.
+    pub async fn crypto_pending_expired(
+        &self,
+        before: Ts,
+        limit: i64,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
+        both!(self, pool => {
+            Ok(sqlx::query_as::<_, PendingEvent>(
+                "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
+                 WHERE received_at < $1 ORDER BY received_at, event_id LIMIT $2",
+            )
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// How many events wait for their key.
+    pub async fn crypto_pending_count(&self) -> Result<i64, StoreError> {
+        both!(self, pool => {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM bridge_crypto_pending")
+                .fetch_one(pool)
+                .await?;
+            Ok(n)
+        })
+    }
+
+    /// Forgets pending events (decrypted and mirrored, or given up on).
+    pub async fn crypto_pending_remove(&self, event_id: &str) -> Result<(), StoreError> {
+        both!(self, pool => {
+            sqlx::query("DELETE FROM bridge_crypto_pending WHERE event_id = $1")
+                .bind(event_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+}

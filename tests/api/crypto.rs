@@ -1,0 +1,411 @@
+//! End-to-end encryption below the homeserver: Sofia's crypto engine (the bridge's
+//! [`Crypto`], its store in the test database) against a person's matrix-sdk-crypto
+//! `OlmMachine` (in memory), with the homeserver's part (key upload, query, claim, to-device
+//! delivery) played by the test. Covers the store surviving a reopen, nothing stored in clear,
+//! room keys arriving before, with and after their event, and hostile input.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use daarion_bridge::{crypto::Crypto, matrix::Homeserver};
+use matrix_sdk_crypto::{
+    EncryptionSettings, OlmMachine,
+    types::requests::{AnyOutgoingRequest, ToDeviceRequest},
+};
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UInt,
+    api::{
+        appservice::event::push_events,
+        client::{
+            keys::{claim_keys, get_keys, upload_keys},
+            to_device::send_event_to_device,
+        },
+    },
+    events::AnyMessageLikeEventContent,
+    owned_room_id,
+    serde::Raw,
+};
+use serde_json::{Value, json};
+
+use crate::support::{Backend, TestApp};
+
+const SOFIA: &str = "@agent_sofia:localhost";
+const SOFIA_DEVICE: &str = "SOFIADEVICE";
+const ALICE: &str = "@alice:localhost";
+const PICKLE_KEY: &str = "test-pickle-key-0123456789-abcdefghij";
+
+async fn crypto(app: &TestApp) -> Arc<Crypto> {
+    // Nothing listens on port 9: the engine's own requests fail (and are only logged).
+    let hs = Homeserver::new(
+        "http://127.0.0.1:9",
+        "as_token",
+        "@daarion:localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    Crypto::open(app.store.clone(), hs, PICKLE_KEY, true)
+        .await
+        .expect("crypto opens")
+}
+
+/// Uploads `machine`'s keys (the test plays the homeserver) and returns what was uploaded.
+async fn upload(machine: &OlmMachine) -> upload_keys::v3::Request {
+    for request in machine.outgoing_requests().await.unwrap() {
+        if let AnyOutgoingRequest::KeysUpload(upload) = request.request() {
+            let counts = BTreeMap::from([(
+                OneTimeKeyAlgorithm::SignedCurve25519,
+                UInt::from(upload.one_time_keys.len() as u32),
+            )]);
+            machine
+                .mark_request_as_sent(
+                    request.request_id(),
+                    &upload_keys::v3::Response::new(counts),
+                )
+                .await
+                .unwrap();
+            return upload.clone();
+        }
+    }
+    panic!("no key upload requested");
+}
+
+/// A person's client with an Olm session to Sofia's device and a Megolm session for `room`.
+struct Alice {
+    machine: OlmMachine,
+    room: ruma::OwnedRoomId,
+}
+
+impl Alice {
+    /// Alice learns Sofia's device from what Sofia uploaded, claims one of her one-time keys.
+    async fn meet(sofia_upload: &upload_keys::v3::Request) -> Self {
+        let alice: OwnedUserId = ALICE.try_into().unwrap();
+        let machine = OlmMachine::new(&alice, "ALICEDEVICE".into()).await;
+        upload(&machine).await;
+        let sofia: OwnedUserId = SOFIA.try_into().unwrap();
+        let device: OwnedDeviceId = SOFIA_DEVICE.into();
+        machine
+            .update_tracked_users([sofia.as_ref()])
+            .await
+            .unwrap();
+        for request in machine.outgoing_requests().await.unwrap() {
+            if let AnyOutgoingRequest::KeysQuery(_) = request.request() {
+                let mut response = get_keys::v3::Response::new();
+                response.device_keys = BTreeMap::from([(
+                    sofia.clone(),
+                    BTreeMap::from([(device.clone(), sofia_upload.device_keys.clone().unwrap())]),
+                )]);
+                machine
+                    .mark_request_as_sent(request.request_id(), &response)
+                    .await
+                    .unwrap();
+            }
+        }
+        let (id, _claim) = machine
+            .get_missing_sessions([sofia.as_ref()].into_iter())
+            .await
+            .unwrap()
+            .expect("a session to claim");
+        let (key_id, key) = sofia_upload.one_time_keys.iter().next().unwrap();
+        let response = claim_keys::v3::Response::new(BTreeMap::from([(
+            sofia.clone(),
+            BTreeMap::from([(device, BTreeMap::from([(key_id.clone(), key.clone())]))]),
+        )]));
+        machine.mark_request_as_sent(&id, &response).await.unwrap();
+        Alice {
+            machine,
+            room: owned_room_id!("!secret:localhost"),
+        }
+    }
+
+    /// The to-device events carrying Alice's room key to Sofia, as a transaction delivers them.
+    async fn share_key(&self) -> Vec<Value> {
+        let sofia: OwnedUserId = SOFIA.try_into().unwrap();
+        let requests = self
+            .machine
+            .share_room_key(
+                &self.room,
+                [sofia.as_ref()].into_iter(),
+                EncryptionSettings::default(),
+            )
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        for request in requests {
+            events.extend(to_device_events(&request));
+            self.machine
+                .mark_request_as_sent(&request.txn_id, &send_event_to_device::v3::Response::new())
+                .await
+                .unwrap();
+        }
+        assert!(!events.is_empty());
+        events
+    }
+
+    /// An encrypted message of Alice's, as a transaction delivers it.
+    async fn say(&self, event_id: &str, body: &str) -> Value {
+        let content: Raw<AnyMessageLikeEventContent> =
+            Raw::new(&json!({ "msgtype": "m.text", "body": body }))
+                .unwrap()
+                .cast_unchecked();
+        let encrypted = self
+            .machine
+            .encrypt_room_event_raw(&self.room, "m.room.message", &content)
+            .await
+            .unwrap();
+        json!({
+            "type": "m.room.encrypted",
+            "event_id": event_id,
+            "room_id": self.room,
+            "sender": ALICE,
+            "origin_server_ts": 1_700_000_000_000u64,
+            "content": encrypted.content,
+        })
+    }
+}
+
+fn to_device_events(request: &ToDeviceRequest) -> Vec<Value> {
+    let mut out = Vec::new();
+    for (user, devices) in &request.messages {
+        for (device, content) in devices {
+            out.push(json!({
+                "type": request.event_type.to_string(),
+                "sender": ALICE,
+                "to_user_id": user,
+                "to_device_id": device.to_string(),
+                "content": content,
+            }));
+        }
+    }
+    out
+}
+
+fn transaction(events: Vec<Value>, to_device: Vec<Value>) -> push_events::v1::Request {
+    let events = events
+        .into_iter()
+        .map(|e| Raw::from_json(serde_json::value::to_raw_value(&e).unwrap()))
+        .collect();
+    let mut request = push_events::v1::Request::new("txn".into(), events);
+    request.to_device = to_device
+        .into_iter()
+        .map(|e| Raw::from_json(serde_json::value::to_raw_value(&e).unwrap()))
+        .collect();
+    request
+}
+
+fn bodies(prepared: &daarion_bridge::crypto::inbound::Prepared) -> Vec<String> {
+    prepared
+        .events
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_str(e.get()).unwrap();
+            format!(
+                "{}: {}",
+                v["type"].as_str().unwrap_or(""),
+                v["content"]["body"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Sofia's engine with a device (stored, as after a first start) and her keys uploaded.
+async fn sofia(app: &TestApp) -> (Arc<Crypto>, upload_keys::v3::Request) {
+    app.store.crypto_device(SOFIA, SOFIA_DEVICE).await.unwrap();
+    let crypto = crypto(app).await;
+    let machines = crypto.opened();
+    assert_eq!(
+        machines.len(),
+        1,
+        "the stored device is opened without the homeserver"
+    );
+    let uploaded = upload(&machines[0].machine).await;
+    (crypto, uploaded)
+}
+
+/// A room key that arrives after its event (the usual order across transactions): the event
+/// waits durably, then comes out decrypted, once; one in the same transaction as its key
+/// decrypts at once. The state survives a reopen of the store: the same identity, and the room
+/// key still opens Alice's next message. No value is stored in clear.
+pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let metrics = daarion_bridge::metrics::Metrics::new();
+    let (crypto, uploaded) = sofia(&app).await;
+    let alice = Alice::meet(&uploaded).await;
+    let keys = alice.share_key().await;
+
+    // The event first, its key in the next transaction.
+    let early = alice.say("$early", "the early bird").await;
+    let prepared = crypto
+        .prepare(&transaction(vec![early.clone()], vec![]), &metrics)
+        .await
+        .unwrap();
+    assert!(
+        prepared.events.is_empty(),
+        "it waits for its key: {:?}",
+        bodies(&prepared)
+    );
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    // A replay of that transaction keeps one pending row.
+    crypto
+        .prepare(&transaction(vec![early], vec![]), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+
+    let prepared = crypto
+        .prepare(&transaction(vec![], keys), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&prepared), ["m.room.message: the early bird"]);
+    assert_eq!(prepared.late, ["$early"]);
+    let event: Value = serde_json::from_str(prepared.events[0].get()).unwrap();
+    assert_eq!(event["event_id"], "$early");
+    assert_eq!(event["sender"], ALICE);
+    assert_eq!(event["room_id"], "!secret:localhost");
+    app.store.crypto_pending_remove("$early").await.unwrap();
+
+    // Key known: decrypted in its own transaction.
+    let now = alice.say("$now", "right on time").await;
+    let prepared = crypto
+        .prepare(&transaction(vec![now], vec![]), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&prepared), ["m.room.message: right on time"]);
+
+    // A reopen: same device identity, and the stored room key opens the next message.
+    let identity = crypto.opened()[0].machine.identity_keys();
+    drop(crypto);
+    let reopened = self::crypto(&app).await;
+    assert_eq!(reopened.opened()[0].machine.identity_keys(), identity);
+    let later = alice.say("$later", "after the restart").await;
+    let prepared = reopened
+        .prepare(&transaction(vec![later], vec![]), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&prepared), ["m.room.message: after the restart"]);
+
+    // Nothing in clear: no stored value shows JSON, a pickle, or Sofia's public identity key.
+    let curve = identity.curve25519.to_base64();
+    let values: Vec<Vec<u8>> = match app.store.pool() {
+        daarion_bridge::db::Pool::Pg(p) => {
+            sqlx::query_scalar("SELECT value FROM bridge_crypto_items")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        }
+        daarion_bridge::db::Pool::Sqlite(p) => {
+            sqlx::query_scalar("SELECT value FROM bridge_crypto_items")
+                .fetch_all(p)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        values.len() > 5,
+        "the state is stored: {} rows",
+        values.len()
+    );
+    for value in &values {
+        let text = String::from_utf8_lossy(value);
+        for clear in [
+            "pickle",
+            "\"session_id\"",
+            "signed_curve25519",
+            curve.as_str(),
+        ] {
+            assert!(!text.contains(clear), "`{clear}` stored in clear");
+        }
+    }
+    // A wrong pickle key cannot open the store.
+    let hs = Homeserver::new(
+        "http://127.0.0.1:9",
+        "as_token",
+        "@daarion:localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    let wrong = Crypto::open(
+        app.store.clone(),
+        hs,
+        "another-pickle-key-0123456789-abcdefgh",
+        true,
+    )
+    .await;
+    assert!(wrong.is_err(), "a wrong pickle key must not open the store");
+}
+
+/// Hostile input never fails a transaction: garbage and misaddressed to-device events, a wrong
+/// algorithm, garbage ciphertext, an unknown session, a forged sender, an event without an id.
+/// Each is passed on (to be mirrored as `[encrypted]`), kept pending, or ignored, and counted.
+pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let metrics = daarion_bridge::metrics::Metrics::new();
+    let (crypto, uploaded) = sofia(&app).await;
+    let alice = Alice::meet(&uploaded).await;
+    let keys = alice.share_key().await;
+    let good = alice.say("$good", "still fine").await;
+    let mut forged = alice.say("$forged", "who am I").await;
+    // A well-formed event of a session nobody shared (its key may still come): it waits.
+    let mut unknown = alice.say("$unknown", "not for you yet").await;
+    unknown["content"]["session_id"] = json!("unknown-session");
+    forged["sender"] = json!("@mallory:localhost");
+    let to_device = vec![
+        json!("not an object"),
+        json!({ "type": "m.room.encrypted", "content": {} }),
+        json!({ "type": "m.room.encrypted", "to_user_id": "@nobody:localhost", "to_device_id": "X", "sender": ALICE, "content": {} }),
+        json!({ "type": "m.room.encrypted", "to_user_id": SOFIA, "to_device_id": SOFIA_DEVICE, "sender": ALICE,
+                "content": { "algorithm": "m.olm.v1.curve25519-aes-sha2", "sender_key": "garbage", "ciphertext": { "nope": { "type": 0, "body": "AAAA" } } } }),
+        json!({ "type": "m.room_key", "to_user_id": SOFIA, "to_device_id": SOFIA_DEVICE, "sender": ALICE,
+                "content": { "algorithm": "m.megolm.v1.aes-sha2", "room_id": "!secret:localhost", "session_id": "forged", "session_key": "AAAA" } }),
+    ]
+    .into_iter()
+    .chain(keys)
+    .collect();
+    let base = |id: &str, content: Value| {
+        json!({ "type": "m.room.encrypted", "event_id": id, "room_id": "!secret:localhost", "sender": ALICE,
+                "origin_server_ts": 1_700_000_000_000u64, "content": content })
+    };
+    let events = vec![
+        base(
+            "$olm",
+            json!({ "algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {} }),
+        ),
+        base(
+            "$garbage",
+            json!({ "algorithm": "m.megolm.v1.aes-sha2", "sender_key": "x", "device_id": "D", "session_id": "s", "ciphertext": "!!!not base64\u{0}" }),
+        ),
+        base(
+            "$short",
+            json!({ "algorithm": "m.megolm.v1.aes-sha2", "sender_key": "x", "device_id": "D", "session_id": "s2", "ciphertext": "AwgAEhAAAAAA" }),
+        ),
+        unknown,
+        base(
+            "$weird",
+            json!({ "algorithm": "org.example.rot13", "ciphertext": "uryyb" }),
+        ),
+        base("$nocontent", json!("a string")),
+        json!({ "type": "m.room.encrypted", "room_id": "!secret:localhost", "sender": ALICE, "content": {} }),
+        forged,
+        good,
+    ];
+    let prepared = crypto
+        .prepare(&transaction(events, to_device), &metrics)
+        .await
+        .expect("hostile input never fails the transaction");
+    let out = bodies(&prepared);
+    // The good message decrypted; every bad one passed on untouched (mirrored as [encrypted]).
+    assert!(
+        out.contains(&"m.room.message: still fine".to_owned()),
+        "{out:?}"
+    );
+    let passed_on = out
+        .iter()
+        .filter(|b| b.starts_with("m.room.encrypted"))
+        .count();
+    assert!(passed_on >= 5, "{out:?}");
+    // The unknown session waits for a key that may still come.
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    let text = metrics.render();
+    for outcome in ["to_device_ignored", "undecryptable", "decrypted", "pending"] {
+        assert!(
+            text.contains(&format!("crypto_events_total{{outcome=\"{outcome}\"}}")),
+            "{outcome} not counted:\n{text}"
+        );
+    }
+}

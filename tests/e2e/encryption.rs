@@ -1,0 +1,183 @@
+//! Agents in encrypted rooms, proven with a real E2EE client the bridge did not write:
+//! `tests/e2ee-client`, a person's client on the `matrix-sdk` crate (the Rust SDK under
+//! Element X) with its in-memory crypto store, driven over stdin/stdout, against the real
+//! Synapse.
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout},
+};
+
+use crate::harness::*;
+
+const SOFIA: &str = "@agent_sofia:localhost";
+
+/// A person's E2EE client (a child process).
+struct E2eeClient {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl E2eeClient {
+    /// Logs `person` in with a new device of the matrix-sdk client.
+    async fn start(person: &Person) -> Self {
+        let binary = std::env::var("DAARION_E2EE_CLIENT").unwrap_or_else(|_| {
+            repo()
+                .join("target/e2ee-client/debug/e2ee-client")
+                .to_string_lossy()
+                .into_owned()
+        });
+        let mut child = tokio::process::Command::new(&binary)
+            .args([
+                homeserver().as_str(),
+                person.user_id.as_str(),
+                "e2e-password-1",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} runs (scripts/test.sh builds it): {e}"));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut client = Self {
+            _child: child,
+            stdin,
+            stdout,
+        };
+        let ready = client.read().await;
+        assert_eq!(ready["ready"], true, "{ready}");
+        client
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.stdout.next_line())
+            .await
+            .expect("the E2EE client answers within 60 s")
+            .unwrap()
+            .expect("the E2EE client is alive");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Runs one command; panics with the client's error.
+    async fn run(&mut self, command: &str) -> Value {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = self.read().await;
+        assert!(answer.get("error").is_none(), "`{command}`: {answer}");
+        answer
+    }
+}
+
+/// Checks a decrypted answer: encrypted on the wire, no red shield, from a device its owner's
+/// cross-signing identity signed.
+fn assert_trusted(answer: &Value) {
+    assert_eq!(answer["encrypted"], true, "{answer}");
+    assert_eq!(
+        answer["shield"], "none",
+        "no red (or grey) shield: {answer}"
+    );
+    let verification = answer["verification"].as_str().unwrap_or("");
+    assert!(
+        !verification.contains("UnsignedDevice") && !verification.contains("None("),
+        "the device must be signed by its owner: {answer}"
+    );
+}
+
+/// A person opens an encrypted DM with Sofia exactly as Element does (`is_direct`,
+/// `trusted_private_chat`, `m.room.encryption` in the initial state) and writes to her. Her own
+/// device reads it, the channel holds the decrypted preview, and her echo answer comes back
+/// encrypted (`m.room.encrypted` on the wire) from a device signed by her own cross-signing
+/// identity: no red shield. Then the bridge restarts; the second message is answered too, by
+/// the same single device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_dm_with_an_agent() {
+    let db_url = fresh_pg().await;
+    let _serial = serial().lock().await;
+    ensure_synapse();
+    let bridge = RunningBridge::start(&db_url).await;
+    let pool = bridge.store.pool().clone();
+    // Sofia's device and cross-signing identity are set up once the homeserver answers the ping.
+    let q = format!(
+        "SELECT kind FROM bridge_crypto_items WHERE user_id = '{SOFIA}' AND kind = 'identity'"
+    );
+    wait_rows(&pool, &q, "Sofia's cross-signing identity", |r| {
+        r.len() == 1
+    })
+    .await;
+
+    let alice = Person::register("alice").await;
+    let mut client = E2eeClient::start(&alice).await;
+    let room = client.run(&format!("dm {SOFIA}")).await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.run(&format!("joined {room} {SOFIA}")).await;
+
+    client
+        .run(&format!("send {room} Sofia, say: tangerine lighthouse"))
+        .await;
+    let answer = client
+        .run(&format!("expect {room} {SOFIA} tangerine lighthouse"))
+        .await;
+    assert_trusted(&answer);
+
+    // On the wire, every event Sofia sent into the room is encrypted.
+    let wire = timeline(&alice, &room).await;
+    let from_sofia: Vec<&str> = wire
+        .iter()
+        .filter(|e| e["sender"] == SOFIA && e.get("state_key").is_none())
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        !from_sofia.is_empty() && from_sofia.iter().all(|t| *t == "m.room.encrypted"),
+        "{from_sofia:?}"
+    );
+
+    // The channel holds the decrypted preview of Alice's message.
+    let q = format!(
+        "SELECT m.content_preview FROM messages m JOIN channels c ON c.id = m.channel_id \
+         WHERE c.matrix_room_id = '{room}' AND m.content_preview LIKE '%tangerine lighthouse%'"
+    );
+    wait_rows(&pool, &q, "the decrypted previews", |r| r.len() == 2).await;
+
+    // A restart between two messages: the same single device answers the second one.
+    bridge.stop().await;
+    let bridge = RunningBridge::start(&db_url).await;
+    client
+        .run(&format!("send {room} Sofia, now say: violet harbour"))
+        .await;
+    let answer = client
+        .run(&format!("expect {room} {SOFIA} violet harbour"))
+        .await;
+    assert_trusted(&answer);
+    let keys = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { SOFIA: [] } }),
+        )
+        .await;
+    let devices = keys["device_keys"][SOFIA]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        devices.len(),
+        1,
+        "one device for Sofia across restarts: {devices:?}"
+    );
+    let q = format!("SELECT device_id FROM bridge_crypto_devices WHERE user_id = '{SOFIA}'");
+    let stored = rows(&pool, &q).await;
+    assert!(devices.contains_key(stored[0][0].as_deref().unwrap()));
+    // Her master key is published: clients can check her device's signature.
+    assert!(keys["master_keys"][SOFIA].is_object(), "{keys}");
+
+    bridge.stop().await;
+}

@@ -1,0 +1,210 @@
+//! A person's E2EE Matrix client for the bridge's end-to-end tests, built on matrix-sdk.
+//!
+//! `e2ee-client <homeserver> <user id> <password>` logs in with a new device, syncs in the
+//! background and answers one JSON line per command read from stdin:
+//! - `dm <user>`: creates a DM as Element does (`is_direct`, `trusted_private_chat`,
+//!   `m.room.encryption` in the initial state) → `{"room": …}`
+//! - `room <alias-or-id> <user>...`: creates an encrypted private room inviting the users →
+//!   `{"room": …}`
+//! - `joined <room> <user>`: waits until the user is joined in the client's view → `{"ok": true}`
+//! - `send <room> <text>` → `{"event_id": …}`
+//! - `expect <room> <sender> <words>`: waits until a message from `sender` containing `words`
+//!   decrypts → `{"body", "encrypted", "shield", "verification", "edits"}`
+//! - `quit`
+
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use matrix_sdk::{
+    Client, Room,
+    config::SyncSettings,
+    deserialized_responses::ShieldState,
+    room::MessagesOptions,
+    ruma::{
+        OwnedRoomId, OwnedUserId,
+        api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        events::{
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+            room::{
+                encryption::RoomEncryptionEventContent, member::MembershipState,
+                message::RoomMessageEventContent,
+            },
+        },
+    },
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, homeserver, user, password] = args.as_slice() else {
+        eprintln!("usage: e2ee-client <homeserver> <user id> <password>");
+        std::process::exit(2);
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::builder()
+        .homeserver_url(homeserver)
+        .build()
+        .await
+        .expect("client");
+    client
+        .matrix_auth()
+        .login_username(user, password)
+        .initial_device_display_name("e2e matrix-sdk")
+        .send()
+        .await
+        .expect("login");
+    client
+        .sync_once(SyncSettings::default().timeout(Duration::from_millis(100)))
+        .await
+        .expect("first sync");
+    let syncing = client.clone();
+    tokio::spawn(async move {
+        let _ = syncing
+            .sync(SyncSettings::default().timeout(Duration::from_millis(300)))
+            .await;
+    });
+    say(json!({ "ready": true, "device": client.device_id().map(|d| d.to_string()) }));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.splitn(2, ' ');
+        let command = words.next().unwrap_or("");
+        let rest = words.next().unwrap_or("");
+        let answer = match command {
+            "dm" => dm(&client, rest).await,
+            "room" => room(&client, rest).await,
+            "joined" => joined(&client, rest).await,
+            "send" => send(&client, rest).await,
+            "expect" => expect(&client, rest).await,
+            "quit" => break,
+            other => Err(format!("unknown command {other}")),
+        };
+        say(answer.unwrap_or_else(|e| json!({ "error": e })));
+    }
+}
+
+fn say(v: Value) {
+    println!("{v}");
+}
+
+fn the_room(client: &Client, id: &str) -> Result<Room, String> {
+    let id: OwnedRoomId = id.try_into().map_err(|e| format!("{e}"))?;
+    for _ in 0..100 {
+        if let Some(room) = client.get_room(&id) {
+            return Ok(room);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("unknown room {id}"))
+}
+
+async fn dm(client: &Client, user: &str) -> Result<Value, String> {
+    let user: OwnedUserId = user.trim().try_into().map_err(|e| format!("{e}"))?;
+    let room = client.create_dm(&user).await.map_err(|e| e.to_string())?;
+    Ok(json!({ "room": room.room_id() }))
+}
+
+async fn room(client: &Client, users: &str) -> Result<Value, String> {
+    let invite: Vec<OwnedUserId> = users
+        .split_whitespace()
+        .map(|u| u.try_into().map_err(|e| format!("{e}")))
+        .collect::<Result<_, _>>()?;
+    let mut request = CreateRoom::new();
+    request.invite = invite;
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = client
+        .create_room(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "room": room.room_id() }))
+}
+
+async fn joined(client: &Client, rest: &str) -> Result<Value, String> {
+    let (room, user) = rest.split_once(' ').ok_or("joined <room> <user>")?;
+    let room = the_room(client, room)?;
+    let user: OwnedUserId = user.trim().try_into().map_err(|e| format!("{e}"))?;
+    for _ in 0..300 {
+        let _ = room.sync_members().await;
+        if let Ok(Some(member)) = room.get_member_no_sync(&user).await
+            && *member.membership() == MembershipState::Join
+        {
+            return Ok(json!({ "ok": true }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{user} never joined"))
+}
+
+async fn send(client: &Client, rest: &str) -> Result<Value, String> {
+    let (room, text) = rest.split_once(' ').ok_or("send <room> <text>")?;
+    let room = the_room(client, room)?;
+    let sent = room
+        .send(RoomMessageEventContent::text_plain(text))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "event_id": sent.response.event_id }))
+}
+
+async fn expect(client: &Client, rest: &str) -> Result<Value, String> {
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(room), Some(sender), Some(words)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expect <room> <sender> <words>".into());
+    };
+    let room = the_room(client, room)?;
+    let sender: OwnedUserId = sender.try_into().map_err(|e| format!("{e}"))?;
+    let mut seen = Vec::new();
+    for _ in 0..300 {
+        seen.clear();
+        let messages = room
+            .messages(MessagesOptions::backward())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut edits = 0;
+        let mut found = None;
+        for event in &messages.chunk {
+            let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                SyncMessageLikeEvent::Original(message),
+            ))) = event.raw().deserialize()
+            else {
+                continue;
+            };
+            if message.sender != sender {
+                continue;
+            }
+            let body = message.content.body().to_owned();
+            if message.content.relates_to.is_some() {
+                edits += 1;
+            }
+            seen.push(body.clone());
+            if found.is_none() && body.contains(words) {
+                let info = event.encryption_info();
+                found = Some(json!({
+                    "body": body,
+                    "encrypted": info.is_some(),
+                    "shield": info.map(|i| match i.verification_state.to_shield_state_lax() {
+                        ShieldState::None => "none".to_owned(),
+                        ShieldState::Red { message, .. } => format!("red: {message}"),
+                        ShieldState::Grey { message, .. } => format!("grey: {message}"),
+                    }),
+                    "verification": info.map(|i| format!("{:?}", i.verification_state)),
+                }));
+            }
+        }
+        if let Some(mut found) = found {
+            found["edits"] = json!(edits);
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "no message from {sender} with `{words}`; decrypted: {seen:?}"
+    ))
+}
