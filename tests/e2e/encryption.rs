@@ -181,3 +181,55 @@ async fn encrypted_dm_with_an_agent() {
 
     bridge.stop().await;
 }
+
+/// An encrypted group room with two people: a mention of Nova gets a streamed answer (a
+/// message, then edits), encrypted, and both people's clients decrypt the final text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_group_room_gets_a_streamed_answer() {
+    const NOVA: &str = "@agent_nova:localhost";
+    let (_model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
+    let db_url = fresh_pg().await;
+    let _serial = serial().lock().await;
+    ensure_synapse();
+    let bridge = RunningBridge::start(&db_url).await;
+    let pool = bridge.store.pool().clone();
+    let q = format!("SELECT kind FROM bridge_crypto_items WHERE user_id = '{NOVA}' AND kind = 'identity'");
+    wait_rows(&pool, &q, "Nova's cross-signing identity", |r| r.len() == 1).await;
+
+    let (alice, bob) = (Person::register("alice").await, Person::register("bob").await);
+    let mut alice_client = E2eeClient::start(&alice).await;
+    let mut bob_client = E2eeClient::start(&bob).await;
+    let room = alice_client
+        .run(&format!("room {NOVA} {}", bob.user_id))
+        .await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob_client.run(&format!("join {room}")).await;
+    alice_client.run(&format!("joined {room} {NOVA}")).await;
+    alice_client.run(&format!("joined {room} {}", bob.user_id)).await;
+    bob_client.run(&format!("joined {room} {NOVA}")).await;
+
+    alice_client
+        .run(&format!("mention {room} {NOVA} Nova, what is six times seven?"))
+        .await;
+    for client in [&mut alice_client, &mut bob_client] {
+        let answer = client
+            .run(&format!("expect {room} {NOVA} The answer is forty-two."))
+            .await;
+        assert_trusted(&answer);
+        assert!(answer["edits"].as_u64().unwrap_or(0) >= 1, "streamed as edits: {answer}");
+    }
+    // On the wire, Nova's message and its edits are all encrypted.
+    let wire = timeline(&alice, &room).await;
+    let from_nova: Vec<&str> = wire
+        .iter()
+        .filter(|e| e["sender"] == NOVA && e.get("state_key").is_none())
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        from_nova.len() >= 2 && from_nova.iter().all(|t| *t == "m.room.encrypted"),
+        "{from_nova:?}"
+    );
+    bridge.stop().await;
+}

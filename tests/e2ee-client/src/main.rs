@@ -8,6 +8,8 @@
 //!   `{"room": …}`
 //! - `joined <room> <user>`: waits until the user is joined in the client's view → `{"ok": true}`
 //! - `send <room> <text>` → `{"event_id": …}`
+//! - `mention <room> <user> <text>`: a message with `m.mentions` → `{"event_id": …}`
+//! - `join <room>` → `{"ok": true}`
 //! - `expect <room> <sender> <words>`: waits until a message from `sender` containing `words`
 //!   decrypts → `{"body", "encrypted", "shield", "verification", "edits"}`
 //! - `quit`
@@ -25,10 +27,10 @@ use matrix_sdk::{
         OwnedRoomId, OwnedUserId,
         api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
         events::{
-            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, SyncMessageLikeEvent,
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, Mentions, SyncMessageLikeEvent,
             room::{
                 encryption::RoomEncryptionEventContent, member::MembershipState,
-                message::RoomMessageEventContent,
+                message::{Relation, RoomMessageEventContent},
             },
         },
     },
@@ -77,6 +79,8 @@ async fn main() {
             "room" => room(&client, rest).await,
             "joined" => joined(&client, rest).await,
             "send" => send(&client, rest).await,
+            "mention" => mention(&client, rest).await,
+            "join" => join(&client, rest).await,
             "expect" => expect(&client, rest).await,
             "quit" => break,
             other => Err(format!("unknown command {other}")),
@@ -153,6 +157,28 @@ async fn send(client: &Client, rest: &str) -> Result<Value, String> {
     Ok(json!({ "event_id": sent.response.event_id }))
 }
 
+async fn mention(client: &Client, rest: &str) -> Result<Value, String> {
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(room), Some(user), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("mention <room> <user> <text>".into());
+    };
+    let room = the_room(client, room)?;
+    let user: OwnedUserId = user.try_into().map_err(|e| format!("{e}"))?;
+    let content = RoomMessageEventContent::text_plain(text)
+        .add_mentions(Mentions::with_user_ids([user]));
+    let sent = room.send(content).await.map_err(|e| e.to_string())?;
+    Ok(json!({ "event_id": sent.response.event_id }))
+}
+
+async fn join(client: &Client, room: &str) -> Result<Value, String> {
+    let room: OwnedRoomId = room.trim().try_into().map_err(|e| format!("{e}"))?;
+    client
+        .join_room_by_id(&room)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "ok": true }))
+}
+
 async fn expect(client: &Client, rest: &str) -> Result<Value, String> {
     let mut parts = rest.splitn(3, ' ');
     let (Some(room), Some(sender), Some(words)) = (parts.next(), parts.next(), parts.next()) else {
@@ -180,7 +206,7 @@ async fn expect(client: &Client, rest: &str) -> Result<Value, String> {
                 continue;
             }
             let body = message.content.body().to_owned();
-            if message.content.relates_to.is_some() {
+            if matches!(message.content.relates_to, Some(Relation::Replacement(_))) {
                 edits += 1;
             }
             seen.push(body.clone());
