@@ -409,3 +409,72 @@ pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
         );
     }
 }
+
+/// Through the bridge itself, with encryption on: a transaction of hostile encrypted and
+/// to-device events is answered 200 and its encrypted events are mirrored as `[encrypted]`; an
+/// event whose key never comes waits in `bridge_crypto_pending` until `pending_max_age`, then is
+/// mirrored as `[encrypted]` and forgotten.
+pub async fn encrypted_events_wait_then_give_up(b: Backend) {
+    let prepared = TestApp::prepare(b, |toml| {
+        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\npending_max_age = \"1s\"\n")
+    })
+    .await;
+    // Sofia's device exists from an earlier start: the bridge opens her machine before serving.
+    prepared
+        .store
+        .crypto_device(SOFIA, SOFIA_DEVICE)
+        .await
+        .unwrap();
+    let app = prepared.restart().await;
+    crate::mirrored(&app).await;
+    // A well-formed Megolm message of a session nobody shared.
+    let mut session = matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default());
+    let ciphertext = session.encrypt("never readable").to_base64();
+    let sender_key = matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
+        &matrix_sdk_crypto::vodozemac::Curve25519SecretKey::new(),
+    )
+    .to_base64();
+    let unknown_session = |id: &str| {
+        json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM, "sender": "@alice:localhost",
+                "origin_server_ts": 1_700_000_000_000u64,
+                "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": sender_key, "device_id": "D",
+                             "session_id": session.session_id(), "ciphertext": ciphertext } })
+    };
+    let garbage = json!({ "type": "m.room.encrypted", "event_id": "$garbage", "room_id": crate::ev::ROOM,
+        "sender": "@alice:localhost", "origin_server_ts": 1_700_000_000_000u64,
+        "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 12 } });
+    let body = json!({
+        "events": [unknown_session("$waiting"), garbage],
+        "de.sorunome.msc2409.to_device": [
+            "junk",
+            { "type": "m.room.encrypted", "to_user_id": SOFIA, "to_device_id": SOFIA_DEVICE, "sender": "@alice:localhost", "content": { "ciphertext": "no" } }
+        ],
+        "org.matrix.msc3202.device_lists": { "changed": ["@alice:localhost"], "left": [] },
+        "org.matrix.msc3202.device_one_time_keys_count": { SOFIA: { SOFIA_DEVICE: { "signed_curve25519": 50 } } }
+    });
+    let (status, answer) = app
+        .put_raw("enc-1", serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let preview = |id: &'static str| {
+        let app = &app;
+        async move {
+            app.col(&format!(
+                "SELECT content_preview FROM messages WHERE matrix_event_id = '{id}'"
+            ))
+            .await
+        }
+    };
+    assert_eq!(preview("$garbage").await, ["[encrypted]"]);
+    assert!(preview("$waiting").await.is_empty(), "it waits for its key");
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    app.eventually(
+        "the waiting event given up on",
+        std::time::Duration::from_secs(10),
+        || async {
+            preview("$waiting").await == ["[encrypted]"]
+                && app.store.crypto_pending_count().await.unwrap() == 0
+        },
+    )
+    .await;
+}

@@ -193,10 +193,15 @@ async fn encrypted_group_room_gets_a_streamed_answer() {
     ensure_synapse();
     let bridge = RunningBridge::start(&db_url).await;
     let pool = bridge.store.pool().clone();
-    let q = format!("SELECT kind FROM bridge_crypto_items WHERE user_id = '{NOVA}' AND kind = 'identity'");
+    let q = format!(
+        "SELECT kind FROM bridge_crypto_items WHERE user_id = '{NOVA}' AND kind = 'identity'"
+    );
     wait_rows(&pool, &q, "Nova's cross-signing identity", |r| r.len() == 1).await;
 
-    let (alice, bob) = (Person::register("alice").await, Person::register("bob").await);
+    let (alice, bob) = (
+        Person::register("alice").await,
+        Person::register("bob").await,
+    );
     let mut alice_client = E2eeClient::start(&alice).await;
     let mut bob_client = E2eeClient::start(&bob).await;
     let room = alice_client
@@ -207,18 +212,25 @@ async fn encrypted_group_room_gets_a_streamed_answer() {
         .to_owned();
     bob_client.run(&format!("join {room}")).await;
     alice_client.run(&format!("joined {room} {NOVA}")).await;
-    alice_client.run(&format!("joined {room} {}", bob.user_id)).await;
+    alice_client
+        .run(&format!("joined {room} {}", bob.user_id))
+        .await;
     bob_client.run(&format!("joined {room} {NOVA}")).await;
 
     alice_client
-        .run(&format!("mention {room} {NOVA} Nova, what is six times seven?"))
+        .run(&format!(
+            "mention {room} {NOVA} Nova, what is six times seven?"
+        ))
         .await;
     for client in [&mut alice_client, &mut bob_client] {
         let answer = client
             .run(&format!("expect {room} {NOVA} The answer is forty-two."))
             .await;
         assert_trusted(&answer);
-        assert!(answer["edits"].as_u64().unwrap_or(0) >= 1, "streamed as edits: {answer}");
+        assert!(
+            answer["edits"].as_u64().unwrap_or(0) >= 1,
+            "streamed as edits: {answer}"
+        );
     }
     // On the wire, Nova's message and its edits are all encrypted.
     let wire = timeline(&alice, &room).await;

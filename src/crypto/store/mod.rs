@@ -20,16 +20,15 @@ use matrix_sdk_common::cross_process_lock::CrossProcessLockGeneration;
 use matrix_sdk_crypto::{
     Account, DeviceData, GossipRequest, SecretInfo, Session, UserIdentityData,
     olm::{
-        InboundGroupSession, OlmMessageHash, OutboundGroupSession, PickledAccount,
-        PickledCrossSigningIdentity, PickledInboundGroupSession, PickledSession,
-        PrivateCrossSigningIdentity, SenderDataType,
+        InboundGroupSession, OlmMessageHash, OutboundGroupSession, PrivateCrossSigningIdentity,
+        SenderDataType,
     },
     store::{
         CryptoStore, CryptoStoreError, MemoryStore,
         types::{
-            BackupKeys, Changes, DehydratedDeviceKey, DeviceChanges, IdentityChanges,
-            PendingChanges, RoomKeyCounts, RoomKeyWithheldEntry, RoomPendingKeyBundleDetails,
-            RoomSettings, StoredRoomKeyBundleData, TrackedUser,
+            BackupKeys, Changes, DehydratedDeviceKey, PendingChanges, RoomKeyCounts,
+            RoomKeyWithheldEntry, RoomPendingKeyBundleDetails, RoomSettings,
+            StoredRoomKeyBundleData, TrackedUser,
         },
     },
     vodozemac::Curve25519PublicKey,
@@ -43,6 +42,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
 
 use crate::db::{Store, crypto::CryptoItem};
+
+mod load;
 
 type Result<T, E = CryptoStoreError> = std::result::Result<T, E>;
 
@@ -58,19 +59,19 @@ impl<T> Inf<T> for std::result::Result<T, std::convert::Infallible> {
 }
 
 /// Item kinds of `bridge_crypto_items`.
-mod kind {
-    pub const ACCOUNT: &str = "account";
-    pub const IDENTITY: &str = "identity";
-    pub const SESSION: &str = "session";
-    pub const INBOUND: &str = "inbound";
-    pub const OUTBOUND: &str = "outbound";
-    pub const DEVICE: &str = "device";
-    pub const USER_IDENTITY: &str = "user_identity";
-    pub const TRACKED: &str = "tracked";
-    pub const HASH: &str = "message_hash";
-    pub const ROOM: &str = "room_settings";
-    pub const WITHHELD: &str = "withheld";
-    pub const CUSTOM: &str = "custom";
+pub(super) mod kind {
+    pub(crate) const ACCOUNT: &str = "account";
+    pub(crate) const IDENTITY: &str = "identity";
+    pub(crate) const SESSION: &str = "session";
+    pub(crate) const INBOUND: &str = "inbound";
+    pub(crate) const OUTBOUND: &str = "outbound";
+    pub(crate) const DEVICE: &str = "device";
+    pub(crate) const USER_IDENTITY: &str = "user_identity";
+    pub(crate) const TRACKED: &str = "tracked";
+    pub(crate) const HASH: &str = "message_hash";
+    pub(crate) const ROOM: &str = "room_settings";
+    pub(crate) const WITHHELD: &str = "withheld";
+    pub(crate) const CUSTOM: &str = "custom";
 }
 
 /// An agent's crypto store: memory for reads, the database for durability.
@@ -143,113 +144,6 @@ impl DbCryptoStore {
             .crypto_write(self.user.as_str(), &batch.put, &delete)
             .await
             .map_err(backend)
-    }
-
-    async fn load(&self) -> Result<()> {
-        let rows = self
-            .db
-            .crypto_items(self.user.as_str())
-            .await
-            .map_err(backend)?;
-        let mut by_kind: HashMap<String, Vec<CryptoItem>> = HashMap::new();
-        for row in rows {
-            by_kind.entry(row.kind.clone()).or_default().push(row);
-        }
-        let take = |k: &str, by_kind: &mut HashMap<String, Vec<CryptoItem>>| {
-            by_kind.remove(k).unwrap_or_default()
-        };
-        let Some(account_row) = take(kind::ACCOUNT, &mut by_kind).pop() else {
-            return Ok(());
-        };
-        let pickle: PickledAccount = self.open_value(&account_row.value)?;
-        let account = Account::from_pickle(pickle).map_err(backend)?;
-        let device_keys = account.device_keys();
-        let own_device = DeviceData::from_account(&account);
-        let identity_keys = Arc::new(account.identity_keys());
-        let device_id = account.device_id().to_owned();
-        self.mem
-            .save_pending_changes(PendingChanges {
-                account: Some(account),
-            })
-            .await
-            .inf()?;
-        let mut changes = Changes::default();
-        if let Some(row) = take(kind::IDENTITY, &mut by_kind).pop() {
-            let pickle: PickledCrossSigningIdentity = self.open_value(&row.value)?;
-            changes.private_identity =
-                Some(PrivateCrossSigningIdentity::from_pickle(pickle).map_err(backend)?);
-        }
-        for row in take(kind::SESSION, &mut by_kind) {
-            let pickle: PickledSession = self.open_value(&row.value)?;
-            changes
-                .sessions
-                .push(Session::from_pickle(device_keys.clone(), pickle).map_err(backend)?);
-        }
-        for row in take(kind::INBOUND, &mut by_kind) {
-            let pickle: PickledInboundGroupSession = self.open_value(&row.value)?;
-            changes
-                .inbound_group_sessions
-                .push(InboundGroupSession::from_pickle(pickle).map_err(backend)?);
-        }
-        for row in take(kind::OUTBOUND, &mut by_kind) {
-            let pickle = self.open_value(&row.value)?;
-            changes.outbound_group_sessions.push(
-                OutboundGroupSession::from_pickle(device_id.clone(), identity_keys.clone(), pickle)
-                    .map_err(backend)?,
-            );
-        }
-        let mut devices = vec![own_device];
-        for row in take(kind::DEVICE, &mut by_kind) {
-            devices.push(self.open_value(&row.value)?);
-        }
-        changes.devices = DeviceChanges {
-            new: devices,
-            ..Default::default()
-        };
-        let mut identities = Vec::new();
-        for row in take(kind::USER_IDENTITY, &mut by_kind) {
-            identities.push(self.open_value(&row.value)?);
-        }
-        changes.identities = IdentityChanges {
-            new: identities,
-            ..Default::default()
-        };
-        for row in take(kind::HASH, &mut by_kind) {
-            changes.message_hashes.push(self.open_value(&row.value)?);
-        }
-        for row in take(kind::ROOM, &mut by_kind) {
-            let settings: RoomSettings = self.open_value(&row.value)?;
-            if let Ok(room) = ruma::OwnedRoomId::try_from(row.key.as_str()) {
-                changes.room_settings.insert(room, settings);
-            }
-        }
-        for row in take(kind::WITHHELD, &mut by_kind) {
-            let entry: RoomKeyWithheldEntry = self.open_value(&row.value)?;
-            if let Some((room, session)) = row.key.split_once('|')
-                && let Ok(room) = ruma::OwnedRoomId::try_from(room)
-            {
-                changes
-                    .withheld_session_info
-                    .entry(room)
-                    .or_default()
-                    .insert(session.to_owned(), entry);
-            }
-        }
-        self.mem.save_changes(changes).await.inf()?;
-        let tracked: Vec<TrackedUser> = take(kind::TRACKED, &mut by_kind)
-            .iter()
-            .map(|row| self.open_value(&row.value))
-            .collect::<Result<_>>()?;
-        let tracked: Vec<(&UserId, bool)> = tracked
-            .iter()
-            .map(|t| (t.user_id.as_ref(), t.dirty))
-            .collect();
-        self.mem.save_tracked_users(&tracked).await.inf()?;
-        for row in take(kind::CUSTOM, &mut by_kind) {
-            let value: Vec<u8> = self.open_value(&row.value)?;
-            self.mem.set_custom_value(&row.key, value).await.inf()?;
-        }
-        Ok(())
     }
 
     async fn pickle_inbound(
