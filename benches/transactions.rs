@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
 //! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000); `DAARION_BENCH_ONLY`
-//! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`; default all).
+//! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`, `crypto`; default
+//! all). `crypto` compares encrypted with plaintext 50-event transactions (decryption's cost).
 
 use std::{
     collections::VecDeque,
@@ -488,6 +489,8 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     );
 }
 
+#[path = "transactions/encrypted.rs"]
+mod encrypted;
 #[path = "transactions/events.rs"]
 mod events;
 #[path = "transactions/floor.rs"]
@@ -562,6 +565,18 @@ fn main() {
             .unwrap();
         if wanted("overhead") {
             overhead::run_overhead(&format!("{base}/{runs_db}"), &dir).await;
+        }
+        if wanted("crypto") {
+            let crypto_db = format!("{name}_crypto");
+            sqlx::query(&format!("CREATE DATABASE {crypto_db}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            encrypted::decryption(&format!("{base}/{crypto_db}")).await;
+            sqlx::query(&format!("DROP DATABASE {crypto_db} WITH (FORCE)"))
+                .execute(&pool)
+                .await
+                .unwrap();
         }
         for db in [runs_db, name] {
             sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))

@@ -406,9 +406,13 @@ async fn ping_until_reached(
         // Every agent gets its device before anyone writes to it: a client encrypts only for
         // the devices it sees when it sends.
         let mut ready = 0;
+        let mut probe = None;
         for agent in registry.all() {
             match crypto.machine(&agent.user_id).await {
-                Ok(_) => ready += 1,
+                Ok(machine) => {
+                    ready += 1;
+                    probe.get_or_insert(machine);
+                }
                 Err(error) => {
                     tracing::error!(user = %agent.user_id, %error, "{}", crate::crypto::explain(&error));
                 }

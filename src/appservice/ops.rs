@@ -53,6 +53,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 "pending": backlog.pending,
                 "oldest_pending_seconds": backlog.oldest_age_seconds,
             },
+            // Whether room keys can reach the agents (a homeserver without MSC4203 delivery
+            // keeps the bridge ready: plaintext rooms work).
+            "encryption": state.crypto.as_ref().map(|c| c.delivery().name()).unwrap_or("off"),
         })),
     )
         .into_response()

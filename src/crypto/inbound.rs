@@ -216,6 +216,12 @@ impl Crypto {
     ) -> Result<Vec<(OwnedRoomId, String)>, CryptoError> {
         let mut to_device: HashMap<OwnedUserId, Vec<Raw<AnyToDeviceEvent>>> = HashMap::new();
         for raw in &request.to_device {
+            if raw.get_field::<String>("type").ok().flatten().as_deref() == Some(super::PROBE_TYPE)
+            {
+                metrics.crypto("probe");
+                self.probe_arrived();
+                continue;
+            }
             match raw.deserialize_as_unchecked::<Target>() {
                 Ok(target) => {
                     let mine = self.opened().into_iter().any(|m| {

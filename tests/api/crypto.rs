@@ -281,6 +281,40 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
         .unwrap();
     assert_eq!(bodies(&prepared), ["m.room.message: after the restart"]);
 
+    // With `store_previews = false` the decrypted event is marked to keep its text out of the
+    // preview, and the mirror stores `[encrypted]` (the text still reaches the planner).
+    drop(reopened);
+    let hs = Homeserver::new(
+        "http://127.0.0.1:9",
+        "as_token",
+        "@daarion:localhost".try_into().unwrap(),
+    )
+    .unwrap();
+    let private = Crypto::open(app.store.clone(), hs, PICKLE_KEY, false)
+        .await
+        .unwrap();
+    let hidden = alice.say("$hidden", "keep me out of the database").await;
+    let prepared = private
+        .prepare(&transaction(vec![hidden], vec![]), &metrics)
+        .await
+        .unwrap();
+    let event: Value = serde_json::from_str(prepared.events[0].get()).unwrap();
+    assert_eq!(event["content"]["body"], "keep me out of the database");
+    assert_eq!(
+        event[daarion_bridge::bridge::mirror::event::HIDE_PREVIEW],
+        true
+    );
+    crate::mirrored(&app).await;
+    let mut marked = crate::ev::text("hidden2", "@alice:localhost", "a private thought");
+    marked[daarion_bridge::bridge::mirror::event::HIDE_PREVIEW] = json!(true);
+    let (status, _) = app.put_txn("hide-1", vec![marked]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.col("SELECT content_preview FROM messages WHERE matrix_event_id = '$hidden2'")
+            .await,
+        ["[encrypted]"]
+    );
+
     // Nothing in clear: no stored value shows JSON, a pickle, or Sofia's public identity key.
     let curve = identity.curve25519.to_base64();
     let values: Vec<Vec<u8>> = match app.store.pool() {

@@ -112,6 +112,26 @@ async fn encrypted_dm_with_an_agent() {
     })
     .await;
 
+    // The start-up probe found that Synapse delivers to-device events to the bridge.
+    let mut encryption = Value::Null;
+    for _ in 0..300 {
+        let ready: Value = reqwest::get("http://127.0.0.1:29334/health/ready")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        encryption = ready["encryption"].clone();
+        if encryption == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        encryption, "delivered",
+        "readiness reports to-device delivery"
+    );
+
     let alice = Person::register("alice").await;
     let mut client = E2eeClient::start(&alice).await;
     let room = client.run(&format!("dm {SOFIA}")).await["room"]
