@@ -446,8 +446,15 @@ impl Homeserver {
             String::new(),
         );
         match self.send(request, Some(as_user)).await {
-            Ok(response) => Ok(serde_json::from_str(response.event_or_content.get()).ok()),
-            Err(HsError::Matrix(e)) if e.status_code.as_u16() == 404 => Ok(None),
+            // Unreadable state is an error, never "not encrypted": nothing goes out in clear
+            // into a room that may be encrypted.
+            Ok(response) => serde_json::from_str(response.event_or_content.get())
+                .map(Some)
+                .map_err(|e| HsError::Response(format!("unreadable m.room.encryption: {e}"))),
+            // Only "no such state event" means plaintext (not an endpoint the server lacks).
+            Err(HsError::Matrix(e)) if matches!(e.error_kind(), Some(ErrorKind::NotFound)) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

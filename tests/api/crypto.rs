@@ -141,10 +141,13 @@ impl Alice {
 
     /// An encrypted message of Alice's, as a transaction delivers it.
     async fn say(&self, event_id: &str, body: &str) -> Value {
-        let content: Raw<AnyMessageLikeEventContent> =
-            Raw::new(&json!({ "msgtype": "m.text", "body": body }))
-                .unwrap()
-                .cast_unchecked();
+        self.say_content(event_id, json!({ "msgtype": "m.text", "body": body }))
+            .await
+    }
+
+    /// An encrypted message of Alice's with this content.
+    async fn say_content(&self, event_id: &str, content: Value) -> Value {
+        let content: Raw<AnyMessageLikeEventContent> = Raw::new(&content).unwrap().cast_unchecked();
         let encrypted = self
             .machine
             .encrypt_room_event_raw(&self.room, "m.room.message", &content)
@@ -508,6 +511,71 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
         || async {
             preview("$waiting").await == ["[encrypted]"]
                 && app.store.crypto_pending_count().await.unwrap() == 0
+        },
+    )
+    .await;
+}
+
+/// A question whose room key arrives in a later transaction is still answered: it waits,
+/// unmirrored, then comes out decrypted with the key's transaction, is mirrored with its text
+/// and becomes Sofia's run.
+pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
+    let prepared = TestApp::prepare(b, |toml| {
+        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n")
+    })
+    .await;
+    prepared
+        .store
+        .crypto_device(SOFIA, SOFIA_DEVICE)
+        .await
+        .unwrap();
+    let app = prepared.restart().await;
+    crate::mirrored(&app).await;
+    let (status, _) = app
+        .put_txn(
+            "sofia-joins",
+            vec![crate::ev::member("sj", SOFIA, SOFIA, "join")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let crypto = app.crypto.clone().expect("encryption is on");
+    let uploaded = upload(&crypto.opened()[0].machine).await;
+    let mut alice = Alice::meet(&uploaded).await;
+    alice.room = crate::ev::ROOM.try_into().unwrap();
+    let keys = alice.share_key().await;
+    let mut question = alice
+        .say_content(
+            "$late-question",
+            json!({ "msgtype": "m.text", "body": "Sofia, are you there?", "m.mentions": { "user_ids": [SOFIA] } }),
+        )
+        .await;
+    question["origin_server_ts"] = json!(daarion_bridge::db::types::Ts::now().millis());
+
+    let body = |v: Value| serde_json::to_vec(&v).unwrap();
+    let (status, _) = app
+        .put_raw("late-1", body(json!({ "events": [question] })))
+        .await;
+    assert_eq!(status, 200);
+    let preview = "SELECT content_preview FROM messages WHERE matrix_event_id = '$late-question'";
+    assert!(app.col(preview).await.is_empty(), "it waits for its key");
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+
+    let (status, _) = app
+        .put_raw(
+            "late-2",
+            body(json!({ "events": [], "de.sorunome.msc2409.to_device": keys })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.col(preview).await, ["Sofia, are you there?"]);
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 0);
+    app.eventually(
+        "Sofia's run for the late question",
+        std::time::Duration::from_secs(10),
+        || async {
+            !app.col("SELECT status FROM agent_runs WHERE trigger_event_id = '$late-question'")
+                .await
+                .is_empty()
         },
     )
     .await;

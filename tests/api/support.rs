@@ -32,6 +32,8 @@ pub struct TestApp {
     pub puppets: Option<std::sync::Arc<daarion_bridge::puppet::Puppets>>,
     /// The bridge's agent registry (`None` when the bridge runs as a separate process).
     pub registry: Option<std::sync::Arc<daarion_bridge::bridge::agents::AgentRegistry>>,
+    /// The agents' crypto engines (in-process bridges with encryption on).
+    pub crypto: Option<std::sync::Arc<daarion_bridge::crypto::Crypto>>,
     pub config: Config,
     pub db_url: String,
     pub hs_url: String,
@@ -181,6 +183,7 @@ impl TestApp {
             store,
             puppets: None,
             registry: None,
+            crypto: None,
             config,
             db_url,
             hs_url,
@@ -204,6 +207,7 @@ impl TestApp {
         let store = bridge.store.clone();
         let puppets = bridge.puppets.clone();
         let registry = bridge.registry.clone();
+        let crypto = bridge.crypto.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
@@ -214,6 +218,7 @@ impl TestApp {
             store,
             puppets: Some(puppets),
             registry: Some(registry),
+            crypto,
             config,
             db_url,
             hs_url: hs_url.to_owned(),
@@ -271,6 +276,7 @@ impl TestApp {
             store: Store::connect(&self.db_url, 2).await.unwrap(),
             puppets: None,
             registry: None,
+            crypto: None,
             config: Config::from_toml_str(&toml).unwrap(),
             db_url: self.db_url.clone(),
             hs_url: self.hs_url.clone(),
