@@ -489,6 +489,9 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     );
 }
 
+#[path = "../tests/common/e2ee.rs"]
+#[allow(dead_code)]
+mod e2ee;
 #[path = "transactions/encrypted.rs"]
 mod encrypted;
 #[path = "transactions/events.rs"]

@@ -3,115 +3,15 @@
 //! bridge (in-process here: the bench plays the person's client with matrix-sdk-crypto and needs
 //! Sofia's machine to exchange keys with). Every encrypted body is prepared before timing.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use matrix_sdk_crypto::{
-    EncryptionSettings, OlmMachine,
-    types::requests::{AnyOutgoingRequest, ToDeviceRequest},
-};
-use ruma::{
-    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedRoomId, OwnedUserId, UInt,
-    api::client::{
-        keys::{claim_keys, get_keys, upload_keys},
-        to_device::send_event_to_device,
-    },
-    events::AnyMessageLikeEventContent,
-    serde::Raw,
-};
+use ruma::{OwnedRoomId, events::AnyMessageLikeEventContent, serde::Raw};
 use serde_json::{Value, json};
 
 use super::{AS_TOKEN, HS_TOKEN, SENTENCE, free_port, put, stats};
+use crate::e2ee::{ALICE, Alice, SOFIA, SOFIA_DEVICE, upload};
 
-const SOFIA: &str = "@agent_sofia:localhost";
-const DEVICE: &str = "SOFIABENCH";
-const ALICE: &str = "@alice:localhost";
 const ROOM: &str = "!crypto:localhost";
-
-async fn upload(machine: &OlmMachine) -> upload_keys::v3::Request {
-    for request in machine.outgoing_requests().await.unwrap() {
-        if let AnyOutgoingRequest::KeysUpload(upload) = request.request() {
-            let counts =
-                BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, UInt::from(50u32))]);
-            machine
-                .mark_request_as_sent(
-                    request.request_id(),
-                    &upload_keys::v3::Response::new(counts),
-                )
-                .await
-                .unwrap();
-            return upload.clone();
-        }
-    }
-    panic!("no key upload");
-}
-
-/// Alice's machine with a Megolm session shared with Sofia; returns the to-device events.
-async fn alice_meets(sofia_keys: &upload_keys::v3::Request) -> (OlmMachine, Vec<Value>) {
-    let alice: OwnedUserId = ALICE.try_into().unwrap();
-    let sofia: OwnedUserId = SOFIA.try_into().unwrap();
-    let device: OwnedDeviceId = DEVICE.into();
-    let machine = OlmMachine::new(&alice, "ALICEBENCH".into()).await;
-    upload(&machine).await;
-    machine
-        .update_tracked_users([sofia.as_ref()])
-        .await
-        .unwrap();
-    for request in machine.outgoing_requests().await.unwrap() {
-        if let AnyOutgoingRequest::KeysQuery(_) = request.request() {
-            let mut response = get_keys::v3::Response::new();
-            response.device_keys = BTreeMap::from([(
-                sofia.clone(),
-                BTreeMap::from([(device.clone(), sofia_keys.device_keys.clone().unwrap())]),
-            )]);
-            machine
-                .mark_request_as_sent(request.request_id(), &response)
-                .await
-                .unwrap();
-        }
-    }
-    let (id, _) = machine
-        .get_missing_sessions([sofia.as_ref()].into_iter())
-        .await
-        .unwrap()
-        .unwrap();
-    let (key_id, key) = sofia_keys.one_time_keys.iter().next().unwrap();
-    let response = claim_keys::v3::Response::new(BTreeMap::from([(
-        sofia.clone(),
-        BTreeMap::from([(device, BTreeMap::from([(key_id.clone(), key.clone())]))]),
-    )]));
-    machine.mark_request_as_sent(&id, &response).await.unwrap();
-    let room: OwnedRoomId = ROOM.try_into().unwrap();
-    let requests = machine
-        .share_room_key(
-            &room,
-            [sofia.as_ref()].into_iter(),
-            EncryptionSettings::default(),
-        )
-        .await
-        .unwrap();
-    let mut to_device = Vec::new();
-    for request in requests {
-        to_device.extend(to_device_events(&request));
-        machine
-            .mark_request_as_sent(&request.txn_id, &send_event_to_device::v3::Response::new())
-            .await
-            .unwrap();
-    }
-    (machine, to_device)
-}
-
-fn to_device_events(request: &ToDeviceRequest) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (user, devices) in &request.messages {
-        for (device, content) in devices {
-            out.push(
-                json!({ "type": request.event_type.to_string(), "sender": ALICE,
-                "to_user_id": user, "to_device_id": device.to_string(), "content": content }),
-            );
-        }
-    }
-    out
-}
 
 fn message(seq: u64, content: Value, kind: &str) -> Value {
     json!({ "type": kind, "event_id": format!("$c{seq}"), "sender": ALICE, "room_id": ROOM,
@@ -122,7 +22,7 @@ fn message(seq: u64, content: Value, kind: &str) -> Value {
 pub async fn decryption(db_url: &str) {
     let store = daarion_bridge::db::Store::connect(db_url, 4).await.unwrap();
     store.migrate().await.unwrap();
-    store.crypto_device(SOFIA, DEVICE).await.unwrap();
+    store.crypto_device(SOFIA, SOFIA_DEVICE).await.unwrap();
     let port = free_port();
     let toml = format!(
         r#"
@@ -152,7 +52,9 @@ name = "Bench"
     let bridge = daarion_bridge::Bridge::build(config).await.unwrap();
     let sofia = bridge.crypto.as_ref().unwrap().opened()[0].clone();
     let keys = upload(&sofia.machine).await;
-    let (alice, to_device) = alice_meets(&keys).await;
+    let mut alice = Alice::meet(&keys).await;
+    alice.room = ROOM.try_into().unwrap();
+    let to_device = alice.share_key().await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -195,6 +97,7 @@ name = "Bench"
             seq += 1;
             let raw: Raw<AnyMessageLikeEventContent> = Raw::new(&content).unwrap().cast_unchecked();
             let sealed = alice
+                .machine
                 .encrypt_room_event_raw(&room, "m.room.message", &raw)
                 .await
                 .unwrap();

@@ -4,33 +4,20 @@
 //! delivery) played by the test. Covers the store surviving a reopen, nothing stored in clear,
 //! room keys arriving before, with and after their event, and hostile input.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use daarion_bridge::{crypto::Crypto, matrix::Homeserver};
-use matrix_sdk_crypto::{
-    EncryptionSettings, OlmMachine,
-    types::requests::{AnyOutgoingRequest, ToDeviceRequest},
-};
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UInt,
-    api::{
-        appservice::event::push_events,
-        client::{
-            keys::{claim_keys, get_keys, upload_keys},
-            to_device::send_event_to_device,
-        },
-    },
-    events::AnyMessageLikeEventContent,
-    owned_room_id,
+    api::{appservice::event::push_events, client::keys::upload_keys},
     serde::Raw,
 };
 use serde_json::{Value, json};
 
-use crate::support::{Backend, TestApp};
+use crate::{
+    e2ee::{ALICE, Alice, SOFIA, SOFIA_DEVICE, upload},
+    support::{Backend, TestApp},
+};
 
-const SOFIA: &str = "@agent_sofia:localhost";
-const SOFIA_DEVICE: &str = "SOFIADEVICE";
-const ALICE: &str = "@alice:localhost";
 const PICKLE_KEY: &str = "test-pickle-key-0123456789-abcdefghij";
 
 async fn crypto(app: &TestApp) -> Arc<Crypto> {
@@ -44,140 +31,6 @@ async fn crypto(app: &TestApp) -> Arc<Crypto> {
     Crypto::open(app.store.clone(), hs, PICKLE_KEY, true)
         .await
         .expect("crypto opens")
-}
-
-/// Uploads `machine`'s keys (the test plays the homeserver) and returns what was uploaded.
-async fn upload(machine: &OlmMachine) -> upload_keys::v3::Request {
-    for request in machine.outgoing_requests().await.unwrap() {
-        if let AnyOutgoingRequest::KeysUpload(upload) = request.request() {
-            let counts = BTreeMap::from([(
-                OneTimeKeyAlgorithm::SignedCurve25519,
-                UInt::from(upload.one_time_keys.len() as u32),
-            )]);
-            machine
-                .mark_request_as_sent(
-                    request.request_id(),
-                    &upload_keys::v3::Response::new(counts),
-                )
-                .await
-                .unwrap();
-            return upload.clone();
-        }
-    }
-    panic!("no key upload requested");
-}
-
-/// A person's client with an Olm session to Sofia's device and a Megolm session for `room`.
-struct Alice {
-    machine: OlmMachine,
-    room: ruma::OwnedRoomId,
-}
-
-impl Alice {
-    /// Alice learns Sofia's device from what Sofia uploaded, claims one of her one-time keys.
-    async fn meet(sofia_upload: &upload_keys::v3::Request) -> Self {
-        let alice: OwnedUserId = ALICE.try_into().unwrap();
-        let machine = OlmMachine::new(&alice, "ALICEDEVICE".into()).await;
-        upload(&machine).await;
-        let sofia: OwnedUserId = SOFIA.try_into().unwrap();
-        let device: OwnedDeviceId = SOFIA_DEVICE.into();
-        machine
-            .update_tracked_users([sofia.as_ref()])
-            .await
-            .unwrap();
-        for request in machine.outgoing_requests().await.unwrap() {
-            if let AnyOutgoingRequest::KeysQuery(_) = request.request() {
-                let mut response = get_keys::v3::Response::new();
-                response.device_keys = BTreeMap::from([(
-                    sofia.clone(),
-                    BTreeMap::from([(device.clone(), sofia_upload.device_keys.clone().unwrap())]),
-                )]);
-                machine
-                    .mark_request_as_sent(request.request_id(), &response)
-                    .await
-                    .unwrap();
-            }
-        }
-        let (id, _claim) = machine
-            .get_missing_sessions([sofia.as_ref()].into_iter())
-            .await
-            .unwrap()
-            .expect("a session to claim");
-        let (key_id, key) = sofia_upload.one_time_keys.iter().next().unwrap();
-        let response = claim_keys::v3::Response::new(BTreeMap::from([(
-            sofia.clone(),
-            BTreeMap::from([(device, BTreeMap::from([(key_id.clone(), key.clone())]))]),
-        )]));
-        machine.mark_request_as_sent(&id, &response).await.unwrap();
-        Alice {
-            machine,
-            room: owned_room_id!("!secret:localhost"),
-        }
-    }
-
-    /// The to-device events carrying Alice's room key to Sofia, as a transaction delivers them.
-    async fn share_key(&self) -> Vec<Value> {
-        let sofia: OwnedUserId = SOFIA.try_into().unwrap();
-        let requests = self
-            .machine
-            .share_room_key(
-                &self.room,
-                [sofia.as_ref()].into_iter(),
-                EncryptionSettings::default(),
-            )
-            .await
-            .unwrap();
-        let mut events = Vec::new();
-        for request in requests {
-            events.extend(to_device_events(&request));
-            self.machine
-                .mark_request_as_sent(&request.txn_id, &send_event_to_device::v3::Response::new())
-                .await
-                .unwrap();
-        }
-        assert!(!events.is_empty());
-        events
-    }
-
-    /// An encrypted message of Alice's, as a transaction delivers it.
-    async fn say(&self, event_id: &str, body: &str) -> Value {
-        self.say_content(event_id, json!({ "msgtype": "m.text", "body": body }))
-            .await
-    }
-
-    /// An encrypted message of Alice's with this content.
-    async fn say_content(&self, event_id: &str, content: Value) -> Value {
-        let content: Raw<AnyMessageLikeEventContent> = Raw::new(&content).unwrap().cast_unchecked();
-        let encrypted = self
-            .machine
-            .encrypt_room_event_raw(&self.room, "m.room.message", &content)
-            .await
-            .unwrap();
-        json!({
-            "type": "m.room.encrypted",
-            "event_id": event_id,
-            "room_id": self.room,
-            "sender": ALICE,
-            "origin_server_ts": 1_700_000_000_000u64,
-            "content": encrypted.content,
-        })
-    }
-}
-
-fn to_device_events(request: &ToDeviceRequest) -> Vec<Value> {
-    let mut out = Vec::new();
-    for (user, devices) in &request.messages {
-        for (device, content) in devices {
-            out.push(json!({
-                "type": request.event_type.to_string(),
-                "sender": ALICE,
-                "to_user_id": user,
-                "to_device_id": device.to_string(),
-                "content": content,
-            }));
-        }
-    }
-    out
 }
 
 fn transaction(events: Vec<Value>, to_device: Vec<Value>) -> push_events::v1::Request {
@@ -447,16 +300,13 @@ pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
     }
 }
 
-/// Through the bridge itself, with encryption on: a transaction of hostile encrypted and
-/// to-device events is answered 200 and its encrypted events are mirrored as `[encrypted]`; an
-/// event whose key never comes waits in `bridge_crypto_pending` until `pending_max_age`, then is
-/// mirrored as `[encrypted]` and forgotten.
-pub async fn encrypted_events_wait_then_give_up(b: Backend) {
+/// A bridge with encryption on (plus `extra` in `[encryption]`), in a mirrored room, with
+/// Sofia's device stored from an earlier start: it opens her machine before serving.
+async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
     let prepared = TestApp::prepare(b, |toml| {
-        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\npending_max_age = \"1s\"\n")
+        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n{extra}\n")
     })
     .await;
-    // Sofia's device exists from an earlier start: the bridge opens her machine before serving.
     prepared
         .store
         .crypto_device(SOFIA, SOFIA_DEVICE)
@@ -464,6 +314,15 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
         .unwrap();
     let app = prepared.restart().await;
     crate::mirrored(&app).await;
+    app
+}
+
+/// Through the bridge itself, with encryption on: a transaction of hostile encrypted and
+/// to-device events is answered 200 and its encrypted events are mirrored as `[encrypted]`; an
+/// event whose key never comes waits in `bridge_crypto_pending` until `pending_max_age`, then is
+/// mirrored as `[encrypted]` and forgotten.
+pub async fn encrypted_events_wait_then_give_up(b: Backend) {
+    let app = encrypted_bridge(b, "pending_max_age = \"1s\"").await;
     // A well-formed Megolm message of a session nobody shared.
     let mut session = matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default());
     let ciphertext = session.encrypt("never readable").to_base64();
@@ -520,17 +379,7 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
 /// unmirrored, then comes out decrypted with the key's transaction, is mirrored with its text
 /// and becomes Sofia's run.
 pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
-    let prepared = TestApp::prepare(b, |toml| {
-        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n")
-    })
-    .await;
-    prepared
-        .store
-        .crypto_device(SOFIA, SOFIA_DEVICE)
-        .await
-        .unwrap();
-    let app = prepared.restart().await;
-    crate::mirrored(&app).await;
+    let app = encrypted_bridge(b, "").await;
     let (status, _) = app
         .put_txn(
             "sofia-joins",

@@ -7,6 +7,8 @@ mod appservice;
 mod cli;
 mod crypto;
 mod delivery;
+#[path = "../common/e2ee.rs"]
+mod e2ee;
 mod erd;
 mod events;
 mod fake_hs;

@@ -90,6 +90,24 @@ fn assert_trusted(answer: &Value) {
     );
 }
 
+/// Synapse up and the bridge started over `db_url`, once `agent`'s device and cross-signing
+/// identity are set up (after the homeserver answered the ping).
+async fn bridge_with_identity(db_url: &str, agent: &str) -> RunningBridge {
+    ensure_synapse();
+    let bridge = RunningBridge::start(db_url).await;
+    let q = format!(
+        "SELECT kind FROM bridge_crypto_items WHERE user_id = '{agent}' AND kind = 'identity'"
+    );
+    wait_rows(
+        bridge.store.pool(),
+        &q,
+        "the agent's cross-signing identity",
+        |r| r.len() == 1,
+    )
+    .await;
+    bridge
+}
+
 /// A person opens an encrypted DM with Sofia exactly as Element does (`is_direct`,
 /// `trusted_private_chat`, `m.room.encryption` in the initial state) and writes to her. Her own
 /// device reads it, the channel holds the decrypted preview, and her echo answer comes back
@@ -100,17 +118,8 @@ fn assert_trusted(answer: &Value) {
 async fn encrypted_dm_with_an_agent() {
     let db_url = fresh_pg().await;
     let _serial = serial().lock().await;
-    ensure_synapse();
-    let bridge = RunningBridge::start(&db_url).await;
+    let bridge = bridge_with_identity(&db_url, SOFIA).await;
     let pool = bridge.store.pool().clone();
-    // Sofia's device and cross-signing identity are set up once the homeserver answers the ping.
-    let q = format!(
-        "SELECT kind FROM bridge_crypto_items WHERE user_id = '{SOFIA}' AND kind = 'identity'"
-    );
-    wait_rows(&pool, &q, "Sofia's cross-signing identity", |r| {
-        r.len() == 1
-    })
-    .await;
 
     // The start-up probe found that Synapse delivers to-device events to the bridge.
     let mut encryption = Value::Null;
@@ -210,13 +219,7 @@ async fn encrypted_group_room_gets_a_streamed_answer() {
     let (_model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
     let db_url = fresh_pg().await;
     let _serial = serial().lock().await;
-    ensure_synapse();
-    let bridge = RunningBridge::start(&db_url).await;
-    let pool = bridge.store.pool().clone();
-    let q = format!(
-        "SELECT kind FROM bridge_crypto_items WHERE user_id = '{NOVA}' AND kind = 'identity'"
-    );
-    wait_rows(&pool, &q, "Nova's cross-signing identity", |r| r.len() == 1).await;
+    let bridge = bridge_with_identity(&db_url, NOVA).await;
 
     let (alice, bob) = (
         Person::register("alice").await,
