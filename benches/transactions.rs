@@ -110,9 +110,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_bridge(db_url: &str, dir: &std::path::Path, hs_url: &str, extra: &str) -> Server {
-    let port = free_port();
-    let config = format!(
+/// The bridge's config for the benchmark: listening on `port`, `extra` appended.
+fn bridge_toml(port: u16, db_url: &str, hs_url: &str, extra: &str) -> String {
+    format!(
         r#"
 [homeserver]
 url = "{hs_url}"
@@ -138,7 +138,12 @@ external_id = "microdao:bench"
 name = "Bench"
 {extra}
 "#
-    );
+    )
+}
+
+async fn start_bridge(db_url: &str, dir: &std::path::Path, hs_url: &str, extra: &str) -> Server {
+    let port = free_port();
+    let config = bridge_toml(port, db_url, hs_url, extra);
     let path = dir.join(format!("bench-{port}.toml"));
     std::fs::write(&path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_daarion-bridge"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ruma::{OwnedRoomId, events::AnyMessageLikeEventContent, serde::Raw};
 use serde_json::{Value, json};
 
-use super::{AS_TOKEN, HS_TOKEN, SENTENCE, free_port, put, stats};
+use super::{SENTENCE, bridge_toml, free_port, put, stats};
 use crate::e2ee::{ALICE, Alice, SOFIA, SOFIA_DEVICE, upload};
 
 const ROOM: &str = "!crypto:localhost";
@@ -24,29 +24,11 @@ pub async fn decryption(db_url: &str) {
     store.migrate().await.unwrap();
     store.crypto_device(SOFIA, SOFIA_DEVICE).await.unwrap();
     let port = free_port();
-    let toml = format!(
-        r#"
-[homeserver]
-url = "http://127.0.0.1:9"
-server_name = "localhost"
-[appservice]
-id = "bench"
-listen = "127.0.0.1:{port}"
-url = "http://127.0.0.1:{port}"
-as_token = "{AS_TOKEN}"
-hs_token = "{HS_TOKEN}"
-[database]
-url = "{db_url}"
-[bridge]
-default_microdao = "microdao:bench"
-[logging]
-level = "error"
-[encryption]
-pickle_key = "bench-pickle-key-0123456789-abcdefghijk"
-[[microdaos]]
-external_id = "microdao:bench"
-name = "Bench"
-"#
+    let toml = bridge_toml(
+        port,
+        db_url,
+        "http://127.0.0.1:9",
+        "[encryption]\npickle_key = \"bench-pickle-key-0123456789-abcdefghijk\"",
     );
     let config = daarion_bridge::config::Config::from_toml_str(&toml).unwrap();
     let bridge = daarion_bridge::Bridge::build(config).await.unwrap();
