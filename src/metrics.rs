@@ -140,7 +140,7 @@ impl Metrics {
             "Room events by type and outcome",
             m.events.clone(),
         );
-        r.register("crypto_events", "Encrypted and to-device events by outcome (decrypted, pending, late, expired, undecryptable, to_device, to_device_ignored)", m.crypto.clone());
+        r.register("crypto_events", "Encrypted and to-device events by outcome (decrypted, pending, late, expired, undecryptable, no_agent, to_device, to_device_ignored, probe)", m.crypto.clone());
         r.register("events_skipped", "Events not mirrored (malformed, invalid_id, rejected, ignored_room, ignored_type, skipped, duplicate)", m.skipped.clone());
         r.register(
             "transaction_duration_seconds",

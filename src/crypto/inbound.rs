@@ -100,12 +100,25 @@ impl Crypto {
             }
         }
         let mut pending = Vec::new();
+        // Rooms where an agent is a member: learned from the database, or from an agent's join
+        // earlier in this very transaction (not committed yet).
+        let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
+        let agents: Vec<OwnedUserId> = self.opened().iter().map(|m| m.user.clone()).collect();
         for raw in &request.events {
             let raw = raw.json();
             let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
                 prepared.events.push(raw.to_owned());
                 continue;
             };
+            if let (Some("m.room.member"), Some(room), Some(key)) = (
+                peek.kind.as_deref(),
+                &peek.room_id,
+                peek.state_key.as_deref(),
+            ) && agents.iter().any(|a| a.as_str() == key)
+                && raw.get().contains("\"join\"")
+            {
+                agent_rooms.insert(room.clone(), true);
+            }
             match (peek.kind.as_deref(), &peek.room_id) {
                 (Some("m.room.encryption"), Some(room))
                     if peek.state_key.as_deref() == Some("") =>
@@ -129,6 +142,21 @@ impl Crypto {
                             let session = serde_json::from_str::<SessionOf>(raw.get())
                                 .ok()
                                 .and_then(|s| s.content.session_id);
+                            // A key can only come where an agent is a member: elsewhere (a room
+                            // with the bot alone) waiting would only delay the mirror.
+                            let awaited = match agent_rooms.get(room) {
+                                Some(known) => *known,
+                                None => {
+                                    let found = self.db.any_agent_in_room(room.as_str()).await?;
+                                    agent_rooms.insert(room.clone(), found);
+                                    found
+                                }
+                            };
+                            if !awaited {
+                                metrics.crypto("no_agent");
+                                prepared.events.push(raw.to_owned());
+                                continue;
+                            }
                             match (session, peek.event_id) {
                                 (Some(session_id), Some(event_id)) => {
                                     metrics.crypto("pending");

@@ -120,6 +120,21 @@ impl Store {
         Ok(())
     }
 
+    /// Whether an agent is a current member of the room (only then can a room key for it reach
+    /// the bridge: clients share keys with the devices of joined members).
+    pub async fn any_agent_in_room(&self, room_id: &str) -> Result<bool, StoreError> {
+        both!(self, pool => {
+            let found: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
+                 WHERE c.matrix_room_id = $1 AND cm.member_agent_id IS NOT NULL AND cm.left_at IS NULL LIMIT 1",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(found.is_some())
+        })
+    }
+
     /// Keeps encrypted events whose room key is missing (a replayed event changes nothing).
     pub async fn crypto_pending_add(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
         if events.is_empty() {

@@ -46,6 +46,13 @@ fn transaction(events: Vec<Value>, to_device: Vec<Value>) -> push_events::v1::Re
     request
 }
 
+/// Sofia's join of `room` (keys for a room can only come once an agent is in it).
+fn sofia_joins(room: &str) -> Value {
+    json!({ "type": "m.room.member", "state_key": SOFIA, "sender": SOFIA, "room_id": room,
+            "event_id": format!("$join-{room}"), "origin_server_ts": 1_700_000_000_000u64,
+            "content": { "membership": "join" } })
+}
+
 fn bodies(prepared: &daarion_bridge::crypto::inbound::Prepared) -> Vec<String> {
     prepared
         .events
@@ -88,19 +95,23 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
 
     // The event first, its key in the next transaction.
     let early = alice.say("$early", "the early bird").await;
+    let join = sofia_joins("!secret:localhost");
     let prepared = crypto
-        .prepare(&transaction(vec![early.clone()], vec![]), &metrics)
+        .prepare(
+            &transaction(vec![join.clone(), early.clone()], vec![]),
+            &metrics,
+        )
         .await
         .unwrap();
     assert!(
-        prepared.events.is_empty(),
+        prepared.events.len() == 1,
         "it waits for its key: {:?}",
         bodies(&prepared)
     );
     assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
     // A replay of that transaction keeps one pending row.
     crypto
-        .prepare(&transaction(vec![early], vec![]), &metrics)
+        .prepare(&transaction(vec![join, early], vec![]), &metrics)
         .await
         .unwrap();
     assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
@@ -252,6 +263,7 @@ pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
                 "origin_server_ts": 1_700_000_000_000u64, "content": content })
     };
     let events = vec![
+        sofia_joins("!secret:localhost"),
         base(
             "$olm",
             json!({ "algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {} }),
@@ -339,8 +351,22 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
     let garbage = json!({ "type": "m.room.encrypted", "event_id": "$garbage", "room_id": crate::ev::ROOM,
         "sender": "@alice:localhost", "origin_server_ts": 1_700_000_000_000u64,
         "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 12 } });
+    // No agent in the room yet: no key can come, so nothing waits.
+    let (status, _) = app
+        .put_raw(
+            "enc-0",
+            serde_json::to_vec(&json!({ "events": [unknown_session("$nobody")] })).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.col("SELECT content_preview FROM messages WHERE matrix_event_id = '$nobody'")
+            .await,
+        ["[encrypted]"]
+    );
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 0);
     let body = json!({
-        "events": [unknown_session("$waiting"), garbage],
+        "events": [crate::ev::member("sj", SOFIA, SOFIA, "join"), unknown_session("$waiting"), garbage],
         "de.sorunome.msc2409.to_device": [
             "junk",
             { "type": "m.room.encrypted", "to_user_id": SOFIA, "to_device_id": SOFIA_DEVICE, "sender": "@alice:localhost", "content": { "ciphertext": "no" } }
