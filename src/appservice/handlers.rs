@@ -107,7 +107,7 @@ pub async fn transaction(
             .instrument(span.clone())
             .await
         {
-            Ok(prepared) => Some(prepared),
+            Ok(prepared) => prepared,
             Err(error) if error.is_transient() => {
                 state.metrics.transaction("error");
                 span.in_scope(|| tracing::error!(%error, "crypto state not stored; the homeserver will retry"));

@@ -253,6 +253,8 @@ impl Crypto {
         self.flush(&agent).await?;
         self.cross_sign(&agent).await?;
         agent.ready.store(true, Ordering::Release);
+        // Everything the agent sends from now on comes from this device.
+        self.hs.set_device(user, &agent.device);
         tracing::info!(%user, device = %agent.device, "agent device ready");
         Ok(agent)
     }

@@ -119,6 +119,9 @@ pub struct Homeserver {
     as_token: String,
     bot: OwnedUserId,
     versions: SupportedVersions,
+    /// The devices of puppets that have one (end-to-end encryption): every request made as such
+    /// a puppet asserts its device.
+    devices: std::sync::Arc<std::sync::RwLock<BTreeMap<OwnedUserId, ruma::OwnedDeviceId>>>,
 }
 
 impl Homeserver {
@@ -135,6 +138,7 @@ impl Homeserver {
             as_token: as_token.to_owned(),
             bot,
             versions: SupportedVersions::from_parts(&["v1.11".to_owned()], &BTreeMap::new()),
+            devices: Default::default(),
         })
     }
 
@@ -195,6 +199,14 @@ impl Homeserver {
         })
     }
 
+    /// From now on, requests as `user` assert `device` (its device exists on the homeserver).
+    pub fn set_device(&self, user: &UserId, device: &DeviceId) {
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_owned(), device.to_owned());
+    }
+
     async fn send<R>(
         &self,
         request: R,
@@ -207,7 +219,14 @@ impl Homeserver {
             ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
     {
-        self.send_as(request, as_user, None).await
+        let device = as_user.and_then(|user| {
+            self.devices
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(user)
+                .cloned()
+        });
+        self.send_as(request, as_user, device.as_deref()).await
     }
 
     /// `POST /_matrix/client/v1/appservice/{id}/ping`: checks the homeserver can reach us, and

@@ -102,7 +102,8 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
             &metrics,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     assert!(
         prepared.events.len() == 1,
         "it waits for its key: {:?}",
@@ -113,13 +114,15 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
     crypto
         .prepare(&transaction(vec![join, early], vec![]), &metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
 
     let prepared = crypto
         .prepare(&transaction(vec![], keys), &metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     assert_eq!(bodies(&prepared), ["m.room.message: the early bird"]);
     assert_eq!(prepared.late, ["$early"]);
     let event: Value = serde_json::from_str(prepared.events[0].get()).unwrap();
@@ -133,7 +136,8 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
     let prepared = crypto
         .prepare(&transaction(vec![now], vec![]), &metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     assert_eq!(bodies(&prepared), ["m.room.message: right on time"]);
 
     // A reopen: same device identity, and the stored room key opens the next message.
@@ -145,7 +149,8 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
     let prepared = reopened
         .prepare(&transaction(vec![later], vec![]), &metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     assert_eq!(bodies(&prepared), ["m.room.message: after the restart"]);
 
     // With `store_previews = false` the decrypted event is marked to keep its text out of the
@@ -164,7 +169,8 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
     let prepared = private
         .prepare(&transaction(vec![hidden], vec![]), &metrics)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("work for the crypto engines");
     let event: Value = serde_json::from_str(prepared.events[0].get()).unwrap();
     assert_eq!(event["content"]["body"], "keep me out of the database");
     assert_eq!(
@@ -289,7 +295,8 @@ pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
     let prepared = crypto
         .prepare(&transaction(events, to_device), &metrics)
         .await
-        .expect("hostile input never fails the transaction");
+        .expect("hostile input never fails the transaction")
+        .expect("work for the crypto engines");
     let out = bodies(&prepared);
     // The good message decrypted; every bad one passed on untouched (mirrored as [encrypted]).
     assert!(
