@@ -422,6 +422,12 @@ async fn ping_until_reached(
             agents = ready,
             "agent devices ready for end-to-end encryption"
         );
+        if let Some(machine) = probe {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = crypto.probe(&machine, Duration::from_secs(30)) => {}
+            }
+        }
     }
     cancel.cancelled().await;
 }

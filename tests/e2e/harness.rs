@@ -79,7 +79,7 @@ impl RunningBridge {
     pub(crate) async fn start(db_url: &str) -> Self {
         // Bridge logs in the test output (shown when a test fails); RUST_LOG for more.
         let mut logging = config(db_url).logging;
-        logging.level = "warn".into();
+        logging.level = std::env::var("DAARION_E2E_LOG").unwrap_or_else(|_| "warn".into());
         daarion_bridge::telemetry::init(&logging);
         let bridge = Bridge::build(config(db_url)).await.expect("bridge builds");
         let store = bridge.store.clone();
