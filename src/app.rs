@@ -286,14 +286,18 @@ impl Bridge {
         supervisor.spawn("events", move |cancel| publisher.clone().run(cancel));
         if let Some(crypto) = self.crypto.clone() {
             let (mirror, metrics) = (self.mirror.clone(), self.metrics.clone());
-            let max_age = self.config.encryption.pending_max_age;
-            let every = (max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let bounds = crate::bridge::pending::Bounds {
+                max_age: self.config.encryption.pending_max_age,
+                max_count: self.config.encryption.pending_max,
+            };
+            let every =
+                (bounds.max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
             supervisor.spawn("crypto-pending", move |cancel| {
                 crate::bridge::pending::run(
                     crypto.clone(),
                     mirror.clone(),
                     metrics.clone(),
-                    max_age,
+                    bounds,
                     every,
                     cancel,
                 )

@@ -36,7 +36,14 @@ pub async fn decryption(db_url: &str) {
     let keys = upload(&sofia.machine).await;
     let mut alice = Alice::meet(&keys).await;
     alice.room = ROOM.try_into().unwrap();
-    let to_device = alice.share_key().await;
+    // One session for the whole run (the default rotates every 100 messages).
+    let to_device = alice
+        .share_key_with(matrix_sdk_crypto::EncryptionSettings {
+            rotation_period_msgs: u64::MAX,
+            rotation_period: Duration::from_secs(86_400),
+            ..Default::default()
+        })
+        .await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();

@@ -60,6 +60,21 @@ fn txn_id(decoded: Result<Path<String>, PathRejection>, uri: &axum::http::Uri) -
     }
 }
 
+/// The to-device events of a transaction under MSC4203's stable field name, `to_device`
+/// (none when it is absent or not a list of objects).
+fn stable_to_device(
+    text: &str,
+) -> Vec<ruma::serde::Raw<push_events::v1::AnyAppserviceToDeviceEvent>> {
+    #[derive(serde::Deserialize)]
+    struct Stable {
+        #[serde(default)]
+        to_device: Vec<ruma::serde::Raw<push_events::v1::AnyAppserviceToDeviceEvent>>,
+    }
+    serde_json::from_str::<Stable>(text)
+        .map(|s| s.to_device)
+        .unwrap_or_default()
+}
+
 /// `PUT /_matrix/app/v1/transactions/{txnId}`.
 ///
 /// Invalid UTF-8 inside an event is decoded lossily (each bad sequence becomes U+FFFD) rather
@@ -89,16 +104,19 @@ pub async fn transaction(
         .header(header::CONTENT_TYPE, "application/json")
         .body(text.as_bytes())
         .map_err(|e| MatrixError::internal(e.to_string()))?;
-    let request = push_events::v1::Request::try_from_http_request(http_request, &["txn"]).map_err(
-        |error| {
+    let mut request = push_events::v1::Request::try_from_http_request(http_request, &["txn"])
+        .map_err(|error| {
             state.metrics.transaction("rejected");
             if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
                 MatrixError::not_json("request body is not JSON")
             } else {
                 MatrixError::bad_json(format!("not a transaction: {error}"))
             }
-        },
-    )?;
+        })?;
+    if request.to_device.is_empty() && state.crypto.is_some() && text.contains("\"to_device\"") {
+        // The stable name of MSC4203's field (ruma reads the unstable one).
+        request.to_device = stable_to_device(&text);
+    }
     let span = tracing::info_span!("transaction", txn_id = %txn_id.escape_debug(), events = request.events.len());
     // Encryption first: to-device room keys, then decryption of the encrypted events.
     let prepared = match &state.crypto {

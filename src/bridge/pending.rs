@@ -1,6 +1,7 @@
 //! Encrypted events past their wait: an event whose room key has not arrived within
-//! `encryption.pending_max_age` is tried once more, then mirrored as it is (`[encrypted]`) and
-//! counted, so the bound on `bridge_crypto_pending` holds and no event is lost.
+//! `encryption.pending_max_age`, or the oldest ones beyond `encryption.pending_max`, are tried
+//! once more, then mirrored as they are (`[encrypted]`) and counted, so both bounds on
+//! `bridge_crypto_pending` hold and no event is lost.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,18 +14,36 @@ use crate::{crypto::Crypto, db::types::Ts, metrics::Metrics};
 /// Events handled per round.
 const BATCH: i64 = 100;
 
+/// The bounds on waiting events.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Longest wait.
+    pub max_age: Duration,
+    /// Most events waiting.
+    pub max_count: u32,
+}
+
 /// One round at `now`: returns how many pending events were given up on or decrypted.
 pub async fn expire(
     crypto: &Crypto,
     mirror: &Mirror,
     metrics: &Metrics,
-    max_age: Duration,
+    bounds: Bounds,
     now: Ts,
 ) -> Result<usize, crate::crypto::CryptoError> {
     let store = mirror.store();
-    let expired = store
-        .crypto_pending_expired(now.minus(max_age), BATCH)
+    let mut expired = store
+        .crypto_pending_expired(now.minus(bounds.max_age), BATCH)
         .await?;
+    if expired.is_empty() {
+        // Over the count: the oldest go first, whatever their age.
+        let over = store.crypto_pending_count().await? - i64::from(bounds.max_count);
+        if over > 0 {
+            expired = store
+                .crypto_pending_expired(now.plus(Duration::from_secs(86_400)), over.min(BATCH))
+                .await?;
+        }
+    }
     for pending in &expired {
         let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
             store.crypto_pending_remove(&pending.event_id).await?;
@@ -56,7 +75,7 @@ pub async fn run(
     crypto: Arc<Crypto>,
     mirror: Arc<Mirror>,
     metrics: Arc<Metrics>,
-    max_age: Duration,
+    bounds: Bounds,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -67,7 +86,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = expire(&crypto, &mirror, &metrics, max_age, Ts::now()).await {
+        if let Err(error) = expire(&crypto, &mirror, &metrics, bounds, Ts::now()).await {
             tracing::warn!(%error, "cannot settle pending encrypted events; will retry");
         }
     }

@@ -27,6 +27,10 @@ pub struct EncryptionConfig {
     /// How long an event waits for its room key before it is mirrored as `[encrypted]`.
     #[serde(default = "default_pending_max_age", with = "duration")]
     pub pending_max_age: Duration,
+    /// How many events may wait for their room keys at most; past it the oldest are mirrored
+    /// as `[encrypted]` (a flood of undecryptable events cannot grow the table without bound).
+    #[serde(default = "default_pending_max")]
+    pub pending_max: u32,
 }
 
 impl Default for EncryptionConfig {
@@ -36,12 +40,17 @@ impl Default for EncryptionConfig {
             store_previews: true,
             pickle_key: None,
             pending_max_age: default_pending_max_age(),
+            pending_max: default_pending_max(),
         }
     }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_pending_max() -> u32 {
+    10_000
 }
 
 fn default_pending_max_age() -> Duration {
@@ -63,6 +72,7 @@ impl EncryptionConfig {
             _ if self.pending_max_age.is_zero() => {
                 Err(("encryption.pending_max_age", "must be more than 0"))
             }
+            _ if self.pending_max == 0 => Err(("encryption.pending_max", "must be at least 1")),
             _ => Ok(()),
         }
     }

@@ -443,10 +443,8 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
     assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
 
     let (status, _) = app
-        .put_raw(
-            "late-2",
-            body(json!({ "events": [], "de.sorunome.msc2409.to_device": keys })),
-        )
+        // Under MSC4203's stable field name this time.
+        .put_raw("late-2", body(json!({ "events": [], "to_device": keys })))
         .await;
     assert_eq!(status, 200);
     assert_eq!(app.col(preview).await, ["Sofia, are you there?"]);
@@ -461,4 +459,56 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
         },
     )
     .await;
+}
+
+/// The count bound: past `pending_max` waiting events, the oldest are mirrored as
+/// `[encrypted]` whatever their age.
+pub async fn pending_events_are_bounded_in_count(b: Backend) {
+    let app = encrypted_bridge(b, "pending_max_age = \"1h\"").await;
+    let (status, _) = app
+        .put_txn(
+            "sofia-joins",
+            vec![crate::ev::member("sj", SOFIA, SOFIA, "join")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut session = matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default());
+    let sender_key = matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
+        &matrix_sdk_crypto::vodozemac::Curve25519SecretKey::new(),
+    )
+    .to_base64();
+    for (i, id) in ["$first", "$second", "$third"].into_iter().enumerate() {
+        let event = json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM,
+            "sender": ALICE, "origin_server_ts": 1_700_000_000_000u64 + i as u64,
+            "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": sender_key, "device_id": "D",
+                         "session_id": session.session_id(), "ciphertext": session.encrypt("x").to_base64() } });
+        let (status, _) = app.put_txn(&format!("bound-{i}"), vec![event]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 3);
+    let bounds = daarion_bridge::bridge::pending::Bounds {
+        max_age: std::time::Duration::from_secs(3600),
+        max_count: 1,
+    };
+    let metrics = daarion_bridge::metrics::Metrics::new();
+    let settled = daarion_bridge::bridge::pending::expire(
+        app.crypto.as_ref().unwrap(),
+        app.mirror.as_ref().unwrap(),
+        &metrics,
+        bounds,
+        daarion_bridge::db::types::Ts::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(settled, 2, "the two oldest go");
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    let mirrored = app
+        .col("SELECT matrix_event_id FROM messages WHERE content_preview = '[encrypted]' ORDER BY matrix_event_id")
+        .await;
+    assert_eq!(mirrored, ["$first", "$second"]);
+    assert!(
+        metrics
+            .render()
+            .contains("crypto_events_total{outcome=\"expired\"} 2")
+    );
 }

@@ -73,6 +73,7 @@ both_backends!(
     hostile_encrypted_input_never_fails_a_transaction,
     encrypted_events_wait_then_give_up,
     a_question_whose_key_comes_late_is_answered,
+    pending_events_are_bounded_in_count,
     bot_invite_mirrors_room_and_joins,
     replayed_txn_changes_nothing_even_after_restart,
     same_event_in_another_txn_is_not_doubled,

@@ -34,6 +34,8 @@ pub struct TestApp {
     pub registry: Option<std::sync::Arc<daarion_bridge::bridge::agents::AgentRegistry>>,
     /// The agents' crypto engines (in-process bridges with encryption on).
     pub crypto: Option<std::sync::Arc<daarion_bridge::crypto::Crypto>>,
+    /// The mirror (in-process bridges).
+    pub mirror: Option<std::sync::Arc<daarion_bridge::bridge::mirror::Mirror>>,
     pub config: Config,
     pub db_url: String,
     pub hs_url: String,
@@ -184,6 +186,7 @@ impl TestApp {
             puppets: None,
             registry: None,
             crypto: None,
+            mirror: None,
             config,
             db_url,
             hs_url,
@@ -208,6 +211,7 @@ impl TestApp {
         let puppets = bridge.puppets.clone();
         let registry = bridge.registry.clone();
         let crypto = bridge.crypto.clone();
+        let mirror = bridge.mirror.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
@@ -219,6 +223,7 @@ impl TestApp {
             puppets: Some(puppets),
             registry: Some(registry),
             crypto,
+            mirror: Some(mirror),
             config,
             db_url,
             hs_url: hs_url.to_owned(),
@@ -277,6 +282,7 @@ impl TestApp {
             puppets: None,
             registry: None,
             crypto: None,
+            mirror: None,
             config: Config::from_toml_str(&toml).unwrap(),
             db_url: self.db_url.clone(),
             hs_url: self.hs_url.clone(),

@@ -101,14 +101,15 @@ impl Alice {
 
     /// The to-device events carrying Alice's room key to Sofia, as a transaction delivers them.
     pub async fn share_key(&self) -> Vec<Value> {
+        self.share_key_with(EncryptionSettings::default()).await
+    }
+
+    /// Like [`Alice::share_key`], with these session settings (rotation, say).
+    pub async fn share_key_with(&self, settings: EncryptionSettings) -> Vec<Value> {
         let sofia: OwnedUserId = SOFIA.try_into().unwrap();
         let requests = self
             .machine
-            .share_room_key(
-                &self.room,
-                [sofia.as_ref()].into_iter(),
-                EncryptionSettings::default(),
-            )
+            .share_room_key(&self.room, [sofia.as_ref()].into_iter(), settings)
             .await
             .unwrap();
         let mut events = Vec::new();
