@@ -6,7 +6,10 @@
 //! before the transaction is acknowledged) and re-enters a later transaction once its key
 //! arrives. Nothing here fails a transaction but the database being down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use matrix_sdk_crypto::{
     DecryptionSettings, EncryptionSyncChanges, MegolmError, TrustRequirement,
@@ -21,7 +24,7 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Crypto, CryptoError};
+use super::{AgentMachine, Crypto, CryptoError};
 use crate::{
     db::{crypto::PendingEvent, types::Ts},
     metrics::Metrics,
@@ -90,6 +93,7 @@ impl Crypto {
             return Ok(None);
         }
         let keys = self.receive_device_data(request, metrics).await?;
+        let machines = self.opened();
         let mut prepared = Prepared::default();
         // Late events first: keys that arrived now may open events of earlier transactions.
         for (room, session) in keys {
@@ -97,7 +101,8 @@ impl Crypto {
                 let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
                     continue;
                 };
-                if let Outcome::Decrypted(event) = self.decrypt(&raw, &room).await? {
+                let raw = Raw::<EncryptedEvent>::from_json(raw);
+                if let Outcome::Decrypted(event) = self.decrypt(&raw, &room, &machines).await? {
                     metrics.crypto("late");
                     prepared.events.push(event);
                     prepared.late.push(pending.event_id);
@@ -109,8 +114,8 @@ impl Crypto {
         // earlier in this very transaction (not committed yet).
         let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
         let agents: Vec<OwnedUserId> = self.opened().iter().map(|m| m.user.clone()).collect();
-        for raw in &request.events {
-            let raw = raw.json();
+        for event in &request.events {
+            let raw = event.json();
             let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
                 prepared.events.push(raw.to_owned());
                 continue;
@@ -137,8 +142,11 @@ impl Crypto {
                     }
                     prepared.events.push(raw.to_owned());
                 }
-                (Some("m.room.encrypted"), Some(room)) if !self.opened().is_empty() => {
-                    match self.decrypt(raw, room).await? {
+                (Some("m.room.encrypted"), Some(room)) if !machines.is_empty() => {
+                    match self
+                        .decrypt(event.cast_ref_unchecked(), room, &machines)
+                        .await?
+                    {
                         Outcome::Decrypted(event) => {
                             metrics.crypto("decrypted");
                             prepared.events.push(event);
@@ -199,7 +207,8 @@ impl Crypto {
         raw: &RawValue,
         room: &OwnedRoomId,
     ) -> Result<Option<Box<RawValue>>, CryptoError> {
-        Ok(match self.decrypt(raw, room).await? {
+        let raw = Raw::<EncryptedEvent>::from_json(raw.to_owned());
+        Ok(match self.decrypt(&raw, room, &self.opened()).await? {
             Outcome::Decrypted(event) => Some(event),
             _ => None,
         })
@@ -207,16 +216,20 @@ impl Crypto {
 
     /// Decrypts `raw` with the first machine holding its key. Decryption failures other than a
     /// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
-    async fn decrypt(&self, raw: &RawValue, room: &OwnedRoomId) -> Result<Outcome, CryptoError> {
-        let event: Raw<EncryptedEvent> = Raw::from_json(raw.to_owned());
+    async fn decrypt(
+        &self,
+        event: &Raw<EncryptedEvent>,
+        room: &OwnedRoomId,
+        machines: &[Arc<AgentMachine>],
+    ) -> Result<Outcome, CryptoError> {
         let settings = DecryptionSettings {
             sender_device_trust_requirement: TrustRequirement::Untrusted,
         };
         let mut missing = false;
-        for agent in self.opened() {
+        for agent in machines {
             match agent
                 .machine
-                .decrypt_room_event(&event, room, &settings)
+                .decrypt_room_event(event, room, &settings)
                 .await
             {
                 Ok(decrypted) => {
@@ -344,9 +357,14 @@ fn concerns_crypto(request: &push_events::v1::Request) -> bool {
         })
 }
 
-/// The decrypted event with its `room_id` (the mirror routes by it), marked when its text must
-/// not become a preview (`encryption.store_previews = false`).
+/// The decrypted event (its `room_id` set), marked when its text must not become a preview
+/// (`encryption.store_previews = false`).
 fn with_room(event: &RawValue, room: &OwnedRoomId, hide_preview: bool) -> Box<RawValue> {
+    if !hide_preview {
+        // matrix-sdk-crypto only returns an event whose plaintext `room_id` is the session's
+        // room (it refuses a key forwarded from another room): nothing to add.
+        return event.to_owned();
+    }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.get()) {
         Ok(mut map) => {
             map.insert("room_id".into(), room.as_str().into());

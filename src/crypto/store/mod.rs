@@ -80,6 +80,10 @@ pub struct DbCryptoStore {
     db: Store,
     user: OwnedUserId,
     cipher: Arc<StoreCipher>,
+    /// Live inbound group sessions. `MemoryStore` keeps them pickled and unpickles one on every
+    /// read, so each decryption re-advanced the Megolm ratchet from its stored index (hundreds
+    /// of HMACs per event in a busy room). A live session is shared: its ratchet advances once.
+    inbound: std::sync::RwLock<HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>,
 }
 
 impl std::fmt::Debug for DbCryptoStore {
@@ -109,6 +113,7 @@ impl DbCryptoStore {
             db,
             user,
             cipher,
+            inbound: Default::default(),
         };
         this.load().await?;
         Ok(this)
@@ -144,6 +149,27 @@ impl DbCryptoStore {
             .crypto_write(self.user.as_str(), &batch.put, &delete)
             .await
             .map_err(backend)
+    }
+
+    fn live(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>
+    {
+        self.inbound.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The saved sessions are the newest versions: they replace the live ones.
+    fn remember(&self, sessions: &[InboundGroupSession]) {
+        if sessions.is_empty() {
+            return;
+        }
+        let mut live = self.inbound.write().unwrap_or_else(|p| p.into_inner());
+        for s in sessions {
+            live.insert(
+                (s.room_id().to_owned(), s.session_id().to_owned()),
+                s.clone(),
+            );
+        }
     }
 
     async fn pickle_inbound(
@@ -239,6 +265,7 @@ impl CryptoStore for DbCryptoStore {
             }
         }
         self.commit(b).await?;
+        self.remember(&changes.inbound_group_sessions);
         self.mem.save_changes(changes).await.inf()
     }
 
@@ -259,6 +286,7 @@ impl CryptoStore for DbCryptoStore {
         let mut b = Batch::default();
         self.pickle_inbound(&mut b, &sessions).await?;
         self.commit(b).await?;
+        self.remember(&sessions);
         self.mem
             .save_inbound_group_sessions(sessions, backed_up_to_version)
             .await
@@ -274,10 +302,22 @@ impl CryptoStore for DbCryptoStore {
         room_id: &RoomId,
         session_id: &str,
     ) -> Result<Option<InboundGroupSession>> {
-        self.mem
+        let key = (room_id.to_owned(), session_id.to_owned());
+        if let Some(live) = self.live().get(&key) {
+            return Ok(Some(live.clone()));
+        }
+        let found = self
+            .mem
             .get_inbound_group_session(room_id, session_id)
             .await
-            .inf()
+            .inf()?;
+        if let Some(session) = &found {
+            self.inbound
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, session.clone());
+        }
+        Ok(found)
     }
 
     async fn get_withheld_info(
