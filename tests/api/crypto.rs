@@ -319,6 +319,44 @@ pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
     }
 }
 
+/// Well-formed Megolm messages of a session nobody shared (their key never comes).
+struct Unshared {
+    session: matrix_sdk_crypto::vodozemac::megolm::GroupSession,
+    sender_key: String,
+}
+
+impl Unshared {
+    fn new() -> Self {
+        Self {
+            session: matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default()),
+            sender_key: matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
+                &matrix_sdk_crypto::vodozemac::Curve25519SecretKey::new(),
+            )
+            .to_base64(),
+        }
+    }
+
+    /// The next message of the session, as Alice's event `id` in the test room.
+    fn event(&mut self, id: &str, ts_offset: u64) -> Value {
+        json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM, "sender": ALICE,
+                "origin_server_ts": 1_700_000_000_000u64 + ts_offset,
+                "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": self.sender_key, "device_id": "D",
+                             "session_id": self.session.session_id(),
+                             "ciphertext": self.session.encrypt("never readable").to_base64() } })
+    }
+}
+
+/// Sofia joins the test room (keys for it can reach her from then on).
+async fn sofia_joins_the_room(app: &TestApp) {
+    let (status, _) = app
+        .put_txn(
+            "sofia-joins",
+            vec![crate::ev::member("sj", SOFIA, SOFIA, "join")],
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
 /// A bridge with encryption on (plus `extra` in `[encryption]`), in a mirrored room, with
 /// Sofia's device stored from an earlier start: it opens her machine before serving.
 async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
@@ -343,18 +381,8 @@ async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
 pub async fn encrypted_events_wait_then_give_up(b: Backend) {
     let app = encrypted_bridge(b, "pending_max_age = \"1s\"").await;
     // A well-formed Megolm message of a session nobody shared.
-    let mut session = matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default());
-    let ciphertext = session.encrypt("never readable").to_base64();
-    let sender_key = matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
-        &matrix_sdk_crypto::vodozemac::Curve25519SecretKey::new(),
-    )
-    .to_base64();
-    let unknown_session = |id: &str| {
-        json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM, "sender": "@alice:localhost",
-                "origin_server_ts": 1_700_000_000_000u64,
-                "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": sender_key, "device_id": "D",
-                             "session_id": session.session_id(), "ciphertext": ciphertext } })
-    };
+    let mut unshared = Unshared::new();
+    let mut unknown_session = |id: &str| unshared.event(id, 0);
     let garbage = json!({ "type": "m.room.encrypted", "event_id": "$garbage", "room_id": crate::ev::ROOM,
         "sender": "@alice:localhost", "origin_server_ts": 1_700_000_000_000u64,
         "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 12 } });
@@ -413,13 +441,7 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
 /// and becomes Sofia's run.
 pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
     let app = encrypted_bridge(b, "").await;
-    let (status, _) = app
-        .put_txn(
-            "sofia-joins",
-            vec![crate::ev::member("sj", SOFIA, SOFIA, "join")],
-        )
-        .await;
-    assert_eq!(status, 200);
+    sofia_joins_the_room(&app).await;
     let crypto = app.crypto.clone().expect("encryption is on");
     let uploaded = upload(&crypto.opened()[0].machine).await;
     let mut alice = Alice::meet(&uploaded).await;
@@ -465,23 +487,10 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
 /// `[encrypted]` whatever their age.
 pub async fn pending_events_are_bounded_in_count(b: Backend) {
     let app = encrypted_bridge(b, "pending_max_age = \"1h\"").await;
-    let (status, _) = app
-        .put_txn(
-            "sofia-joins",
-            vec![crate::ev::member("sj", SOFIA, SOFIA, "join")],
-        )
-        .await;
-    assert_eq!(status, 200);
-    let mut session = matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default());
-    let sender_key = matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
-        &matrix_sdk_crypto::vodozemac::Curve25519SecretKey::new(),
-    )
-    .to_base64();
+    sofia_joins_the_room(&app).await;
+    let mut unshared = Unshared::new();
     for (i, id) in ["$first", "$second", "$third"].into_iter().enumerate() {
-        let event = json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM,
-            "sender": ALICE, "origin_server_ts": 1_700_000_000_000u64 + i as u64,
-            "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": sender_key, "device_id": "D",
-                         "session_id": session.session_id(), "ciphertext": session.encrypt("x").to_base64() } });
+        let event = unshared.event(id, i as u64);
         let (status, _) = app.put_txn(&format!("bound-{i}"), vec![event]).await;
         assert_eq!(status, 200);
     }
