@@ -114,8 +114,7 @@ impl Crypto {
         // earlier in this very transaction (not committed yet).
         let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
         let agents: Vec<OwnedUserId> = self.opened().iter().map(|m| m.user.clone()).collect();
-        let mut outcomes = self.decrypt_all(request, &machines).await?;
-        for (index, event) in request.events.iter().enumerate() {
+        for event in &request.events {
             let raw = event.json();
             let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
                 prepared.events.push(raw.to_owned());
@@ -144,14 +143,10 @@ impl Crypto {
                     prepared.events.push(raw.to_owned());
                 }
                 (Some("m.room.encrypted"), Some(room)) if !machines.is_empty() => {
-                    let outcome = match outcomes.remove(&index) {
-                        Some(outcome) => outcome,
-                        None => {
-                            self.decrypt(event.cast_ref_unchecked(), room, &machines)
-                                .await?
-                        }
-                    };
-                    match outcome {
+                    match self
+                        .decrypt(event.cast_ref_unchecked(), room, &machines)
+                        .await?
+                    {
                         Outcome::Decrypted(event) => {
                             metrics.crypto("decrypted");
                             prepared.events.push(event);
@@ -219,59 +214,43 @@ impl Crypto {
         })
     }
 
-    /// Decrypts `event` with the first machine holding its key.
+    /// Decrypts `raw` with the first machine holding its key. Decryption failures other than a
+    /// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
     async fn decrypt(
         &self,
         event: &Raw<EncryptedEvent>,
         room: &OwnedRoomId,
         machines: &[Arc<AgentMachine>],
     ) -> Result<Outcome, CryptoError> {
-        decrypt_with(machines, event, room, !self.store_previews).await
-    }
-
-    /// Decrypts the transaction's encrypted events up front, by index. Many of them are split
-    /// between this task and a second one, each with its own copy of the sessions: the
-    /// signature check of every Megolm message is most of the cost, and it then uses both cores.
-    async fn decrypt_all(
-        &self,
-        request: &push_events::v1::Request,
-        machines: &[Arc<AgentMachine>],
-    ) -> Result<HashMap<usize, Outcome>, CryptoError> {
-        if machines.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut jobs: Vec<Job> = request
-            .events
-            .iter()
-            .enumerate()
-            .filter_map(|(index, event)| {
-                let json = event.json().get();
-                if !json.contains("m.room.encrypted") {
-                    return None;
+        let settings = DecryptionSettings {
+            sender_device_trust_requirement: TrustRequirement::Untrusted,
+        };
+        let mut missing = false;
+        for agent in machines {
+            match agent
+                .machine
+                .decrypt_room_event(event, room, &settings)
+                .await
+            {
+                Ok(decrypted) => {
+                    return Ok(Outcome::Decrypted(with_room(
+                        decrypted.event.json(),
+                        room,
+                        !self.store_previews,
+                    )));
                 }
-                let peek = serde_json::from_str::<Peek<'_>>(json).ok()?;
-                (peek.kind.as_deref() == Some("m.room.encrypted")).then_some(())?;
-                Some((index, event.clone().cast_unchecked(), peek.room_id?))
-            })
-            .collect();
-        let hide = !self.store_previews;
-        if jobs.len() < PARALLEL_FROM {
-            return decrypt_jobs(jobs, machines, hide).await;
+                Err(MegolmError::MissingRoomKey(_)) => missing = true,
+                Err(MegolmError::Store(e)) => return Err(CryptoError::CryptoStore(e)),
+                Err(error) => {
+                    tracing::debug!(user = %agent.user, %error, "cannot decrypt an event");
+                }
+            }
         }
-        let second = jobs.split_off(jobs.len() / 2);
-        let others = machines.to_vec();
-        let helper = tokio::spawn(
-            super::COPY_HINT.scope(1, async move { decrypt_jobs(second, &others, hide).await }),
-        );
-        let mut outcomes = super::COPY_HINT
-            .scope(0, decrypt_jobs(jobs, machines, hide))
-            .await?;
-        match helper.await {
-            Ok(result) => outcomes.extend(result?),
-            // The helper's events are decrypted again in order by the caller.
-            Err(error) => tracing::error!(%error, "a decryption task failed"),
-        }
-        Ok(outcomes)
+        Ok(if missing {
+            Outcome::MissingKey
+        } else {
+            Outcome::Failed
+        })
     }
 
     /// Hands to-device events, device lists and key counts to the machines they concern.
@@ -376,67 +355,6 @@ fn concerns_crypto(request: &push_events::v1::Request) -> bool {
             // `m.room.encrypted` and `m.room.encryption`.
             e.json().get().contains("m.room.encrypt")
         })
-}
-
-/// An encrypted event to decrypt: its index in the transaction, the event, its room.
-type Job = (usize, Raw<EncryptedEvent>, OwnedRoomId);
-
-/// From this many encrypted events on, a transaction is decrypted on two tasks.
-const PARALLEL_FROM: usize = 8;
-
-/// Decrypts `jobs` in order.
-async fn decrypt_jobs(
-    jobs: Vec<Job>,
-    machines: &[Arc<AgentMachine>],
-    hide_preview: bool,
-) -> Result<HashMap<usize, Outcome>, CryptoError> {
-    let mut out = HashMap::with_capacity(jobs.len());
-    for (index, event, room) in jobs {
-        out.insert(
-            index,
-            decrypt_with(machines, &event, &room, hide_preview).await?,
-        );
-    }
-    Ok(out)
-}
-
-/// Decrypts `event` with the first machine holding its key. Decryption failures other than a
-/// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
-async fn decrypt_with(
-    machines: &[Arc<AgentMachine>],
-    event: &Raw<EncryptedEvent>,
-    room: &OwnedRoomId,
-    hide_preview: bool,
-) -> Result<Outcome, CryptoError> {
-    let settings = DecryptionSettings {
-        sender_device_trust_requirement: TrustRequirement::Untrusted,
-    };
-    let mut missing = false;
-    for agent in machines {
-        match agent
-            .machine
-            .decrypt_room_event(event, room, &settings)
-            .await
-        {
-            Ok(decrypted) => {
-                return Ok(Outcome::Decrypted(with_room(
-                    decrypted.event.json(),
-                    room,
-                    hide_preview,
-                )));
-            }
-            Err(MegolmError::MissingRoomKey(_)) => missing = true,
-            Err(MegolmError::Store(e)) => return Err(CryptoError::CryptoStore(e)),
-            Err(error) => {
-                tracing::debug!(user = %agent.user, %error, "cannot decrypt an event");
-            }
-        }
-    }
-    Ok(if missing {
-        Outcome::MissingKey
-    } else {
-        Outcome::Failed
-    })
 }
 
 /// The decrypted event (its `room_id` set), marked when its text must not become a preview

@@ -153,12 +153,6 @@ impl Delivery {
     }
 }
 
-tokio::task_local! {
-    /// The copy of an inbound session a decryption task uses (see [`store::DbCryptoStore`]):
-    /// tasks decrypting one transaction in parallel each keep to their own copy.
-    pub(crate) static COPY_HINT: usize;
-}
-
 /// Event type of the start-up probe.
 pub(crate) const PROBE_TYPE: &str = "io.daarion.bridge.probe";
 

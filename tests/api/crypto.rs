@@ -140,26 +140,6 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
         .expect("work for the crypto engines");
     assert_eq!(bodies(&prepared), ["m.room.message: right on time"]);
 
-    // Many at once (decrypted on two tasks, each with its own copy of the session): all of
-    // them, in order.
-    let mut many = Vec::new();
-    for i in 0..20 {
-        many.push(
-            alice
-                .say(&format!("$many{i}"), &format!("message {i}"))
-                .await,
-        );
-    }
-    let prepared = crypto
-        .prepare(&transaction(many, vec![]), &metrics)
-        .await
-        .unwrap()
-        .expect("work for the crypto engines");
-    let expected: Vec<String> = (0..20)
-        .map(|i| format!("m.room.message: message {i}"))
-        .collect();
-    assert_eq!(bodies(&prepared), expected);
-
     // A reopen: same device identity, and the stored room key opens the next message.
     let identity = crypto.opened()[0].machine.identity_keys();
     drop(crypto);

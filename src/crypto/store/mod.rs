@@ -83,16 +83,8 @@ pub struct DbCryptoStore {
     /// Live inbound group sessions. `MemoryStore` keeps them pickled and unpickles one on every
     /// read, so each decryption re-advanced the Megolm ratchet from its stored index (hundreds
     /// of HMACs per event in a busy room). A live session is shared: its ratchet advances once.
-    /// Each session has [`COPIES`] independent copies, handed out in turn: a copy decrypts under
-    /// its own lock, so two of one session's events can be decrypted (their signatures checked)
-    /// on two cores at once. Copies hold the same key; only saved versions are persisted.
-    inbound: std::sync::RwLock<HashMap<(ruma::OwnedRoomId, String), Vec<InboundGroupSession>>>,
-    /// Which copy the next read gets.
-    turn: std::sync::atomic::AtomicUsize,
+    inbound: std::sync::RwLock<HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>,
 }
-
-/// Independent live copies per inbound session (the machine has two cores to use).
-const COPIES: usize = 2;
 
 impl std::fmt::Debug for DbCryptoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,7 +114,6 @@ impl DbCryptoStore {
             user,
             cipher,
             inbound: Default::default(),
-            turn: Default::default(),
         };
         this.load().await?;
         Ok(this)
@@ -160,19 +151,14 @@ impl DbCryptoStore {
             .map_err(backend)
     }
 
-    /// One of the session's live copies, in turn, if it has all of them.
-    fn live_copy(&self, key: &(ruma::OwnedRoomId, String)) -> Option<InboundGroupSession> {
-        let live = self.inbound.read().unwrap_or_else(|p| p.into_inner());
-        let copies = live.get(key).filter(|c| c.len() >= COPIES)?;
-        // A decryption task says which copy is its own; other readers take turns.
-        let turn = super::COPY_HINT
-            .try_with(|hint| *hint)
-            .unwrap_or_else(|_| self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        Some(copies[turn % copies.len()].clone())
+    fn live(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>
+    {
+        self.inbound.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The saved sessions are the newest versions: they replace the live copies (the other
-    /// copies are unpickled again from the saved version when next read).
+    /// The saved sessions are the newest versions: they replace the live ones.
     fn remember(&self, sessions: &[InboundGroupSession]) {
         if sessions.is_empty() {
             return;
@@ -181,7 +167,7 @@ impl DbCryptoStore {
         for s in sessions {
             live.insert(
                 (s.room_id().to_owned(), s.session_id().to_owned()),
-                vec![s.clone()],
+                s.clone(),
             );
         }
     }
@@ -279,11 +265,8 @@ impl CryptoStore for DbCryptoStore {
             }
         }
         self.commit(b).await?;
-        // Memory first: a copy unpickled from it in between must already be the saved version.
-        let saved = changes.inbound_group_sessions.clone();
-        self.mem.save_changes(changes).await.inf()?;
-        self.remember(&saved);
-        Ok(())
+        self.remember(&changes.inbound_group_sessions);
+        self.mem.save_changes(changes).await.inf()
     }
 
     async fn save_pending_changes(&self, changes: PendingChanges) -> Result<()> {
@@ -303,13 +286,11 @@ impl CryptoStore for DbCryptoStore {
         let mut b = Batch::default();
         self.pickle_inbound(&mut b, &sessions).await?;
         self.commit(b).await?;
-        let saved = sessions.clone();
+        self.remember(&sessions);
         self.mem
             .save_inbound_group_sessions(sessions, backed_up_to_version)
             .await
-            .inf()?;
-        self.remember(&saved);
-        Ok(())
+            .inf()
     }
 
     async fn get_sessions(&self, sender_key: &str) -> Result<Option<Vec<Session>>> {
@@ -322,21 +303,19 @@ impl CryptoStore for DbCryptoStore {
         session_id: &str,
     ) -> Result<Option<InboundGroupSession>> {
         let key = (room_id.to_owned(), session_id.to_owned());
-        if let Some(live) = self.live_copy(&key) {
-            return Ok(Some(live));
+        if let Some(live) = self.live().get(&key) {
+            return Ok(Some(live.clone()));
         }
-        // Unpickling gives an independent copy: add it to the live ones.
         let found = self
             .mem
             .get_inbound_group_session(room_id, session_id)
             .await
             .inf()?;
         if let Some(session) = &found {
-            let mut live = self.inbound.write().unwrap_or_else(|p| p.into_inner());
-            let copies = live.entry(key).or_default();
-            if copies.len() < COPIES {
-                copies.push(session.clone());
-            }
+            self.inbound
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, session.clone());
         }
         Ok(found)
     }
