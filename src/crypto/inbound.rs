@@ -92,8 +92,10 @@ impl Crypto {
             // untouched, at no cost but one substring scan each.
             return Ok(None);
         }
-        let keys = self.receive_device_data(request, metrics).await?;
         let machines = self.opened();
+        let keys = self
+            .receive_device_data(request, &machines, metrics)
+            .await?;
         let mut prepared = Prepared::default();
         // Late events first: keys that arrived now may open events of earlier transactions.
         for (room, session) in keys {
@@ -113,7 +115,6 @@ impl Crypto {
         // Rooms where an agent is a member: learned from the database, or from an agent's join
         // earlier in this very transaction (not committed yet).
         let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
-        let agents: Vec<OwnedUserId> = self.opened().iter().map(|m| m.user.clone()).collect();
         for event in &request.events {
             let raw = event.json();
             let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
@@ -124,7 +125,7 @@ impl Crypto {
                 peek.kind.as_deref(),
                 &peek.room_id,
                 peek.state_key.as_deref(),
-            ) && agents.iter().any(|a| a.as_str() == key)
+            ) && machines.iter().any(|m| m.user.as_str() == key)
                 && raw.get().contains("\"join\"")
             {
                 agent_rooms.insert(room.clone(), true);
@@ -222,9 +223,7 @@ impl Crypto {
         room: &OwnedRoomId,
         machines: &[Arc<AgentMachine>],
     ) -> Result<Outcome, CryptoError> {
-        let settings = DecryptionSettings {
-            sender_device_trust_requirement: TrustRequirement::Untrusted,
-        };
+        let settings = decryption_settings();
         let mut missing = false;
         for agent in machines {
             match agent
@@ -233,9 +232,8 @@ impl Crypto {
                 .await
             {
                 Ok(decrypted) => {
-                    return Ok(Outcome::Decrypted(with_room(
+                    return Ok(Outcome::Decrypted(decrypted_event(
                         decrypted.event.json(),
-                        room,
                         !self.store_previews,
                     )));
                 }
@@ -258,6 +256,7 @@ impl Crypto {
     async fn receive_device_data(
         &self,
         request: &push_events::v1::Request,
+        machines: &[Arc<AgentMachine>],
         metrics: &Metrics,
     ) -> Result<Vec<(OwnedRoomId, String)>, CryptoError> {
         let mut to_device: HashMap<OwnedUserId, Vec<Raw<AnyToDeviceEvent>>> = HashMap::new();
@@ -270,7 +269,7 @@ impl Crypto {
             }
             match raw.deserialize_as_unchecked::<Target>() {
                 Ok(target) => {
-                    let mine = self.opened().into_iter().any(|m| {
+                    let mine = machines.iter().any(|m| {
                         m.user == target.to_user_id
                             && target.to_device_id.as_ref().is_none_or(|d| *d == m.device)
                     });
@@ -291,11 +290,9 @@ impl Crypto {
         lists.changed = request.device_lists.changed.clone();
         lists.left = request.device_lists.left.clone();
         let no_counts = BTreeMap::new();
-        let settings = DecryptionSettings {
-            sender_device_trust_requirement: TrustRequirement::Untrusted,
-        };
+        let settings = decryption_settings();
         let mut keys = Vec::new();
-        for agent in self.opened() {
+        for agent in machines {
             let events = to_device.remove(&agent.user).unwrap_or_default();
             let counts: &BTreeMap<OneTimeKeyAlgorithm, UInt> = request
                 .device_one_time_keys_count
@@ -357,23 +354,27 @@ fn concerns_crypto(request: &push_events::v1::Request) -> bool {
         })
 }
 
-/// The decrypted event (its `room_id` set), marked when its text must not become a preview
-/// (`encryption.store_previews = false`).
-fn with_room(event: &RawValue, room: &OwnedRoomId, hide_preview: bool) -> Box<RawValue> {
+/// How the agents decrypt: any sender's device (they answer whoever writes to them; clients
+/// show the trust state).
+fn decryption_settings() -> DecryptionSettings {
+    DecryptionSettings {
+        sender_device_trust_requirement: TrustRequirement::Untrusted,
+    }
+}
+
+/// The decrypted event as the mirror takes it, marked when its text must not become a preview
+/// (`encryption.store_previews = false`). Its `room_id` is already right: matrix-sdk-crypto only
+/// returns an event whose plaintext `room_id` is the session's room.
+fn decrypted_event(event: &RawValue, hide_preview: bool) -> Box<RawValue> {
     if !hide_preview {
-        // matrix-sdk-crypto only returns an event whose plaintext `room_id` is the session's
-        // room (it refuses a key forwarded from another room): nothing to add.
         return event.to_owned();
     }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.get()) {
         Ok(mut map) => {
-            map.insert("room_id".into(), room.as_str().into());
-            if hide_preview {
-                map.insert(
-                    crate::bridge::mirror::event::HIDE_PREVIEW.into(),
-                    true.into(),
-                );
-            }
+            map.insert(
+                crate::bridge::mirror::event::HIDE_PREVIEW.into(),
+                true.into(),
+            );
             serde_json::value::to_raw_value(&map).unwrap_or_else(|_| event.to_owned())
         }
         Err(_) => event.to_owned(),

@@ -55,6 +55,9 @@ pub enum CryptoError {
     /// A Megolm operation failed.
     #[error("megolm: {0}")]
     Megolm(#[from] matrix_sdk_crypto::MegolmError),
+    /// The agent's cross-signing identity could not be created.
+    #[error("cross-signing bootstrap: {0}")]
+    CrossSigning(String),
     /// The stored key of the crypto store cannot be opened with the configured pickle key.
     #[error("the crypto store key cannot be opened with encryption.pickle_key: {0}")]
     PickleKey(String),
@@ -67,7 +70,10 @@ impl CryptoError {
             CryptoError::Hs(e) => e.is_transient(),
             CryptoError::Store(e) => e.is_transient(),
             CryptoError::CryptoStore(_) => true,
-            CryptoError::Olm(_) | CryptoError::Megolm(_) | CryptoError::PickleKey(_) => false,
+            CryptoError::Olm(_)
+            | CryptoError::Megolm(_)
+            | CryptoError::CrossSigning(_)
+            | CryptoError::PickleKey(_) => false,
         }
     }
 }
@@ -165,35 +171,26 @@ impl Crypto {
         pickle_key: &str,
         store_previews: bool,
     ) -> Result<Arc<Self>, CryptoError> {
-        let rows = db.crypto_items("").await?;
-        let cipher = match rows.iter().find(|r| r.kind == CIPHER_KIND) {
-            Some(row) => StoreCipher::import(pickle_key, &row.value)
-                .map_err(|e| CryptoError::PickleKey(e.to_string()))?,
-            None => {
-                let cipher =
-                    StoreCipher::new().map_err(|e| CryptoError::PickleKey(e.to_string()))?;
-                let sealed = cipher
-                    .export(pickle_key)
-                    .map_err(|e| CryptoError::PickleKey(e.to_string()))?;
-                db.crypto_write(
-                    "",
-                    &[CryptoItem {
-                        kind: CIPHER_KIND.into(),
-                        key: String::new(),
-                        value: sealed,
-                    }],
-                    &[],
-                )
-                .await?;
-                // Another process may have stored one first: use whichever is stored.
-                let rows = db.crypto_items("").await?;
-                let row = rows.iter().find(|r| r.kind == CIPHER_KIND).ok_or_else(|| {
-                    CryptoError::PickleKey("the store key vanished after it was written".into())
-                })?;
-                StoreCipher::import(pickle_key, &row.value)
-                    .map_err(|e| CryptoError::PickleKey(e.to_string()))?
-            }
-        };
+        let stored = |rows: Vec<CryptoItem>| rows.into_iter().find(|r| r.kind == CIPHER_KIND);
+        let mut row = stored(db.crypto_items("").await?);
+        if row.is_none() {
+            let sealed = StoreCipher::new()
+                .and_then(|cipher| cipher.export(pickle_key))
+                .map_err(|e| CryptoError::PickleKey(e.to_string()))?;
+            let item = CryptoItem {
+                kind: CIPHER_KIND.into(),
+                key: String::new(),
+                value: sealed,
+            };
+            db.crypto_write("", &[item], &[]).await?;
+            // Another process may have stored one first: use whichever is stored.
+            row = stored(db.crypto_items("").await?);
+        }
+        let row = row.ok_or_else(|| {
+            CryptoError::PickleKey("the store key vanished after it was written".into())
+        })?;
+        let cipher = StoreCipher::import(pickle_key, &row.value)
+            .map_err(|e| CryptoError::PickleKey(e.to_string()))?;
         let crypto = Arc::new(Self {
             db,
             hs,
@@ -250,7 +247,7 @@ impl Crypto {
         request.display_name = Some(DEVICE_NAME.to_owned());
         self.hs.send_as(request, Some(user), None).await?;
         self.remove_stale_devices(&agent).await;
-        self.flush(&agent).await?;
+        flush_with(&self.hs, &agent).await?;
         self.cross_sign(&agent).await?;
         agent.ready.store(true, Ordering::Release);
         // Everything the agent sends from now on comes from this device.
@@ -347,7 +344,7 @@ impl Crypto {
             .machine
             .bootstrap_cross_signing(false)
             .await
-            .map_err(|e| CryptoError::PickleKey(format!("cross-signing bootstrap: {e}")))?;
+            .map_err(|e| CryptoError::CrossSigning(e.to_string()))?;
         if let Some(upload) = requests.upload_keys_req {
             requests::send(
                 &self.hs,
@@ -370,11 +367,6 @@ impl Crypto {
             .send_as(signatures, Some(&agent.user), Some(&agent.device))
             .await?;
         Ok(())
-    }
-
-    /// Sends everything `agent`'s machine asks for, until it asks for nothing (bounded).
-    pub async fn flush(&self, agent: &AgentMachine) -> Result<(), CryptoError> {
-        flush_with(&self.hs, agent).await
     }
 
     /// Whether to-device events reach the bridge (readiness detail).
@@ -507,7 +499,7 @@ impl Crypto {
         // futures that hold them.
         let members: Vec<&UserId> = members.iter().map(AsRef::as_ref).collect();
         agent.machine.update_tracked_users(members.clone()).await?;
-        self.flush(&agent).await?;
+        flush_with(&self.hs, &agent).await?;
         {
             let _one = agent.outgoing.lock().await;
             if let Some((id, claim)) = agent

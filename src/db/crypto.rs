@@ -89,21 +89,35 @@ impl Store {
             return Ok(());
         }
         let now = Ts::now();
+        // One row per item, the last written winning: PostgreSQL refuses an upsert that touches
+        // a row twice (one change may carry, say, the same Olm session twice).
+        let mut seen = std::collections::HashSet::new();
+        let mut latest: Vec<&CryptoItem> = put
+            .iter()
+            .rev()
+            .filter(|item| seen.insert((item.kind.as_str(), item.key.as_str())))
+            .collect();
+        latest.reverse();
         both!(self, pool => {
             let mut tx = pool.begin().await?;
-            for item in put {
-                sqlx::query(
-                    "INSERT INTO bridge_crypto_items (user_id, kind, key, value, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, kind, key) \
+            // One statement per chunk, not per item (5 parameters a row, well under SQLite's
+            // 32,766).
+            for chunk in latest.chunks(1000) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO bridge_crypto_items (user_id, kind, key, value, updated_at) ",
+                );
+                insert.push_values(chunk, |mut row, item| {
+                    row.push_bind(user_id)
+                        .push_bind(&item.kind)
+                        .push_bind(&item.key)
+                        .push_bind(&item.value)
+                        .push_bind(now);
+                });
+                insert.push(
+                    " ON CONFLICT (user_id, kind, key) \
                      DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                )
-                .bind(user_id)
-                .bind(&item.kind)
-                .bind(&item.key)
-                .bind(&item.value)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                );
+                insert.build().execute(&mut *tx).await?;
             }
             for (kind, key) in delete {
                 sqlx::query(
@@ -141,21 +155,20 @@ impl Store {
             return Ok(());
         }
         both!(self, pool => {
-            let mut tx = pool.begin().await?;
-            for e in events {
-                sqlx::query(
-                    "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(&e.event_id)
-                .bind(&e.room_id)
-                .bind(&e.session_id)
-                .bind(&e.event)
-                .bind(e.received_at)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in events.chunks(1000) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) ",
+                );
+                insert.push_values(chunk, |mut row, e| {
+                    row.push_bind(&e.event_id)
+                        .push_bind(&e.room_id)
+                        .push_bind(&e.session_id)
+                        .push_bind(&e.event)
+                        .push_bind(e.received_at);
+                });
+                insert.push(" ON CONFLICT (event_id) DO NOTHING");
+                insert.build().execute(pool).await?;
             }
-            tx.commit().await?;
         });
         Ok(())
     }

@@ -425,14 +425,9 @@ impl Homeserver {
         room_id: &RoomId,
         as_user: &UserId,
     ) -> Result<BTreeMap<OwnedUserId, String>, HsError> {
-        let response = self
-            .send(
-                joined_members::v3::Request::new(room_id.to_owned()),
-                Some(as_user),
-            )
-            .await?;
-        Ok(response
-            .joined
+        Ok(self
+            .joined_members(room_id, as_user)
+            .await?
             .into_iter()
             .filter_map(|(user, member)| Some((user, member.display_name?)))
             .collect())
@@ -444,13 +439,20 @@ impl Homeserver {
         room_id: &RoomId,
         as_user: &UserId,
     ) -> Result<Vec<OwnedUserId>, HsError> {
-        let response = self
-            .send(
-                joined_members::v3::Request::new(room_id.to_owned()),
-                Some(as_user),
-            )
-            .await?;
-        Ok(response.joined.into_keys().collect())
+        Ok(self
+            .joined_members(room_id, as_user)
+            .await?
+            .into_keys()
+            .collect())
+    }
+
+    async fn joined_members(
+        &self,
+        room_id: &RoomId,
+        as_user: &UserId,
+    ) -> Result<BTreeMap<OwnedUserId, joined_members::v3::RoomMember>, HsError> {
+        let request = joined_members::v3::Request::new(room_id.to_owned());
+        Ok(self.send(request, Some(as_user)).await?.joined)
     }
 
     /// The room's `m.room.encryption` state content, `None` when the room is not encrypted.

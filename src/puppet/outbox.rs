@@ -205,28 +205,12 @@ impl<S: SentSink> Delivery<S> {
                     }
                     None => None,
                 };
-                match encrypted {
-                    Some(content) => {
-                        hs.send_event(
-                            room,
-                            &agent.user_id,
-                            &item.txn_id,
-                            "m.room.encrypted",
-                            content,
-                        )
-                        .await?
-                    }
-                    None => {
-                        hs.send_event(
-                            room,
-                            &agent.user_id,
-                            &item.txn_id,
-                            &item.event_type,
-                            content,
-                        )
-                        .await?
-                    }
-                }
+                let (event_type, content) = match encrypted {
+                    Some(encrypted) => ("m.room.encrypted", encrypted),
+                    None => (item.event_type.as_str(), content),
+                };
+                hs.send_event(room, &agent.user_id, &item.txn_id, event_type, content)
+                    .await?
             }
         };
         // Mirror what was sent at once (the echo in a later transaction is then a no-op), count
