@@ -111,11 +111,12 @@ impl Crypto {
                 }
             }
         }
+        let mut decrypted = self.decrypt_in_lanes(request, &machines).await?;
         let mut pending = Vec::new();
         // Rooms where an agent is a member: learned from the database, or from an agent's join
         // earlier in this very transaction (not committed yet).
         let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
-        for event in &request.events {
+        for (index, event) in request.events.iter().enumerate() {
             let raw = event.json();
             let Ok(peek) = serde_json::from_str::<Peek<'_>>(raw.get()) else {
                 prepared.events.push(raw.to_owned());
@@ -144,10 +145,14 @@ impl Crypto {
                     prepared.events.push(raw.to_owned());
                 }
                 (Some("m.room.encrypted"), Some(room)) if !machines.is_empty() => {
-                    match self
-                        .decrypt(event.cast_ref_unchecked(), room, &machines)
-                        .await?
-                    {
+                    let outcome = match decrypted.remove(&index) {
+                        Some(outcome) => outcome,
+                        None => {
+                            self.decrypt(event.cast_ref_unchecked(), room, &machines)
+                                .await?
+                        }
+                    };
+                    match outcome {
                         Outcome::Decrypted(event) => {
                             metrics.crypto("decrypted");
                             prepared.events.push(event);
@@ -215,40 +220,62 @@ impl Crypto {
         })
     }
 
-    /// Decrypts `raw` with the first machine holding its key. Decryption failures other than a
-    /// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
+    /// Decrypts `event` with the first machine holding its key.
     async fn decrypt(
         &self,
         event: &Raw<EncryptedEvent>,
         room: &OwnedRoomId,
         machines: &[Arc<AgentMachine>],
     ) -> Result<Outcome, CryptoError> {
-        let settings = decryption_settings();
-        let mut missing = false;
-        for agent in machines {
-            match agent
-                .machine
-                .decrypt_room_event(event, room, &settings)
-                .await
-            {
-                Ok(decrypted) => {
-                    return Ok(Outcome::Decrypted(decrypted_event(
-                        decrypted.event.json(),
-                        !self.store_previews,
-                    )));
-                }
-                Err(MegolmError::MissingRoomKey(_)) => missing = true,
-                Err(MegolmError::Store(e)) => return Err(CryptoError::CryptoStore(e)),
-                Err(error) => {
-                    tracing::debug!(user = %agent.user, %error, "cannot decrypt an event");
-                }
-            }
+        decrypt_with(machines, event, room, !self.store_previews).await
+    }
+
+    /// Decrypts the transaction's encrypted events up front, by index, when there are enough
+    /// of them to share: the second half on a blocking-pool thread (so the OS runs it on the
+    /// other core: a task spawned on the runtime would wait in this worker's LIFO slot until
+    /// this task yields, which decryption never does), each lane with its own copies of the
+    /// sessions. Events left out are decrypted in order by the caller.
+    async fn decrypt_in_lanes(
+        &self,
+        request: &push_events::v1::Request,
+        machines: &[Arc<AgentMachine>],
+    ) -> Result<HashMap<usize, Outcome>, CryptoError> {
+        if machines.is_empty() {
+            return Ok(HashMap::new());
         }
-        Ok(if missing {
-            Outcome::MissingKey
-        } else {
-            Outcome::Failed
-        })
+        let mut jobs: Vec<Job> = request
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(index, event)| {
+                let json = event.json().get();
+                if !json.contains("m.room.encrypted") {
+                    return None;
+                }
+                let peek = serde_json::from_str::<Peek<'_>>(json).ok()?;
+                (peek.kind.as_deref() == Some("m.room.encrypted")).then_some(())?;
+                Some((index, event.clone().cast_unchecked(), peek.room_id?))
+            })
+            .collect();
+        if jobs.len() < LANES_FROM {
+            return Ok(HashMap::new());
+        }
+        let hide = !self.store_previews;
+        let second = jobs.split_off(jobs.len() / super::DECRYPT_LANES);
+        let others = machines.to_vec();
+        let runtime = tokio::runtime::Handle::current();
+        let helper = tokio::task::spawn_blocking(move || {
+            runtime.block_on(super::LANE.scope(1, decrypt_jobs(second, others, hide)))
+        });
+        let mut outcomes = super::LANE
+            .scope(0, decrypt_jobs(jobs, machines.to_vec(), hide))
+            .await?;
+        match helper.await {
+            Ok(result) => outcomes.extend(result?),
+            // The helper's events are decrypted again, in order, by the caller.
+            Err(error) => tracing::error!(%error, "a decryption lane failed"),
+        }
+        Ok(outcomes)
     }
 
     /// Hands to-device events, device lists and key counts to the machines they concern.
@@ -339,6 +366,63 @@ impl Crypto {
         }
         Ok(keys)
     }
+}
+
+/// An encrypted event to decrypt: its index in the transaction, the event, its room.
+type Job = (usize, Raw<EncryptedEvent>, OwnedRoomId);
+
+/// From this many encrypted events on, a transaction is decrypted in lanes (below, handing
+/// work to another thread costs more than it saves).
+const LANES_FROM: usize = 8;
+
+/// Decrypts `jobs` in order.
+async fn decrypt_jobs(
+    jobs: Vec<Job>,
+    machines: Vec<Arc<AgentMachine>>,
+    hide_preview: bool,
+) -> Result<HashMap<usize, Outcome>, CryptoError> {
+    let mut out = HashMap::with_capacity(jobs.len());
+    for (index, event, room) in jobs {
+        let outcome = decrypt_with(&machines, &event, &room, hide_preview).await?;
+        out.insert(index, outcome);
+    }
+    Ok(out)
+}
+
+/// Decrypts `event` with the first machine holding its key. Decryption failures other than a
+/// missing key (a wrong algorithm, a forged or replayed message, garbage) are final.
+async fn decrypt_with(
+    machines: &[Arc<AgentMachine>],
+    event: &Raw<EncryptedEvent>,
+    room: &OwnedRoomId,
+    hide_preview: bool,
+) -> Result<Outcome, CryptoError> {
+    let settings = decryption_settings();
+    let mut missing = false;
+    for agent in machines {
+        match agent
+            .machine
+            .decrypt_room_event(event, room, &settings)
+            .await
+        {
+            Ok(decrypted) => {
+                return Ok(Outcome::Decrypted(decrypted_event(
+                    decrypted.event.json(),
+                    hide_preview,
+                )));
+            }
+            Err(MegolmError::MissingRoomKey(_)) => missing = true,
+            Err(MegolmError::Store(e)) => return Err(CryptoError::CryptoStore(e)),
+            Err(error) => {
+                tracing::debug!(user = %agent.user, %error, "cannot decrypt an event");
+            }
+        }
+    }
+    Ok(if missing {
+        Outcome::MissingKey
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// Whether the transaction carries anything for the crypto engines: device data, encrypted

@@ -159,6 +159,16 @@ impl Delivery {
     }
 }
 
+tokio::task_local! {
+    /// The decryption lane a task decrypts in (0 unless set): each lane reads its own copy of
+    /// an inbound session from the store, so lanes never wait on each other's session lock.
+    pub(crate) static LANE: usize;
+}
+
+/// How many lanes decrypt a transaction's events at once: one per core of the 2-core machines
+/// the bridge is sized for. The signature check of every Megolm message is most of the cost.
+pub(crate) const DECRYPT_LANES: usize = 2;
+
 /// Event type of the start-up probe.
 pub(crate) const PROBE_TYPE: &str = "io.daarion.bridge.probe";
 
@@ -463,6 +473,11 @@ impl Crypto {
             self.note_room(room, content.clone());
         }
         Ok(content)
+    }
+
+    /// Whether `room` is encrypted, as `user` sees it; an unknown state is an error.
+    pub async fn is_encrypted(&self, room: &RoomId, user: &UserId) -> Result<bool, CryptoError> {
+        Ok(self.room_encryption(room, user).await?.is_some())
     }
 
     /// Prepares a message `user` sends into `room`: in an encrypted room it shares the room key

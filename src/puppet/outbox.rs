@@ -182,12 +182,22 @@ impl<S: SentSink> Delivery<S> {
             Some(target) => {
                 let target = OwnedEventId::try_from(target.as_str())
                     .map_err(|e| PuppetError::InvalidId(e.to_string()))?;
-                let reason = item
+                let mut reason = item
                     .content
                     .0
                     .get("reason")
                     .and_then(|r| r.as_str())
                     .map(str::to_owned);
+                // A redaction cannot be encrypted: the homeserver must read it to apply it, and
+                // clients (Element included) send it in clear. Its reason would be the only
+                // text of the agent's in clear in an encrypted room, so it is left out there.
+                if reason.is_some()
+                    && let Some(crypto) = self.puppets.crypto()
+                    && crypto.is_encrypted(room, &agent.user_id).await?
+                {
+                    tracing::debug!(room = %room, "redaction reason left out in an encrypted room");
+                    reason = None;
+                }
                 hs.redact(room, &agent.user_id, target, &item.txn_id, reason)
                     .await?
             }

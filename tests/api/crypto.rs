@@ -140,6 +140,35 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
         .expect("work for the crypto engines");
     assert_eq!(bodies(&prepared), ["m.room.message: right on time"]);
 
+    // Many at once, decrypted in two lanes (each with its own copy of the session), twice
+    // (the second time from the copies kept live): all of them, in order, with a plaintext
+    // event between them kept in its place.
+    for round in 0..2 {
+        let mut many = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..20 {
+            if i == 7 {
+                many.push(crate::ev::text(&format!("plain{round}"), ALICE, "in clear"));
+                expected.push("m.room.message: in clear".to_owned());
+            }
+            many.push(
+                alice
+                    .say(
+                        &format!("$many{round}-{i}"),
+                        &format!("message {round}-{i}"),
+                    )
+                    .await,
+            );
+            expected.push(format!("m.room.message: message {round}-{i}"));
+        }
+        let prepared = crypto
+            .prepare(&transaction(many, vec![]), &metrics)
+            .await
+            .unwrap()
+            .expect("work for the crypto engines");
+        assert_eq!(bodies(&prepared), expected);
+    }
+
     // A reopen: same device identity, and the stored room key opens the next message.
     let identity = crypto.opened()[0].machine.identity_keys();
     drop(crypto);

@@ -208,6 +208,101 @@ async fn encrypted_dm_with_an_agent() {
     // Her master key is published: clients can check her device's signature.
     assert!(keys["master_keys"][SOFIA].is_object(), "{keys}");
 
+    // A room key that comes after its event, through Synapse: Alice's client encrypts a message
+    // in a new Megolm session and holds back the to-device message carrying its key. The event
+    // waits durably, unmirrored and unanswered; once the key arrives it is decrypted, mirrored
+    // with its text and answered.
+    let late = client
+        .run(&format!("late {room} Sofia, say: copper meadow"))
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pending = format!("SELECT event_id FROM bridge_crypto_pending WHERE event_id = '{late}'");
+    wait_rows(&pool, &pending, "the event waiting for its key", |r| {
+        r.len() == 1
+    })
+    .await;
+    let mirrored = format!("SELECT content_preview FROM messages WHERE matrix_event_id = '{late}'");
+    assert!(
+        rows(&pool, &mirrored).await.is_empty(),
+        "not mirrored before its key"
+    );
+    assert_eq!(client.run("release").await["sent"], 1);
+    let answer = client
+        .run(&format!("expect {room} {SOFIA} copper meadow"))
+        .await;
+    assert_trusted(&answer);
+    wait_rows(
+        &pool,
+        &mirrored,
+        "the late event's decrypted preview",
+        |r| {
+            r.len() == 1
+                && r[0][0]
+                    .as_deref()
+                    .is_some_and(|p| p.contains("copper meadow"))
+        },
+    )
+    .await;
+    wait_rows(&pool, &pending, "the pending event forgotten", |r| {
+        r.is_empty()
+    })
+    .await;
+
+    // Sofia redacts her last answer through the agent API with a reason. A redaction cannot be
+    // encrypted (the homeserver applies it), so the reason must not go out in clear.
+    let wire = timeline(&alice, &room).await;
+    let target = wire
+        .iter()
+        .rev()
+        .find(|e| e["sender"] == SOFIA && e["type"] == "m.room.encrypted")
+        .and_then(|e| e["event_id"].as_str())
+        .expect("an answer of Sofia's")
+        .to_owned();
+    let channel = rows(
+        &pool,
+        &format!("SELECT id::text FROM channels WHERE matrix_room_id = '{room}'"),
+    )
+    .await[0][0]
+        .clone()
+        .unwrap();
+    let (_, key) = daarion_bridge::keys::create(
+        &bridge.store,
+        "agent:sofia",
+        "e2e",
+        &[],
+        &["agent.runtime".into()],
+        None,
+        &daarion_bridge::db::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let redacted = reqwest::Client::new()
+        .delete(format!(
+            "http://127.0.0.1:29334/api/v1/channels/{channel}/messages/{}",
+            target.replace('$', "%24")
+        ))
+        .bearer_auth(&key)
+        .json(&json!({ "reason": "a private reason" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redacted.status(), 200, "{:?}", redacted.text().await);
+    let wire = timeline(&alice, &room).await;
+    let redaction = wire
+        .iter()
+        .find(|e| {
+            e["type"] == "m.room.redaction"
+                && (e["redacts"] == target.as_str() || e["content"]["redacts"] == target.as_str())
+        })
+        .expect("the redaction reached the room");
+    assert_eq!(redaction["sender"], SOFIA);
+    assert!(
+        redaction["content"].get("reason").is_none(),
+        "no reason in clear: {redaction}"
+    );
+
     bridge.stop().await;
 }
 

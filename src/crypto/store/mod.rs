@@ -43,6 +43,7 @@ use zeroize::Zeroizing;
 
 use crate::db::{Store, crypto::CryptoItem};
 
+mod live;
 mod load;
 
 type Result<T, E = CryptoStoreError> = std::result::Result<T, E>;
@@ -80,10 +81,8 @@ pub struct DbCryptoStore {
     db: Store,
     user: OwnedUserId,
     cipher: Arc<StoreCipher>,
-    /// Live inbound group sessions. `MemoryStore` keeps them pickled and unpickles one on every
-    /// read, so each decryption re-advanced the Megolm ratchet from its stored index (hundreds
-    /// of HMACs per event in a busy room). A live session is shared: its ratchet advances once.
-    inbound: std::sync::RwLock<HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>,
+    /// Live sessions and identities (see [`live`]).
+    live: live::Live,
 }
 
 impl std::fmt::Debug for DbCryptoStore {
@@ -113,7 +112,7 @@ impl DbCryptoStore {
             db,
             user,
             cipher,
-            inbound: Default::default(),
+            live: Default::default(),
         };
         this.load().await?;
         Ok(this)
@@ -149,27 +148,6 @@ impl DbCryptoStore {
             .crypto_write(self.user.as_str(), &batch.put, &delete)
             .await
             .map_err(backend)
-    }
-
-    fn live(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<(ruma::OwnedRoomId, String), InboundGroupSession>>
-    {
-        self.inbound.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The saved sessions are the newest versions: they replace the live ones.
-    fn remember(&self, sessions: &[InboundGroupSession]) {
-        if sessions.is_empty() {
-            return;
-        }
-        let mut live = self.inbound.write().unwrap_or_else(|p| p.into_inner());
-        for s in sessions {
-            live.insert(
-                (s.room_id().to_owned(), s.session_id().to_owned()),
-                s.clone(),
-            );
-        }
     }
 
     async fn pickle_inbound(
@@ -265,8 +243,18 @@ impl CryptoStore for DbCryptoStore {
             }
         }
         self.commit(b).await?;
-        self.remember(&changes.inbound_group_sessions);
-        self.mem.save_changes(changes).await.inf()
+        // Memory before the live copies: a copy unpickled after `remember` is the saved version.
+        let saved = changes.inbound_group_sessions.clone();
+        self.live.identities_saved(
+            changes
+                .identities
+                .new
+                .iter()
+                .chain(&changes.identities.changed),
+        );
+        self.mem.save_changes(changes).await.inf()?;
+        self.live.sessions_saved(&saved);
+        Ok(())
     }
 
     async fn save_pending_changes(&self, changes: PendingChanges) -> Result<()> {
@@ -286,11 +274,13 @@ impl CryptoStore for DbCryptoStore {
         let mut b = Batch::default();
         self.pickle_inbound(&mut b, &sessions).await?;
         self.commit(b).await?;
-        self.remember(&sessions);
+        let saved = sessions.clone();
         self.mem
             .save_inbound_group_sessions(sessions, backed_up_to_version)
             .await
-            .inf()
+            .inf()?;
+        self.live.sessions_saved(&saved);
+        Ok(())
     }
 
     async fn get_sessions(&self, sender_key: &str) -> Result<Option<Vec<Session>>> {
@@ -303,19 +293,18 @@ impl CryptoStore for DbCryptoStore {
         session_id: &str,
     ) -> Result<Option<InboundGroupSession>> {
         let key = (room_id.to_owned(), session_id.to_owned());
-        if let Some(live) = self.live().get(&key) {
-            return Ok(Some(live.clone()));
-        }
+        let lane = super::LANE.try_with(|lane| *lane).unwrap_or(0);
+        let miss = match self.live.session(&key, lane) {
+            Ok(copy) => return Ok(Some(copy)),
+            Err(miss) => miss,
+        };
         let found = self
             .mem
             .get_inbound_group_session(room_id, session_id)
             .await
             .inf()?;
         if let Some(session) = &found {
-            self.inbound
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, session.clone());
+            self.live.keep_session(key, lane, miss, session);
         }
         Ok(found)
     }
@@ -462,7 +451,14 @@ impl CryptoStore for DbCryptoStore {
     }
 
     async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>> {
-        self.mem.get_user_identity(user_id).await.inf()
+        if let Some(live) = self.live.identity(user_id) {
+            return Ok(Some(live));
+        }
+        let found = self.mem.get_user_identity(user_id).await.inf()?;
+        if let Some(identity) = &found {
+            self.live.keep_identity(identity);
+        }
+        Ok(found)
     }
 
     async fn is_message_known(&self, message_hash: &OlmMessageHash) -> Result<bool> {

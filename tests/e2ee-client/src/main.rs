@@ -12,28 +12,42 @@
 //! - `join <room>` → `{"ok": true}`
 //! - `expect <room> <sender> <words>`: waits until a message from `sender` containing `words`
 //!   decrypts → `{"body", "encrypted", "shield", "verification", "edits"}`
+//! - `late <room> <text>`: sends a message in a new Megolm session whose room key is held back
+//!   (not sent) → `{"event_id": …}`
+//! - `release`: sends the held room keys now → `{"sent": n}`
 //! - `quit`
 
 #![recursion_limit = "256"]
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::{
-    Client, Room,
+    Client, Room, RoomMemberships,
     config::SyncSettings,
     deserialized_responses::ShieldState,
     room::MessagesOptions,
     ruma::{
-        OwnedRoomId, OwnedUserId,
-        api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        OwnedRoomId, OwnedUserId, TransactionId,
+        api::client::{
+            message::send_message_event::v3::Request as SendMessageEvent,
+            room::create_room::v3::{Request as CreateRoom, RoomPreset},
+            to_device::send_event_to_device::v3::Request as SendToDevice,
+        },
         events::{
-            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, Mentions, SyncMessageLikeEvent,
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, InitialStateEvent, Mentions,
+            MessageLikeEventType, SyncMessageLikeEvent,
             room::{
-                encryption::RoomEncryptionEventContent, member::MembershipState,
+                encryption::RoomEncryptionEventContent,
+                history_visibility::HistoryVisibility,
+                member::MembershipState,
                 message::{Relation, RoomMessageEventContent},
             },
         },
     },
+};
+use matrix_sdk_base::crypto::{
+    CollectStrategy, EncryptionSettings, types::requests::ToDeviceRequest,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -69,6 +83,7 @@ async fn main() {
             .await;
     });
     say(json!({ "ready": true, "device": client.device_id().map(|d| d.to_string()) }));
+    let mut held = Vec::new();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut words = line.splitn(2, ' ');
@@ -82,6 +97,8 @@ async fn main() {
             "mention" => mention(&client, rest).await,
             "join" => join(&client, rest).await,
             "expect" => expect(&client, rest).await,
+            "late" => late(&client, rest, &mut held).await,
+            "release" => release(&client, &mut held).await,
             "quit" => break,
             other => Err(format!("unknown command {other}")),
         };
@@ -164,8 +181,8 @@ async fn mention(client: &Client, rest: &str) -> Result<Value, String> {
     };
     let room = the_room(client, room)?;
     let user: OwnedUserId = user.try_into().map_err(|e| format!("{e}"))?;
-    let content = RoomMessageEventContent::text_plain(text)
-        .add_mentions(Mentions::with_user_ids([user]));
+    let content =
+        RoomMessageEventContent::text_plain(text).add_mentions(Mentions::with_user_ids([user]));
     let sent = room.send(content).await.map_err(|e| e.to_string())?;
     Ok(json!({ "event_id": sent.response.event_id }))
 }
@@ -233,4 +250,89 @@ async fn expect(client: &Client, rest: &str) -> Result<Value, String> {
     Err(format!(
         "no message from {sender} with `{words}`; decrypted: {seen:?}"
     ))
+}
+
+/// Sends `text` in a fresh Megolm session as the client's own machine encrypts it, but keeps
+/// the to-device requests carrying the session's key: the recipients see the event before
+/// its key, as they do when to-device and timeline events travel in different transactions.
+async fn late(
+    client: &Client,
+    rest: &str,
+    held: &mut Vec<Arc<ToDeviceRequest>>,
+) -> Result<Value, String> {
+    let (room, text) = rest.split_once(' ').ok_or("late <room> <text>")?;
+    let room = the_room(client, room)?;
+    let members: Vec<OwnedUserId> = room
+        .members(RoomMemberships::JOIN)
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|m| m.user_id().to_owned())
+        .collect();
+    let guard = client.olm_machine_for_testing().await;
+    let machine = guard.as_ref().ok_or("no olm machine")?;
+    // A new session, so that no key the recipients hold opens this event.
+    machine
+        .discard_room_key(room.room_id())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some((id, claim)) = machine
+        .get_missing_sessions(members.iter().map(|u| u.as_ref()))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let response = client.send(claim).await.map_err(|e| e.to_string())?;
+        machine
+            .mark_request_as_sent(&id, &response)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let settings = EncryptionSettings::new(
+        RoomEncryptionEventContent::with_recommended_defaults(),
+        HistoryVisibility::Shared,
+        CollectStrategy::AllDevices,
+    );
+    let requests = machine
+        .share_room_key(room.room_id(), members.iter().map(|u| u.as_ref()), settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    if requests.is_empty() {
+        return Err("no room key to hold back".into());
+    }
+    let content = Raw::new(&RoomMessageEventContent::text_plain(text))
+        .map_err(|e| e.to_string())?
+        .cast_unchecked();
+    let encrypted = machine
+        .encrypt_room_event_raw(room.room_id(), "m.room.message", &content)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = SendMessageEvent::new_raw(
+        room.room_id().to_owned(),
+        TransactionId::new(),
+        MessageLikeEventType::RoomEncrypted,
+        encrypted.content.cast_unchecked(),
+    );
+    let sent = client.send(request).await.map_err(|e| e.to_string())?;
+    held.extend(requests);
+    Ok(json!({ "event_id": sent.event_id }))
+}
+
+/// Sends the room keys `late` held back.
+async fn release(client: &Client, held: &mut Vec<Arc<ToDeviceRequest>>) -> Result<Value, String> {
+    let guard = client.olm_machine_for_testing().await;
+    let machine = guard.as_ref().ok_or("no olm machine")?;
+    let count = held.len();
+    for request in held.drain(..) {
+        let send = SendToDevice::new_raw(
+            request.event_type.clone(),
+            request.txn_id.clone(),
+            request.messages.clone(),
+        );
+        let response = client.send(send).await.map_err(|e| e.to_string())?;
+        machine
+            .mark_request_as_sent(&request.txn_id, &response)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(json!({ "sent": count }))
 }
