@@ -1,6 +1,7 @@
 //! A person's E2EE Matrix client for the bridge's end-to-end tests, built on matrix-sdk.
 //!
-//! `e2ee-client <homeserver> <user id> <password>` logs in with a new device, syncs in the
+//! `e2ee-client <homeserver> <user id> <password>` logs in with a new device (decrypting only
+//! from cross-signed devices: `TrustRequirement::CrossSignedOrLegacy`), syncs in the
 //! background and answers one JSON line per command read from stdin:
 //! - `dm <user>`: creates a DM as Element does (`is_direct`, `trusted_private_chat`,
 //!   `m.room.encryption` in the initial state) → `{"room": …}`
@@ -47,7 +48,8 @@ use matrix_sdk::{
     },
 };
 use matrix_sdk_base::crypto::{
-    CollectStrategy, EncryptionSettings, types::requests::ToDeviceRequest,
+    CollectStrategy, DecryptionSettings, EncryptionSettings, TrustRequirement,
+    types::requests::ToDeviceRequest,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -62,6 +64,11 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::builder()
         .homeserver_url(homeserver)
+        // As strict as the issue asks: an event from a device its owner did not cross-sign
+        // (and not from before such checks) does not decrypt at all.
+        .with_decryption_settings(DecryptionSettings {
+            sender_device_trust_requirement: TrustRequirement::CrossSignedOrLegacy,
+        })
         .build()
         .await
         .expect("client");
