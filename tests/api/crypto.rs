@@ -141,8 +141,10 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
     assert_eq!(bodies(&prepared), ["m.room.message: right on time"]);
 
     // Many at once, decrypted in two lanes (each with its own copy of the session), twice
-    // (the second time from the copies kept live): all of them, in order, with a plaintext
-    // event between them kept in its place.
+    // (the second time from the copies kept live): all of them, in order. A plaintext event,
+    // garbage and a message of an unknown session (in a room without agents) among them, in
+    // either lane, stay in their places as they came.
+    let mut unshared = Unshared::new();
     for round in 0..2 {
         let mut many = Vec::new();
         let mut expected = Vec::new();
@@ -150,6 +152,16 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
             if i == 7 {
                 many.push(crate::ev::text(&format!("plain{round}"), ALICE, "in clear"));
                 expected.push("m.room.message: in clear".to_owned());
+            }
+            if i == 3 || i == 15 {
+                many.push(json!({ "type": "m.room.encrypted", "event_id": format!("$junk{round}-{i}"),
+                    "room_id": "!secret:localhost", "sender": ALICE, "origin_server_ts": 1_700_000_000_000u64,
+                    "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 12 } }));
+                many.push(unshared.event(&format!("$unknown{round}-{i}"), i));
+                expected.extend([
+                    "m.room.encrypted: ".to_owned(),
+                    "m.room.encrypted: ".to_owned(),
+                ]);
             }
             many.push(
                 alice
