@@ -411,6 +411,14 @@ async fn ping_until_reached(
         // the devices it sees when it sends.
         let mut ready = 0;
         let mut probe = None;
+        // The bot too: people write commands to it in encrypted rooms (an Element DM is).
+        let bot = crypto.bot().to_owned();
+        match crypto.machine(&bot).await {
+            Ok(machine) => probe = Some(machine),
+            Err(error) => {
+                tracing::error!(user = %bot, %error, "{}", crate::crypto::explain(&error));
+            }
+        }
         for agent in registry.all() {
             match crypto.machine(&agent.user_id).await {
                 Ok(machine) => {

@@ -114,6 +114,9 @@ pub enum CommandError {
     /// The homeserver refused the reply.
     #[error(transparent)]
     Hs(#[from] HsError),
+    /// The reply could not be encrypted for an encrypted room.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
 }
 
 impl CommandError {
@@ -122,6 +125,7 @@ impl CommandError {
         match self {
             CommandError::Store(e) => e.is_transient(),
             CommandError::Hs(e) => e.is_transient(),
+            CommandError::Crypto(e) => e.is_transient(),
         }
     }
 }
@@ -316,11 +320,24 @@ impl Commands {
             .map_err(|e| StoreError::Invalid(e.to_string()))?
             .cast_unchecked();
         let hs = self.puppets.homeserver();
+        // Into an encrypted room only encrypted, from the bot's own device.
+        let encrypted = match self.puppets.crypto() {
+            Some(crypto) => {
+                crypto
+                    .encrypt(hs.bot(), call.room, "m.room.message", &raw)
+                    .await?
+            }
+            None => None,
+        };
+        let (event_type, raw) = match encrypted {
+            Some(encrypted) => ("m.room.encrypted", encrypted),
+            None => ("m.room.message", raw),
+        };
         hs.send_event(
             call.room,
             hs.bot(),
             &format!("cmd-{}", call.job),
-            "m.room.message",
+            event_type,
             raw,
         )
         .await?;

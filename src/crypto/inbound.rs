@@ -113,7 +113,8 @@ impl Crypto {
         }
         let mut decrypted = self.decrypt_in_lanes(request, &machines).await?;
         let mut pending = Vec::new();
-        // Rooms where an agent is a member: learned from the database, or from an agent's join
+        let bot_has_device = machines.iter().any(|m| *m.user == *self.hs.bot());
+        // Rooms where an agent (or the bot, with a device) is a member: learned from the database, or from an agent's join
         // earlier in this very transaction (not committed yet).
         let mut agent_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
         for (index, event) in request.events.iter().enumerate() {
@@ -161,12 +162,15 @@ impl Crypto {
                             let session = serde_json::from_str::<SessionOf>(raw.get())
                                 .ok()
                                 .and_then(|s| s.content.session_id);
-                            // A key can only come where an agent is a member: elsewhere (a room
-                            // with the bot alone) waiting would only delay the mirror.
+                            // A key can only come where a device of the bridge's is in the room:
+                            // elsewhere waiting would only delay the mirror.
                             let awaited = match agent_rooms.get(room) {
                                 Some(known) => *known,
                                 None => {
-                                    let found = self.db.any_agent_in_room(room.as_str()).await?;
+                                    let found = self
+                                        .db
+                                        .room_key_can_come(room.as_str(), bot_has_device)
+                                        .await?;
                                     agent_rooms.insert(room.clone(), found);
                                     found
                                 }

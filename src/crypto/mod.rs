@@ -216,6 +216,11 @@ impl Crypto {
         Ok(crypto)
     }
 
+    /// The bridge bot, which has a device of its own like the agents.
+    pub fn bot(&self) -> &UserId {
+        self.hs.bot()
+    }
+
     /// The machines opened so far.
     pub fn opened(&self) -> Vec<Arc<AgentMachine>> {
         self.opened

@@ -134,15 +134,21 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an agent is a current member of the room (only then can a room key for it reach
-    /// the bridge: clients share keys with the devices of joined members).
-    pub async fn any_agent_in_room(&self, room_id: &str) -> Result<bool, StoreError> {
+    /// Whether a room key can come for events of `room_id`: an agent is a member there, or
+    /// (`bot_has_device`) it is a mirrored room, which the bot is in.
+    pub async fn room_key_can_come(
+        &self,
+        room_id: &str,
+        bot_has_device: bool,
+    ) -> Result<bool, StoreError> {
         both!(self, pool => {
             let found: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
-                 WHERE c.matrix_room_id = $1 AND cm.member_agent_id IS NOT NULL AND cm.left_at IS NULL LIMIT 1",
+                "SELECT 1 FROM channels c WHERE c.matrix_room_id = $1 AND ($2 OR EXISTS ( \
+                 SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
+                 AND cm.member_agent_id IS NOT NULL AND cm.left_at IS NULL)) LIMIT 1",
             )
             .bind(room_id)
+            .bind(bot_has_device)
             .fetch_optional(pool)
             .await?;
             Ok(found.is_some())

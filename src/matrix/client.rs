@@ -161,9 +161,11 @@ impl Homeserver {
             ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
     {
-        // The bot is the registration's sender: no identity assertion needed for it.
+        // The bot is the registration's sender: no identity assertion needed for it, unless a
+        // device is asserted. Synapse looks a device up under the asserted user, and with none
+        // it answers 500 (it binds its own `UserID` object as the query parameter).
         let mut identity = match as_user {
-            Some(user) if user != self.bot => AppserviceUserIdentity::new(user),
+            Some(user) if user != self.bot || device.is_some() => AppserviceUserIdentity::new(user),
             _ => AppserviceUserIdentity::default(),
         };
         identity.device_id = device;

@@ -416,7 +416,7 @@ async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
 }
 
 /// Through the bridge itself, with encryption on: a transaction of hostile encrypted and
-/// to-device events is answered 200 and its encrypted events are mirrored as `[encrypted]`; an
+/// to-device events is answered 200 and its undecryptable events are mirrored as `[encrypted]`; an
 /// event whose key never comes waits in `bridge_crypto_pending` until `pending_max_age`, then is
 /// mirrored as `[encrypted]` and forgotten.
 pub async fn encrypted_events_wait_then_give_up(b: Backend) {
@@ -427,19 +427,17 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
     let garbage = json!({ "type": "m.room.encrypted", "event_id": "$garbage", "room_id": crate::ev::ROOM,
         "sender": "@alice:localhost", "origin_server_ts": 1_700_000_000_000u64,
         "content": { "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": 12 } });
-    // No agent in the room yet: no key can come, so nothing waits.
+    // A room the bridge does not mirror, with no agent: no key can come to any device of the
+    // bridge's, so nothing waits.
+    let mut elsewhere = unknown_session("$nobody");
+    elsewhere["room_id"] = json!("!elsewhere:localhost");
     let (status, _) = app
         .put_raw(
             "enc-0",
-            serde_json::to_vec(&json!({ "events": [unknown_session("$nobody")] })).unwrap(),
+            serde_json::to_vec(&json!({ "events": [elsewhere] })).unwrap(),
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        app.col("SELECT content_preview FROM messages WHERE matrix_event_id = '$nobody'")
-            .await,
-        ["[encrypted]"]
-    );
     assert_eq!(app.store.crypto_pending_count().await.unwrap(), 0);
     let body = json!({
         "events": [crate::ev::member("sj", SOFIA, SOFIA, "join"), unknown_session("$waiting"), garbage],
@@ -522,6 +520,43 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
         },
     )
     .await;
+}
+
+/// The bot has a device of its own (people write commands to it in encrypted DMs), so a room
+/// key can come in any mirrored room, agents or not: an event whose key is missing waits there
+/// instead of being mirrored `[encrypted]` at once.
+pub async fn with_a_bot_device_every_mirrored_room_waits_for_keys(b: Backend) {
+    let prepared = TestApp::prepare(b, |toml| {
+        format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n")
+    })
+    .await;
+    prepared
+        .store
+        .crypto_device(crate::ev::BOT, "BOTDEVICE")
+        .await
+        .unwrap();
+    let app = prepared.restart().await;
+    crate::mirrored(&app).await;
+    let crypto = app.crypto.clone().expect("encryption is on");
+    assert!(
+        crypto
+            .opened()
+            .iter()
+            .any(|m| m.user.as_str() == crate::ev::BOT),
+        "the bot's machine is opened before serving"
+    );
+    let mut unshared = Unshared::new();
+    let (status, _) = app
+        .put_txn("bot-key-1", vec![unshared.event("$for-the-bot", 0)])
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        app.col("SELECT content_preview FROM messages WHERE matrix_event_id = '$for-the-bot'")
+            .await
+            .is_empty(),
+        "it waits for its key"
+    );
+    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
 }
 
 /// The count bound: past `pending_max` waiting events, the oldest are mirrored as

@@ -74,6 +74,7 @@ both_backends!(
     encrypted_events_wait_then_give_up,
     a_question_whose_key_comes_late_is_answered,
     pending_events_are_bounded_in_count,
+    with_a_bot_device_every_mirrored_room_waits_for_keys,
     bot_invite_mirrors_room_and_joins,
     replayed_txn_changes_nothing_even_after_restart,
     same_event_in_another_txn_is_not_doubled,

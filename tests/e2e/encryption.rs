@@ -363,3 +363,32 @@ async fn encrypted_group_room_gets_a_streamed_answer() {
     );
     bridge.stop().await;
 }
+
+/// Element opens a DM with the bridge bot encrypted, like any DM. The bot has a device of its
+/// own: it reads a command there and answers it encrypted, from a device its own cross-signing
+/// identity signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_commands_in_an_encrypted_dm() {
+    const BOT: &str = "@daarion:localhost";
+    let db_url = fresh_pg().await;
+    let _serial = serial().lock().await;
+    let bridge = bridge_with_identity(&db_url, BOT).await;
+    let carol = Person::register("carol").await;
+    let mut client = E2eeClient::start(&carol).await;
+    let room = client.run(&format!("dm {BOT}")).await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.run(&format!("joined {room} {BOT}")).await;
+    client.run(&format!("send {room} !daarion agents")).await;
+    let answer = client.run(&format!("expect {room} {BOT} Sofia")).await;
+    assert_trusted(&answer);
+    let wire = timeline(&carol, &room).await;
+    assert!(
+        wire.iter()
+            .filter(|e| e["sender"] == BOT && e.get("state_key").is_none())
+            .all(|e| e["type"] == "m.room.encrypted"),
+        "the bot's answer is encrypted on the wire"
+    );
+    bridge.stop().await;
+}
