@@ -160,6 +160,38 @@ pub async fn every_change_publishes_its_event(b: Backend) {
     assert_eq!(created["content_preview"], "hello there");
     assert_eq!(created["channel_id"], channel.as_str());
     assert!(created["sender_user_id"].is_string() && created["sender_agent_id"].is_null());
+    // Exactly the documented fields (nulls included) and timestamp format, on both dialects.
+    let mut keys: Vec<&str> = created
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "channel_id",
+            "content_preview",
+            "created_at",
+            "edited_at",
+            "matrix_event_id",
+            "message_id",
+            "redacted_at",
+            "sender_agent_id",
+            "sender_type",
+            "sender_user_id",
+            "thread_root_event_id",
+            "v"
+        ]
+    );
+    let at = created["created_at"].as_str().unwrap();
+    assert!(
+        at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.',
+        "RFC 3339 UTC with milliseconds: {at}"
+    );
+    assert!(created["edited_at"].is_null() && created["thread_root_event_id"].is_null());
+    assert_eq!(created["v"], 1);
     assert_eq!(all[2].payload["name"], "Renamed");
     assert_eq!(all[3].payload["member_type"], "agent");
     let active = &all[6].payload;
