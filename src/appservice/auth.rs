@@ -2,6 +2,8 @@
 //! legacy `access_token` query parameter (both must agree when both are sent), compared in
 //! constant time. Tokens are never logged.
 
+use std::sync::Arc;
+
 use axum::{
     extract::{Query, Request, State},
     http::header::AUTHORIZATION,
@@ -16,7 +18,7 @@ use crate::matrix::MatrixError as ApiError;
 
 /// Lets the request through only with the homeserver's token.
 pub async fn require_hs_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {

@@ -2,7 +2,7 @@
 //! its effects are committed; only a database that is down gives 5xx (the homeserver retries
 //! the transaction), and no content of a transaction can make it fail forever.
 
-use std::{borrow::Cow, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use axum::{
     body::Bytes,
@@ -81,7 +81,7 @@ fn stable_to_device(
 /// than refusing the whole transaction, which the homeserver would resend forever: JSON must
 /// be UTF-8, so only a broken sender produces it, and its other events still deserve mirroring.
 pub async fn transaction(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     OriginalUri(uri): OriginalUri,
     txn: Result<Path<String>, PathRejection>,
     raw: Result<Bytes, BytesRejection>,
@@ -206,7 +206,7 @@ pub async fn transaction(
 
 /// `GET /_matrix/app/v1/users/{userId}`: exists only for known agents, registered on demand.
 pub async fn query_user(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, MatrixError> {
     let user_id = path_param(user_id)?;

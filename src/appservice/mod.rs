@@ -50,6 +50,9 @@ pub struct AppState {
 /// The bridge's HTTP surface for the homeserver and operators.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    // Shared, not cloned: axum hands every extractor its own copy of the state, twice per
+    // request (the token check and the handler), and a cloned `Homeserver` allocates.
+    let state = Arc::new(state);
     let appservice = Router::new()
         .route(
             "/_matrix/app/v1/transactions/{txn_id}",

@@ -1,6 +1,8 @@
 //! Operator endpoints: liveness, readiness (database, migrations, background tasks) and
 //! metrics.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
     extract::State,
@@ -18,7 +20,7 @@ pub async fn live() -> Json<serde_json::Value> {
 
 /// `GET /health/ready`: the database answers, every migration is applied, and every
 /// background task runs; 503 otherwise, with what is wrong.
-pub async fn ready(State(state): State<AppState>) -> Response {
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let tasks = state.health.failing();
     // Events wait durably in the outbox while NATS is away: reported, but not a reason to take
     // the bridge out of rotation.
@@ -62,7 +64,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -3,11 +3,12 @@
 //! plan from the same cached room state concurrently, so no commit overwrites another's cache.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::BTreeSet,
     hash::{Hash, Hasher},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
+use foldhash::{HashMap, HashSet};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use tokio::sync::MutexGuard;
 
@@ -50,7 +51,7 @@ pub struct RoomState {
 /// The mirror's caches. Each holds only what a commit wrote or a read returned.
 #[derive(Default)]
 pub(crate) struct Caches {
-    rooms: Mutex<HashMap<OwnedRoomId, RoomState>>,
+    rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomState>>>,
     users: Mutex<HashMap<OwnedUserId, UserRowId>>,
     ignored_logged: Mutex<HashSet<OwnedRoomId>>,
 }
@@ -62,13 +63,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Caches {
-    /// The cached state of a room.
-    pub(crate) fn room(&self, room: &RoomId) -> Option<RoomState> {
+    /// The cached state of a room (shared: a planner copies it only when an event changes it).
+    pub(crate) fn room(&self, room: &RoomId) -> Option<Arc<RoomState>> {
         lock(&self.rooms).get(room).cloned()
     }
 
     /// Learns committed room states.
-    pub(crate) fn remember_rooms(&self, rooms: impl IntoIterator<Item = (OwnedRoomId, RoomState)>) {
+    pub(crate) fn remember_rooms(
+        &self,
+        rooms: impl IntoIterator<Item = (OwnedRoomId, Arc<RoomState>)>,
+    ) {
         let mut cache = lock(&self.rooms);
         if cache.len() > CAPACITY {
             cache.clear();

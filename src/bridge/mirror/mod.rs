@@ -11,11 +11,9 @@ pub mod event;
 pub mod preview;
 mod sent;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
+use foldhash::{HashMap, HashSet};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -268,8 +266,17 @@ impl Mirror {
     }
 
     fn count(&self, plan: &Plan) {
+        // A handful of distinct (type, outcome) pairs per transaction: a linear scan beats a map.
+        let mut sums: Vec<(&'static str, &'static str, u64)> = Vec::new();
         for (kind, outcome) in &plan.outcomes {
-            self.metrics.event(kind, outcome.as_str());
+            let outcome = outcome.as_str();
+            match sums.iter_mut().find(|(k, o, _)| k == kind && *o == outcome) {
+                Some(sum) => sum.2 += 1,
+                None => sums.push((kind, outcome, 1)),
+            }
+        }
+        for (kind, outcome, n) in sums {
+            self.metrics.events_n(kind, outcome, n);
         }
     }
 
@@ -278,7 +285,7 @@ impl Mirror {
     async fn load(&self, events: &[&Parsed<'_>], sync: bool) -> Result<PlanInput<'_>, StoreError> {
         let envelopes: Vec<&Envelope<'_>> = events.iter().map(|p| &p.env).collect();
         let (room_ids, user_ids) = touched(&envelopes);
-        let mut rooms = HashMap::new();
+        let mut rooms = HashMap::default();
         let mut missing = Vec::new();
         for room in room_ids {
             match self.caches.room(room) {
@@ -295,7 +302,7 @@ impl Mirror {
             let name_source = stored.name_source.unwrap_or(NameSource::Platform);
             rooms.insert(
                 room_id,
-                RoomState {
+                Arc::new(RoomState {
                     channel_id: stored.channel_id,
                     microdao_id: stored.microdao_id,
                     name: stored.name,
@@ -307,10 +314,10 @@ impl Mirror {
                     power: stored.power_levels.map(|j| j.0).unwrap_or_default(),
                     is_direct: stored.is_direct.unwrap_or(false),
                     agents: agents.into_iter().collect(),
-                },
+                }),
             );
         }
-        let mut users: HashMap<OwnedUserId, UserRowId> = HashMap::new();
+        let mut users: HashMap<OwnedUserId, UserRowId> = HashMap::default();
         let mut unknown = Vec::new();
         let mut unknown_puppet = false;
         for user in &user_ids {
@@ -332,22 +339,23 @@ impl Mirror {
             }
         }
         let unknown_refs: Vec<&str> = unknown.iter().map(|u| u.as_str()).collect();
+        // Only what the database just returned is new to the cache: re-inserting every cached
+        // sender would cost an allocation and a hash per sender per transaction.
+        let mut found = Vec::new();
         for (matrix_id, id) in self.store.known_users(&unknown_refs).await? {
             if let Ok(user) = UserId::parse(matrix_id) {
+                found.push((user.clone(), id));
                 users.insert(user, id);
             }
         }
-        self.caches.remember_users(
-            users
-                .iter()
-                .map(|(u, id)| (u.clone(), *id))
-                .collect::<Vec<_>>(),
-        );
+        if !found.is_empty() {
+            self.caches.remember_users(found);
+        }
         // A puppet the registry does not know may be an agent another service just created.
         if unknown_puppet {
             self.registry.reload().await?;
         }
-        let mut microdaos = HashMap::new();
+        let mut microdaos = HashMap::default();
         let placed: HashSet<String> = envelopes
             .iter()
             .filter(|e| e.kind == DAARION_CHANNEL)
@@ -372,7 +380,7 @@ impl Mirror {
 
     /// New channels get a slug free in their microDAO (the only read a new room costs).
     async fn resolve_slugs(&self, plan: &mut Plan) -> Result<(), StoreError> {
-        let mut planned: HashMap<MicrodaoId, Vec<String>> = HashMap::new();
+        let mut planned: HashMap<MicrodaoId, Vec<String>> = HashMap::default();
         for channel in &mut plan.batch.channels {
             let Some(create) = &mut channel.create else {
                 continue;
@@ -400,11 +408,25 @@ impl Mirror {
 
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // A table, not `write!` per byte: two digests per transaction go through here.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    /// Stored transaction hashes must not change across versions: the table gives what
+    /// `{:02x}` gave, byte for byte.
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::hex(&bytes), expected);
+        assert_eq!(super::hex(&[]), "");
+    }
 }

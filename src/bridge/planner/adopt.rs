@@ -2,7 +2,7 @@
 //! one the bot or an agent is invited to (or joins). Invites the bridge cannot honour are
 //! refused through a durable follow-up job with the reason.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     RoomId, UserId,
@@ -95,7 +95,7 @@ impl Planner<'_> {
         self.rooms.insert(
             room_id.to_owned(),
             Work {
-                state,
+                state: Arc::new(state),
                 create: Some(NewChannel {
                     microdao_id,
                     slug: DbText::new(slug),

@@ -3,7 +3,9 @@
 //! fixed room and agent, and the plan's invariants are checked (no row written twice by one
 //! statement, no text the store refuses). Panics are the fuzzer's findings.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{collections::BTreeSet, sync::Arc};
+
+use foldhash::{HashMap, HashSet};
 
 use ruma::{
     OwnedRoomId,
@@ -72,10 +74,10 @@ pub fn plan(raws: &[&RawValue]) -> Result<usize, String> {
         default_microdao: Some(MicrodaoId::new()),
     };
     let room: OwnedRoomId = "!room:localhost".try_into().map_err(|_| "room id")?;
-    let mut rooms = HashMap::new();
+    let mut rooms = HashMap::default();
     rooms.insert(
         room,
-        RoomState {
+        Arc::new(RoomState {
             channel_id: ChannelId::new(),
             microdao_id: MicrodaoId::new(),
             name: "Room".into(),
@@ -87,15 +89,15 @@ pub fn plan(raws: &[&RawValue]) -> Result<usize, String> {
             power: PowerLevels::default(),
             is_direct: false,
             agents: BTreeSet::from([sofia_id]),
-        },
+        }),
     );
     let mut planner = Planner::new(PlanInput {
         namespace: &namespace,
         registry: &registry,
         settings: &settings,
         rooms,
-        users: HashMap::new(),
-        microdaos: HashMap::new(),
+        users: HashMap::default(),
+        microdaos: HashMap::default(),
         sync: false,
     });
     let mut planned = 0;
@@ -190,7 +192,7 @@ pub fn plan(raws: &[&RawValue]) -> Result<usize, String> {
 }
 
 fn unique(what: &str, keys: impl Iterator<Item = String>) -> Result<(), String> {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     for key in keys {
         if !seen.insert(key.clone()) {
             return Err(format!("{what} {key} written twice"));

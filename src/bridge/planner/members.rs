@@ -2,7 +2,9 @@
 //! agent sessions. Several changes of one member, or of one agent's session, within a batch
 //! collapse into one row write.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use ruma::{
     RoomId, UserId,
@@ -53,7 +55,7 @@ impl Planner<'_> {
                     && let Some(work) = self.work(room_id)
                     && !work.state.is_direct
                 {
-                    work.state.is_direct = true;
+                    Arc::make_mut(&mut work.state).is_direct = true;
                     work.dirty = true;
                 }
                 if !agent.active {
@@ -106,9 +108,9 @@ impl Planner<'_> {
             self.session(channel, Some(agent), change, at);
             if let Some(work) = self.work(room_id) {
                 if joined {
-                    work.state.agents.insert(agent);
+                    Arc::make_mut(&mut work.state).agents.insert(agent);
                 } else {
-                    work.state.agents.remove(&agent);
+                    Arc::make_mut(&mut work.state).agents.remove(&agent);
                 }
             }
         }
@@ -208,7 +210,7 @@ impl Planner<'_> {
         let b = &mut self.batch;
         // Roles of members written anyway go into that write; a member who left keeps the role
         // it had.
-        let mut roles: HashMap<(ChannelId, Party), MemberRole> = HashMap::new();
+        let mut roles: HashMap<(ChannelId, Party), MemberRole> = HashMap::default();
         for r in b.roles.drain(..) {
             roles.insert((r.channel_id, Party::User(r.user_id)), r.role);
         }
@@ -244,7 +246,7 @@ impl Planner<'_> {
             .filter(|o| o.agent.is_none())
             .map(|o| o.channel_id)
             .collect();
-        let mut last: HashMap<(ChannelId, Option<AgentId>), SessionOp> = HashMap::new();
+        let mut last: HashMap<(ChannelId, Option<AgentId>), SessionOp> = HashMap::default();
         let mut order = Vec::new();
         for op in b.sessions.drain(..) {
             if op.agent.is_some() && tombstoned.contains(&op.channel_id) {

@@ -2,7 +2,7 @@
 //! same batch are folded into the new message (one row is written once); several edits of one
 //! message keep the newest.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use ruma::{
     OwnedEventId, RoomId,
@@ -323,7 +323,7 @@ impl Planner<'_> {
             .map(|(i, m)| (m.event_id.clone(), i))
             .collect();
         // Newest edit per target.
-        let mut newest: HashMap<OwnedEventId, Edit> = HashMap::new();
+        let mut newest: HashMap<OwnedEventId, Edit> = HashMap::default();
         for e in b.edits.drain(..) {
             match newest.get(&e.target) {
                 Some(kept) if kept.at > e.at => {}
@@ -354,7 +354,7 @@ impl Planner<'_> {
             }
         }
         b.edits = edits;
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         b.redactions.retain(|r| seen.insert(r.target.clone()));
         // A question redacted in its own batch is never a candidate (a statement cannot cancel
         // a row it inserts).

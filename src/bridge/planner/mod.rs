@@ -13,7 +13,9 @@ pub(crate) mod messages;
 mod route;
 mod state;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{collections::BTreeSet, sync::Arc};
+
+use foldhash::{HashMap, HashSet};
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
@@ -89,7 +91,7 @@ pub(crate) struct PlanInput<'a> {
     /// Settings.
     pub settings: &'a MirrorSettings,
     /// States of the mirrored rooms the events touch.
-    pub rooms: HashMap<OwnedRoomId, RoomState>,
+    pub rooms: HashMap<OwnedRoomId, Arc<RoomState>>,
     /// `users` rows of the senders and members the events touch, where they exist.
     pub users: HashMap<OwnedUserId, UserRowId>,
     /// microDAOs named by `city.daarion.channel` events.
@@ -103,7 +105,7 @@ pub(crate) struct Plan {
     /// The rows.
     pub batch: Batch,
     /// Room states after the batch.
-    pub rooms: Vec<(OwnedRoomId, RoomState)>,
+    pub rooms: Vec<(OwnedRoomId, Arc<RoomState>)>,
     /// `users` rows the batch creates.
     pub users: Vec<(OwnedUserId, UserRowId)>,
     /// (event type, outcome) per event.
@@ -125,7 +127,8 @@ pub(crate) struct Wakes {
 
 /// A room of the plan.
 struct Work {
-    state: RoomState,
+    /// Shared with the cache until an event changes it (`Arc::make_mut` copies it then).
+    state: Arc<RoomState>,
     create: Option<NewChannel>,
     dirty: bool,
 }
@@ -173,10 +176,10 @@ impl<'a> Planner<'a> {
                 .collect(),
             users: input.users,
             new_users: Vec::new(),
-            members: HashMap::new(),
+            members: HashMap::default(),
             member_order: Vec::new(),
             batch: Batch::default(),
-            event_ids: HashSet::new(),
+            event_ids: HashSet::default(),
             outcomes: Vec::new(),
             ignored: Vec::new(),
         }
@@ -185,7 +188,7 @@ impl<'a> Planner<'a> {
     /// Plans one event (`raw` is the event as the homeserver sent it, for runtimes).
     pub(crate) fn event(&mut self, env: &Envelope<'_>, raw: &RawValue) {
         let kind = metric_kind(&env.kind);
-        let Some(room_id) = env.room_id.clone() else {
+        let Some(room_id) = env.room_id.as_deref() else {
             self.outcomes.push((kind, Outcome::Malformed));
             return;
         };
@@ -199,14 +202,14 @@ impl<'a> Planner<'a> {
             self.outcomes.push((kind, Outcome::Duplicate));
             return;
         }
-        if !self.rooms.contains_key(&room_id) && !self.try_adopt(&room_id, env) {
+        if !self.rooms.contains_key(room_id) && !self.try_adopt(room_id, env) {
             self.outcomes.push((kind, Outcome::IgnoredRoom));
-            if !self.ignored.contains(&room_id) {
-                self.ignored.push(room_id);
+            if !self.ignored.iter().any(|r| r == room_id) {
+                self.ignored.push(room_id.to_owned());
             }
             return;
         }
-        let outcome = match self.route(&room_id, env, raw) {
+        let outcome = match self.route(room_id, env, raw) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::warn!(%room_id, event_id = %env.event_id, kind = %env.kind, %error, "skipping malformed event content");

@@ -1,5 +1,7 @@
 //! Which part of the planner handles an event, by type and whether it is a state event.
 
+use std::sync::Arc;
+
 use ruma::RoomId;
 use serde_json::value::RawValue;
 
@@ -34,7 +36,7 @@ impl Planner<'_> {
             ) => {
                 if let Some(work) = self.work(room_id)
                     && super::state::apply_state_content(
-                        &mut work.state,
+                        Arc::make_mut(&mut work.state),
                         room_id,
                         kind,
                         env.content.get(),
@@ -56,8 +58,9 @@ impl Planner<'_> {
                 if let Some(v) = content.visibility.as_deref().and_then(Visibility::parse)
                     && let Some(work) = self.work(room_id)
                 {
-                    work.state.visibility = v;
-                    work.state.visibility_pinned = true;
+                    let state = Arc::make_mut(&mut work.state);
+                    state.visibility = v;
+                    state.visibility_pinned = true;
                     work.dirty = true;
                 }
                 Ok(Outcome::Mirrored)

@@ -99,9 +99,14 @@ pub(in crate::db) async fn explain(
 }
 
 fn statement(b: &Batch, events: bool) -> Result<Statement, StoreError> {
+    // Sized up front: a 50-event batch binds tens of KiB (previews, and payloads when events
+    // are on), and growing the buffer by doubling copies it over and over.
+    let rows = b.messages.len() + b.members.len() + b.edits.len() + b.redactions.len();
+    let mut args = PgArguments::default();
+    args.reserve(64, 2048 + rows * if events { 1536 } else { 512 });
     let mut s = Statement {
-        sql: String::new(),
-        args: PgArguments::default(),
+        sql: String::with_capacity(4096),
+        args,
         params: 0,
         gate: "",
         events,
