@@ -187,7 +187,11 @@ pub(super) async fn sqlite_erd_kinds(pool: &sqlx::SqlitePool) -> Result<(), sqlx
         };
         let options = pool.connect_options();
         let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
-        let mut tx = conn.begin().await?;
+        // IMMEDIATE: take the write lock before reading `schema_version`. A deferred
+        // transaction that reads and then writes gets "database is locked" at once (SQLite's
+        // busy handler cannot help a stale snapshot) when another connection, such as a running
+        // bridge's job worker, commits in between.
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("PRAGMA schema_version")
             .fetch_one(&mut *tx)
             .await?;
