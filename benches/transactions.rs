@@ -356,7 +356,8 @@ async fn prefill(db: &Db, history: u64) {
 }
 
 async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
-    let bridge = start_bridge(db_url, dir, "http://127.0.0.1:9", "").await;
+    let hs = overhead::quiet_homeserver().await;
+    let bridge = start_bridge(db_url, dir, &hs, "").await;
     // Set up: the bot is invited to every room (mirrored), the senders join theirs.
     let mut setup = Vec::new();
     for r in 0..ROOMS {

@@ -52,14 +52,60 @@ impl Ts {
 
     /// The timestamp as SQLite stores it (RFC 3339, milliseconds, `Z`).
     pub fn sqlite_text(&self) -> String {
-        self.0.to_rfc3339_opts(SecondsFormat::Millis, true)
+        let mut buf = [0; 24];
+        match self.fixed_text(&mut buf) {
+            Some(text) => text.to_owned(),
+            None => self.0.to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+
+    /// The same text as [`Ts::sqlite_text`], written into `buf` without allocating, for the
+    /// years 0–9999 without a leap second (every timestamp the bridge makes); `None` otherwise.
+    /// Every event payload carries timestamps, and chrono's formatter (the fallback) goes
+    /// through `fmt` and a `String` each time.
+    fn fixed_text<'b>(&self, buf: &'b mut [u8; 24]) -> Option<&'b str> {
+        use chrono::{Datelike, Timelike};
+        let (d, nanos) = (self.0, self.0.nanosecond());
+        let year = u32::try_from(d.year()).ok().filter(|y| *y <= 9999)?;
+        if nanos >= 1_000_000_000 {
+            return None;
+        }
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, d.month());
+        put(8, 2, d.day());
+        put(11, 2, d.hour());
+        put(14, 2, d.minute());
+        put(17, 2, d.second());
+        put(20, 3, nanos / 1_000_000);
+        for (i, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ] {
+            buf[i] = c;
+        }
+        std::str::from_utf8(buf).ok()
     }
 }
 
 /// API and event payloads show timestamps as RFC 3339 UTC with milliseconds.
 impl serde::Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.sqlite_text())
+        let mut buf = [0; 24];
+        match self.fixed_text(&mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.serialize_str(&self.sqlite_text()),
+        }
     }
 }
 
@@ -161,5 +207,60 @@ id_sql!(
 impl sqlx::postgres::PgHasArrayType for Ts {
     fn array_type_info() -> PgTypeInfo {
         <DateTime<Utc> as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, SecondsFormat, TimeZone, Utc};
+
+    use super::Ts;
+
+    /// The allocation-free text is byte for byte chrono's, and chrono still answers where the
+    /// fixed width does not fit (years past 9999, before 0, leap seconds).
+    #[test]
+    fn timestamp_text_matches_chrono() {
+        let chrono_text = |t: &Ts| t.0.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut samples: Vec<Ts> = [
+            0,
+            1,
+            999,
+            1_700_000_000_123,
+            -1,
+            -62_167_219_200_000, // 0000-01-01
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01
+            -62_167_219_200_001, // -0001
+        ]
+        .into_iter()
+        .map(Ts::from_millis)
+        .collect();
+        // A deterministic spread over 0000..9999.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = (x % 315_569_520_000_000) as i64 - 62_167_219_200_000;
+            samples.push(Ts::from_millis(ms));
+        }
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_milli_opt(23, 59, 59, 1_500)
+            .unwrap();
+        samples.push(Ts(Utc.from_utc_datetime(&leap)));
+        for t in &samples {
+            assert_eq!(t.sqlite_text(), chrono_text(t), "{:?}", t.0);
+            assert_eq!(
+                serde_json::to_string(t).unwrap(),
+                serde_json::to_string(&chrono_text(t)).unwrap()
+            );
+        }
+        let mut buf = [0; 24];
+        assert!(samples[7].fixed_text(&mut buf).is_none(), "year 10000");
+        assert!(
+            samples.last().unwrap().fixed_text(&mut buf).is_none(),
+            "leap second"
+        );
     }
 }

@@ -100,7 +100,12 @@ impl Topic {
 /// The ordering scope of an event: every event about a channel (messages, members, sessions,
 /// runs) is ordered within the channel; access-key events within their agent.
 pub fn channel_partition(channel: ChannelId) -> String {
-    channel.0.hyphenated().to_string()
+    // `encode_lower` into a stack buffer: `to_string` would go through `fmt` per event.
+    channel
+        .0
+        .hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
 }
 
 /// The partition of an agent's access-key events.
@@ -129,9 +134,20 @@ impl Draft {
             id: Uuid::now_v7(),
             topic,
             partition,
-            // Payloads are plain structs of strings, numbers and ids: serializing cannot fail.
-            payload: serde_json::to_string(payload).unwrap_or_else(|_| "{}".into()),
+            payload: serialize(payload),
         }
+    }
+}
+
+/// `payload` as JSON text. Payloads are plain structs of strings, numbers and ids, so
+/// serializing cannot fail. The buffer starts at the size of a typical message payload (a
+/// preview and a handful of ids and timestamps) instead of growing by doubling from 128 bytes.
+fn serialize(payload: &impl Serialize) -> String {
+    let mut out = Vec::with_capacity(768);
+    match serde_json::to_writer(&mut out, payload) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(out).unwrap_or_else(|_| "{}".into()),
+        Err(_) => "{}".into(),
     }
 }
 

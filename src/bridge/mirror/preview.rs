@@ -2,6 +2,8 @@
 //! to the configured number of grapheme clusters and never more than four bytes per cluster
 //! (one cluster of 100,000 combining marks is cut too).
 
+use std::borrow::Cow;
+
 use ruma::events::room::message::sanitize::remove_plain_reply_fallback;
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -129,24 +131,38 @@ const BYTES_PER_CLUSTER: usize = 16;
 /// when cut, so a preview never splits an emoji or a combining sequence (unless one cluster
 /// alone exceeds the byte bound, which only a hostile message does).
 pub fn truncate(text: &str, max: usize) -> String {
+    cut(text, max).into_owned()
+}
+
+/// [`truncate`] of a text the caller owns: a preview that needs no cut (most do not) is returned
+/// as it is instead of being copied.
+pub fn truncate_owned(text: String, max: usize) -> String {
+    match cut(&text, max) {
+        Cow::Borrowed(kept) if kept.len() == text.len() => text,
+        other => other.into_owned(),
+    }
+}
+
+/// The cut text, borrowed from `text` when only trimmed.
+fn cut(text: &str, max: usize) -> Cow<'_, str> {
     let text = text.trim();
     let max_bytes = max.saturating_mul(BYTES_PER_CLUSTER).saturating_add(64);
     // At most `max` bytes means at most `max` clusters: nothing to count.
     if text.len() <= max.min(max_bytes) {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     // ASCII without CR: one byte is one grapheme cluster ("\r\n" is one cluster of two).
     if text.is_ascii() && !text.contains('\r') {
         if text.len() <= max {
-            return text.to_owned();
+            return Cow::Borrowed(text);
         }
         let mut out = text[..max.saturating_sub(1)].trim_end().to_owned();
         out.push('…');
-        return out;
+        return Cow::Owned(out);
     }
     let fits = text.len() <= max_bytes && text.graphemes(true).nth(max).is_none();
     if fits {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     // Keep `max - 1` clusters (the ellipsis is the last one) within the byte bound.
     let budget = max_bytes - '…'.len_utf8();
@@ -169,7 +185,7 @@ pub fn truncate(text: &str, max: usize) -> String {
     }
     let mut out = text[..end].trim_end().to_owned();
     out.push('…');
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

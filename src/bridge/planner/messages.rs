@@ -69,8 +69,11 @@ pub(crate) fn shape(m: &MessageView<'_>, sender_localpart: &str) -> MessageShape
 
 impl Planner<'_> {
     /// A preview cut to the configured length, as the store accepts it.
-    pub(super) fn cut(&self, preview: &str) -> DbText {
-        DbText::new(preview::truncate(preview, self.settings.preview_chars))
+    pub(super) fn cut(&self, preview: String) -> DbText {
+        DbText::new(preview::truncate_owned(
+            preview,
+            self.settings.preview_chars,
+        ))
     }
 
     pub(super) fn message_event(
@@ -93,7 +96,7 @@ impl Planner<'_> {
             let Some(sender) = self.party(&env.sender) else {
                 return Ok(Outcome::Skipped);
             };
-            let preview = self.cut(&shape.preview);
+            let preview = self.cut(shape.preview);
             self.batch.edits.push(Edit {
                 target,
                 sender,
@@ -120,7 +123,7 @@ impl Planner<'_> {
             }
             return Ok(Outcome::Mirrored);
         }
-        let outcome = self.message(room_id, env, &shape.preview, at, shape.thread_root.clone());
+        let outcome = self.message(room_id, env, shape.preview, at, shape.thread_root.clone());
         if outcome == Outcome::Mirrored {
             let (body, html) = preview::bodies(&content);
             let body = if content.is_reply() {
@@ -171,7 +174,7 @@ impl Planner<'_> {
         Ok(self.message(
             room_id,
             env,
-            &format!("[sticker] {}", content.body),
+            format!("[sticker] {}", content.body),
             at,
             None,
         ))
@@ -188,7 +191,7 @@ impl Planner<'_> {
             // An encrypted edit the bridge could not read: the original row stays.
             return Ok(Outcome::Skipped);
         }
-        Ok(self.message(room_id, env, "[encrypted]", at, None))
+        Ok(self.message(room_id, env, "[encrypted]".to_owned(), at, None))
     }
 
     pub(super) fn redaction(&mut self, env: &Envelope<'_>, at: Ts) -> serde_json::Result<Outcome> {
@@ -208,7 +211,7 @@ impl Planner<'_> {
         &mut self,
         room_id: &RoomId,
         env: &Envelope<'_>,
-        preview: &str,
+        preview: String,
         at: Ts,
         thread_root: Option<OwnedEventId>,
     ) -> Outcome {

@@ -191,7 +191,7 @@ pub(super) fn pg_drafts(b: &crate::db::Batch) -> Vec<Drafted> {
             } else {
                 Witness::ChannelUpdated
             },
-            key: w.channel_id.0.hyphenated().to_string(),
+            key: channel_partition(w.channel_id),
             at: None,
             draft: channel_changed(w, now),
         });
@@ -227,7 +227,12 @@ pub(super) fn pg_drafts(b: &crate::db::Batch) -> Vec<Drafted> {
     for m in &b.messages {
         out.push(Drafted {
             witness: Witness::Message,
-            key: m.id.0.hyphenated().to_string(),
+            key: m
+                .id
+                .0
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             at: None,
             draft: message_created(m),
         });

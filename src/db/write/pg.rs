@@ -342,7 +342,7 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         let events = s.arrays(m.iter().map(|m| m.event_id.as_str()).collect())?;
         let users = s.arrays(m.iter().map(|m| m.sender.user()).collect())?;
         let agents = s.arrays(m.iter().map(|m| m.sender.agent()).collect())?;
-        let previews = s.arrays(m.iter().map(|m| m.preview.clone()).collect())?;
+        let previews = s.arrays(m.iter().map(|m| m.preview.as_str()).collect())?;
         let at = s.arrays(m.iter().map(|m| m.at).collect())?;
         let threads = s.arrays(
             m.iter()
@@ -371,7 +371,7 @@ fn messages(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     if !b.edits.is_empty() {
         let e = &b.edits;
         let targets = s.arrays(e.iter().map(|e| e.target.as_str()).collect())?;
-        let previews = s.arrays(e.iter().map(|e| e.preview.clone()).collect())?;
+        let previews = s.arrays(e.iter().map(|e| e.preview.as_str()).collect())?;
         let at = s.arrays(e.iter().map(|e| e.at).collect())?;
         let users = s.arrays(e.iter().map(|e| e.sender.user()).collect())?;
         let agents = s.arrays(e.iter().map(|e| e.sender.agent()).collect())?;
