@@ -203,6 +203,27 @@ mod tests {
         assert_eq!(truncate("e\u{301}e\u{301}e\u{301}", 2), "e\u{301}…");
     }
 
+    /// The owned variant gives what `truncate` gives, and hands back the same buffer when the
+    /// text needs neither trimming nor cutting.
+    #[test]
+    fn owned_truncation_matches_and_reuses_the_buffer() {
+        let family = "👨‍👩‍👧‍👦";
+        for (text, max) in [
+            ("hello", 5),
+            ("hello world", 5),
+            ("  padded  ", 20),
+            ("e\u{301}e\u{301}e\u{301}", 2),
+            (&*format!("{family}{family}{family}"), 2),
+            (&*format!("{family}{family}"), 5),
+        ] {
+            assert_eq!(truncate_owned(text.to_owned(), max), truncate(text, max));
+        }
+        let text = String::from("a preview that fits");
+        let ptr = text.as_ptr();
+        let kept = truncate_owned(text, 500);
+        assert_eq!(kept.as_ptr(), ptr);
+    }
+
     #[test]
     fn one_huge_cluster_is_cut_in_bytes() {
         let hostile = format!("a{}", "\u{301}".repeat(100_000));
