@@ -52,10 +52,14 @@ impl Ts {
 
     /// The timestamp as SQLite stores it (RFC 3339, milliseconds, `Z`).
     pub fn sqlite_text(&self) -> String {
-        let mut buf = [0; 24];
-        match self.fixed_text(&mut buf) {
-            Some(text) => text.to_owned(),
-            None => self.0.to_rfc3339_opts(SecondsFormat::Millis, true),
+        self.text(&mut [0; 24]).into_owned()
+    }
+
+    /// The text, borrowed from `buf` where the fixed width fits, else chrono's.
+    fn text<'b>(&self, buf: &'b mut [u8; 24]) -> std::borrow::Cow<'b, str> {
+        match self.fixed_text(buf) {
+            Some(text) => text.into(),
+            None => self.0.to_rfc3339_opts(SecondsFormat::Millis, true).into(),
         }
     }
 
@@ -101,11 +105,7 @@ impl Ts {
 /// API and event payloads show timestamps as RFC 3339 UTC with milliseconds.
 impl serde::Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0; 24];
-        match self.fixed_text(&mut buf) {
-            Some(text) => s.serialize_str(text),
-            None => s.serialize_str(&self.sqlite_text()),
-        }
+        s.serialize_str(&self.text(&mut [0; 24]))
     }
 }
 

@@ -2,8 +2,6 @@
 //! agent sessions. Several changes of one member, or of one agent's session, within a batch
 //! collapse into one row write.
 
-use std::sync::Arc;
-
 use foldhash::HashMap;
 
 use ruma::{
@@ -55,7 +53,7 @@ impl Planner<'_> {
                     && let Some(work) = self.work(room_id)
                     && !work.state.is_direct
                 {
-                    Arc::make_mut(&mut work.state).is_direct = true;
+                    work.state_mut().is_direct = true;
                     work.dirty = true;
                 }
                 if !agent.active {
@@ -108,9 +106,9 @@ impl Planner<'_> {
             self.session(channel, Some(agent), change, at);
             if let Some(work) = self.work(room_id) {
                 if joined {
-                    Arc::make_mut(&mut work.state).agents.insert(agent);
+                    work.state_mut().agents.insert(agent);
                 } else {
-                    Arc::make_mut(&mut work.state).agents.remove(&agent);
+                    work.state_mut().agents.remove(&agent);
                 }
             }
         }

@@ -127,10 +127,18 @@ pub(crate) struct Wakes {
 
 /// A room of the plan.
 struct Work {
-    /// Shared with the cache until an event changes it (`Arc::make_mut` copies it then).
+    /// Shared with the cache until an event changes it (see [`Work::state_mut`]).
     state: Arc<RoomState>,
     create: Option<NewChannel>,
     dirty: bool,
+}
+
+impl Work {
+    /// The room's state to change: copied from the cache's shared one on the first change
+    /// (copy on write), so a transaction that changes nothing copies nothing.
+    fn state_mut(&mut self) -> &mut RoomState {
+        Arc::make_mut(&mut self.state)
+    }
 }
 
 /// The planner's working state for one transaction.

@@ -1,7 +1,5 @@
 //! Which part of the planner handles an event, by type and whether it is a state event.
 
-use std::sync::Arc;
-
 use ruma::RoomId;
 use serde_json::value::RawValue;
 
@@ -36,7 +34,7 @@ impl Planner<'_> {
             ) => {
                 if let Some(work) = self.work(room_id)
                     && super::state::apply_state_content(
-                        Arc::make_mut(&mut work.state),
+                        work.state_mut(),
                         room_id,
                         kind,
                         env.content.get(),
@@ -58,7 +56,7 @@ impl Planner<'_> {
                 if let Some(v) = content.visibility.as_deref().and_then(Visibility::parse)
                     && let Some(work) = self.work(room_id)
                 {
-                    let state = Arc::make_mut(&mut work.state);
+                    let state = work.state_mut();
                     state.visibility = v;
                     state.visibility_pinned = true;
                     work.dirty = true;

@@ -2,8 +2,6 @@
 //! room id, when removed), topic, visibility from join rules, power levels (member roles) and
 //! room v12 creators.
 
-use std::sync::Arc;
-
 use foldhash::HashSet;
 
 use ruma::{
@@ -43,7 +41,7 @@ impl Planner<'_> {
             users_default: i64::from(content.users_default),
             creators: work.state.power.creators.clone(),
         };
-        std::mem::swap(&mut Arc::make_mut(&mut work.state).power, &mut power);
+        std::mem::swap(&mut work.state_mut().power, &mut power);
         work.dirty = true;
         let channel = work.state.channel_id;
         let (old, new) = (power, work.state.power.clone());
@@ -77,7 +75,7 @@ impl Planner<'_> {
         if content.room_version.as_str() == "12" {
             let mut creators = vec![env.sender.to_string()];
             creators.extend(content.additional_creators.iter().map(|u| u.to_string()));
-            Arc::make_mut(&mut work.state).power.creators = creators;
+            work.state_mut().power.creators = creators;
             work.dirty = true;
         }
         Ok(Outcome::Mirrored)
