@@ -70,6 +70,17 @@ async fn operator_provisions_an_agent_that_answers() {
         |r| r.len() == 1,
     )
     .await;
+    // The channel is mirrored at the invite, but Synapse pushes the room's messages to the
+    // bridge only once the bot has joined (a follow-up job): a command sent earlier never
+    // reaches it. Seen once in CI under load.
+    wait_timeline(&alice, &room, "the bot joining", |t| {
+        t.iter().any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == "@daarion:localhost"
+                && e["content"]["membership"] == "join"
+        })
+    })
+    .await;
     let command = alice
         .send(
             &room,
