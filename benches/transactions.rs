@@ -5,10 +5,12 @@
 //! server — this same executable re-run as a child — that only parses the transaction into typed
 //! structs and inserts its events with one batched `INSERT … ON CONFLICT DO NOTHING`) receive the
 //! same traffic over HTTP, one transaction at a time (as a homeserver sends), over the same
-//! database, interleaved per size. Prints p50/p90/p99/p99.9, events/s, CPU per event of each
-//! process (`/proc`, 10 ms ticks) and the bridge's peak RSS, on PostgreSQL and SQLite; then 16
-//! transactions at a time, events on versus off, the events publisher against NATS JetStream,
-//! and the bridge's own overhead around an agent runtime.
+//! database, interleaved per size. On PostgreSQL a second floor, the **same-rows floor**, writes
+//! each message into its room's channel with its sender (the rows the bridge writes), so the
+//! schema's own cost of that data is told apart from the bridge's. Prints p50/p90/p99/p99.9,
+//! events/s, CPU per event of each process (`/proc`, 10 ms ticks) and the bridge's peak RSS, on
+//! PostgreSQL and SQLite; then 16 transactions at a time, events on versus off, the events
+//! publisher against NATS JetStream, and the bridge's own overhead around an agent runtime.
 //!
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
@@ -394,14 +396,22 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     )
     .await;
     let floor = start_floor(db_url, "00000000-0000-4000-8000-00000000f100").await;
+    // The same-rows floor (PostgreSQL): each message in its room's channel with its sender, as
+    // the bridge writes them; it loads the bridge's channels and users once, now.
+    let rows_floor = match &db {
+        Db::Pg(_) => Some(start_floor(db_url, "00000000-0000-4000-8000-00000000f100 rows").await),
+        Db::Sqlite(_) => None,
+    };
 
     println!("\n## {name}, realistic traffic, {history} messages of history\n");
     println!(
         "| events/txn | txns | bridge p50 | p90 | p99 | p99.9 ms | floor p50 | p90 | p99 | p99.9 ms | p50 ×floor | p99 ×floor | bridge µs CPU/event | floor µs CPU/event | bridge events/s |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut same_rows = Vec::new();
     let mut traffic = Traffic::new("ev");
     let mut floor_traffic = Traffic::new("fl");
+    let mut rows_traffic = Traffic::new("sr");
     let mut txn = 0u64;
     for (size, count) in [(1usize, 1000usize), (50, 400), (100, 200)] {
         for _ in 0..20 {
@@ -410,10 +420,14 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
             floor
                 .put(&format!("w{txn}"), floor_traffic.body(size))
                 .await;
+            if let Some(rows) = &rows_floor {
+                rows.put(&format!("w{txn}"), rows_traffic.body(size)).await;
+            }
         }
         let mut lat = Vec::with_capacity(count);
         let mut floor_lat = Vec::with_capacity(count);
-        let (mut bridge_cpu, mut floor_cpu, mut bridge_wall) = (0.0, 0.0, 0.0);
+        let mut rows_lat = Vec::with_capacity(count);
+        let (mut bridge_cpu, mut floor_cpu, mut rows_cpu, mut bridge_wall) = (0.0, 0.0, 0.0, 0.0);
         // Interleaved in blocks, so both see the same table size and machine state.
         for block in 0..10 {
             let n = count / 10;
@@ -431,6 +445,14 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
                 floor_lat.push(floor.put(&format!("f{txn}-{block}-{i}"), body).await);
             }
             floor_cpu += floor.cpu_seconds() - cpu0;
+            if let Some(rows) = &rows_floor {
+                let bodies: Vec<Vec<u8>> = (0..n).map(|_| rows_traffic.body(size)).collect();
+                let cpu0 = rows.cpu_seconds();
+                for (i, body) in bodies.into_iter().enumerate() {
+                    rows_lat.push(rows.put(&format!("r{txn}-{block}-{i}"), body).await);
+                }
+                rows_cpu += rows.cpu_seconds() - cpu0;
+            }
         }
         txn += 1;
         let events = (count * size) as f64;
@@ -451,6 +473,30 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
             floor_cpu / events * 1e6,
             events / bridge_wall
         );
+        if rows_floor.is_some() {
+            let r = stats(rows_lat);
+            same_rows.push(format!(
+                "| {size} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                r.p50,
+                r.p99,
+                s.p50 / r.p50,
+                s.p99 / r.p99,
+                f.p50 / r.p50,
+                rows_cpu / events * 1e6
+            ));
+        }
+    }
+    if !same_rows.is_empty() {
+        println!(
+            "\nSame-rows floor (each message in its room's channel, with its sender), same run:\n"
+        );
+        println!(
+            "| events/txn | same-rows floor p50 | p99 ms | bridge p50 ×same-rows | p99 ×same-rows | issue floor p50 ×same-rows | same-rows µs CPU/event |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        for line in same_rows {
+            println!("{line}");
+        }
     }
     // 16 transactions at a time, 50 events each (throughput; homeservers send one at a time).
     let (size, per_task) = (50usize, 25usize);

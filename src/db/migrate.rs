@@ -55,6 +55,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000007_crypto.up.sql"),
         include_str!("../../migrations/postgres/000007_crypto.down.sql"),
     ),
+    (
+        8,
+        "hot_edits",
+        include_str!("../../migrations/postgres/000008_hot_edits.up.sql"),
+        include_str!("../../migrations/postgres/000008_hot_edits.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -99,6 +105,12 @@ const SQLITE: &[Step] = &[
         "crypto",
         include_str!("../../migrations/sqlite/000007_crypto.up.sql"),
         include_str!("../../migrations/sqlite/000007_crypto.down.sql"),
+    ),
+    (
+        8,
+        "hot_edits",
+        include_str!("../../migrations/sqlite/000008_hot_edits.up.sql"),
+        include_str!("../../migrations/sqlite/000008_hot_edits.down.sql"),
     ),
 ];
 

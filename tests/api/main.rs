@@ -140,6 +140,7 @@ both_backends!(
     sigkill_mid_load_loses_and_doubles_no_answer,
     any_transaction_gets_200_or_a_matrix_4xx,
     lookups_by_event_id_use_the_index_at_any_size,
+    edits_of_full_pages_stay_on_their_page,
     every_change_publishes_its_event,
     runs_keys_and_sweeps_publish,
     events_roll_back_with_their_change,

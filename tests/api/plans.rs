@@ -139,3 +139,98 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
         }
     }
 }
+
+/// Edits of messages on full pages are HOT updates on PostgreSQL: `messages` leaves a tenth of
+/// each new page free (fillfactor 90), so an edit's new row version stays on its page and none of
+/// the table's six indexes gets a new entry. With PostgreSQL's default (fillfactor 100) the
+/// pages below are full and every edit moves its row. On SQLite the edits apply in place.
+pub async fn edits_of_full_pages_stay_on_their_page(b: Backend) {
+    // Previews of up to 500 characters (the default), so the rows are as large as real ones.
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace("preview_chars = 40", "preview_chars = 500")
+    })
+    .await;
+    crate::mirrored(&app).await;
+    // Long, equal-length bodies: a page holds about a dozen such rows.
+    let body = |i: usize, what: &str| format!("{what} {i:03} {}", "x".repeat(470));
+    let messages = (0..40)
+        .map(|i| ev::text(&format!("full{i}"), "@alice:localhost", &body(i, "message")))
+        .collect();
+    assert_eq!(app.put_txn("full", messages).await.0, 200);
+    let pages = || async {
+        match b {
+            Backend::Postgres => app
+                .rows(
+                    "SELECT matrix_event_id, CAST((ctid::text::point)[0] AS TEXT) FROM messages \
+                     WHERE matrix_event_id LIKE '$full%' ORDER BY matrix_event_id",
+                )
+                .await
+                .into_iter()
+                .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+                .collect::<Vec<_>>(),
+            Backend::Sqlite => Vec::new(),
+        }
+    };
+    let before = pages().await;
+    // One edit per page but the last (which may not be full), each the original's length.
+    let mut targets: Vec<usize> = Vec::new();
+    match b {
+        Backend::Postgres => {
+            let last = before.iter().map(|(_, p)| p.clone()).max().unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for (id, page) in &before {
+                if *page != last && seen.insert(page.clone()) {
+                    targets.push(id.trim_start_matches("$full").parse().unwrap());
+                }
+            }
+            assert!(
+                targets.len() >= 2,
+                "the messages span several pages: {before:?}"
+            );
+        }
+        Backend::Sqlite => targets.extend([0, 13, 26]),
+    }
+    let edits = targets
+        .iter()
+        .map(|&i| {
+            ev::base(
+                "m.room.message",
+                &format!("fix{i}"),
+                "@alice:localhost",
+                json!({
+                    "msgtype": "m.text", "body": format!("* {}", body(i, "edited!")),
+                    "m.new_content": { "msgtype": "m.text", "body": body(i, "edited!") },
+                    "m.relates_to": { "rel_type": "m.replace", "event_id": format!("$full{i}") },
+                }),
+            )
+        })
+        .collect();
+    assert_eq!(app.put_txn("fixes", edits).await.0, 200);
+    for &i in &targets {
+        assert_eq!(
+            app.col(&format!(
+                "SELECT content_preview FROM messages WHERE matrix_event_id = '$full{i}'"
+            ))
+            .await,
+            vec![body(i, "edited!")]
+        );
+    }
+    if b == Backend::Postgres {
+        let after = pages().await;
+        for &i in &targets {
+            let id = format!("$full{i}");
+            let page =
+                |v: &Vec<(String, String)>| v.iter().find(|(e, _)| *e == id).unwrap().1.clone();
+            assert_eq!(
+                page(&after),
+                page(&before),
+                "the edit of {id} stayed on its page (a HOT update)"
+            );
+        }
+        assert_eq!(
+            app.col("SELECT CAST(reloptions AS TEXT) FROM pg_class WHERE relname = 'messages'")
+                .await,
+            vec!["{fillfactor=90}"]
+        );
+    }
+}
