@@ -17,6 +17,8 @@
 //! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000); `DAARION_BENCH_ONLY`
 //! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`, `crypto`; default
 //! all). `crypto` compares encrypted with plaintext 50-event transactions (decryption's cost).
+//! `DAARION_BENCH_FILLFACTOR` (PostgreSQL) sets `messages`' fillfactor before the history is
+//! written, to compare migration 8's page reserve (90) with none (100) in one build.
 
 use std::{
     collections::VecDeque,
@@ -387,6 +389,14 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     } else {
         Db::Sqlite(sqlx::SqlitePool::connect(db_url).await.unwrap())
     };
+    // A/B of migration 8 in one binary: `DAARION_BENCH_FILLFACTOR=100` undoes its page
+    // reserve before the history is written.
+    if let (Db::Pg(_), Ok(ff)) = (&db, std::env::var("DAARION_BENCH_FILLFACTOR")) {
+        let ff: u8 = ff.parse().expect("DAARION_BENCH_FILLFACTOR is 10..=100");
+        db.exec(&format!("ALTER TABLE messages SET (fillfactor = {ff})"))
+            .await;
+        println!("(messages fillfactor set to {ff} for this run)");
+    }
     prefill(&db, history).await;
     // The floor writes into a channel of its own, in the same table.
     db.exec(

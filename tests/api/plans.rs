@@ -69,12 +69,13 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
     };
     app.exec(&prefill).await;
     // What the database actually executes, not only what EXPLAIN says now: PostgreSQL counts
-    // sequential and index scans per table (flushed by each backend within a second).
+    // sequential and index scans per table. A backend flushes its counts to the shared stats at
+    // most every 10 s while it is idle (PostgreSQL 15+), so the reads wait past that.
     let scans = || async {
         if b != Backend::Postgres {
             return (0, 0);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(11)).await;
         app.exec("SELECT pg_stat_clear_snapshot()").await;
         let r = app
             .rows("SELECT CAST(seq_scan AS TEXT), CAST(idx_scan AS TEXT) FROM pg_stat_user_tables WHERE relname = 'messages'")
