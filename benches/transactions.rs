@@ -18,7 +18,8 @@
 //! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`, `crypto`; default
 //! all). `crypto` compares encrypted with plaintext 50-event transactions (decryption's cost).
 //! `DAARION_BENCH_FILLFACTOR` (PostgreSQL) sets `messages`' fillfactor before the history is
-//! written, to compare migration 8's page reserve (90) with none (100) in one build.
+//! written, to compare migration 8's page reserve (90) with none (100) in one build;
+//! `DAARION_BENCH_EVENTS=off` runs the realistic-traffic section's bridge without events.
 
 use std::{
     collections::VecDeque,
@@ -361,7 +362,15 @@ async fn prefill(db: &Db, history: u64) {
 
 async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     let hs = overhead::quiet_homeserver().await;
-    let bridge = start_bridge(db_url, dir, &hs, "").await;
+    // `DAARION_BENCH_EVENTS=off` runs this section's bridge without the events outbox, to set
+    // every size against the floor without the outbox's rows.
+    let events_off = std::env::var("DAARION_BENCH_EVENTS").is_ok_and(|v| v == "off");
+    let extra = if events_off {
+        "[events]\nenabled = false\n"
+    } else {
+        ""
+    };
+    let bridge = start_bridge(db_url, dir, &hs, extra).await;
     // Set up: the bot is invited to every room (mirrored), the senders join theirs.
     let mut setup = Vec::new();
     for r in 0..ROOMS {
@@ -413,7 +422,10 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
         Db::Sqlite(_) => None,
     };
 
-    println!("\n## {name}, realistic traffic, {history} messages of history\n");
+    println!(
+        "\n## {name}, realistic traffic, {history} messages of history{}\n",
+        if events_off { ", events off" } else { "" }
+    );
     println!(
         "| events/txn | txns | bridge p50 | p90 | p99 | p99.9 ms | floor p50 | p90 | p99 | p99.9 ms | p50 ×floor | p99 ×floor | bridge µs CPU/event | floor µs CPU/event | bridge events/s |"
     );
