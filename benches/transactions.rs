@@ -520,6 +520,20 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
             println!("{line}");
         }
     }
+    if let Db::Pg(_) = &db {
+        // Edits and redactions are the only updates of `messages` here (the floors only
+        // insert). A backend flushes its table counts when idle for 10 s at most, hence the wait.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        println!(
+            "\nmessages updated in place (edits, redactions): {}",
+            db.scalar(
+                "SELECT n_tup_upd || ' updates, ' || n_tup_hot_upd || ' HOT (' || \
+                 COALESCE(round(100.0 * n_tup_hot_upd / NULLIF(n_tup_upd, 0)), 0) || ' %)' \
+                 FROM pg_stat_user_tables WHERE relname = 'messages'"
+            )
+            .await
+        );
+    }
     // 16 transactions at a time, 50 events each (throughput; homeservers send one at a time).
     let (size, per_task) = (50usize, 25usize);
     let cpu0 = bridge.cpu_seconds();
