@@ -148,14 +148,15 @@ stop() {
 }
 
 free_port() {
-  # A throwaway Synapse of another checkout (another state dir) may hold the port: stop it.
+  # Called after `stop`, so whatever still holds the port is not the Synapse our pid file names.
+  # A throwaway test Synapse (a `target/synapse` state dir) may: one of another checkout, or an
+  # orphan of a checkout that was deleted and cloned again at this very path (its pid file went
+  # with the old tree). Stop those; anything else on the port is left alone and reported.
   if up; then
     local pid
-    for pid in $(pgrep -f "synapse.app.homeserver -c" || true); do
-      if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-c $dir/homeserver.yaml"; then
-        log "stopping a Synapse of another checkout (pid $pid) that holds port $port"
-        kill "$pid" 2>/dev/null || true
-      fi
+    for pid in $(pgrep -f "synapse.app.homeserver -c .*target/synapse/homeserver.yaml" || true); do
+      log "stopping a throwaway Synapse that holds port $port (pid $pid): $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+      kill "$pid" 2>/dev/null || true
     done
     for _ in $(seq 1 100); do
       up || return 0

@@ -24,5 +24,9 @@ scripts/ensure-nats.sh
 CARGO_TARGET_DIR="$PWD/target/e2ee-client" cargo build --locked --manifest-path tests/e2ee-client/Cargo.toml
 export DAARION_E2EE_CLIENT="$PWD/target/e2ee-client/debug/e2ee-client"
 
+# The e2e tests start Synapse (scripts/synapse.sh) and leave it up for each other; it is
+# stopped when the suite ends, so no homeserver outlives the run that started it.
+trap 'scripts/synapse.sh stop >/dev/null 2>&1 || true' EXIT
+
 # Benches are built by clippy --all-targets in CI and run on purpose (cargo bench), not here.
 cargo test --lib --bins --tests "$@"
