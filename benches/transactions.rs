@@ -34,6 +34,8 @@ const AS_TOKEN: &str = "bench_as_token_0123456789abcdefghijklmnopqrstuvwxyz";
 const ROOM: &str = "!bench:localhost";
 const ROOMS: usize = 100;
 const SENDERS: usize = 300;
+/// Bridge configuration that turns the events outbox off.
+const EVENTS_OFF: &str = "[events]\nenabled = false\n";
 /// Environment of the floor server child: `DATABASE_URL PORT CHANNEL_ID`.
 const FLOOR_ENV: &str = "DAARION_BENCH_FLOOR";
 
@@ -365,11 +367,7 @@ async fn run(name: &str, db_url: &str, dir: &std::path::Path, history: u64) {
     // `DAARION_BENCH_EVENTS=off` runs this section's bridge without the events outbox, to set
     // every size against the floor without the outbox's rows.
     let events_off = std::env::var("DAARION_BENCH_EVENTS").is_ok_and(|v| v == "off");
-    let extra = if events_off {
-        "[events]\nenabled = false\n"
-    } else {
-        ""
-    };
+    let extra = if events_off { EVENTS_OFF } else { "" };
     let bridge = start_bridge(db_url, dir, &hs, extra).await;
     // Set up: the bot is invited to every room (mirrored), the senders join theirs.
     let mut setup = Vec::new();

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Db, Traffic, start_bridge, stats};
+use super::{Db, EVENTS_OFF, Traffic, start_bridge, stats};
 
 /// A NATS server of the benchmark's own, on `port`, storing under `dir`.
 struct Nats(Child);
@@ -64,13 +64,7 @@ async fn pending(db: &Db) -> i64 {
 /// Events on versus off, PostgreSQL, 50-event transactions, one at a time.
 pub async fn on_versus_off(db_url: &str, dir: &std::path::Path, db: &Db) {
     let on = start_bridge(db_url, dir, "http://127.0.0.1:9", "").await;
-    let off = start_bridge(
-        db_url,
-        dir,
-        "http://127.0.0.1:9",
-        "[events]\nenabled = false\n",
-    )
-    .await;
+    let off = start_bridge(db_url, dir, "http://127.0.0.1:9", EVENTS_OFF).await;
     let (mut t_on, mut t_off) = (Traffic::new("eon"), Traffic::new("eoff"));
     for i in 0..20 {
         on.put(&format!("eon-w{i}"), t_on.body(50)).await;
