@@ -79,6 +79,11 @@ pub struct Metrics {
     pub connections: Gauge,
     /// HTTP connections closed at once because the limit was reached.
     pub connections_refused: Counter,
+    /// HTTP connections closed to make room for a new one at the limit (the oldest not known
+    /// to be the homeserver's).
+    pub connections_evicted: Counter,
+    /// Requests whose headers or body did not arrive within their deadline.
+    pub requests_timed_out: Counter,
     /// Failures of supervised background work (a panic or an unexpected end), by task.
     pub task_failures: Family<TaskLabel, Counter>,
     /// Failed agent-key authentications, by outcome (denied, limited).
@@ -120,6 +125,8 @@ impl Metrics {
             outbox: Family::default(),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
+            connections_evicted: Counter::default(),
+            requests_timed_out: Counter::default(),
             task_failures: Family::default(),
             auth_failures: Family::default(),
             events_pending: Gauge::default(),
@@ -192,6 +199,16 @@ impl Metrics {
             "http_connections_refused",
             "HTTP connections closed at once: the connection limit was reached",
             m.connections_refused.clone(),
+        );
+        r.register(
+            "http_connections_evicted",
+            "HTTP connections closed to make room at the limit (the oldest not proven to be the homeserver's)",
+            m.connections_evicted.clone(),
+        );
+        r.register(
+            "http_requests_timed_out",
+            "Requests closed because their headers or body did not arrive within the deadline",
+            m.requests_timed_out.clone(),
         );
         r.register(
             "task_failures",

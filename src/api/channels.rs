@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{
     ApiState, OPENAPI,
     auth::Caller,
-    extract::{Body, uuid},
+    extract::{Unread, uuid},
 };
 use crate::{
     db::{Respond, SessionStatus},
@@ -122,12 +122,12 @@ pub async fn typing(
     State(state): State<ApiState>,
     caller: Caller,
     Path(channel_id): Path<String>,
-    body: Body<TypingBody>,
+    body: Unread<TypingBody>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     caller.require(SEND)?;
-    let b = body.value;
-    let timeout = Duration::from_millis(b.timeout_ms.unwrap_or(30_000).clamp(1_000, 120_000));
     let (_, room) = channel(&state, &caller, &channel_id).await?;
+    let b = body.read().await?.value;
+    let timeout = Duration::from_millis(b.timeout_ms.unwrap_or(30_000).clamp(1_000, 120_000));
     state
         .puppets
         .intent(caller.agent.clone())
@@ -149,10 +149,11 @@ pub async fn read_marker(
     State(state): State<ApiState>,
     caller: Caller,
     Path(channel_id): Path<String>,
-    body: Body<ReadMarkerBody>,
+    body: Unread<ReadMarkerBody>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     caller.require(SEND)?;
     let (_, room) = channel(&state, &caller, &channel_id).await?;
+    let body = body.read().await?;
     state
         .puppets
         .intent(caller.agent.clone())
@@ -174,12 +175,13 @@ pub async fn settings(
     State(state): State<ApiState>,
     caller: Caller,
     Path(channel_id): Path<String>,
-    body: Body<SettingsBody>,
+    body: Unread<SettingsBody>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     caller.require("agent.settings.write")?;
+    let (channel, _) = channel(&state, &caller, &channel_id).await?;
+    let body = body.read().await?;
     let respond = Respond::parse(&body.value.respond)
         .ok_or_else(|| MatrixError::invalid_param("`respond` must be mentions, all or never"))?;
-    let (channel, _) = channel(&state, &caller, &channel_id).await?;
     state
         .store
         .set_respond(caller.agent.id, channel, respond, &caller.actor())

@@ -1,18 +1,25 @@
-//! Request parts of the agent API: JSON bodies (413 `M_TOO_LARGE` beyond the limit, 400
-//! `M_NOT_JSON` / `M_BAD_JSON` naming the problem, 400 `M_INVALID_PARAM` for NUL, which no
-//! Matrix text may carry), the request hash an `Idempotency-Key` is bound to, and path
-//! parameters.
+//! Request parts of the agent API: JSON bodies (413 `M_TOO_LARGE` beyond the limit, 408
+//! `M_UNKNOWN` past the body deadline, 400 `M_NOT_JSON` / `M_BAD_JSON` naming the problem, 400
+//! `M_INVALID_PARAM` for NUL, which no Matrix text may carry), the request hash an
+//! `Idempotency-Key` is bound to, and path parameters.
+//!
+//! Reject before you read: handlers that authorise against a channel take an [`Unread`] body
+//! and read it only once the key's capability and the agent's membership are checked, so a
+//! refused request's body is never read (the listener then closes its connection).
+
+use std::marker::PhantomData;
 
 use axum::{
     body::Bytes,
     extract::{FromRequest, Request},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
 };
 use ruma::OwnedEventId;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::{db::text::json_has_nul, matrix::MatrixError};
+use super::ApiState;
+use crate::{db::text::json_has_nul, matrix::MatrixError, server::body::body_error};
 
 /// A JSON body and the hash of the request that carried it.
 pub struct Body<T> {
@@ -22,22 +29,55 @@ pub struct Body<T> {
     pub request_hash: String,
 }
 
-/// Like [`Body`], for requests whose body is optional (an empty body is `None`).
-pub struct OptionalBody<T>(pub Option<Body<T>>);
+/// A JSON body not read yet; [`Unread::read`] reads it.
+pub struct Unread<T> {
+    request: Request,
+    limit: usize,
+    _body: PhantomData<fn() -> T>,
+}
 
-async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<(Bytes, String), MatrixError> {
-    let head = format!("{} {}\n", req.method(), req.uri().path());
-    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            MatrixError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ruma::api::error::ErrorKind::TooLarge,
-                "request body too large",
-            )
-        } else {
-            MatrixError::bad_json(rejection.body_text())
+impl<T> FromRequest<ApiState> for Unread<T> {
+    type Rejection = MatrixError;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        Ok(Unread {
+            request,
+            limit: state.max_body_bytes,
+            _body: PhantomData,
+        })
+    }
+}
+
+impl<T: DeserializeOwned> Unread<T> {
+    /// Reads and parses the body (once the request is authorised).
+    pub async fn read(self) -> Result<Body<T>, MatrixError> {
+        let (bytes, request_hash) = read_limited(self.request, self.limit).await?;
+        Ok(Body {
+            value: parse(&bytes)?,
+            request_hash,
+        })
+    }
+
+    /// Like [`Unread::read`], for bodies that may be empty (`None`).
+    pub async fn read_optional(self) -> Result<Option<Body<T>>, MatrixError> {
+        let (bytes, request_hash) = read_limited(self.request, self.limit).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
         }
-    })?;
+        Ok(Some(Body {
+            value: parse(&bytes)?,
+            request_hash,
+        }))
+    }
+}
+
+/// The body and the request hash; `limit` only names the limit in the 413 (the router's
+/// `DefaultBodyLimit` enforces it).
+async fn read_limited(req: Request, limit: usize) -> Result<(Bytes, String), MatrixError> {
+    let head = format!("{} {}\n", req.method(), req.uri().path());
+    let bytes = Bytes::from_request(req, &())
+        .await
+        .map_err(|rejection| body_error(rejection, limit))?;
     let mut hash = Sha256::new();
     hash.update(head.as_bytes());
     hash.update(&bytes);
@@ -55,30 +95,15 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {
     serde_json::from_value(value).map_err(|e| MatrixError::bad_json(e.to_string()))
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<ApiState> for Body<T> {
     type Rejection = MatrixError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (bytes, request_hash) = read(req, state).await?;
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let (bytes, request_hash) = read_limited(req, state.max_body_bytes).await?;
         Ok(Body {
             value: parse(&bytes)?,
             request_hash,
         })
-    }
-}
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalBody<T> {
-    type Rejection = MatrixError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let (bytes, request_hash) = read(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalBody(None));
-        }
-        Ok(OptionalBody(Some(Body {
-            value: parse(&bytes)?,
-            request_hash,
-        })))
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
     ApiState,
     auth::Caller,
     channels::{READ, SEND, channel},
-    extract::{Body, OptionalBody, event_id, idempotency_key, uuid},
+    extract::{Unread, event_id, idempotency_key, uuid},
 };
 use crate::{
     config::MessageKind,
@@ -179,14 +179,15 @@ pub async fn send(
     caller: Caller,
     Path(channel_id): Path<String>,
     headers: HeaderMap,
-    body: Body<SendBody>,
+    body: Unread<SendBody>,
 ) -> Result<Response, MatrixError> {
     caller.require(SEND)?;
+    let (channel_id, room) = channel(&state, &caller, &channel_id).await?;
+    let body = body.read().await?;
     let b = body.value;
     if b.text.trim().is_empty() {
         return Err(MatrixError::invalid_param("`text` must not be empty"));
     }
-    let (channel_id, room) = channel(&state, &caller, &channel_id).await?;
     let run = match b.run_id {
         Some(id) => Some(deferred_run(&state, &caller, RunId(id), channel_id).await?),
         None => None,
@@ -285,15 +286,16 @@ pub async fn edit(
     caller: Caller,
     Path((channel_id, target)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Body<EditBody>,
+    body: Unread<EditBody>,
 ) -> Result<Response, MatrixError> {
     caller.require(SEND)?;
+    let (channel, room) = channel(&state, &caller, &channel_id).await?;
+    let target = own_message(&state, &caller, channel, &target).await?;
+    let body = body.read().await?;
     let b = body.value;
     if b.text.trim().is_empty() {
         return Err(MatrixError::invalid_param("`text` must not be empty"));
     }
-    let (channel, room) = channel(&state, &caller, &channel_id).await?;
-    let target = own_message(&state, &caller, channel, &target).await?;
     let kind = b.msgtype.unwrap_or(caller.agent.behaviour.message_kind);
     let content = content::edit(target, &b.text, b.markdown, kind, b.mentions);
     let item = queue_and_wait(
@@ -320,15 +322,16 @@ pub async fn redact(
     caller: Caller,
     Path((channel_id, target)): Path<(String, String)>,
     headers: HeaderMap,
-    body: OptionalBody<RedactBody>,
+    body: Unread<RedactBody>,
 ) -> Result<Response, MatrixError> {
     caller.require(SEND)?;
-    let (reason, request_hash) = match body.0 {
+    let (channel, room) = channel(&state, &caller, &channel_id).await?;
+    let target_id = own_message(&state, &caller, channel, &target).await?;
+    let (reason, request_hash) = match body.read_optional().await? {
         Some(b) => (b.value.reason, b.request_hash),
         None => (None, format!("DELETE {channel_id}/{target}")),
     };
-    let (channel, room) = channel(&state, &caller, &channel_id).await?;
-    let target = own_message(&state, &caller, channel, &target).await?;
+    let target = target_id;
     let content = serde_json::to_value(RedactionReason { reason }).unwrap_or_default();
     let send = Send {
         event_type: "m.room.redaction".into(),
@@ -360,15 +363,9 @@ pub async fn react(
     caller: Caller,
     Path((channel_id, target)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Body<ReactBody>,
+    body: Unread<ReactBody>,
 ) -> Result<Response, MatrixError> {
     caller.require(SEND)?;
-    let key = &body.value.key;
-    if key.is_empty() || key.chars().count() > 64 {
-        return Err(MatrixError::invalid_param(
-            "`key` must be 1 to 64 characters",
-        ));
-    }
     let (channel, room) = channel(&state, &caller, &channel_id).await?;
     let target = event_id("event_id", &target)?;
     if state
@@ -378,6 +375,13 @@ pub async fn react(
         .is_none()
     {
         return Err(MatrixError::not_found("no such message in this channel"));
+    }
+    let body = body.read().await?;
+    let key = &body.value.key;
+    if key.is_empty() || key.chars().count() > 64 {
+        return Err(MatrixError::invalid_param(
+            "`key` must be 1 to 64 characters",
+        ));
     }
     let send = Send {
         event_type: "m.reaction".into(),

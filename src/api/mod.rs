@@ -109,6 +109,10 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/runs/{run_id}", get(runs::get))
         .merge(admin::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::server::body::refuse_oversized,
+        ))
         .layer(axum::middleware::map_response(matrix_error_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::matrix::MatrixError as ApiError;
+use crate::{matrix::MatrixError as ApiError, server::lanes::ConnectionTag};
 
 /// Lets the request through only with the homeserver's token.
 pub async fn require_hs_token(
@@ -49,6 +49,10 @@ pub async fn require_hs_token(
     };
     if !ct_eq(&token, &state.hs_token) {
         return Err(ApiError::forbidden("invalid homeserver token"));
+    }
+    // The homeserver's connection: never evicted to make room for others.
+    if let Some(tag) = request.extensions().get::<ConnectionTag>() {
+        tag.mark_homeserver();
     }
     Ok(next.run(request).await)
 }

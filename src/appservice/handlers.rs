@@ -10,7 +10,7 @@ use axum::{
         OriginalUri, Path, State,
         rejection::{BytesRejection, PathRejection},
     },
-    http::{Method, StatusCode, header},
+    http::{Method, header},
     response::{IntoResponse, Response},
 };
 use ruma::{
@@ -24,7 +24,9 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use super::AppState;
-use crate::{bridge::mirror::Applied, db::StoreError, matrix::MatrixError};
+use crate::{
+    bridge::mirror::Applied, db::StoreError, matrix::MatrixError, server::body::body_error,
+};
 
 /// A path parameter that is not valid UTF-8 (say) is a Matrix error, not axum's plain text.
 fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, MatrixError> {
@@ -34,13 +36,7 @@ fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, MatrixEr
 
 /// Reads the body, mapping the size limit to `M_TOO_LARGE`.
 fn body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, MatrixError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            MatrixError::too_large(state.max_body_bytes)
-        } else {
-            MatrixError::bad_json(rejection.body_text())
-        }
-    })
+    body.map_err(|rejection| body_error(rejection, state.max_body_bytes))
 }
 
 /// A ruma response as an axum response.
@@ -75,6 +71,18 @@ fn stable_to_device(
         .unwrap_or_default()
 }
 
+/// A transaction body as ruma reads it.
+fn parse_transaction(text: &str) -> Result<push_events::v1::Request, String> {
+    let http_request = axum::http::Request::builder()
+        .method(Method::PUT)
+        .uri("/_matrix/app/v1/transactions/txn")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    push_events::v1::Request::try_from_http_request(http_request, &["txn"])
+        .map_err(|e| e.to_string())
+}
+
 /// `PUT /_matrix/app/v1/transactions/{txnId}`.
 ///
 /// Invalid UTF-8 inside an event is decoded lossily (each bad sequence becomes U+FFFD) rather
@@ -98,21 +106,33 @@ pub async fn transaction(
         tracing::warn!("transaction body is not valid UTF-8; decoding it lossily");
         state.metrics.transaction("invalid_utf8");
     }
-    let http_request = axum::http::Request::builder()
-        .method(Method::PUT)
-        .uri("/_matrix/app/v1/transactions/txn")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(text.as_bytes())
-        .map_err(|e| MatrixError::internal(e.to_string()))?;
-    let mut request = push_events::v1::Request::try_from_http_request(http_request, &["txn"])
-        .map_err(|error| {
-            state.metrics.transaction("rejected");
-            if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
-                MatrixError::not_json("request body is not JSON")
-            } else {
-                MatrixError::bad_json(format!("not a transaction: {error}"))
+    let mut request = match parse_transaction(&text) {
+        Ok(request) => request,
+        Err(error) => {
+            // A malformed envelope part (ephemeral, to-device, device lists, key counts) is
+            // dropped and counted; the events are still mirrored.
+            let salvaged = super::envelope::salvage(&text);
+            match salvaged.as_ref().map(|s| (s, parse_transaction(&s.body))) {
+                Some((salvaged, Ok(request))) => {
+                    for (kind, n) in &salvaged.dropped {
+                        state.metrics.events_n(kind, "malformed", *n);
+                    }
+                    tracing::warn!(dropped = ?salvaged.dropped, "malformed parts of a transaction's envelope dropped");
+                    request
+                }
+                _ => {
+                    state.metrics.transaction("rejected");
+                    return Err(
+                        if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
+                            MatrixError::not_json("request body is not JSON")
+                        } else {
+                            MatrixError::bad_json(format!("not a transaction: {error}"))
+                        },
+                    );
+                }
             }
-        })?;
+        }
+    };
     if request.to_device.is_empty() && state.crypto.is_some() && text.contains("\"to_device\"") {
         // The stable name of MSC4203's field (ruma reads the unstable one).
         request.to_device = stable_to_device(&text);
@@ -240,8 +260,11 @@ pub async fn query_room(_alias: Result<Path<String>, PathRejection>) -> MatrixEr
 }
 
 /// `POST /_matrix/app/v1/ping`.
-pub async fn ping(raw: Result<Bytes, BytesRejection>) -> Result<Response, MatrixError> {
-    let bytes = raw.map_err(|r| MatrixError::bad_json(r.body_text()))?;
+pub async fn ping(
+    State(state): State<Arc<AppState>>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, MatrixError> {
+    let bytes = body(&state, raw)?;
     let bytes = if bytes.is_empty() {
         Bytes::from_static(b"{}")
     } else {

@@ -3,6 +3,7 @@
 //! (health, metrics), as one axum router.
 
 mod auth;
+mod envelope;
 mod handlers;
 mod ops;
 
@@ -21,6 +22,7 @@ use crate::{
     bridge::{agents::AgentRegistry, mirror::Mirror},
     matrix::{Homeserver, MatrixError, error::matrix_error_bodies},
     metrics::Metrics,
+    server::body::refuse_oversized,
     supervise::Health,
 };
 
@@ -115,6 +117,9 @@ pub fn router(state: AppState) -> Router {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(limit))
+        // Before the token check reads nothing either: a declared length over the limit is
+        // refused before any of the body is read.
+        .layer(middleware::from_fn_with_state(limit, refuse_oversized))
         .layer(middleware::map_response(matrix_error_bodies))
         .layer(
             // Path only: query strings may carry the legacy access_token.

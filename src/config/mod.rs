@@ -128,14 +128,15 @@ pub struct AppserviceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// A request's headers must arrive within this; an idle keep-alive connection is closed
-    /// after it too.
+    /// Deadline for a request's headers, from when the connection began waiting for them (not
+    /// restarted by each byte); an idle keep-alive connection is closed after it too.
     #[serde(default = "default_header_timeout", with = "duration")]
     pub header_timeout: Duration,
-    /// A request's body must arrive within this.
+    /// Deadline for a request's whole body, from its headers (not restarted by each byte).
     #[serde(default = "default_body_timeout", with = "duration")]
     pub body_timeout: Duration,
-    /// Connections served at once; more are closed at once (the homeserver reconnects).
+    /// Connections open at once; at the limit a newcomer evicts the oldest connection not proven
+    /// to be the homeserver's.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// On shutdown, in-flight requests get this long before connections are dropped.

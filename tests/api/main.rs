@@ -26,6 +26,7 @@ mod publish;
 mod records;
 mod runs;
 mod runtimes;
+mod slow_clients;
 mod spec;
 mod support;
 
@@ -48,6 +49,7 @@ use publish::*;
 use records::*;
 use runs::*;
 use runtimes::*;
+use slow_clients::*;
 use spec::*;
 
 use support::{Backend, TestApp, ev};
@@ -161,6 +163,12 @@ both_backends!(
     the_schema_is_the_erds,
     config_seeds_but_never_overwrites_others,
     old_agent_kinds_move_to_the_erds,
+    dripped_requests_meet_their_deadline,
+    refused_requests_are_answered_before_their_body,
+    the_homeserver_gets_through_a_thousand_dripping_connections,
+    malformed_http_gets_matrix_errors,
+    malformed_envelopes_keep_their_events,
+    nul_in_the_channel_state_is_not_a_database_error,
 );
 
 pub(crate) async fn mirrored(app: &TestApp) {

@@ -65,22 +65,61 @@ pub async fn slow_and_idle_clients_are_cut_off(b: Backend) {
 pub async fn the_connection_limit_holds(b: Backend) {
     let app = TestApp::spawn_with(b, limits).await;
     let addr = app.addr;
-    let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = tokio::task::spawn_blocking(move || {
+    // At the limit a newcomer is served, and the oldest connection not proven to be the
+    // homeserver's is closed to make room.
+    let (oldest_closed, served) = tokio::task::spawn_blocking(move || {
         let mut extra = TcpStream::connect(addr).unwrap();
-        closed_within(&mut extra, Duration::from_millis(500))
+        let closed = closed_within(&mut held[0], Duration::from_millis(500));
+        extra
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = extra.read_to_string(&mut out);
+        (closed, out)
     })
     .await
     .unwrap();
-    assert!(refused, "connections beyond the limit are closed at once");
-    let metrics = reqwest::get(app.url("/metrics")).await;
-    assert!(
-        metrics.is_err() || metrics.is_ok(),
-        "the limit may refuse the metrics request too"
-    );
-    // The held connections send nothing: the header timeout frees their slots.
+    assert!(oldest_closed, "the oldest idle connection makes room");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    // Connections proven to be the homeserver's are never evicted: with all 20 of them open,
+    // a newcomer is refused at once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = tokio::task::spawn_blocking(move || {
+        let proven: Vec<TcpStream> = (0..20)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(
+                    format!(
+                        "PUT /_matrix/app/v1/transactions/limit-{i} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{{\"events\": []}}",
+                        crate::support::HS_TOKEN
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let mut buf = [0u8; 512];
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let n = s.read(&mut buf).unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+                s
+            })
+            .collect();
+        let mut extra = TcpStream::connect(addr).unwrap();
+        let refused = closed_within(&mut extra, Duration::from_millis(500));
+        drop(proven);
+        refused
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused,
+        "with every slot the homeserver's, a newcomer is refused"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let text = app
         .http
         .get(app.url("/metrics"))
@@ -90,15 +129,16 @@ pub async fn the_connection_limit_holds(b: Backend) {
         .text()
         .await
         .unwrap();
-    assert!(
-        text.contains("daarion_bridge_http_connections_refused_total"),
-        "{text}"
-    );
-    assert!(
-        !text.contains("daarion_bridge_http_connections_refused_total 0\n"),
-        "{text}"
-    );
-    drop(held);
+    for counter in [
+        "daarion_bridge_http_connections_refused_total",
+        "daarion_bridge_http_connections_evicted_total",
+    ] {
+        assert!(text.contains(counter), "{text}");
+        assert!(
+            !text.contains(&format!("{counter} 0\n")),
+            "{counter}: {text}"
+        );
+    }
 }
 
 pub async fn idle_connections_do_not_starve_the_homeserver(b: Backend) {

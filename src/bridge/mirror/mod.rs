@@ -361,6 +361,9 @@ impl Mirror {
             .filter(|e| e.kind == DAARION_CHANNEL)
             .filter_map(|e| e.content::<DaarionChannelContent>().ok())
             .map(|c| c.microdao)
+            // No row can hold NUL (PostgreSQL text cannot), so such a name places nothing; asking
+            // the database would fail the statement.
+            .filter(|external| !external.contains('\0'))
             .collect();
         for external in placed {
             if let Some(id) = self.store.microdao_by_external_id(&external).await? {
