@@ -14,6 +14,7 @@ use crate::{
     bridge::{
         agents::AgentRegistry,
         commands::Commands,
+        control::Control,
         followup::FollowUps,
         mirror::{Mirror, Wakers},
         planner::MirrorSettings,
@@ -56,13 +57,15 @@ pub struct Bridge {
     events: Arc<PublisherStatus>,
     /// The agents' crypto engines (`None`: encryption off).
     pub crypto: Option<Arc<Crypto>>,
+    /// Operator operations (admin API and bot commands).
+    control: Arc<Control>,
 }
 
 /// The mirror records what puppets sent.
 impl SentSink for Mirror {
     fn sent<'a>(
         &'a self,
-        agent: &'a crate::bridge::agents::Agent,
+        agent: &'a crate::model::Agent,
         room: &'a ruma::RoomId,
         item: &'a crate::db::outbox::OutboxItem,
         event_id: &'a ruma::EventId,
@@ -139,7 +142,15 @@ impl Bridge {
                 None
             }
         };
+        let control = Control::new(
+            store.clone(),
+            hs.clone(),
+            registry.clone(),
+            puppets.clone(),
+            config.appservice.id.clone(),
+        );
         Ok(Self {
+            control,
             config,
             store,
             metrics,
@@ -158,6 +169,7 @@ impl Bridge {
     pub fn app_state(&self) -> AppState {
         AppState {
             mirror: self.mirror.clone(),
+            store: self.store.clone(),
             registry: self.registry.clone(),
             hs: self.hs.clone(),
             metrics: self.metrics.clone(),
@@ -180,7 +192,7 @@ impl Bridge {
             send_wait: self.config.api.send_wait,
             max_body_bytes: self.config.api.max_body_bytes,
             metrics: self.metrics.clone(),
-            appservice_id: self.config.appservice.id.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -211,13 +223,19 @@ impl Bridge {
     /// Starts the supervised background tasks.
     fn spawn_tasks(&self, supervisor: &mut Supervisor) -> anyhow::Result<()> {
         let commands = Commands::new(
-            self.puppets.clone(),
+            self.control.clone(),
+            self.store.clone(),
+            self.hs.clone(),
+            self.registry.clone(),
+            self.crypto.clone(),
             self.config.bridge.command_prefix.clone(),
             self.config.bridge.admins.clone(),
-            self.config.appservice.id.clone(),
         );
         let followups = FollowUps::new(
             self.mirror.clone(),
+            self.store.clone(),
+            self.hs.clone(),
+            self.registry.clone(),
             self.puppets.clone(),
             commands,
             self.metrics.clone(),
@@ -285,7 +303,11 @@ impl Bridge {
         );
         supervisor.spawn("events", move |cancel| publisher.clone().run(cancel));
         if let Some(crypto) = self.crypto.clone() {
-            let (mirror, metrics) = (self.mirror.clone(), self.metrics.clone());
+            let (mirror, store, metrics) = (
+                self.mirror.clone(),
+                self.store.clone(),
+                self.metrics.clone(),
+            );
             let bounds = crate::bridge::pending::Bounds {
                 max_age: self.config.encryption.pending_max_age,
                 max_count: self.config.encryption.pending_max,
@@ -296,6 +318,7 @@ impl Bridge {
                 crate::bridge::pending::run(
                     crypto.clone(),
                     mirror.clone(),
+                    store.clone(),
                     metrics.clone(),
                     bounds,
                     every,

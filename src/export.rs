@@ -8,8 +8,8 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    db::{Store, StoreError, both, types::Ts},
-    ids::ChannelId,
+    db::{Store, StoreError, both},
+    model::{Ts, ids::ChannelId},
 };
 
 /// Messages read per page.

@@ -4,8 +4,8 @@
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{Store, StoreError, audit::Actor, keys::NewKey, types::Ts},
-    ids::AccessKeyId,
+    db::{Store, StoreError, audit::Actor, keys::NewKey},
+    model::{Ts, ids::AccessKeyId},
     registration::random_token,
 };
 
@@ -72,7 +72,7 @@ pub async fn create_admin(
     name: &str,
     expires_at: Option<Ts>,
     by: &Actor,
-) -> Result<(crate::ids::AdminKeyId, String), StoreError> {
+) -> Result<(crate::model::ids::AdminKeyId, String), StoreError> {
     let key = format!("{PREFIX}{}", random_token());
     let id = store
         .insert_admin_key(name, &key[..12], &hash(&key), expires_at, by)

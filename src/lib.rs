@@ -1,26 +1,30 @@
 //! daarion-bridge: a Matrix application service that mirrors rooms into the DAARION schema and
 //! lets AI agents live in Matrix as virtual users.
 //!
-//! Crate map, by layer (each layer uses only the ones below it):
-//! - Entry: [`cli`] (the command line), [`app`] (building and running the bridge),
-//!   [`server`] (the HTTP listener and its limits), [`supervise`] (restarting and draining
-//!   background tasks).
-//! - HTTP surfaces: [`appservice`] (the Application Service API the homeserver calls, health,
-//!   metrics) and [`api`] (the agent API runtimes use, and the admin API operators use).
-//! - Agents answering: [`runs`] (the run scheduler, execution, runtimes).
-//! - Events out: [`events`] (topics, payloads, the NATS JetStream publisher of the transactional
-//!   outbox) and [`export`] (a channel's conversation as JSON lines or CSV).
-//! - Bridge core: [`bridge`] (the agent registry and the reconciler that follows the agent rows
-//!   others write, the mirror and its pure planner, trigger rules, follow-up jobs, bot commands,
-//!   operator operations shared by the admin API and the commands, upkeep).
-//! - Encryption: [`crypto`] (each agent's device and `OlmMachine`, its store in the database,
-//!   decrypting transactions, encrypting sends).
-//! - Acting as agents: [`puppet`] (`PuppetIntent`, profiles, content, the durable outbox).
-//! - Matrix edge: [`matrix`] (namespace, client-server client, Matrix errors).
-//! - Storage: [`db`] (PostgreSQL and SQLite: migrations, batched writes with their events and
-//!   audit records, reads per table group, the admin API's catalog and listings).
-//! - Foundations: [`config`], [`registration`], [`keys`], [`ratelimit`], [`metrics`],
-//!   [`telemetry`], [`ids`].
+//! Crate map, by floor, lowest first. A module uses only the floors below its own (and modules
+//! of its own floor that do not use it back); the list is checked by a test (`layers.rs`), so
+//! this picture is the code's.
+//! 1. [`model`]: what every floor shares and nothing below it: ids, timestamps, statuses and
+//!    other text enums, the Matrix namespace, an agent and its behaviour and runtime settings,
+//!    the published events' topics and payloads.
+//! 2. Foundations: [`config`] (the TOML and its validation), [`registration`], [`telemetry`],
+//!    [`metrics`], [`ratelimit`], [`supervise`] (restarting and draining background tasks).
+//! 3. [`matrix`]: the client-server API client (the Matrix edge; knows nothing of the store).
+//! 4. [`db`]: PostgreSQL and SQLite: migrations, the batched write of a transaction with its
+//!    events and audit records, reads and writes per table group.
+//! 5. [`keys`] (agent and admin access keys) and [`crypto`] (each agent's device and
+//!    `OlmMachine`, its store in the database, decrypting transactions, encrypting sends).
+//! 6. [`puppet`]: acting as agents: `PuppetIntent`, profiles, content, the durable outbox.
+//! 7. [`events`]: the NATS JetStream publisher of the transactional outbox.
+//! 8. [`bridge`]: the agent registry and its reconciler, the mirror and its pure planner,
+//!    trigger rules, follow-up jobs, bot commands, operator operations, upkeep.
+//! 9. [`runs`]: agents answering: the run scheduler, execution, runtimes.
+//! 10. [`export`]: a channel's conversation as JSON lines or CSV.
+//! 11. [`server`]: the HTTP listener (deadlines, the homeserver's lane, Matrix errors for
+//!     malformed HTTP) and the HTTP error type every response uses.
+//! 12. HTTP surfaces: [`appservice`] (the Application Service API the homeserver calls, health,
+//!     metrics) and [`api`] (the agent API runtimes use, the admin API operators use).
+//! 13. [`app`] (building and running the bridge), then [`cli`] (the command line).
 
 #![warn(missing_docs)]
 
@@ -34,10 +38,12 @@ pub mod crypto;
 pub mod db;
 pub mod events;
 pub mod export;
-pub mod ids;
 pub mod keys;
+#[cfg(test)]
+mod layers;
 pub mod matrix;
 pub mod metrics;
+pub mod model;
 pub mod puppet;
 pub mod ratelimit;
 pub mod registration;

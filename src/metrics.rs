@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::db::{RunStatus, SessionStatus};
+use crate::model::{RunStatus, SessionStatus};
 
 /// An `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

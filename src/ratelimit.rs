@@ -67,7 +67,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::AgentId;
+    use crate::model::ids::AgentId;
 
     #[test]
     fn bucket_empties_and_says_how_long_to_wait() {

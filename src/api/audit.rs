@@ -11,9 +11,10 @@ use axum::{
 
 use super::ApiState;
 use crate::{
-    db::{ActorType, AuditOutcome, audit::NewAudit},
+    db::audit::NewAudit,
     keys,
-    matrix::error::DeniedReason,
+    model::{ActorType, AuditOutcome},
+    server::error::DeniedReason,
 };
 
 /// The key prefix of a bearer token that looks like an access key (never the key itself).

@@ -11,10 +11,10 @@ use axum::{
 
 use super::ApiState;
 use crate::{
-    bridge::agents::Agent,
-    db::{ActorType, AuditOutcome, audit::NewAudit, keys::AuthKey, types::Ts},
+    db::{audit::NewAudit, keys::AuthKey},
     keys,
-    matrix::MatrixError,
+    model::{ActorType, Agent, AuditOutcome, Ts},
+    server::error::MatrixError,
 };
 
 /// `last_used_at` is written at most this often per key (not on every request).

@@ -19,10 +19,9 @@ use super::{
     extract::{Unread, uuid},
 };
 use crate::{
-    db::{Respond, SessionStatus},
-    ids::ChannelId,
-    matrix::MatrixError,
+    model::{Respond, SessionStatus, ids::ChannelId},
     puppet::PuppetError,
+    server::error::MatrixError,
 };
 
 /// Capability: read channels, sessions and messages.

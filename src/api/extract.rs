@@ -19,7 +19,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
-use crate::{db::text::json_has_nul, matrix::MatrixError, server::body::body_error};
+use crate::{
+    db::text::json_has_nul,
+    server::{body::body_error, error::MatrixError},
+};
 
 /// A JSON body and the hash of the request that carried it.
 pub struct Body<T> {
@@ -81,7 +84,7 @@ async fn read_limited(req: Request, limit: usize) -> Result<(Bytes, String), Mat
     let mut hash = Sha256::new();
     hash.update(head.as_bytes());
     hash.update(&bytes);
-    Ok((bytes, crate::bridge::mirror::hex(&hash.finalize())))
+    Ok((bytes, hex::encode(hash.finalize())))
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MatrixError> {

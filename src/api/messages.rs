@@ -23,17 +23,18 @@ use super::{
 use crate::{
     config::MessageKind,
     db::{
-        OutboxStatus, RunStatus,
         outbox::{Enqueued, OutboxItem},
         runs::RunEnd,
-        types::Ts,
     },
-    ids::{ChannelId, MessageId, OutboxId, RunId},
-    matrix::MatrixError,
+    model::{
+        OutboxStatus, RunStatus, Ts,
+        ids::{ChannelId, MessageId, OutboxId, RunId},
+    },
     puppet::{
         Send,
-        content::{self, Outgoing},
+        content::{self, Content, Outgoing},
     },
+    server::error::MatrixError,
 };
 
 /// Query of `GET …/messages`.
@@ -135,14 +136,12 @@ async fn queue_and_wait(
 }
 
 fn message_send(
-    content: serde_json::Value,
+    content: Content,
     headers: &HeaderMap,
     request_hash: String,
 ) -> Result<Send, MatrixError> {
     Ok(Send {
-        event_type: "m.room.message".into(),
         content,
-        redacts: None,
         key: idempotency_key(headers)?,
         request_hash: Some(request_hash),
     })
@@ -331,23 +330,13 @@ pub async fn redact(
         Some(b) => (b.value.reason, b.request_hash),
         None => (None, format!("DELETE {channel_id}/{target}")),
     };
-    let target = target_id;
-    let content = serde_json::to_value(RedactionReason { reason }).unwrap_or_default();
     let send = Send {
-        event_type: "m.room.redaction".into(),
-        content,
-        redacts: Some(target),
+        content: content::redaction(target_id, reason),
         key: idempotency_key(&headers)?,
         request_hash: Some(request_hash),
     };
     let item = queue_and_wait(&state, &caller, &room, send).await?;
     Ok(outcome(&item))
-}
-
-/// What a queued redaction stores as its content.
-#[derive(serde::Serialize)]
-struct RedactionReason {
-    reason: Option<String>,
 }
 
 /// Body of `POST …/reactions`.
@@ -384,9 +373,7 @@ pub async fn react(
         ));
     }
     let send = Send {
-        event_type: "m.reaction".into(),
         content: content::reaction(target, key),
-        redacts: None,
         key: idempotency_key(&headers)?,
         request_hash: Some(body.request_hash),
     };

@@ -25,11 +25,11 @@ use axum::{
 use crate::{
     bridge::agents::AgentRegistry,
     db::Store,
-    ids::AgentId,
-    matrix::{MatrixError, error::matrix_error_bodies},
     metrics::Metrics,
+    model::ids::AgentId,
     puppet::Puppets,
     ratelimit::RateLimiter,
+    server::error::{MatrixError, matrix_error_bodies},
 };
 
 /// The OpenAPI 3 description of this API.
@@ -54,8 +54,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The appservice's id (the status endpoint pings the homeserver with it).
-    pub appservice_id: String,
+    /// Operator operations shared with the bot commands.
+    pub control: Arc<crate::bridge::control::Control>,
 }
 
 /// The agent API on a listener of its own (unknown routes are Matrix errors too).

@@ -9,9 +9,11 @@ use serde_json::json;
 
 use super::{ApiState, auth::Caller, channels::READ, extract::uuid};
 use crate::{
-    db::RunStatus,
-    ids::{ChannelId, RunId},
-    matrix::MatrixError,
+    model::{
+        RunStatus,
+        ids::{ChannelId, RunId},
+    },
+    server::error::MatrixError,
 };
 
 /// Query of `GET /api/v1/runs`.

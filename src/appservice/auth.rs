@@ -14,7 +14,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
-use crate::{matrix::MatrixError as ApiError, server::lanes::ConnectionTag};
+use crate::server::{error::MatrixError as ApiError, lanes::ConnectionTag};
 
 /// Lets the request through only with the homeserver's token.
 pub async fn require_hs_token(

@@ -25,7 +25,9 @@ use tracing::Instrument;
 
 use super::AppState;
 use crate::{
-    bridge::mirror::Applied, db::StoreError, matrix::MatrixError, server::body::body_error,
+    bridge::mirror::Applied,
+    db::StoreError,
+    server::{body::body_error, error::MatrixError},
 };
 
 /// A path parameter that is not valid UTF-8 (say) is a Matrix error, not axum's plain text.
@@ -175,7 +177,7 @@ pub async fn transaction(
     if let (Ok(Applied::Committed), Some(prepared)) = (&result, &prepared) {
         // The late events are committed with this transaction: they wait no more.
         for event_id in &prepared.late {
-            if let Err(error) = state.mirror.store().crypto_pending_remove(event_id).await {
+            if let Err(error) = state.store.crypto_pending_remove(event_id).await {
                 tracing::warn!(%error, "cannot forget a decrypted pending event; a replay of it changes nothing");
             }
         }

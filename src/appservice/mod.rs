@@ -20,9 +20,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     bridge::{agents::AgentRegistry, mirror::Mirror},
-    matrix::{Homeserver, MatrixError, error::matrix_error_bodies},
+    matrix::Homeserver,
     metrics::Metrics,
-    server::body::refuse_oversized,
+    server::{
+        body::refuse_oversized,
+        error::{MatrixError, matrix_error_bodies},
+    },
     supervise::Health,
 };
 
@@ -31,6 +34,8 @@ use crate::{
 pub struct AppState {
     /// Applies transactions.
     pub mirror: Arc<Mirror>,
+    /// The store (readiness; settled pending events).
+    pub store: crate::db::Store,
     /// The agents (user queries).
     pub registry: Arc<AgentRegistry>,
     /// Registers puppets on user queries.

@@ -25,7 +25,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     // Events wait durably in the outbox while NATS is away: reported, but not a reason to take
     // the bridge out of rotation.
     let backlog = state.events.backlog();
-    let (status, database, migrations) = match state.mirror.store().ready().await {
+    let (status, database, migrations) = match state.store.ready().await {
         Ok(true) => (StatusCode::OK, "ok", "applied"),
         Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
         Err(error) => {

@@ -15,101 +15,9 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::{
     config::{MessageKind, OpenAiConfig, WebhookConfig},
-    db::{Respond, Store, StoreError, agents::StoredAgent},
-    ids::{AgentId, MicrodaoId},
-    matrix::Namespace,
+    db::{Store, StoreError, agents::StoredAgent},
+    model::{Agent, Behaviour, Namespace, Respond, RuntimeSpec, ids::AgentId},
 };
-
-/// How an agent's runtime is reached.
-#[derive(Debug, Clone)]
-pub enum RuntimeSpec {
-    /// Answers with what it was sent.
-    Echo,
-    /// An OpenAI-compatible endpoint.
-    OpenAi(OpenAiConfig),
-    /// A signed webhook.
-    Webhook(WebhookConfig),
-    /// Settings that do not parse, or name a secret that does not exist: runs fail with this.
-    Misconfigured(String),
-}
-
-impl RuntimeSpec {
-    /// `echo`, `openai` or `webhook`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            RuntimeSpec::Echo => "echo",
-            RuntimeSpec::OpenAi(_) => "openai",
-            RuntimeSpec::Webhook(_) => "webhook",
-            RuntimeSpec::Misconfigured(_) => "misconfigured",
-        }
-    }
-}
-
-/// What defines how an agent behaves.
-#[derive(Debug, Clone)]
-pub struct Behaviour {
-    /// Its blueprint's code.
-    pub blueprint: Option<String>,
-    /// Its runtime.
-    pub runtime: RuntimeSpec,
-    /// The model the runtime uses.
-    pub model: Option<String>,
-    /// The blueprint's system prompt.
-    pub instructions: Option<String>,
-    /// The agent's own instructions, added to the blueprint's.
-    pub agent_instructions: Option<String>,
-    /// Recent room events the runtime gets.
-    pub context_events: u32,
-    /// Whether a failed run posts a notice.
-    pub failure_notice: bool,
-    /// What it sends by default.
-    pub message_kind: MessageKind,
-    /// Avatar source (`mxc://` or a local file).
-    pub avatar: Option<String>,
-    /// Overrides the bridge's session idle period.
-    pub idle_after: Option<Duration>,
-    /// When it answers in a channel without a per-channel setting (default: mentions).
-    pub respond: Option<Respond>,
-}
-
-impl Default for Behaviour {
-    fn default() -> Self {
-        Self {
-            blueprint: None,
-            runtime: RuntimeSpec::Echo,
-            model: None,
-            instructions: None,
-            agent_instructions: None,
-            context_events: 20,
-            failure_notice: true,
-            message_kind: MessageKind::Notice,
-            avatar: None,
-            idle_after: None,
-            respond: None,
-        }
-    }
-}
-
-/// An agent the bridge hosts as a puppet.
-#[derive(Debug, Clone)]
-pub struct Agent {
-    /// `agents.id`.
-    pub id: AgentId,
-    /// `agents.external_id`.
-    pub external_id: String,
-    /// Its puppet.
-    pub user_id: OwnedUserId,
-    /// Its display name.
-    pub name: String,
-    /// Its microDAO, if scoped to one.
-    pub microdao_id: Option<MicrodaoId>,
-    /// `agents.kind`.
-    pub kind: String,
-    /// `false`: disabled (answers nothing, refuses invites, its keys get 403).
-    pub active: bool,
-    /// How it behaves.
-    pub behaviour: Behaviour,
-}
 
 /// What reloads changed, for the reconciler.
 #[derive(Debug, Default)]
@@ -409,5 +317,11 @@ impl AgentRegistry {
     /// The bridge's namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.namespace
+    }
+}
+
+impl crate::puppet::Agents for AgentRegistry {
+    fn by_id(&self, id: AgentId) -> Option<Arc<Agent>> {
+        AgentRegistry::by_id(self, id)
     }
 }

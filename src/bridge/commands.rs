@@ -8,12 +8,20 @@ use std::sync::Arc;
 
 use ruma::{EventId, OwnedUserId, RoomId, UserId};
 
-use super::{agents::Agent, control};
+use super::{
+    agents::AgentRegistry,
+    control::{self, Control},
+};
+use crate::model::Agent;
 use crate::{
-    db::{ActorType, AuditOutcome, Respond, StoreError, audit::Actor},
-    ids::{AgentId, ChannelId},
-    matrix::HsError,
-    puppet::{Puppets, content::markdown_html},
+    crypto::Crypto,
+    db::{Store, StoreError, audit::Actor},
+    matrix::{Homeserver, HsError},
+    model::{
+        ActorType, AuditOutcome, Respond,
+        ids::{AgentId, ChannelId},
+    },
+    puppet::content::markdown_html,
 };
 
 /// Power level a room member needs for `invite`, `kick` and `respond` (moderator).
@@ -132,10 +140,14 @@ impl CommandError {
 
 /// Runs commands as the bot.
 pub struct Commands {
-    puppets: Arc<Puppets>,
+    control: Arc<Control>,
+    store: Store,
+    hs: Homeserver,
+    registry: Arc<AgentRegistry>,
+    /// The bot's device, when encryption is on (replies into encrypted rooms are encrypted).
+    crypto: Option<Arc<Crypto>>,
     prefix: String,
     admins: Vec<OwnedUserId>,
-    appservice_id: String,
 }
 
 /// A command to run: where, from whom, and its text.
@@ -153,18 +165,25 @@ pub struct Invocation<'a> {
 }
 
 impl Commands {
-    /// Commands acting through `puppets`, with the configured prefix and bridge admins.
+    /// Commands running `control`'s operations and answering as the bot through `hs`, with the
+    /// configured prefix and bridge admins.
     pub fn new(
-        puppets: Arc<Puppets>,
+        control: Arc<Control>,
+        store: Store,
+        hs: Homeserver,
+        registry: Arc<AgentRegistry>,
+        crypto: Option<Arc<Crypto>>,
         prefix: String,
         admins: Vec<OwnedUserId>,
-        appservice_id: String,
     ) -> Arc<Self> {
         Arc::new(Self {
-            puppets,
+            control,
+            store,
+            hs,
+            registry,
+            crypto,
             prefix,
             admins,
-            appservice_id,
         })
     }
 
@@ -182,7 +201,7 @@ impl Commands {
         let entry = actor
             .did("command.run", Some(call.room.as_str()), outcome)
             .details(serde_json::json!({ "command": call.text, "event_id": call.event_id }));
-        self.puppets.store().audit(&[entry]).await?;
+        self.store.audit(&[entry]).await?;
         self.reply(&call, &answer).await
     }
 
@@ -192,7 +211,7 @@ impl Commands {
         command: &Command,
         actor: &Actor,
     ) -> Result<(String, AuditOutcome), CommandError> {
-        let store = self.puppets.store();
+        let store = &self.store;
         let room = store.load_rooms(&[call.room.as_str()]).await?.pop();
         let admin = self.admins.iter().any(|a| a == call.sender);
         let level = room
@@ -211,7 +230,7 @@ impl Commands {
                 AuditOutcome::Denied,
             ))
         };
-        let registry = self.puppets.registry();
+        let registry = &self.registry;
         let find = |name: &str| -> Result<Arc<Agent>, String> {
             registry.find(name).ok_or_else(|| {
                 format!(
@@ -231,7 +250,7 @@ impl Commands {
                 AuditOutcome::Denied,
             )),
             Command::Status => {
-                let s = control::status(&self.puppets, &self.appservice_id).await?;
+                let s = self.control.status().await?;
                 ok(status_text(&s))
             }
             Command::Sessions => {
@@ -252,7 +271,11 @@ impl Commands {
                     Ok(a) => a,
                     Err(e) => return Ok((e, AuditOutcome::Denied)),
                 };
-                match control::invite_agent(&self.puppets, call.room, agent.clone(), actor).await {
+                match self
+                    .control
+                    .invite_agent(call.room, agent.clone(), actor)
+                    .await
+                {
                     Ok(()) => ok(format!("{} joined this room.", agent.name)),
                     Err(control::ControlError::Store(e)) => Err(e.into()),
                     Err(e) => Ok((
@@ -272,7 +295,11 @@ impl Commands {
                         AuditOutcome::Denied,
                     ));
                 }
-                match control::remove_agent(&self.puppets, call.room, agent.clone(), actor).await {
+                match self
+                    .control
+                    .remove_agent(call.room, agent.clone(), actor)
+                    .await
+                {
                     Ok(()) => ok(format!("{} left this room.", agent.name)),
                     Err(control::ControlError::Store(e)) => Err(e.into()),
                     Err(e) => Ok((
@@ -319,9 +346,9 @@ impl Commands {
         let raw = ruma::serde::Raw::new(&content)
             .map_err(|e| StoreError::Invalid(e.to_string()))?
             .cast_unchecked();
-        let hs = self.puppets.homeserver();
+        let hs = &self.hs;
         // Into an encrypted room only encrypted, from the bot's own device.
-        let encrypted = match self.puppets.crypto() {
+        let encrypted = match &self.crypto {
             Some(crypto) => {
                 crypto
                     .encrypt(hs.bot(), call.room, "m.room.message", &raw)

@@ -7,10 +7,12 @@ use std::{sync::Arc, time::Duration};
 use ruma::RoomId;
 use serde::Serialize;
 
-use super::agents::Agent;
+use crate::model::Agent;
 use crate::{
-    db::{AuditOutcome, Store, StoreError, audit::Actor},
-    matrix::HsError,
+    bridge::agents::AgentRegistry,
+    db::{Store, StoreError, audit::Actor},
+    matrix::{Homeserver, HsError},
+    model::AuditOutcome,
     puppet::{PuppetError, Puppets},
 };
 
@@ -34,51 +36,85 @@ pub enum ControlError {
     Store(#[from] StoreError),
 }
 
-/// Invites `agent` into `room` as the bot and joins it at once. Idempotent: an agent already in
-/// the room stays there (the homeserver refuses the invite, the join is a no-op).
-pub async fn invite_agent(
-    puppets: &Arc<Puppets>,
-    room: &RoomId,
-    agent: Arc<Agent>,
-    by: &Actor,
-) -> Result<(), ControlError> {
-    if !agent.active {
-        return Err(ControlError::Disabled(agent.name.clone()));
-    }
-    let store = puppets.store();
-    if store.channel_for_room(room.as_str()).await?.is_none() {
-        return Err(ControlError::NotMirrored(room.to_string()));
-    }
-    let hs = puppets.homeserver();
-    let intent = puppets.intent(agent.clone());
-    intent.ensure_ready().await?;
-    if let Err(invite) = hs.invite(room, hs.bot(), &agent.user_id).await {
-        // Already a member (or invited): the join below settles it. Anything else (the bot
-        // lacks the power to invite, the room is gone) is the answer.
-        if intent.join(room).await.is_err() {
-            return Err(invite.into());
-        }
-    } else {
-        intent.join(room).await?;
-    }
-    audit(store, by, "agent.invited", room, &agent).await?;
-    Ok(())
+/// The operations, with what they use: given at construction, shared by the admin API and the
+/// bot commands.
+pub struct Control {
+    store: Store,
+    hs: Homeserver,
+    registry: Arc<AgentRegistry>,
+    puppets: Arc<Puppets>,
+    appservice_id: String,
 }
 
-/// Makes `agent` leave `room`, saying who removed it.
-pub async fn remove_agent(
-    puppets: &Arc<Puppets>,
-    room: &RoomId,
-    agent: Arc<Agent>,
-    by: &Actor,
-) -> Result<(), ControlError> {
-    let who = by.id.as_deref().unwrap_or("an operator");
-    puppets
-        .intent(agent.clone())
-        .leave(room, &format!("removed by {who}"))
-        .await?;
-    audit(puppets.store(), by, "agent.kicked", room, &agent).await?;
-    Ok(())
+impl Control {
+    /// Operations on `store`, acting through `hs` (as the bot) and `puppets` (as agents).
+    pub fn new(
+        store: Store,
+        hs: Homeserver,
+        registry: Arc<AgentRegistry>,
+        puppets: Arc<Puppets>,
+        appservice_id: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            hs,
+            registry,
+            puppets,
+            appservice_id,
+        })
+    }
+
+    /// Invites `agent` into `room` as the bot and joins it at once. Idempotent: an agent already in
+    /// the room stays there (the homeserver refuses the invite, the join is a no-op).
+    pub async fn invite_agent(
+        &self,
+        room: &RoomId,
+        agent: Arc<Agent>,
+        by: &Actor,
+    ) -> Result<(), ControlError> {
+        if !agent.active {
+            return Err(ControlError::Disabled(agent.name.clone()));
+        }
+        let store = &self.store;
+        if store.channel_for_room(room.as_str()).await?.is_none() {
+            return Err(ControlError::NotMirrored(room.to_string()));
+        }
+        let hs = &self.hs;
+        let intent = self.puppets.intent(agent.clone());
+        intent.ensure_ready().await?;
+        if let Err(invite) = hs.invite(room, hs.bot(), &agent.user_id).await {
+            // Already a member (or invited): the join below settles it. Anything else (the bot
+            // lacks the power to invite, the room is gone) is the answer.
+            if intent.join(room).await.is_err() {
+                return Err(invite.into());
+            }
+        } else {
+            intent.join(room).await?;
+        }
+        audit(store, by, "agent.invited", room, &agent).await?;
+        Ok(())
+    }
+
+    /// Makes `agent` leave `room`, saying who removed it.
+    pub async fn remove_agent(
+        &self,
+        room: &RoomId,
+        agent: Arc<Agent>,
+        by: &Actor,
+    ) -> Result<(), ControlError> {
+        let who = by.id.as_deref().unwrap_or("an operator");
+        self.puppets
+            .intent(agent.clone())
+            .leave(room, &format!("removed by {who}"))
+            .await?;
+        audit(&self.store, by, "agent.kicked", room, &agent).await?;
+        Ok(())
+    }
+
+    /// Reads the status; the ping waits at most five seconds.
+    pub async fn status(&self) -> Result<Status, StoreError> {
+        status(&self.store, &self.hs, &self.registry, &self.appservice_id).await
+    }
 }
 
 async fn audit(
@@ -133,14 +169,13 @@ pub struct Status {
     pub agents_enabled: usize,
 }
 
-/// Reads the status; the ping waits at most five seconds.
-pub async fn status(puppets: &Arc<Puppets>, appservice_id: &str) -> Result<Status, StoreError> {
-    let store = puppets.store();
-    let ping = tokio::time::timeout(
-        Duration::from_secs(5),
-        puppets.homeserver().ping(appservice_id),
-    )
-    .await;
+async fn status(
+    store: &Store,
+    hs: &Homeserver,
+    registry: &AgentRegistry,
+    appservice_id: &str,
+) -> Result<Status, StoreError> {
+    let ping = tokio::time::timeout(Duration::from_secs(5), hs.ping(appservice_id)).await;
     let homeserver = match ping {
         Ok(Ok(d)) => HomeserverStatus {
             reachable: true,
@@ -158,7 +193,7 @@ pub async fn status(puppets: &Arc<Puppets>, appservice_id: &str) -> Result<Statu
             error: Some("no answer within 5s".into()),
         },
     };
-    let agents = puppets.registry().all();
+    let agents = registry.all();
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         homeserver,

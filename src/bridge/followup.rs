@@ -17,9 +17,11 @@ use super::{
     mirror::Mirror,
 };
 use crate::{
-    db::{JobKind, StoreError, jobs::JobRow, types::Ts},
-    matrix::HsError,
+    bridge::agents::AgentRegistry,
+    db::{Store, StoreError, jobs::JobRow},
+    matrix::{Homeserver, HsError},
     metrics::Metrics,
+    model::{JobKind, Ts},
     puppet::{PuppetError, Puppets},
 };
 
@@ -62,6 +64,9 @@ impl FollowUpError {
 /// The follow-up worker.
 pub struct FollowUps {
     mirror: Arc<Mirror>,
+    store: Store,
+    hs: Homeserver,
+    registry: Arc<AgentRegistry>,
     puppets: Arc<Puppets>,
     commands: Arc<Commands>,
     metrics: Arc<Metrics>,
@@ -71,8 +76,12 @@ pub struct FollowUps {
 impl FollowUps {
     /// A worker applying joined rooms' state through `mirror`, acting through `puppets` and
     /// running bot commands through `commands`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mirror: Arc<Mirror>,
+        store: Store,
+        hs: Homeserver,
+        registry: Arc<AgentRegistry>,
         puppets: Arc<Puppets>,
         commands: Arc<Commands>,
         metrics: Arc<Metrics>,
@@ -80,6 +89,9 @@ impl FollowUps {
     ) -> Arc<Self> {
         Arc::new(Self {
             mirror,
+            store,
+            hs,
+            registry,
             puppets,
             commands,
             metrics,
@@ -89,7 +101,7 @@ impl FollowUps {
 
     /// Works the queue until cancelled; in-flight jobs finish first.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let store = self.mirror.store().clone();
+        let store = self.store.clone();
         let mut inflight = JoinSet::new();
         loop {
             let free = PARALLEL.saturating_sub(inflight.len());
@@ -126,7 +138,7 @@ impl FollowUps {
     }
 
     async fn execute(&self, job: JobRow) {
-        let store = self.mirror.store();
+        let store = &self.store;
         let result = match job.kind {
             JobKind::Join => self.join(&job).await,
             JobKind::Reject => self.reject(&job).await,
@@ -164,12 +176,12 @@ impl FollowUps {
     /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
     async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = Self::ids(job)?;
-        let hs = self.puppets.homeserver();
-        match self.puppets.registry().get(user) {
+        let hs = &self.hs;
+        match self.registry.get(user) {
             // Registered, named and with its avatar before it shows up in the room.
             Some(agent) => self.puppets.intent(agent).join(room).await?,
             None => {
-                if self.puppets.registry().namespace().is_puppet(user) {
+                if self.registry.namespace().is_puppet(user) {
                     hs.ensure_registered(user.localpart()).await?;
                 }
                 hs.join(room, user).await?;
@@ -208,8 +220,8 @@ impl FollowUps {
     async fn reject(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = Self::ids(job)?;
         let reason = job.reason.as_deref().unwrap_or("refused");
-        let hs = self.puppets.homeserver();
-        if self.puppets.registry().namespace().is_puppet(user) {
+        let hs = &self.hs;
+        if self.registry.namespace().is_puppet(user) {
             hs.ensure_registered(user.localpart()).await?;
         }
         hs.leave(room, user, reason).await?;

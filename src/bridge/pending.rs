@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::Mirror;
-use crate::{crypto::Crypto, db::types::Ts, metrics::Metrics};
+use crate::{crypto::Crypto, db::Store, metrics::Metrics, model::Ts};
 
 /// Events handled per round.
 const BATCH: i64 = 100;
@@ -27,11 +27,11 @@ pub struct Bounds {
 pub async fn expire(
     crypto: &Crypto,
     mirror: &Mirror,
+    store: &Store,
     metrics: &Metrics,
     bounds: Bounds,
     now: Ts,
 ) -> Result<usize, crate::crypto::CryptoError> {
-    let store = mirror.store();
     let mut expired = store
         .crypto_pending_expired(now.minus(bounds.max_age), BATCH)
         .await?;
@@ -74,6 +74,7 @@ pub async fn expire(
 pub async fn run(
     crypto: Arc<Crypto>,
     mirror: Arc<Mirror>,
+    store: Store,
     metrics: Arc<Metrics>,
     bounds: Bounds,
     every: Duration,
@@ -86,7 +87,7 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = expire(&crypto, &mirror, &metrics, bounds, Ts::now()).await {
+        if let Err(error) = expire(&crypto, &mirror, &store, &metrics, bounds, Ts::now()).await {
             tracing::warn!(%error, "cannot settle pending encrypted events; will retry");
         }
     }

@@ -8,9 +8,11 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use super::agents::{Agent, AgentRegistry, Changes};
+use super::agents::{AgentRegistry, Changes};
+use crate::model::Agent;
 use crate::{
-    db::{ActorType, AuditOutcome, Store, audit::NewAudit},
+    db::{Store, audit::NewAudit},
+    model::{ActorType, AuditOutcome},
     puppet::Puppets,
 };
 
@@ -119,19 +121,18 @@ async fn retire(puppets: &Arc<Puppets>, store: &Store, agent: &Arc<Agent>) {
     } else {
         "this agent was disabled"
     };
-    let hs = puppets.homeserver();
-    let rooms = match hs.joined_rooms(&agent.user_id).await {
-        Ok(rooms) => rooms,
+    let rooms = match puppets.intent(agent.clone()).leave_all(reason).await {
+        Ok((rooms, failed)) => {
+            for (room, error) in failed {
+                tracing::warn!(agent = %agent.external_id, %room, %error, "retired agent cannot leave a room");
+            }
+            rooms
+        }
         Err(error) => {
             tracing::warn!(agent = %agent.external_id, %error, "cannot list the rooms of a retired agent");
-            Vec::new()
+            0
         }
     };
-    for room in &rooms {
-        if let Err(error) = hs.leave(room, &agent.user_id, reason).await {
-            tracing::warn!(agent = %agent.external_id, %room, %error, "retired agent cannot leave a room");
-        }
-    }
     if !deleted && let Err(error) = store.close_agent_sessions(agent.id).await {
         tracing::warn!(agent = %agent.external_id, %error, "cannot close a retired agent's sessions");
     }
@@ -146,9 +147,9 @@ async fn retire(puppets: &Arc<Puppets>, store: &Store, agent: &Arc<Agent>) {
         Some(&agent.external_id),
         AuditOutcome::Allowed,
     )
-    .details(serde_json::json!({ "left_rooms": rooms.len(), "matrix_id": agent.user_id.as_str() }));
+    .details(serde_json::json!({ "left_rooms": rooms, "matrix_id": agent.user_id.as_str() }));
     if let Err(error) = store.audit(&[entry]).await {
         tracing::warn!(%error, "cannot audit a retired agent");
     }
-    tracing::info!(agent = %agent.external_id, rooms = rooms.len(), reason, "agent retired");
+    tracing::info!(agent = %agent.external_id, rooms, reason, "agent retired");
 }

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use crate::{
-    bridge::agents::{Agent, AgentRegistry},
-    db::{CandidatePayload, Respond, Store, StoreError, triggers::TriggerRow, types::Ts},
-    ids::AgentId,
+    bridge::agents::AgentRegistry,
+    db::{CandidatePayload, Store, StoreError, triggers::TriggerRow},
+    model::{Agent, Respond, Ts, ids::AgentId},
 };
 
 /// Why a candidate addressed nobody, or whom it addressed.
@@ -125,7 +125,7 @@ fn legacy_mention(c: &CandidatePayload, agent: &Agent) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::agents::Behaviour;
+    use crate::model::Behaviour;
 
     fn payload(body: &str, html: Option<&str>) -> CandidatePayload {
         CandidatePayload {

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::agents::AgentRegistry;
 use crate::{
-    db::{SessionStatus, Store, StoreError, types::Ts},
+    db::{Store, StoreError},
     metrics::Metrics,
+    model::{SessionStatus, Ts},
 };
 
 /// Deferred (webhook 202) runs get this long to be answered through the agent API.

@@ -159,13 +159,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             channel,
             respond,
         } => {
-            let setting = crate::db::Respond::parse(&respond)
+            let setting = crate::model::Respond::parse(&respond)
                 .ok_or_else(|| anyhow::anyhow!("--set must be mentions, all or never"))?;
             let config = Config::load(&cli.config)?;
             let store = Store::connect(&config.database.url, 1).await?;
             store.migrate().await?;
             let channel_id = match channel.parse::<uuid::Uuid>() {
-                Ok(id) => crate::ids::ChannelId(id),
+                Ok(id) => crate::model::ids::ChannelId(id),
                 Err(_) => store
                     .channel_for_room(&channel)
                     .await?
@@ -217,7 +217,7 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
             expires_in_days,
         } => {
             let expires = expires_in_days.map(|d| {
-                crate::db::types::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
+                crate::model::Ts(chrono::Utc::now() + chrono::Duration::days(i64::from(d)))
             });
             let Some(agent) = agent.filter(|_| !admin) else {
                 anyhow::ensure!(

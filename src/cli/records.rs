@@ -7,11 +7,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     db::{
-        AuditOutcome, Store,
+        Store,
         audit::{AuditFilter, AuditRow},
-        types::Ts,
     },
     export::{self, Format, Range},
+    model::{AuditOutcome, Ts},
 };
 
 /// Audit-log subcommands.

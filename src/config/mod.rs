@@ -3,7 +3,7 @@
 //! run before anything starts in `validate`.
 
 pub mod decl;
-pub mod duration;
+pub use crate::model::duration;
 mod encryption;
 mod events;
 mod validate;
@@ -22,7 +22,7 @@ pub use self::{
     encryption::EncryptionConfig,
     events::{AuditConfig, EventsConfig},
 };
-use crate::matrix::Namespace;
+use crate::model::Namespace;
 
 /// Prefix of environment overrides: `DAARION_BRIDGE__DATABASE__URL` sets `[database] url`.
 pub const ENV_PREFIX: &str = "DAARION_BRIDGE__";

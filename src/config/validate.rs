@@ -220,7 +220,10 @@ impl Config {
                     ),
                 ));
             }
-            if namespace.agent_user_id(agent).is_none() {
+            if namespace
+                .agent_user_id(&agent.external_id, agent.localpart.as_deref())
+                .is_none()
+            {
                 return Err(invalid(
                     "agents.localpart",
                     format!(
@@ -242,7 +245,7 @@ impl Config {
             if agent
                 .respond
                 .as_deref()
-                .is_some_and(|r| crate::db::Respond::parse(r).is_none())
+                .is_some_and(|r| crate::model::Respond::parse(r).is_none())
             {
                 return Err(invalid(
                     "agents.respond",

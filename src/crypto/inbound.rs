@@ -25,10 +25,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{AgentMachine, Crypto, CryptoError};
-use crate::{
-    db::{crypto::PendingEvent, types::Ts},
-    metrics::Metrics,
-};
+use crate::{db::crypto::PendingEvent, metrics::Metrics, model::Ts};
 
 /// A transaction's events after decryption.
 #[derive(Debug, Default)]
@@ -459,10 +456,7 @@ fn decrypted_event(event: &RawValue, hide_preview: bool) -> Box<RawValue> {
     }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(event.get()) {
         Ok(mut map) => {
-            map.insert(
-                crate::bridge::mirror::event::HIDE_PREVIEW.into(),
-                true.into(),
-            );
+            map.insert(crate::model::HIDE_PREVIEW.into(), true.into());
             serde_json::value::to_raw_value(&map).unwrap_or_else(|_| event.to_owned())
         }
         Err(_) => event.to_owned(),

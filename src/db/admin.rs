@@ -7,13 +7,15 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{
-    AuditOutcome, Store, StoreError,
-    audit::{Actor, AppendAudit},
-    both,
-    types::Ts,
+use crate::model::ids::{AgentId, BlueprintId, MicrodaoId};
+use crate::{
+    db::{
+        Store, StoreError,
+        audit::{Actor, AppendAudit},
+        both,
+    },
+    model::{AuditOutcome, Ts},
 };
-use crate::ids::{AgentId, BlueprintId, MicrodaoId};
 
 /// A microDAO.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -1,13 +1,15 @@
 //! Admin keys (`bridge_admin_keys`, capability `bridge.admin`): stored as a SHA-256 of the key,
 //! looked up by it, revoked by id or prefix; creation and revocation are audited.
 
-use super::{
-    AuditOutcome, Store, StoreError,
-    audit::{Actor, AppendAudit},
-    both,
-    types::Ts,
+use crate::model::ids::AdminKeyId;
+use crate::{
+    db::{
+        Store, StoreError,
+        audit::{Actor, AppendAudit},
+        both,
+    },
+    model::{AuditOutcome, Ts},
 };
-use crate::ids::AdminKeyId;
 
 /// An admin key found by its hash.
 #[derive(Debug, Clone, sqlx::FromRow)]

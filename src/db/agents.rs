@@ -1,7 +1,7 @@
 //! Agent rows (what the agent registry loads) and per-puppet homeserver state.
 
-use super::{Store, StoreError, both};
-use crate::ids::{AgentId, MicrodaoId};
+use crate::db::{Store, StoreError, both};
+use crate::model::ids::{AgentId, MicrodaoId};
 
 /// An agent row with everything that defines its behaviour: the ERD columns, its blueprint's,
 /// and the bridge rows of both (all optional: a row another service wrote may have none).

@@ -6,7 +6,10 @@ use futures_core::future::BoxFuture;
 use serde::Serialize;
 use sqlx::{PgConnection, SqliteConnection, types::Json};
 
-use super::{ActorType, AuditOutcome, Store, StoreError, both, text::DbText, types::Ts};
+use crate::{
+    db::{Store, StoreError, both, text::DbText},
+    model::{ActorType, AuditOutcome, Ts},
+};
 
 /// Who performs an operator action (key management, settings, the admin API).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,12 +9,14 @@
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    enums::{JobKind, MemberRole, NameSource, Visibility},
-    text::DbText,
-    types::Ts,
+use crate::model::ids::{AgentId, ChannelId, MessageId, MicrodaoId, OutboxId, RunId, UserRowId};
+use crate::{
+    db::text::DbText,
+    model::{
+        Ts,
+        enums::{JobKind, MemberRole, NameSource, Visibility},
+    },
 };
-use crate::ids::{AgentId, ChannelId, MessageId, MicrodaoId, OutboxId, RunId, UserRowId};
 
 /// Everything one appservice transaction (or one room-state read, or one delivered puppet send)
 /// writes.

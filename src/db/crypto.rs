@@ -2,7 +2,10 @@
 //! its crypto store (`bridge_crypto_items`, written by `crypto::store`) and encrypted events
 //! waiting for their room key (`bridge_crypto_pending`).
 
-use super::{Store, StoreError, both, types::Ts};
+use crate::{
+    db::{Store, StoreError, both},
+    model::Ts,
+};
 
 /// One item of an agent's crypto store: what it is, its key within the kind, its encrypted value.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

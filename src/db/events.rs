@@ -10,8 +10,11 @@
 use futures_core::future::BoxFuture;
 use sqlx::{PgConnection, SqliteConnection};
 
-use super::{Store, StoreError, both, types::Ts};
-use crate::events::Draft;
+use crate::model::topics::Draft;
+use crate::{
+    db::{Store, StoreError, both},
+    model::Ts,
+};
 
 /// A connection (usually inside a transaction) that events can be appended on.
 pub trait AppendEvents {

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use super::{JobKind, Store, StoreError, both, types::Ts};
-use crate::ids::JobId;
+use crate::model::ids::JobId;
+use crate::{
+    db::{Store, StoreError, both},
+    model::{JobKind, Ts},
+};
 
 /// A claimed job.
 #[derive(Debug, Clone, sqlx::FromRow)]

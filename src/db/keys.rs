@@ -2,16 +2,18 @@
 
 use serde::Serialize;
 
-use super::{
-    AuditOutcome, Store, StoreError,
-    audit::{Actor, AppendAudit, NewAudit},
-    both,
-    events::AppendEvents,
-    types::Ts,
+use crate::model::{
+    ids::{AccessKeyId, AgentId},
+    topics::{Draft, KeyChanged, PAYLOAD_VERSION, Topic, agent_partition},
 };
 use crate::{
-    events::{Draft, KeyChanged, PAYLOAD_VERSION, Topic, agent_partition},
-    ids::{AccessKeyId, AgentId},
+    db::{
+        Store, StoreError,
+        audit::{Actor, AppendAudit, NewAudit},
+        both,
+        events::AppendEvents,
+    },
+    model::{AuditOutcome, Ts},
 };
 
 /// An access key found by its hash, with what the agent API needs to authorise a call.

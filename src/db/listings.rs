@@ -3,8 +3,11 @@
 
 use serde::Serialize;
 
-use super::{Store, StoreError, both, types::Ts};
-use crate::ids::{ChannelId, MemberId, RunId, SessionId};
+use crate::model::ids::{ChannelId, MemberId, RunId, SessionId};
+use crate::{
+    db::{Store, StoreError, both},
+    model::Ts,
+};
 
 /// A channel as the admin API lists it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -4,8 +4,11 @@
 
 use serde::Serialize;
 
-use super::{SenderType, Store, StoreError, Visibility, both, types::Ts};
-use crate::ids::{AgentId, ChannelId, MessageId};
+use crate::model::ids::{AgentId, ChannelId, MessageId};
+use crate::{
+    db::{Store, StoreError, both},
+    model::{SenderType, Ts, Visibility},
+};
 
 /// A channel where an agent is an active member.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

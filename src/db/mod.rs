@@ -10,7 +10,6 @@ pub mod agents;
 pub mod audit;
 pub mod batch;
 pub mod crypto;
-pub mod enums;
 pub mod events;
 pub mod jobs;
 pub mod keys;
@@ -24,7 +23,6 @@ pub mod seed;
 pub mod sessions;
 pub mod text;
 pub mod triggers;
-pub mod types;
 mod write;
 
 use std::{str::FromStr, time::Duration};
@@ -36,8 +34,9 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use self::{batch::*, enums::*, text::DbText};
-use self::{migrate::Embedded, types::Ts};
+use self::migrate::Embedded;
+pub use self::{batch::*, text::DbText};
+use crate::model::Ts;
 
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,11 @@
 
 use sqlx::types::Json;
 
-use super::{OutboxKind, OutboxStatus, Store, StoreError, both, types::Ts};
-use crate::ids::{AgentId, OutboxId};
+use crate::model::ids::{AgentId, OutboxId};
+use crate::{
+    db::{Store, StoreError, both},
+    model::{OutboxKind, OutboxStatus, Ts},
+};
 
 /// One queued puppet send.
 #[derive(Debug, Clone, sqlx::FromRow)]

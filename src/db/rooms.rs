@@ -2,8 +2,11 @@
 
 use sqlx::types::Json;
 
-use super::{NameSource, PowerLevels, Store, StoreError, Visibility, both};
-use crate::ids::{AgentId, ChannelId, MicrodaoId, UserRowId};
+use crate::model::ids::{AgentId, ChannelId, MicrodaoId, UserRowId};
+use crate::{
+    db::{PowerLevels, Store, StoreError, both},
+    model::{NameSource, Visibility},
+};
 
 /// A mirrored room as stored: its channel row plus the bridge's bookkeeping.
 #[derive(Debug, Clone, sqlx::FromRow)]

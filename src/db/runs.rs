@@ -4,13 +4,13 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use super::{
-    Respond, RunStatus, Store, StoreError, both, events::AppendEvents, triggers::TriggerRow,
-    types::Ts,
+use crate::model::{
+    ids::{AgentId, ChannelId, RunId, SessionId},
+    topics::{RunChanged, Topic},
 };
 use crate::{
-    events::{RunChanged, Topic},
-    ids::{AgentId, ChannelId, RunId, SessionId},
+    db::{Store, StoreError, both, events::AppendEvents, triggers::TriggerRow},
+    model::{Respond, RunStatus, Ts},
 };
 
 /// A run's columns as its events carry them.
@@ -19,7 +19,7 @@ const RUN_EVENT: &str = "id AS run_id, agent_id, channel_id, status, runtime, tr
 
 /// The drafts of run changes (`None` where nothing is published: a cancelled run that never
 /// started was never announced).
-fn run_drafts(rows: Vec<RunChanged>) -> Vec<crate::events::Draft> {
+fn run_drafts(rows: Vec<RunChanged>) -> Vec<crate::model::topics::Draft> {
     rows.into_iter()
         .filter_map(|r| {
             let topic = match r.status {
@@ -427,12 +427,12 @@ impl Store {
         respond: Respond,
         by: &super::audit::Actor,
     ) -> Result<(), StoreError> {
-        use super::audit::AppendAudit;
+        use crate::db::audit::AppendAudit;
         let entry = by
             .did(
                 "agent.respond_set",
                 Some(&channel.to_string()),
-                super::AuditOutcome::Allowed,
+                crate::model::AuditOutcome::Allowed,
             )
             .details(serde_json::json!({ "agent_id": agent, "respond": respond }));
         both!(self, pool => {

@@ -14,11 +14,16 @@
 
 use sqlx::types::Json;
 
-use super::{Store, StoreError, both, types::Ts};
 use crate::{
     config::{AgentDecl, BlueprintDecl, MicrodaoDecl, RuntimeKind},
-    ids::{AgentId, BlueprintId, MicrodaoId},
-    matrix::Namespace,
+    model::{
+        Namespace,
+        ids::{AgentId, BlueprintId, MicrodaoId},
+    },
+};
+use crate::{
+    db::{Store, StoreError, both},
+    model::Ts,
 };
 
 /// What the config declares.
@@ -184,9 +189,11 @@ impl Store {
     }
 
     async fn seed_agent(&self, a: &AgentDecl, namespace: &Namespace) -> Result<(), StoreError> {
-        let matrix_id = namespace.agent_user_id(a).ok_or_else(|| {
-            StoreError::Invalid(format!("agent `{}` has no valid Matrix id", a.external_id))
-        })?;
+        let matrix_id = namespace
+            .agent_user_id(&a.external_id, a.localpart.as_deref())
+            .ok_or_else(|| {
+                StoreError::Invalid(format!("agent `{}` has no valid Matrix id", a.external_id))
+            })?;
         if let Some(m) = &a.microdao
             && self.microdao_by_external_id(m).await?.is_none()
         {

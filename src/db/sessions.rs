@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{SessionStatus, Store, StoreError, both, events::AppendEvents, types::Ts};
-use crate::{
-    events::{Draft, PAYLOAD_VERSION, SessionChanged, Topic, channel_partition},
+use crate::model::{
     ids::{AgentId, ChannelId, SessionId},
+    topics::{Draft, PAYLOAD_VERSION, SessionChanged, Topic, channel_partition},
+};
+use crate::{
+    db::{Store, StoreError, both, events::AppendEvents},
+    model::{SessionStatus, Ts},
 };
 
 /// A session as its `agent.session.changed` event carries it.

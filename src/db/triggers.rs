@@ -5,8 +5,11 @@
 
 use sqlx::types::Json;
 
-use super::{CandidatePayload, Store, StoreError, TriggerStatus, both, types::Ts};
-use crate::ids::{AgentId, ChannelId, TriggerId};
+use crate::model::ids::{AgentId, ChannelId, TriggerId};
+use crate::{
+    db::{CandidatePayload, Store, StoreError, both},
+    model::{TriggerStatus, Ts},
+};
 
 /// A trigger or candidate row.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -4,6 +4,3 @@
 //! least once, deduplicated by JetStream on the event id.
 
 pub mod publisher;
-mod topics;
-
-pub use topics::*;

@@ -28,9 +28,9 @@ use crate::{
     db::{
         Store,
         events::{Backlog, PendingEvent},
-        types::Ts,
     },
     metrics::Metrics,
+    model::Ts,
 };
 
 /// Rows of one partition published per round: bounds a round's length when one channel has a

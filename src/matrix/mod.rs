@@ -1,13 +1,7 @@
-//! The Matrix edge shared by every layer: the bridge's user namespace (bot and puppets), the
-//! client-server API client the bridge acts through, and the Matrix error type every HTTP
-//! response of the bridge uses.
+//! The Matrix edge: the client-server API client the bridge acts through (as the bot, as agents,
+//! with MSC4190 devices), and its error type. It knows nothing of the store; the namespace it
+//! serves lives in `model`, and the error every HTTP response uses in `server::error`.
 
 pub mod client;
-pub mod error;
-pub mod namespace;
 
-pub use self::{
-    client::{Homeserver, HsError},
-    error::MatrixError,
-    namespace::Namespace,
-};
+pub use self::client::{Homeserver, HsError};

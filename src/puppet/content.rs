@@ -1,6 +1,7 @@
-//! What a puppet sends, as Matrix event content built with ruma's types: Markdown rendered to
-//! sanitized HTML, `m.mentions` on every message, replies without fallback, threads, edits,
-//! reactions.
+//! What a puppet or the bot sends, as typed Matrix content ([`Content`], over ruma's content
+//! types): Markdown rendered to sanitized HTML, `m.mentions` on every message, replies without
+//! fallback, threads, edits, reactions, redactions. Content is serialised once, where the
+//! outbox stores it; new kinds (files, tool calls) are new variants.
 
 use pulldown_cmark::{Event, Options, Parser, html};
 use ruma::{
@@ -13,7 +14,52 @@ use ruma::{
     },
 };
 
-use crate::config::MessageKind;
+use crate::model::runtime::MessageKind;
+
+/// Typed content of an event an agent or the bot sends.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// `m.room.message`: a new message, or an edit (`m.replace`).
+    Message(Box<RoomMessageEventContent>),
+    /// `m.reaction`.
+    Reaction(ReactionEventContent),
+    /// `m.room.redaction` of `target`.
+    Redaction {
+        /// The redacted event.
+        target: OwnedEventId,
+        /// Why (shown to room members).
+        reason: Option<String>,
+    },
+}
+
+impl Content {
+    /// The Matrix event type.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Content::Message(_) => "m.room.message",
+            Content::Reaction(_) => "m.reaction",
+            Content::Redaction { .. } => "m.room.redaction",
+        }
+    }
+
+    /// The redacted event, for a redaction.
+    pub fn redacts(&self) -> Option<&OwnedEventId> {
+        match self {
+            Content::Redaction { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The content as JSON (a redaction's is `{"reason": …}`, as the outbox keeps it).
+    pub fn to_json(&self) -> serde_json::Value {
+        // ruma content always serializes.
+        match self {
+            Content::Message(c) => serde_json::to_value(c).unwrap_or_default(),
+            Content::Reaction(c) => serde_json::to_value(c).unwrap_or_default(),
+            Content::Redaction { reason, .. } => serde_json::json!({ "reason": reason }),
+        }
+    }
+}
 
 /// A message an agent wants to post.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +111,7 @@ fn base(body: &str, markdown: bool, kind: MessageKind) -> RoomMessageEventConten
 }
 
 /// `m.room.message` content for a new message.
-pub fn message(o: &Outgoing) -> serde_json::Value {
+pub fn message(o: &Outgoing) -> Content {
     let mut content =
         base(&o.body, o.markdown, o.kind).add_mentions(Mentions::with_user_ids(o.mentions.clone()));
     content.relates_to = match (&o.thread_root, &o.reply_to) {
@@ -79,8 +125,7 @@ pub fn message(o: &Outgoing) -> serde_json::Value {
         (None, Some(reply)) => Some(Relation::Reply(Reply::new(InReplyTo::new(reply.clone())))),
         (None, None) => None,
     };
-    // ruma content always serializes.
-    serde_json::to_value(&content).unwrap_or_default()
+    Content::Message(Box::new(content))
 }
 
 /// `m.room.message` content replacing `target` (`m.replace` + `m.new_content`).
@@ -90,20 +135,25 @@ pub fn edit(
     markdown: bool,
     kind: MessageKind,
     mentions: Vec<OwnedUserId>,
-) -> serde_json::Value {
+) -> Content {
     let mentions = Mentions::with_user_ids(mentions);
-    let content = base(body, markdown, kind)
-        .make_replacement(ReplacementMetadata::new(target, Some(mentions)));
-    serde_json::to_value(&content).unwrap_or_default()
+    Content::Message(Box::new(
+        base(body, markdown, kind)
+            .make_replacement(ReplacementMetadata::new(target, Some(mentions))),
+    ))
 }
 
 /// `m.reaction` content.
-pub fn reaction(target: OwnedEventId, key: &str) -> serde_json::Value {
-    serde_json::to_value(ReactionEventContent::new(Annotation::new(
+pub fn reaction(target: OwnedEventId, key: &str) -> Content {
+    Content::Reaction(ReactionEventContent::new(Annotation::new(
         target,
         key.to_owned(),
     )))
-    .unwrap_or_default()
+}
+
+/// `m.room.redaction` of `target`.
+pub fn redaction(target: OwnedEventId, reason: Option<String>) -> Content {
+    Content::Redaction { target, reason }
 }
 
 #[cfg(test)]
@@ -133,7 +183,8 @@ mod tests {
             mentions: vec![bob],
             thread_root: Some(root),
             ..Default::default()
-        });
+        })
+        .to_json();
         assert_eq!(v["msgtype"], "m.notice");
         assert_eq!(v["m.mentions"]["user_ids"][0], "@bob:localhost");
         assert_eq!(v["m.relates_to"]["rel_type"], "m.thread");
@@ -142,14 +193,16 @@ mod tests {
             body: "hi".into(),
             kind: MessageKind::Text,
             ..Default::default()
-        });
+        })
+        .to_json();
         assert_eq!(plain["m.mentions"], serde_json::json!({}));
         assert_eq!(plain["msgtype"], "m.text");
         let reply = message(&Outgoing {
             body: "yes".into(),
             reply_to: Some("$q".try_into().unwrap()),
             ..Default::default()
-        });
+        })
+        .to_json();
         assert_eq!(reply["m.relates_to"]["m.in_reply_to"]["event_id"], "$q");
         assert_eq!(reply["body"], "yes", "no reply fallback");
         let e = edit(
@@ -158,14 +211,15 @@ mod tests {
             true,
             MessageKind::Notice,
             vec![],
-        );
+        )
+        .to_json();
         assert_eq!(e["m.relates_to"]["rel_type"], "m.replace");
         assert_eq!(e["m.new_content"]["body"], "**new**");
         assert_eq!(
             e["m.new_content"]["formatted_body"],
             "<p><strong>new</strong></p>"
         );
-        let r = reaction("$t".try_into().unwrap(), "👍");
+        let r = reaction("$t".try_into().unwrap(), "👍").to_json();
         assert_eq!(r["m.relates_to"]["key"], "👍");
     }
 }

@@ -8,9 +8,8 @@ use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::AnyTimelineEvent, 
 
 use super::{PuppetError, Puppets, Send};
 use crate::{
-    bridge::agents::Agent,
     db::outbox::{Enqueued, OutboxItem},
-    ids::OutboxId,
+    model::{Agent, ids::OutboxId},
 };
 
 /// Acting as one agent.
@@ -71,6 +70,25 @@ impl PuppetIntent {
             .await?;
         self.puppets.hs.leave(room, self.user_id(), reason).await?;
         Ok(())
+    }
+
+    /// Leaves every room the homeserver has the agent in (a deleted or disabled agent), saying
+    /// `reason`. Fails only when the rooms cannot be listed; returns how many rooms there were,
+    /// and each room it could not leave with why (the others are still left).
+    pub async fn leave_all(
+        &self,
+        reason: &str,
+    ) -> Result<(usize, Vec<(ruma::OwnedRoomId, PuppetError)>), PuppetError> {
+        let hs = &self.puppets.hs;
+        let rooms = hs.joined_rooms(self.user_id()).await?;
+        let count = rooms.len();
+        let mut failed = Vec::new();
+        for room in rooms {
+            if let Err(error) = hs.leave(&room, self.user_id(), reason).await {
+                failed.push((room, error.into()));
+            }
+        }
+        Ok((count, failed))
     }
 
     /// Queues a send in `room`.

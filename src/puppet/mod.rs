@@ -14,21 +14,23 @@ use std::{
     time::Duration,
 };
 
-use ruma::{OwnedEventId, RoomId};
+use ruma::RoomId;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 pub use self::intent::PuppetIntent;
 use crate::{
-    bridge::agents::{Agent, AgentRegistry},
     db::{
-        OutboxKind, OutboxStatus, Store, StoreError,
+        Store, StoreError,
         outbox::{Enqueued, NewOutbox, OutboxItem},
         text::clean_json,
     },
-    ids::{AgentId, OutboxId},
     matrix::{Homeserver, HsError},
     metrics::Metrics,
+    model::{
+        Agent, OutboxKind, OutboxStatus,
+        ids::{AgentId, OutboxId},
+    },
 };
 
 /// Idempotency-key prefix of a run's answer: `run:{run id}` (a run resumed after a restart finds
@@ -78,12 +80,8 @@ impl PuppetError {
 /// A send to queue.
 #[derive(Debug, Clone)]
 pub struct Send {
-    /// Matrix event type (`m.room.redaction` for redactions).
-    pub event_type: String,
-    /// Event content (for redactions: `{"reason": …}`).
-    pub content: serde_json::Value,
-    /// The redacted event, for redactions.
-    pub redacts: Option<OwnedEventId>,
+    /// What to send (its type and, for a redaction, its target, come with it).
+    pub content: content::Content,
     /// The caller's idempotency key.
     pub key: Option<String>,
     /// Hash of the request behind it (an idempotency key reused with another request is
@@ -91,11 +89,18 @@ pub struct Send {
     pub request_hash: Option<String>,
 }
 
+/// Finds an agent by its row id. The agent registry (a layer above) implements it: the delivery
+/// worker needs the agent of a queued item, and this layer must not reach up for it.
+pub trait Agents: std::marker::Send + Sync {
+    /// The agent with row id `id`, if the bridge hosts it.
+    fn by_id(&self, id: AgentId) -> Option<Arc<Agent>>;
+}
+
 /// The puppets' shared machinery.
 pub struct Puppets {
     hs: Homeserver,
     store: Store,
-    registry: Arc<AgentRegistry>,
+    registry: Arc<dyn Agents>,
     metrics: Arc<Metrics>,
     /// Puppets known to exist on the homeserver with an up-to-date profile.
     ready: Mutex<HashSet<AgentId>>,
@@ -112,7 +117,7 @@ impl Puppets {
     pub fn new(
         hs: Homeserver,
         store: Store,
-        registry: Arc<AgentRegistry>,
+        registry: Arc<dyn Agents>,
         metrics: Arc<Metrics>,
         outbox_wake: Arc<Notify>,
     ) -> Arc<Self> {
@@ -143,21 +148,6 @@ impl Puppets {
         PuppetIntent::new(self.clone(), agent)
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &Arc<AgentRegistry> {
-        &self.registry
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The homeserver client (for the bot's own requests).
-    pub fn homeserver(&self) -> &Homeserver {
-        &self.hs
-    }
-
     fn ready(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -171,16 +161,18 @@ impl Puppets {
         room: &RoomId,
         send: Send,
     ) -> Result<Enqueued, StoreError> {
-        let mut content = send.content;
+        let event_type = send.content.event_type();
+        let redacts = send.content.redacts().cloned();
+        let mut content = send.content.to_json();
         clean_json(&mut content);
         let body = content.to_string();
         let mut hash = Sha256::new();
         hash.update(agent.id.0.as_bytes());
         hash.update(room.as_str().as_bytes());
-        hash.update(send.event_type.as_bytes());
+        hash.update(event_type.as_bytes());
         hash.update(body.as_bytes());
         hash.update(
-            send.redacts
+            redacts
                 .as_ref()
                 .map(|r| r.as_str())
                 .unwrap_or("")
@@ -191,24 +183,21 @@ impl Puppets {
             // Without a key, two identical sends are two messages: make them distinct.
             None => hash.update(OutboxId::new().0.as_bytes()),
         }
-        let txn_id = format!(
-            "daarion-{}",
-            &crate::bridge::mirror::hex(&hash.finalize())[..40]
-        );
+        let txn_id = format!("daarion-{}", &hex::encode(hash.finalize())[..40]);
         let request_hash = send
             .request_hash
-            .unwrap_or_else(|| crate::bridge::mirror::hex(&Sha256::digest(body.as_bytes())));
+            .unwrap_or_else(|| hex::encode(Sha256::digest(body.as_bytes())));
         let item = NewOutbox {
             agent_id: agent.id,
             room_id: room.to_string(),
-            kind: if send.redacts.is_some() {
+            kind: if redacts.is_some() {
                 OutboxKind::Redaction
             } else {
                 OutboxKind::Message
             },
-            event_type: send.event_type,
+            event_type: event_type.to_owned(),
             content,
-            redacts: send.redacts.map(|r| r.to_string()),
+            redacts: redacts.map(|r| r.to_string()),
             txn_id,
             idempotency_key: send.key,
             request_hash,

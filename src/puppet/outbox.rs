@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PuppetError, Puppets};
 use crate::{
-    bridge::agents::Agent,
-    db::{StoreError, outbox::OutboxItem, types::Ts},
+    db::{StoreError, outbox::OutboxItem},
+    model::{Agent, Ts},
 };
 
 /// Where delivered sends are recorded: the mirror, seen from the puppet layer (which must not

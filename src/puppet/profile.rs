@@ -4,7 +4,7 @@
 use ruma::OwnedMxcUri;
 
 use super::{PuppetError, Puppets};
-use crate::bridge::agents::Agent;
+use crate::model::Agent;
 
 impl Puppets {
     /// Registers the puppet once and keeps its display name and avatar in sync with the agent.
@@ -44,7 +44,7 @@ impl Puppets {
     }
 
     /// Re-applies the profile of registered puppets whose agents changed name or avatar (as
-    /// [`AgentRegistry::reload`](crate::bridge::agents::AgentRegistry::reload) reports them).
+    /// the agent registry's reload reports them).
     /// Returns how many were updated.
     pub async fn sync_profiles(
         &self,

@@ -13,7 +13,7 @@ use ruma::{
 use super::runtime::{AgentInfo, ChannelInfo, RunRequest, Turn};
 use crate::{
     db::triggers::TriggerRow,
-    ids::{ChannelId, RunId},
+    model::ids::{ChannelId, RunId},
     puppet::{PuppetError, PuppetIntent},
 };
 

@@ -9,17 +9,17 @@ use ruma::{OwnedEventId, RoomId};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{
-    Runner, context,
-    runtime::{RunOutput, runtime_for},
-};
+use super::{Runner, context, runtime::RunOutput, select::runtime_for};
 use crate::{
     config::MessageKind,
-    db::{OutboxStatus, RunStatus, outbox::Enqueued, runs::RunEnd, triggers::TriggerRow},
-    ids::{ChannelId, RunId},
+    db::{outbox::Enqueued, runs::RunEnd, triggers::TriggerRow},
+    model::{
+        OutboxStatus, RunStatus,
+        ids::{ChannelId, RunId},
+    },
     puppet::{
         PuppetIntent, RUN_KEY_PREFIX, Send,
-        content::{self, Outgoing},
+        content::{self, Content, Outgoing},
     },
 };
 
@@ -193,7 +193,7 @@ impl Runner {
         id: RunId,
         intent: &PuppetIntent,
         room: &RoomId,
-        content: serde_json::Value,
+        content: Content,
     ) -> Result<(OwnedEventId, bool), String> {
         let key = format!("{RUN_KEY_PREFIX}{id}");
         let earlier = intent.queued(&key).await.map_err(|e| e.to_string())?;
@@ -204,9 +204,7 @@ impl Runner {
                 .send(
                     room,
                     Send {
-                        event_type: "m.room.message".into(),
                         content,
-                        redacts: None,
                         key: Some(key),
                         request_hash: None,
                     },
@@ -245,9 +243,7 @@ impl Runner {
     ) {
         let content = content::edit(target.clone(), text, true, kind, vec![]);
         let send = Send {
-            event_type: "m.room.message".into(),
             content,
-            redacts: None,
             key: None,
             request_hash: None,
         };
@@ -282,9 +278,7 @@ impl Runner {
                 ..Default::default()
             });
             let send = Send {
-                event_type: "m.room.message".into(),
                 content,
-                redacts: None,
                 key: Some(format!("run-failed:{id}")),
                 request_hash: None,
             };

@@ -10,6 +10,7 @@ mod context;
 mod execute;
 pub mod openai;
 pub mod runtime;
+pub mod select;
 pub mod webhook;
 
 use std::{
@@ -29,13 +30,15 @@ use self::execute::Ended;
 use crate::{
     bridge::{agents::AgentRegistry, triggers},
     db::{
-        RunStatus, Store, StoreError,
+        Store, StoreError,
         runs::{NewRun, RunEnd, RunRow},
         triggers::TriggerGroup,
-        types::Ts,
     },
-    ids::{AgentId, ChannelId, RunId},
     metrics::Metrics,
+    model::{
+        RunStatus, Ts,
+        ids::{AgentId, ChannelId, RunId},
+    },
     puppet::Puppets,
     ratelimit::RateLimiter,
 };

@@ -1,16 +1,12 @@
-//! The runtime boundary: what a run gives a runtime and gets back, and which runtime answers for
-//! an agent. Adding a runtime: implement [`Runtime`] in a module of `runs/`, add a
-//! [`RuntimeSpec`] variant (with its config section in `config::decl` and its mapping from a
-//! blueprint in `bridge::agents`), and a case in [`runtime_for`].
-
-use std::sync::Arc;
+//! The runtime boundary: what a run gives a runtime and gets back, and the two runtimes that need
+//! no network (echo, and the failing stand-in for unusable settings). Adding a runtime:
+//! implement [`Runtime`] in a module of `runs/`, add a [`RuntimeSpec`](crate::model::RuntimeSpec)
+//! variant (with its settings in `model::runtime` and its mapping from a blueprint in
+//! `bridge::agents`), and a case in `runs::select::runtime_for`.
 
 use futures_core::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::mpsc;
-
-use super::{openai::OpenAi, webhook::Webhook};
-use crate::bridge::agents::RuntimeSpec;
 
 /// One turn of the room's recent history.
 #[derive(Debug, Clone, Serialize)]
@@ -150,18 +146,8 @@ impl Runtime for Echo {
     }
 }
 
-/// The runtime for `spec`, sharing one HTTP client (connection pool) across runs.
-pub fn runtime_for(spec: &RuntimeSpec, http: &reqwest::Client) -> Arc<dyn Runtime> {
-    match spec {
-        RuntimeSpec::Echo => Arc::new(Echo),
-        RuntimeSpec::OpenAi(config) => Arc::new(OpenAi::new(config.clone(), http.clone())),
-        RuntimeSpec::Webhook(config) => Arc::new(Webhook::new(config.clone(), http.clone())),
-        RuntimeSpec::Misconfigured(why) => Arc::new(Misconfigured(why.clone())),
-    }
-}
-
 /// The runtime of a blueprint whose settings are unusable: every call fails, saying why.
-struct Misconfigured(String);
+pub(super) struct Misconfigured(pub(super) String);
 
 impl Runtime for Misconfigured {
     fn name(&self) -> &'static str {

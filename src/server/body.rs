@@ -33,7 +33,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use ruma::api::error::ErrorKind;
 use tokio::time::{Instant, Sleep};
 
-use crate::matrix::MatrixError;
+use crate::server::error::MatrixError;
 
 /// The body did not arrive within its deadline.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,11 @@
 //! - **the homeserver's lane**: a connection budget in which a connection proven to be the
 //!   homeserver's is never evicted and a new one always finds room ([`lanes`]);
 //! - **Matrix errors for malformed HTTP**: what hyper answers by itself gets a
-//!   `{"errcode","error"}` body ([`io`]);
+//!   `{"errcode","error"}` body (`io.rs`);
 //! - a graceful shutdown with a deadline after which connections are dropped.
 
 pub mod body;
+pub mod error;
 mod io;
 pub mod lanes;
 

@@ -1,7 +1,7 @@
 //! Agents as virtual users: sessions, access keys and capabilities, the agent API, and puppet
 //! delivery (ordering, idempotency, retries, durability), on SQLite and PostgreSQL.
 
-use daarion_bridge::{db::types::Ts, keys};
+use daarion_bridge::{keys, model::Ts};
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};

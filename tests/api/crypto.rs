@@ -214,13 +214,10 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
         .expect("work for the crypto engines");
     let event: Value = serde_json::from_str(prepared.events[0].get()).unwrap();
     assert_eq!(event["content"]["body"], "keep me out of the database");
-    assert_eq!(
-        event[daarion_bridge::bridge::mirror::event::HIDE_PREVIEW],
-        true
-    );
+    assert_eq!(event[daarion_bridge::model::HIDE_PREVIEW], true);
     crate::mirrored(&app).await;
     let mut marked = crate::ev::text("hidden2", "@alice:localhost", "a private thought");
-    marked[daarion_bridge::bridge::mirror::event::HIDE_PREVIEW] = json!(true);
+    marked[daarion_bridge::model::HIDE_PREVIEW] = json!(true);
     let (status, _) = app.put_txn("hide-1", vec![marked]).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -492,7 +489,7 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
             json!({ "msgtype": "m.text", "body": "Sofia, are you there?", "m.mentions": { "user_ids": [SOFIA] } }),
         )
         .await;
-    question["origin_server_ts"] = json!(daarion_bridge::db::types::Ts::now().millis());
+    question["origin_server_ts"] = json!(daarion_bridge::model::Ts::now().millis());
 
     let body = |v: Value| serde_json::to_vec(&v).unwrap();
     let (status, _) = app
@@ -579,9 +576,10 @@ pub async fn pending_events_are_bounded_in_count(b: Backend) {
     let settled = daarion_bridge::bridge::pending::expire(
         app.crypto.as_ref().unwrap(),
         app.mirror.as_ref().unwrap(),
+        &app.store,
         &metrics,
         bounds,
-        daarion_bridge::db::types::Ts::now(),
+        daarion_bridge::model::Ts::now(),
     )
     .await
     .unwrap();

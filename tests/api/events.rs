@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 
 use daarion_bridge::{
-    db::{Pool, audit::Actor, events::AppendEvents, runs::RunEnd, types::Ts},
-    events::{Draft, Topic, channel_partition},
-    ids::{ChannelId, RunId},
+    db::{Pool, audit::Actor, events::AppendEvents, runs::RunEnd},
     keys,
+    model::{
+        Ts,
+        ids::{ChannelId, RunId},
+        topics::{Draft, Topic, channel_partition},
+    },
 };
 use serde_json::{Value, json};
 

@@ -487,7 +487,7 @@ pub async fn old_records_are_pruned(b: Backend) {
         app.config.bridge.session_idle_after,
         daarion_bridge::bridge::upkeep::Retention::from_config(&app.config),
     )
-    .prune(daarion_bridge::db::types::Ts::now())
+    .prune(daarion_bridge::model::Ts::now())
     .await
     .unwrap();
     assert!(pruned <= 1, "{pruned}");

@@ -115,13 +115,13 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
     let batch = daarion_bridge::db::Batch {
         edits: vec![daarion_bridge::db::Edit {
             target: "$r24m2".try_into().unwrap(),
-            sender: daarion_bridge::db::Party::User(daarion_bridge::ids::UserRowId::new()),
+            sender: daarion_bridge::db::Party::User(daarion_bridge::model::ids::UserRowId::new()),
             preview: "x".into(),
-            at: daarion_bridge::db::types::Ts::now(),
+            at: daarion_bridge::model::Ts::now(),
         }],
         redactions: vec![daarion_bridge::db::Redaction {
             target: "$r24m3".try_into().unwrap(),
-            at: daarion_bridge::db::types::Ts::now(),
+            at: daarion_bridge::model::Ts::now(),
         }],
         ..Default::default()
     };

@@ -4,13 +4,10 @@
 //! PostgreSQL.
 
 use daarion_bridge::{
-    db::{
-        AuditOutcome,
-        audit::{Actor, AuditFilter},
-        types::Ts,
-    },
+    db::audit::{Actor, AuditFilter},
     export::{self, Format, Range},
     keys,
+    model::{AuditOutcome, Ts},
 };
 use serde_json::{Value, json};
 
@@ -437,15 +434,26 @@ pub async fn channels_export_with_edits_and_redactions(b: Backend) {
 // wait4 reaps the child itself (std's wait() could not report its peak RSS).
 #[allow(clippy::zombie_processes)]
 fn run_measured(mut cmd: std::process::Command) -> (std::process::ExitStatus, i64) {
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: `usage` is a plain C struct the call fills; `pid` is our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    use std::os::unix::process::ExitStatusExt;
-    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
+    // The child's own peak (VmHWM of its address space after exec), polled while it runs:
+    // wait4's ru_maxrss also counts the parent's memory the child shared before exec, which
+    // depends on whatever else this test process was doing at the time.
+    let mut child = cmd.spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0i64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak_kib);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 pub async fn a_large_export_runs_in_bounded_memory(b: Backend) {

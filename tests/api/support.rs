@@ -333,7 +333,7 @@ impl TestApp {
     pub async fn sweep(
         &self,
         metrics: &std::sync::Arc<daarion_bridge::metrics::Metrics>,
-        at: daarion_bridge::db::types::Ts,
+        at: daarion_bridge::model::Ts,
     ) -> u64 {
         daarion_bridge::bridge::upkeep::Upkeep::new(
             self.store.clone(),
@@ -439,8 +439,8 @@ impl TestApp {
     /// A run left `running` by an earlier process after `attempts` runtime calls (a crash),
     /// in the test room; returns its id.
     pub async fn insert_running_run(&self, agent: &str, attempts: i32) -> String {
-        let id = daarion_bridge::ids::RunId::new();
-        let now = daarion_bridge::db::types::Ts::now();
+        let id = daarion_bridge::model::ids::RunId::new();
+        let now = daarion_bridge::model::Ts::now();
         let sql = "INSERT INTO agent_runs (id, agent_id, input, status, channel_id, runtime, attempts, \
                    created_at, queued_at, started_at) \
                    SELECT $1, a.id, '{}', 'running', c.id, 'echo', $2, $3, $3, $3 FROM agents a, channels c \

@@ -16,11 +16,9 @@ use super::{Admin, Listing, Page};
 use crate::{
     api::{ApiState, extract::Body},
     config::{OpenAiConfig, WebhookConfig},
-    db::{
-        Respond,
-        admin::{AgentPut, BlueprintPut, Catalog},
-    },
-    matrix::MatrixError,
+    db::admin::{AgentPut, BlueprintPut, Catalog},
+    model::Respond,
+    server::error::MatrixError,
 };
 
 /// The ERD's agent kinds.

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiState, auth::Presented};
 use crate::{
-    db::{ActorType, audit::Actor, types::Ts},
-    matrix::MatrixError,
+    db::audit::Actor,
+    model::{ActorType, Ts},
+    server::error::MatrixError,
 };
 
 /// The capability admin keys hold.

@@ -21,12 +21,14 @@ use crate::{
         ApiState,
         extract::{Body, uuid},
     },
-    bridge::{agents::Agent, control},
-    db::{AuditOutcome, Respond, audit::AuditFilter, types::Ts},
-    export,
-    ids::{ChannelId, MemberId, RunId, SessionId},
-    keys,
-    matrix::MatrixError,
+    bridge::control,
+    db::audit::AuditFilter,
+    export, keys,
+    model::{
+        Agent, AuditOutcome, Respond, Ts,
+        ids::{ChannelId, MemberId, RunId, SessionId},
+    },
+    server::error::MatrixError,
 };
 
 fn control_error(e: control::ControlError) -> MatrixError {
@@ -63,7 +65,7 @@ fn after<T>(value: Option<&str>, wrap: impl Fn(uuid::Uuid) -> T) -> Result<Optio
 
 /// `GET /api/v1/admin/status`.
 pub async fn status(State(state): State<ApiState>, _admin: Admin) -> Result<Response, MatrixError> {
-    let status = control::status(&state.puppets, &state.appservice_id).await?;
+    let status = state.control.status().await?;
     Ok(Json(status).into_response())
 }
 
@@ -83,7 +85,9 @@ pub async fn invite(
 ) -> Result<Response, MatrixError> {
     let room = room(&body.value.room_id)?;
     let agent = agent(&state, &external_id)?;
-    control::invite_agent(&state.puppets, &room, agent.clone(), &admin.actor())
+    state
+        .control
+        .invite_agent(&room, agent.clone(), &admin.actor())
         .await
         .map_err(control_error)?;
     Ok(Json(json!({ "room_id": room, "matrix_id": agent.user_id })).into_response())
@@ -97,7 +101,9 @@ pub async fn remove(
 ) -> Result<Response, MatrixError> {
     let room = room(&room_id)?;
     let agent = agent(&state, &external_id)?;
-    control::remove_agent(&state.puppets, &room, agent, &admin.actor())
+    state
+        .control
+        .remove_agent(&room, agent, &admin.actor())
         .await
         .map_err(control_error)?;
     Ok(Json(json!({})).into_response())
@@ -297,7 +303,7 @@ pub async fn sessions(
     }
     .limit()?;
     if let Some(s) = &q.status
-        && crate::db::SessionStatus::parse(s).is_none()
+        && crate::model::SessionStatus::parse(s).is_none()
     {
         return Err(MatrixError::invalid_param(
             "`status` must be one of active, idle, closed",
@@ -329,7 +335,7 @@ pub async fn runs(
     }
     .limit()?;
     if let Some(s) = &q.status
-        && crate::db::RunStatus::parse(s).is_none()
+        && crate::model::RunStatus::parse(s).is_none()
     {
         return Err(MatrixError::invalid_param(
             "`status` must be one of queued, running, completed, failed, cancelled",

@@ -13,8 +13,11 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use tokio::sync::MutexGuard;
 
 use crate::{
-    db::{NameSource, PowerLevels, Visibility},
-    ids::{AgentId, ChannelId, MicrodaoId, UserRowId},
+    db::PowerLevels,
+    model::{
+        NameSource, Visibility,
+        ids::{AgentId, ChannelId, MicrodaoId, UserRowId},
+    },
 };
 
 /// How many rooms or senders a cache holds before starting afresh (bounds memory; a miss

@@ -7,9 +7,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Top-level marker the crypto layer puts on a decrypted event whose text must not be stored as
-/// a preview (`encryption.store_previews = false`).
-pub const HIDE_PREVIEW: &str = "io.daarion.hide_preview";
+pub use crate::model::HIDE_PREVIEW;
 
 /// The routing fields of a room event.
 #[derive(Debug, Deserialize)]

@@ -28,10 +28,12 @@ use super::{
     planner::{MirrorSettings, Outcome, Plan, PlanInput, Planner, touched},
 };
 use crate::{
-    db::{NameSource, Store, StoreError, TxnRecord, pick_slug},
-    ids::{MicrodaoId, UserRowId},
-    matrix::Namespace,
+    db::{Store, StoreError, TxnRecord, pick_slug},
     metrics::Metrics,
+    model::{
+        NameSource, Namespace,
+        ids::{MicrodaoId, UserRowId},
+    },
 };
 
 /// Outcome of applying one transaction.
@@ -94,11 +96,6 @@ impl Mirror {
             locks: RoomLocks::new(LOCK_SHARDS),
             wakers,
         }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Forgets a room's cached state (its channel row changed outside the mirror).

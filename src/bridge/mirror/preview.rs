@@ -1,5 +1,5 @@
 //! `messages.content_preview`: the plain-text line a DAARION UI shows for a Matrix message, cut
-//! to the configured number of grapheme clusters and never more than four bytes per cluster
+//! to the configured number of grapheme clusters and never more than 16 bytes per cluster plus 64
 //! (one cluster of 100,000 combining marks is cut too).
 
 use std::borrow::Cow;

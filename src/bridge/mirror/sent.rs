@@ -6,12 +6,12 @@ use ruma::{EventId, RoomId};
 
 use super::{Mirror, content::MessageView};
 use crate::{
-    bridge::{agents::Agent, planner::messages::shape},
+    bridge::planner::messages::shape,
     db::{
         Batch, Edit, NewMessage, Party, SentRecord, SessionChange, SessionOp, StoreError,
-        outbox::OutboxItem, text::DbText, types::Ts,
+        outbox::OutboxItem, text::DbText,
     },
-    ids::MessageId,
+    model::{Agent, Ts, ids::MessageId},
     puppet::RUN_KEY_PREFIX,
 };
 
@@ -33,7 +33,7 @@ impl Mirror {
                     .as_deref()
                     .and_then(|k| k.strip_prefix(RUN_KEY_PREFIX))
                     .and_then(|id| id.parse().ok())
-                    .map(crate::ids::RunId),
+                    .map(crate::model::ids::RunId),
             }),
             ..Default::default()
         };

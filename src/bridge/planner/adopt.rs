@@ -24,8 +24,11 @@ use crate::{
         cache::RoomState,
         event::{DAARION_CHANNEL, DaarionChannelContent, Envelope},
     },
-    db::{JobKind, NameSource, NewChannel, Party, PowerLevels, Visibility, text::DbText},
-    ids::{ChannelId, MicrodaoId},
+    db::{NewChannel, Party, PowerLevels, text::DbText},
+    model::{
+        JobKind, NameSource, Visibility,
+        ids::{ChannelId, MicrodaoId},
+    },
 };
 
 /// Stripped state of an invite (`unsigned.invite_room_state`), for naming a room before the

@@ -16,12 +16,14 @@ use serde_json::value::RawValue;
 use super::{MirrorSettings, PlanInput, Planner};
 use crate::{
     bridge::{
-        agents::{Agent, AgentRegistry, Behaviour},
+        agents::AgentRegistry,
         mirror::{cache::RoomState, event::Envelope},
     },
-    db::{NameSource, Party, PowerLevels, SessionChange, TxnRecord, Visibility},
-    ids::{AgentId, ChannelId, MicrodaoId},
-    matrix::Namespace,
+    db::{Party, PowerLevels, SessionChange, TxnRecord},
+    model::{
+        Agent, Behaviour, NameSource, Namespace, Visibility,
+        ids::{AgentId, ChannelId, MicrodaoId},
+    },
 };
 
 /// Plans `body` (a transaction's JSON) and checks the plan. `Ok` with the number of events

@@ -13,10 +13,13 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::event::Envelope,
     db::{
-        ActorType, AuditOutcome, JobKind, MemberRole, MemberWrite, NewJob, Party, RoleChange,
-        SessionChange, SessionOp, audit::NewAudit, text::DbText, types::Ts,
+        MemberWrite, NewJob, Party, RoleChange, SessionChange, SessionOp, audit::NewAudit,
+        text::DbText,
     },
-    ids::{AgentId, ChannelId},
+    model::{
+        ActorType, AuditOutcome, JobKind, MemberRole, Ts,
+        ids::{AgentId, ChannelId},
+    },
 };
 
 /// One member's changes within the batch.

@@ -18,10 +18,10 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::{content::MessageView, event::Envelope, preview},
     db::{
-        CandidatePayload, Edit, JobKind, NewCandidate, NewJob, NewMessage, Party, Redaction,
-        SessionChange, text::DbText, types::Ts,
+        CandidatePayload, Edit, NewCandidate, NewJob, NewMessage, Party, Redaction, SessionChange,
+        text::DbText,
     },
-    ids::MessageId,
+    model::{JobKind, Ts, ids::MessageId},
 };
 
 /// The `m.relates_to` of an encrypted event (visible without decrypting).

@@ -28,8 +28,10 @@ use super::{
 };
 use crate::{
     db::{Batch, ChannelWrite, NewChannel, NewUser, Party, text::DbText},
-    ids::{ChannelId, MicrodaoId, UserRowId},
-    matrix::Namespace,
+    model::{
+        Namespace,
+        ids::{ChannelId, MicrodaoId, UserRowId},
+    },
 };
 
 /// The mirror's settings the planner applies.

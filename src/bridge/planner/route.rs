@@ -5,7 +5,10 @@ use serde_json::value::RawValue;
 
 use super::{Outcome, Planner};
 use crate::bridge::mirror::event::{DAARION_CHANNEL, DaarionChannelContent, Envelope};
-use crate::db::{SessionChange, Visibility, types::Ts};
+use crate::{
+    db::SessionChange,
+    model::{Ts, Visibility},
+};
 
 impl Planner<'_> {
     /// Applies one event of a mirrored room to the plan.

@@ -19,7 +19,8 @@ use ruma::{
 use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::{cache::RoomState, event::Envelope},
-    db::{NameSource, PowerLevels, Visibility},
+    db::PowerLevels,
+    model::{NameSource, Visibility},
 };
 
 impl Planner<'_> {

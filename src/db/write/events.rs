@@ -5,12 +5,15 @@
 //! of its CTEs ([`Witness`]), SQLite checks each statement's result.
 
 use crate::{
-    db::{ChannelWrite, Edit, MemberWrite, NewMessage, Party, Redaction, SenderType, types::Ts},
-    events::{
-        ChannelChanged, Draft, MemberChanged, MessageCreated, MessageEdited, MessageRedacted,
-        PAYLOAD_VERSION, Topic, channel_partition,
+    db::{ChannelWrite, Edit, MemberWrite, NewMessage, Party, Redaction},
+    model::{
+        SenderType, Ts,
+        ids::{ChannelId, MessageId},
+        topics::{
+            ChannelChanged, Draft, MemberChanged, MessageCreated, MessageEdited, MessageRedacted,
+            PAYLOAD_VERSION, Topic, channel_partition,
+        },
     },
-    ids::{ChannelId, MessageId},
 };
 
 /// Which write a PostgreSQL draft depends on, and how its key matches that write's rows.

@@ -6,6 +6,7 @@ mod events;
 pub(super) mod pg;
 mod pg_events;
 pub(super) mod sqlite;
+mod statement;
 
 /// A candidate's payload as JSON text the store accepts (no NUL anywhere in it).
 pub(super) fn payload_json(payload: &crate::db::CandidatePayload) -> String {

@@ -8,70 +8,14 @@
 //! generic plan cached while `messages` was small stays a nested loop over the unique index and
 //! never turns into a hash join over a sequential scan as the table grows.
 
-use sqlx::{
-    Arguments, Encode, PgPool, Postgres, Type,
-    postgres::{PgArguments, PgHasArrayType},
+use sqlx::{Arguments, PgPool, postgres::PgArguments};
+
+use crate::{
+    db::{Batch, NewJob, SessionChange, StoreError},
+    model::{JobKind, Ts},
 };
 
-use crate::db::{Batch, JobKind, NewJob, SessionChange, StoreError, types::Ts};
-
-/// A statement under construction: SQL text plus its bound arguments.
-pub(super) struct Statement {
-    sql: String,
-    args: PgArguments,
-    params: usize,
-    /// The gate every CTE adds, empty when there is no transaction record.
-    gate: &'static str,
-    /// Whether the batch's changes are published as events (the CTEs then return their rows).
-    events: bool,
-    /// The CTEs written so far.
-    ctes: Vec<&'static str>,
-}
-
-impl Statement {
-    /// Binds `value` and returns its placeholder.
-    pub(super) fn bind<'q, T>(&mut self, value: T) -> Result<String, StoreError>
-    where
-        T: Encode<'q, Postgres> + Type<Postgres> + 'q,
-    {
-        self.args
-            .add(value)
-            .map_err(|e| StoreError::Rejected(sqlx::Error::Encode(e)))?;
-        self.params += 1;
-        Ok(format!("${}", self.params))
-    }
-
-    /// Binds one array per column.
-    pub(super) fn arrays<'q, T>(&mut self, value: Vec<T>) -> Result<String, StoreError>
-    where
-        T: Encode<'q, Postgres> + Type<Postgres> + PgHasArrayType + 'q,
-    {
-        self.bind(value)
-    }
-
-    /// `clause` when events are on (a `RETURNING` the event CTEs read), else nothing.
-    pub(super) fn returning(&self, clause: &str) -> String {
-        if self.events {
-            format!(" {clause}")
-        } else {
-            String::new()
-        }
-    }
-
-    pub(super) fn has(&self, name: &str) -> bool {
-        self.ctes.contains(&name)
-    }
-
-    pub(super) fn cte(&mut self, name: &'static str, body: &str) {
-        self.ctes.push(name);
-        self.sql
-            .push_str(if self.sql.is_empty() { "WITH " } else { ", " });
-        self.sql.push_str(name);
-        self.sql.push_str(" AS (");
-        self.sql.push_str(body);
-        self.sql.push(')');
-    }
-}
+use super::statement::Statement;
 
 pub(in crate::db) async fn apply(
     pool: &PgPool,

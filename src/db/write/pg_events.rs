@@ -7,11 +7,11 @@
 
 use super::{
     events::{Drafted, Witness, pg_drafts},
-    pg::Statement,
+    statement::Statement,
 };
 use crate::{
     db::{Batch, StoreError},
-    events::{PAYLOAD_VERSION, Topic},
+    model::topics::{PAYLOAD_VERSION, Topic},
 };
 
 /// RFC 3339 UTC with milliseconds, as the Rust payloads write timestamps.

@@ -8,13 +8,17 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::events as draft;
 use crate::{
-    db::sessions::{SessionEventRow, session_draft},
     db::{
-        Batch, JobKind, Party, SessionChange, SessionStatus, StoreError, audit::AppendAudit,
-        events::AppendEvents, types::Ts,
+        Batch, Party, SessionChange, StoreError,
+        audit::AppendAudit,
+        events::AppendEvents,
+        sessions::{SessionEventRow, session_draft},
     },
-    events::{Draft, Topic},
-    ids::{ChannelId, MessageId, SessionId},
+    model::{
+        JobKind, SessionStatus, Ts,
+        ids::{ChannelId, MessageId, SessionId},
+        topics::{Draft, Topic},
+    },
 };
 
 /// The events of the batch, when they are on: each write adds the drafts its result confirms.
@@ -434,7 +438,7 @@ async fn work(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sql
                  VALUES ($1, 'command', $2, $3, $4, $5, 'pending', $6, $6) \
                  ON CONFLICT (event_id) WHERE kind = 'command' DO NOTHING",
             )
-            .bind(crate::ids::JobId::new())
+            .bind(crate::model::ids::JobId::new())
             .bind(j.room_id.as_str())
             .bind(j.user_id.as_str())
             .bind(j.event_id.as_ref().map(|e| e.as_str()))
@@ -449,7 +453,7 @@ async fn work(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sql
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) \
              ON CONFLICT (kind, room_id, user_id) WHERE status = 'pending' AND kind <> 'command' DO NOTHING",
         )
-        .bind(crate::ids::JobId::new())
+        .bind(crate::model::ids::JobId::new())
         .bind(j.kind)
         .bind(j.room_id.as_str())
         .bind(j.user_id.as_str())
@@ -463,7 +467,7 @@ async fn work(conn: &mut SqliteConnection, b: &Batch, now: Ts) -> Result<(), sql
             "INSERT INTO bridge_triggers (id, channel_id, room_id, event_id, status, payload, at, created_at) \
              VALUES ($1, $2, $3, $4, 'candidate', $5, $6, $7) ON CONFLICT (event_id) WHERE agent_id IS NULL DO NOTHING",
         )
-        .bind(crate::ids::TriggerId::new())
+        .bind(crate::model::ids::TriggerId::new())
         .bind(c.channel_id)
         .bind(c.room_id.as_str())
         .bind(c.event_id.as_str())

@@ -4,8 +4,6 @@
 
 use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 
-use crate::config::AgentDecl;
-
 /// Who belongs to the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
@@ -73,12 +71,10 @@ impl Namespace {
         .ok()
     }
 
-    /// The puppet of a declared agent: its `localpart`, else its external id after `agent:`.
-    pub fn agent_user_id(&self, agent: &AgentDecl) -> Option<OwnedUserId> {
-        let name = agent
-            .localpart
-            .as_deref()
-            .or_else(|| agent.external_id.strip_prefix("agent:"))?;
+    /// The puppet of an agent declared with `external_id` (and perhaps an explicit
+    /// `localpart`): that localpart, else the external id after `agent:`.
+    pub fn agent_user_id(&self, external_id: &str, localpart: Option<&str>) -> Option<OwnedUserId> {
+        let name = localpart.or_else(|| external_id.strip_prefix("agent:"))?;
         self.puppet(name)
     }
 }

@@ -12,7 +12,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::ids::*;
+use crate::model::ids::*;
 
 /// A timestamp column value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -4,8 +4,8 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{
-    db::{MemberRole, RunStatus, SenderType, SessionStatus, Visibility, types::Ts},
+use crate::model::{
+    MemberRole, RunStatus, SenderType, SessionStatus, Ts, Visibility,
     ids::{AccessKeyId, AgentId, ChannelId, MessageId, MicrodaoId, RunId, SessionId, UserRowId},
 };
 
