@@ -18,6 +18,7 @@ mod mirror;
 mod model;
 mod nats;
 mod ops;
+mod outbox_scale;
 mod plans;
 mod platform;
 mod process;
@@ -40,6 +41,7 @@ use events::*;
 use hardening::*;
 use mirror::*;
 use ops::*;
+use outbox_scale::*;
 use plans::*;
 use platform::*;
 use process::*;
@@ -150,6 +152,7 @@ both_backends!(
     events_reach_jetstream_in_order,
     a_lost_mark_is_deduplicated_by_jetstream,
     nats_outage_loses_and_doubles_nothing,
+    a_million_row_outbox_is_counted_and_pruned_fast,
     audit_records_every_action,
     channels_export_with_edits_and_redactions,
     a_large_export_runs_in_bounded_memory,
