@@ -166,6 +166,17 @@ both_backends!(
     old_agent_kinds_move_to_the_erds,
 );
 
+/// Tests run on one backend only (each says why).
+mod one_backend {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishing_resumes_within_2s_of_a_restart_with_a_large_stream() {
+        super::publishing_resumes_within_2s_of_a_restart_with_a_large_stream(
+            super::Backend::Postgres,
+        )
+        .await
+    }
+}
+
 pub(crate) async fn mirrored(app: &TestApp) {
     let (status, _) = app
         .put_txn(
