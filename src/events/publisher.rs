@@ -222,7 +222,7 @@ impl Publisher {
             let epoch = link.epoch();
             match self.probe(link, ensured).await {
                 Ok(()) => return Some(epoch),
-                // Said once per outage: the probe runs four times a second.
+                // Said once per outage: the probe runs ten times a second.
                 Err(error) if !warned => {
                     tracing::warn!(%error, "JetStream not ready; events wait in the outbox");
                     warned = true;
