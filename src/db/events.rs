@@ -322,11 +322,15 @@ impl Store {
             let n = match &self.pool {
                 super::Pool::Pg(pool) => {
                     let sql = if published_only {
+                        // `<=` the oldest head: a published row of the same transaction as a
+                        // waiting one (same `created_at`) may go too. Both bounds are ranges of
+                        // the index, so the walk stops at the nearer one.
                         format!(
-                            "WITH {PG_HEADS_CTE}, \
-                             b AS (SELECT LEAST($1::timestamptz, (SELECT MIN(created_at) FROM h)) AS cutoff) \
-                             DELETE FROM outbox_events WHERE id IN (SELECT o.id FROM b, outbox_events o \
-                             WHERE o.created_at < b.cutoff AND o.processed ORDER BY o.created_at LIMIT 5000)"
+                            "WITH {PG_HEADS_CTE} \
+                             DELETE FROM outbox_events WHERE id IN (SELECT o.id FROM outbox_events o \
+                             WHERE o.created_at < $1 \
+                             AND o.created_at <= COALESCE((SELECT MIN(created_at) FROM h), $1) \
+                             AND o.processed ORDER BY o.created_at LIMIT 5000)"
                         )
                     } else {
                         "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
