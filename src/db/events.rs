@@ -275,12 +275,32 @@ impl Store {
     }
 
     /// How many events wait, and since when.
+    ///
+    /// PostgreSQL answers from the partition heads rather than by counting: each partition is
+    /// published strictly in `seq` order and `seq` is gapless (taken from
+    /// `outbox_partitions.last_seq` in the row's own transaction), so a partition's pending rows
+    /// are exactly `head ..= last_seq`, where head is its lowest pending seq. The heads come from
+    /// the same skip-scan of the partial pending index as [`Store::pending_events`]: one probe
+    /// per partition with pending rows, whatever the number of rows (a `COUNT(*)` over a million
+    /// pending rows took seconds). The oldest pending row is the oldest head (its `created_at`,
+    /// to within the few rows whose transactions began in another order than they committed).
+    /// One statement, so the heads and the counters come from one snapshot. SQLite counts.
     pub async fn event_backlog(&self) -> Result<Backlog, StoreError> {
-        let (pending, oldest): (i64, Option<Ts>) = both!(self, pool => sqlx::query_as(
-            "SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE NOT processed"
-        )
-        .fetch_one(pool)
-        .await?);
+        let (pending, oldest): (i64, Option<Ts>) = match &self.pool {
+            super::Pool::Pg(pool) => {
+                sqlx::query_as(&format!(
+                    "WITH {PG_HEADS_CTE} SELECT COALESCE(SUM(p.last_seq - h.seq + 1), 0)::bigint, MIN(h.created_at) \
+                     FROM h JOIN outbox_partitions p ON p.partition_key = h.partition_key"
+                ))
+                .fetch_one(pool)
+                .await?
+            }
+            super::Pool::Sqlite(pool) => {
+                sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE NOT processed")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
         Ok(Backlog {
             pending,
             oldest_age_seconds: oldest
@@ -292,21 +312,52 @@ impl Store {
     /// Deletes events created before `cutoff`: only published ones when `published_only` (a
     /// broker is configured), all of them otherwise (the table is then read by SQL only).
     /// Deletes in bounded batches so no statement holds locks for long; returns how many.
+    ///
+    /// Each batch walks the `created_at` index from its oldest end (`ORDER BY created_at`, so
+    /// even a generic plan of the prepared statement reads the index instead of the table) and
+    /// stops after 5,000 rows or at the cutoff. With `published_only` the cutoff is also bounded
+    /// by the oldest pending head: everything older is published, so the walk never wades
+    /// through a long run of old unpublished rows only to skip them all. The `processed` filter
+    /// stays, as the guarantee (the bound is only a pruning of the walk).
     pub async fn prune_events(&self, cutoff: Ts, published_only: bool) -> Result<u64, StoreError> {
-        let filter = if published_only { " AND processed" } else { "" };
         let mut total = 0;
         loop {
-            let sql = match &self.pool {
-                super::Pool::Pg(_) => format!(
-                    "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-                     WHERE created_at < $1{filter} LIMIT 5000)"
-                ),
-                super::Pool::Sqlite(_) => format!(
-                    "DELETE FROM outbox_events WHERE rowid IN (SELECT rowid FROM outbox_events \
-                     WHERE created_at < $1{filter} LIMIT 5000)"
-                ),
+            let n = match &self.pool {
+                super::Pool::Pg(pool) => {
+                    let sql = if published_only {
+                        // `<=` the oldest head: a published row of the same transaction as a
+                        // waiting one (same `created_at`) may go too. Both bounds are ranges of
+                        // the index, so the walk stops at the nearer one.
+                        format!(
+                            "WITH {PG_HEADS_CTE} \
+                             DELETE FROM outbox_events WHERE id IN (SELECT o.id FROM outbox_events o \
+                             WHERE o.created_at < $1 \
+                             AND o.created_at <= COALESCE((SELECT MIN(created_at) FROM h), $1) \
+                             AND o.processed ORDER BY o.created_at LIMIT 5000)"
+                        )
+                    } else {
+                        "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
+                         WHERE created_at < $1 ORDER BY created_at LIMIT 5000)"
+                            .to_owned()
+                    };
+                    sqlx::query(&sql)
+                        .bind(cutoff)
+                        .execute(pool)
+                        .await?
+                        .rows_affected()
+                }
+                super::Pool::Sqlite(pool) => {
+                    let filter = if published_only { " AND processed" } else { "" };
+                    sqlx::query(&format!(
+                        "DELETE FROM outbox_events WHERE rowid IN (SELECT rowid FROM outbox_events \
+                         WHERE created_at < $1{filter} ORDER BY created_at LIMIT 5000)"
+                    ))
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+                }
             };
-            let n = both!(self, pool => sqlx::query(&sql).bind(cutoff).execute(pool).await?.rows_affected());
             total += n;
             if n < 5000 {
                 return Ok(total);
@@ -314,3 +365,14 @@ impl Store {
         }
     }
 }
+
+/// The pending head of every partition with pending rows, as the recursive CTE `h`
+/// (`partition_key`, `seq`, `created_at`), to follow a `WITH`: a skip-scan of `outbox_events_pending_idx`
+/// (`(partition_key, seq) WHERE NOT processed`), whose first entry after a key is the next
+/// partition's lowest pending seq. One index probe per partition.
+const PG_HEADS_CTE: &str = "RECURSIVE h AS ( \
+     (SELECT partition_key, seq, created_at FROM outbox_events WHERE NOT processed \
+     ORDER BY partition_key, seq LIMIT 1) \
+     UNION ALL SELECT n.partition_key, n.seq, n.created_at FROM h CROSS JOIN LATERAL \
+     (SELECT o.partition_key, o.seq, o.created_at FROM outbox_events o WHERE NOT o.processed \
+     AND o.partition_key > h.partition_key ORDER BY o.partition_key, o.seq LIMIT 1) n)";

@@ -1,5 +1,5 @@
-//! Delivers `outbox_events` to NATS JetStream: connects (retrying with backoff), creates or
-//! updates the stream, then publishes pending rows in rounds.
+//! Delivers `outbox_events` to NATS JetStream: keeps one client connected, creates or updates
+//! the stream, then publishes pending rows in rounds.
 //!
 //! Ordering: within a partition (a channel) rows are published strictly one after another, each
 //! only after JetStream acknowledged the one before; a failure stops the partition for the round,
@@ -9,6 +9,15 @@
 //! every publish carries `Nats-Msg-Id` = the row's id, so the re-publish of a row whose mark was
 //! lost (a crash between ack and mark) is dropped by JetStream within the stream's duplicate
 //! window.
+//!
+//! Recovery: nothing is published into a JetStream that has not just answered. After the
+//! connection drops or a publish fails, the publisher probes JetStream (a stream info request
+//! with a short timeout, every [`PROBE_EVERY`]) and resumes once it answers. While NATS is
+//! down, the client reconnects every [`PROBE_EVERY`] too, so publishing resumes within a probe
+//! or two of JetStream being ready, however long the outage and however large the stream it
+//! recovers. A broker that answers probes but refuses publishes (a full stream, a wrong
+//! subject) is retried with exponential backoff. The backlog figure is refreshed by a task of
+//! its own, off the publishing path.
 
 use std::{
     collections::BTreeMap,
@@ -16,11 +25,16 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
-use tokio::sync::Notify;
+use async_nats::jetstream::{
+    self, ErrorCode,
+    context::{GetStreamError, GetStreamErrorKind},
+    message::PublishMessage,
+    stream,
+};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -36,10 +50,23 @@ use crate::{
 /// Rows of one partition published per round: bounds a round's length when one channel has a
 /// long backlog, so the others are not kept waiting behind it.
 const PER_PARTITION: i64 = 256;
-/// The longest pause between attempts while NATS is unreachable or refusing.
+/// The longest pause between attempts while JetStream answers but refuses.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a publish may wait for its acknowledgement.
+/// How long a publish may wait for its acknowledgement (from a JetStream that just answered a
+/// probe; a dropped connection cuts the wait short).
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often JetStream is probed, and the client reconnects, while it is away: bounds how long
+/// publishing waits after JetStream is ready again.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long a probe waits for its answer. A JetStream that is still recovering its streams
+/// either has no responder yet (the probe fails at once) or answers when it is done.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long creating or updating the stream may take (it may write to disk).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the backlog figure is refreshed with a broker.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// How often the backlog figure is refreshed without a broker.
+const IDLE_BACKLOG_EVERY: Duration = Duration::from_secs(30);
 
 /// What `/health/ready` reports about the publisher.
 #[derive(Debug, Default)]
@@ -128,85 +155,145 @@ impl Publisher {
     /// Runs until `cancel`: with no broker configured it only keeps the backlog figure fresh.
     pub async fn run(self, cancel: CancellationToken) {
         let Some(url) = self.config.nats_url.clone() else {
-            return self.watch_backlog(cancel).await;
+            return self.watch_backlog(cancel, IDLE_BACKLOG_EVERY).await;
         };
+        tokio::spawn(self.clone().watch_backlog(cancel.clone(), BACKLOG_EVERY));
+        let link = loop {
+            match Link::connect(&url).await {
+                Ok(link) => break link,
+                // Only a URL that cannot be used at all fails here: an unreachable server is
+                // retried by the client itself.
+                Err(error) => {
+                    tracing::error!(%url, %error, "NATS client not created; events wait in the outbox");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                    }
+                }
+            }
+        };
+        let mut ensured = false;
         let mut backoff = Duration::from_millis(100);
         while !cancel.is_cancelled() {
-            match self.connect(&url).await {
-                Ok(js) => {
-                    self.status.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(%url, stream = %self.config.stream, "publishing events to NATS JetStream");
-                    backoff = Duration::from_millis(100);
-                    self.publish_until_failure(&js, &cancel, &mut backoff).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%url, %error, retry_in = ?backoff, "NATS unreachable; events wait in the outbox");
-                }
-            }
+            let Some(epoch) = self.until_ready(&link, &mut ensured, &cancel).await else {
+                return;
+            };
+            self.status.connected.store(true, Ordering::Relaxed);
+            tracing::info!(%url, stream = %self.config.stream, "publishing events to NATS JetStream");
+            let outcome = self
+                .publish_until_failure(&link, epoch, &cancel, &mut backoff)
+                .await;
             self.status.connected.store(false, Ordering::Relaxed);
-            self.refresh_backlog().await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            match outcome {
+                Stopped::Cancelled => return,
+                Stopped::Lost => {
+                    tracing::warn!(%url, "NATS connection lost; events wait in the outbox");
+                }
+                Stopped::Failed(error) => {
+                    // Probe at once: a JetStream that does not answer is away or recovering
+                    // (probe again until it answers, no backoff); one that answers refused or
+                    // dropped the publish, and is given time before the next.
+                    if self.probe(&link, &mut ensured).await.is_ok() {
+                        tracing::warn!(%error, retry_in = ?backoff, "JetStream refused a publish; retrying with backoff");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        tracing::warn!(%error, "publishing events failed; waiting for JetStream");
+                    }
+                }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn connect(&self, url: &str) -> Result<jetstream::Context, String> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut js = jetstream::new(client);
-        js.set_timeout(ACK_TIMEOUT);
-        js.create_or_update_stream(Self::stream_config(&self.config))
-            .await
-            .map_err(|e| format!("stream {}: {e}", self.config.stream))?;
-        Ok(js)
+    /// Probes every [`PROBE_EVERY`] until JetStream answers; returns the connection epoch the
+    /// answer came on (None when cancelled).
+    async fn until_ready(
+        &self,
+        link: &Link,
+        ensured: &mut bool,
+        cancel: &CancellationToken,
+    ) -> Option<u64> {
+        let mut warned = false;
+        loop {
+            let started = tokio::time::Instant::now();
+            let epoch = link.epoch();
+            match self.probe(link, ensured).await {
+                Ok(()) => return Some(epoch),
+                // Said once per outage: the probe runs ten times a second.
+                Err(error) if !warned => {
+                    tracing::warn!(%error, "JetStream not ready; events wait in the outbox");
+                    warned = true;
+                }
+                Err(error) => tracing::debug!(%error, "JetStream not ready"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep_until(started + PROBE_EVERY) => {}
+            }
+        }
     }
 
-    /// Publishes rounds until a publish fails (the caller reconnects after a backoff) or
-    /// `cancel`. Database errors are retried here with the same backoff.
+    /// One cheap question to JetStream: the stream's info (creating or updating the stream
+    /// first if that was not done yet, or the stream is gone).
+    async fn probe(&self, link: &Link, ensured: &mut bool) -> Result<(), String> {
+        if link.client.connection_state() != async_nats::connection::State::Connected {
+            return Err("not connected".into());
+        }
+        let name = &self.config.stream;
+        if *ensured {
+            let info = tokio::time::timeout(PROBE_TIMEOUT, link.probe.get_stream(name))
+                .await
+                .map_err(|_| format!("stream {name}: no answer within {PROBE_TIMEOUT:?}"))?;
+            match info {
+                Ok(_) => return Ok(()),
+                Err(e) if stream_missing(&e) => *ensured = false,
+                Err(e) => return Err(format!("stream {name}: {e}")),
+            }
+        }
+        let config = Self::stream_config(&self.config);
+        tokio::time::timeout(STREAM_TIMEOUT, link.js.create_or_update_stream(config))
+            .await
+            .map_err(|_| format!("stream {name}: no answer within {STREAM_TIMEOUT:?}"))?
+            .map_err(|e| format!("stream {name}: {e}"))?;
+        *ensured = true;
+        Ok(())
+    }
+
+    /// Publishes rounds until a publish fails, the connection of `epoch` drops, or `cancel`.
+    /// Database errors are retried here with `backoff`.
     async fn publish_until_failure(
         &self,
-        js: &jetstream::Context,
+        link: &Link,
+        epoch: u64,
         cancel: &CancellationToken,
         backoff: &mut Duration,
-    ) {
-        let mut last_refresh = Instant::now() - Duration::from_secs(60);
+    ) -> Stopped {
+        let mut drops = link.drops.clone();
         loop {
             if cancel.is_cancelled() {
-                return;
+                return Stopped::Cancelled;
             }
-            match self.round(js).await {
+            if link.epoch() != epoch {
+                return Stopped::Lost;
+            }
+            match self.round(link, epoch).await {
                 Ok(0) => {
-                    if last_refresh.elapsed() > Duration::from_secs(5) {
-                        self.refresh_backlog().await;
-                        last_refresh = Instant::now();
-                    }
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => return Stopped::Cancelled,
+                        _ = drops.wait_for(|e| *e != epoch) => return Stopped::Lost,
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                     }
                 }
-                Ok(_) => {
-                    *backoff = Duration::from_millis(100);
-                    if last_refresh.elapsed() > Duration::from_secs(5) {
-                        self.refresh_backlog().await;
-                        last_refresh = Instant::now();
-                    }
-                }
-                Err(PublishError::Nats(error)) => {
-                    tracing::warn!(%error, "publishing events failed; retrying with backoff");
-                    return;
-                }
+                Ok(_) => *backoff = Duration::from_millis(100),
+                Err(PublishError::Nats(error)) => return Stopped::Failed(error),
                 Err(PublishError::Store(error)) => {
                     tracing::warn!(%error, "reading the outbox failed; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => return Stopped::Cancelled,
                         _ = tokio::time::sleep(*backoff) => {}
                     }
                     *backoff = (*backoff * 2).min(MAX_BACKOFF);
@@ -217,7 +304,7 @@ impl Publisher {
 
     /// One round: the pending heads of every partition, published per partition in order and
     /// partitions concurrently, then marked. Returns how many were published.
-    async fn round(&self, js: &jetstream::Context) -> Result<usize, PublishError> {
+    async fn round(&self, link: &Link, epoch: u64) -> Result<usize, PublishError> {
         let rows = self
             .store
             .pending_events(PER_PARTITION, i64::from(self.config.publish_batch))
@@ -235,9 +322,10 @@ impl Publisher {
         let mut tasks = tokio::task::JoinSet::new();
         for (_, mut rows) in partitions {
             rows.sort_by_key(|r| r.seq);
-            let js = js.clone();
+            let js = link.js.clone();
+            let drops = link.drops.clone();
             let prefix = self.config.subject_prefix.clone();
-            tasks.spawn(async move { publish_partition(&js, &prefix, rows).await });
+            tasks.spawn(async move { publish_partition(&js, drops, epoch, &prefix, rows).await });
         }
         let mut acked = Vec::new();
         let mut failure = None;
@@ -278,24 +366,94 @@ impl Publisher {
         }
     }
 
-    /// Without a broker: keep the pending figure fresh for `/metrics` and `/health/ready`.
-    async fn watch_backlog(self, cancel: CancellationToken) {
+    /// Keeps the pending figure fresh for `/metrics` and `/health/ready`, every `every`, in a
+    /// task of its own so a slow count never delays publishing.
+    async fn watch_backlog(self, cancel: CancellationToken, every: Duration) {
         loop {
             self.refresh_backlog().await;
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep(every) => {}
             }
         }
     }
+}
+
+/// Why [`Publisher::publish_until_failure`] stopped.
+enum Stopped {
+    /// Shutting down.
+    Cancelled,
+    /// The connection dropped (the client is reconnecting).
+    Lost,
+    /// A publish failed or was not acknowledged.
+    Failed(String),
+}
+
+/// The one NATS client, and the count of connections it lost (its epoch).
+struct Link {
+    client: async_nats::Client,
+    /// For publishes: waits [`ACK_TIMEOUT`] for an acknowledgement.
+    js: jetstream::Context,
+    /// For probes: waits [`PROBE_TIMEOUT`].
+    probe: jetstream::Context,
+    /// Bumped on every disconnection: a publish sent on an earlier epoch's connection will
+    /// never be acknowledged (its reply died with the connection), so its wait is cut short.
+    drops: watch::Receiver<u64>,
+}
+
+impl Link {
+    /// A client that connects in the background and reconnects within [`PROBE_EVERY`] of
+    /// the server coming back, however long it was away (the default backoff grows to 4 s).
+    async fn connect(url: &str) -> Result<Self, String> {
+        let (tx, drops) = watch::channel(0u64);
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                (Duration::from_millis(10) * attempts.min(25) as u32).min(PROBE_EVERY)
+            })
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    tx.send_modify(|n| *n += 1);
+                }
+                async {}
+            })
+            .connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(ACK_TIMEOUT);
+        let mut probe = js.clone();
+        probe.set_timeout(PROBE_TIMEOUT);
+        Ok(Self {
+            client,
+            js,
+            probe,
+            drops,
+        })
+    }
+
+    /// The current connection's epoch.
+    fn epoch(&self) -> u64 {
+        *self.drops.borrow()
+    }
+}
+
+/// Whether JetStream said the stream does not exist.
+fn stream_missing(e: &GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Acknowledged rows (id, commit time), and the first failure (row id, error).
 type PartitionResult = (Vec<(uuid::Uuid, Ts)>, Option<(uuid::Uuid, String)>);
 
 /// Publishes one partition's rows in order, each after the previous one's acknowledgement.
+/// The connection of `epoch` dropping fails the row in flight at once.
 async fn publish_partition(
     js: &jetstream::Context,
+    mut drops: watch::Receiver<u64>,
+    epoch: u64,
     prefix: &str,
     rows: Vec<PendingEvent>,
 ) -> PartitionResult {
@@ -305,9 +463,15 @@ async fn publish_partition(
         let publish = PublishMessage::build()
             .payload(row.payload.into_bytes().into())
             .message_id(row.id.hyphenated().to_string());
-        let result = match js.send_publish(subject, publish).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let send = async {
+            match js.send_publish(subject, publish).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let result = tokio::select! {
+            r = send => r,
+            _ = drops.wait_for(|e| *e != epoch) => Err("connection lost".to_owned()),
         };
         match result {
             Ok(()) => acked.push((row.id, row.created_at)),

@@ -18,6 +18,7 @@ mod mirror;
 mod model;
 mod nats;
 mod ops;
+mod outbox_scale;
 mod plans;
 mod platform;
 mod process;
@@ -41,6 +42,7 @@ use events::*;
 use hardening::*;
 use mirror::*;
 use ops::*;
+use outbox_scale::*;
 use plans::*;
 use platform::*;
 use process::*;
@@ -152,6 +154,7 @@ both_backends!(
     events_reach_jetstream_in_order,
     a_lost_mark_is_deduplicated_by_jetstream,
     nats_outage_loses_and_doubles_nothing,
+    a_million_row_outbox_is_counted_and_pruned_fast,
     audit_records_every_action,
     channels_export_with_edits_and_redactions,
     a_large_export_runs_in_bounded_memory,
@@ -170,6 +173,17 @@ both_backends!(
     malformed_envelopes_keep_their_events,
     nul_in_the_channel_state_is_not_a_database_error,
 );
+
+/// Tests run on one backend only (each says why).
+mod one_backend {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishing_resumes_within_2s_of_a_restart_with_a_large_stream() {
+        super::publishing_resumes_within_2s_of_a_restart_with_a_large_stream(
+            super::Backend::Postgres,
+        )
+        .await
+    }
+}
 
 pub(crate) async fn mirrored(app: &TestApp) {
     let (status, _) = app

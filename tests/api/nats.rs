@@ -76,7 +76,8 @@ impl Nats {
                 )
             });
         self.child = Some(child);
-        for _ in 0..100 {
+        // A server recovering a large stream may take a while to listen.
+        for _ in 0..600 {
             if async_nats::connect(self.url()).await.is_ok() {
                 return;
             }
