@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use daarion_bridge::db::{Pool, Store, types::Ts};
+use daarion_bridge::{
+    db::{Pool, Store},
+    model::Ts,
+};
 
 use crate::support::{Backend, TestApp, pg_admin_url};
 
