@@ -28,7 +28,7 @@ use crate::{
     matrix::Homeserver,
     metrics::Metrics,
     puppet::{
-        Puppets,
+        BotIntent, Puppets,
         outbox::{Delivery, SentSink},
     },
     ratelimit::RateLimiter,
@@ -59,6 +59,8 @@ pub struct Bridge {
     pub crypto: Option<Arc<Crypto>>,
     /// Operator operations (admin API and bot commands).
     control: Arc<Control>,
+    /// Acting as the bot.
+    bot: BotIntent,
 }
 
 /// The mirror records what puppets sent.
@@ -142,14 +144,16 @@ impl Bridge {
                 None
             }
         };
+        let bot = BotIntent::new(hs.clone(), crypto.clone());
         let control = Control::new(
             store.clone(),
-            hs.clone(),
+            bot.clone(),
             registry.clone(),
             puppets.clone(),
             config.appservice.id.clone(),
         );
         Ok(Self {
+            bot,
             control,
             config,
             store,
@@ -225,9 +229,8 @@ impl Bridge {
         let commands = Commands::new(
             self.control.clone(),
             self.store.clone(),
-            self.hs.clone(),
+            self.bot.clone(),
             self.registry.clone(),
-            self.crypto.clone(),
             self.config.bridge.command_prefix.clone(),
             self.config.bridge.admins.clone(),
         );
@@ -235,6 +238,7 @@ impl Bridge {
             self.mirror.clone(),
             self.store.clone(),
             self.hs.clone(),
+            self.bot.clone(),
             self.registry.clone(),
             self.puppets.clone(),
             commands,

@@ -14,14 +14,17 @@ use super::{
 };
 use crate::model::Agent;
 use crate::{
-    crypto::Crypto,
     db::{Store, StoreError, audit::Actor},
-    matrix::{Homeserver, HsError},
+    matrix::HsError,
+    model::runtime::MessageKind,
     model::{
         ActorType, AuditOutcome, Respond,
         ids::{AgentId, ChannelId},
     },
-    puppet::content::markdown_html,
+    puppet::{
+        BotIntent, PuppetError,
+        content::{self, Outgoing},
+    },
 };
 
 /// Power level a room member needs for `invite`, `kick` and `respond` (moderator).
@@ -122,9 +125,9 @@ pub enum CommandError {
     /// The homeserver refused the reply.
     #[error(transparent)]
     Hs(#[from] HsError),
-    /// The reply could not be encrypted for an encrypted room.
+    /// Sending the answer as the bot failed.
     #[error(transparent)]
-    Crypto(#[from] crate::crypto::CryptoError),
+    Bot(#[from] PuppetError),
 }
 
 impl CommandError {
@@ -133,7 +136,7 @@ impl CommandError {
         match self {
             CommandError::Store(e) => e.is_transient(),
             CommandError::Hs(e) => e.is_transient(),
-            CommandError::Crypto(e) => e.is_transient(),
+            CommandError::Bot(e) => e.is_transient(),
         }
     }
 }
@@ -142,10 +145,9 @@ impl CommandError {
 pub struct Commands {
     control: Arc<Control>,
     store: Store,
-    hs: Homeserver,
+    /// Answers as the bot (encrypted in encrypted rooms).
+    bot: BotIntent,
     registry: Arc<AgentRegistry>,
-    /// The bot's device, when encryption is on (replies into encrypted rooms are encrypted).
-    crypto: Option<Arc<Crypto>>,
     prefix: String,
     admins: Vec<OwnedUserId>,
 }
@@ -165,23 +167,21 @@ pub struct Invocation<'a> {
 }
 
 impl Commands {
-    /// Commands running `control`'s operations and answering as the bot through `hs`, with the
-    /// configured prefix and bridge admins.
+    /// Commands running `control`'s operations and answering as `bot`, with the configured
+    /// prefix and bridge admins.
     pub fn new(
         control: Arc<Control>,
         store: Store,
-        hs: Homeserver,
+        bot: BotIntent,
         registry: Arc<AgentRegistry>,
-        crypto: Option<Arc<Crypto>>,
         prefix: String,
         admins: Vec<OwnedUserId>,
     ) -> Arc<Self> {
         Arc::new(Self {
             control,
             store,
-            hs,
+            bot,
             registry,
-            crypto,
             prefix,
             admins,
         })
@@ -333,41 +333,17 @@ impl Commands {
     }
 
     async fn reply(&self, call: &Invocation<'_>, text: &str) -> Result<(), CommandError> {
-        let mut content = serde_json::json!({
-            "msgtype": "m.notice",
-            "body": text,
-            "m.relates_to": { "m.in_reply_to": { "event_id": call.event_id } },
-            "m.mentions": { "user_ids": [call.sender] },
+        let content = content::message(&Outgoing {
+            body: text.to_owned(),
+            markdown: true,
+            kind: MessageKind::Notice,
+            reply_to: Some(call.event_id.to_owned()),
+            thread_root: None,
+            mentions: vec![call.sender.to_owned()],
         });
-        if let Some(html) = markdown_html(text) {
-            content["format"] = "org.matrix.custom.html".into();
-            content["formatted_body"] = html.into();
-        }
-        let raw = ruma::serde::Raw::new(&content)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?
-            .cast_unchecked();
-        let hs = &self.hs;
-        // Into an encrypted room only encrypted, from the bot's own device.
-        let encrypted = match &self.crypto {
-            Some(crypto) => {
-                crypto
-                    .encrypt(hs.bot(), call.room, "m.room.message", &raw)
-                    .await?
-            }
-            None => None,
-        };
-        let (event_type, raw) = match encrypted {
-            Some(encrypted) => ("m.room.encrypted", encrypted),
-            None => ("m.room.message", raw),
-        };
-        hs.send_event(
-            call.room,
-            hs.bot(),
-            &format!("cmd-{}", call.job),
-            event_type,
-            raw,
-        )
-        .await?;
+        self.bot
+            .send(call.room, &format!("cmd-{}", call.job), &content)
+            .await?;
         Ok(())
     }
 }

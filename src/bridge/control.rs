@@ -11,9 +11,9 @@ use crate::model::Agent;
 use crate::{
     bridge::agents::AgentRegistry,
     db::{Store, StoreError, audit::Actor},
-    matrix::{Homeserver, HsError},
+    matrix::HsError,
     model::AuditOutcome,
-    puppet::{PuppetError, Puppets},
+    puppet::{BotIntent, PuppetError, Puppets},
 };
 
 /// Why an operation failed.
@@ -40,24 +40,24 @@ pub enum ControlError {
 /// bot commands.
 pub struct Control {
     store: Store,
-    hs: Homeserver,
+    bot: BotIntent,
     registry: Arc<AgentRegistry>,
     puppets: Arc<Puppets>,
     appservice_id: String,
 }
 
 impl Control {
-    /// Operations on `store`, acting through `hs` (as the bot) and `puppets` (as agents).
+    /// Operations on `store`, acting as the bot through `bot` and as agents through `puppets`.
     pub fn new(
         store: Store,
-        hs: Homeserver,
+        bot: BotIntent,
         registry: Arc<AgentRegistry>,
         puppets: Arc<Puppets>,
         appservice_id: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            hs,
+            bot,
             registry,
             puppets,
             appservice_id,
@@ -79,10 +79,9 @@ impl Control {
         if store.channel_for_room(room.as_str()).await?.is_none() {
             return Err(ControlError::NotMirrored(room.to_string()));
         }
-        let hs = &self.hs;
         let intent = self.puppets.intent(agent.clone());
         intent.ensure_ready().await?;
-        if let Err(invite) = hs.invite(room, hs.bot(), &agent.user_id).await {
+        if let Err(invite) = self.bot.invite(room, &agent.user_id).await {
             // Already a member (or invited): the join below settles it. Anything else (the bot
             // lacks the power to invite, the room is gone) is the answer.
             if intent.join(room).await.is_err() {
@@ -113,7 +112,7 @@ impl Control {
 
     /// Reads the status; the ping waits at most five seconds.
     pub async fn status(&self) -> Result<Status, StoreError> {
-        status(&self.store, &self.hs, &self.registry, &self.appservice_id).await
+        status(&self.store, &self.bot, &self.registry, &self.appservice_id).await
     }
 }
 
@@ -171,11 +170,11 @@ pub struct Status {
 
 async fn status(
     store: &Store,
-    hs: &Homeserver,
+    bot: &BotIntent,
     registry: &AgentRegistry,
     appservice_id: &str,
 ) -> Result<Status, StoreError> {
-    let ping = tokio::time::timeout(Duration::from_secs(5), hs.ping(appservice_id)).await;
+    let ping = tokio::time::timeout(Duration::from_secs(5), bot.ping(appservice_id)).await;
     let homeserver = match ping {
         Ok(Ok(d)) => HomeserverStatus {
             reachable: true,

@@ -22,7 +22,7 @@ use crate::{
     matrix::{Homeserver, HsError},
     metrics::Metrics,
     model::{JobKind, Ts},
-    puppet::{PuppetError, Puppets},
+    puppet::{BotIntent, PuppetError, Puppets},
 };
 
 /// Jobs executed at once.
@@ -65,7 +65,9 @@ impl FollowUpError {
 pub struct FollowUps {
     mirror: Arc<Mirror>,
     store: Store,
+    /// For users of the namespace that are neither the bot nor a known agent.
     hs: Homeserver,
+    bot: BotIntent,
     registry: Arc<AgentRegistry>,
     puppets: Arc<Puppets>,
     commands: Arc<Commands>,
@@ -81,6 +83,7 @@ impl FollowUps {
         mirror: Arc<Mirror>,
         store: Store,
         hs: Homeserver,
+        bot: BotIntent,
         registry: Arc<AgentRegistry>,
         puppets: Arc<Puppets>,
         commands: Arc<Commands>,
@@ -91,6 +94,7 @@ impl FollowUps {
             mirror,
             store,
             hs,
+            bot,
             registry,
             puppets,
             commands,
@@ -176,19 +180,27 @@ impl FollowUps {
     /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
     async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = Self::ids(job)?;
-        let hs = &self.hs;
-        match self.registry.get(user) {
+        let state = if user == self.bot.user_id() {
+            self.bot.join(room).await?;
+            tracing::info!(room_id = %room, user_id = %user, "joined room");
+            self.bot.room_state(room).await?
+        } else if let Some(agent) = self.registry.get(user) {
             // Registered, named and with its avatar before it shows up in the room.
-            Some(agent) => self.puppets.intent(agent).join(room).await?,
-            None => {
-                if self.registry.namespace().is_puppet(user) {
-                    hs.ensure_registered(user.localpart()).await?;
-                }
-                hs.join(room, user).await?;
+            let intent = self.puppets.intent(agent);
+            intent.join(room).await?;
+            tracing::info!(room_id = %room, user_id = %user, "joined room");
+            intent.room_state(room).await?
+        } else {
+            // A user of the namespace that is no agent (yet): only joined and read, never
+            // acting otherwise.
+            let hs = &self.hs;
+            if self.registry.namespace().is_puppet(user) {
+                hs.ensure_registered(user.localpart()).await?;
             }
-        }
-        tracing::info!(room_id = %room, user_id = %user, "joined room");
-        let state = hs.room_state(room, user).await?;
+            hs.join(room, user).await?;
+            tracing::info!(room_id = %room, user_id = %user, "joined room");
+            hs.room_state(room, user).await?
+        };
         let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
         self.mirror.apply_room_state(room, &raws).await?;
         tracing::info!(room_id = %room, events = raws.len(), "room state mirrored");
@@ -220,11 +232,17 @@ impl FollowUps {
     async fn reject(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = Self::ids(job)?;
         let reason = job.reason.as_deref().unwrap_or("refused");
-        let hs = &self.hs;
-        if self.registry.namespace().is_puppet(user) {
-            hs.ensure_registered(user.localpart()).await?;
+        if user == self.bot.user_id() {
+            self.bot.leave(room, reason).await?;
+        } else if let Some(agent) = self.registry.get(user) {
+            self.puppets.intent(agent).leave(room, reason).await?;
+        } else {
+            let hs = &self.hs;
+            if self.registry.namespace().is_puppet(user) {
+                hs.ensure_registered(user.localpart()).await?;
+            }
+            hs.leave(room, user, reason).await?;
         }
-        hs.leave(room, user, reason).await?;
         tracing::info!(room_id = %room, user_id = %user, reason, "refused invite");
         Ok(())
     }

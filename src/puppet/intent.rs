@@ -72,6 +72,14 @@ impl PuppetIntent {
         Ok(())
     }
 
+    /// The full state of `room`, as the agent sees it.
+    pub async fn room_state(
+        &self,
+        room: &RoomId,
+    ) -> Result<Vec<ruma::serde::Raw<ruma::events::AnyStateEvent>>, PuppetError> {
+        Ok(self.puppets.hs.room_state(room, self.user_id()).await?)
+    }
+
     /// Leaves every room the homeserver has the agent in (a deleted or disabled agent), saying
     /// `reason`. Fails only when the rooms cannot be listed; returns how many rooms there were,
     /// and each room it could not leave with why (the others are still left).

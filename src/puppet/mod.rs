@@ -3,6 +3,7 @@
 //! homeserver exactly once ([`outbox`]), and [`PuppetIntent`], the one way the rest of the
 //! bridge acts as an agent (like bridgev2's `GhostIntent`).
 
+mod bot;
 pub mod content;
 mod intent;
 pub mod outbox;
@@ -18,7 +19,7 @@ use ruma::RoomId;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-pub use self::intent::PuppetIntent;
+pub use self::{bot::BotIntent, intent::PuppetIntent};
 use crate::{
     db::{
         Store, StoreError,
@@ -63,6 +64,9 @@ pub enum PuppetError {
     /// A stored value is not a valid Matrix id.
     #[error("invalid id in the outbox: {0}")]
     InvalidId(String),
+    /// Content that does not serialize.
+    #[error("content does not serialize: {0}")]
+    Content(String),
 }
 
 impl PuppetError {
@@ -72,7 +76,10 @@ impl PuppetError {
             PuppetError::Hs(e) => e.is_transient(),
             PuppetError::Store(e) => e.is_transient(),
             PuppetError::Crypto(e) => e.is_transient(),
-            PuppetError::Gone(_) | PuppetError::Avatar { .. } | PuppetError::InvalidId(_) => false,
+            PuppetError::Gone(_)
+            | PuppetError::Avatar { .. }
+            | PuppetError::InvalidId(_)
+            | PuppetError::Content(_) => false,
         }
     }
 }
