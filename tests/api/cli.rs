@@ -1,6 +1,7 @@
 //! The command line, run as the real binary: configuration errors name the key (also when the
 //! value comes from the environment), access keys, response settings.
 
+use rstest::rstest;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,7 +21,11 @@ pub(crate) fn write_config(app: &TestApp) -> (crate::support::TempDir, std::path
     (crate::support::TempDir(dir), path)
 }
 
-pub async fn command_line(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (_dir, config) = write_config(&app);
     let ok = bridge(&config).arg("check-config").output().unwrap();
@@ -146,7 +151,11 @@ pub async fn command_line(b: Backend) {
     assert!(!bad.status.success());
 }
 
-pub async fn puppet_avatar_is_uploaded_once(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppet_avatar_is_uploaded_once(#[case] b: Backend) {
     let dir =
         std::env::temp_dir().join(format!("daarion-avatar-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -184,7 +193,11 @@ pub async fn puppet_avatar_is_uploaded_once(b: Backend) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub async fn renamed_agents_get_their_new_name(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_agents_get_their_new_name(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = crate::agents::setup(&app).await;
     let (s, _, _) = crate::agents::api(

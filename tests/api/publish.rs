@@ -3,6 +3,7 @@
 //! them (JetStream drops the re-publish by `Nats-Msg-Id`); NATS going away and coming back loses
 //! none and doubles none. On SQLite and PostgreSQL.
 
+use rstest::rstest;
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::json;
@@ -113,7 +114,11 @@ fn assert_stream_matches(rows: &[Stored], msgs: &[(String, String, serde_json::V
     }
 }
 
-pub async fn events_reach_jetstream_in_order(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_jetstream_in_order(#[case] b: Backend) {
     let nats = Nats::start().await;
     let app = TestApp::spawn_with(b, with_nats(&nats)).await;
     two_rooms(&app).await;
@@ -152,7 +157,11 @@ pub async fn events_reach_jetstream_in_order(b: Backend) {
     );
 }
 
-pub async fn a_lost_mark_is_deduplicated_by_jetstream(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mark_is_deduplicated_by_jetstream(#[case] b: Backend) {
     let nats = Nats::start().await;
     let app = TestApp::prepare(b, |c| c).await;
     let mut bridge = app.spawn_process(with_nats(&nats)).await;
@@ -178,7 +187,11 @@ pub async fn a_lost_mark_is_deduplicated_by_jetstream(b: Backend) {
     assert_stream_matches(&rows, &msgs);
 }
 
-pub async fn nats_outage_loses_and_doubles_nothing(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_loses_and_doubles_nothing(#[case] b: Backend) {
     let mut nats = Nats::start().await;
     let app = TestApp::spawn_with(b, with_nats(&nats)).await;
     two_rooms(&app).await;

@@ -12,6 +12,7 @@ use daarion_bridge::{
     export::{self, Format, Range},
     keys,
 };
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -31,7 +32,11 @@ async fn audit(app: &TestApp, action: &str) -> Vec<daarion_bridge::db::audit::Au
         .unwrap()
 }
 
-pub async fn audit_records_every_action(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_every_action(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let accepted = audit(&app, "invite.accepted").await;
@@ -320,7 +325,11 @@ async fn conversation(app: &TestApp) -> String {
         .remove(0)
 }
 
-pub async fn channels_export_with_edits_and_redactions(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_export_with_edits_and_redactions(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let channel_id = conversation(&app).await;
     let channel = export::resolve(&app.store, ev::ROOM).await.unwrap();
@@ -448,7 +457,11 @@ fn run_measured(mut cmd: std::process::Command) -> (std::process::ExitStatus, i6
     (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
 }
 
-pub async fn a_large_export_runs_in_bounded_memory(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_export_runs_in_bounded_memory(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     // 100k messages of 400 characters, straight into the table.

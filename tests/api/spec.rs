@@ -4,6 +4,7 @@
 //! spec's own example transaction is accepted, and the generated registration validates against
 //! the registration schema.
 
+use rstest::rstest;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
@@ -100,7 +101,11 @@ fn validate(schema: &Value, value: &Value, dir: &Path, at: &str, errors: &mut Ve
     }
 }
 
-pub async fn conforms_to_the_appservice_spec(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_to_the_appservice_spec(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let dir = spec_dir().join("api/application-service");
     let mut operations = 0;
