@@ -1,9 +1,10 @@
 //! The command line, run as the real binary: configuration errors name the key (also when the
 //! value comes from the environment), access keys, response settings.
 
-use rstest::rstest;
 use std::process::Command;
 use std::time::Duration;
+
+use rstest::rstest;
 
 use crate::support::{Backend, TestApp, ev};
 

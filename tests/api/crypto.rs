@@ -4,10 +4,10 @@
 //! delivery) played by the test. Covers the store surviving a reopen, nothing stored in clear,
 //! room keys arriving before, with and after their event, and hostile input.
 
-use rstest::rstest;
 use std::sync::Arc;
 
 use daarion_bridge::{crypto::Crypto, matrix::Homeserver};
+use rstest::rstest;
 use ruma::{
     api::{appservice::event::push_events, client::keys::upload_keys},
     serde::Raw,

@@ -2,9 +2,9 @@
 //! the homeserver rate limiting or going away; a durable outbox across restarts; failed sends;
 //! per-agent rate limits; on SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{

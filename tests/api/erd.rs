@@ -3,8 +3,9 @@
 //! NOT NULL, unique, `now()` default and index is present, on SQLite (`pragma`) and
 //! PostgreSQL (`information_schema`, `pg_index`). A later migration cannot drift from it.
 
-use rstest::rstest;
 use std::collections::BTreeMap;
+
+use rstest::rstest;
 
 use crate::support::{Backend, TestApp};
 

@@ -2,7 +2,6 @@
 //! (a write that fails leaves neither), numbered per channel in commit order; replays and
 //! duplicates add none; published rows and old audit rows are pruned. On SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::collections::BTreeMap;
 
 use daarion_bridge::{
@@ -11,6 +10,7 @@ use daarion_bridge::{
     ids::{ChannelId, RunId},
     keys,
 };
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};

@@ -2,9 +2,9 @@
 //! with their database-defined runtime and instructions, disabled agents fall silent, and bot
 //! commands in Matrix (with unprivileged senders too), on SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::json;
 
 use crate::{

@@ -3,7 +3,6 @@
 //! shutdown deadline), and SIGKILL while transactions and agent runs are in flight (after a
 //! restart every accepted question gets exactly one answer).
 
-use rstest::rstest;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
@@ -11,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};

@@ -3,9 +3,9 @@
 //! them (JetStream drops the re-publish by `Nats-Msg-Id`); NATS going away and coming back loses
 //! none and doubles none. On SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::{collections::BTreeMap, time::Duration};
 
+use rstest::rstest;
 use serde_json::json;
 
 use crate::{

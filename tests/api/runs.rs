@@ -2,9 +2,9 @@
 //! cancellation, the agent→agent chain limit and the run lifecycle with the echo runtime, on
 //! SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{

@@ -1,7 +1,6 @@
 //! The runtimes against servers written here: OpenAI-compatible (streaming and not; slow,
 //! failing, malformed) and the signed webhook (reply, defer, fail), on SQLite and PostgreSQL.
 
-use rstest::rstest;
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -9,6 +8,7 @@ use std::{
 
 use axum::{Json, Router, extract::Request, http::StatusCode, response::IntoResponse};
 use hmac::{Hmac, Mac};
+use rstest::rstest;
 use serde_json::{Value, json};
 use sha2::Sha256;
 

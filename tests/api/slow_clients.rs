@@ -3,13 +3,13 @@
 //! a thousand dripping connections, Matrix errors for malformed HTTP, and the envelope and NUL
 //! paths that used to refuse or fail a transaction.
 
-use rstest::rstest;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
+use rstest::rstest;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 

@@ -4,9 +4,9 @@
 //! spec's own example transaction is accepted, and the generated registration validates against
 //! the registration schema.
 
-use rstest::rstest;
 use std::path::{Path, PathBuf};
 
+use rstest::rstest;
 use serde_json::{Map, Value, json};
 
 use crate::support::{Backend, HS_TOKEN, TestApp};
