@@ -442,19 +442,27 @@ async fn channels_export_with_edits_and_redactions(#[case] b: Backend) {
     assert_eq!(std::fs::read(&file).unwrap(), expected);
 }
 
-/// Peak RSS (KiB) of a child process, from `wait4`.
-// wait4 reaps the child itself (std's wait() could not report its peak RSS).
-#[allow(clippy::zombie_processes)]
+/// Peak RSS (KiB) of a child process: its own high-water mark (`VmHWM`), sampled until it
+/// exits. Not `wait4`'s `ru_maxrss`: Linux folds the spawning process's high-water mark into the
+/// child's at `exec`, so that figure was the test binary's peak (which grows with the tests that
+/// ran before this one in the same process), not the export's.
 fn run_measured(mut cmd: std::process::Command) -> (std::process::ExitStatus, i64) {
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: `usage` is a plain C struct the call fills; `pid` is our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid);
-    use std::os::unix::process::ExitStatusExt;
-    (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)
+    // `spawn` returns once the child has exec'd: its memory is the bridge's from here on.
+    let mut child = cmd.spawn().unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        let hwm = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0));
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 #[rstest]
