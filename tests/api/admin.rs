@@ -4,6 +4,7 @@
 
 use daarion_bridge::{db::audit::Actor, keys};
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -86,7 +87,11 @@ fn routes(channel: &str) -> Vec<(Method, String, Option<Value>)> {
     ]
 }
 
-pub async fn admin_api_refuses_wrong_keys(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_wrong_keys(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| c + "\n[api]\nauth_failures_per_minute = 100000\n").await;
     let (channel, agent_key) = setup(&app).await;
     let (_, revoked) = keys::create_admin(&app.store, "old", None, &Actor::cli())
@@ -135,7 +140,11 @@ pub async fn admin_api_refuses_wrong_keys(b: Backend) {
     );
 }
 
-pub async fn admin_api_provisions_agents(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_provisions_agents(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, _) = setup(&app).await;
     let (_, key) = keys::create_admin(&app.store, "ops", None, &Actor::cli())

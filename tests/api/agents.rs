@@ -2,6 +2,7 @@
 //! delivery (ordering, idempotency, retries, durability), on SQLite and PostgreSQL.
 
 use daarion_bridge::{keys, model::Ts};
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};
@@ -56,7 +57,11 @@ pub async fn api(
 
 pub(crate) const SESSION: &str = "SELECT s.status FROM agent_sessions s JOIN agents a ON a.id = s.agent_id WHERE a.external_id = 'agent:sofia' ORDER BY s.started_at, s.id";
 
-pub async fn sessions_follow_activity(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_follow_activity(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     setup(&app).await;
     // Joining opened an active session.
@@ -152,7 +157,11 @@ pub async fn sessions_follow_activity(b: Backend) {
     assert_eq!(app.col(SESSION).await, vec!["closed", "closed"]);
 }
 
-pub async fn per_agent_idle_override(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_agent_idle_override(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace(
             "microdao = \"microdao:demo\"\n",
@@ -167,7 +176,11 @@ pub async fn per_agent_idle_override(b: Backend) {
     assert_eq!(app.col(SESSION).await, vec!["idle"]);
 }
 
-pub async fn keys_and_capabilities(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_capabilities(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = setup(&app).await;
     let get = reqwest::Method::GET;
@@ -275,7 +288,11 @@ pub async fn keys_and_capabilities(b: Backend) {
     assert!(app.hs.calls_to("/send/").is_empty());
 }
 
-pub async fn membership_and_input_rules(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_input_rules(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = setup(&app).await;
     let post = reqwest::Method::POST;
@@ -400,7 +417,11 @@ pub async fn membership_and_input_rules(b: Backend) {
     assert_eq!(body["channels"].as_array().unwrap().len(), 0);
 }
 
-pub async fn openapi_documents_every_route(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_every_route(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let r = app
         .http

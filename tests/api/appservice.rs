@@ -1,6 +1,7 @@
 //! The Application Service protocol: transactions (replays, duplicates, malformed and oversize
 //! bodies), authentication, routes (current and legacy), queries, ping and third-party lookups.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -8,7 +9,11 @@ use crate::{
     support::{Backend, HS_TOKEN, TestApp, ev},
 };
 
-pub async fn bot_invite_mirrors_room_and_joins(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_invite_mirrors_room_and_joins(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     app.hs.state.lock().unwrap().insert(
         ev::ROOM.into(),
@@ -122,7 +127,11 @@ pub async fn bot_invite_mirrors_room_and_joins(b: Backend) {
     );
 }
 
-pub async fn replayed_txn_changes_nothing_even_after_restart(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_txn_changes_nothing_even_after_restart(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let (s, _) = app
@@ -195,7 +204,11 @@ pub async fn replayed_txn_changes_nothing_even_after_restart(b: Backend) {
     );
 }
 
-pub async fn same_event_in_another_txn_is_not_doubled(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_event_in_another_txn_is_not_doubled(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let e = ev::text("m1", "@alice:localhost", "once");
@@ -206,7 +219,11 @@ pub async fn same_event_in_another_txn_is_not_doubled(b: Backend) {
     assert_eq!(app.count("channel_members").await, 1);
 }
 
-pub async fn auth_is_enforced(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_enforced(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let url = app.url("/_matrix/app/v1/transactions/x");
     let body = r#"{"events":[]}"#;
@@ -281,7 +298,11 @@ pub async fn auth_is_enforced(b: Backend) {
     assert_eq!(r.status(), 401);
 }
 
-pub async fn malformed_bodies_get_matrix_errors(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_matrix_errors(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (s, body) = app.put_raw("x", b"{not json".to_vec()).await;
     assert_eq!((s, body["errcode"].as_str()), (400, Some("M_NOT_JSON")));
@@ -299,7 +320,11 @@ pub async fn malformed_bodies_get_matrix_errors(b: Backend) {
     assert_eq!(app.count("messages").await, 1);
 }
 
-pub async fn malformed_event_is_skipped_not_fatal(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_event_is_skipped_not_fatal(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let events = vec![
@@ -339,14 +364,22 @@ pub async fn malformed_event_is_skipped_not_fatal(b: Backend) {
     );
 }
 
-pub async fn oversize_body_is_413(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_body_is_413(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let big = format!(r#"{{"events":[],"pad":"{}"}}"#, "x".repeat(70_000));
     let (s, body) = app.put_raw("big", big.into_bytes()).await;
     assert_eq!((s, body["errcode"].as_str()), (413, Some("M_TOO_LARGE")));
 }
 
-pub async fn unknown_routes_and_methods(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let r = app
         .http
@@ -398,7 +431,11 @@ pub async fn unknown_routes_and_methods(b: Backend) {
     );
 }
 
-pub async fn legacy_routes_work(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_routes_work(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let r = app
@@ -424,7 +461,11 @@ pub async fn legacy_routes_work(b: Backend) {
     assert_eq!(r.status(), 404);
 }
 
-pub async fn queries_ping_and_thirdparty(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_ping_and_thirdparty(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let get = |p: &str| app.http.get(app.url(p)).bearer_auth(HS_TOKEN).send();
     // A known agent is registered on demand and exists.
@@ -474,7 +515,11 @@ pub async fn queries_ping_and_thirdparty(b: Backend) {
         .await;
 }
 
-pub async fn invites_refused_with_reason(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_refused_with_reason(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // Unknown puppet: refused, nothing mirrored.
     let room = "!r2:localhost";

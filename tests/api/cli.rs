@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use rstest::rstest;
+
 use crate::support::{Backend, TestApp, ev};
 
 pub(crate) fn bridge(config: &std::path::Path) -> Command {
@@ -20,7 +22,11 @@ pub(crate) fn write_config(app: &TestApp) -> (crate::support::TempDir, std::path
     (crate::support::TempDir(dir), path)
 }
 
-pub async fn command_line(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (_dir, config) = write_config(&app);
     let ok = bridge(&config).arg("check-config").output().unwrap();
@@ -146,7 +152,11 @@ pub async fn command_line(b: Backend) {
     assert!(!bad.status.success());
 }
 
-pub async fn puppet_avatar_is_uploaded_once(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puppet_avatar_is_uploaded_once(#[case] b: Backend) {
     let dir =
         std::env::temp_dir().join(format!("daarion-avatar-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -184,7 +194,11 @@ pub async fn puppet_avatar_is_uploaded_once(b: Backend) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-pub async fn renamed_agents_get_their_new_name(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_agents_get_their_new_name(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = crate::agents::setup(&app).await;
     let (s, _, _) = crate::agents::api(

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use daarion_bridge::{crypto::Crypto, matrix::Homeserver};
+use rstest::rstest;
 use ruma::{
     api::{appservice::event::push_events, client::keys::upload_keys},
     serde::Raw,
@@ -86,7 +87,11 @@ async fn sofia(app: &TestApp) -> (Arc<Crypto>, upload_keys::v3::Request) {
 /// waits durably, then comes out decrypted, once; one in the same transaction as its key
 /// decrypts at once. The state survives a reopen of the store: the same identity, and the room
 /// key still opens Alice's next message. No value is stored in clear.
-pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_events_decrypt_whatever_the_key_order(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let metrics = daarion_bridge::metrics::Metrics::new();
     let (crypto, uploaded) = sofia(&app).await;
@@ -278,7 +283,11 @@ pub async fn encrypted_events_decrypt_whatever_the_key_order(b: Backend) {
 /// Hostile input never fails a transaction: garbage and misaddressed to-device events, a wrong
 /// algorithm, garbage ciphertext, an unknown session, a forged sender, an event without an id.
 /// Each is passed on (to be mirrored as `[encrypted]`), kept pending, or ignored, and counted.
-pub async fn hostile_encrypted_input_never_fails_a_transaction(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_encrypted_input_never_fails_a_transaction(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let metrics = daarion_bridge::metrics::Metrics::new();
     let (crypto, uploaded) = sofia(&app).await;
@@ -416,7 +425,11 @@ async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
 /// to-device events is answered 200 and its undecryptable events are mirrored as `[encrypted]`; an
 /// event whose key never comes waits in `bridge_crypto_pending` until `pending_max_age`, then is
 /// mirrored as `[encrypted]` and forgotten.
-pub async fn encrypted_events_wait_then_give_up(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_events_wait_then_give_up(#[case] b: Backend) {
     let app = encrypted_bridge(b, "pending_max_age = \"1s\"").await;
     // A well-formed Megolm message of a session nobody shared.
     let mut unshared = Unshared::new();
@@ -475,7 +488,11 @@ pub async fn encrypted_events_wait_then_give_up(b: Backend) {
 /// A question whose room key arrives in a later transaction is still answered: it waits,
 /// unmirrored, then comes out decrypted with the key's transaction, is mirrored with its text
 /// and becomes Sofia's run.
-pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_whose_key_comes_late_is_answered(#[case] b: Backend) {
     let app = encrypted_bridge(b, "").await;
     sofia_joins_the_room(&app).await;
     let crypto = app.crypto.clone().expect("encryption is on");
@@ -522,7 +539,11 @@ pub async fn a_question_whose_key_comes_late_is_answered(b: Backend) {
 /// The bot has a device of its own (people write commands to it in encrypted DMs), so a room
 /// key can come in any mirrored room, agents or not: an event whose key is missing waits there
 /// instead of being mirrored `[encrypted]` at once.
-pub async fn with_a_bot_device_every_mirrored_room_waits_for_keys(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bot_device_every_mirrored_room_waits_for_keys(#[case] b: Backend) {
     let prepared = TestApp::prepare(b, |toml| {
         format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n")
     })
@@ -558,7 +579,11 @@ pub async fn with_a_bot_device_every_mirrored_room_waits_for_keys(b: Backend) {
 
 /// The count bound: past `pending_max` waiting events, the oldest are mirrored as
 /// `[encrypted]` whatever their age.
-pub async fn pending_events_are_bounded_in_count(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_are_bounded_in_count(#[case] b: Backend) {
     let app = encrypted_bridge(b, "pending_max_age = \"1h\"").await;
     sofia_joins_the_room(&app).await;
     let mut unshared = Unshared::new();

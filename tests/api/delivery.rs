@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -11,7 +12,11 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
-pub async fn send_edit_react_redact(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_edit_react_redact(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = setup(&app).await;
     let base = format!("/api/v1/channels/{channel}/messages");
@@ -196,7 +201,11 @@ pub async fn send_edit_react_redact(b: Backend) {
     assert_eq!(app.col(SESSION).await, vec!["active"]);
 }
 
-pub async fn idempotency_and_ordering(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_and_ordering(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = setup(&app).await;
     let path = format!("/api/v1/channels/{channel}/messages");
@@ -283,7 +292,11 @@ pub async fn idempotency_and_ordering(b: Backend) {
     assert_eq!(s, 400);
 }
 
-pub async fn homeserver_429_and_outage(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeserver_429_and_outage(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[api]\nsend_wait = \"1s\"\n\n[bridge]\n")
     })
@@ -355,7 +368,11 @@ pub async fn homeserver_429_and_outage(b: Backend) {
     );
 }
 
-pub async fn outbox_survives_restart(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_survives_restart(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[api]\nsend_wait = \"200ms\"\n\n[bridge]\n")
     })
@@ -404,7 +421,11 @@ pub async fn outbox_survives_restart(b: Backend) {
     drop(restarted);
 }
 
-pub async fn failed_send_is_recorded(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_send_is_recorded(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = setup(&app).await;
     app.hs.fail_sends.lock().unwrap().push_back(403);
@@ -428,7 +449,11 @@ pub async fn failed_send_is_recorded(b: Backend) {
     );
 }
 
-pub async fn rate_limited_per_agent(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_per_agent(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace(
             "[bridge]\n",

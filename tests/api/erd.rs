@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use rstest::rstest;
+
 use crate::support::{Backend, TestApp};
 
 const ERD: &str = include_str!("../spec/daarion-erd.dbml");
@@ -189,7 +191,11 @@ fn type_family(backend: Backend, erd: &str) -> &'static str {
     }
 }
 
-pub async fn the_schema_is_the_erds(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_is_the_erds(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let erd = parse_erd();
     assert_eq!(erd.len(), 9, "the nine DAARION tables: {:?}", erd.keys());
@@ -281,7 +287,11 @@ pub async fn the_schema_is_the_erds(b: Backend) {
     );
 }
 
-pub async fn old_agent_kinds_move_to_the_erds(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_agent_kinds_move_to_the_erds(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // Back to before the platform migration, rows of the old kinds, then forward again.
     app.store.migrate_down_to(5).await.unwrap();

@@ -13,6 +13,7 @@ use daarion_bridge::{
         topics::{Draft, Topic, channel_partition},
     },
 };
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};
@@ -85,7 +86,11 @@ fn redaction(id: &str, target: &str) -> Value {
     r
 }
 
-pub async fn every_change_publishes_its_event(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_publishes_its_event(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let channel = app
@@ -237,7 +242,11 @@ pub async fn every_change_publishes_its_event(b: Backend) {
     assert_gapless(&after);
 }
 
-pub async fn runs_keys_and_sweeps_publish(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_keys_and_sweeps_publish(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"0ms\"\n")
     })
@@ -355,7 +364,11 @@ pub async fn runs_keys_and_sweeps_publish(b: Backend) {
 
 /// No event without its change: an event appended in a transaction that rolls back is gone with
 /// it; an event the database refuses (its change is isolated and skipped) leaves no event either.
-pub async fn events_roll_back_with_their_change(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_roll_back_with_their_change(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let channel: ChannelId = ChannelId(
@@ -444,7 +457,11 @@ pub async fn events_roll_back_with_their_change(b: Backend) {
 
 /// Concurrent writers of one partition get gapless, unique sequence numbers, each writer's own
 /// events in its order.
-pub async fn sequences_are_gapless_under_concurrency(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_are_gapless_under_concurrency(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let channel: ChannelId = ChannelId(
@@ -498,7 +515,11 @@ pub async fn sequences_are_gapless_under_concurrency(b: Backend) {
     }
 }
 
-pub async fn events_and_audit_are_pruned(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_audit_are_pruned(#[case] b: Backend) {
     // The bridge's own upkeep keeps events for ten years here, so only the prunes below act.
     let app = TestApp::spawn_with(b, |c| format!("{c}\n[events]\nretention = \"3650d\"\n")).await;
     crate::mirrored(&app).await;
@@ -553,7 +574,11 @@ pub async fn events_and_audit_are_pruned(b: Backend) {
 }
 
 /// With `events.enabled = false` the bridge writes no event rows.
-pub async fn events_can_be_turned_off(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_can_be_turned_off(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| format!("{c}\n[events]\nenabled = false\n")).await;
     crate::mirrored(&app).await;
     assert_eq!(

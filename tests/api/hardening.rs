@@ -3,6 +3,7 @@
 //! Matrix errors, previews are bounded, failed authentications are limited, and old records are
 //! pruned.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, HS_TOKEN, TestApp, ev};
@@ -30,7 +31,11 @@ fn message(id: &str, content: Value) -> Value {
     ev::base("m.room.message", id, "@alice:localhost", content)
 }
 
-pub async fn nul_anywhere_never_stalls_mirroring(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_anywhere_never_stalls_mirroring(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let mut events = vec![
@@ -169,7 +174,11 @@ pub async fn nul_anywhere_never_stalls_mirroring(b: Backend) {
     assert_eq!(app.count("messages").await, previews.len());
 }
 
-pub async fn an_event_the_database_refuses_is_skipped(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_is_skipped(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     // The database refuses one value (a constraint of another service, say): that event is
@@ -219,7 +228,11 @@ pub async fn an_event_the_database_refuses_is_skipped(b: Backend) {
     );
 }
 
-pub async fn long_and_odd_txn_ids(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_odd_txn_ids(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let long = "x".repeat(8000);
@@ -250,7 +263,11 @@ pub async fn long_and_odd_txn_ids(b: Backend) {
     assert!(lengths.iter().all(|l| l == "64"), "{lengths:?}");
 }
 
-pub async fn invalid_utf8_is_decoded_lossily(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_is_decoded_lossily(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let body = br#"{"events":[{"type":"m.room.message","event_id":"$u8","sender":"@alice:localhost","room_id":"!room:localhost","origin_server_ts":1700000000000,"content":{"msgtype":"m.text","body":"caf"#
@@ -268,7 +285,11 @@ pub async fn invalid_utf8_is_decoded_lossily(b: Backend) {
     );
 }
 
-pub async fn removing_the_name_falls_back(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_name_falls_back(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let name = |n: Value, id: &str| ev::state("m.room.name", id, "@alice:localhost", "", n);
@@ -348,7 +369,11 @@ pub async fn removing_the_name_falls_back(b: Backend) {
     );
 }
 
-pub async fn previews_are_bounded(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_are_bounded(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     // One grapheme cluster of 30,000 combining marks (the test config accepts 64 KiB bodies).
@@ -368,7 +393,11 @@ pub async fn previews_are_bounded(b: Backend) {
     assert!(preview.ends_with('…'));
 }
 
-pub async fn agent_api_refuses_bad_input(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_refuses_bad_input(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, key) = crate::agents::setup(&app).await;
     let send = |body: Value, idem: Option<&'static str>| {
@@ -424,7 +453,11 @@ pub async fn agent_api_refuses_bad_input(b: Backend) {
     );
 }
 
-pub async fn failed_authentication_is_limited_per_address(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_address(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace(
             "[bridge]\n",
@@ -461,7 +494,11 @@ pub async fn failed_authentication_is_limited_per_address(b: Backend) {
     );
 }
 
-pub async fn old_records_are_pruned(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_records_are_pruned(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     assert_eq!(
@@ -516,7 +553,11 @@ pub async fn old_records_are_pruned(b: Backend) {
     assert!(metrics.contains(r#"daarion_bridge_transactions_total{outcome="replay"} 1"#));
 }
 
-pub async fn follow_ups_are_durable(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ups_are_durable(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // The homeserver refuses the join twice (down): the job is retried until it joins.
     app.hs.fail_joins.lock().unwrap().extend([502, 502]);

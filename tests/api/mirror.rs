@@ -2,6 +2,7 @@
 //! roles, previews per message kind, edits and redactions, names and visibility, agents' own
 //! messages, and refused invites.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -9,7 +10,11 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
-pub async fn daarion_channel_state_places_room(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daarion_channel_state_places_room(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let room = "!garden:localhost";
     let events = vec![
@@ -78,7 +83,11 @@ pub async fn daarion_channel_state_places_room(b: Backend) {
     assert_eq!(app.count("channels").await, 2);
 }
 
-pub async fn unmirrored_rooms_are_ignored(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmirrored_rooms_are_ignored(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let events = vec![
         ev::member("j", "@alice:localhost", "@alice:localhost", "join"),
@@ -103,7 +112,11 @@ pub async fn unmirrored_rooms_are_ignored(b: Backend) {
     );
 }
 
-pub async fn platform_user_rows_are_reused(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_user_rows_are_reused(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     app.exec("INSERT INTO users (id, external_id, matrix_id, handle) VALUES ('00000000-0000-4000-8000-000000000093', 'user:93', '@alice:localhost', 'alice93')").await;
     mirrored(&app).await;
@@ -143,7 +156,11 @@ pub async fn platform_user_rows_are_reused(b: Backend) {
     assert_eq!(sender, vec!["00000000-0000-4000-8000-000000000093"]);
 }
 
-pub async fn membership_lifecycle_and_roles(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_lifecycle_and_roles(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     const ACTIVE: &str = "SELECT u.matrix_id, cm.role, CASE WHEN cm.left_at IS NULL THEN 'active' ELSE 'left' END FROM channel_members cm JOIN users u ON u.id = cm.member_user_id ORDER BY u.matrix_id";
@@ -232,7 +249,11 @@ pub async fn membership_lifecycle_and_roles(b: Backend) {
     assert_eq!(app.count("channel_members").await, 3);
 }
 
-pub async fn previews_by_message_kind(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_by_message_kind(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let a = "@alice:localhost";
@@ -312,7 +333,11 @@ pub async fn previews_by_message_kind(b: Backend) {
     );
 }
 
-pub async fn edits_and_redactions(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_redactions(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let a = "@alice:localhost";
@@ -405,7 +430,11 @@ pub async fn edits_and_redactions(b: Backend) {
     );
 }
 
-pub async fn name_topic_and_visibility_follow_state(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_topic_and_visibility_follow_state(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let a = "@alice:localhost";
@@ -491,7 +520,11 @@ pub async fn name_topic_and_visibility_follow_state(b: Backend) {
     );
 }
 
-pub async fn agent_messages_and_membership(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_messages_and_membership(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     let s = ev::SOFIA;
@@ -534,7 +567,11 @@ pub async fn agent_messages_and_membership(b: Backend) {
     assert_eq!(app.col("SELECT CASE WHEN left_at IS NULL THEN 'active' ELSE 'left' END FROM channel_members WHERE member_agent_id IS NOT NULL").await, vec!["left"]);
 }
 
-pub async fn agents_created_elsewhere_are_found(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_created_elsewhere_are_found(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // Another DAARION service creates an agent while the bridge runs.
     app.exec("INSERT INTO agents (id, external_id, name, kind, matrix_id) VALUES ('00000000-0000-4000-8000-0000000000a1', 'agent:late', 'Late', 'assistant', '@agent_late:localhost')").await;

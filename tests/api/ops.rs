@@ -1,5 +1,6 @@
 //! Operating the bridge: the database going away, health and metrics, reversible migrations.
 
+use rstest::rstest;
 use serde_json::Value;
 
 use crate::{
@@ -7,7 +8,11 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
-pub async fn database_down_is_5xx_and_nothing_is_lost(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_is_5xx_and_nothing_is_lost(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     app.break_db().await;
@@ -55,7 +60,11 @@ pub async fn database_down_is_5xx_and_nothing_is_lost(b: Backend) {
     }
 }
 
-pub async fn health_and_metrics(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let live = app.http.get(app.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
@@ -90,7 +99,11 @@ pub async fn health_and_metrics(b: Backend) {
     }
 }
 
-pub async fn migrations_are_reversible(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_reversible(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
     app.store.migrate_down_all().await.unwrap();

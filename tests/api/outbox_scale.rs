@@ -10,6 +10,8 @@ use daarion_bridge::{
     model::Ts,
 };
 
+use rstest::rstest;
+
 use crate::support::{Backend, TestApp, pg_admin_url};
 
 /// Partitions with pending rows, and pending rows in each (PostgreSQL: 1,000,000 in all).
@@ -129,7 +131,11 @@ where
     times[runs / 2]
 }
 
-pub async fn a_million_row_outbox_is_counted_and_pruned_fast(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
     let app = TestApp::prepare(b, |c| c).await;
     let store: &Store = &app.store;
     assert_eq!(store.event_backlog().await.unwrap().pending, 0, "empty");

@@ -3,6 +3,7 @@
 //! messages, plans cached beforehand on the empty table, 20 transactions with edits and
 //! redactions through the bridge, then the plan the database uses.
 
+use rstest::rstest;
 use serde_json::json;
 
 use crate::support::{Backend, TestApp, ev};
@@ -42,7 +43,11 @@ fn traffic(round: u64) -> Vec<serde_json::Value> {
     events
 }
 
-pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_by_event_id_use_the_index_at_any_size(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     // Plans cached while the table is empty.
@@ -145,7 +150,11 @@ pub async fn lookups_by_event_id_use_the_index_at_any_size(b: Backend) {
 /// each new page free (fillfactor 90), so an edit's new row version stays on its page and none of
 /// the table's six indexes gets a new entry. With PostgreSQL's default (fillfactor 100) the
 /// pages below are full and every edit moves its row. On SQLite the edits apply in place.
-pub async fn edits_of_full_pages_stay_on_their_page(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_full_pages_stay_on_their_page(#[case] b: Backend) {
     // Previews of up to 500 characters (the default), so the rows are as large as real ones.
     let app = TestApp::spawn_with(b, |c| {
         c.replace("preview_chars = 40", "preview_chars = 500")

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::json;
 
 use crate::{
@@ -15,7 +16,11 @@ use crate::{
 
 const HELIX: &str = "@agent_helix:localhost";
 
-pub async fn sql_defined_agent_answers(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_defined_agent_answers(#[case] b: Backend) {
     let (model, url) = FakeModel::spawn("plain").await;
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"200ms\"\n")
@@ -111,7 +116,11 @@ pub async fn sql_defined_agent_answers(b: Backend) {
     );
 }
 
-pub async fn disabled_agents_are_silent_and_refused(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_agents_are_silent_and_refused(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"200ms\"\n")
     })
@@ -233,7 +242,11 @@ async fn command(app: &TestApp, id: &str, sender: &str, text: &str) -> String {
     }
 }
 
-pub async fn bot_commands(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_commands(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\nadmins = [\"@root:localhost\"]\n")
     })
@@ -361,7 +374,11 @@ async fn reseed(app: &TestApp, tweak: impl FnOnce(String) -> String) {
         .unwrap();
 }
 
-pub async fn config_seeds_but_never_overwrites_others(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_seeds_but_never_overwrites_others(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // Rule 1: declared rows that do not exist are created, their bridge rows owned by config.
     assert_eq!(

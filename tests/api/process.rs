@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};
@@ -36,7 +37,11 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-pub async fn slow_and_idle_clients_are_cut_off(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_cut_off(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, limits).await;
     let addr = app.addr;
     tokio::task::spawn_blocking(move || {
@@ -62,7 +67,11 @@ pub async fn slow_and_idle_clients_are_cut_off(b: Backend) {
     .unwrap();
 }
 
-pub async fn the_connection_limit_holds(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_holds(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, limits).await;
     let addr = app.addr;
     let mut held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -141,7 +150,11 @@ pub async fn the_connection_limit_holds(b: Backend) {
     }
 }
 
-pub async fn idle_connections_do_not_starve_the_homeserver(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_starve_the_homeserver(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let idle: Vec<TcpStream> = (0..300)
@@ -160,7 +173,11 @@ pub async fn idle_connections_do_not_starve_the_homeserver(b: Backend) {
     drop(idle);
 }
 
-pub async fn negative_content_length_is_refused(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_content_length_is_refused(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let addr = app.addr;
     let response = tokio::task::spawn_blocking(move || {
@@ -181,7 +198,11 @@ pub async fn negative_content_length_is_refused(b: Backend) {
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 }
 
-pub async fn sigterm_with_a_half_open_connection_exits_cleanly(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_half_open_connection_exits_cleanly(#[case] b: Backend) {
     let app = TestApp::prepare(b, |c| {
         c.replace(
             "[bridge]\n",
@@ -226,7 +247,11 @@ fn question(room: &str, id: &str) -> Value {
     )
 }
 
-pub async fn sigkill_mid_load_loses_and_doubles_no_answer(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_and_doubles_no_answer(#[case] b: Backend) {
     const ROOMS: usize = 8;
     let app = TestApp::prepare(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"50ms\"\n")

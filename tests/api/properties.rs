@@ -1,6 +1,7 @@
 //! Property test over HTTP: any transaction a hostile homeserver could send, built from
 //! arbitrary JSON, gets `200 {}` or a Matrix 4xx, and the bridge keeps serving.
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::support::{Backend, HS_TOKEN, TestApp, ev};
@@ -81,7 +82,11 @@ pub fn homeserver_event() -> impl proptest::strategy::Strategy<Value = Value> {
         })
 }
 
-pub async fn any_transaction_gets_200_or_a_matrix_4xx(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_transaction_gets_200_or_a_matrix_4xx(#[case] b: Backend) {
     use proptest::{
         strategy::Strategy,
         test_runner::{Config, TestRunner},

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::message::PublishMessage;
+use rstest::rstest;
 use serde_json::json;
 
 use crate::{
@@ -114,7 +115,11 @@ fn assert_stream_matches(rows: &[Stored], msgs: &[(String, String, serde_json::V
     }
 }
 
-pub async fn events_reach_jetstream_in_order(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_jetstream_in_order(#[case] b: Backend) {
     let nats = Nats::start().await;
     let app = TestApp::spawn_with(b, with_nats(&nats)).await;
     two_rooms(&app).await;
@@ -153,7 +158,11 @@ pub async fn events_reach_jetstream_in_order(b: Backend) {
     );
 }
 
-pub async fn a_lost_mark_is_deduplicated_by_jetstream(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mark_is_deduplicated_by_jetstream(#[case] b: Backend) {
     let nats = Nats::start().await;
     let app = TestApp::prepare(b, |c| c).await;
     let mut bridge = app.spawn_process(with_nats(&nats)).await;
@@ -179,7 +188,11 @@ pub async fn a_lost_mark_is_deduplicated_by_jetstream(b: Backend) {
     assert_stream_matches(&rows, &msgs);
 }
 
-pub async fn nats_outage_loses_and_doubles_nothing(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_loses_and_doubles_nothing(#[case] b: Backend) {
     let mut nats = Nats::start().await;
     let app = TestApp::spawn_with(b, with_nats(&nats)).await;
     two_rooms(&app).await;
@@ -296,7 +309,9 @@ async fn jetstream_ready(nats: &Nats, stream: &str, messages: u64) -> std::time:
 ///
 /// PostgreSQL only: filling the stream takes most of the test's time, and the publisher's
 /// recovery does not depend on the database (SQLite runs the outage test above).
-pub async fn publishing_resumes_within_2s_of_a_restart_with_a_large_stream(b: Backend) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_resumes_within_2s_of_a_restart_with_a_large_stream() {
+    let b = Backend::Postgres;
     let mut nats = Nats::start().await;
     let app = TestApp::spawn_with(b, with_nats(&nats)).await;
     two_rooms(&app).await;

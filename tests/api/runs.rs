@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rstest::rstest;
 use serde_json::{Value, json};
 
 use crate::{
@@ -73,7 +74,11 @@ pub(crate) async fn settle(app: &TestApp, n: usize) {
     );
 }
 
-pub async fn echo_answers_mentions_and_dms(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_answers_mentions_and_dms(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"100ms\"\n")
     })
@@ -214,7 +219,11 @@ pub async fn echo_answers_mentions_and_dms(b: Backend) {
     assert_eq!(runs[3][1].as_deref(), Some("$dmh"));
 }
 
-pub async fn settings_debounce_and_cancel(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_debounce_and_cancel(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"400ms\"\n")
     })
@@ -312,7 +321,11 @@ pub async fn settings_debounce_and_cancel(b: Backend) {
     assert_eq!(body["runs"].as_array().unwrap().len(), 0);
 }
 
-pub async fn queued_run_cancelled_by_redaction(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_run_cancelled_by_redaction(#[case] b: Backend) {
     // One run at a time over all agents, and a slow runtime holding the slot.
     let (_model, url) = FakeModel::spawn("stream").await;
     let app = TestApp::spawn_with(b, move |c| {
@@ -433,7 +446,11 @@ async fn echo_sends(app: &TestApp, seen: &mut usize, txn: &mut u32) {
     }
 }
 
-pub async fn agent_chain_stops_at_the_limit(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_chain_stops_at_the_limit(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace(
             "[bridge]\n",
@@ -493,7 +510,11 @@ pub async fn agent_chain_stops_at_the_limit(b: Backend) {
     );
 }
 
-pub async fn thread_participation_addresses_the_agent(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_participation_addresses_the_agent(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace("[bridge]\n", "[bridge]\ndebounce = \"50ms\"\n")
     })
@@ -556,7 +577,11 @@ pub async fn thread_participation_addresses_the_agent(b: Backend) {
     assert_eq!(call.body["m.relates_to"]["event_id"], "$root");
 }
 
-pub async fn edits_trigger_only_when_configured(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_trigger_only_when_configured(#[case] b: Backend) {
     let edit = |id: &str, target: &str| {
         ev::now(ev::base(
             "m.room.message",

@@ -8,6 +8,7 @@ use std::{
 
 use axum::{Json, Router, extract::Request, http::StatusCode, response::IntoResponse};
 use hmac::{Hmac, Mac};
+use rstest::rstest;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -82,7 +83,11 @@ impl FakeWebhook {
     }
 }
 
-pub async fn openai_streams_into_one_edited_message(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_streams_into_one_edited_message(#[case] b: Backend) {
     let (model, url) = FakeModel::spawn("stream").await;
     let app = TestApp::spawn_with(
         b,
@@ -198,7 +203,11 @@ pub async fn openai_streams_into_one_edited_message(b: Backend) {
     );
 }
 
-pub async fn openai_plain_and_failures(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_plain_and_failures(#[case] b: Backend) {
     for (mode, expect) in [
         ("plain", "completed"),
         ("fail", "failed"),
@@ -254,7 +263,11 @@ pub async fn openai_plain_and_failures(b: Backend) {
     }
 }
 
-pub async fn webhook_runtime(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_runtime(#[case] b: Backend) {
     // 200 with a reply: posted as the agent; the signature checked by the receiver.
     let (hook, url) = FakeWebhook::spawn("reply").await;
     let app = TestApp::spawn_with(

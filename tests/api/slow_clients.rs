@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rstest::rstest;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -61,7 +62,11 @@ fn json_body(response: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
-pub async fn dripped_requests_meet_their_deadline(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripped_requests_meet_their_deadline(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, deadlines).await;
     let addr = app.addr;
     let head = format!(
@@ -140,7 +145,11 @@ fn answer_to_partial(addr: SocketAddr, head: String) -> (String, Duration) {
     )
 }
 
-pub async fn refused_requests_are_answered_before_their_body(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_answered_before_their_body(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let (channel, _) = crate::agents::setup(&app).await;
     let create =
@@ -215,7 +224,11 @@ pub async fn refused_requests_are_answered_before_their_body(b: Backend) {
     }
 }
 
-pub async fn the_homeserver_gets_through_a_thousand_dripping_connections(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_homeserver_gets_through_a_thousand_dripping_connections(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| {
         c.replace(
             "[bridge]\n",
@@ -327,7 +340,11 @@ fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub async fn malformed_http_gets_matrix_errors(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_gets_matrix_errors(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let addr = app.addr;
     let many_headers: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -362,7 +379,11 @@ pub async fn malformed_http_gets_matrix_errors(b: Backend) {
     assert_eq!(r.status(), 200);
 }
 
-pub async fn malformed_envelopes_keep_their_events(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_envelopes_keep_their_events(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let body = json!({
@@ -407,7 +428,11 @@ pub async fn malformed_envelopes_keep_their_events(b: Backend) {
     );
 }
 
-pub async fn nul_in_the_channel_state_is_not_a_database_error(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_the_channel_state_is_not_a_database_error(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     crate::mirrored(&app).await;
     let placed = ev::in_room(

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rstest::rstest;
 use serde_json::{Map, Value, json};
 
 use crate::support::{Backend, HS_TOKEN, TestApp};
@@ -100,7 +101,11 @@ fn validate(schema: &Value, value: &Value, dir: &Path, at: &str, errors: &mut Ve
     }
 }
 
-pub async fn conforms_to_the_appservice_spec(b: Backend) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_to_the_appservice_spec(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let dir = spec_dir().join("api/application-service");
     let mut operations = 0;
