@@ -129,15 +129,7 @@ async fn the_connection_limit_holds(#[case] b: Backend) {
         "with every slot the homeserver's, a newcomer is refused"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for counter in [
         "daarion_bridge_http_connections_refused_total",
         "daarion_bridge_http_connections_evicted_total",

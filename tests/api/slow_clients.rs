@@ -113,15 +113,7 @@ async fn dripped_requests_meet_their_deadline(#[case] b: Backend) {
         head_took >= Duration::from_millis(1800) && head_took < Duration::from_secs(5),
         "the header deadline is 2 s: {head_took:?}"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("daarion_bridge_http_requests_timed_out_total 2"),
         "{metrics}"
@@ -313,15 +305,7 @@ async fn the_homeserver_gets_through_a_thousand_dripping_connections(#[case] b: 
         12,
         "every transaction's message, and none of the dripping sends"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let evicted: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("daarion_bridge_http_connections_evicted_total "))
@@ -400,15 +384,7 @@ async fn malformed_envelopes_keep_their_events(#[case] b: Backend) {
         app.col("SELECT content_preview FROM messages").await,
         vec!["still mirrored".to_owned()]
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for (kind, n) in [
         ("ephemeral", 1),
         ("to_device", 1),
@@ -456,15 +432,7 @@ async fn nul_in_the_channel_state_is_not_a_database_error(#[case] b: Backend) {
         app.col("SELECT content_preview FROM messages").await,
         vec!["next".to_owned()]
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     // Not refused by the database (which would count as rejected after the per-event retry):
     // the unknown microDAO just places nothing.
     assert!(!metrics.contains("outcome=\"rejected\""), "{metrics}");

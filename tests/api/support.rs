@@ -369,6 +369,18 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `PUT /_matrix/app/v1/transactions/{txn}` with the hs token.
     pub async fn put_txn(&self, txn: &str, events: Vec<Value>) -> (u16, Value) {
         self.put_raw(
