@@ -153,7 +153,11 @@ async fn start_bridge(db_url: &str, dir: &std::path::Path, hs_url: &str, extra: 
     let config = bridge_toml(port, db_url, hs_url, extra);
     let path = dir.join(format!("bench-{port}.toml"));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_daarion-bridge"))
+    // `DAARION_BENCH_BRIDGE=PATH` runs another build of the bridge (an A/B of two commits with
+    // one harness and one floor).
+    let bridge = std::env::var("DAARION_BENCH_BRIDGE")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_daarion-bridge").to_owned());
+    let child = Command::new(bridge)
         .args(["-c", path.to_str().unwrap(), "run"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
