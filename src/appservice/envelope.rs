@@ -7,10 +7,10 @@ use ruma::UserId;
 use serde_json::{Map, Value};
 
 /// Fields ruma reads as lists (anything inside a list is kept: each item is parsed later).
+/// Fields ruma does not read (the stable `to_device`, read leniently beside it) cannot make it
+/// refuse a body, so they are left alone.
 const LISTS: &[(&str, &str)] = &[
     ("ephemeral", "ephemeral"),
-    ("de.sorunome.msc2409.ephemeral", "ephemeral"),
-    ("to_device", "to_device"),
     ("de.sorunome.msc2409.to_device", "to_device"),
 ];
 const DEVICE_LISTS: &str = "org.matrix.msc3202.device_lists";

@@ -15,6 +15,7 @@
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -22,6 +23,8 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+
+use crate::metrics::Metrics;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
@@ -37,13 +40,13 @@ pub struct MatrixIo {
     /// A replacement response still to be written, and how much of it is.
     pending: Vec<u8>,
     written: usize,
-    /// Counted when a request misses its deadline.
-    on_timeout: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Counts a request dropped unanswered (`requests_timed_out`).
+    metrics: Arc<Metrics>,
 }
 
 impl MatrixIo {
-    /// Wraps `stream`; `on_timeout` is called when a request is dropped unanswered.
-    pub fn new(stream: TcpStream, on_timeout: impl Fn() + Send + Sync + 'static) -> Self {
+    /// Wraps `stream`, counting requests dropped unanswered in `metrics`.
+    pub fn new(stream: TcpStream, metrics: Arc<Metrics>) -> Self {
         Self {
             stream,
             owed: false,
@@ -51,7 +54,7 @@ impl MatrixIo {
             eof: false,
             pending: Vec::new(),
             written: 0,
-            on_timeout: Some(Box::new(on_timeout)),
+            metrics,
         }
     }
 
@@ -228,9 +231,7 @@ impl Drop for MatrixIo {
         } else if self.owed && !self.eof && self.pending.is_empty() {
             // Bytes of a request came and no answer went: its deadline passed (or the bridge is
             // shutting down past its grace). Best effort, never blocking.
-            if let Some(count) = &self.on_timeout {
-                count();
-            }
+            self.metrics.requests_timed_out.inc();
             let _ = self.stream.try_write(&error_response(
                 408,
                 "M_UNKNOWN",

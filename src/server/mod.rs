@@ -133,18 +133,22 @@ impl Connection {
                 let (mut parts, incoming) = request.into_parts();
                 parts.extensions.insert(ConnectInfo(peer));
                 parts.extensions.insert(tag);
-                let state = Arc::new(BodyState::default());
-                let has_body = !hyper::body::Body::is_end_stream(&incoming);
-                let body = if has_body {
-                    axum::body::Body::new(DeadlineBody::new(incoming, body_timeout, state.clone()))
-                } else {
-                    axum::body::Body::empty()
+                // Only a request with a body gets a deadline and its shared state.
+                let state = (!hyper::body::Body::is_end_stream(&incoming))
+                    .then(|| Arc::new(BodyState::default()));
+                let body = match &state {
+                    Some(state) => axum::body::Body::new(DeadlineBody::new(
+                        incoming,
+                        body_timeout,
+                        state.clone(),
+                    )),
+                    None => axum::body::Body::empty(),
                 };
                 let mut response = router
                     .oneshot(hyper::Request::from_parts(parts, body))
                     .await
                     .unwrap_or_else(|never: Infallible| match never {});
-                if has_body && !state.finished() {
+                if state.as_ref().is_some_and(|s| !s.finished()) {
                     // Answered before its body was read (refused, too large, too slow): close
                     // rather than read or buffer the rest.
                     response.headers_mut().insert(
@@ -165,9 +169,7 @@ impl Connection {
             // each byte; it also bounds how long an idle keep-alive connection waits.
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true);
-        let io = MatrixIo::new(stream, move || {
-            timeouts.requests_timed_out.inc();
-        });
+        let io = MatrixIo::new(stream, timeouts);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
