@@ -11,12 +11,22 @@
 //! - an HTTP/2 preface as a connection's first bytes gets 505 and the connection ends;
 //! - a connection dropped while a request's bytes are waiting unanswered (its deadline passed)
 //!   gets a best-effort 408 first.
+//!
+//! It also closes a connection the way a client still sending can read: a *lingering close*.
+//! A response sent before its request's body was read (413, 401, 403…) ends the connection
+//! with the client possibly still writing. Closing a socket with unread bytes makes the kernel
+//! answer with a reset, and a reset can destroy the response in the client's receive buffer
+//! before the client reads it: the client sees "broken pipe" instead of our 413. So shutting
+//! down sends FIN after the response and then reads and discards what still comes, until the
+//! client closes, [`LINGER`] passes or [`LINGER_BYTES`] were thrown away (nginx's
+//! `lingering_close` does the same).
 
 use std::{
     io,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use tokio::{
@@ -27,6 +37,15 @@ use tokio::{
 use crate::metrics::Metrics;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// How long a closing connection keeps reading what its client still sends. Long enough for a
+/// client to read a response that arrived in the middle of its upload, short enough that a
+/// hostile client gains nothing (the connection still counts against the budget and can be
+/// evicted meanwhile).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// How many bytes a closing connection reads and throws away at most.
+pub const LINGER_BYTES: u64 = 16 << 20;
 
 /// A TCP connection that turns hyper's own bare error responses into Matrix errors.
 pub struct MatrixIo {
@@ -42,6 +61,14 @@ pub struct MatrixIo {
     written: usize,
     /// Counts a request dropped unanswered (`requests_timed_out`).
     metrics: Arc<Metrics>,
+    /// The lingering close once our side is shut: until when, and what may still be read.
+    linger: Option<Linger>,
+}
+
+/// A lingering close in progress.
+struct Linger {
+    until: Pin<Box<tokio::time::Sleep>>,
+    budget: u64,
 }
 
 impl MatrixIo {
@@ -55,6 +82,35 @@ impl MatrixIo {
             pending: Vec::new(),
             written: 0,
             metrics,
+            linger: None,
+        }
+    }
+
+    /// Reads and discards what the client still sends, until it closes, the linger time ends or
+    /// the byte budget is spent; ready once any of those happens.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(linger) = self.linger.as_mut() else {
+            return Poll::Ready(());
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if linger.until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                // The client closed (or reset): nothing left that a reset could destroy.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len() as u64;
+                    if n >= linger.budget {
+                        return Poll::Ready(());
+                    }
+                    linger.budget -= n;
+                }
+            }
         }
     }
 
@@ -219,8 +275,21 @@ impl AsyncWrite for MatrixIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
-        Pin::new(&mut this.stream).poll_shutdown(cx)
+        if this.linger.is_none() {
+            ready!(this.poll_pending(cx))?;
+            // FIN after the response: the client reads it to the end at once.
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Some(Linger {
+                until: Box::pin(tokio::time::sleep(LINGER)),
+                budget: LINGER_BYTES,
+            });
+        }
+        ready!(this.poll_linger(cx));
+        this.eof = true;
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -137,6 +137,85 @@ fn answer_to_partial(addr: SocketAddr, head: String) -> (String, Duration) {
     )
 }
 
+/// Sends `head`, then uploads `total` bytes of body in 32 KiB chunks (as a client does that
+/// looks for an answer only once its request is sent) and only then reads; returns the first
+/// write error, if any, and the answer.
+fn upload_past_the_answer(
+    addr: SocketAddr,
+    head: String,
+    total: usize,
+) -> (Option<std::io::Error>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 32 << 10];
+    let mut failed = None;
+    for _ in 0..total.div_ceil(chunk.len()) {
+        if let Err(error) = s.write_all(&chunk[..chunk.len().min(total)]) {
+            failed = Some(error);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (failed, String::from_utf8_lossy(&out).into_owned())
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_uploading_reads_its_refusal(#[case] b: Backend) {
+    // Closing a socket with unread bytes answers the client's next bytes with a reset, and the
+    // reset can destroy the refusal before the client reads it ("broken pipe" in place of 413).
+    // The lingering close reads on after the answer: the upload completes, then the client
+    // reads the answer, every time.
+    let app = TestApp::spawn(b).await;
+    let addr = app.addr;
+    let cases = [
+        (
+            "a 50 MiB transaction",
+            format!(
+                "PUT /_matrix/app/v1/transactions/big HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {HS_TOKEN}\r\nContent-Length: {}\r\n\r\n",
+                50u64 << 20
+            ),
+            1 << 20,
+            413,
+        ),
+        (
+            "a 60 KB transaction without the token",
+            "PUT /_matrix/app/v1/transactions/t HTTP/1.1\r\nHost: a\r\nContent-Length: 61440\r\n\r\n"
+                .to_owned(),
+            61440,
+            401,
+        ),
+    ];
+    for (what, head, total, status) in cases {
+        for round in 0..3 {
+            let head = head.clone();
+            let (failed, answer) =
+                tokio::task::spawn_blocking(move || upload_past_the_answer(addr, head, total))
+                    .await
+                    .unwrap();
+            // Without the lingering close the upload fails ("broken pipe", "connection reset"),
+            // which is all many HTTP clients report.
+            assert!(failed.is_none(), "{what}, round {round}: {failed:?}");
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{what}, round {round}: {answer:?}"
+            );
+            assert!(
+                json_body(&answer)["errcode"].is_string(),
+                "{what}: {answer}"
+            );
+        }
+    }
+    // The bridge still serves.
+    assert_eq!(app.put_txn("after", vec![]).await.0, 200);
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
