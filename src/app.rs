@@ -96,7 +96,7 @@ impl Bridge {
         let registry =
             AgentRegistry::load(store.clone(), namespace.clone(), secrets(&config)).await?;
         let default_microdao = match &config.bridge.default_microdao {
-            Some(external) => store.microdao_by_external_id(external).await?,
+            Some(external) => store.rooms().microdao_by_external_id(external).await?,
             None => None,
         };
         let settings = MirrorSettings {
@@ -128,7 +128,7 @@ impl Bridge {
         let crypto = match config.encryption.active_key() {
             Some(key) => {
                 let crypto = Crypto::open(
-                    store.clone(),
+                    store.crypto(),
                     hs.clone(),
                     key,
                     config.encryption.store_previews,

@@ -176,6 +176,7 @@ pub async fn resolve(store: &Store, reference: &str) -> Result<ChannelId, Export
         return found.ok_or_else(|| ExportError::UnknownChannel(reference.into()));
     }
     store
+        .rooms()
         .channel_for_room(reference)
         .await?
         .ok_or_else(|| ExportError::UnknownChannel(reference.into()))

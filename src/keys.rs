@@ -33,7 +33,7 @@ pub async fn create(
 ) -> Result<(AccessKeyId, String), StoreError> {
     let mut all: Vec<String> = caps.to_vec();
     for bundle in bundles {
-        let in_bundle = store.bundle_caps(bundle).await?;
+        let in_bundle = store.keys().bundle_caps(bundle).await?;
         if in_bundle.is_empty() {
             return Err(StoreError::NotFound {
                 what: "bundle",
@@ -52,7 +52,8 @@ pub async fn create(
     let key = format!("{PREFIX}{}", random_token());
     let prefix = key[..12].to_owned();
     let id = store
-        .insert_key(&NewKey {
+        .keys()
+        .insert(&NewKey {
             agent_external_id,
             name,
             prefix: &prefix,
@@ -75,7 +76,8 @@ pub async fn create_admin(
 ) -> Result<(crate::model::ids::AdminKeyId, String), StoreError> {
     let key = format!("{PREFIX}{}", random_token());
     let id = store
-        .insert_admin_key(name, &key[..12], &hash(&key), expires_at, by)
+        .admin_keys()
+        .insert(name, &key[..12], &hash(&key), expires_at, by)
         .await?;
     Ok((id, key))
 }

@@ -11,7 +11,8 @@
 //!    [`metrics`], [`ratelimit`], [`supervise`] (restarting and draining background tasks).
 //! 3. [`matrix`]: the client-server API client (the Matrix edge; knows nothing of the store).
 //! 4. [`db`]: PostgreSQL and SQLite: migrations, the batched write of a transaction with its
-//!    events and audit records, reads and writes per table group.
+//!    events and audit records, and one store handle per table group (`store.outbox()`,
+//!    `store.runs()`, …) with its reads and writes.
 //! 5. [`keys`] (agent and admin access keys) and [`crypto`] (each agent's device and
 //!    `OlmMachine`, its store in the database, decrypting transactions, encrypting sends).
 //! 6. [`puppet`]: acting as agents: `PuppetIntent`, profiles, content, the durable outbox.

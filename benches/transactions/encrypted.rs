@@ -22,7 +22,7 @@ fn message(seq: u64, content: Value, kind: &str) -> Value {
 pub async fn decryption(db_url: &str) {
     let store = daarion_bridge::db::Store::connect(db_url, 4).await.unwrap();
     store.migrate().await.unwrap();
-    store.crypto_device(SOFIA, SOFIA_DEVICE).await.unwrap();
+    store.crypto().device(SOFIA, SOFIA_DEVICE).await.unwrap();
     let port = free_port();
     let toml = bridge_toml(
         port,

@@ -55,7 +55,7 @@ pub async fn audit_denied(State(state): State<ApiState>, request: Request, next:
         }));
         // Written before the response leaves: a denial is never lost. Failed authentications are
         // limited per address before this point, so this cannot be used to flood the log.
-        if let Err(error) = state.store.audit(&[entry]).await {
+        if let Err(error) = state.store.audit().record(&[entry]).await {
             tracing::warn!(%error, "could not audit a denied API call");
         }
     }

@@ -124,7 +124,7 @@ impl FromRequestParts<ApiState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let presented = Presented::read(parts, state)?;
         let fail = |error| presented.fail(error);
-        let found = state.store.key_by_hash(&presented.hash).await?;
+        let found = state.store.keys().by_hash(&presented.hash).await?;
         let key = found.ok_or_else(|| fail(MatrixError::unknown_token("unknown access key")))?;
         let now = Ts::now();
         let used = if key.revoked_at.is_some() {
@@ -147,7 +147,7 @@ impl FromRequestParts<ApiState> for Caller {
             .details(
                 serde_json::json!({ "expires_at": key.expires_at, "revoked_at": key.revoked_at }),
             );
-            state.store.audit(&[entry]).await?;
+            state.store.audit().record(&[entry]).await?;
             return Err(fail(MatrixError::unknown_token(reason)));
         }
         state
@@ -155,7 +155,7 @@ impl FromRequestParts<ApiState> for Caller {
             .check(&key.agent_id)
             .map_err(MatrixError::limit_exceeded)?;
         if key.last_used_at.is_none_or(|t| now.0 - t.0 > TOUCH_EVERY) {
-            state.store.touch_key(key.key_id, now).await?;
+            state.store.keys().touch(key.key_id, now).await?;
         }
         let agent = match state.registry.by_id(key.agent_id) {
             Some(agent) => agent,

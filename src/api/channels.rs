@@ -36,7 +36,7 @@ pub(super) async fn channel(
     id: &str,
 ) -> Result<(ChannelId, OwnedRoomId), MatrixError> {
     let id = ChannelId(uuid("channel_id", id)?);
-    match state.store.channel_access(id, caller.agent.id).await? {
+    match state.store.channels().access(id, caller.agent.id).await? {
         None => Err(MatrixError::not_found("no such channel")),
         Some((_, false)) => Err(MatrixError::forbidden(
             "the agent is not an active member of this channel",
@@ -79,7 +79,7 @@ pub async fn channels(
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     caller.require(READ)?;
     Ok(Json(
-        json!({ "channels": state.store.agent_channels(caller.agent.id).await? }),
+        json!({ "channels": state.store.channels().agent_channels(caller.agent.id).await? }),
     ))
 }
 
@@ -103,7 +103,7 @@ pub async fn sessions(
         None => None,
     };
     Ok(Json(
-        json!({ "sessions": state.store.agent_sessions(caller.agent.id, status).await? }),
+        json!({ "sessions": state.store.sessions().of_agent(caller.agent.id, status).await? }),
     ))
 }
 
@@ -183,6 +183,7 @@ pub async fn settings(
         .ok_or_else(|| MatrixError::invalid_param("`respond` must be mentions, all or never"))?;
     state
         .store
+        .runs()
         .set_respond(caller.agent.id, channel, respond, &caller.actor())
         .await?;
     Ok(Json(json!({ "respond": respond })))

@@ -75,7 +75,11 @@ pub async fn list(
         ));
     }
     let before = q.before.as_deref().map(parse_cursor).transpose()?;
-    let page = state.store.messages_page(channel, before, limit).await?;
+    let page = state
+        .store
+        .channels()
+        .messages_page(channel, before, limit)
+        .await?;
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|m| cursor(m.created_at, m.id)))
         .flatten();
@@ -220,7 +224,7 @@ pub async fn send(
             // Queued: the answer is on its way; the run is done from the runtime's side.
             _ => RunEnd::completed(json!({ "text": text, "outbox_id": item.id }), None),
         };
-        state.store.finish_run(run, &end).await?;
+        state.store.runs().finish(run, &end).await?;
     }
     Ok(outcome(&item))
 }
@@ -233,7 +237,7 @@ async fn deferred_run(
     channel: ChannelId,
 ) -> Result<RunId, MatrixError> {
     caller.require("agent.run.invoke")?;
-    match state.store.get_run(id).await? {
+    match state.store.runs().get(id).await? {
         Some(r) if r.agent_id == caller.agent.id && r.channel_id == Some(channel) => {
             if r.status != RunStatus::Running {
                 return Err(MatrixError::invalid_param(format!(
@@ -270,7 +274,12 @@ async fn own_message(
     id: &str,
 ) -> Result<OwnedEventId, MatrixError> {
     let target = event_id("event_id", id)?;
-    match state.store.message_agent(channel, target.as_str()).await? {
+    match state
+        .store
+        .channels()
+        .message_agent(channel, target.as_str())
+        .await?
+    {
         None => Err(MatrixError::not_found("no such message in this channel")),
         Some(Some(a)) if a == caller.agent.id => Ok(target),
         Some(_) => Err(MatrixError::forbidden(
@@ -359,6 +368,7 @@ pub async fn react(
     let target = event_id("event_id", &target)?;
     if state
         .store
+        .channels()
         .message_agent(channel, target.as_str())
         .await?
         .is_none()
@@ -389,7 +399,7 @@ pub async fn outbox(
 ) -> Result<Response, MatrixError> {
     caller.require(SEND)?;
     let id = OutboxId(uuid("outbox_id", &id)?);
-    match state.store.outbox_get(id).await? {
+    match state.store.outbox().get(id).await? {
         Some(item) if item.agent_id == caller.agent.id => Ok(outcome(&item)),
         _ => Err(MatrixError::not_found("no such queued send")),
     }

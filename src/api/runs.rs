@@ -47,7 +47,8 @@ pub async fn list(
     }
     let runs = state
         .store
-        .list_runs(caller.agent.id, q.channel_id.map(ChannelId), status, limit)
+        .runs()
+        .list(caller.agent.id, q.channel_id.map(ChannelId), status, limit)
         .await?;
     Ok(Json(json!({ "runs": runs })))
 }
@@ -60,7 +61,7 @@ pub async fn get(
 ) -> Result<Json<serde_json::Value>, MatrixError> {
     caller.require(READ)?;
     let id = RunId(uuid("run_id", &id)?);
-    match state.store.get_run(id).await? {
+    match state.store.runs().get(id).await? {
         Some(r) if r.agent_id == caller.agent.id => Ok(Json(json!(r))),
         _ => Err(MatrixError::not_found("no such run of this agent")),
     }

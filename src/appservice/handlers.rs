@@ -177,7 +177,7 @@ pub async fn transaction(
     if let (Ok(Applied::Committed), Some(prepared)) = (&result, &prepared) {
         // The late events are committed with this transaction: they wait no more.
         for event_id in &prepared.late {
-            if let Err(error) = state.store.crypto_pending_remove(event_id).await {
+            if let Err(error) = state.store.crypto().pending_remove(event_id).await {
                 tracing::warn!(%error, "cannot forget a decrypted pending event; a replay of it changes nothing");
             }
         }

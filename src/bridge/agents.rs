@@ -13,6 +13,7 @@ use std::{
 
 use ruma::{OwnedUserId, UserId};
 
+use crate::db::agents::AgentStore;
 use crate::{
     config::{MessageKind, OpenAiConfig, WebhookConfig},
     db::{Store, StoreError, agents::StoredAgent},
@@ -44,7 +45,7 @@ struct Snapshot {
 /// Every known agent.
 pub struct AgentRegistry {
     /// `None` for a fixed registry (tests, fuzzing): reloads change nothing.
-    store: Option<Store>,
+    store: Option<AgentStore>,
     namespace: Namespace,
     /// Named secrets runtime settings refer to (`[secrets]`, inline config secrets).
     secrets: BTreeMap<String, String>,
@@ -63,7 +64,7 @@ impl AgentRegistry {
         secrets: BTreeMap<String, String>,
     ) -> Result<Arc<Self>, StoreError> {
         let registry = Arc::new(Self {
-            store: Some(store),
+            store: Some(store.agents()),
             namespace,
             secrets,
             snapshot: RwLock::default(),
@@ -121,7 +122,7 @@ impl AgentRegistry {
             return Ok(0);
         };
         let _one = self.reloading.lock().await;
-        let rows = store.agents().await?;
+        let rows = store.all().await?;
         let old = self.read();
         let mut next = Snapshot::default();
         let mut changes = Changes::default();
@@ -133,7 +134,7 @@ impl AgentRegistry {
             if derived {
                 // Tell other services which puppet the agent is.
                 store
-                    .set_agent_matrix_id(agent.id, agent.user_id.as_str())
+                    .set_matrix_id(agent.id, agent.user_id.as_str())
                     .await?;
             }
             let agent = Arc::new(agent);

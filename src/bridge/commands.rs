@@ -201,7 +201,7 @@ impl Commands {
         let entry = actor
             .did("command.run", Some(call.room.as_str()), outcome)
             .details(serde_json::json!({ "command": call.text, "event_id": call.event_id }));
-        self.store.audit(&[entry]).await?;
+        self.store.audit().record(&[entry]).await?;
         self.reply(&call, &answer).await
     }
 
@@ -212,7 +212,7 @@ impl Commands {
         actor: &Actor,
     ) -> Result<(String, AuditOutcome), CommandError> {
         let store = &self.store;
-        let room = store.load_rooms(&[call.room.as_str()]).await?.pop();
+        let room = store.rooms().load(&[call.room.as_str()]).await?.pop();
         let admin = self.admins.iter().any(|a| a == call.sender);
         let level = room
             .as_ref()
@@ -257,7 +257,9 @@ impl Commands {
                 let Some(channel) = channel else {
                     return ok(not_mirrored());
                 };
-                ok(sessions_text(&store.channel_sessions(channel, 20).await?))
+                ok(sessions_text(
+                    &store.sessions().of_channel(channel, 20).await?,
+                ))
             }
             Command::Invite(_) | Command::Kick(_) | Command::Respond(..) if !may_manage => {
                 denied(match command {
@@ -317,6 +319,7 @@ impl Commands {
                     return ok(not_mirrored());
                 };
                 store
+                    .runs()
                     .set_respond(agent.id, channel, *respond, actor)
                     .await?;
                 ok(format!(

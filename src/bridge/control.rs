@@ -76,7 +76,12 @@ impl Control {
             return Err(ControlError::Disabled(agent.name.clone()));
         }
         let store = &self.store;
-        if store.channel_for_room(room.as_str()).await?.is_none() {
+        if store
+            .rooms()
+            .channel_for_room(room.as_str())
+            .await?
+            .is_none()
+        {
             return Err(ControlError::NotMirrored(room.to_string()));
         }
         let intent = self.puppets.intent(agent.clone());
@@ -126,7 +131,7 @@ async fn audit(
     let entry = by
         .did(action, Some(room.as_str()), AuditOutcome::Allowed)
         .details(serde_json::json!({ "agent": agent.external_id, "matrix_id": agent.user_id }));
-    store.audit(&[entry]).await
+    store.audit().record(&[entry]).await
 }
 
 /// The homeserver as the bridge sees it.
@@ -197,10 +202,10 @@ async fn status(
         version: env!("CARGO_PKG_VERSION"),
         homeserver,
         queues: Queues {
-            follow_ups: store.jobs_pending().await?,
-            outbox: store.outbox_pending().await?,
-            runs: store.open_runs().await?.len() as i64,
-            events: store.event_backlog().await?.pending,
+            follow_ups: store.jobs().pending().await?,
+            outbox: store.outbox().pending().await?,
+            runs: store.runs().open().await?.len() as i64,
+            events: store.events().backlog().await?.pending,
         },
         agents: agents.len(),
         agents_enabled: agents.iter().filter(|a| a.active).count(),

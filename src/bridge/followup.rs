@@ -16,6 +16,7 @@ use super::{
     commands::{CommandError, Commands, Invocation},
     mirror::Mirror,
 };
+use crate::db::jobs::JobStore;
 use crate::{
     bridge::agents::AgentRegistry,
     db::{Store, StoreError, jobs::JobRow},
@@ -64,7 +65,7 @@ impl FollowUpError {
 /// The follow-up worker.
 pub struct FollowUps {
     mirror: Arc<Mirror>,
-    store: Store,
+    jobs: JobStore,
     /// For users of the namespace that are neither the bot nor a known agent.
     hs: Homeserver,
     bot: BotIntent,
@@ -92,7 +93,7 @@ impl FollowUps {
     ) -> Arc<Self> {
         Arc::new(Self {
             mirror,
-            store,
+            jobs: store.jobs(),
             hs,
             bot,
             registry,
@@ -105,12 +106,12 @@ impl FollowUps {
 
     /// Works the queue until cancelled; in-flight jobs finish first.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let store = self.store.clone();
+        let jobs = self.jobs.clone();
         let mut inflight = JoinSet::new();
         loop {
             let free = PARALLEL.saturating_sub(inflight.len());
             if free > 0 {
-                match store.claim_jobs(free as i64, LEASE).await {
+                match jobs.claim(free as i64, LEASE).await {
                     Ok(jobs) => {
                         for job in jobs {
                             let this = self.clone();
@@ -120,7 +121,7 @@ impl FollowUps {
                     Err(error) => tracing::warn!(%error, "follow-up queue unreadable; retrying"),
                 }
             }
-            let wait = match store.next_job_due().await {
+            let wait = match jobs.next_due().await {
                 Ok(Some(due)) => Duration::from_millis(
                     (due.millis() - Ts::now().millis()).clamp(0, POLL.as_millis() as i64) as u64,
                 ),
@@ -142,26 +143,25 @@ impl FollowUps {
     }
 
     async fn execute(&self, job: JobRow) {
-        let store = &self.store;
+        let jobs = &self.jobs;
         let result = match job.kind {
             JobKind::Join => self.join(&job).await,
             JobKind::Reject => self.reject(&job).await,
             JobKind::Command => self.command(&job).await,
         };
         let recorded = match result {
-            Ok(()) => store.job_done(job.id).await,
+            Ok(()) => jobs.done(job.id).await,
             Err(error) if error.is_transient() && job.attempts < ATTEMPTS => {
                 let wait =
                     Duration::from_millis(500).saturating_mul(1 << job.attempts.clamp(0, 10));
                 tracing::warn!(room_id = %job.room_id, user_id = %job.user_id, kind = %job.kind, attempt = job.attempts, %error, "follow-up failed; will retry");
-                store
-                    .job_failed(job.id, &error.to_string(), Some(Ts::now().plus(wait)))
+                jobs.failed(job.id, &error.to_string(), Some(Ts::now().plus(wait)))
                     .await
             }
             Err(error) => {
                 tracing::error!(room_id = %job.room_id, user_id = %job.user_id, kind = %job.kind, %error, "follow-up failed for good");
                 self.metrics.follow_up_failed.inc();
-                store.job_failed(job.id, &error.to_string(), None).await
+                jobs.failed(job.id, &error.to_string(), None).await
             }
         };
         if let Err(error) = recorded {

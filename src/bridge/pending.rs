@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::Mirror;
+use crate::db::crypto::CryptoTables;
 use crate::{crypto::Crypto, db::Store, metrics::Metrics, model::Ts};
 
 /// Events handled per round.
@@ -27,26 +28,26 @@ pub struct Bounds {
 pub async fn expire(
     crypto: &Crypto,
     mirror: &Mirror,
-    store: &Store,
+    store: &CryptoTables,
     metrics: &Metrics,
     bounds: Bounds,
     now: Ts,
 ) -> Result<usize, crate::crypto::CryptoError> {
     let mut expired = store
-        .crypto_pending_expired(now.minus(bounds.max_age), BATCH)
+        .pending_expired(now.minus(bounds.max_age), BATCH)
         .await?;
     if expired.is_empty() {
         // Over the count: the oldest go first, whatever their age.
-        let over = store.crypto_pending_count().await? - i64::from(bounds.max_count);
+        let over = store.pending_count().await? - i64::from(bounds.max_count);
         if over > 0 {
             expired = store
-                .crypto_pending_expired(now.plus(Duration::from_secs(86_400)), over.min(BATCH))
+                .pending_expired(now.plus(Duration::from_secs(86_400)), over.min(BATCH))
                 .await?;
         }
     }
     for pending in &expired {
         let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
-            store.crypto_pending_remove(&pending.event_id).await?;
+            store.pending_remove(&pending.event_id).await?;
             continue;
         };
         let room = ruma::OwnedRoomId::try_from(pending.room_id.as_str()).ok();
@@ -61,7 +62,7 @@ pub async fn expire(
         };
         let event: &RawValue = decrypted.as_deref().unwrap_or(&raw);
         mirror.apply_late(&[event]).await?;
-        store.crypto_pending_remove(&pending.event_id).await?;
+        store.pending_remove(&pending.event_id).await?;
         metrics.crypto(outcome);
         if outcome == "expired" {
             tracing::warn!(event_id = %pending.event_id, room_id = %pending.room_id, "no room key arrived in time; mirrored as [encrypted]");
@@ -87,7 +88,16 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = expire(&crypto, &mirror, &store, &metrics, bounds, Ts::now()).await {
+        if let Err(error) = expire(
+            &crypto,
+            &mirror,
+            &store.crypto(),
+            &metrics,
+            bounds,
+            Ts::now(),
+        )
+        .await
+        {
             tracing::warn!(%error, "cannot settle pending encrypted events; will retry");
         }
     }

@@ -111,7 +111,8 @@ pub async fn apply(puppets: &Arc<Puppets>, store: &Store, changes: Changes) {
 /// close, and the decision is audited.
 async fn retire(puppets: &Arc<Puppets>, store: &Store, agent: &Arc<Agent>) {
     let deleted = store
-        .agent_by_external_id(&agent.external_id)
+        .agents()
+        .by_external_id(&agent.external_id)
         .await
         .ok()
         .flatten()
@@ -133,7 +134,7 @@ async fn retire(puppets: &Arc<Puppets>, store: &Store, agent: &Arc<Agent>) {
             0
         }
     };
-    if !deleted && let Err(error) = store.close_agent_sessions(agent.id).await {
+    if !deleted && let Err(error) = store.sessions().close_agent(agent.id).await {
         tracing::warn!(agent = %agent.external_id, %error, "cannot close a retired agent's sessions");
     }
     let entry = NewAudit::new(
@@ -148,7 +149,7 @@ async fn retire(puppets: &Arc<Puppets>, store: &Store, agent: &Arc<Agent>) {
         AuditOutcome::Allowed,
     )
     .details(serde_json::json!({ "left_rooms": rooms, "matrix_id": agent.user_id.as_str() }));
-    if let Err(error) = store.audit(&[entry]).await {
+    if let Err(error) = store.audit().record(&[entry]).await {
         tracing::warn!(%error, "cannot audit a retired agent");
     }
     tracing::info!(agent = %agent.external_id, rooms, reason, "agent retired");

@@ -31,7 +31,8 @@ pub async fn evaluate(
     let mut out = Evaluation::default();
     let c: &CandidatePayload = &candidate.payload.0;
     let agents: Vec<std::sync::Arc<Agent>> = store
-        .channel_agents(candidate.channel_id)
+        .channels()
+        .agents(candidate.channel_id)
         .await?
         .into_iter()
         .filter_map(|id| registry.by_id(id))
@@ -47,10 +48,15 @@ pub async fn evaluate(
         return Ok(out);
     }
     // A direct chat: invited as one, or one person and one agent.
-    let dm =
-        present == 1 && (c.is_direct || store.human_member_count(candidate.channel_id).await? <= 1);
+    let dm = present == 1
+        && (c.is_direct
+            || store
+                .channels()
+                .human_member_count(candidate.channel_id)
+                .await?
+                <= 1);
     // Settings are read here (not cached): the CLI and the API change them from outside.
-    let settings = store.respond_settings(candidate.channel_id).await?;
+    let settings = store.runs().respond_settings(candidate.channel_id).await?;
     for agent in agents {
         if agent.user_id == c.sender {
             continue;
@@ -77,13 +83,22 @@ pub async fn evaluate(
                         || (c.mentions.is_none() && legacy_mention(c, &agent))
                         || match &c.reply_to {
                             Some(target) => {
-                                store.message_sender(target.as_str()).await?.as_deref()
+                                store
+                                    .channels()
+                                    .message_sender(target.as_str())
+                                    .await?
+                                    .as_deref()
                                     == Some(agent.user_id.as_str())
                             }
                             None => false,
                         }
                         || match &c.thread_root {
-                            Some(root) => store.agent_in_thread(root.as_str(), agent.id).await?,
+                            Some(root) => {
+                                store
+                                    .channels()
+                                    .agent_in_thread(root.as_str(), agent.id)
+                                    .await?
+                            }
                             None => false,
                         }
                 }

@@ -80,7 +80,8 @@ impl Upkeep {
             .collect();
         let abandoned = self
             .store
-            .fail_abandoned_runs(now.minus(DEFERRED_RUN_LIMIT))
+            .runs()
+            .fail_abandoned(now.minus(DEFERRED_RUN_LIMIT))
             .await?;
         if abandoned > 0 {
             tracing::warn!(
@@ -90,9 +91,10 @@ impl Upkeep {
         }
         let idled = self
             .store
-            .sweep_idle_sessions(now, self.idle_after, &overrides)
+            .sessions()
+            .sweep_idle(now, self.idle_after, &overrides)
             .await?;
-        let counts = self.store.session_counts().await?;
+        let counts = self.store.sessions().counts().await?;
         for status in SessionStatus::ALL {
             let n = counts
                 .iter()
@@ -109,14 +111,15 @@ impl Upkeep {
         let r = self.retention;
         let cutoff = now.minus(r.work);
         let mut n = self.store.prune_transactions(cutoff).await?
-            + self.store.prune_jobs(cutoff).await?
-            + self.store.prune_triggers(cutoff).await?;
+            + self.store.jobs().prune(cutoff).await?
+            + self.store.triggers().prune(cutoff).await?;
         n += self
             .store
-            .prune_events(now.minus(r.events), r.events_published_only)
+            .events()
+            .prune(now.minus(r.events), r.events_published_only)
             .await?;
         if let Some(audit) = r.audit {
-            n += self.store.prune_audit(now.minus(audit)).await?;
+            n += self.store.audit().prune(now.minus(audit)).await?;
         }
         Ok(n)
     }

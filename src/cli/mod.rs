@@ -167,15 +167,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let channel_id = match channel.parse::<uuid::Uuid>() {
                 Ok(id) => crate::model::ids::ChannelId(id),
                 Err(_) => store
+                    .rooms()
                     .channel_for_room(&channel)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("no channel for room {channel}"))?,
             };
             let agent_id = store
-                .agent_by_external_id(&agent)
+                .agents()
+                .by_external_id(&agent)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no agent {agent}"))?;
             store
+                .runs()
                 .set_respond(
                     agent_id,
                     channel_id,
@@ -252,7 +255,7 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
             println!("{key}");
         }
         KeyCommand::List { agent } => {
-            let keys = store.list_keys(agent.as_deref()).await?;
+            let keys = store.keys().list(agent.as_deref()).await?;
             if keys.is_empty() {
                 println!("no access keys");
             }
@@ -283,9 +286,9 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Revoke { key, admin } => {
             let by = crate::db::audit::Actor::cli();
             let n = if admin {
-                store.revoke_admin_key(&key, &by).await?
+                store.admin_keys().revoke(&key, &by).await?
             } else {
-                store.revoke_key(&key, &by).await?
+                store.keys().revoke(&key, &by).await?
             };
             anyhow::ensure!(n > 0, "no active key with id or prefix `{key}`");
             println!("revoked {n} key(s)");

@@ -102,7 +102,7 @@ pub(super) async fn audit(store: &Store, command: AuditCommand) -> anyhow::Resul
         before,
         limit,
     };
-    let rows = store.list_audit(&filter).await?;
+    let rows = store.audit().list(&filter).await?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     for r in &rows {

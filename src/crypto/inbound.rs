@@ -96,7 +96,7 @@ impl Crypto {
         let mut prepared = Prepared::default();
         // Late events first: keys that arrived now may open events of earlier transactions.
         for (room, session) in keys {
-            for pending in self.db.crypto_pending_for(room.as_str(), &session).await? {
+            for pending in self.db.pending_for(room.as_str(), &session).await? {
                 let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
                     continue;
                 };
@@ -203,7 +203,7 @@ impl Crypto {
                 _ => prepared.events.push(raw.to_owned()),
             }
         }
-        self.db.crypto_pending_add(&pending).await?;
+        self.db.pending_add(&pending).await?;
         Ok(Some(prepared))
     }
 

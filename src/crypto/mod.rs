@@ -32,8 +32,9 @@ use ruma::{
 };
 
 use self::store::DbCryptoStore;
+use crate::db::crypto::CryptoTables;
 use crate::{
-    db::{Store, StoreError, crypto::CryptoItem},
+    db::{StoreError, crypto::CryptoItem},
     matrix::{Homeserver, HsError},
 };
 
@@ -117,7 +118,7 @@ pub struct AgentMachine {
 
 /// The agents' crypto engines.
 pub struct Crypto {
-    db: Store,
+    db: CryptoTables,
     hs: Homeserver,
     cipher: Arc<StoreCipher>,
     machines: tokio::sync::Mutex<HashMap<OwnedUserId, Arc<AgentMachine>>>,
@@ -176,13 +177,13 @@ impl Crypto {
     /// Opens the engines' shared store key: created (random) on first start and kept in the
     /// database sealed under `pickle_key`.
     pub async fn open(
-        db: Store,
+        db: CryptoTables,
         hs: Homeserver,
         pickle_key: &str,
         store_previews: bool,
     ) -> Result<Arc<Self>, CryptoError> {
         let stored = |rows: Vec<CryptoItem>| rows.into_iter().find(|r| r.kind == CIPHER_KIND);
-        let mut row = stored(db.crypto_items("").await?);
+        let mut row = stored(db.items("").await?);
         if row.is_none() {
             let sealed = StoreCipher::new()
                 .and_then(|cipher| cipher.export(pickle_key))
@@ -192,9 +193,9 @@ impl Crypto {
                 key: String::new(),
                 value: sealed,
             };
-            db.crypto_write("", &[item], &[]).await?;
+            db.write("", &[item], &[]).await?;
             // Another process may have stored one first: use whichever is stored.
-            row = stored(db.crypto_items("").await?);
+            row = stored(db.items("").await?);
         }
         let row = row.ok_or_else(|| {
             CryptoError::PickleKey("the store key vanished after it was written".into())
@@ -246,11 +247,7 @@ impl Crypto {
             Some(m) => m.clone(),
             None => {
                 let candidate = format!("DAARION{}", random_suffix());
-                let device: OwnedDeviceId = self
-                    .db
-                    .crypto_device(user.as_str(), &candidate)
-                    .await?
-                    .into();
+                let device: OwnedDeviceId = self.db.device(user.as_str(), &candidate).await?.into();
                 let agent = self.build_machine(user, device).await?;
                 machines.insert(user.to_owned(), agent.clone());
                 agent
@@ -333,7 +330,7 @@ impl Crypto {
     /// Opens the machines of every agent that has a device, from the database alone, before the
     /// bridge serves: the first transaction after a restart may carry encrypted events for them.
     pub async fn load(&self) -> Result<usize, CryptoError> {
-        let devices = self.db.crypto_devices().await?;
+        let devices = self.db.devices().await?;
         let mut machines = self.machines.lock().await;
         for (user, device) in &devices {
             let Ok(user) = OwnedUserId::try_from(user.as_str()) else {

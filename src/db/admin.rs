@@ -153,7 +153,24 @@ const AGENT_COLS: &str = "SELECT a.id, a.external_id, a.name, a.kind, m.external
      x.message_type, x.avatar, x.source FROM agents a LEFT JOIN microdaos m ON m.id = a.microdao_id \
      LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id LEFT JOIN bridge_agents x ON x.agent_id = a.id";
 
+/// The store's view of the catalog the admin (provisioning) API puts: microDAOs, blueprints and
+/// agents. A component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct CatalogStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the catalog the admin (provisioning) API puts: microDAOs, blueprints and
+    /// agents.
+    pub fn catalog(&self) -> CatalogStore {
+        CatalogStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl CatalogStore {
     /// Creates or renames a microDAO; `true` when created.
     pub async fn put_microdao(
         &self,
@@ -163,7 +180,7 @@ impl Store {
     ) -> Result<(MicrodaoRow, bool), StoreError> {
         let entry = by.did("microdao.put", Some(external_id), AuditOutcome::Allowed);
         let id = MicrodaoId::new();
-        Ok(both!(self, pool => {
+        Ok(both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let row: MicrodaoRow = sqlx::query_as(
                 "INSERT INTO microdaos (id, external_id, name, created_at) VALUES ($1, $2, $3, $4) \
@@ -189,7 +206,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<MicrodaoRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT id, external_id, name, created_at FROM microdaos WHERE ($1 = '' OR external_id > $1) \
              ORDER BY external_id LIMIT $2",
         )
@@ -201,7 +218,7 @@ impl Store {
 
     /// A microDAO by external id.
     pub async fn get_microdao(&self, external_id: &str) -> Result<Option<MicrodaoRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT id, external_id, name, created_at FROM microdaos WHERE external_id = $1",
         )
         .bind(external_id)
@@ -214,7 +231,7 @@ impl Store {
         &self,
         external_id: &str,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM channels c WHERE c.microdao_id = m.id), \
              (SELECT COUNT(*) FROM agents a WHERE a.microdao_id = m.id) FROM microdaos m WHERE m.external_id = $1",
         )
@@ -231,7 +248,7 @@ impl Store {
     ) -> Result<(BlueprintRow, bool), StoreError> {
         let entry = by.did("blueprint.put", Some(&b.code), AuditOutcome::Allowed);
         let id = BlueprintId::new();
-        let actual: BlueprintId = both!(self, pool => {
+        let actual: BlueprintId = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let actual: BlueprintId = sqlx::query_scalar(
                 "INSERT INTO agent_blueprints (id, code, description, model) VALUES ($1, $2, $3, $4) \
@@ -276,7 +293,7 @@ impl Store {
     /// A blueprint by code.
     pub async fn get_blueprint(&self, code: &str) -> Result<Option<BlueprintRow>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_as(&format!("{BLUEPRINT_COLS} WHERE b.code = $1"))
+            both!(self.store, pool => sqlx::query_as(&format!("{BLUEPRINT_COLS} WHERE b.code = $1"))
             .bind(code)
             .fetch_optional(pool)
             .await?),
@@ -289,7 +306,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<BlueprintRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{BLUEPRINT_COLS} WHERE ($1 = '' OR b.code > $1) ORDER BY b.code LIMIT $2"
         ))
         .bind(after.unwrap_or(""))
@@ -305,7 +322,7 @@ impl Store {
     pub async fn put_agent(&self, a: &AgentPut, by: &Actor) -> Result<bool, StoreError> {
         let entry = by.did("agent.put", Some(&a.external_id), AuditOutcome::Allowed);
         let id = AgentId::new();
-        let actual: AgentId = both!(self, pool => {
+        let actual: AgentId = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let actual: AgentId = sqlx::query_scalar(
                 "INSERT INTO agents (id, external_id, name, kind, microdao_id, blueprint_id, created_at) \
@@ -352,7 +369,7 @@ impl Store {
     /// An agent by external id.
     pub async fn get_agent(&self, external_id: &str) -> Result<Option<AgentRow>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_as(&format!("{AGENT_COLS} WHERE a.external_id = $1"))
+            both!(self.store, pool => sqlx::query_as(&format!("{AGENT_COLS} WHERE a.external_id = $1"))
             .bind(external_id)
             .fetch_optional(pool)
             .await?),
@@ -365,7 +382,7 @@ impl Store {
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<AgentRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{AGENT_COLS} WHERE ($1 = '' OR a.external_id > $1) ORDER BY a.external_id LIMIT $2"
         ))
         .bind(after.unwrap_or(""))
@@ -376,12 +393,7 @@ impl Store {
 
     /// Deletes a row of `microdaos`, `agent_blueprints` or `agents` by its external id (`code`
     /// for blueprints); `false` when there was none.
-    pub async fn delete_catalog(
-        &self,
-        what: Catalog,
-        key: &str,
-        by: &Actor,
-    ) -> Result<bool, StoreError> {
+    pub async fn delete(&self, what: Catalog, key: &str, by: &Actor) -> Result<bool, StoreError> {
         let (sql, action) = match what {
             Catalog::Microdao => (
                 "DELETE FROM microdaos WHERE external_id = $1",
@@ -394,7 +406,7 @@ impl Store {
             Catalog::Agent => ("DELETE FROM agents WHERE external_id = $1", "agent.deleted"),
         };
         let entry = by.did(action, Some(key), AuditOutcome::Allowed);
-        Ok(both!(self, pool => {
+        Ok(both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(sql).bind(key).execute(&mut *tx).await?.rows_affected();
             if n > 0 {

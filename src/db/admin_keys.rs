@@ -24,9 +24,25 @@ pub struct AdminKey {
     pub revoked_at: Option<Ts>,
 }
 
+/// The store's view of admin keys (`bridge_admin_keys`). A component given this handle, not the
+/// whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct AdminKeyStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of admin keys (`bridge_admin_keys`).
+    pub fn admin_keys(&self) -> AdminKeyStore {
+        AdminKeyStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl AdminKeyStore {
     /// Stores an admin key (only its hash).
-    pub async fn insert_admin_key(
+    pub async fn insert(
         &self,
         name: &str,
         prefix: &str,
@@ -42,7 +58,7 @@ impl Store {
                 AuditOutcome::Allowed,
             )
             .details(serde_json::json!({ "name": name, "prefix": prefix }));
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO bridge_admin_keys (id, name, key_prefix, key_hash, created_at, expires_at) \
@@ -63,8 +79,8 @@ impl Store {
     }
 
     /// An admin key by the hash of the key.
-    pub async fn admin_key_by_hash(&self, hash: &str) -> Result<Option<AdminKey>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+    pub async fn by_hash(&self, hash: &str) -> Result<Option<AdminKey>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT id, name, expires_at, revoked_at FROM bridge_admin_keys WHERE key_hash = $1",
         )
         .bind(hash)
@@ -73,17 +89,13 @@ impl Store {
     }
 
     /// Revokes admin keys by id or prefix; returns how many.
-    pub async fn revoke_admin_key(
-        &self,
-        id_or_prefix: &str,
-        by: &Actor,
-    ) -> Result<u64, StoreError> {
+    pub async fn revoke(&self, id_or_prefix: &str, by: &Actor) -> Result<u64, StoreError> {
         let entry = by.did(
             "admin_key.revoked",
             Some(id_or_prefix),
             AuditOutcome::Allowed,
         );
-        Ok(both!(self, pool => {
+        Ok(both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let n = sqlx::query(
                 "UPDATE bridge_admin_keys SET revoked_at = $2 WHERE revoked_at IS NULL \

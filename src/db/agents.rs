@@ -64,10 +64,26 @@ pub struct PuppetState {
     pub avatar_source: Option<String>,
 }
 
+/// The store's view of agent rows as the registry loads them, and each puppet's homeserver state. A
+/// component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct AgentStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of agent rows as the registry loads them, and each puppet's homeserver state.
+    pub fn agents(&self) -> AgentStore {
+        AgentStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl AgentStore {
     /// Every agent, with its behaviour.
-    pub async fn agents(&self) -> Result<Vec<StoredAgent>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+    pub async fn all(&self) -> Result<Vec<StoredAgent>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT a.id, a.external_id, a.matrix_id, a.name, a.kind, a.microdao_id, b.code AS blueprint, \
              b.model AS blueprint_model, bb.runtime, CAST(bb.settings AS TEXT) AS settings, bb.system_instructions, \
              bb.context_events, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
@@ -83,12 +99,8 @@ impl Store {
 
     /// Records the Matrix id the bridge derived for an agent written without one (so other
     /// services see it); a row that got one meanwhile keeps it.
-    pub async fn set_agent_matrix_id(
-        &self,
-        agent: AgentId,
-        matrix_id: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
+    pub async fn set_matrix_id(&self, agent: AgentId, matrix_id: &str) -> Result<bool, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query(
             "UPDATE agents SET matrix_id = $2 WHERE id = $1 AND matrix_id IS NULL \
              AND NOT EXISTS (SELECT 1 FROM agents o WHERE o.matrix_id = $2)",
         )
@@ -100,12 +112,9 @@ impl Store {
     }
 
     /// `agents.id` for an external id such as `agent:sofia`.
-    pub async fn agent_by_external_id(
-        &self,
-        external_id: &str,
-    ) -> Result<Option<AgentId>, StoreError> {
+    pub async fn by_external_id(&self, external_id: &str) -> Result<Option<AgentId>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM agents WHERE external_id = $1")
+            both!(self.store, pool => sqlx::query_scalar("SELECT id FROM agents WHERE external_id = $1")
             .bind(external_id)
             .fetch_optional(pool)
             .await?),
@@ -114,7 +123,7 @@ impl Store {
 
     /// The puppet's stored homeserver state (default: nothing done yet).
     pub async fn puppet_state(&self, agent: AgentId) -> Result<PuppetState, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT registered, display_name, avatar_url, avatar_source FROM bridge_puppets WHERE agent_id = $1",
         )
         .bind(agent)
@@ -129,7 +138,7 @@ impl Store {
         agent: AgentId,
         s: &PuppetState,
     ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+        both!(self.store, pool => sqlx::query(
             "INSERT INTO bridge_puppets (agent_id, registered, display_name, avatar_url, avatar_source) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (agent_id) DO UPDATE SET registered = excluded.registered, display_name = excluded.display_name, \

@@ -170,13 +170,29 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// The store's view of the audit log (`audit_log`). A component given this handle, not the whole
+/// store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct AuditStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the audit log (`audit_log`).
+    pub fn audit(&self) -> AuditStore {
+        AuditStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl AuditStore {
     /// Writes audit records on their own.
-    pub async fn audit(&self, entries: &[NewAudit]) -> Result<(), StoreError> {
+    pub async fn record(&self, entries: &[NewAudit]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut conn = pool.acquire().await?;
             conn.append_audit(entries).await?;
         });
@@ -185,13 +201,13 @@ impl Store {
 
     /// Audit records, newest first, one page: keyset pagination by id (UUIDv7, so id order is
     /// time order), which stays fast on any page.
-    pub async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-        let id = if self.is_postgres() {
+    pub async fn list(&self, f: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+        let id = if self.store.is_postgres() {
             "CAST(id AS TEXT)"
         } else {
             "id"
         };
-        let before = if self.is_postgres() {
+        let before = if self.store.is_postgres() {
             "CAST($6 AS uuid)"
         } else {
             "$6"
@@ -202,7 +218,7 @@ impl Store {
              AND ($4 IS NULL OR created_at >= $4) AND ($5 IS NULL OR created_at < $5) \
              AND ($6 IS NULL OR id < {before}) ORDER BY id DESC LIMIT $7"
         );
-        Ok(both!(self, pool => sqlx::query_as(&sql)
+        Ok(both!(self.store, pool => sqlx::query_as(&sql)
             .bind(f.action.as_deref().unwrap_or(""))
             .bind(f.actor.as_deref().unwrap_or(""))
             .bind(f.outcome.map(AuditOutcome::as_str).unwrap_or(""))
@@ -216,14 +232,18 @@ impl Store {
 
     /// Deletes audit records created before `cutoff` (the `audit.retention` prune), in bounded
     /// batches. Returns how many.
-    pub async fn prune_audit(&self, cutoff: Ts) -> Result<u64, StoreError> {
-        let key = if self.is_postgres() { "id" } else { "rowid" };
+    pub async fn prune(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        let key = if self.store.is_postgres() {
+            "id"
+        } else {
+            "rowid"
+        };
         let sql = format!(
             "DELETE FROM audit_log WHERE {key} IN (SELECT {key} FROM audit_log WHERE created_at < $1 LIMIT 5000)"
         );
         let mut total = 0;
         loop {
-            let n = both!(self, pool => sqlx::query(&sql).bind(cutoff).execute(pool).await?.rows_affected());
+            let n = both!(self.store, pool => sqlx::query(&sql).bind(cutoff).execute(pool).await?.rows_affected());
             total += n;
             if n < 5000 {
                 return Ok(total);

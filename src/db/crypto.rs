@@ -33,15 +33,28 @@ pub struct PendingEvent {
     pub received_at: Ts,
 }
 
+/// The store's view of the crypto tables: devices, encrypted store items and messages waiting for
+/// room keys. A component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct CryptoTables {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the crypto tables: devices, encrypted store items and messages waiting for
+    /// room keys.
+    pub fn crypto(&self) -> CryptoTables {
+        CryptoTables {
+            store: self.clone(),
+        }
+    }
+}
+
+impl CryptoTables {
     /// The device of `user_id`, creating the row with `device_id` when it has none. Returns the
     /// stored device (which is `device_id` unless another process stored one first).
-    pub async fn crypto_device(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> Result<String, StoreError> {
-        both!(self, pool => {
+    pub async fn device(&self, user_id: &str, device_id: &str) -> Result<String, StoreError> {
+        both!(self.store, pool => {
             sqlx::query(
                 "INSERT INTO bridge_crypto_devices (user_id, device_id) VALUES ($1, $2) \
                  ON CONFLICT (user_id) DO NOTHING",
@@ -60,8 +73,8 @@ impl Store {
     }
 
     /// Every agent device: (user id, device id).
-    pub async fn crypto_devices(&self) -> Result<Vec<(String, String)>, StoreError> {
-        both!(self, pool => {
+    pub async fn devices(&self) -> Result<Vec<(String, String)>, StoreError> {
+        both!(self.store, pool => {
             Ok(sqlx::query_as("SELECT user_id, device_id FROM bridge_crypto_devices ORDER BY user_id")
                 .fetch_all(pool)
                 .await?)
@@ -69,8 +82,8 @@ impl Store {
     }
 
     /// Every item of `user_id`'s crypto store.
-    pub async fn crypto_items(&self, user_id: &str) -> Result<Vec<CryptoItem>, StoreError> {
-        both!(self, pool => {
+    pub async fn items(&self, user_id: &str) -> Result<Vec<CryptoItem>, StoreError> {
+        both!(self.store, pool => {
             Ok(sqlx::query_as::<_, CryptoItem>(
                 "SELECT kind, key, value FROM bridge_crypto_items WHERE user_id = $1",
             )
@@ -82,7 +95,7 @@ impl Store {
 
     /// Writes (upserts) and deletes items of `user_id`'s crypto store in one commit, so a crash
     /// never leaves half of one change of the crypto state on disk.
-    pub async fn crypto_write(
+    pub async fn write(
         &self,
         user_id: &str,
         put: &[CryptoItem],
@@ -101,7 +114,7 @@ impl Store {
             .filter(|item| seen.insert((item.kind.as_str(), item.key.as_str())))
             .collect();
         latest.reverse();
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             // One statement per chunk, not per item (5 parameters a row, well under SQLite's
             // 32,766).
@@ -144,7 +157,7 @@ impl Store {
         room_id: &str,
         bot_has_device: bool,
     ) -> Result<bool, StoreError> {
-        both!(self, pool => {
+        both!(self.store, pool => {
             let found: Option<i32> = sqlx::query_scalar(
                 "SELECT 1 FROM channels c WHERE c.matrix_room_id = $1 AND ($2 OR EXISTS ( \
                  SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
@@ -159,11 +172,11 @@ impl Store {
     }
 
     /// Keeps encrypted events whose room key is missing (a replayed event changes nothing).
-    pub async fn crypto_pending_add(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
+    pub async fn pending_add(&self, events: &[PendingEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        both!(self, pool => {
+        both!(self.store, pool => {
             for chunk in events.chunks(1000) {
                 let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) ",
@@ -183,12 +196,12 @@ impl Store {
     }
 
     /// The pending events of a Megolm session, oldest first.
-    pub async fn crypto_pending_for(
+    pub async fn pending_for(
         &self,
         room_id: &str,
         session_id: &str,
     ) -> Result<Vec<PendingEvent>, StoreError> {
-        both!(self, pool => {
+        both!(self.store, pool => {
             Ok(sqlx::query_as::<_, PendingEvent>(
                 "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
                  WHERE room_id = $1 AND session_id = $2 ORDER BY received_at, event_id",
@@ -201,12 +214,12 @@ impl Store {
     }
 
     /// Pending events received before `before` (past the bound), oldest first, at most `limit`.
-    pub async fn crypto_pending_expired(
+    pub async fn pending_expired(
         &self,
         before: Ts,
         limit: i64,
     ) -> Result<Vec<PendingEvent>, StoreError> {
-        both!(self, pool => {
+        both!(self.store, pool => {
             Ok(sqlx::query_as::<_, PendingEvent>(
                 "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
                  WHERE received_at < $1 ORDER BY received_at, event_id LIMIT $2",
@@ -219,8 +232,8 @@ impl Store {
     }
 
     /// How many events wait for their key.
-    pub async fn crypto_pending_count(&self) -> Result<i64, StoreError> {
-        both!(self, pool => {
+    pub async fn pending_count(&self) -> Result<i64, StoreError> {
+        both!(self.store, pool => {
             let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM bridge_crypto_pending")
                 .fetch_one(pool)
                 .await?;
@@ -229,8 +242,8 @@ impl Store {
     }
 
     /// Forgets pending events (decrypted and mirrored, or given up on).
-    pub async fn crypto_pending_remove(&self, event_id: &str) -> Result<(), StoreError> {
-        both!(self, pool => {
+    pub async fn pending_remove(&self, event_id: &str) -> Result<(), StoreError> {
+        both!(self.store, pool => {
             sqlx::query("DELETE FROM bridge_crypto_pending WHERE event_id = $1")
                 .bind(event_id)
                 .execute(pool)

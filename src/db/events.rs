@@ -143,14 +143,31 @@ pub struct Backlog {
     pub oldest_age_seconds: i64,
 }
 
+/// The store's view of the event outbox (`outbox_events`, `outbox_partitions`) as the publisher
+/// reads it. A component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the event outbox (`outbox_events`, `outbox_partitions`) as the publisher
+    /// reads it.
+    pub fn events(&self) -> EventStore {
+        EventStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl EventStore {
     /// Appends `drafts` in a transaction of their own (for writers with nothing else to commit
     /// atomically with them).
-    pub async fn append_events(&self, drafts: &[Draft]) -> Result<(), StoreError> {
+    pub async fn append(&self, drafts: &[Draft]) -> Result<(), StoreError> {
         if drafts.is_empty() {
             return Ok(());
         }
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             tx.append_events(drafts).await?;
             tx.commit().await?;
@@ -162,12 +179,12 @@ impl Store {
     /// sequence order, at most `limit` in all. PostgreSQL walks the partitions and reads each
     /// one's head from the partial pending index, so a long backlog in one partition costs
     /// nothing here and cannot starve the others.
-    pub async fn pending_events(
+    pub async fn pending(
         &self,
         per_partition: i64,
         limit: i64,
     ) -> Result<Vec<PendingEvent>, StoreError> {
-        Ok(match &self.pool {
+        Ok(match &self.store.pool {
             super::Pool::Pg(pool) => {
                 // The partitions with pending rows, found by skipping through the partial pending
                 // index (one probe per partition), then each one's head.
@@ -220,7 +237,7 @@ impl Store {
             return Ok(());
         }
         let now = Ts::now();
-        match &self.pool {
+        match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query(
                     "UPDATE outbox_events SET processed = true, processed_at = $2 WHERE id = ANY($1)",
@@ -231,7 +248,7 @@ impl Store {
                 .await?;
             }
             super::Pool::Sqlite(pool) => {
-                let _writer = self.write_lock.lock().await;
+                let _writer = self.store.write_lock.lock().await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 for id in ids {
                     sqlx::query(
@@ -249,9 +266,9 @@ impl Store {
     }
 
     /// Records a failed publish of `id`.
-    pub async fn event_failed(&self, id: uuid::Uuid, error: &str) -> Result<(), StoreError> {
+    pub async fn failed(&self, id: uuid::Uuid, error: &str) -> Result<(), StoreError> {
         let error = super::text::clean(error);
-        match &self.pool {
+        match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query(
                     "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
@@ -280,13 +297,13 @@ impl Store {
     /// published strictly in `seq` order and `seq` is gapless (taken from
     /// `outbox_partitions.last_seq` in the row's own transaction), so a partition's pending rows
     /// are exactly `head ..= last_seq`, where head is its lowest pending seq. The heads come from
-    /// the same skip-scan of the partial pending index as [`Store::pending_events`]: one probe
+    /// the same skip-scan of the partial pending index as [`EventStore::pending`]: one probe
     /// per partition with pending rows, whatever the number of rows (a `COUNT(*)` over a million
     /// pending rows took seconds). The oldest pending row is the oldest head (its `created_at`,
     /// to within the few rows whose transactions began in another order than they committed).
     /// One statement, so the heads and the counters come from one snapshot. SQLite counts.
-    pub async fn event_backlog(&self) -> Result<Backlog, StoreError> {
-        let (pending, oldest): (i64, Option<Ts>) = match &self.pool {
+    pub async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let (pending, oldest): (i64, Option<Ts>) = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(&format!(
                     "WITH {PG_HEADS_CTE} SELECT COALESCE(SUM(p.last_seq - h.seq + 1), 0)::bigint, MIN(h.created_at) \
@@ -319,10 +336,10 @@ impl Store {
     /// by the oldest pending head: everything older is published, so the walk never wades
     /// through a long run of old unpublished rows only to skip them all. The `processed` filter
     /// stays, as the guarantee (the bound is only a pruning of the walk).
-    pub async fn prune_events(&self, cutoff: Ts, published_only: bool) -> Result<u64, StoreError> {
+    pub async fn prune(&self, cutoff: Ts, published_only: bool) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = match &self.pool {
+            let n = match &self.store.pool {
                 super::Pool::Pg(pool) => {
                     let sql = if published_only {
                         // `<=` the oldest head: a published row of the same transaction as a

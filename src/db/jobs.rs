@@ -30,14 +30,30 @@ pub struct JobRow {
     pub attempts: i32,
 }
 
+/// The store's view of follow-up jobs (`bridge_jobs`). A component given this handle, not the whole
+/// store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct JobStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of follow-up jobs (`bridge_jobs`).
+    pub fn jobs(&self) -> JobStore {
+        JobStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl JobStore {
     /// Claims up to `limit` due jobs for `lease`: concurrent workers never take the same job
     /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serialises the claim),
     /// and a worker that dies lets its lease run out.
-    pub async fn claim_jobs(&self, limit: i64, lease: Duration) -> Result<Vec<JobRow>, StoreError> {
+    pub async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<JobRow>, StoreError> {
         let now = Ts::now();
         let until = now.plus(lease);
-        Ok(match &self.pool {
+        Ok(match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(
                     "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
@@ -52,7 +68,7 @@ impl Store {
                 .await?
             }
             super::Pool::Sqlite(pool) => {
-                let _writer = self.write_lock.lock().await;
+                let _writer = self.store.write_lock.lock().await;
                 sqlx::query_as(
                     "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
                      (SELECT id FROM bridge_jobs WHERE status = 'pending' AND not_before <= $1 \
@@ -69,8 +85,8 @@ impl Store {
     }
 
     /// When the next pending job is due (none: nothing pending).
-    pub async fn next_job_due(&self) -> Result<Option<Ts>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+    pub async fn next_due(&self) -> Result<Option<Ts>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT MIN(CASE WHEN claimed_until IS NOT NULL AND claimed_until > not_before \
              THEN claimed_until ELSE not_before END) FROM bridge_jobs WHERE status = 'pending'",
         )
@@ -79,8 +95,8 @@ impl Store {
     }
 
     /// The job is done.
-    pub async fn job_done(&self, id: JobId) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+    pub async fn done(&self, id: JobId) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query(
             "UPDATE bridge_jobs SET status = 'done', finished_at = $2, claimed_until = NULL, last_error = NULL WHERE id = $1",
         )
         .bind(id)
@@ -92,13 +108,13 @@ impl Store {
     }
 
     /// The job failed; it is retried after `retry_at`, or given up when `retry_at` is `None`.
-    pub async fn job_failed(
+    pub async fn failed(
         &self,
         id: JobId,
         error: &str,
         retry_at: Option<Ts>,
     ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+        both!(self.store, pool => sqlx::query(
             "UPDATE bridge_jobs SET last_error = $2, claimed_until = NULL, \
              status = CASE WHEN $3 IS NULL THEN 'failed' ELSE 'pending' END, \
              not_before = COALESCE($3, not_before), finished_at = CASE WHEN $3 IS NULL THEN $4 END WHERE id = $1",
@@ -114,8 +130,8 @@ impl Store {
     }
 
     /// Jobs waiting.
-    pub async fn jobs_pending(&self) -> Result<i64, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+    pub async fn pending(&self) -> Result<i64, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT COUNT(*) FROM bridge_jobs WHERE status = 'pending'"
         )
         .fetch_one(pool)
@@ -123,8 +139,8 @@ impl Store {
     }
 
     /// Deletes finished jobs older than `cutoff`.
-    pub async fn prune_jobs(&self, cutoff: Ts) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
+    pub async fn prune(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query(
             "DELETE FROM bridge_jobs WHERE status <> 'pending' AND created_at < $1"
         )
         .bind(cutoff)

@@ -79,17 +79,35 @@ pub struct NewKey<'a> {
     pub by: &'a Actor,
 }
 
+/// The store's view of access keys of agent runtimes and their capabilities. A component given this
+/// handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct KeyStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of access keys of agent runtimes and their capabilities.
+    pub fn keys(&self) -> KeyStore {
+        KeyStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl KeyStore {
     /// Stores a new key (hash only) with its capabilities, atomically.
-    pub async fn insert_key(&self, key: &NewKey<'_>) -> Result<AccessKeyId, StoreError> {
+    pub async fn insert(&self, key: &NewKey<'_>) -> Result<AccessKeyId, StoreError> {
         let agent = self
-            .agent_by_external_id(key.agent_external_id)
+            .store
+            .agents()
+            .by_external_id(key.agent_external_id)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 what: "agent",
                 key: key.agent_external_id.into(),
             })?;
-        let known: Vec<String> = both!(self, pool => sqlx::query_scalar("SELECT code FROM capabilities ORDER BY code")
+        let known: Vec<String> = both!(self.store, pool => sqlx::query_scalar("SELECT code FROM capabilities ORDER BY code")
             .fetch_all(pool)
             .await?);
         if let Some(unknown) = key.capabilities.iter().find(|c| !known.contains(c)) {
@@ -99,7 +117,7 @@ impl Store {
             )));
         }
         let id = AccessKeyId::new();
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO access_keys (id, agent_id, name, key_prefix, key_hash, created_at, expires_at) \
@@ -122,7 +140,7 @@ impl Store {
                     "capabilities": key.capabilities, "expires_at": key.expires_at,
                 }))])
                 .await?;
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 tx.append_events(&[Draft::new(
                     Topic::KeyCreated,
                     agent_partition(agent),
@@ -150,13 +168,13 @@ impl Store {
             }
             tx.commit().await?;
         });
-        self.wake_publisher();
+        self.store.wake_publisher();
         Ok(id)
     }
 
     /// Capability codes of a bundle (empty for an unknown bundle).
     pub async fn bundle_caps(&self, bundle: &str) -> Result<Vec<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT c.code FROM bundle_caps bc JOIN bundles b ON b.id = bc.bundle_id \
              JOIN capabilities c ON c.id = bc.cap_id WHERE b.code = $1 ORDER BY c.code",
         )
@@ -166,7 +184,7 @@ impl Store {
     }
 
     async fn key_caps(&self, key: AccessKeyId) -> Result<Vec<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT c.code FROM access_key_caps kc JOIN capabilities c ON c.id = kc.cap_id \
              WHERE kc.key_id = $1 ORDER BY c.code",
         )
@@ -176,8 +194,8 @@ impl Store {
     }
 
     /// The key with this hash, with its capabilities.
-    pub async fn key_by_hash(&self, hash: &str) -> Result<Option<AuthKey>, StoreError> {
-        let row: Option<AuthKey> = both!(self, pool => sqlx::query_as(
+    pub async fn by_hash(&self, hash: &str) -> Result<Option<AuthKey>, StoreError> {
+        let row: Option<AuthKey> = both!(self.store, pool => sqlx::query_as(
             "SELECT k.id AS key_id, k.agent_id, a.external_id AS agent_external_id, k.expires_at, \
              k.revoked_at, k.last_used_at FROM access_keys k JOIN agents a ON a.id = k.agent_id \
              WHERE k.key_hash = $1",
@@ -191,8 +209,8 @@ impl Store {
     }
 
     /// Records a use of the key.
-    pub async fn touch_key(&self, key: AccessKeyId, now: Ts) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query("UPDATE access_keys SET last_used_at = $1 WHERE id = $2")
+    pub async fn touch(&self, key: AccessKeyId, now: Ts) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query("UPDATE access_keys SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(key)
             .execute(pool)
@@ -202,11 +220,11 @@ impl Store {
     }
 
     /// Every key (of one agent, when given), oldest first.
-    pub async fn list_keys(
+    pub async fn list(
         &self,
         agent_external_id: Option<&str>,
     ) -> Result<Vec<KeyListing>, StoreError> {
-        let mut keys: Vec<KeyListing> = both!(self, pool => sqlx::query_as(
+        let mut keys: Vec<KeyListing> = both!(self.store, pool => sqlx::query_as(
             "SELECT k.id, a.external_id AS agent, k.name, k.key_prefix AS prefix, k.created_at, k.expires_at, \
              k.revoked_at, k.last_used_at FROM access_keys k JOIN agents a ON a.id = k.agent_id \
              WHERE ($1 = '' OR a.external_id = $1) ORDER BY k.created_at",
@@ -222,9 +240,9 @@ impl Store {
 
     /// Revokes the key with this id or prefix (audited as `by`); returns how many keys were
     /// revoked.
-    pub async fn revoke_key(&self, id_or_prefix: &str, by: &Actor) -> Result<u64, StoreError> {
+    pub async fn revoke(&self, id_or_prefix: &str, by: &Actor) -> Result<u64, StoreError> {
         let now = Ts::now();
-        let n = both!(self, pool => {
+        let n = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let rows: Vec<(AccessKeyId, AgentId, Option<String>, String)> = sqlx::query_as(
                 "UPDATE access_keys SET revoked_at = $1 WHERE revoked_at IS NULL \
@@ -242,7 +260,7 @@ impl Store {
                 })
                 .collect();
             tx.append_audit(&audits).await?;
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 let drafts: Vec<Draft> = rows
                     .iter()
                     .map(|(id, agent, name, prefix)| {
@@ -266,7 +284,7 @@ impl Store {
             tx.commit().await?;
             rows.len() as u64
         });
-        self.wake_publisher();
+        self.store.wake_publisher();
         Ok(n)
     }
 }

@@ -66,15 +66,31 @@ pub struct AdminSession {
     pub closed_at: Option<Ts>,
 }
 
+/// The store's view of the admin API's paginated listings. A component given this handle, not the
+/// whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct ListingStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the admin API's paginated listings.
+    pub fn listings(&self) -> ListingStore {
+        ListingStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl ListingStore {
     /// Channels after `after` (by id), of one microDAO when given, at most `limit`.
-    pub async fn list_channels(
+    pub async fn channels(
         &self,
         microdao: Option<&str>,
         after: Option<ChannelId>,
         limit: i64,
     ) -> Result<Vec<ChannelRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT c.id, c.slug, c.name, m.external_id AS microdao, c.matrix_room_id, c.visibility, c.topic, \
              c.created_at FROM channels c JOIN microdaos m ON m.id = c.microdao_id \
              WHERE ($1 = '' OR m.external_id = $1) AND ($2 IS NULL OR c.id > $2) ORDER BY c.id LIMIT $3",
@@ -87,7 +103,7 @@ impl Store {
     }
 
     /// Members of a channel after `after` (by id), current ones only unless `all`.
-    pub async fn list_members(
+    pub async fn members(
         &self,
         channel: ChannelId,
         all: bool,
@@ -99,7 +115,7 @@ impl Store {
              LEFT JOIN agents a ON a.id = cm.member_agent_id \
              WHERE cm.channel_id = $1 AND ($2 OR cm.left_at IS NULL) AND ($3 IS NULL OR cm.id > $3) \
              ORDER BY cm.id LIMIT $4";
-        Ok(both!(self, pool => sqlx::query_as(sql)
+        Ok(both!(self.store, pool => sqlx::query_as(sql)
             .bind(channel)
             .bind(all)
             .bind(after)
@@ -109,7 +125,7 @@ impl Store {
     }
 
     /// Sessions after `after` (by id), filtered by agent, channel and status.
-    pub async fn list_sessions(
+    pub async fn sessions(
         &self,
         agent: Option<&str>,
         channel: Option<ChannelId>,
@@ -121,7 +137,7 @@ impl Store {
              s.closed_at FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
              WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR s.channel_id = $2) \
              AND ($3 = '' OR s.status = $3) AND ($4 IS NULL OR s.id > $4) ORDER BY s.id LIMIT $5";
-        Ok(both!(self, pool => sqlx::query_as(sql)
+        Ok(both!(self.store, pool => sqlx::query_as(sql)
             .bind(agent.unwrap_or(""))
             .bind(channel)
             .bind(status.unwrap_or(""))
@@ -132,7 +148,7 @@ impl Store {
     }
 
     /// Runs after `after` (by id, which is time-ordered), filtered by agent, channel and status.
-    pub async fn admin_runs(
+    pub async fn runs(
         &self,
         agent: Option<&str>,
         channel: Option<ChannelId>,
@@ -140,7 +156,7 @@ impl Store {
         after: Option<RunId>,
         limit: i64,
     ) -> Result<Vec<super::runs::RunRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{} WHERE ($1 = '' OR a.external_id = $1) AND ($2 IS NULL OR r.channel_id = $2) \
              AND ($3 = '' OR r.status = $3) AND ($4 IS NULL OR r.id > $4) ORDER BY r.id LIMIT $5",
             super::runs::RUN_COLS

@@ -54,10 +54,27 @@ pub struct MessageRow {
     pub redacted: bool,
 }
 
+/// The store's view of reads of channels, members and messages (the agent API's pages and access
+/// checks). A component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct ChannelStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of reads of channels, members and messages (the agent API's pages and access
+    /// checks).
+    pub fn channels(&self) -> ChannelStore {
+        ChannelStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl ChannelStore {
     /// Channels where the agent is an active member, with its session status there.
     pub async fn agent_channels(&self, agent: AgentId) -> Result<Vec<AgentChannel>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT c.id, c.matrix_room_id, c.name, c.slug, c.topic, c.visibility, m.external_id AS microdao, \
              cm.joined_at, (SELECT s.status FROM agent_sessions s WHERE s.agent_id = cm.member_agent_id \
              AND s.channel_id = c.id AND s.status <> 'closed') AS session_status \
@@ -70,12 +87,12 @@ impl Store {
     }
 
     /// The channel's room and whether `agent` is an active member; `None` if no such channel.
-    pub async fn channel_access(
+    pub async fn access(
         &self,
         channel: ChannelId,
         agent: AgentId,
     ) -> Result<Option<(String, bool)>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT c.matrix_room_id, EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
              AND cm.member_agent_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1 \
              AND c.matrix_room_id IS NOT NULL",
@@ -88,7 +105,7 @@ impl Store {
 
     /// Whether the agent is an active member of the room's channel.
     pub async fn agent_in_room(&self, room_id: &str, agent: AgentId) -> Result<bool, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM channel_members cm JOIN channels c ON c.id = cm.channel_id \
              WHERE c.matrix_room_id = $1 AND cm.member_agent_id = $2 AND cm.left_at IS NULL)",
         )
@@ -99,8 +116,8 @@ impl Store {
     }
 
     /// Agents that are active members of the channel.
-    pub async fn channel_agents(&self, channel: ChannelId) -> Result<Vec<AgentId>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+    pub async fn agents(&self, channel: ChannelId) -> Result<Vec<AgentId>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT member_agent_id FROM channel_members WHERE channel_id = $1 \
              AND member_agent_id IS NOT NULL AND left_at IS NULL",
         )
@@ -111,7 +128,8 @@ impl Store {
 
     /// Who sent `event_id` (agent or person), if it is mirrored.
     pub async fn message_sender(&self, event_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar::<_, Option<String>>(
+        Ok(
+            both!(self.store, pool => sqlx::query_scalar::<_, Option<String>>(
             "SELECT COALESCE(a.matrix_id, u.matrix_id) FROM messages m \
              LEFT JOIN agents a ON a.id = m.sender_agent_id LEFT JOIN users u ON u.id = m.sender_user_id \
              WHERE m.matrix_event_id = $1",
@@ -119,12 +137,13 @@ impl Store {
         .bind(event_id)
         .fetch_optional(pool)
         .await?
-        .flatten()))
+        .flatten()),
+        )
     }
 
     /// Whether the agent started the thread or posted in it.
     pub async fn agent_in_thread(&self, root: &str, agent: AgentId) -> Result<bool, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM messages WHERE sender_agent_id = $2 \
              AND (matrix_event_id = $1 OR thread_root_event_id = $1))",
         )
@@ -136,7 +155,7 @@ impl Store {
 
     /// People who are active members of the channel.
     pub async fn human_member_count(&self, channel: ChannelId) -> Result<i64, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT COUNT(*) FROM channel_members WHERE channel_id = $1 AND member_user_id IS NOT NULL \
              AND left_at IS NULL",
         )
@@ -156,7 +175,7 @@ impl Store {
             Some((ts, id)) => (Some(ts), Some(id)),
             None => (None, None),
         };
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT m.id, m.matrix_event_id AS event_id, COALESCE(u.matrix_id, a.matrix_id) AS sender, \
              m.sender_type, m.content_preview, m.created_at, m.edited_at, m.redacted_at IS NOT NULL AS redacted \
              FROM messages m LEFT JOIN users u ON u.id = m.sender_user_id LEFT JOIN agents a ON a.id = m.sender_agent_id \
@@ -179,7 +198,7 @@ impl Store {
         event_id: &str,
     ) -> Result<Option<Option<AgentId>>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_scalar::<_, Option<AgentId>>(
+            both!(self.store, pool => sqlx::query_scalar::<_, Option<AgentId>>(
             "SELECT sender_agent_id FROM messages WHERE channel_id = $1 AND matrix_event_id = $2",
         )
         .bind(channel)

@@ -1,8 +1,12 @@
 //! Storage: one [`Store`] over PostgreSQL or SQLite. Reads and rare writes share SQL between
 //! dialects through `both!`; the transaction write path ([`Store::apply`]) has one
 //! implementation per dialect (`write::pg`: one statement, one round trip; `write::sqlite`:
-//! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds the
-//! queries of that group.
+//! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds that
+//! group's **store handle** (`store.outbox()` → [`outbox::OutboxStore`], `store.runs()` →
+//! [`runs::RunStore`], …): the group's queries, and nothing else. A component that needs one
+//! group keeps that handle, so what it may touch shows in its fields; [`Store`] itself keeps
+//! only what concerns the whole database (connecting, migrations, readiness, the transaction
+//! write, start-up seeding).
 
 pub mod admin;
 pub mod admin_keys;

@@ -78,12 +78,28 @@ pub enum Enqueued {
 const COLS: &str = "SELECT id, agent_id, room_id, event_type, content, redacts, txn_id, status, attempts, \
      event_id, error, idempotency_key, request_hash, not_before FROM agent_outbox";
 
+/// The store's view of the durable per-room queue of what puppets send (`agent_outbox`). A
+/// component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct OutboxStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of the durable per-room queue of what puppets send (`agent_outbox`).
+    pub fn outbox(&self) -> OutboxStore {
+        OutboxStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl OutboxStore {
     /// Queues a send. An idempotency key already used by this agent returns the earlier item
     /// when the request is the same, and [`Enqueued::KeyReused`] when it is not.
-    pub async fn outbox_enqueue(&self, item: &NewOutbox) -> Result<Enqueued, StoreError> {
+    pub async fn enqueue(&self, item: &NewOutbox) -> Result<Enqueued, StoreError> {
         let id = OutboxId::new();
-        let inserted = both!(self, pool => sqlx::query(
+        let inserted = both!(self.store, pool => sqlx::query(
             "INSERT INTO agent_outbox (id, agent_id, room_id, kind, event_type, content, redacts, txn_id, \
              idempotency_key, status, created_at, request_hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) ON CONFLICT DO NOTHING",
@@ -103,14 +119,14 @@ impl Store {
         .await?
         .rows_affected());
         if inserted == 1 {
-            let new = self.outbox_get(id).await?.ok_or(StoreError::NotFound {
+            let new = self.get(id).await?.ok_or(StoreError::NotFound {
                 what: "outbox item",
                 key: id.to_string(),
             })?;
             return Ok(Enqueued::New(new));
         }
         // Conflict: the same idempotency key, or the same content queued twice (same txn id).
-        let existing: Option<OutboxItem> = both!(self, pool => sqlx::query_as(&format!(
+        let existing: Option<OutboxItem> = both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE (agent_id = $1 AND idempotency_key = $2) OR txn_id = $3"
         ))
         .bind(item.agent_id)
@@ -131,9 +147,9 @@ impl Store {
     }
 
     /// One item.
-    pub async fn outbox_get(&self, id: OutboxId) -> Result<Option<OutboxItem>, StoreError> {
+    pub async fn get(&self, id: OutboxId) -> Result<Option<OutboxItem>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_as(&format!("{COLS} WHERE id = $1"))
+            both!(self.store, pool => sqlx::query_as(&format!("{COLS} WHERE id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await?),
@@ -141,12 +157,12 @@ impl Store {
     }
 
     /// The agent's item queued under an idempotency key, if any.
-    pub async fn outbox_by_key(
+    pub async fn by_key(
         &self,
         agent: AgentId,
         key: &str,
     ) -> Result<Option<OutboxItem>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE agent_id = $1 AND idempotency_key = $2"
         ))
         .bind(agent)
@@ -157,8 +173,8 @@ impl Store {
 
     /// The oldest pending item of every room with pending items (rooms are delivered in order:
     /// only a room's head may be sent), at most `limit` rooms.
-    pub async fn outbox_heads(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+    pub async fn heads(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} o WHERE o.status = 'pending' AND NOT EXISTS (SELECT 1 FROM agent_outbox p \
              WHERE p.room_id = o.room_id AND p.status = 'pending' \
              AND (p.created_at < o.created_at OR (p.created_at = o.created_at AND p.id < o.id))) \
@@ -170,13 +186,8 @@ impl Store {
     }
 
     /// Records a failed attempt that will be retried after `not_before`.
-    pub async fn outbox_retry(
-        &self,
-        id: OutboxId,
-        error: &str,
-        not_before: Ts,
-    ) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+    pub async fn retry(&self, id: OutboxId, error: &str, not_before: Ts) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query(
             "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, not_before = $3 WHERE id = $1",
         )
         .bind(id)
@@ -189,8 +200,8 @@ impl Store {
     }
 
     /// Records a send the homeserver refused for good.
-    pub async fn outbox_fail(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+    pub async fn fail(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query(
             "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, status = 'failed' WHERE id = $1",
         )
         .bind(id)
@@ -202,8 +213,8 @@ impl Store {
     }
 
     /// Items waiting to be sent.
-    pub async fn outbox_pending(&self) -> Result<i64, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+    pub async fn pending(&self) -> Result<i64, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT COUNT(*) FROM agent_outbox WHERE status = 'pending'"
         )
         .fetch_one(pool)

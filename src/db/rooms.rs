@@ -39,16 +39,33 @@ const ROOM_COLS: &str = "SELECT c.id AS channel_id, c.matrix_room_id AS room_id,
      c.visibility, br.name_source, br.visibility_pinned, br.power_levels, br.is_direct, br.canonical_alias \
      FROM channels c LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
 
+/// The store's view of reads of mirrored rooms, senders and microDAOs that the mirror's caches
+/// start from. A component given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct RoomStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of reads of mirrored rooms, senders and microDAOs that the mirror's caches start
+    /// from.
+    pub fn rooms(&self) -> RoomStore {
+        RoomStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl RoomStore {
     /// The mirrored rooms among `room_ids`, with the agents that are active members of each.
-    pub async fn load_rooms(
+    pub async fn load(
         &self,
         room_ids: &[&str],
     ) -> Result<Vec<(StoredRoom, Vec<AgentId>)>, StoreError> {
         if room_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rooms: Vec<StoredRoom> = match &self.pool {
+        let rooms: Vec<StoredRoom> = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(&format!("{ROOM_COLS} c.matrix_room_id = ANY($1)"))
                     .bind(room_ids)
@@ -70,7 +87,7 @@ impl Store {
         let ids: Vec<ChannelId> = rooms.iter().map(|r| r.channel_id).collect();
         const AGENTS: &str = "SELECT channel_id, member_agent_id FROM channel_members \
              WHERE member_agent_id IS NOT NULL AND left_at IS NULL AND ";
-        let agents: Vec<(ChannelId, AgentId)> = match &self.pool {
+        let agents: Vec<(ChannelId, AgentId)> = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(&format!("{AGENTS} channel_id = ANY($1)"))
                     .bind(&ids)
@@ -108,7 +125,7 @@ impl Store {
         if matrix_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(match &self.pool {
+        Ok(match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as("SELECT matrix_id, id FROM users WHERE matrix_id = ANY($1)")
                     .bind(matrix_ids)
@@ -132,7 +149,7 @@ impl Store {
         external_id: &str,
     ) -> Result<Option<MicrodaoId>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM microdaos WHERE external_id = $1")
+            both!(self.store, pool => sqlx::query_scalar("SELECT id FROM microdaos WHERE external_id = $1")
             .bind(external_id)
             .fetch_optional(pool)
             .await?),
@@ -145,7 +162,7 @@ impl Store {
         microdao: MicrodaoId,
         base: &str,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT slug FROM channels WHERE microdao_id = $1 AND (slug = $2 OR slug LIKE $3)",
         )
         .bind(microdao)
@@ -158,7 +175,7 @@ impl Store {
     /// The channel of a Matrix room.
     pub async fn channel_for_room(&self, room_id: &str) -> Result<Option<ChannelId>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_scalar("SELECT id FROM channels WHERE matrix_room_id = $1")
+            both!(self.store, pool => sqlx::query_scalar("SELECT id FROM channels WHERE matrix_room_id = $1")
             .bind(room_id)
             .fetch_optional(pool)
             .await?),
@@ -167,7 +184,7 @@ impl Store {
 
     /// A channel's Matrix room id.
     pub async fn room_of_channel(&self, channel: ChannelId) -> Result<Option<String>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT matrix_room_id FROM channels WHERE id = $1",
         )
         .bind(channel)

@@ -167,16 +167,32 @@ fn input(triggers: &[TriggerRow]) -> Json<serde_json::Value> {
     Json(value)
 }
 
+/// The store's view of agent runs (`agent_runs`) and each agent's respond settings. A component
+/// given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of agent runs (`agent_runs`) and each agent's respond settings.
+    pub fn runs(&self) -> RunStore {
+        RunStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl RunStore {
     /// Queues a run taking the (agent, channel)'s pending triggers, atomically; `None` when none
     /// was left to take (they were cancelled meanwhile).
-    pub async fn queue_run(
+    pub async fn queue(
         &self,
         run: &NewRun<'_>,
     ) -> Result<Option<(RunId, Vec<TriggerRow>)>, StoreError> {
         let id = RunId::new();
         let now = Ts::now();
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO agent_runs (id, agent_id, input, status, channel_id, session_id, runtime, chain_depth, \
@@ -228,14 +244,14 @@ impl Store {
     /// Starts a queued run (or resumes a running one after a restart, when `resume`): counts the
     /// attempt, takes the triggers that arrived while it waited, and returns all its live
     /// triggers with the agent's session. `None` when the run was cancelled (or already ended).
-    pub async fn start_run(
+    pub async fn start(
         &self,
         id: RunId,
         resume: bool,
     ) -> Result<Option<(Vec<TriggerRow>, Option<SessionId>)>, StoreError> {
         let now = Ts::now();
         let from = if resume { "running" } else { "queued" };
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let row: Option<(AgentId, Option<ChannelId>, Option<SessionId>)> = sqlx::query_as(
                 "UPDATE agent_runs SET status = 'running', started_at = COALESCE(started_at, $2), \
@@ -272,7 +288,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             // A resumed run was announced when it first started.
-            if self.events_enabled() && !resume {
+            if self.store.events_enabled() && !resume {
                 let row: Vec<RunChanged> =
                     sqlx::query_as(&format!("SELECT {RUN_EVENT} FROM agent_runs WHERE id = $1"))
                         .bind(id)
@@ -287,8 +303,8 @@ impl Store {
 
     /// Runs a previous process left queued or running (not deferred): the scheduler resumes
     /// them at start-up.
-    pub async fn open_runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+    pub async fn open(&self) -> Result<Vec<RunRow>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{RUN_COLS} WHERE r.status IN ('queued', 'running') AND r.deferred_at IS NULL ORDER BY r.queued_at"
         ))
         .fetch_all(pool)
@@ -296,8 +312,8 @@ impl Store {
     }
 
     /// Records the answer's event as soon as it exists (the agent→agent chain looks it up).
-    pub async fn set_run_reply(&self, id: RunId, event_id: &str) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query("UPDATE agent_runs SET reply_event_id = $2 WHERE id = $1")
+    pub async fn set_reply(&self, id: RunId, event_id: &str) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query("UPDATE agent_runs SET reply_event_id = $2 WHERE id = $1")
             .bind(id)
             .bind(event_id)
             .execute(pool)
@@ -307,8 +323,8 @@ impl Store {
     }
 
     /// The runtime answers later (webhook 202): the run stays running, not resumed at restart.
-    pub async fn defer_run(&self, id: RunId) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query("UPDATE agent_runs SET deferred_at = $2 WHERE id = $1")
+    pub async fn defer(&self, id: RunId) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query("UPDATE agent_runs SET deferred_at = $2 WHERE id = $1")
             .bind(id)
             .bind(Ts::now())
             .execute(pool)
@@ -318,12 +334,12 @@ impl Store {
     }
 
     /// Ends a run that has not ended yet; returns whether it did.
-    pub async fn finish_run(&self, id: RunId, end: &RunEnd) -> Result<bool, StoreError> {
+    pub async fn finish(&self, id: RunId, end: &RunEnd) -> Result<bool, StoreError> {
         let output = end.output.clone().map(|mut v| {
             super::text::clean_json(&mut v);
             Json(v)
         });
-        let ended = both!(self, pool => {
+        let ended = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let rows: Vec<RunChanged> = sqlx::query_as(&format!(
                 "UPDATE agent_runs SET status = $2, output = $3, reply_event_id = COALESCE($4, reply_event_id), \
@@ -341,22 +357,22 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let ended = rows.len() == 1;
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 tx.append_events(&run_drafts(rows)).await?;
             }
             tx.commit().await?;
             ended
         });
         if ended {
-            self.wake_publisher();
+            self.store.wake_publisher();
         }
         Ok(ended)
     }
 
     /// One run.
-    pub async fn get_run(&self, id: RunId) -> Result<Option<RunRow>, StoreError> {
+    pub async fn get(&self, id: RunId) -> Result<Option<RunRow>, StoreError> {
         Ok(
-            both!(self, pool => sqlx::query_as(&format!("{RUN_COLS} WHERE r.id = $1"))
+            both!(self.store, pool => sqlx::query_as(&format!("{RUN_COLS} WHERE r.id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await?),
@@ -364,14 +380,14 @@ impl Store {
     }
 
     /// The agent's runs, newest first.
-    pub async fn list_runs(
+    pub async fn list(
         &self,
         agent: AgentId,
         channel: Option<ChannelId>,
         status: Option<RunStatus>,
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{RUN_COLS} WHERE r.agent_id = $1 AND ($2 IS NULL OR r.channel_id = $2) AND ($3 = '' OR r.status = $3) \
              ORDER BY r.queued_at DESC, r.id DESC LIMIT $4"
         ))
@@ -389,7 +405,7 @@ impl Store {
         event_id: &str,
         since: Ts,
     ) -> Result<Option<i32>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_scalar(
+        Ok(both!(self.store, pool => sqlx::query_scalar(
             "SELECT chain_depth FROM agent_runs WHERE reply_event_id = $1 AND queued_at >= $2",
         )
         .bind(event_id)
@@ -399,8 +415,8 @@ impl Store {
     }
 
     /// Deferred runs whose runtime never answered since `cutoff` are failed.
-    pub async fn fail_abandoned_runs(&self, cutoff: Ts) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => {
+    pub async fn fail_abandoned(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let rows: Vec<RunChanged> = sqlx::query_as(&format!(
                 "UPDATE agent_runs SET status = 'failed', error = 'the runtime never answered', finished_at = $2 \
@@ -411,7 +427,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let n = rows.len() as u64;
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 tx.append_events(&run_drafts(rows)).await?;
             }
             tx.commit().await?;
@@ -435,7 +451,7 @@ impl Store {
                 crate::model::AuditOutcome::Allowed,
             )
             .details(serde_json::json!({ "agent_id": agent, "respond": respond }));
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO agent_channel_settings (agent_id, channel_id, respond, updated_at) VALUES ($1, $2, $3, $4) \
@@ -458,7 +474,7 @@ impl Store {
         &self,
         channel: ChannelId,
     ) -> Result<Vec<(AgentId, Respond)>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT agent_id, respond FROM agent_channel_settings WHERE channel_id = $1",
         )
         .bind(channel)

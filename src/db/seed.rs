@@ -123,7 +123,11 @@ impl Store {
             self.seed_agent(a, namespace).await?;
         }
         if let Some(default) = d.default_microdao
-            && self.microdao_by_external_id(default).await?.is_none()
+            && self
+                .rooms()
+                .microdao_by_external_id(default)
+                .await?
+                .is_none()
         {
             return Err(StoreError::Invalid(format!(
                 "bridge.default_microdao `{default}` is neither declared in [[microdaos]] nor in the database"
@@ -195,7 +199,7 @@ impl Store {
                 StoreError::Invalid(format!("agent `{}` has no valid Matrix id", a.external_id))
             })?;
         if let Some(m) = &a.microdao
-            && self.microdao_by_external_id(m).await?.is_none()
+            && self.rooms().microdao_by_external_id(m).await?.is_none()
         {
             return Err(StoreError::Invalid(format!(
                 "agent `{}` names microdao `{m}`, which is neither declared in [[microdaos]] nor in the database",

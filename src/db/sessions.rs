@@ -52,11 +52,27 @@ pub struct SessionRow {
     pub closed_at: Option<Ts>,
 }
 
+/// The store's view of agent sessions (`agent_sessions`). A component given this handle, not the
+/// whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct SessionStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of agent sessions (`agent_sessions`).
+    pub fn sessions(&self) -> SessionStore {
+        SessionStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl SessionStore {
     /// Marks active sessions idle after their quiet period (`overrides` per agent, `default_after`
     /// for the rest). Touches only active sessions (a partial index), so the work does not grow
     /// with the number of closed sessions. Returns how many turned idle.
-    pub async fn sweep_idle_sessions(
+    pub async fn sweep_idle(
         &self,
         now: Ts,
         default_after: Duration,
@@ -78,7 +94,7 @@ impl Store {
             "UPDATE agent_sessions SET status = 'idle' WHERE status = 'active' AND last_activity_at < $1 \
              AND agent_id = $2 {ret}"
         );
-        let changed = both!(self, pool => {
+        let changed = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let mut rows: Vec<SessionEventRow> = Vec::new();
             for (agent, after) in overrides {
@@ -95,7 +111,7 @@ impl Store {
                 q = q.bind(*agent);
             }
             rows.extend(q.fetch_all(&mut *tx).await?);
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 let drafts: Vec<_> = rows.iter().map(session_draft).collect();
                 tx.append_events(&drafts).await?;
             }
@@ -103,15 +119,15 @@ impl Store {
             rows.len() as u64
         });
         if changed > 0 {
-            self.wake_publisher();
+            self.store.wake_publisher();
         }
         Ok(changed)
     }
 
     /// Closes every open session of an agent (it was disabled), with their events.
-    pub async fn close_agent_sessions(&self, agent: AgentId) -> Result<u64, StoreError> {
+    pub async fn close_agent(&self, agent: AgentId) -> Result<u64, StoreError> {
         let now = Ts::now();
-        let n = both!(self, pool => {
+        let n = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             let rows: Vec<SessionEventRow> = sqlx::query_as(
                 "UPDATE agent_sessions SET status = 'closed', closed_at = $2 WHERE agent_id = $1 AND status <> 'closed' \
@@ -121,7 +137,7 @@ impl Store {
             .bind(now)
             .fetch_all(&mut *tx)
             .await?;
-            if self.events_enabled() {
+            if self.store.events_enabled() {
                 let drafts: Vec<_> = rows.iter().map(session_draft).collect();
                 tx.append_events(&drafts).await?;
             }
@@ -129,14 +145,14 @@ impl Store {
             rows.len() as u64
         });
         if n > 0 {
-            self.wake_publisher();
+            self.store.wake_publisher();
         }
         Ok(n)
     }
 
     /// Sessions by status, for the metric.
-    pub async fn session_counts(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+    pub async fn counts(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT status, COUNT(*) FROM agent_sessions GROUP BY status"
         )
         .fetch_all(pool)
@@ -144,12 +160,12 @@ impl Store {
     }
 
     /// The agent's sessions (of one status, when given), newest first.
-    pub async fn agent_sessions(
+    pub async fn of_agent(
         &self,
         agent: AgentId,
         status: Option<SessionStatus>,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT s.id, s.channel_id, c.matrix_room_id AS room_id, s.status, s.started_at, s.last_activity_at, \
              s.closed_at FROM agent_sessions s JOIN channels c ON c.id = s.channel_id \
              WHERE s.agent_id = $1 AND ($2 = '' OR s.status = $2) ORDER BY s.started_at DESC LIMIT 500",
@@ -161,12 +177,12 @@ impl Store {
     }
 
     /// A channel's sessions, newest first (at most `limit`), with the agent of each.
-    pub async fn channel_sessions(
+    pub async fn of_channel(
         &self,
         channel: ChannelId,
         limit: i64,
     ) -> Result<Vec<ChannelSession>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT s.id, a.external_id AS agent, a.name AS agent_name, s.status, s.started_at, \
              s.last_activity_at, s.closed_at FROM agent_sessions s JOIN agents a ON a.id = s.agent_id \
              WHERE s.channel_id = $1 ORDER BY s.started_at DESC, s.id LIMIT $2",

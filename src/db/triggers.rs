@@ -50,10 +50,26 @@ pub struct TriggerGroup {
 
 const COLS: &str = "SELECT id, agent_id, channel_id, room_id, event_id, status, payload, at, created_at FROM bridge_triggers";
 
+/// The store's view of trigger candidates and pending triggers (`bridge_triggers`). A component
+/// given this handle, not the whole store, can touch nothing else.
+#[derive(Clone, Debug)]
+pub struct TriggerStore {
+    store: Store,
+}
+
 impl Store {
+    /// The queries of trigger candidates and pending triggers (`bridge_triggers`).
+    pub fn triggers(&self) -> TriggerStore {
+        TriggerStore {
+            store: self.clone(),
+        }
+    }
+}
+
+impl TriggerStore {
     /// Candidates not evaluated yet, oldest first.
-    pub async fn trigger_candidates(&self, limit: i64) -> Result<Vec<TriggerRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+    pub async fn candidates(&self, limit: i64) -> Result<Vec<TriggerRow>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE status = 'candidate' ORDER BY created_at, id LIMIT $1"
         ))
         .bind(limit)
@@ -64,13 +80,13 @@ impl Store {
     /// Records a candidate's evaluation: a pending trigger per addressed agent, atomically with
     /// marking the candidate evaluated (a crash in between re-evaluates; the unique index on
     /// (event, agent) absorbs the repeat).
-    pub async fn evaluate_candidate(
+    pub async fn evaluate(
         &self,
         candidate: &TriggerRow,
         agents: &[AgentId],
     ) -> Result<(), StoreError> {
         let now = Ts::now();
-        both!(self, pool => {
+        both!(self.store, pool => {
             let mut tx = pool.begin().await?;
             for agent in agents {
                 sqlx::query(
@@ -96,8 +112,8 @@ impl Store {
     }
 
     /// (agent, channel) pairs with pending triggers, with the newest one's time.
-    pub async fn trigger_groups(&self) -> Result<Vec<TriggerGroup>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(
+    pub async fn groups(&self) -> Result<Vec<TriggerGroup>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(
             "SELECT agent_id, channel_id, room_id, MAX(created_at) AS newest FROM bridge_triggers \
              WHERE status = 'pending' AND agent_id IS NOT NULL GROUP BY agent_id, channel_id, room_id",
         )
@@ -106,12 +122,12 @@ impl Store {
     }
 
     /// The pending triggers of an agent in a channel, oldest first.
-    pub async fn pending_triggers(
+    pub async fn pending(
         &self,
         agent: AgentId,
         channel: ChannelId,
     ) -> Result<Vec<TriggerRow>, StoreError> {
-        Ok(both!(self, pool => sqlx::query_as(&format!(
+        Ok(both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE agent_id = $1 AND channel_id = $2 AND status = 'pending' ORDER BY at, created_at"
         ))
         .bind(agent)
@@ -121,8 +137,8 @@ impl Store {
     }
 
     /// Cancels one pending trigger (refused by the agent→agent chain limit).
-    pub async fn cancel_trigger(&self, id: TriggerId) -> Result<(), StoreError> {
-        both!(self, pool => sqlx::query(
+    pub async fn cancel(&self, id: TriggerId) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query(
             "UPDATE bridge_triggers SET status = 'cancelled' WHERE id = $1 AND status = 'pending'"
         )
         .bind(id)
@@ -133,12 +149,12 @@ impl Store {
     }
 
     /// Cancels every pending trigger of an agent in a channel (the agent is gone).
-    pub async fn cancel_pending_triggers(
+    pub async fn cancel_pending(
         &self,
         agent: AgentId,
         channel: ChannelId,
     ) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
+        Ok(both!(self.store, pool => sqlx::query(
             "UPDATE bridge_triggers SET status = 'cancelled' WHERE agent_id = $1 AND channel_id = $2 AND status = 'pending'"
         )
         .bind(agent)
@@ -149,8 +165,8 @@ impl Store {
     }
 
     /// Deletes finished trigger rows older than `cutoff`.
-    pub async fn prune_triggers(&self, cutoff: Ts) -> Result<u64, StoreError> {
-        Ok(both!(self, pool => sqlx::query(
+    pub async fn prune(&self, cutoff: Ts) -> Result<u64, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query(
             "DELETE FROM bridge_triggers WHERE status IN ('evaluated', 'taken', 'cancelled') AND created_at < $1",
         )
         .bind(cutoff)

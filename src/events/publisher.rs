@@ -37,6 +37,7 @@ use async_nats::jetstream::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::db::events::EventStore;
 use crate::{
     config::EventsConfig,
     db::{
@@ -112,7 +113,7 @@ enum PublishError {
 /// The publisher task.
 #[derive(Clone)]
 pub struct Publisher {
-    store: Store,
+    events: EventStore,
     config: EventsConfig,
     metrics: Arc<Metrics>,
     status: Arc<PublisherStatus>,
@@ -132,7 +133,7 @@ impl Publisher {
             .store(config.nats_url.is_some(), Ordering::Relaxed);
         let wake = store.events_written();
         Self {
-            store,
+            events: store.events(),
             config,
             metrics,
             status,
@@ -306,8 +307,8 @@ impl Publisher {
     /// partitions concurrently, then marked. Returns how many were published.
     async fn round(&self, link: &Link, epoch: u64) -> Result<usize, PublishError> {
         let rows = self
-            .store
-            .pending_events(PER_PARTITION, i64::from(self.config.publish_batch))
+            .events
+            .pending(PER_PARTITION, i64::from(self.config.publish_batch))
             .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -340,7 +341,7 @@ impl Publisher {
         // Mark what was acknowledged even when something else failed: those rows are in the
         // stream, and the next round must start after them.
         let ids: Vec<uuid::Uuid> = acked.iter().map(|(id, _)| *id).collect();
-        self.store.mark_published(&ids).await?;
+        self.events.mark_published(&ids).await?;
         let now = Ts::now().millis();
         for (_, created) in &acked {
             self.metrics
@@ -350,14 +351,14 @@ impl Publisher {
         self.metrics.events_published.inc_by(acked.len() as u64);
         if let Some((id, error)) = failure {
             self.metrics.event_publish_errors.inc();
-            self.store.event_failed(id, &error).await?;
+            self.events.failed(id, &error).await?;
             return Err(PublishError::Nats(error));
         }
         Ok(acked.len())
     }
 
     async fn refresh_backlog(&self) {
-        match self.store.event_backlog().await {
+        match self.events.backlog().await {
             Ok(b) => {
                 self.metrics.events_pending.set(b.pending);
                 self.status.set_backlog(b);

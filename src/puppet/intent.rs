@@ -46,6 +46,7 @@ impl PuppetIntent {
         if self
             .puppets
             .store
+            .channels()
             .agent_in_room(room.as_str(), self.agent.id)
             .await?
         {
@@ -111,7 +112,12 @@ impl PuppetIntent {
 
     /// The agent's send queued under `key`, if any.
     pub async fn queued(&self, key: &str) -> Result<Option<OutboxItem>, PuppetError> {
-        Ok(self.puppets.store.outbox_by_key(self.agent.id, key).await?)
+        Ok(self
+            .puppets
+            .store
+            .outbox()
+            .by_key(self.agent.id, key)
+            .await?)
     }
 
     /// Shows (`Some(timeout)`) or stops typing in `room`.

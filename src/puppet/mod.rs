@@ -209,7 +209,7 @@ impl Puppets {
             idempotency_key: send.key,
             request_hash,
         };
-        let queued = self.store.outbox_enqueue(&item).await?;
+        let queued = self.store.outbox().enqueue(&item).await?;
         self.outbox_wake.notify_one();
         Ok(queued)
     }
@@ -221,7 +221,8 @@ impl Puppets {
             let finished = self.finished.notified();
             let item = self
                 .store
-                .outbox_get(id)
+                .outbox()
+                .get(id)
                 .await?
                 .ok_or(StoreError::NotFound {
                     what: "outbox item",

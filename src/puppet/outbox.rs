@@ -73,7 +73,7 @@ impl<S: SentSink> Delivery<S> {
         let mut busy: HashSet<String> = HashSet::new();
         loop {
             let mut next_due: Option<Ts> = None;
-            match self.puppets.store.outbox_heads(256).await {
+            match self.puppets.store.outbox().heads(256).await {
                 Ok(heads) => {
                     let now = Ts::now();
                     for item in heads {
@@ -151,13 +151,14 @@ impl<S: SentSink> Delivery<S> {
                 tracing::warn!(room_id = %item.room_id, txn_id = %item.txn_id, %error, retry_in_ms = wait.as_millis() as u64, "puppet send failed; will retry");
                 self.puppets.metrics.outbox("retry");
                 store
-                    .outbox_retry(item.id, &error.to_string(), Ts::now().plus(wait))
+                    .outbox()
+                    .retry(item.id, &error.to_string(), Ts::now().plus(wait))
                     .await
             }
             Attempt::Failed(error) => {
                 tracing::error!(room_id = %item.room_id, txn_id = %item.txn_id, %error, "puppet send failed for good");
                 self.puppets.metrics.outbox("failed");
-                store.outbox_fail(item.id, &error.to_string()).await
+                store.outbox().fail(item.id, &error.to_string()).await
             }
         };
         if let Err(error) = recorded {

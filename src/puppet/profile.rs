@@ -13,7 +13,7 @@ impl Puppets {
             return Ok(());
         }
         let user = &agent.user_id;
-        let mut state = self.store.puppet_state(agent.id).await?;
+        let mut state = self.store.agents().puppet_state(agent.id).await?;
         let before = state.clone();
         if !state.registered {
             self.hs.ensure_registered(user.localpart()).await?;
@@ -32,7 +32,10 @@ impl Puppets {
             state.avatar_source = Some(source.clone());
         }
         if before != state {
-            self.store.set_puppet_state(agent.id, &state).await?;
+            self.store
+                .agents()
+                .set_puppet_state(agent.id, &state)
+                .await?;
         }
         self.ready().insert(agent.id);
         Ok(())
@@ -52,7 +55,7 @@ impl Puppets {
     ) -> Result<usize, PuppetError> {
         let mut updated = 0;
         for agent in changed {
-            let state = self.store.puppet_state(agent.id).await?;
+            let state = self.store.agents().puppet_state(agent.id).await?;
             let name_differs = state.display_name.as_deref() != Some(agent.name.as_str());
             let avatar_differs = agent.behaviour.avatar.is_some()
                 && state.avatar_source.as_deref() != agent.behaviour.avatar.as_deref();

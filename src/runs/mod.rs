@@ -128,7 +128,7 @@ impl Runner {
     /// next start (their state is durable).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut workers = JoinSet::new();
-        match self.store.open_runs().await {
+        match self.store.runs().open().await {
             Ok(runs) => {
                 if !runs.is_empty() {
                     tracing::info!(runs = runs.len(), "resuming runs the last process left");
@@ -197,7 +197,7 @@ impl Runner {
     /// Evaluates committed candidates into per-agent triggers.
     async fn evaluate(&self) -> Result<(), StoreError> {
         loop {
-            let candidates = self.store.trigger_candidates(EVALUATE_BATCH).await?;
+            let candidates = self.store.triggers().candidates(EVALUATE_BATCH).await?;
             let n = candidates.len() as i64;
             for candidate in candidates {
                 let evaluation = triggers::evaluate(
@@ -209,7 +209,8 @@ impl Runner {
                 )
                 .await?;
                 self.store
-                    .evaluate_candidate(&candidate, &evaluation.addressed)
+                    .triggers()
+                    .evaluate(&candidate, &evaluation.addressed)
                     .await?;
                 for outcome in evaluation.outcomes {
                     self.count(outcome);
@@ -230,7 +231,7 @@ impl Runner {
     ) -> Result<Option<Duration>, StoreError> {
         let now = Ts::now();
         let mut next: Option<Duration> = None;
-        for group in self.store.trigger_groups().await? {
+        for group in self.store.triggers().groups().await? {
             let due = group.newest.plus(self.settings.debounce);
             if due > now {
                 let wait = Duration::from_millis((due.millis() - now.millis()).max(1) as u64);
@@ -254,6 +255,7 @@ impl Runner {
         let since = Ts::now().minus(self.settings.max_message_age);
         Ok(self
             .store
+            .runs()
             .chain_depth_of(event_id, since)
             .await?
             .unwrap_or(0)
@@ -268,7 +270,8 @@ impl Runner {
         let Some(agent) = self.registry.by_id(group.agent_id).filter(|a| a.active) else {
             // The agent is gone or disabled: its triggers will never be answered.
             self.store
-                .cancel_pending_triggers(group.agent_id, group.channel_id)
+                .triggers()
+                .cancel_pending(group.agent_id, group.channel_id)
                 .await?;
             return Ok(());
         };
@@ -277,14 +280,15 @@ impl Runner {
         let mut depth = 0;
         for t in self
             .store
-            .pending_triggers(group.agent_id, group.channel_id)
+            .triggers()
+            .pending(group.agent_id, group.channel_id)
             .await?
         {
             let d = self.depth(&t.event_id, t.payload.0.sender_is_agent).await?;
             if d > self.settings.max_agent_chain as i32 {
                 tracing::info!(agent = %agent.user_id, room_id = %group.room_id, event_id = %t.event_id, depth = d, "agent→agent chain limit reached; not answering");
                 self.count("loop_refused");
-                self.store.cancel_trigger(t.id).await?;
+                self.store.triggers().cancel(t.id).await?;
             } else {
                 depth = depth.max(d);
             }
@@ -295,7 +299,7 @@ impl Runner {
             runtime: agent.behaviour.runtime.name(),
             chain_depth: depth,
         };
-        let Some((id, _)) = self.store.queue_run(&new).await? else {
+        let Some((id, _)) = self.store.runs().queue(&new).await? else {
             return Ok(());
         };
         self.start(
@@ -317,7 +321,7 @@ impl Runner {
         let Some(channel) = run.channel_id else {
             return Ok(());
         };
-        let Some(room) = self.store.room_of_channel(channel).await? else {
+        let Some(room) = self.store.rooms().room_of_channel(channel).await? else {
             self.finish(run.id, RunEnd::failed("its channel is gone"))
                 .await?;
             return Ok(());
@@ -359,7 +363,7 @@ impl Runner {
                 Err(_) => return Ok(()),
             },
         };
-        let Some((triggers, session)) = self.store.start_run(id, resume).await? else {
+        let Some((triggers, session)) = self.store.runs().start(id, resume).await? else {
             // Cancelled while queued (its triggers were redacted), or already ended.
             return Ok(());
         };
@@ -388,7 +392,7 @@ impl Runner {
         };
         match ended {
             Ended::Deferred => {
-                self.store.defer_run(id).await?;
+                self.store.runs().defer(id).await?;
                 tracing::info!(run_id = %id, "run deferred: the runtime answers through the agent API");
             }
             Ended::End(end) => {
@@ -405,7 +409,7 @@ impl Runner {
 
     async fn finish(&self, id: RunId, end: RunEnd) -> Result<(), StoreError> {
         let status = end.status;
-        if self.store.finish_run(id, &end).await? {
+        if self.store.runs().finish(id, &end).await? {
             self.metrics.run(status);
         }
         Ok(())

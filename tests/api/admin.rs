@@ -98,7 +98,8 @@ async fn admin_api_refuses_wrong_keys(#[case] b: Backend) {
         .await
         .unwrap();
     app.store
-        .revoke_admin_key(&revoked[..12], &Actor::cli())
+        .admin_keys()
+        .revoke(&revoked[..12], &Actor::cli())
         .await
         .unwrap();
     for (method, path, body) in routes(&channel) {

@@ -213,7 +213,8 @@ async fn keys_and_capabilities(#[case] b: Backend) {
     .unwrap();
     assert_eq!(
         app.store
-            .revoke_key(&revoked[..12], &daarion_bridge::db::audit::Actor::cli())
+            .keys()
+            .revoke(&revoked[..12], &daarion_bridge::db::audit::Actor::cli())
             .await
             .unwrap(),
         1

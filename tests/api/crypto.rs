@@ -29,7 +29,7 @@ async fn crypto(app: &TestApp) -> Arc<Crypto> {
         "@daarion:localhost".try_into().unwrap(),
     )
     .unwrap();
-    Crypto::open(app.store.clone(), hs, PICKLE_KEY, true)
+    Crypto::open(app.store.crypto(), hs, PICKLE_KEY, true)
         .await
         .expect("crypto opens")
 }
@@ -71,7 +71,11 @@ fn bodies(prepared: &daarion_bridge::crypto::inbound::Prepared) -> Vec<String> {
 
 /// Sofia's engine with a device (stored, as after a first start) and her keys uploaded.
 async fn sofia(app: &TestApp) -> (Arc<Crypto>, upload_keys::v3::Request) {
-    app.store.crypto_device(SOFIA, SOFIA_DEVICE).await.unwrap();
+    app.store
+        .crypto()
+        .device(SOFIA, SOFIA_DEVICE)
+        .await
+        .unwrap();
     let crypto = crypto(app).await;
     let machines = crypto.opened();
     assert_eq!(
@@ -114,14 +118,14 @@ async fn encrypted_events_decrypt_whatever_the_key_order(#[case] b: Backend) {
         "it waits for its key: {:?}",
         bodies(&prepared)
     );
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
     // A replay of that transaction keeps one pending row.
     crypto
         .prepare(&transaction(vec![join, early], vec![]), &metrics)
         .await
         .unwrap()
         .expect("work for the crypto engines");
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
 
     let prepared = crypto
         .prepare(&transaction(vec![], keys), &metrics)
@@ -134,7 +138,7 @@ async fn encrypted_events_decrypt_whatever_the_key_order(#[case] b: Backend) {
     assert_eq!(event["event_id"], "$early");
     assert_eq!(event["sender"], ALICE);
     assert_eq!(event["room_id"], "!secret:localhost");
-    app.store.crypto_pending_remove("$early").await.unwrap();
+    app.store.crypto().pending_remove("$early").await.unwrap();
 
     // Key known: decrypted in its own transaction.
     let now = alice.say("$now", "right on time").await;
@@ -208,7 +212,7 @@ async fn encrypted_events_decrypt_whatever_the_key_order(#[case] b: Backend) {
         "@daarion:localhost".try_into().unwrap(),
     )
     .unwrap();
-    let private = Crypto::open(app.store.clone(), hs, PICKLE_KEY, false)
+    let private = Crypto::open(app.store.crypto(), hs, PICKLE_KEY, false)
         .await
         .unwrap();
     let hidden = alice.say("$hidden", "keep me out of the database").await;
@@ -271,7 +275,7 @@ async fn encrypted_events_decrypt_whatever_the_key_order(#[case] b: Backend) {
     )
     .unwrap();
     let wrong = Crypto::open(
-        app.store.clone(),
+        app.store.crypto(),
         hs,
         "another-pickle-key-0123456789-abcdefgh",
         true,
@@ -356,7 +360,7 @@ async fn hostile_encrypted_input_never_fails_a_transaction(#[case] b: Backend) {
         .count();
     assert!(passed_on >= 5, "{out:?}");
     // The unknown session waits for a key that may still come.
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
     let text = metrics.render();
     for outcome in ["to_device_ignored", "undecryptable", "decrypted", "pending"] {
         assert!(
@@ -413,7 +417,8 @@ async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
     .await;
     prepared
         .store
-        .crypto_device(SOFIA, SOFIA_DEVICE)
+        .crypto()
+        .device(SOFIA, SOFIA_DEVICE)
         .await
         .unwrap();
     let app = prepared.restart().await;
@@ -448,7 +453,7 @@ async fn encrypted_events_wait_then_give_up(#[case] b: Backend) {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 0);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 0);
     let body = json!({
         "events": [crate::ev::member("sj", SOFIA, SOFIA, "join"), unknown_session("$waiting"), garbage],
         "de.sorunome.msc2409.to_device": [
@@ -473,13 +478,13 @@ async fn encrypted_events_wait_then_give_up(#[case] b: Backend) {
     };
     assert_eq!(preview("$garbage").await, ["[encrypted]"]);
     assert!(preview("$waiting").await.is_empty(), "it waits for its key");
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
     app.eventually(
         "the waiting event given up on",
         std::time::Duration::from_secs(10),
         || async {
             preview("$waiting").await == ["[encrypted]"]
-                && app.store.crypto_pending_count().await.unwrap() == 0
+                && app.store.crypto().pending_count().await.unwrap() == 0
         },
     )
     .await;
@@ -515,7 +520,7 @@ async fn a_question_whose_key_comes_late_is_answered(#[case] b: Backend) {
     assert_eq!(status, 200);
     let preview = "SELECT content_preview FROM messages WHERE matrix_event_id = '$late-question'";
     assert!(app.col(preview).await.is_empty(), "it waits for its key");
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
 
     let (status, _) = app
         // Under MSC4203's stable field name this time.
@@ -523,7 +528,7 @@ async fn a_question_whose_key_comes_late_is_answered(#[case] b: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(app.col(preview).await, ["Sofia, are you there?"]);
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 0);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 0);
     app.eventually(
         "Sofia's run for the late question",
         std::time::Duration::from_secs(10),
@@ -550,7 +555,8 @@ async fn with_a_bot_device_every_mirrored_room_waits_for_keys(#[case] b: Backend
     .await;
     prepared
         .store
-        .crypto_device(crate::ev::BOT, "BOTDEVICE")
+        .crypto()
+        .device(crate::ev::BOT, "BOTDEVICE")
         .await
         .unwrap();
     let app = prepared.restart().await;
@@ -574,7 +580,7 @@ async fn with_a_bot_device_every_mirrored_room_waits_for_keys(#[case] b: Backend
             .is_empty(),
         "it waits for its key"
     );
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
 }
 
 /// The count bound: past `pending_max` waiting events, the oldest are mirrored as
@@ -592,7 +598,7 @@ async fn pending_events_are_bounded_in_count(#[case] b: Backend) {
         let (status, _) = app.put_txn(&format!("bound-{i}"), vec![event]).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 3);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 3);
     let bounds = daarion_bridge::bridge::pending::Bounds {
         max_age: std::time::Duration::from_secs(3600),
         max_count: 1,
@@ -601,7 +607,7 @@ async fn pending_events_are_bounded_in_count(#[case] b: Backend) {
     let settled = daarion_bridge::bridge::pending::expire(
         app.crypto.as_ref().unwrap(),
         app.mirror.as_ref().unwrap(),
-        &app.store,
+        &app.store.crypto(),
         &metrics,
         bounds,
         daarion_bridge::model::Ts::now(),
@@ -609,7 +615,7 @@ async fn pending_events_are_bounded_in_count(#[case] b: Backend) {
     .await
     .unwrap();
     assert_eq!(settled, 2, "the two oldest go");
-    assert_eq!(app.store.crypto_pending_count().await.unwrap(), 1);
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
     let mirrored = app
         .col("SELECT matrix_event_id FROM messages WHERE content_preview = '[encrypted]' ORDER BY matrix_event_id")
         .await;

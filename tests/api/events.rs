@@ -297,13 +297,15 @@ async fn runs_keys_and_sweeps_publish(#[case] b: Backend) {
     let run: RunId = RunId(app.insert_running_run(ev::SOFIA, 1).await.parse().unwrap());
     assert!(
         app.store
-            .finish_run(run, &RunEnd::failed("boom"))
+            .runs()
+            .finish(run, &RunEnd::failed("boom"))
             .await
             .unwrap()
     );
     assert!(
         !app.store
-            .finish_run(run, &RunEnd::failed("again"))
+            .runs()
+            .finish(run, &RunEnd::failed("again"))
             .await
             .unwrap()
     );
@@ -340,7 +342,8 @@ async fn runs_keys_and_sweeps_publish(#[case] b: Backend) {
     .unwrap();
     assert_eq!(
         app.store
-            .revoke_key(&key[..12], &Actor::cli())
+            .keys()
+            .revoke(&key[..12], &Actor::cli())
             .await
             .unwrap(),
         1
@@ -411,7 +414,7 @@ async fn events_roll_back_with_their_change(#[case] b: Backend) {
     assert_eq!(stored(&app).await.len(), before);
     assert_eq!(app.col("SELECT name FROM channels").await, ["Town Square"]);
     // The counter rolled back too: the next event is seq n+1, no gap.
-    app.store.append_events(&[draft]).await.unwrap();
+    app.store.events().append(&[draft]).await.unwrap();
     assert_gapless(&stored(&app).await);
 
     // A message the database refuses: the rest of the transaction commits with its events, the
@@ -487,7 +490,7 @@ async fn sequences_are_gapless_under_concurrency(#[case] b: Backend) {
                     .collect();
                 // SQLite serialises writers itself; busy errors are retried like any caller would.
                 for _ in 0..50 {
-                    if store.append_events(&drafts).await.is_ok() {
+                    if store.events().append(&drafts).await.is_ok() {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;

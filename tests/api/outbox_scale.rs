@@ -104,7 +104,7 @@ async fn counted(app: &TestApp) -> (i64, Ts) {
 /// The backlog agrees with `COUNT(*)`: the exact count, and the oldest pending row's age.
 async fn assert_backlog_exact(app: &TestApp, what: &str) -> i64 {
     let (n, oldest) = counted(app).await;
-    let backlog = app.store.event_backlog().await.unwrap();
+    let backlog = app.store.events().backlog().await.unwrap();
     assert_eq!(backlog.pending, n, "{what}: pending");
     let age = (Ts::now().millis() - oldest.millis()) / 1000;
     assert!(
@@ -138,7 +138,7 @@ where
 async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
     let app = TestApp::prepare(b, |c| c).await;
     let store: &Store = &app.store;
-    assert_eq!(store.event_backlog().await.unwrap().pending, 0, "empty");
+    assert_eq!(store.events().backlog().await.unwrap().pending, 0, "empty");
     let (partitions, per) = shape(b);
     let filled = Instant::now();
     fill(&app, partitions, per).await;
@@ -153,7 +153,8 @@ async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
     // arithmetic reads one index entry and one row per partition (1,000 here, ~15 ms), while the
     // COUNT(*) it replaces reads a million rows (100 ms with everything cached, seconds on a
     // bloated table). The median of 7 keeps a single scheduling hiccup out.
-    let took = median(7, || store.event_backlog()).await;
+    let events = store.events();
+    let took = median(7, || events.backlog()).await;
     eprintln!(
         "event_backlog with {} pending: median {took:?}",
         partitions * per
@@ -191,7 +192,7 @@ async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
             "some published rows are newer than a pending one"
         );
     }
-    let pruned = store.prune_events(Ts::now(), true).await.unwrap();
+    let pruned = store.events().prune(Ts::now(), true).await.unwrap();
     assert_eq!(pruned, expect_pruned, "published rows pruned");
     assert_eq!(
         app.col("SELECT CAST(COUNT(*) AS TEXT) FROM outbox_events WHERE processed")
@@ -206,7 +207,7 @@ async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
     // on a bloated one: it read every one of the million pending rows to skip them), and a
     // median of 5 ignores a single scheduling hiccup.
     let took = median(5, || async {
-        assert_eq!(store.prune_events(Ts::now(), true).await.unwrap(), 0);
+        assert_eq!(store.events().prune(Ts::now(), true).await.unwrap(), 0);
     })
     .await;
     eprintln!("prune_events deleting nothing: median {took:?}");
@@ -215,10 +216,10 @@ async fn a_million_row_outbox_is_counted_and_pruned_fast(#[case] b: Backend) {
     }
 
     // Publishing moves the heads: the figure follows, exactly.
-    let batch = store.pending_events(7, 2_000).await.unwrap();
+    let batch = store.events().pending(7, 2_000).await.unwrap();
     assert!(batch.len() >= 1_000, "{}", batch.len());
     let ids: Vec<uuid::Uuid> = batch.iter().map(|e| e.id).collect();
-    store.mark_published(&ids).await.unwrap();
+    store.events().mark_published(&ids).await.unwrap();
     assert_eq!(
         assert_backlog_exact(&app, "published").await,
         partitions * per - ids.len() as i64

@@ -20,7 +20,8 @@ use crate::{
 
 async fn audit(app: &TestApp, action: &str) -> Vec<daarion_bridge::db::audit::AuditRow> {
     app.store
-        .list_audit(&AuditFilter {
+        .audit()
+        .list(&AuditFilter {
             action: Some(action.into()),
             limit: 100,
             ..Default::default()
@@ -138,7 +139,8 @@ async fn audit_records_every_action(#[case] b: Backend) {
     assert_eq!(audit(&app, "access_key.expired_use").await.len(), 1);
     assert_eq!(
         app.store
-            .revoke_key(&key[..12], &Actor::cli())
+            .keys()
+            .revoke(&key[..12], &Actor::cli())
             .await
             .unwrap(),
         1
@@ -187,7 +189,8 @@ async fn audit_records_every_action(#[case] b: Backend) {
     // Filters and keyset pagination, newest first.
     let all = app
         .store
-        .list_audit(&AuditFilter {
+        .audit()
+        .list(&AuditFilter {
             limit: 1000,
             ..Default::default()
         })
@@ -200,7 +203,8 @@ async fn audit_records_every_action(#[case] b: Backend) {
     loop {
         let page = app
             .store
-            .list_audit(&AuditFilter {
+            .audit()
+            .list(&AuditFilter {
                 limit: 2,
                 before: before.clone(),
                 ..Default::default()
@@ -216,7 +220,8 @@ async fn audit_records_every_action(#[case] b: Backend) {
     assert_eq!(paged, all.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
     let denied_only = app
         .store
-        .list_audit(&AuditFilter {
+        .audit()
+        .list(&AuditFilter {
             outcome: Some(AuditOutcome::Denied),
             limit: 100,
             ..Default::default()

@@ -94,6 +94,7 @@ pub async fn put_microdao(
     text("name", &body.value.name, 255)?;
     let (row, new) = state
         .store
+        .catalog()
         .put_microdao(&external_id, body.value.name.trim(), &admin.actor())
         .await?;
     reload(&state).await?;
@@ -106,7 +107,7 @@ pub async fn get_microdao(
     _admin: Admin,
     Path(external_id): Path<String>,
 ) -> Result<Response, MatrixError> {
-    match state.store.get_microdao(&external_id).await? {
+    match state.store.catalog().get_microdao(&external_id).await? {
         Some(row) => Ok(Json(row).into_response()),
         None => Err(MatrixError::not_found("no such microDAO")),
     }
@@ -121,6 +122,7 @@ pub async fn list_microdaos(
     let limit = page.limit()?;
     let rows = state
         .store
+        .catalog()
         .list_microdaos(page.after.as_deref(), limit)
         .await?;
     Ok(Json(Listing::of(rows, limit, |m| m.external_id.clone())).into_response())
@@ -133,7 +135,7 @@ pub async fn delete_microdao(
     admin: Admin,
     Path(external_id): Path<String>,
 ) -> Result<Response, MatrixError> {
-    match state.store.microdao_usage(&external_id).await? {
+    match state.store.catalog().microdao_usage(&external_id).await? {
         None => return Err(MatrixError::not_found("no such microDAO")),
         Some((channels, agents)) if channels > 0 || agents > 0 => {
             return Err(MatrixError::new(
@@ -148,7 +150,8 @@ pub async fn delete_microdao(
     }
     state
         .store
-        .delete_catalog(Catalog::Microdao, &external_id, &admin.actor())
+        .catalog()
+        .delete(Catalog::Microdao, &external_id, &admin.actor())
         .await?;
     Ok(Json(json!({})).into_response())
 }
@@ -254,7 +257,11 @@ pub async fn put_blueprint(
         failure_notice: b.failure_notice,
         message_type: b.message_type,
     };
-    let (row, new) = state.store.put_blueprint(&put, &admin.actor()).await?;
+    let (row, new) = state
+        .store
+        .catalog()
+        .put_blueprint(&put, &admin.actor())
+        .await?;
     reload(&state).await?;
     Ok(created(new, row))
 }
@@ -265,7 +272,7 @@ pub async fn get_blueprint(
     _admin: Admin,
     Path(blueprint): Path<String>,
 ) -> Result<Response, MatrixError> {
-    match state.store.get_blueprint(&blueprint).await? {
+    match state.store.catalog().get_blueprint(&blueprint).await? {
         Some(row) => Ok(Json(row).into_response()),
         None => Err(MatrixError::not_found("no such blueprint")),
     }
@@ -280,6 +287,7 @@ pub async fn list_blueprints(
     let limit = page.limit()?;
     let rows = state
         .store
+        .catalog()
         .list_blueprints(page.after.as_deref(), limit)
         .await?;
     Ok(Json(Listing::of(rows, limit, |b| b.code.clone())).into_response())
@@ -294,7 +302,8 @@ pub async fn delete_blueprint(
 ) -> Result<Response, MatrixError> {
     if !state
         .store
-        .delete_catalog(Catalog::Blueprint, &blueprint, &admin.actor())
+        .catalog()
+        .delete(Catalog::Blueprint, &blueprint, &admin.actor())
         .await?
     {
         return Err(MatrixError::not_found("no such blueprint"));
@@ -371,7 +380,12 @@ pub async fn put_agent(
         ));
     }
     if let Some(m) = &a.microdao
-        && state.store.microdao_by_external_id(m).await?.is_none()
+        && state
+            .store
+            .rooms()
+            .microdao_by_external_id(m)
+            .await?
+            .is_none()
     {
         return Err(MatrixError::invalid_param(format!(
             "`microdao`: there is no microDAO `{}`",
@@ -379,7 +393,7 @@ pub async fn put_agent(
         )));
     }
     if let Some(b) = &a.blueprint
-        && state.store.get_blueprint(b).await?.is_none()
+        && state.store.catalog().get_blueprint(b).await?.is_none()
     {
         return Err(MatrixError::invalid_param(format!(
             "`blueprint`: there is no blueprint `{}`",
@@ -400,11 +414,16 @@ pub async fn put_agent(
         message_type: a.message_type,
         avatar: a.avatar,
     };
-    let new = state.store.put_agent(&put, &admin.actor()).await?;
+    let new = state
+        .store
+        .catalog()
+        .put_agent(&put, &admin.actor())
+        .await?;
     reload(&state).await?;
     // Read back after the reload, which fills in the derived Matrix id.
     let row = state
         .store
+        .catalog()
         .get_agent(&put.external_id)
         .await?
         .ok_or_else(|| MatrixError::not_found("the agent was deleted meanwhile"))?;
@@ -417,7 +436,7 @@ pub async fn get_agent(
     _admin: Admin,
     Path(external_id): Path<String>,
 ) -> Result<Response, MatrixError> {
-    match state.store.get_agent(&external_id).await? {
+    match state.store.catalog().get_agent(&external_id).await? {
         Some(row) => Ok(Json(row).into_response()),
         None => Err(MatrixError::not_found("no such agent")),
     }
@@ -432,6 +451,7 @@ pub async fn list_agents(
     let limit = page.limit()?;
     let rows = state
         .store
+        .catalog()
         .list_agents(page.after.as_deref(), limit)
         .await?;
     Ok(Json(Listing::of(rows, limit, |a| a.external_id.clone())).into_response())
@@ -446,7 +466,8 @@ pub async fn delete_agent(
 ) -> Result<Response, MatrixError> {
     if !state
         .store
-        .delete_catalog(Catalog::Agent, &external_id, &admin.actor())
+        .catalog()
+        .delete(Catalog::Agent, &external_id, &admin.actor())
         .await?
     {
         return Err(MatrixError::not_found("no such agent"));

@@ -113,9 +113,9 @@ impl FromRequestParts<ApiState> for Admin {
         let presented = Presented::read(parts, state)?;
         let fail = |error| presented.fail(error);
         let hash = &presented.hash;
-        let Some(found) = state.store.admin_key_by_hash(hash).await? else {
+        let Some(found) = state.store.admin_keys().by_hash(hash).await? else {
             // An agent key is a real key, just not an admin's: 403 rather than 401.
-            if state.store.key_by_hash(hash).await?.is_some() {
+            if state.store.keys().by_hash(hash).await?.is_some() {
                 return Err(fail(MatrixError::forbidden(format!(
                     "this access key lacks the `{ADMIN}` capability (agent keys cannot use the admin API)"
                 ))));

@@ -128,11 +128,18 @@ pub async fn respond(
     })?;
     let channel = ChannelId(uuid("channel_id", &channel_id)?);
     let agent = agent(&state, &external_id)?;
-    if state.store.room_of_channel(channel).await?.is_none() {
+    if state
+        .store
+        .rooms()
+        .room_of_channel(channel)
+        .await?
+        .is_none()
+    {
         return Err(MatrixError::not_found("no such channel"));
     }
     state
         .store
+        .runs()
         .set_respond(agent.id, channel, respond, &admin.actor())
         .await?;
     Ok(Json(json!({ "respond": respond })).into_response())
@@ -168,7 +175,13 @@ pub async fn create_key(
             "`capabilities`: agent keys cannot hold `bridge.admin`",
         ));
     }
-    if state.store.get_agent(&external_id).await?.is_none() {
+    if state
+        .store
+        .catalog()
+        .get_agent(&external_id)
+        .await?
+        .is_none()
+    {
         return Err(MatrixError::not_found("no such agent"));
     }
     let (id, key) = keys::create(
@@ -206,7 +219,7 @@ pub async fn revoke_key(
             "`key_id` must be a key id or a prefix of at least 8 characters",
         ));
     }
-    match state.store.revoke_key(&key_id, &admin.actor()).await? {
+    match state.store.keys().revoke(&key_id, &admin.actor()).await? {
         0 => Err(MatrixError::not_found("no such active key")),
         n => Ok(Json(json!({ "revoked": n })).into_response()),
     }
@@ -233,7 +246,8 @@ pub async fn channels(
     .limit()?;
     let rows = state
         .store
-        .list_channels(
+        .listings()
+        .channels(
             q.microdao.as_deref(),
             after(q.after.as_deref(), ChannelId)?,
             limit,
@@ -266,7 +280,8 @@ pub async fn members(
     .limit()?;
     let rows = state
         .store
-        .list_members(channel, q.all, after(q.after.as_deref(), MemberId)?, limit)
+        .listings()
+        .members(channel, q.all, after(q.after.as_deref(), MemberId)?, limit)
         .await?;
     Ok(Json(Listing::of(rows, limit, |m| m.id.to_string())).into_response())
 }
@@ -312,7 +327,8 @@ pub async fn sessions(
     let channel = q.channel()?;
     let rows = state
         .store
-        .list_sessions(
+        .listings()
+        .sessions(
             q.agent.as_deref(),
             channel,
             q.status.as_deref(),
@@ -344,7 +360,8 @@ pub async fn runs(
     let channel = q.channel()?;
     let rows = state
         .store
-        .admin_runs(
+        .listings()
+        .runs(
             q.agent.as_deref(),
             channel,
             q.status.as_deref(),
@@ -388,7 +405,8 @@ pub async fn audit(
         .transpose()?;
     let rows = state
         .store
-        .list_audit(&AuditFilter {
+        .audit()
+        .list(&AuditFilter {
             action: q.action,
             actor: q.actor,
             outcome,
@@ -432,7 +450,8 @@ pub async fn export(
         })?;
     state
         .store
-        .audit(&[admin.actor().did(
+        .audit()
+        .record(&[admin.actor().did(
             "channel.exported",
             Some(&channel.to_string()),
             AuditOutcome::Allowed,

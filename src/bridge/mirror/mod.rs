@@ -292,7 +292,7 @@ impl Mirror {
                 None => missing.push(room.as_str()),
             }
         }
-        for (stored, agents) in self.store.load_rooms(&missing).await? {
+        for (stored, agents) in self.store.rooms().load(&missing).await? {
             let Ok(room_id) = OwnedRoomId::try_from(stored.room_id.as_str()) else {
                 continue;
             };
@@ -339,7 +339,7 @@ impl Mirror {
         // Only what the database just returned is new to the cache: re-inserting every cached
         // sender would cost an allocation and a hash per sender per transaction.
         let mut found = Vec::new();
-        for (matrix_id, id) in self.store.known_users(&unknown_refs).await? {
+        for (matrix_id, id) in self.store.rooms().known_users(&unknown_refs).await? {
             if let Ok(user) = UserId::parse(matrix_id) {
                 found.push((user.clone(), id));
                 users.insert(user, id);
@@ -363,7 +363,12 @@ impl Mirror {
             .filter(|external| !external.contains('\0'))
             .collect();
         for external in placed {
-            if let Some(id) = self.store.microdao_by_external_id(&external).await? {
+            if let Some(id) = self
+                .store
+                .rooms()
+                .microdao_by_external_id(&external)
+                .await?
+            {
                 microdaos.insert(external, id);
             }
         }
@@ -387,6 +392,7 @@ impl Mirror {
             };
             let mut taken = self
                 .store
+                .rooms()
                 .taken_slugs(create.microdao_id, &create.slug)
                 .await?;
             let ours = planned.entry(create.microdao_id).or_default();

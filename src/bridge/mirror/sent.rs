@@ -39,7 +39,7 @@ impl Mirror {
         };
         let channel = match self.caches.room(room) {
             Some(state) => Some(state.channel_id),
-            None => self.store.channel_for_room(room.as_str()).await?,
+            None => self.store.rooms().channel_for_room(room.as_str()).await?,
         };
         if let Some(channel_id) = channel {
             let now = Ts::now();

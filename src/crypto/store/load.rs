@@ -26,11 +26,7 @@ use crate::db::crypto::CryptoItem;
 impl DbCryptoStore {
     /// Loads every row of the agent into memory.
     pub(super) async fn load(&self) -> Result<()> {
-        let rows = self
-            .db
-            .crypto_items(self.user.as_str())
-            .await
-            .map_err(backend)?;
+        let rows = self.db.items(self.user.as_str()).await.map_err(backend)?;
         let mut by_kind: HashMap<String, Vec<CryptoItem>> = HashMap::new();
         for row in rows {
             by_kind.entry(row.kind.clone()).or_default().push(row);

@@ -41,7 +41,7 @@ use ruma::{
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
 
-use crate::db::{Store, crypto::CryptoItem};
+use crate::db::crypto::{CryptoItem, CryptoTables};
 
 mod live;
 mod load;
@@ -78,7 +78,7 @@ pub(super) mod kind {
 /// An agent's crypto store: memory for reads, the database for durability.
 pub struct DbCryptoStore {
     mem: MemoryStore,
-    db: Store,
+    db: CryptoTables,
     user: OwnedUserId,
     cipher: Arc<StoreCipher>,
     /// Live sessions and identities (see [`live`]).
@@ -106,7 +106,11 @@ struct Batch {
 
 impl DbCryptoStore {
     /// Opens `user`'s store: loads every row into memory.
-    pub async fn open(db: Store, user: OwnedUserId, cipher: Arc<StoreCipher>) -> Result<Self> {
+    pub async fn open(
+        db: CryptoTables,
+        user: OwnedUserId,
+        cipher: Arc<StoreCipher>,
+    ) -> Result<Self> {
         let this = Self {
             mem: MemoryStore::new(),
             db,
@@ -145,7 +149,7 @@ impl DbCryptoStore {
         let delete: Vec<(&str, &str)> =
             batch.delete.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.db
-            .crypto_write(self.user.as_str(), &batch.put, &delete)
+            .write(self.user.as_str(), &batch.put, &delete)
             .await
             .map_err(backend)
     }
