@@ -90,7 +90,7 @@ impl Planner<'_> {
             }
             _ if !self.namespace.is_bridge_user(&env.sender) => {
                 let sender = env.sender.clone();
-                Some(Party::User(self.person(&sender)))
+                Some(Party::User(self.people.person(&sender)))
             }
             _ => None,
         };

@@ -13,7 +13,7 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::event::Envelope,
     db::{
-        MemberWrite, NewJob, Party, RoleChange, SessionChange, SessionOp, audit::NewAudit,
+        Batch, MemberWrite, NewJob, Party, RoleChange, SessionChange, SessionOp, audit::NewAudit,
         text::DbText,
     },
     model::{
@@ -23,10 +23,110 @@ use crate::{
 };
 
 /// One member's changes within the batch.
-pub(super) struct Member {
+struct Member {
     role: MemberRole,
     join: Option<Ts>,
     leave: Option<Ts>,
+}
+
+/// The batch's membership changes, one entry per (channel, party) in first-seen order: what
+/// this module alone reads and writes while planning, folded into member rows at the end.
+#[derive(Default)]
+pub(super) struct Members {
+    changes: HashMap<(ChannelId, Party), Member>,
+    order: Vec<(ChannelId, Party)>,
+}
+
+impl Members {
+    /// Records that `party` joined (or left) `channel` at `at` with `role`; the last change of
+    /// a member in the batch wins, and a leave keeps the join it follows.
+    fn record(&mut self, key: (ChannelId, Party), role: MemberRole, joined: bool, at: Ts) {
+        let entry = self.changes.entry(key).or_insert_with(|| {
+            self.order.push(key);
+            Member {
+                role,
+                join: None,
+                leave: None,
+            }
+        });
+        entry.role = role;
+        if joined {
+            entry.join = Some(at);
+            entry.leave = None;
+        } else {
+            entry.leave = Some(at);
+        }
+    }
+
+    /// Collapses memberships and roles into `b`: one write per member; the roles of members
+    /// written anyway go into that write (a member who left keeps the role it had), the rest
+    /// stay role changes.
+    pub(super) fn finish(self, b: &mut Batch) {
+        let mut roles: HashMap<(ChannelId, Party), MemberRole> = HashMap::default();
+        for r in b.roles.drain(..) {
+            roles.insert((r.channel_id, Party::User(r.user_id)), r.role);
+        }
+        for key in &self.order {
+            let m = &self.changes[key];
+            let role = match (m.join, roles.remove(key)) {
+                (Some(_), Some(changed)) => changed,
+                (None, Some(_)) => m.role,
+                (_, None) => m.role,
+            };
+            b.members.push(MemberWrite {
+                channel_id: key.0,
+                party: key.1,
+                role,
+                joined_at: m.join,
+                left_at: m.leave,
+            });
+        }
+        let mut remaining: Vec<_> = roles.into_iter().collect();
+        remaining.sort_by_key(|((c, p), _)| (*c, p.user()));
+        for ((channel_id, party), role) in remaining {
+            if let Party::User(user_id) = party {
+                b.roles.push(RoleChange {
+                    channel_id,
+                    user_id,
+                    role,
+                });
+            }
+        }
+    }
+}
+
+/// Collapses session changes in `b`: one per (agent, channel), the last change winning with the
+/// latest activity, and nothing else for a tombstoned channel.
+pub(super) fn fold_sessions(b: &mut Batch) {
+    let tombstoned: Vec<ChannelId> = b
+        .sessions
+        .iter()
+        .filter(|o| o.agent.is_none())
+        .map(|o| o.channel_id)
+        .collect();
+    let mut last: HashMap<(ChannelId, Option<AgentId>), SessionOp> = HashMap::default();
+    let mut order = Vec::new();
+    for op in b.sessions.drain(..) {
+        if op.agent.is_some() && tombstoned.contains(&op.channel_id) {
+            continue;
+        }
+        let key = (op.channel_id, op.agent);
+        match last.get_mut(&key) {
+            Some(prev) => {
+                let at = if prev.change == op.change {
+                    prev.at.max(op.at)
+                } else {
+                    op.at
+                };
+                *prev = SessionOp { at, ..op };
+            }
+            None => {
+                order.push(key);
+                last.insert(key, op);
+            }
+        }
+    }
+    b.sessions = order.into_iter().filter_map(|k| last.remove(&k)).collect();
 }
 
 impl Planner<'_> {
@@ -97,7 +197,7 @@ impl Planner<'_> {
             Some(agent) => (Party::Agent(agent), MemberRole::Agent),
             None => {
                 let role = work.state.power.role(target.as_str());
-                (Party::User(self.person(&target)), role)
+                (Party::User(self.people.person(&target)), role)
             }
         };
         if let Some(agent) = agent {
@@ -115,22 +215,7 @@ impl Planner<'_> {
                 }
             }
         }
-        let key = (channel, party);
-        let entry = self.members.entry(key).or_insert_with(|| {
-            self.member_order.push(key);
-            Member {
-                role,
-                join: None,
-                leave: None,
-            }
-        });
-        entry.role = role;
-        if joined {
-            entry.join = Some(at);
-            entry.leave = None;
-        } else {
-            entry.leave = Some(at);
-        }
+        self.members.record((channel, party), role, joined, at);
         Ok(Outcome::Mirrored)
     }
 
@@ -194,7 +279,7 @@ impl Planner<'_> {
     /// A person's role changed with the power levels (someone without a `users` row is no
     /// member: nothing to change).
     pub(super) fn role_change(&mut self, channel: ChannelId, user: &UserId, role: MemberRole) {
-        let Some(&user_id) = self.users.get(user) else {
+        let Some(user_id) = self.people.row(user) else {
             return;
         };
         self.batch.roles.push(RoleChange {
@@ -202,73 +287,5 @@ impl Planner<'_> {
             user_id,
             role,
         });
-    }
-
-    /// Collapses memberships, roles and sessions: one write per member, one per (agent,
-    /// channel) session (the last change wins, with the latest activity), nothing else for a
-    /// tombstoned channel.
-    pub(super) fn finish_members(&mut self) {
-        let b = &mut self.batch;
-        // Roles of members written anyway go into that write; a member who left keeps the role
-        // it had.
-        let mut roles: HashMap<(ChannelId, Party), MemberRole> = HashMap::default();
-        for r in b.roles.drain(..) {
-            roles.insert((r.channel_id, Party::User(r.user_id)), r.role);
-        }
-        for key in &self.member_order {
-            let m = &self.members[key];
-            let role = match (m.join, roles.remove(key)) {
-                (Some(_), Some(changed)) => changed,
-                (None, Some(_)) => m.role,
-                (_, None) => m.role,
-            };
-            b.members.push(MemberWrite {
-                channel_id: key.0,
-                party: key.1,
-                role,
-                joined_at: m.join,
-                left_at: m.leave,
-            });
-        }
-        let mut remaining: Vec<_> = roles.into_iter().collect();
-        remaining.sort_by_key(|((c, p), _)| (*c, p.user()));
-        for ((channel_id, party), role) in remaining {
-            if let Party::User(user_id) = party {
-                b.roles.push(RoleChange {
-                    channel_id,
-                    user_id,
-                    role,
-                });
-            }
-        }
-        let tombstoned: Vec<ChannelId> = b
-            .sessions
-            .iter()
-            .filter(|o| o.agent.is_none())
-            .map(|o| o.channel_id)
-            .collect();
-        let mut last: HashMap<(ChannelId, Option<AgentId>), SessionOp> = HashMap::default();
-        let mut order = Vec::new();
-        for op in b.sessions.drain(..) {
-            if op.agent.is_some() && tombstoned.contains(&op.channel_id) {
-                continue;
-            }
-            let key = (op.channel_id, op.agent);
-            match last.get_mut(&key) {
-                Some(prev) => {
-                    let at = if prev.change == op.change {
-                        prev.at.max(op.at)
-                    } else {
-                        op.at
-                    };
-                    *prev = SessionOp { at, ..op };
-                }
-                None => {
-                    order.push(key);
-                    last.insert(key, op);
-                }
-            }
-        }
-        b.sessions = order.into_iter().filter_map(|k| last.remove(&k)).collect();
     }
 }

@@ -18,8 +18,8 @@ use super::{Outcome, Planner};
 use crate::{
     bridge::mirror::{content::MessageView, event::Envelope, preview},
     db::{
-        CandidatePayload, Edit, NewCandidate, NewJob, NewMessage, Party, Redaction, SessionChange,
-        text::DbText,
+        Batch, CandidatePayload, Edit, NewCandidate, NewJob, NewMessage, Party, Redaction,
+        SessionChange, text::DbText,
     },
     model::{JobKind, Ts, ids::MessageId},
 };
@@ -308,69 +308,68 @@ impl Planner<'_> {
             },
         });
     }
+}
 
-    /// Folds edits and redactions into messages of the same batch, keeps the newest edit per
-    /// target, and drops edits of messages redacted in the batch: afterwards no row is written
-    /// twice by one statement.
-    pub(super) fn finish_messages(&mut self) {
-        let b = &mut self.batch;
-        let redacted: HashMap<OwnedEventId, Ts> = b
-            .redactions
-            .iter()
-            .map(|r| (r.target.clone(), r.at))
-            .collect();
-        let index: HashMap<OwnedEventId, usize> = b
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.event_id.clone(), i))
-            .collect();
-        // Newest edit per target.
-        let mut newest: HashMap<OwnedEventId, Edit> = HashMap::default();
-        for e in b.edits.drain(..) {
-            match newest.get(&e.target) {
-                Some(kept) if kept.at > e.at => {}
-                _ => {
-                    newest.insert(e.target.clone(), e);
-                }
+/// Folds edits and redactions into messages of the same batch, keeps the newest edit per
+/// target, and drops edits of messages redacted in the batch: afterwards no row is written
+/// twice by one statement.
+pub(super) fn fold_messages(b: &mut Batch) {
+    let redacted: HashMap<OwnedEventId, Ts> = b
+        .redactions
+        .iter()
+        .map(|r| (r.target.clone(), r.at))
+        .collect();
+    let index: HashMap<OwnedEventId, usize> = b
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.event_id.clone(), i))
+        .collect();
+    // Newest edit per target.
+    let mut newest: HashMap<OwnedEventId, Edit> = HashMap::default();
+    for e in b.edits.drain(..) {
+        match newest.get(&e.target) {
+            Some(kept) if kept.at > e.at => {}
+            _ => {
+                newest.insert(e.target.clone(), e);
             }
         }
-        let mut edits = Vec::new();
-        let mut order: Vec<OwnedEventId> = newest.keys().cloned().collect();
-        order.sort();
-        for target in order {
-            let Some(e) = newest.remove(&target) else {
-                continue;
-            };
-            if redacted.contains_key(&e.target) {
-                continue;
-            }
-            match index.get(&e.target) {
-                Some(&i) => {
-                    let m = &mut b.messages[i];
-                    if m.sender == e.sender && m.edited_at.is_none_or(|t| t <= e.at) {
-                        m.preview = e.preview;
-                        m.edited_at = Some(e.at);
-                    }
-                }
-                None => edits.push(e),
-            }
+    }
+    let mut edits = Vec::new();
+    let mut order: Vec<OwnedEventId> = newest.keys().cloned().collect();
+    order.sort();
+    for target in order {
+        let Some(e) = newest.remove(&target) else {
+            continue;
+        };
+        if redacted.contains_key(&e.target) {
+            continue;
         }
-        b.edits = edits;
-        let mut seen = HashSet::default();
-        b.redactions.retain(|r| seen.insert(r.target.clone()));
-        // A question redacted in its own batch is never a candidate (a statement cannot cancel
-        // a row it inserts).
-        b.candidates.retain(|c| !redacted.contains_key(&c.event_id));
-        b.redactions.retain(|r| match index.get(&r.target) {
+        match index.get(&e.target) {
             Some(&i) => {
                 let m = &mut b.messages[i];
-                m.preview = DbText::default();
-                m.redacted_at = Some(r.at);
-                // Still listed: the statement cancels the message's trigger candidate too.
-                true
+                if m.sender == e.sender && m.edited_at.is_none_or(|t| t <= e.at) {
+                    m.preview = e.preview;
+                    m.edited_at = Some(e.at);
+                }
             }
-            None => true,
-        });
+            None => edits.push(e),
+        }
     }
+    b.edits = edits;
+    let mut seen = HashSet::default();
+    b.redactions.retain(|r| seen.insert(r.target.clone()));
+    // A question redacted in its own batch is never a candidate (a statement cannot cancel
+    // a row it inserts).
+    b.candidates.retain(|c| !redacted.contains_key(&c.event_id));
+    b.redactions.retain(|r| match index.get(&r.target) {
+        Some(&i) => {
+            let m = &mut b.messages[i];
+            m.preview = DbText::default();
+            m.redacted_at = Some(r.at);
+            // Still listed: the statement cancels the message's trigger candidate too.
+            true
+        }
+        None => true,
+    });
 }

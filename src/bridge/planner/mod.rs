@@ -1,15 +1,20 @@
 //! The planner: turns one transaction's events (or a room's state) into a [`Batch`] of DAARION
 //! rows, in the order received, from room states and senders loaded beforehand. It is pure
 //! (no I/O), so the transaction → plan path can be fuzzed and property-tested without a
-//! database. Submodules: `adopt` (which rooms become channels), `messages` (messages,
-//! edits, redactions, trigger candidates), `members` (memberships and agent sessions),
-//! `state` (names, topics, visibility, power levels).
+//! database. [`Planner`] holds the plan's parts; each event family's handlers live in the
+//! submodule of that family (`route` dispatches): `adopt` (which rooms become channels),
+//! `messages` (messages, edits, redactions, trigger candidates), `members` (memberships and
+//! agent sessions), `state` (names, topics, visibility, power levels). State that one family
+//! alone keeps is that family's own type (`members::Members`, `people::People` for `users`
+//! rows), and each family folds its rows at the end (`Members::finish`, `fold_sessions`,
+//! `fold_messages`) so that no row is written twice by one statement.
 
 mod adopt;
 #[doc(hidden)]
 pub mod fuzz;
 mod members;
 pub(crate) mod messages;
+mod people;
 mod route;
 mod state;
 
@@ -20,8 +25,8 @@ use foldhash::{HashMap, HashSet};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
 
-use self::members::Member;
 pub use self::state::slugify;
+use self::{members::Members, people::People};
 use super::{
     agents::AgentRegistry,
     mirror::{cache::RoomState, event::Envelope},
@@ -30,7 +35,7 @@ use crate::{
     db::{Batch, ChannelWrite, NewChannel, NewUser, Party, text::DbText},
     model::{
         Namespace,
-        ids::{ChannelId, MicrodaoId, UserRowId},
+        ids::{MicrodaoId, UserRowId},
     },
 };
 
@@ -151,10 +156,11 @@ pub(crate) struct Planner<'a> {
     microdaos: HashMap<String, MicrodaoId>,
     sync: bool,
     rooms: HashMap<OwnedRoomId, Work>,
-    users: HashMap<OwnedUserId, UserRowId>,
-    new_users: Vec<(OwnedUserId, UserRowId)>,
-    members: HashMap<(ChannelId, Party), Member>,
-    member_order: Vec<(ChannelId, Party)>,
+    /// `users` rows (`people.rs`).
+    people: People,
+    /// Membership changes (`members.rs`).
+    members: Members,
+    /// What the batch writes so far; each submodule adds its rows, `finish` folds them.
     batch: Batch,
     event_ids: HashSet<OwnedEventId>,
     outcomes: Vec<(&'static str, Outcome)>,
@@ -184,10 +190,8 @@ impl<'a> Planner<'a> {
                     )
                 })
                 .collect(),
-            users: input.users,
-            new_users: Vec::new(),
-            members: HashMap::default(),
-            member_order: Vec::new(),
+            people: People::new(input.users),
+            members: Members::default(),
             batch: Batch::default(),
             event_ids: HashSet::default(),
             outcomes: Vec::new(),
@@ -234,17 +238,6 @@ impl<'a> Planner<'a> {
         self.outcomes.push(("unknown", Outcome::Malformed));
     }
 
-    /// The `users` row id of a person, planning its insert when it has none yet.
-    fn person(&mut self, user: &UserId) -> UserRowId {
-        if let Some(id) = self.users.get(user) {
-            return *id;
-        }
-        let id = UserRowId::new();
-        self.users.insert(user.to_owned(), id);
-        self.new_users.push((user.to_owned(), id));
-        id
-    }
-
     /// The party behind a Matrix user: an agent, or a person (never the bridge bot or an
     /// unknown puppet, which are `None`).
     fn party(&mut self, user: &UserId) -> Option<Party> {
@@ -254,7 +247,7 @@ impl<'a> Planner<'a> {
         if user == self.namespace.bot() {
             return None;
         }
-        Some(Party::User(self.person(user)))
+        Some(Party::User(self.people.person(user)))
     }
 
     fn work(&mut self, room: &RoomId) -> Option<&mut Work> {
@@ -285,10 +278,11 @@ impl<'a> Planner<'a> {
             }
         }
         self.batch.channels = channels;
-        self.finish_members();
-        self.finish_messages();
-        self.batch.users = self
-            .new_users
+        std::mem::take(&mut self.members).finish(&mut self.batch);
+        members::fold_sessions(&mut self.batch);
+        messages::fold_messages(&mut self.batch);
+        let users = self.people.into_new();
+        self.batch.users = users
             .iter()
             .map(|(matrix_id, id)| NewUser {
                 id: *id,
@@ -308,7 +302,7 @@ impl<'a> Planner<'a> {
                 .into_iter()
                 .map(|(id, w)| (id, w.state))
                 .collect(),
-            users: self.new_users,
+            users,
             outcomes: self.outcomes,
             wakes,
             ignored: self.ignored,
