@@ -118,13 +118,6 @@ impl Bridge {
             &config.appservice.as_token,
             namespace.bot().to_owned(),
         )?;
-        let puppets = Puppets::new(
-            hs.clone(),
-            store.clone(),
-            registry.clone(),
-            metrics.clone(),
-            wakers.outbox.clone(),
-        );
         let crypto = match config.encryption.active_key() {
             Some(key) => {
                 let crypto = Crypto::open(
@@ -134,7 +127,6 @@ impl Bridge {
                     config.encryption.store_previews,
                 )
                 .await?;
-                puppets.set_crypto(crypto.clone());
                 Some(crypto)
             }
             None => {
@@ -144,6 +136,14 @@ impl Bridge {
                 None
             }
         };
+        let puppets = Puppets::new(
+            hs.clone(),
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            wakers.outbox.clone(),
+            crypto.clone(),
+        );
         let bot = BotIntent::new(hs.clone(), crypto.clone());
         let control = Control::new(
             store.clone(),
@@ -175,7 +175,7 @@ impl Bridge {
             mirror: self.mirror.clone(),
             store: self.store.clone(),
             registry: self.registry.clone(),
-            hs: self.hs.clone(),
+            puppets: self.puppets.clone(),
             metrics: self.metrics.clone(),
             hs_token: self.config.appservice.hs_token.as_str().into(),
             max_body_bytes: self.config.appservice.max_body_bytes,
@@ -237,7 +237,6 @@ impl Bridge {
         let followups = FollowUps::new(
             self.mirror.clone(),
             self.store.clone(),
-            self.hs.clone(),
             self.bot.clone(),
             self.registry.clone(),
             self.puppets.clone(),

@@ -238,16 +238,21 @@ pub async fn query_user(
     if !state.registry.namespace().is_puppet(&user_id) {
         return Err(MatrixError::not_found("not in this bridge's namespace"));
     }
-    if state.registry.get(&user_id).is_none() {
-        // Agents may have been added by another service since the last reload.
-        state.registry.reload().await?;
-        if state.registry.get(&user_id).is_none() {
-            return Err(MatrixError::not_found("no such agent"));
+    let agent = match state.registry.get(&user_id) {
+        Some(agent) => agent,
+        None => {
+            // Agents may have been added by another service since the last reload.
+            state.registry.reload().await?;
+            state
+                .registry
+                .get(&user_id)
+                .ok_or_else(|| MatrixError::not_found("no such agent"))?
         }
-    }
+    };
     state
-        .hs
-        .ensure_registered(user_id.localpart())
+        .puppets
+        .intent(agent)
+        .ensure_registered()
         .await
         .map_err(|error| {
             tracing::warn!(user_id = %user_id, %error, "cannot register agent puppet");

@@ -20,7 +20,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     bridge::{agents::AgentRegistry, mirror::Mirror},
-    matrix::Homeserver,
     metrics::Metrics,
     server::{
         body::refuse_oversized,
@@ -38,8 +37,8 @@ pub struct AppState {
     pub store: crate::db::Store,
     /// The agents (user queries).
     pub registry: Arc<AgentRegistry>,
-    /// Registers puppets on user queries.
-    pub hs: Homeserver,
+    /// The agents' puppets: registered on the homeserver's user queries.
+    pub puppets: Arc<crate::puppet::Puppets>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The token the homeserver must present.

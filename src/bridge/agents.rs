@@ -13,10 +13,12 @@ use std::{
 
 use ruma::{OwnedUserId, UserId};
 
-use crate::db::agents::AgentStore;
 use crate::{
     config::{MessageKind, OpenAiConfig, WebhookConfig},
-    db::{Store, StoreError, agents::StoredAgent},
+    db::{
+        Store, StoreError,
+        agents::{AgentStore, StoredAgent},
+    },
     model::{Agent, Behaviour, Namespace, Respond, RuntimeSpec, ids::AgentId},
 };
 

@@ -16,14 +16,16 @@ use super::{
     commands::{CommandError, Commands, Invocation},
     mirror::Mirror,
 };
-use crate::db::jobs::JobStore;
 use crate::{
     bridge::agents::AgentRegistry,
-    db::{Store, StoreError, jobs::JobRow},
-    matrix::{Homeserver, HsError},
+    db::{
+        Store, StoreError,
+        jobs::{JobRow, JobStore},
+    },
+    matrix::HsError,
     metrics::Metrics,
     model::{JobKind, Ts},
-    puppet::{BotIntent, PuppetError, Puppets},
+    puppet::{BotIntent, GhostIntent, PuppetError, Puppets},
 };
 
 /// Jobs executed at once.
@@ -66,8 +68,6 @@ impl FollowUpError {
 pub struct FollowUps {
     mirror: Arc<Mirror>,
     jobs: JobStore,
-    /// For users of the namespace that are neither the bot nor a known agent.
-    hs: Homeserver,
     bot: BotIntent,
     registry: Arc<AgentRegistry>,
     puppets: Arc<Puppets>,
@@ -83,7 +83,6 @@ impl FollowUps {
     pub fn new(
         mirror: Arc<Mirror>,
         store: Store,
-        hs: Homeserver,
         bot: BotIntent,
         registry: Arc<AgentRegistry>,
         puppets: Arc<Puppets>,
@@ -94,7 +93,6 @@ impl FollowUps {
         Arc::new(Self {
             mirror,
             jobs: store.jobs(),
-            hs,
             bot,
             registry,
             puppets,
@@ -177,6 +175,13 @@ impl FollowUps {
         Ok((room, user))
     }
 
+    /// Acting as a user that is neither the bot nor a known agent: registered first when it is
+    /// in the namespace.
+    fn ghost(&self, user: &UserId) -> GhostIntent {
+        let in_namespace = self.registry.namespace().is_puppet(user);
+        self.puppets.ghost(user, in_namespace)
+    }
+
     /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
     async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = Self::ids(job)?;
@@ -193,13 +198,10 @@ impl FollowUps {
         } else {
             // A user of the namespace that is no agent (yet): only joined and read, never
             // acting otherwise.
-            let hs = &self.hs;
-            if self.registry.namespace().is_puppet(user) {
-                hs.ensure_registered(user.localpart()).await?;
-            }
-            hs.join(room, user).await?;
+            let ghost = self.ghost(user);
+            ghost.join(room).await?;
             tracing::info!(room_id = %room, user_id = %user, "joined room");
-            hs.room_state(room, user).await?
+            ghost.room_state(room).await?
         };
         let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
         self.mirror.apply_room_state(room, &raws).await?;
@@ -237,11 +239,7 @@ impl FollowUps {
         } else if let Some(agent) = self.registry.get(user) {
             self.puppets.intent(agent).leave(room, reason).await?;
         } else {
-            let hs = &self.hs;
-            if self.registry.namespace().is_puppet(user) {
-                hs.ensure_registered(user.localpart()).await?;
-            }
-            hs.leave(room, user, reason).await?;
+            self.ghost(user).leave(room, reason).await?;
         }
         tracing::info!(room_id = %room, user_id = %user, reason, "refused invite");
         Ok(())

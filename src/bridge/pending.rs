@@ -9,8 +9,12 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::Mirror;
-use crate::db::crypto::CryptoTables;
-use crate::{crypto::Crypto, db::Store, metrics::Metrics, model::Ts};
+use crate::{
+    crypto::Crypto,
+    db::{Store, crypto::CryptoTables},
+    metrics::Metrics,
+    model::Ts,
+};
 
 /// Events handled per round.
 const BATCH: i64 = 100;

@@ -32,9 +32,11 @@ use ruma::{
 };
 
 use self::store::DbCryptoStore;
-use crate::db::crypto::CryptoTables;
 use crate::{
-    db::{StoreError, crypto::CryptoItem},
+    db::{
+        StoreError,
+        crypto::{CryptoItem, CryptoTables},
+    },
     matrix::{Homeserver, HsError},
 };
 

@@ -37,12 +37,11 @@ use async_nats::jetstream::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::events::EventStore;
 use crate::{
     config::EventsConfig,
     db::{
         Store,
-        events::{Backlog, PendingEvent},
+        events::{Backlog, EventStore, PendingEvent},
     },
     metrics::Metrics,
     model::Ts,

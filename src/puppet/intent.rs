@@ -34,6 +34,16 @@ impl PuppetIntent {
         &self.agent.user_id
     }
 
+    /// Registered on the homeserver (no profile yet): what the homeserver's user query needs
+    /// before it goes on, kept short because the homeserver waits for it.
+    pub async fn ensure_registered(&self) -> Result<(), PuppetError> {
+        self.puppets
+            .hs
+            .ensure_registered(self.user_id().localpart())
+            .await?;
+        Ok(())
+    }
+
     /// Registered, named and with its avatar.
     pub async fn ensure_ready(&self) -> Result<(), PuppetError> {
         self.puppets.ensure_ready(&self.agent).await
@@ -65,10 +75,7 @@ impl PuppetIntent {
 
     /// Leaves `room` (or refuses an invite) with a reason.
     pub async fn leave(&self, room: &RoomId, reason: &str) -> Result<(), PuppetError> {
-        self.puppets
-            .hs
-            .ensure_registered(self.user_id().localpart())
-            .await?;
+        self.ensure_registered().await?;
         self.puppets.hs.leave(room, self.user_id(), reason).await?;
         Ok(())
     }

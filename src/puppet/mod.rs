@@ -5,6 +5,7 @@
 
 mod bot;
 pub mod content;
+mod ghost;
 mod intent;
 pub mod outbox;
 mod profile;
@@ -19,7 +20,7 @@ use ruma::RoomId;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-pub use self::{bot::BotIntent, intent::PuppetIntent};
+pub use self::{bot::BotIntent, ghost::GhostIntent, intent::PuppetIntent};
 use crate::{
     db::{
         Store, StoreError,
@@ -116,17 +117,19 @@ pub struct Puppets {
     /// Woken whenever an outbox item is finished (sent or failed).
     finished: Notify,
     /// The agents' crypto engines, when encryption is on.
-    crypto: std::sync::OnceLock<Arc<crate::crypto::Crypto>>,
+    crypto: Option<Arc<crate::crypto::Crypto>>,
 }
 
 impl Puppets {
-    /// The puppets of `registry`, acting through `hs`.
+    /// The puppets of `registry`, acting through `hs`; with `crypto`, sends into encrypted rooms
+    /// are encrypted by the agent's device.
     pub fn new(
         hs: Homeserver,
         store: Store,
         registry: Arc<dyn Agents>,
         metrics: Arc<Metrics>,
         outbox_wake: Arc<Notify>,
+        crypto: Option<Arc<crate::crypto::Crypto>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             hs,
@@ -136,18 +139,18 @@ impl Puppets {
             ready: Mutex::default(),
             outbox_wake,
             finished: Notify::new(),
-            crypto: std::sync::OnceLock::new(),
+            crypto,
         })
     }
 
-    /// Turns encryption on: sends into encrypted rooms are encrypted by the agent's device.
-    pub fn set_crypto(&self, crypto: Arc<crate::crypto::Crypto>) {
-        let _ = self.crypto.set(crypto);
+    /// The crypto engines, when encryption is on (the outbox worker encrypts with them).
+    fn crypto(&self) -> Option<&Arc<crate::crypto::Crypto>> {
+        self.crypto.as_ref()
     }
 
-    /// The crypto engines, when encryption is on.
-    pub fn crypto(&self) -> Option<&Arc<crate::crypto::Crypto>> {
-        self.crypto.get()
+    /// Acting as `user`, a user that is no agent: see [`GhostIntent`].
+    pub fn ghost(&self, user: &ruma::UserId, in_namespace: bool) -> GhostIntent {
+        GhostIntent::new(self.hs.clone(), user, in_namespace)
     }
 
     /// Acting as `agent`.
