@@ -441,7 +441,7 @@ fn concerns_crypto(request: &push_events::v1::Request) -> bool {
 
 /// How the agents decrypt: any sender's device (they answer whoever writes to them; clients
 /// show the trust state).
-fn decryption_settings() -> DecryptionSettings {
+pub(super) fn decryption_settings() -> DecryptionSettings {
     DecryptionSettings {
         sender_device_trust_requirement: TrustRequirement::Untrusted,
     }

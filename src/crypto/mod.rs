@@ -5,6 +5,7 @@
 //! transaction's encrypted events before the mirror sees them; [`Crypto::encrypt`] encrypts
 //! what an agent sends into an encrypted room.
 
+mod history;
 pub mod inbound;
 mod requests;
 pub mod store;

@@ -409,16 +409,23 @@ impl Homeserver {
         Ok(self.send(request, None).await?.content_uri)
     }
 
-    /// The latest `limit` timeline events of a room, newest first, read as `as_user`.
-    pub async fn recent_events(
+    /// One page of a room's timeline going back from `from` (the newest events when `None`),
+    /// at most `limit` events, newest first, read as `as_user`; with the token of the next
+    /// (older) page, `None` at the start of the room.
+    pub async fn timeline_page(
         &self,
         room_id: &RoomId,
         as_user: &UserId,
+        from: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Raw<AnyTimelineEvent>>, HsError> {
+    ) -> Result<(Vec<Raw<AnyTimelineEvent>>, Option<String>), HsError> {
         let mut request = get_message_events::v3::Request::backward(room_id.to_owned());
+        request.from = from.map(str::to_owned);
         request.limit = limit.into();
-        Ok(self.send(request, Some(as_user)).await?.chunk)
+        let response = self.send(request, Some(as_user)).await?;
+        // An empty page ends the room's history whatever token comes with it.
+        let end = response.end.filter(|_| !response.chunk.is_empty());
+        Ok((response.chunk, end))
     }
 
     /// Display names of the room's joined members.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::AnyTimelineEvent, serde::Raw};
 
-use super::{PuppetError, Puppets, Send};
+use super::{PuppetError, Puppets, Send, history};
 use crate::{
     db::outbox::{Enqueued, OutboxItem},
     model::{Agent, ids::OutboxId},
@@ -155,17 +155,46 @@ impl PuppetIntent {
         Ok(())
     }
 
-    /// The latest `limit` events of `room`, newest first, as the puppet sees them.
-    pub async fn recent_events(
+    /// The room's recent timeline as the agent reads it, newest first: as many `/messages`
+    /// pages as hold `messages` messages, at most `max_events` events. Edits do not count
+    /// towards `messages`, so a streamed answer's many edits cannot push the conversation out
+    /// of the window. Encrypted events are decrypted by the agent's own device; one it cannot
+    /// decrypt is left out, as a client shows it as undecryptable.
+    pub async fn history(
         &self,
         room: &RoomId,
-        limit: u32,
+        messages: usize,
+        max_events: usize,
     ) -> Result<Vec<Raw<AnyTimelineEvent>>, PuppetError> {
-        Ok(self
-            .puppets
-            .hs
-            .recent_events(room, self.user_id(), limit)
-            .await?)
+        let mut events = Vec::new();
+        let mut counted = 0;
+        let mut from: Option<String> = None;
+        while counted < messages && events.len() < max_events {
+            let limit = (max_events - events.len()).min(100) as u32;
+            let (page, end) = self
+                .puppets
+                .hs
+                .timeline_page(room, self.user_id(), from.as_deref(), limit)
+                .await?;
+            for raw in page {
+                counted += usize::from(history::is_message(&raw));
+                if history::is_encrypted(&raw) {
+                    let Some(crypto) = self.puppets.crypto() else {
+                        continue;
+                    };
+                    if let Some(clear) = crypto.decrypt_as(self.user_id(), room, &raw).await? {
+                        events.push(clear);
+                    }
+                } else {
+                    events.push(raw);
+                }
+            }
+            match end {
+                Some(end) => from = Some(end),
+                None => break,
+            }
+        }
+        Ok(events)
     }
 
     /// Display names of `room`'s joined members.

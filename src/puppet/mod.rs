@@ -6,6 +6,7 @@
 mod bot;
 pub mod content;
 mod ghost;
+mod history;
 mod intent;
 pub mod outbox;
 mod profile;

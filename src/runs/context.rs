@@ -2,15 +2,12 @@
 //! messages (full bodies, read from the homeserver as the puppet, parsed with ruma) with
 //! speakers' display names.
 
-use ruma::{
-    OwnedUserId, RoomId,
-    events::{
-        AnyMessageLikeEvent, AnyTimelineEvent, MessageLikeEvent,
-        room::message::{Relation, RoomMessageEventContent},
-    },
-};
+use ruma::{OwnedUserId, RoomId};
 
-use super::runtime::{AgentInfo, ChannelInfo, RunRequest, Turn};
+use super::{
+    history,
+    runtime::{AgentInfo, ChannelInfo, RunRequest, Turn},
+};
 use crate::{
     db::triggers::TriggerRow,
     model::ids::{ChannelId, RunId},
@@ -36,30 +33,25 @@ pub(super) async fn request(
             .cloned()
             .unwrap_or_else(|| user.localpart().to_owned())
     };
-    let events = intent.recent_events(room, b.context_events.max(1)).await?;
-    let mut context: Vec<Turn> = events
+    let want = b.context_events.max(1) as usize;
+    // Read far enough back for `want` messages, but never without bound: a room of nothing but
+    // reactions or state would otherwise be paged to its start.
+    let events = intent.history(room, want, (want * 10).max(200)).await?;
+    // The conversation the newest trigger is in: its thread, or the main timeline.
+    let thread = triggers
         .iter()
-        .filter_map(|raw| {
-            let AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(
-                MessageLikeEvent::Original(ev),
-            )) = raw.deserialize().ok()?
-            else {
-                return None;
-            };
-            let content: &RoomMessageEventContent = &ev.content;
-            if matches!(content.relates_to, Some(Relation::Replacement(_))) {
-                return None;
-            }
-            Some(Turn {
-                is_self: ev.sender == agent.user_id,
-                name: name_of(&ev.sender),
-                text: content.body().to_owned(),
-                event_id: ev.event_id.to_string(),
-                sender: ev.sender.to_string(),
-            })
+        .max_by_key(|t| t.at)
+        .and_then(|t| t.payload.0.thread_root.clone());
+    let context: Vec<Turn> = history::conversation(&events, thread.as_deref(), want)
+        .into_iter()
+        .map(|said| Turn {
+            is_self: said.sender == agent.user_id,
+            name: name_of(&said.sender),
+            text: said.text,
+            event_id: said.event_id.to_string(),
+            sender: said.sender.to_string(),
         })
         .collect();
-    context.reverse();
     let mut system = b
         .instructions
         .clone()

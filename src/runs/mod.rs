@@ -8,6 +8,7 @@
 
 mod context;
 mod execute;
+mod history;
 pub mod openai;
 pub mod runtime;
 pub mod select;

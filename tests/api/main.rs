@@ -14,6 +14,7 @@ mod erd;
 mod events;
 mod fake_hs;
 mod hardening;
+mod history;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;

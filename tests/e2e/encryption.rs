@@ -311,10 +311,11 @@ async fn encrypted_dm_with_an_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_group_room_gets_a_streamed_answer() {
     const NOVA: &str = "@agent_nova:localhost";
-    let (_model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
+    let (model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
     let db_url = fresh_pg().await;
     let _serial = serial().lock().await;
     let bridge = bridge_with_identity(&db_url, NOVA).await;
+    let pool = bridge.store.pool().clone();
 
     let (alice, bob) = (
         Person::register("alice").await,
@@ -360,6 +361,67 @@ async fn encrypted_group_room_gets_a_streamed_answer() {
     assert!(
         from_nova.len() >= 2 && from_nova.iter().all(|t| *t == "m.room.encrypted"),
         "{from_nova:?}"
+    );
+
+    // Nova holds the conversation (issue #23): two more turns, with a restart between them.
+    // The third request holds both earlier questions and both earlier answers whole (their
+    // final edits), decrypted by Nova's own device from the room's encrypted history.
+    let completed = |n: usize| {
+        let pool = pool.clone();
+        async move {
+            let q = "SELECT count(*)::text FROM agent_runs WHERE status = 'completed'";
+            wait_rows(&pool, q, "the completed runs", |r| {
+                r[0][0].as_deref() == Some(n.to_string().as_str())
+            })
+            .await;
+        }
+    };
+    completed(1).await;
+    alice_client
+        .run(&format!(
+            "mention {room} {NOVA} Nova, remember the colour word TURQUOISE."
+        ))
+        .await;
+    completed(2).await;
+    bridge.stop().await;
+    let bridge = RunningBridge::start(&db_url).await;
+    alice_client
+        .run(&format!(
+            "mention {room} {NOVA} Nova, which words did I give you?"
+        ))
+        .await;
+    completed(3).await;
+    let third = model.requests.lock().unwrap()[2].clone();
+    let turns: Vec<(String, String)> = third["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or("").to_owned(),
+                m["content"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let said = |role: &str, words: &str| {
+        turns
+            .iter()
+            .filter(|(r, c)| r == role && c.contains(words))
+            .count()
+    };
+    assert_eq!(said("user", "what is six times seven?"), 1, "{third}");
+    assert_eq!(said("user", "the colour word TURQUOISE"), 1, "{third}");
+    assert_eq!(said("user", "which words did I give you?"), 1, "{third}");
+    assert_eq!(
+        said("assistant", "The answer is forty-two."),
+        2,
+        "both earlier answers, whole: {third}"
+    );
+    assert!(
+        turns
+            .iter()
+            .all(|(r, c)| r != "assistant" || c == "The answer is forty-two."),
+        "no streamed fragment stands for an answer: {third}"
     );
     bridge.stop().await;
 }

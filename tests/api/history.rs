@@ -1,0 +1,141 @@
+//! The conversation a runtime is given (issue #23), on SQLite and PostgreSQL: read from the
+//! (fake) homeserver's `/messages` as the agent, with edits applied (the agent's own streamed
+//! answers whole, people's edits, nobody else's), redacted messages left out and thread replies
+//! kept out of the main timeline.
+
+use rstest::rstest;
+use serde_json::{Value, json};
+
+use crate::{
+    agents::setup,
+    model::FakeModel,
+    runs::{mention, runtime_config, wait_runs},
+    support::{Backend, TestApp, ev},
+};
+
+fn edit(id: &str, sender: &str, target: &str, body: &str) -> Value {
+    ev::base(
+        "m.room.message",
+        id,
+        sender,
+        json!({
+            "msgtype": "m.text", "body": format!("* {body}"),
+            "m.new_content": { "msgtype": "m.text", "body": body },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": format!("${target}") },
+        }),
+    )
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
+    let (model, url) = FakeModel::spawn("plain").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    let at = |e: Value, ts: u64| ev::at(e, 1_700_000_000_000 + ts);
+    // Newest first, as /messages answers.
+    app.hs.history.lock().unwrap().extend([
+        at(
+            ev::text(
+                "q3",
+                "@alice:localhost",
+                "Sofia, which words did I give you?",
+            ),
+            90,
+        ),
+        at(edit("e3", "@bob:localhost", "q1", "HACKED"), 85),
+        at(
+            edit("e2", ev::SOFIA, "a2", "TURQUOISE noted, whole answer."),
+            80,
+        ),
+        at(edit("e1", ev::SOFIA, "a2", "TURQUOISE noted"), 75),
+        at(
+            ev::base(
+                "m.room.redaction",
+                "r",
+                "@alice:localhost",
+                json!({ "redacts": "$secret" }),
+            ),
+            70,
+        ),
+        at(
+            ev::base(
+                "m.room.message",
+                "t1",
+                "@bob:localhost",
+                json!({ "msgtype": "m.text", "body": "a thread reply",
+                    "m.relates_to": { "rel_type": "m.thread", "event_id": "$q1" } }),
+            ),
+            65,
+        ),
+        at(ev::text("a2", ev::SOFIA, "TURQ"), 60),
+        at(
+            ev::text("q2", "@alice:localhost", "and the colour word TURQUOISE"),
+            50,
+        ),
+        at(
+            edit(
+                "e0",
+                "@alice:localhost",
+                "q1",
+                "remember the fruit word PAPAYA",
+            ),
+            45,
+        ),
+        at(ev::text("a1", ev::SOFIA, "PAPAYA noted."), 40),
+        at(
+            ev::text("q1", "@alice:localhost", "remember the fruit word PAPYA"),
+            30,
+        ),
+        at(
+            ev::text("secret", "@alice:localhost", "my password is hunter2"),
+            20,
+        ),
+    ]);
+    let (status, _) = app
+        .put_txn(
+            "1",
+            vec![mention(
+                "q3",
+                "Sofia, which words did I give you?",
+                &[ev::SOFIA],
+            )],
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_runs(&app, 1, "completed").await;
+    let req = model.requests.lock().unwrap()[0].clone();
+    let turns: Vec<(String, String)> = req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("user", "Alice Liddell: remember the fruit word PAPAYA"),
+        ("assistant", "PAPAYA noted."),
+        ("user", "Alice Liddell: and the colour word TURQUOISE"),
+        ("assistant", "TURQUOISE noted, whole answer."),
+        ("user", "Alice Liddell: Sofia, which words did I give you?"),
+    ];
+    assert_eq!(
+        turns,
+        expected.map(|(r, c)| (r.to_owned(), c.to_owned())),
+        "{req}"
+    );
+}
