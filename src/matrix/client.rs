@@ -6,7 +6,7 @@
 use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use ruma::{
-    DeviceId, OwnedEventId, OwnedMxcUri, OwnedTransactionId, OwnedUserId, RoomId, UserId,
+    DeviceId, EventId, OwnedEventId, OwnedMxcUri, OwnedTransactionId, OwnedUserId, RoomId, UserId,
     api::{
         AppserviceUserIdentity, IncomingResponseExt, OutgoingRequest, OutgoingRequestAppserviceExt,
         SupportedVersions,
@@ -23,6 +23,7 @@ use ruma::{
             profile::{set_avatar_url, set_display_name},
             receipt::create_receipt,
             redact::redact_event,
+            room::get_room_event,
             state::{get_state_event_for_key, get_state_events},
             typing::create_typing_event,
         },
@@ -407,6 +408,24 @@ impl Homeserver {
         request.content_type = Some(content_type.to_owned());
         request.filename = Some(filename.to_owned());
         Ok(self.send(request, None).await?.content_uri)
+    }
+
+    /// One event of a room, read as `as_user`; `None` when the homeserver does not know it or
+    /// does not show it to `as_user` (404).
+    pub async fn room_event(
+        &self,
+        room_id: &RoomId,
+        as_user: &UserId,
+        event_id: &EventId,
+    ) -> Result<Option<Raw<AnyTimelineEvent>>, HsError> {
+        let request = get_room_event::v3::Request::new(room_id.to_owned(), event_id.to_owned());
+        match self.send(request, Some(as_user)).await {
+            Ok(response) => Ok(Some(response.event)),
+            Err(HsError::Matrix(e)) if matches!(e.error_kind(), Some(ErrorKind::NotFound)) => {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// One page of a room's timeline going back from `from` (the newest events when `None`),

@@ -197,6 +197,30 @@ impl PuppetIntent {
         Ok(events)
     }
 
+    /// One event of `room` as the agent reads it (decrypted by its device when encrypted);
+    /// `None` when it is unknown, hidden from the agent, or does not decrypt.
+    pub async fn event(
+        &self,
+        room: &RoomId,
+        event: &ruma::EventId,
+    ) -> Result<Option<Raw<AnyTimelineEvent>>, PuppetError> {
+        let Some(raw) = self
+            .puppets
+            .hs
+            .room_event(room, self.user_id(), event)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if !history::is_encrypted(&raw) {
+            return Ok(Some(raw));
+        }
+        match self.puppets.crypto() {
+            Some(crypto) => Ok(crypto.decrypt_as(self.user_id(), room, &raw).await?),
+            None => Ok(None),
+        }
+    }
+
     /// Display names of `room`'s joined members.
     pub async fn member_names(
         &self,

@@ -42,7 +42,21 @@ pub(super) async fn request(
         .iter()
         .max_by_key(|t| t.at)
         .and_then(|t| t.payload.0.thread_root.clone());
-    let context: Vec<Turn> = history::conversation(&events, thread.as_deref(), want)
+    let mut said = history::conversation(&events, thread.as_deref(), want);
+    // A reply carries the message it answers, even one older than the window: first in the
+    // context, where a person would scroll up to it.
+    let reply_to = triggers
+        .iter()
+        .max_by_key(|t| t.at)
+        .and_then(|t| t.payload.0.reply_to.clone());
+    if let Some(target) = reply_to
+        && !said.iter().any(|s| s.event_id == target)
+        && let Some(raw) = intent.event(room, &target).await?
+        && let Some(message) = history::message(&raw)
+    {
+        said.insert(0, message);
+    }
+    let context: Vec<Turn> = said
         .into_iter()
         .map(|said| Turn {
             is_self: said.sender == agent.user_id,

@@ -132,6 +132,14 @@ pub(super) fn conversation(
     said
 }
 
+/// The one message `raw` is (with its own text, not an edit's), if it is one: the message a
+/// reply answers, read on its own when it is older than the window.
+pub(super) fn message(raw: &Raw<AnyTimelineEvent>) -> Option<Said> {
+    let event_id: OwnedEventId = raw.get_field("event_id").ok()??;
+    // A message is its own thread root, so the thread filter keeps it whatever its relation.
+    conversation(std::slice::from_ref(raw), Some(&event_id), 1).pop()
+}
+
 /// Text for what a message carries: its body, or for media a short line naming it.
 fn text_of(msgtype: &MessageType) -> String {
     let media = |kind: &str, name: &str, size: Option<ruma::UInt>| match size {

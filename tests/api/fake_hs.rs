@@ -27,6 +27,8 @@ pub struct FakeHs {
     pub state: Arc<Mutex<HashMap<String, Vec<Value>>>>,
     /// What `/rooms/{roomId}/messages` answers (newest first), for run context.
     pub history: Arc<Mutex<Vec<Value>>>,
+    /// Events `/rooms/{roomId}/event/{eventId}` answers with, by event id (404 otherwise).
+    pub events: Arc<Mutex<HashMap<String, Value>>>,
     /// Statuses to answer the next sends/redactions with (429 carries retry_after_ms 50).
     pub fail_sends: Arc<Mutex<std::collections::VecDeque<u16>>>,
     /// Statuses to answer the next joins with.
@@ -86,6 +88,16 @@ impl FakeHs {
             // The homeserver deduplicates by transaction id: same txn, same event.
             let txn = path.rsplit('/').next().unwrap_or("");
             return Json(json!({ "event_id": format!("$sent-{txn}") })).into_response();
+        }
+        if let Some((_, id)) = path.split_once("/event/") {
+            return match self.events.lock().unwrap().get(id) {
+                Some(event) => Json(event.clone()).into_response(),
+                None => (
+                    axum::http::StatusCode::NOT_FOUND,
+                    Json(json!({ "errcode": "M_NOT_FOUND", "error": "no such event" })),
+                )
+                    .into_response(),
+            };
         }
         if path.ends_with("/messages") {
             let chunk = self.history.lock().unwrap().clone();

@@ -139,3 +139,64 @@ async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
         "{req}"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_carries_the_message_it_answers_from_beyond_the_window(#[case] b: Backend) {
+    let (model, url) = FakeModel::spawn("plain").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    // The window holds only the newest messages; the old one is read on its own.
+    app.hs.history.lock().unwrap().extend([ev::text(
+        "recent",
+        "@alice:localhost",
+        "something recent",
+    )]);
+    app.hs.events.lock().unwrap().insert(
+        "$old".into(),
+        ev::text("old", "@alice:localhost", "the plan from last week"),
+    );
+    let reply = ev::now(ev::base(
+        "m.room.message",
+        "q",
+        "@alice:localhost",
+        json!({
+            "msgtype": "m.text", "body": "Sofia, is this still right?",
+            "m.mentions": { "user_ids": [ev::SOFIA] },
+            "m.relates_to": { "m.in_reply_to": { "event_id": "$old" } },
+        }),
+    ));
+    assert_eq!(app.put_txn("1", vec![reply]).await.0, 200);
+    wait_runs(&app, 1, "completed").await;
+    let req = model.requests.lock().unwrap()[0].clone();
+    let contents: Vec<&str> = req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents.first(),
+        Some(&"Alice Liddell: the plan from last week"),
+        "{req}"
+    );
+    assert!(
+        contents.contains(&"Alice Liddell: something recent"),
+        "{req}"
+    );
+    assert_eq!(
+        contents.last(),
+        Some(&"Alice Liddell: Sofia, is this still right?"),
+        "{req}"
+    );
+}
