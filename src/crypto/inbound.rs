@@ -399,8 +399,29 @@ async fn decrypt_with(
     hide_preview: bool,
 ) -> Result<Outcome, CryptoError> {
     let settings = decryption_settings();
-    let mut missing = false;
+    // Only a machine holding the event's session tries it: every other machine's attempt would
+    // log matrix-sdk-crypto's WARN "Failed to decrypt a room event" (an agent's own echo used
+    // to raise one per message and per streamed edit from the other agents' machines). When
+    // none holds it, one machine tries, to tell a missing key (wait for it) from an event that
+    // can never decrypt.
+    let mut holding = Vec::new();
     for agent in machines {
+        // An event that does not even parse is not "available" to anyone: the one machine that
+        // then tries it calls it what it is (never an error that would fail the transaction).
+        if agent
+            .machine
+            .is_room_key_available(event, room)
+            .await
+            .unwrap_or(false)
+        {
+            holding.push(agent);
+        }
+    }
+    if holding.is_empty() {
+        holding.extend(machines.first());
+    }
+    let mut missing = false;
+    for agent in holding {
         match agent
             .machine
             .decrypt_room_event(event, room, &settings)
