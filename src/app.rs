@@ -219,6 +219,7 @@ impl Bridge {
             max_concurrent_runs: b.max_concurrent_runs,
             runs_per_minute: b.runs_per_minute,
             stream_edit_interval: b.stream_edit_interval,
+            max_stream_edits: b.max_stream_edits,
             send_wait: self.config.api.send_wait,
             run_attempts: b.run_attempts,
         }

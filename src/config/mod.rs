@@ -211,6 +211,10 @@ pub struct BridgeConfig {
     /// A streamed answer is edited at most this often while it grows.
     #[serde(default = "default_stream_edit_interval", with = "duration")]
     pub stream_edit_interval: Duration,
+    /// A streamed answer makes at most this many edits in all, its final one included: past
+    /// that only the final edit is sent (clients choke on rooms with thousands of edits).
+    #[serde(default = "default_max_stream_edits")]
+    pub max_stream_edits: u32,
     /// A run interrupted by a crash is resumed at most this many times in all.
     #[serde(default = "default_run_attempts")]
     pub run_attempts: u32,
@@ -243,6 +247,7 @@ impl Default for BridgeConfig {
             stream_edit_interval: default_stream_edit_interval(),
             answer_edits: false,
             run_attempts: default_run_attempts(),
+            max_stream_edits: default_max_stream_edits(),
             retention: default_retention(),
             command_prefix: default_command_prefix(),
             admins: Vec::new(),
@@ -388,6 +393,9 @@ fn default_runs_per_minute() -> u32 {
 }
 fn default_stream_edit_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_max_stream_edits() -> u32 {
+    100
 }
 fn default_run_attempts() -> u32 {
     3

@@ -137,6 +137,12 @@ impl Config {
                 "and bridge.runs_per_minute must be at least 1",
             ));
         }
+        if b.max_stream_edits == 0 {
+            return Err(invalid(
+                "bridge.max_stream_edits",
+                "must be at least 1 (the final edit holds the whole answer)",
+            ));
+        }
         if b.run_attempts == 0 {
             return Err(invalid("bridge.run_attempts", "must be at least 1"));
         }

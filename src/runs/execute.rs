@@ -113,7 +113,8 @@ impl Runner {
     }
 
     /// Posts the answer as it streams: typing until the first piece, then one message edited
-    /// no more often than the edit interval, and a final edit with the whole text.
+    /// no more often than the edit interval and no more than `max_stream_edits` times in all,
+    /// the final edit (always sent) holding the whole text.
     async fn stream(
         &self,
         id: RunId,
@@ -124,13 +125,18 @@ impl Runner {
     ) -> Streamed {
         let kind = intent.agent().behaviour.message_kind;
         let interval = self.settings.stream_edit_interval;
+        // The final edit is always sent; the ones before it share what is left of the bound.
+        let mut growing_edits_left = self.settings.max_stream_edits.saturating_sub(1);
         let mut text = String::new();
         let mut posted_text = String::new();
         let mut out = Streamed::default();
         let mut last_edit = Instant::now();
         let mut target: Option<OwnedEventId> = None;
         loop {
-            let piece = if let Some(posted) = target.as_ref().filter(|_| posted_text != text) {
+            let waiting = target
+                .as_ref()
+                .filter(|_| posted_text != text && growing_edits_left > 0);
+            let piece = if let Some(posted) = waiting {
                 // Something is waiting to be shown: wake up when the edit interval allows it.
                 let wait = interval.saturating_sub(last_edit.elapsed());
                 match tokio::time::timeout(wait, rx.recv()).await {
@@ -139,6 +145,7 @@ impl Runner {
                         self.edit(intent, room, posted, &text, kind, false).await;
                         posted_text = text.clone();
                         last_edit = Instant::now();
+                        growing_edits_left -= 1;
                         continue;
                     }
                 }

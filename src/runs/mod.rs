@@ -64,6 +64,8 @@ pub struct RunSettings {
     pub runs_per_minute: u32,
     /// Edit interval of a streamed answer.
     pub stream_edit_interval: Duration,
+    /// Edits a streamed answer makes at most, the final one included.
+    pub max_stream_edits: u32,
     /// How long a post waits for the homeserver.
     pub send_wait: Duration,
     /// Runtime calls per run, a crash-interrupted one included.

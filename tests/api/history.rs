@@ -1,7 +1,7 @@
 //! The conversation a runtime is given (issue #23), on SQLite and PostgreSQL: read from the
 //! (fake) homeserver's `/messages` as the agent, with edits applied (the agent's own streamed
 //! answers whole, people's edits, nobody else's), redacted messages left out and thread replies
-//! kept out of the main timeline.
+//! kept out of the main timeline; and a long streamed answer's edits bounded.
 
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -198,5 +198,39 @@ async fn a_reply_carries_the_message_it_answers_from_beyond_the_window(#[case] b
         contents.last(),
         Some(&"Alice Liddell: Sofia, is this still right?"),
         "{req}"
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_streamed_answer_makes_a_bounded_number_of_edits(#[case] b: Backend) {
+    // Five pieces 150 ms apart with an edit allowed every millisecond: four growing edits and
+    // a final one, were they not bounded. Two in all: one growing, then the final text.
+    let (_model, url) = FakeModel::spawn("stream").await;
+    let app = TestApp::spawn_with(b, |c| {
+        runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        )(c)
+        .replace(
+            "stream_edit_interval = \"250ms\"\n",
+            "stream_edit_interval = \"1ms\"\nmax_stream_edits = 2\n",
+        )
+    })
+    .await;
+    setup(&app).await;
+    let (status, _) = app
+        .put_txn("1", vec![mention("q", "Sofia, how much?", &[ev::SOFIA])])
+        .await;
+    assert_eq!(status, 200);
+    wait_runs(&app, 1, "completed").await;
+    let sent = app.hs.sent_messages();
+    let edits: Vec<&Value> = sent[1..].iter().map(|(_, c)| &c.body).collect();
+    assert_eq!(edits.len(), 2, "{edits:?}");
+    assert_eq!(
+        edits.last().unwrap()["m.new_content"]["body"],
+        "The answer is forty-two."
     );
 }
