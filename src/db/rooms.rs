@@ -1,10 +1,14 @@
 //! Reads of mirrored rooms, senders and microDAOs that the mirror's caches start from.
 
+use ruma::{OwnedRoomId, RoomId};
 use sqlx::types::Json;
 
 use crate::model::ids::{AgentId, ChannelId, MicrodaoId, UserRowId};
 use crate::{
-    db::{PowerLevels, Store, StoreError, both},
+    db::{
+        PowerLevels, Store, StoreError, both,
+        decode::{BadRow, RawRow, decode_one, parse_ids},
+    },
     model::{NameSource, Visibility},
 };
 
@@ -33,6 +37,28 @@ pub struct StoredRoom {
     pub is_direct: Option<bool>,
     /// `bridge_rooms.canonical_alias`.
     pub canonical_alias: Option<String>,
+}
+
+/// A channel's room id as stored (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChannelRoom {
+    /// `channels.id`.
+    pub id: ChannelId,
+    /// `channels.matrix_room_id`.
+    pub matrix_room_id: String,
+}
+
+impl RawRow for ChannelRoom {
+    type Row = OwnedRoomId;
+    const TABLE: &'static str = "channels";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<OwnedRoomId, BadRow<Self>> {
+        parse_ids(self, |r| RoomId::parse(&r.matrix_room_id)).map(|(_, room)| room)
+    }
 }
 
 const ROOM_COLS: &str = "SELECT c.id AS channel_id, c.matrix_room_id AS room_id, c.microdao_id, c.name, c.topic, \
@@ -182,15 +208,18 @@ impl RoomStore {
         )
     }
 
-    /// A channel's Matrix room id.
-    pub async fn room_of_channel(&self, channel: ChannelId) -> Result<Option<String>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_scalar(
-            "SELECT matrix_room_id FROM channels WHERE id = $1",
+    /// A channel's Matrix room id (none when the channel has none, or an invalid one).
+    pub async fn room_of_channel(
+        &self,
+        channel: ChannelId,
+    ) -> Result<Option<OwnedRoomId>, StoreError> {
+        let raw: Option<ChannelRoom> = both!(self.store, pool => sqlx::query_as(
+            "SELECT id, matrix_room_id FROM channels WHERE id = $1 AND matrix_room_id IS NOT NULL",
         )
         .bind(channel)
         .fetch_optional(pool)
-        .await?
-        .flatten()))
+        .await?);
+        Ok(decode_one(raw))
     }
 }
 
