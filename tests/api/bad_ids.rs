@@ -1,6 +1,7 @@
-//! A row holding an invalid Matrix id costs only itself: the outbox, the follow-up queue and
-//! the trigger candidates are read row by row, so a valid row next to a bad one is still
-//! processed, and the bad one is settled (failed or cancelled) instead of blocking its queue.
+//! A row holding an invalid Matrix id costs only itself: the outbox, the follow-up queue, the
+//! trigger candidates and the encrypted events waiting for their key are read row by row, so a
+//! valid row next to a bad one is still processed, and the bad one is settled (failed,
+//! cancelled, mirrored as it is) instead of blocking its queue.
 //! On SQLite and PostgreSQL.
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde_json::json;
 
 use crate::{
     agents::{api, setup},
+    crypto::{Unshared, encrypted_bridge},
     runs::{mention, runtime_config, wait_runs},
     support::{Backend, TestApp, ev},
 };
@@ -154,4 +156,41 @@ async fn trigger_bad_room_id_is_cancelled_alone(#[case] b: Backend) {
         "the valid one is answered"
     );
     assert_eq!(bad_status(&app, "bridge_triggers").await, ["cancelled"]);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_decryption_bad_room_id_expires_alone(#[case] b: Backend) {
+    let app = encrypted_bridge(b, "pending_max_age = \"1s\"").await;
+    let mut unshared = Unshared::new();
+    let body = json!({ "events": [
+        ev::member("sj", ev::SOFIA, ev::SOFIA, "join"),
+        unshared.event("$waiting", 0),
+    ] });
+    let (status, answer) = app
+        .put_raw("enc-1", serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(app.store.crypto().pending_count().await.unwrap(), 1);
+    // The same event again, waiting under a room id that is no room id.
+    app.exec(
+        "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) \
+         SELECT '$bad', 'not a room id', session_id, event, received_at FROM bridge_crypto_pending",
+    )
+    .await;
+    app.eventually("both given up on", Duration::from_secs(10), || async {
+        app.store.crypto().pending_count().await.unwrap() == 0
+            && app
+                .col("SELECT content_preview FROM messages WHERE matrix_event_id = '$waiting'")
+                .await
+                == ["[encrypted]"]
+    })
+    .await;
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"daarion_bridge_crypto_events_total{outcome="expired"} 2"#)
+    );
 }
