@@ -12,7 +12,8 @@
 //! 3. [`matrix`]: the client-server API client (the Matrix edge; knows nothing of the store).
 //! 4. [`db`]: PostgreSQL and SQLite: migrations, the batched write of a transaction with its
 //!    events and audit records, and one store handle per table group (`store.outbox()`,
-//!    `store.runs()`, …) with its reads and writes.
+//!    `store.runs()`, …) with its reads and writes; rows carry ruma ids, decoded row by row
+//!    (`db::decode`).
 //! 5. [`keys`] (agent and admin access keys) and [`crypto`] (each agent's device and
 //!    `OlmMachine`, its store in the database, decrypting transactions, encrypting sends).
 //! 6. [`puppet`]: acting as agents: `PuppetIntent`, profiles, content, the durable outbox.

@@ -41,10 +41,7 @@ pub(super) async fn channel(
         Some((_, false)) => Err(MatrixError::forbidden(
             "the agent is not an active member of this channel",
         )),
-        Some((room, true)) => Ok((
-            id,
-            OwnedRoomId::try_from(room).map_err(|e| MatrixError::internal(e.to_string()))?,
-        )),
+        Some((room, true)) => Ok((id, room)),
     }
 }
 

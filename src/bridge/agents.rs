@@ -128,9 +128,9 @@ impl AgentRegistry {
         let old = self.read();
         let mut next = Snapshot::default();
         let mut changes = Changes::default();
-        for row in rows {
-            let derived = row.matrix_id.is_none();
-            let Some(agent) = self.agent(row) else {
+        for (matrix_id, row) in rows {
+            let derived = matrix_id.is_none();
+            let Some(agent) = self.agent(matrix_id, row) else {
                 continue;
             };
             if derived {
@@ -180,15 +180,9 @@ impl AgentRegistry {
         Ok(n)
     }
 
-    fn agent(&self, row: StoredAgent) -> Option<Agent> {
-        let user_id = match &row.matrix_id {
-            Some(m) => match UserId::parse(m) {
-                Ok(u) => u,
-                Err(_) => {
-                    tracing::warn!(agent = %row.external_id, matrix_id = %m, "agent has an invalid Matrix id; ignored");
-                    return None;
-                }
-            },
+    fn agent(&self, matrix_id: Option<OwnedUserId>, row: StoredAgent) -> Option<Agent> {
+        let user_id = match matrix_id {
+            Some(m) => m,
             // Written without one: the puppet the external id names (`agent:helix`).
             None => self
                 .namespace

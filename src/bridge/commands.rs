@@ -216,11 +216,11 @@ impl Commands {
         let admin = self.admins.iter().any(|a| a == call.sender);
         let level = room
             .as_ref()
-            .and_then(|(r, _)| r.power_levels.as_ref())
+            .and_then(|(_, r, _)| r.power_levels.as_ref())
             .map_or(0, |p| p.0.level(call.sender.as_str()));
         let may_manage = admin || level >= MANAGE_LEVEL;
-        let in_room: Vec<AgentId> = room.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
-        let channel: Option<ChannelId> = room.as_ref().map(|(r, _)| r.channel_id);
+        let in_room: Vec<AgentId> = room.as_ref().map(|(_, _, a)| a.clone()).unwrap_or_default();
+        let channel: Option<ChannelId> = room.as_ref().map(|(_, r, _)| r.channel_id);
         let denied = |what: &str| {
             Ok((
                 format!(

@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ruma::{EventId, RoomId, UserId};
+use ruma::UserId;
 use serde_json::value::RawValue;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,8 @@ use crate::{
     bridge::agents::AgentRegistry,
     db::{
         Store, StoreError,
-        jobs::{JobRow, JobStore},
+        decode::BadRow,
+        jobs::{JobRow, JobStore, RawJobRow},
     },
     matrix::HsError,
     metrics::Metrics,
@@ -111,7 +112,10 @@ impl FollowUps {
             if free > 0 {
                 match jobs.claim(free as i64, LEASE).await {
                     Ok(jobs) => {
-                        for job in jobs {
+                        for bad in jobs.bad {
+                            self.fail_bad(bad).await;
+                        }
+                        for job in jobs.rows {
                             let this = self.clone();
                             inflight.spawn(async move { this.execute(job).await });
                         }
@@ -138,6 +142,17 @@ impl FollowUps {
             }
         }
         while inflight.join_next().await.is_some() {}
+    }
+
+    /// A job whose row holds an invalid id can never run: it fails for good, counted.
+    async fn fail_bad(&self, bad: BadRow<RawJobRow>) {
+        let job = &bad.raw;
+        let error = FollowUpError::InvalidId(bad.error.to_string());
+        tracing::error!(room_id = %job.room_id, user_id = %job.user_id, kind = %job.kind, %error, "follow-up failed for good");
+        self.metrics.follow_up_failed.inc();
+        if let Err(error) = self.jobs.failed(job.id, &error.to_string(), None).await {
+            tracing::warn!(%error, job_id = %job.id, "cannot record a follow-up's outcome; its lease will run out");
+        }
     }
 
     async fn execute(&self, job: JobRow) {
@@ -167,14 +182,6 @@ impl FollowUps {
         }
     }
 
-    fn ids(job: &JobRow) -> Result<(&RoomId, &UserId), FollowUpError> {
-        let room = <&RoomId>::try_from(job.room_id.as_str())
-            .map_err(|e| FollowUpError::InvalidId(e.to_string()))?;
-        let user = <&UserId>::try_from(job.user_id.as_str())
-            .map_err(|e| FollowUpError::InvalidId(e.to_string()))?;
-        Ok((room, user))
-    }
-
     /// Acting as a user that is neither the bot nor a known agent: registered first when it is
     /// in the namespace.
     fn ghost(&self, user: &UserId) -> GhostIntent {
@@ -184,7 +191,7 @@ impl FollowUps {
 
     /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
     async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
-        let (room, user) = Self::ids(job)?;
+        let (room, user) = (&*job.room_id, &*job.user_id);
         let state = if user == self.bot.user_id() {
             self.bot.join(room).await?;
             tracing::info!(room_id = %room, user_id = %user, "joined room");
@@ -211,11 +218,10 @@ impl FollowUps {
 
     /// Runs a bot command and answers it.
     async fn command(&self, job: &JobRow) -> Result<(), FollowUpError> {
-        let (room, sender) = Self::ids(job)?;
+        let (room, sender) = (&*job.room_id, &*job.user_id);
         let event_id = job
             .event_id
             .as_deref()
-            .and_then(|e| <&EventId>::try_from(e).ok())
             .ok_or_else(|| FollowUpError::InvalidId("a command job without its event".into()))?;
         self.commands
             .run(Invocation {
@@ -232,7 +238,7 @@ impl FollowUps {
 
     /// Refuses an invite with its reason.
     async fn reject(&self, job: &JobRow) -> Result<(), FollowUpError> {
-        let (room, user) = Self::ids(job)?;
+        let (room, user) = (&*job.room_id, &*job.user_id);
         let reason = job.reason.as_deref().unwrap_or("refused");
         if user == self.bot.user_id() {
             self.bot.leave(room, reason).await?;

@@ -40,7 +40,7 @@ pub async fn expire(
     let mut expired = store
         .pending_expired(now.minus(bounds.max_age), BATCH)
         .await?;
-    if expired.is_empty() {
+    if expired.read() == 0 {
         // Over the count: the oldest go first, whatever their age.
         let over = store.pending_count().await? - i64::from(bounds.max_count);
         if over > 0 {
@@ -49,13 +49,35 @@ pub async fn expire(
                 .await?;
         }
     }
-    for pending in &expired {
-        let Ok(raw) = RawValue::from_string(pending.event.clone()) else {
-            store.pending_remove(&pending.event_id).await?;
+    // (event id, room id as stored, room, event): a row with an invalid id is never retried,
+    // only mirrored as it is.
+    let settle = expired
+        .rows
+        .iter()
+        .map(|p| {
+            let room = Some(&p.room_id);
+            (
+                p.event_id.as_str(),
+                p.room_id.as_str(),
+                room,
+                p.event.as_str(),
+            )
+        })
+        .chain(expired.bad.iter().map(|b| {
+            let r = &b.raw;
+            (
+                r.event_id.as_str(),
+                r.room_id.as_str(),
+                None,
+                r.event.as_str(),
+            )
+        }));
+    for (event_id, room_id, room, event) in settle {
+        let Ok(raw) = RawValue::from_string(event.to_owned()) else {
+            store.pending_remove(event_id).await?;
             continue;
         };
-        let room = ruma::OwnedRoomId::try_from(pending.room_id.as_str()).ok();
-        let decrypted = match &room {
+        let decrypted = match room {
             Some(room) => crypto.retry_pending(&raw, room).await?,
             None => None,
         };
@@ -66,13 +88,13 @@ pub async fn expire(
         };
         let event: &RawValue = decrypted.as_deref().unwrap_or(&raw);
         mirror.apply_late(&[event]).await?;
-        store.pending_remove(&pending.event_id).await?;
+        store.pending_remove(event_id).await?;
         metrics.crypto(outcome);
         if outcome == "expired" {
-            tracing::warn!(event_id = %pending.event_id, room_id = %pending.room_id, "no room key arrived in time; mirrored as [encrypted]");
+            tracing::warn!(%event_id, %room_id, "no room key arrived in time; mirrored as [encrypted]");
         }
     }
-    Ok(expired.len())
+    Ok(expired.read())
 }
 
 /// Runs [`expire`] every `every` until cancelled.

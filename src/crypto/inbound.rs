@@ -104,7 +104,7 @@ impl Crypto {
                 if let Outcome::Decrypted(event) = self.decrypt(&raw, &room, &machines).await? {
                     metrics.crypto("late");
                     prepared.events.push(event);
-                    prepared.late.push(pending.event_id);
+                    prepared.late.push(pending.event_id.to_string());
                 }
             }
         }
@@ -177,12 +177,14 @@ impl Crypto {
                                 prepared.events.push(raw.to_owned());
                                 continue;
                             }
-                            match (session, peek.event_id) {
+                            let event_id =
+                                peek.event_id.and_then(|e| ruma::EventId::parse(&*e).ok());
+                            match (session, event_id) {
                                 (Some(session_id), Some(event_id)) => {
                                     metrics.crypto("pending");
                                     pending.push(PendingEvent {
-                                        event_id: event_id.into_owned(),
-                                        room_id: room.to_string(),
+                                        event_id,
+                                        room_id: room.clone(),
                                         session_id,
                                         event: raw.get().to_owned(),
                                         received_at: Ts::now(),

@@ -336,14 +336,11 @@ impl Crypto {
         let devices = self.db.devices().await?;
         let mut machines = self.machines.lock().await;
         for (user, device) in &devices {
-            let Ok(user) = OwnedUserId::try_from(user.as_str()) else {
-                continue;
-            };
-            if machines.contains_key(&user) {
+            if machines.contains_key(user) {
                 continue;
             }
-            let agent = self.build_machine(&user, device.as_str().into()).await?;
-            machines.insert(user, agent);
+            let agent = self.build_machine(user, device.as_str().into()).await?;
+            machines.insert(user.clone(), agent);
         }
         Ok(devices.len())
     }

@@ -1,18 +1,22 @@
 //! Agent rows (what the agent registry loads) and per-puppet homeserver state.
 
-use crate::db::{Store, StoreError, both};
+use ruma::{OwnedUserId, UserId};
+
+use crate::db::{
+    Store, StoreError, both,
+    decode::{BadRow, RawRow, decode_good, parse_ids},
+};
 use crate::model::ids::{AgentId, MicrodaoId};
 
 /// An agent row with everything that defines its behaviour: the ERD columns, its blueprint's,
-/// and the bridge rows of both (all optional: a row another service wrote may have none).
+/// and the bridge rows of both (all optional: a row another service wrote may have none). Its
+/// Matrix id comes beside it, parsed (see [`RawStoredAgent`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredAgent {
     /// `agents.id`.
     pub id: AgentId,
     /// `agents.external_id` (`agent:sofia`).
     pub external_id: String,
-    /// `agents.matrix_id` (none: derived from the external id by the registry).
-    pub matrix_id: Option<String>,
     /// `agents.name` (the puppet's display name).
     pub name: String,
     /// `agents.kind`.
@@ -51,6 +55,32 @@ pub struct StoredAgent {
     pub avatar: Option<String>,
 }
 
+/// An agent row as read: `agents.matrix_id` still text (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawStoredAgent {
+    /// `agents.matrix_id` (none: derived from the external id by the registry).
+    pub matrix_id: Option<String>,
+    /// The rest of the row.
+    #[sqlx(flatten)]
+    pub agent: StoredAgent,
+}
+
+impl RawRow for RawStoredAgent {
+    type Row = (Option<OwnedUserId>, StoredAgent);
+    const TABLE: &'static str = "agents";
+
+    fn key(&self) -> String {
+        self.agent.external_id.clone()
+    }
+
+    fn decode(self) -> Result<Self::Row, BadRow<Self>> {
+        let (r, user) = parse_ids(self, |r| {
+            r.matrix_id.as_deref().map(UserId::parse).transpose()
+        })?;
+        Ok((user, r.agent))
+    }
+}
+
 /// What the homeserver knows of a puppet, so registration and profile changes happen once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct PuppetState {
@@ -81,9 +111,10 @@ impl Store {
 }
 
 impl AgentStore {
-    /// Every agent, with its behaviour.
-    pub async fn all(&self) -> Result<Vec<StoredAgent>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_as(
+    /// Every agent with its Matrix id (none: not stored) and its behaviour. An agent whose
+    /// stored Matrix id is invalid is left out (logged): no puppet can act as it.
+    pub async fn all(&self) -> Result<Vec<(Option<OwnedUserId>, StoredAgent)>, StoreError> {
+        let raws: Vec<RawStoredAgent> = both!(self.store, pool => sqlx::query_as(
             "SELECT a.id, a.external_id, a.matrix_id, a.name, a.kind, a.microdao_id, b.code AS blueprint, \
              b.model AS blueprint_model, bb.runtime, CAST(bb.settings AS TEXT) AS settings, bb.system_instructions, \
              bb.context_events, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
@@ -94,7 +125,8 @@ impl AgentStore {
              LEFT JOIN bridge_blueprints bb ON bb.blueprint_id = b.id LEFT JOIN bridge_agents ba ON ba.agent_id = a.id",
         )
         .fetch_all(pool)
-        .await?))
+        .await?);
+        Ok(decode_good(raws))
     }
 
     /// Records the Matrix id the bridge derived for an agent written without one (so other

@@ -2,8 +2,13 @@
 //! its crypto store (`bridge_crypto_items`, written by `crypto::store`) and encrypted events
 //! waiting for their room key (`bridge_crypto_pending`).
 
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+
 use crate::{
-    db::{Store, StoreError, both},
+    db::{
+        Store, StoreError, both,
+        decode::{BadRow, Decoded, RawRow, decode_all, decode_good, parse_ids},
+    },
     model::Ts,
 };
 
@@ -19,8 +24,23 @@ pub struct CryptoItem {
 }
 
 /// An encrypted event waiting for its room key.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PendingEvent {
+    /// Its Matrix event id.
+    pub event_id: OwnedEventId,
+    /// Its room.
+    pub room_id: OwnedRoomId,
+    /// The Megolm session that encrypted it.
+    pub session_id: String,
+    /// The event as received (JSON).
+    pub event: String,
+    /// When it arrived.
+    pub received_at: Ts,
+}
+
+/// A [`PendingEvent`] as stored, its ids still text (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawPendingEvent {
     /// Its Matrix event id.
     pub event_id: String,
     /// Its room.
@@ -31,6 +51,51 @@ pub struct PendingEvent {
     pub event: String,
     /// When it arrived.
     pub received_at: Ts,
+}
+
+impl RawRow for RawPendingEvent {
+    type Row = PendingEvent;
+    const TABLE: &'static str = "bridge_crypto_pending";
+
+    fn key(&self) -> String {
+        self.event_id.clone()
+    }
+
+    fn decode(self) -> Result<PendingEvent, BadRow<Self>> {
+        let (r, (event_id, room_id)) = parse_ids(self, |r| {
+            Ok((EventId::parse(&r.event_id)?, RoomId::parse(&r.room_id)?))
+        })?;
+        Ok(PendingEvent {
+            event_id,
+            room_id,
+            session_id: r.session_id,
+            event: r.event,
+            received_at: r.received_at,
+        })
+    }
+}
+
+/// An agent's device as stored: (user id, device id), the user id still text.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawDevice {
+    /// The agent's Matrix user id.
+    pub user_id: String,
+    /// Its device.
+    pub device_id: String,
+}
+
+impl RawRow for RawDevice {
+    type Row = (OwnedUserId, String);
+    const TABLE: &'static str = "bridge_crypto_devices";
+
+    fn key(&self) -> String {
+        self.user_id.clone()
+    }
+
+    fn decode(self) -> Result<Self::Row, BadRow<Self>> {
+        let (r, user) = parse_ids(self, |r| UserId::parse(&r.user_id))?;
+        Ok((user, r.device_id))
+    }
 }
 
 /// The store's view of the crypto tables: devices, encrypted store items and messages waiting for
@@ -72,12 +137,13 @@ impl CryptoTables {
         })
     }
 
-    /// Every agent device: (user id, device id).
-    pub async fn devices(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// Every agent device: (user id, device id); a row whose user id is invalid is left out.
+    pub async fn devices(&self) -> Result<Vec<(OwnedUserId, String)>, StoreError> {
         both!(self.store, pool => {
-            Ok(sqlx::query_as("SELECT user_id, device_id FROM bridge_crypto_devices ORDER BY user_id")
+            let raws: Vec<RawDevice> = sqlx::query_as("SELECT user_id, device_id FROM bridge_crypto_devices ORDER BY user_id")
                 .fetch_all(pool)
-                .await?)
+                .await?;
+            Ok(decode_good(raws))
         })
     }
 
@@ -182,8 +248,8 @@ impl CryptoTables {
                     "INSERT INTO bridge_crypto_pending (event_id, room_id, session_id, event, received_at) ",
                 );
                 insert.push_values(chunk, |mut row, e| {
-                    row.push_bind(&e.event_id)
-                        .push_bind(&e.room_id)
+                    row.push_bind(e.event_id.as_str())
+                        .push_bind(e.room_id.as_str())
                         .push_bind(&e.session_id)
                         .push_bind(&e.event)
                         .push_bind(e.received_at);
@@ -195,39 +261,41 @@ impl CryptoTables {
         Ok(())
     }
 
-    /// The pending events of a Megolm session, oldest first.
+    /// The pending events of a Megolm session, oldest first (one with an invalid id is left
+    /// out: [`Self::pending_expired`] settles it).
     pub async fn pending_for(
         &self,
         room_id: &str,
         session_id: &str,
     ) -> Result<Vec<PendingEvent>, StoreError> {
         both!(self.store, pool => {
-            Ok(sqlx::query_as::<_, PendingEvent>(
+            Ok(decode_good(sqlx::query_as::<_, RawPendingEvent>(
                 "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
                  WHERE room_id = $1 AND session_id = $2 ORDER BY received_at, event_id",
             )
             .bind(room_id)
             .bind(session_id)
             .fetch_all(pool)
-            .await?)
+            .await?))
         })
     }
 
     /// Pending events received before `before` (past the bound), oldest first, at most `limit`.
+    /// One with an invalid id comes back in [`Decoded::bad`], to be mirrored as it is.
     pub async fn pending_expired(
         &self,
         before: Ts,
         limit: i64,
-    ) -> Result<Vec<PendingEvent>, StoreError> {
+    ) -> Result<Decoded<RawPendingEvent>, StoreError> {
         both!(self.store, pool => {
-            Ok(sqlx::query_as::<_, PendingEvent>(
+            Ok(decode_all(sqlx::query_as::<_, RawPendingEvent>(
                 "SELECT event_id, room_id, session_id, event, received_at FROM bridge_crypto_pending \
                  WHERE received_at < $1 ORDER BY received_at, event_id LIMIT $2",
             )
             .bind(before)
             .bind(limit)
             .fetch_all(pool)
-            .await?)
+            .await?))
         })
     }
 

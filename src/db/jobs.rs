@@ -3,15 +3,41 @@
 
 use std::time::Duration;
 
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+
 use crate::model::ids::JobId;
 use crate::{
-    db::{Store, StoreError, both},
+    db::{
+        Store, StoreError, both,
+        decode::{BadRow, Decoded, RawRow, decode_all, parse_ids},
+    },
     model::{JobKind, Ts},
 };
 
 /// A claimed job.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct JobRow {
+    /// The job.
+    pub id: JobId,
+    /// What to do.
+    pub kind: JobKind,
+    /// In which room.
+    pub room_id: OwnedRoomId,
+    /// As whom.
+    pub user_id: OwnedUserId,
+    /// Why (refusals).
+    pub reason: Option<String>,
+    /// The command's event (commands).
+    pub event_id: Option<OwnedEventId>,
+    /// The command text (commands).
+    pub body: Option<String>,
+    /// Attempts so far, this one included.
+    pub attempts: i32,
+}
+
+/// A job row as stored, its ids still text (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawJobRow {
     /// The job.
     pub id: JobId,
     /// What to do.
@@ -20,14 +46,39 @@ pub struct JobRow {
     pub room_id: String,
     /// As whom.
     pub user_id: String,
-    /// Why (refusals).
-    pub reason: Option<String>,
-    /// The command's event (commands).
-    pub event_id: Option<String>,
-    /// The command text (commands).
-    pub body: Option<String>,
-    /// Attempts so far, this one included.
-    pub attempts: i32,
+    reason: Option<String>,
+    event_id: Option<String>,
+    body: Option<String>,
+    attempts: i32,
+}
+
+impl RawRow for RawJobRow {
+    type Row = JobRow;
+    const TABLE: &'static str = "bridge_jobs";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<JobRow, BadRow<Self>> {
+        let (r, (room_id, user_id, event_id)) = parse_ids(self, |r| {
+            Ok((
+                RoomId::parse(&r.room_id)?,
+                UserId::parse(&r.user_id)?,
+                r.event_id.as_deref().map(EventId::parse).transpose()?,
+            ))
+        })?;
+        Ok(JobRow {
+            id: r.id,
+            kind: r.kind,
+            room_id,
+            user_id,
+            reason: r.reason,
+            event_id,
+            body: r.body,
+            attempts: r.attempts,
+        })
+    }
 }
 
 /// The store's view of follow-up jobs (`bridge_jobs`). A component given this handle, not the whole
@@ -49,11 +100,17 @@ impl Store {
 impl JobStore {
     /// Claims up to `limit` due jobs for `lease`: concurrent workers never take the same job
     /// (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single writer serialises the claim),
-    /// and a worker that dies lets its lease run out.
-    pub async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<JobRow>, StoreError> {
+    /// and a worker that dies lets its lease run out. Each is decoded on its own: a job with an
+    /// invalid id comes back in [`Decoded::bad`], claimed like the others, for the worker to
+    /// fail.
+    pub async fn claim(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Decoded<RawJobRow>, StoreError> {
         let now = Ts::now();
         let until = now.plus(lease);
-        Ok(match &self.store.pool {
+        let raws: Vec<RawJobRow> = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(
                     "UPDATE bridge_jobs SET claimed_until = $2, attempts = attempts + 1 WHERE id IN \
@@ -81,7 +138,8 @@ impl JobStore {
                 .fetch_all(pool)
                 .await?
             }
-        })
+        };
+        Ok(decode_all(raws))
     }
 
     /// When the next pending job is due (none: nothing pending).

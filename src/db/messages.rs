@@ -2,13 +2,43 @@
 //! facts the trigger rules look up (who sent a message, who is in a thread, how many people a
 //! room has).
 
+use ruma::{OwnedRoomId, RoomId};
 use serde::Serialize;
 
 use crate::model::ids::{AgentId, ChannelId, MessageId};
 use crate::{
-    db::{Store, StoreError, both},
+    db::{
+        Store, StoreError, both,
+        decode::{BadRow, RawRow, decode_one, parse_ids},
+    },
     model::{SenderType, Ts, Visibility},
 };
+
+/// A channel's room and whether an agent is an active member of it, as read (the room id
+/// still text; see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawAccess {
+    /// `channels.id`.
+    pub id: ChannelId,
+    /// `channels.matrix_room_id`.
+    pub matrix_room_id: String,
+    /// Whether the agent is an active member.
+    pub member: bool,
+}
+
+impl RawRow for RawAccess {
+    type Row = (OwnedRoomId, bool);
+    const TABLE: &'static str = "channels";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<Self::Row, BadRow<Self>> {
+        let (r, room) = parse_ids(self, |r| RoomId::parse(&r.matrix_room_id))?;
+        Ok((room, r.member))
+    }
+}
 
 /// A channel where an agent is an active member.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -86,21 +116,23 @@ impl ChannelStore {
         .await?))
     }
 
-    /// The channel's room and whether `agent` is an active member; `None` if no such channel.
+    /// The channel's room and whether `agent` is an active member; `None` if no such channel
+    /// (or its room id is invalid).
     pub async fn access(
         &self,
         channel: ChannelId,
         agent: AgentId,
-    ) -> Result<Option<(String, bool)>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_as(
-            "SELECT c.matrix_room_id, EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
-             AND cm.member_agent_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1 \
+    ) -> Result<Option<(OwnedRoomId, bool)>, StoreError> {
+        let raw: Option<RawAccess> = both!(self.store, pool => sqlx::query_as(
+            "SELECT c.id, c.matrix_room_id, EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
+             AND cm.member_agent_id = $2 AND cm.left_at IS NULL) AS member FROM channels c WHERE c.id = $1 \
              AND c.matrix_room_id IS NOT NULL",
         )
         .bind(channel)
         .bind(agent)
         .fetch_optional(pool)
-        .await?))
+        .await?);
+        Ok(decode_one(raw))
     }
 
     /// Whether the agent is an active member of the room's channel.

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod audit;
 pub mod batch;
 pub mod crypto;
+pub mod decode;
 pub mod events;
 pub mod jobs;
 pub mod keys;

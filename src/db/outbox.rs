@@ -1,28 +1,32 @@
 //! `agent_outbox`: the durable, per-room ordered queue of everything puppets send.
 
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
 use sqlx::types::Json;
 
 use crate::model::ids::{AgentId, OutboxId};
 use crate::{
-    db::{Store, StoreError, both},
+    db::{
+        Store, StoreError, both,
+        decode::{BadRow, Decoded, RawRow, decode_all, decode_one, parse_ids},
+    },
     model::{OutboxKind, OutboxStatus, Ts},
 };
 
 /// One queued puppet send.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct OutboxItem {
     /// Its id.
     pub id: OutboxId,
     /// The sending agent.
     pub agent_id: AgentId,
     /// The target room.
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     /// Matrix event type.
     pub event_type: String,
     /// Event content as sent (for redactions: `{"reason": …}`).
     pub content: Json<serde_json::Value>,
     /// The redacted event, for redactions.
-    pub redacts: Option<String>,
+    pub redacts: Option<OwnedEventId>,
     /// Client transaction id, reused on every retry.
     pub txn_id: String,
     /// Where it stands.
@@ -30,7 +34,7 @@ pub struct OutboxItem {
     /// Attempts so far.
     pub attempts: i32,
     /// The event the homeserver created.
-    pub event_id: Option<String>,
+    pub event_id: Option<OwnedEventId>,
     /// The last error.
     pub error: Option<String>,
     /// Idempotency key of the request that queued it (`run:{id}` for a run's answer).
@@ -41,13 +45,68 @@ pub struct OutboxItem {
     pub not_before: Option<Ts>,
 }
 
+/// An outbox row as stored, its ids still text (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawOutboxItem {
+    /// Its id.
+    pub id: OutboxId,
+    agent_id: AgentId,
+    room_id: String,
+    event_type: String,
+    content: Json<serde_json::Value>,
+    redacts: Option<String>,
+    txn_id: String,
+    status: OutboxStatus,
+    attempts: i32,
+    event_id: Option<String>,
+    error: Option<String>,
+    idempotency_key: Option<String>,
+    request_hash: Option<String>,
+    not_before: Option<Ts>,
+}
+
+impl RawRow for RawOutboxItem {
+    type Row = OutboxItem;
+    const TABLE: &'static str = "agent_outbox";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<OutboxItem, BadRow<Self>> {
+        let (r, (room_id, redacts, event_id)) = parse_ids(self, |r| {
+            Ok((
+                RoomId::parse(&r.room_id)?,
+                r.redacts.as_deref().map(EventId::parse).transpose()?,
+                r.event_id.as_deref().map(EventId::parse).transpose()?,
+            ))
+        })?;
+        Ok(OutboxItem {
+            id: r.id,
+            agent_id: r.agent_id,
+            room_id,
+            event_type: r.event_type,
+            content: r.content,
+            redacts,
+            txn_id: r.txn_id,
+            status: r.status,
+            attempts: r.attempts,
+            event_id,
+            error: r.error,
+            idempotency_key: r.idempotency_key,
+            request_hash: r.request_hash,
+            not_before: r.not_before,
+        })
+    }
+}
+
 /// What to queue.
 #[derive(Debug, Clone)]
 pub struct NewOutbox {
     /// The sending agent.
     pub agent_id: AgentId,
     /// The target room.
-    pub room_id: String,
+    pub room_id: OwnedRoomId,
     /// Message or redaction.
     pub kind: OutboxKind,
     /// Matrix event type.
@@ -55,7 +114,7 @@ pub struct NewOutbox {
     /// Event content.
     pub content: serde_json::Value,
     /// The redacted event, for redactions.
-    pub redacts: Option<String>,
+    pub redacts: Option<OwnedEventId>,
     /// Client transaction id.
     pub txn_id: String,
     /// Idempotency key of the request, if any.
@@ -106,11 +165,11 @@ impl OutboxStore {
         )
         .bind(id)
         .bind(item.agent_id)
-        .bind(&item.room_id)
+        .bind(item.room_id.as_str())
         .bind(item.kind)
         .bind(&item.event_type)
         .bind(Json(&item.content))
-        .bind(&item.redacts)
+        .bind(item.redacts.as_ref().map(|r| r.as_str()))
         .bind(&item.txn_id)
         .bind(&item.idempotency_key)
         .bind(Ts::now())
@@ -126,7 +185,7 @@ impl OutboxStore {
             return Ok(Enqueued::New(new));
         }
         // Conflict: the same idempotency key, or the same content queued twice (same txn id).
-        let existing: Option<OutboxItem> = both!(self.store, pool => sqlx::query_as(&format!(
+        let existing: Option<RawOutboxItem> = both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE (agent_id = $1 AND idempotency_key = $2) OR txn_id = $3"
         ))
         .bind(item.agent_id)
@@ -134,7 +193,7 @@ impl OutboxStore {
         .bind(&item.txn_id)
         .fetch_optional(pool)
         .await?);
-        let existing = existing.ok_or(StoreError::NotFound {
+        let existing = decode_one(existing).ok_or(StoreError::NotFound {
             what: "outbox item",
             key: item.txn_id.clone(),
         })?;
@@ -146,14 +205,14 @@ impl OutboxStore {
         })
     }
 
-    /// One item.
+    /// One item (none when its row holds an invalid id: it cannot be sent, and is failed by
+    /// the delivery worker).
     pub async fn get(&self, id: OutboxId) -> Result<Option<OutboxItem>, StoreError> {
-        Ok(
-            both!(self.store, pool => sqlx::query_as(&format!("{COLS} WHERE id = $1"))
+        let raw: Option<RawOutboxItem> = both!(self.store, pool => sqlx::query_as(&format!("{COLS} WHERE id = $1"))
             .bind(id)
             .fetch_optional(pool)
-            .await?),
-        )
+            .await?);
+        Ok(decode_one(raw))
     }
 
     /// The agent's item queued under an idempotency key, if any.
@@ -162,19 +221,21 @@ impl OutboxStore {
         agent: AgentId,
         key: &str,
     ) -> Result<Option<OutboxItem>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_as(&format!(
+        let raw: Option<RawOutboxItem> = both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} WHERE agent_id = $1 AND idempotency_key = $2"
         ))
         .bind(agent)
         .bind(key)
         .fetch_optional(pool)
-        .await?))
+        .await?);
+        Ok(decode_one(raw))
     }
 
     /// The oldest pending item of every room with pending items (rooms are delivered in order:
-    /// only a room's head may be sent), at most `limit` rooms.
-    pub async fn heads(&self, limit: i64) -> Result<Vec<OutboxItem>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_as(&format!(
+    /// only a room's head may be sent), at most `limit` rooms. Each is decoded on its own: a
+    /// head with an invalid id comes back in [`Decoded::bad`], for the worker to fail.
+    pub async fn heads(&self, limit: i64) -> Result<Decoded<RawOutboxItem>, StoreError> {
+        let raws: Vec<RawOutboxItem> = both!(self.store, pool => sqlx::query_as(&format!(
             "{COLS} o WHERE o.status = 'pending' AND NOT EXISTS (SELECT 1 FROM agent_outbox p \
              WHERE p.room_id = o.room_id AND p.status = 'pending' \
              AND (p.created_at < o.created_at OR (p.created_at = o.created_at AND p.id < o.id))) \
@@ -182,7 +243,8 @@ impl OutboxStore {
         ))
         .bind(limit)
         .fetch_all(pool)
-        .await?))
+        .await?);
+        Ok(decode_all(raws))
     }
 
     /// Records a failed attempt that will be retried after `not_before`.

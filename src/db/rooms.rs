@@ -1,20 +1,23 @@
 //! Reads of mirrored rooms, senders and microDAOs that the mirror's caches start from.
 
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use sqlx::types::Json;
 
 use crate::model::ids::{AgentId, ChannelId, MicrodaoId, UserRowId};
 use crate::{
-    db::{PowerLevels, Store, StoreError, both},
+    db::{
+        PowerLevels, Store, StoreError, both,
+        decode::{BadRow, RawRow, decode_good, decode_one, parse_ids},
+    },
     model::{NameSource, Visibility},
 };
 
-/// A mirrored room as stored: its channel row plus the bridge's bookkeeping.
+/// A mirrored room as stored: its channel row plus the bridge's bookkeeping. Its room id comes
+/// beside it, parsed (see [`RawStoredRoom`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredRoom {
     /// `channels.id`.
     pub channel_id: ChannelId,
-    /// `channels.matrix_room_id`.
-    pub room_id: String,
     /// `channels.microdao_id`.
     pub microdao_id: MicrodaoId,
     /// `channels.name`.
@@ -33,6 +36,75 @@ pub struct StoredRoom {
     pub is_direct: Option<bool>,
     /// `bridge_rooms.canonical_alias`.
     pub canonical_alias: Option<String>,
+}
+
+/// A mirrored room as read: `channels.matrix_room_id` still text (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawStoredRoom {
+    /// `channels.matrix_room_id`.
+    pub room_id: String,
+    /// The rest of the row.
+    #[sqlx(flatten)]
+    pub room: StoredRoom,
+}
+
+impl RawRow for RawStoredRoom {
+    type Row = (OwnedRoomId, StoredRoom);
+    const TABLE: &'static str = "channels";
+
+    fn key(&self) -> String {
+        self.room.channel_id.to_string()
+    }
+
+    fn decode(self) -> Result<Self::Row, BadRow<Self>> {
+        let (r, room_id) = parse_ids(self, |r| RoomId::parse(&r.room_id))?;
+        Ok((room_id, r.room))
+    }
+}
+
+/// A `users` row as read: its Matrix id still text.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawKnownUser {
+    /// `users.matrix_id`.
+    pub matrix_id: String,
+    /// `users.id`.
+    pub id: UserRowId,
+}
+
+impl RawRow for RawKnownUser {
+    type Row = (OwnedUserId, UserRowId);
+    const TABLE: &'static str = "users";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<Self::Row, BadRow<Self>> {
+        let (r, user) = parse_ids(self, |r| UserId::parse(&r.matrix_id))?;
+        Ok((user, r.id))
+    }
+}
+
+/// A channel's room id as stored (see [`crate::db::decode`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChannelRoom {
+    /// `channels.id`.
+    pub id: ChannelId,
+    /// `channels.matrix_room_id`.
+    pub matrix_room_id: String,
+}
+
+impl RawRow for ChannelRoom {
+    type Row = OwnedRoomId;
+    const TABLE: &'static str = "channels";
+
+    fn key(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn decode(self) -> Result<OwnedRoomId, BadRow<Self>> {
+        parse_ids(self, |r| RoomId::parse(&r.matrix_room_id)).map(|(_, room)| room)
+    }
 }
 
 const ROOM_COLS: &str = "SELECT c.id AS channel_id, c.matrix_room_id AS room_id, c.microdao_id, c.name, c.topic, \
@@ -57,15 +129,16 @@ impl Store {
 }
 
 impl RoomStore {
-    /// The mirrored rooms among `room_ids`, with the agents that are active members of each.
+    /// The mirrored rooms among `room_ids`, with the agents that are active members of each
+    /// (a room whose stored id is invalid is left out).
     pub async fn load(
         &self,
         room_ids: &[&str],
-    ) -> Result<Vec<(StoredRoom, Vec<AgentId>)>, StoreError> {
+    ) -> Result<Vec<(OwnedRoomId, StoredRoom, Vec<AgentId>)>, StoreError> {
         if room_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rooms: Vec<StoredRoom> = match &self.store.pool {
+        let raws: Vec<RawStoredRoom> = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as(&format!("{ROOM_COLS} c.matrix_room_id = ANY($1)"))
                     .bind(room_ids)
@@ -81,10 +154,11 @@ impl RoomStore {
                 .await?
             }
         };
+        let rooms = decode_good(raws);
         if rooms.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<ChannelId> = rooms.iter().map(|r| r.channel_id).collect();
+        let ids: Vec<ChannelId> = rooms.iter().map(|(_, r)| r.channel_id).collect();
         const AGENTS: &str = "SELECT channel_id, member_agent_id FROM channel_members \
              WHERE member_agent_id IS NOT NULL AND left_at IS NULL AND ";
         let agents: Vec<(ChannelId, AgentId)> = match &self.store.pool {
@@ -106,13 +180,13 @@ impl RoomStore {
         };
         Ok(rooms
             .into_iter()
-            .map(|room| {
+            .map(|(room_id, room)| {
                 let members = agents
                     .iter()
                     .filter(|(c, _)| *c == room.channel_id)
                     .map(|(_, a)| *a)
                     .collect();
-                (room, members)
+                (room_id, room, members)
             })
             .collect())
     }
@@ -121,11 +195,11 @@ impl RoomStore {
     pub async fn known_users(
         &self,
         matrix_ids: &[&str],
-    ) -> Result<Vec<(String, UserRowId)>, StoreError> {
+    ) -> Result<Vec<(OwnedUserId, UserRowId)>, StoreError> {
         if matrix_ids.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(match &self.store.pool {
+        let raws: Vec<RawKnownUser> = match &self.store.pool {
             super::Pool::Pg(pool) => {
                 sqlx::query_as("SELECT matrix_id, id FROM users WHERE matrix_id = ANY($1)")
                     .bind(matrix_ids)
@@ -140,7 +214,8 @@ impl RoomStore {
                 .fetch_all(pool)
                 .await?
             }
-        })
+        };
+        Ok(decode_good(raws))
     }
 
     /// `microdaos.id` for an external id such as `microdao:7`.
@@ -182,15 +257,18 @@ impl RoomStore {
         )
     }
 
-    /// A channel's Matrix room id.
-    pub async fn room_of_channel(&self, channel: ChannelId) -> Result<Option<String>, StoreError> {
-        Ok(both!(self.store, pool => sqlx::query_scalar(
-            "SELECT matrix_room_id FROM channels WHERE id = $1",
+    /// A channel's Matrix room id (none when the channel has none, or an invalid one).
+    pub async fn room_of_channel(
+        &self,
+        channel: ChannelId,
+    ) -> Result<Option<OwnedRoomId>, StoreError> {
+        let raw: Option<ChannelRoom> = both!(self.store, pool => sqlx::query_as(
+            "SELECT id, matrix_room_id FROM channels WHERE id = $1 AND matrix_room_id IS NOT NULL",
         )
         .bind(channel)
         .fetch_optional(pool)
-        .await?
-        .flatten()))
+        .await?);
+        Ok(decode_one(raw))
     }
 }
 

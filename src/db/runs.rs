@@ -1,6 +1,7 @@
 //! `agent_runs` (from queued to its end, with the triggers it took) and
 //! `agent_channel_settings` (when an agent answers in a channel).
 
+use ruma::OwnedEventId;
 use serde::Serialize;
 use sqlx::types::Json;
 
@@ -9,7 +10,12 @@ use crate::model::{
     topics::{RunChanged, Topic},
 };
 use crate::{
-    db::{Store, StoreError, both, events::AppendEvents, triggers::TriggerRow},
+    db::{
+        Store, StoreError, both,
+        decode::decode_good,
+        events::AppendEvents,
+        triggers::{RawTriggerRow, TriggerRow},
+    },
     model::{Respond, RunStatus, Ts},
 };
 
@@ -84,7 +90,7 @@ pub struct RunEnd {
     /// What the runtime answered.
     pub output: Option<serde_json::Value>,
     /// The answer's event.
-    pub reply_event_id: Option<String>,
+    pub reply_event_id: Option<OwnedEventId>,
     /// Why it failed.
     pub error: Option<String>,
     /// Prompt tokens.
@@ -95,7 +101,7 @@ pub struct RunEnd {
 
 impl RunEnd {
     /// A completion with the runtime's output and the answer's event.
-    pub fn completed(output: serde_json::Value, reply_event_id: Option<String>) -> Self {
+    pub fn completed(output: serde_json::Value, reply_event_id: Option<OwnedEventId>) -> Self {
         Self {
             status: RunStatus::Completed,
             output: Some(output),
@@ -229,11 +235,12 @@ impl RunStore {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            let triggers: Vec<TriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            let raws: Vec<RawTriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            let triggers = decode_good(raws);
             sqlx::query("UPDATE agent_runs SET input = $2, trigger_event_id = $3 WHERE id = $1")
                 .bind(id)
                 .bind(input(&triggers))
-                .bind(triggers.first().map(|t| t.event_id.clone()))
+                .bind(triggers.first().map(|t| t.event_id.as_str()))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -281,7 +288,8 @@ impl RunStore {
             .bind(channel)
             .execute(&mut *tx)
             .await?;
-            let triggers: Vec<TriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            let raws: Vec<RawTriggerRow> = sqlx::query_as(TAKEN).bind(id).fetch_all(&mut *tx).await?;
+            let triggers = decode_good(raws);
             sqlx::query("UPDATE agent_runs SET input = $2 WHERE id = $1")
                 .bind(id)
                 .bind(input(&triggers))
@@ -349,7 +357,7 @@ impl RunStore {
             .bind(id)
             .bind(end.status)
             .bind(output)
-            .bind(&end.reply_event_id)
+            .bind(end.reply_event_id.as_ref().map(|e| e.as_str()))
             .bind(end.error.as_deref().map(super::text::clean))
             .bind(end.prompt_tokens)
             .bind(end.completion_tokens)

@@ -12,8 +12,8 @@
 //!
 //! Recovery: nothing is published into a JetStream that has not just answered. After the
 //! connection drops or a publish fails, the publisher probes JetStream (a stream info request
-//! with a short timeout, every [`PROBE_EVERY`]) and resumes once it answers. While NATS is
-//! down, the client reconnects every [`PROBE_EVERY`] too, so publishing resumes within a probe
+//! with a short timeout, every `PROBE_EVERY`) and resumes once it answers. While NATS is
+//! down, the client reconnects every `PROBE_EVERY` too, so publishing resumes within a probe
 //! or two of JetStream being ready, however long the outage and however large the stream it
 //! recovers. A broker that answers probes but refuses publishes (a full stream, a wrong
 //! subject) is retried with exponential backoff. The backlog figure is refreshed by a task of

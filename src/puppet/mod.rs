@@ -200,7 +200,7 @@ impl Puppets {
             .unwrap_or_else(|| hex::encode(Sha256::digest(body.as_bytes())));
         let item = NewOutbox {
             agent_id: agent.id,
-            room_id: room.to_string(),
+            room_id: room.to_owned(),
             kind: if redacts.is_some() {
                 OutboxKind::Redaction
             } else {
@@ -208,7 +208,7 @@ impl Puppets {
             },
             event_type: event_type.to_owned(),
             content,
-            redacts: redacts.map(|r| r.to_string()),
+            redacts,
             txn_id,
             idempotency_key: send.key,
             request_hash,

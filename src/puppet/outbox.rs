@@ -11,13 +11,19 @@ use std::{
 };
 
 use futures_core::future::BoxFuture;
-use ruma::{EventId, OwnedEventId, RoomId, events::AnyMessageLikeEventContent, serde::Raw};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, RoomId, events::AnyMessageLikeEventContent, serde::Raw,
+};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{PuppetError, Puppets};
 use crate::{
-    db::{StoreError, outbox::OutboxItem},
+    db::{
+        StoreError,
+        decode::BadRow,
+        outbox::{OutboxItem, RawOutboxItem},
+    },
     model::{Agent, Ts},
 };
 
@@ -69,14 +75,17 @@ impl<S: SentSink> Delivery<S> {
     /// Delivers until cancelled; in-flight deliveries finish first.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut inflight = JoinSet::new();
-        let mut rooms: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut busy: HashSet<String> = HashSet::new();
+        let mut rooms: HashMap<tokio::task::Id, OwnedRoomId> = HashMap::new();
+        let mut busy: HashSet<OwnedRoomId> = HashSet::new();
         loop {
             let mut next_due: Option<Ts> = None;
             match self.puppets.store.outbox().heads(256).await {
                 Ok(heads) => {
+                    for bad in heads.bad {
+                        self.fail_bad(bad).await;
+                    }
                     let now = Ts::now();
-                    for item in heads {
+                    for item in heads.rows {
                         if inflight.len() >= PARALLEL {
                             break;
                         }
@@ -123,6 +132,23 @@ impl<S: SentSink> Delivery<S> {
         // Shutdown: let in-flight sends finish (each is bounded by the client's timeout), so no
         // item is left half-recorded.
         while inflight.join_next().await.is_some() {}
+    }
+
+    /// A queued item whose row holds an invalid id can never be sent: it fails for good (and
+    /// the room's next item becomes its head).
+    async fn fail_bad(&self, bad: BadRow<RawOutboxItem>) {
+        let error = PuppetError::InvalidId(bad.error.to_string());
+        tracing::error!(outbox_id = %bad.raw.id, %error, "puppet send failed for good");
+        self.puppets.metrics.outbox("failed");
+        if let Err(error) = self
+            .puppets
+            .store
+            .outbox()
+            .fail(bad.raw.id, &error.to_string())
+            .await
+        {
+            tracing::warn!(%error, outbox_id = %bad.raw.id, "cannot record a delivery attempt");
+        }
     }
 
     async fn deliver(&self, item: OutboxItem) {
@@ -174,15 +200,12 @@ impl<S: SentSink> Delivery<S> {
             .registry
             .by_id(item.agent_id)
             .ok_or_else(|| PuppetError::Gone(item.agent_id.to_string()))?;
-        let room = <&RoomId>::try_from(item.room_id.as_str())
-            .map_err(|e| PuppetError::InvalidId(e.to_string()))?;
+        let room: &RoomId = &item.room_id;
         let intent = self.puppets.intent(agent.clone());
         intent.ensure_joined(room).await?;
         let hs = &self.puppets.hs;
         let event_id = match &item.redacts {
             Some(target) => {
-                let target = OwnedEventId::try_from(target.as_str())
-                    .map_err(|e| PuppetError::InvalidId(e.to_string()))?;
                 let mut reason = item
                     .content
                     .0
@@ -199,7 +222,7 @@ impl<S: SentSink> Delivery<S> {
                     tracing::debug!(room = %room, "redaction reason left out in an encrypted room");
                     reason = None;
                 }
-                hs.redact(room, &agent.user_id, target, &item.txn_id, reason)
+                hs.redact(room, &agent.user_id, target.clone(), &item.txn_id, reason)
                     .await?
             }
             None => {

@@ -97,7 +97,7 @@ pub(super) async fn request(
                 is_self: false,
                 name: name_of(&t.payload.0.sender),
                 text: t.payload.0.body.clone(),
-                event_id: t.event_id.clone(),
+                event_id: t.event_id.to_string(),
                 sender: t.payload.0.sender.to_string(),
             })
             .collect(),

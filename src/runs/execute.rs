@@ -90,7 +90,7 @@ impl Runner {
                     Some(event_id) => Ended::End(RunEnd {
                         status: RunStatus::Completed,
                         output: Some(json!({ "text": out.text })),
-                        reply_event_id: Some(event_id.to_string()),
+                        reply_event_id: Some(event_id),
                         prompt_tokens: out.prompt_tokens,
                         completion_tokens: out.completion_tokens,
                         error: None,
@@ -106,7 +106,7 @@ impl Runner {
             Err(error) => {
                 // Whatever was already posted stays; the run is failed, never retried.
                 let mut end = self.failed(id, intent, room, error.to_string()).await;
-                end.reply_event_id = streamed.event_id.map(|e| e.to_string());
+                end.reply_event_id = streamed.event_id;
                 Ended::End(end)
             }
         }
@@ -163,7 +163,7 @@ impl Runner {
                     body: text.clone(),
                     markdown: true,
                     kind,
-                    reply_to: OwnedEventId::try_from(last.event_id.as_str()).ok(),
+                    reply_to: Some(last.event_id.clone()),
                     thread_root: trigger.thread_root.clone(),
                     // A reply mentions whom it answers (an agent too: the chain limit bounds that).
                     mentions: vec![trigger.sender.clone()],
@@ -230,9 +230,7 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?;
         match (item.status, item.event_id) {
-            (OutboxStatus::Sent, Some(e)) => OwnedEventId::try_from(e)
-                .map(|e| (e, resumed))
-                .map_err(|e| e.to_string()),
+            (OutboxStatus::Sent, Some(e)) => Ok((e, resumed)),
             _ => Err(item
                 .error
                 .unwrap_or_else(|| "the homeserver has not accepted the answer yet".into())),

@@ -201,8 +201,12 @@ impl Runner {
     async fn evaluate(&self) -> Result<(), StoreError> {
         loop {
             let candidates = self.store.triggers().candidates(EVALUATE_BATCH).await?;
-            let n = candidates.len() as i64;
-            for candidate in candidates {
+            let n = candidates.read() as i64;
+            // A candidate whose row holds an invalid id could address nobody answerable.
+            for bad in candidates.bad {
+                self.store.triggers().cancel(bad.raw.id).await?;
+            }
+            for candidate in candidates.rows {
                 let evaluation = triggers::evaluate(
                     &self.store,
                     &self.registry,
@@ -234,7 +238,15 @@ impl Runner {
     ) -> Result<Option<Duration>, StoreError> {
         let now = Ts::now();
         let mut next: Option<Duration> = None;
-        for group in self.store.triggers().groups().await? {
+        let groups = self.store.triggers().groups().await?;
+        // A group whose room id is invalid can never be answered in its room.
+        for bad in groups.bad {
+            self.store
+                .triggers()
+                .cancel_pending(bad.raw.agent_id, bad.raw.channel_id)
+                .await?;
+        }
+        for group in groups.rows {
             let due = group.newest.plus(self.settings.debounce);
             if due > now {
                 let wait = Duration::from_millis((due.millis() - now.millis()).max(1) as u64);
@@ -287,7 +299,9 @@ impl Runner {
             .pending(group.agent_id, group.channel_id)
             .await?
         {
-            let d = self.depth(&t.event_id, t.payload.0.sender_is_agent).await?;
+            let d = self
+                .depth(t.event_id.as_str(), t.payload.0.sender_is_agent)
+                .await?;
             if d > self.settings.max_agent_chain as i32 {
                 tracing::info!(agent = %agent.user_id, room_id = %group.room_id, event_id = %t.event_id, depth = d, "agent→agent chain limit reached; not answering");
                 self.count("loop_refused");
@@ -349,7 +363,7 @@ impl Runner {
         id: RunId,
         agent: AgentId,
         channel: ChannelId,
-        room: &str,
+        room: &RoomId,
         resume: bool,
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
@@ -370,8 +384,7 @@ impl Runner {
             // Cancelled while queued (its triggers were redacted), or already ended.
             return Ok(());
         };
-        let (Some(agent), Ok(room)) = (self.registry.by_id(agent), <&RoomId>::try_from(room))
-        else {
+        let Some(agent) = self.registry.by_id(agent) else {
             self.finish(id, RunEnd::failed("the agent or its room is gone"))
                 .await?;
             return Ok(());

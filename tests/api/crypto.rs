@@ -371,13 +371,13 @@ async fn hostile_encrypted_input_never_fails_a_transaction(#[case] b: Backend) {
 }
 
 /// Well-formed Megolm messages of a session nobody shared (their key never comes).
-struct Unshared {
+pub(crate) struct Unshared {
     session: matrix_sdk_crypto::vodozemac::megolm::GroupSession,
     sender_key: String,
 }
 
 impl Unshared {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             session: matrix_sdk_crypto::vodozemac::megolm::GroupSession::new(Default::default()),
             sender_key: matrix_sdk_crypto::vodozemac::Curve25519PublicKey::from(
@@ -388,7 +388,7 @@ impl Unshared {
     }
 
     /// The next message of the session, as Alice's event `id` in the test room.
-    fn event(&mut self, id: &str, ts_offset: u64) -> Value {
+    pub(crate) fn event(&mut self, id: &str, ts_offset: u64) -> Value {
         json!({ "type": "m.room.encrypted", "event_id": id, "room_id": crate::ev::ROOM, "sender": ALICE,
                 "origin_server_ts": 1_700_000_000_000u64 + ts_offset,
                 "content": { "algorithm": "m.megolm.v1.aes-sha2", "sender_key": self.sender_key, "device_id": "D",
@@ -410,7 +410,7 @@ async fn sofia_joins_the_room(app: &TestApp) {
 
 /// A bridge with encryption on (plus `extra` in `[encryption]`), in a mirrored room, with
 /// Sofia's device stored from an earlier start: it opens her machine before serving.
-async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
+pub(crate) async fn encrypted_bridge(b: Backend, extra: &str) -> TestApp {
     let prepared = TestApp::prepare(b, |toml| {
         format!("{toml}\n[encryption]\npickle_key = \"{PICKLE_KEY}\"\n{extra}\n")
     })

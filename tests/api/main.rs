@@ -5,6 +5,7 @@
 mod admin;
 mod agents;
 mod appservice;
+mod bad_ids;
 mod cli;
 mod crypto;
 mod delivery;

@@ -14,7 +14,7 @@ mod sent;
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -292,10 +292,7 @@ impl Mirror {
                 None => missing.push(room.as_str()),
             }
         }
-        for (stored, agents) in self.store.rooms().load(&missing).await? {
-            let Ok(room_id) = OwnedRoomId::try_from(stored.room_id.as_str()) else {
-                continue;
-            };
+        for (room_id, stored, agents) in self.store.rooms().load(&missing).await? {
             let name_source = stored.name_source.unwrap_or(NameSource::Platform);
             rooms.insert(
                 room_id,
@@ -339,11 +336,9 @@ impl Mirror {
         // Only what the database just returned is new to the cache: re-inserting every cached
         // sender would cost an allocation and a hash per sender per transaction.
         let mut found = Vec::new();
-        for (matrix_id, id) in self.store.rooms().known_users(&unknown_refs).await? {
-            if let Ok(user) = UserId::parse(matrix_id) {
-                found.push((user.clone(), id));
-                users.insert(user, id);
-            }
+        for (user, id) in self.store.rooms().known_users(&unknown_refs).await? {
+            found.push((user.clone(), id));
+            users.insert(user, id);
         }
         if !found.is_empty() {
             self.caches.remember_users(found);

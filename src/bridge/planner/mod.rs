@@ -1,7 +1,7 @@
 //! The planner: turns one transaction's events (or a room's state) into a [`Batch`] of DAARION
 //! rows, in the order received, from room states and senders loaded beforehand. It is pure
 //! (no I/O), so the transaction → plan path can be fuzzed and property-tested without a
-//! database. [`Planner`] holds the plan's parts; each event family's handlers live in the
+//! database. `Planner` holds the plan's parts; each event family's handlers live in the
 //! submodule of that family (`route` dispatches): `adopt` (which rooms become channels),
 //! `messages` (messages, edits, redactions, trigger candidates), `members` (memberships and
 //! agent sessions), `state` (names, topics, visibility, power levels). State that one family
