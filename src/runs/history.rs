@@ -178,41 +178,31 @@ mod tests {
         Raw::from_json(serde_json::value::to_raw_value(&json).unwrap())
     }
 
+    fn message(id: &str, sender: &str, ts: u64, content: Value) -> Raw<AnyTimelineEvent> {
+        event("m.room.message", id, sender, ts, content)
+    }
+
     fn text(id: &str, sender: &str, ts: u64, body: &str) -> Raw<AnyTimelineEvent> {
-        event(
-            "m.room.message",
-            id,
-            sender,
-            ts,
-            json!({ "msgtype": "m.text", "body": body }),
-        )
+        message(id, sender, ts, json!({ "msgtype": "m.text", "body": body }))
     }
 
     fn edit(id: &str, sender: &str, ts: u64, target: &str, body: &str) -> Raw<AnyTimelineEvent> {
-        event(
-            "m.room.message",
-            id,
-            sender,
-            ts,
-            json!({
-                "msgtype": "m.text", "body": format!("* {body}"),
-                "m.new_content": { "msgtype": "m.text", "body": body },
-                "m.relates_to": { "rel_type": "m.replace", "event_id": format!("${target}") },
-            }),
-        )
+        let new = json!({ "msgtype": "m.text", "body": body });
+        let relation = json!({ "rel_type": "m.replace", "event_id": format!("${target}") });
+        let content = json!({ "msgtype": "m.text", "body": format!("* {body}"),
+            "m.new_content": new, "m.relates_to": relation });
+        message(id, sender, ts, content)
     }
 
     fn in_thread(id: &str, sender: &str, ts: u64, root: &str, body: &str) -> Raw<AnyTimelineEvent> {
-        event(
-            "m.room.message",
+        let root = format!("${root}");
+        let relation = json!({ "rel_type": "m.thread", "event_id": root,
+            "is_falling_back": true, "m.in_reply_to": { "event_id": root } });
+        message(
             id,
             sender,
             ts,
-            json!({
-                "msgtype": "m.text", "body": body,
-                "m.relates_to": { "rel_type": "m.thread", "event_id": format!("${root}"),
-                    "is_falling_back": true, "m.in_reply_to": { "event_id": format!("${root}") } },
-            }),
+            json!({ "msgtype": "m.text", "body": body, "m.relates_to": relation }),
         )
     }
 

@@ -13,17 +13,31 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
+const A: &str = "@alice:localhost";
+const B: &str = "@bob:localhost";
+
 fn edit(id: &str, sender: &str, target: &str, body: &str) -> Value {
-    ev::base(
-        "m.room.message",
-        id,
-        sender,
-        json!({
-            "msgtype": "m.text", "body": format!("* {body}"),
-            "m.new_content": { "msgtype": "m.text", "body": body },
-            "m.relates_to": { "rel_type": "m.replace", "event_id": format!("${target}") },
-        }),
-    )
+    ev::edit(id, sender, &format!("${target}"), body)
+}
+
+/// A bridge whose agent runs on a fake OpenAI-compatible model (`mode`), and the model.
+async fn with_model(b: Backend, mode: &'static str, bridge: &str) -> (FakeModel, TestApp) {
+    let (model, url) = FakeModel::spawn(mode).await;
+    let bridge = bridge.to_owned();
+    let app = TestApp::spawn_with(b, move |c| {
+        let c = runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        )(c);
+        if bridge.is_empty() {
+            c
+        } else {
+            c.replace("stream_edit_interval = \"250ms\"\n", &bridge)
+        }
+    })
+    .await;
+    setup(&app).await;
+    (model, app)
 }
 
 #[rstest]
@@ -31,75 +45,37 @@ fn edit(id: &str, sender: &str, target: &str, body: &str) -> Value {
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
-    let (model, url) = FakeModel::spawn("plain").await;
-    let app = TestApp::spawn_with(
-        b,
-        runtime_config(
-            "openai",
-            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
-        ),
-    )
-    .await;
-    setup(&app).await;
+    let (model, app) = with_model(b, "plain", "").await;
     let at = |e: Value, ts: u64| ev::at(e, 1_700_000_000_000 + ts);
     // Newest first, as /messages answers.
     app.hs.history.lock().unwrap().extend([
-        at(
-            ev::text(
-                "q3",
-                "@alice:localhost",
-                "Sofia, which words did I give you?",
-            ),
-            90,
-        ),
-        at(edit("e3", "@bob:localhost", "q1", "HACKED"), 85),
+        at(ev::text("q3", A, "Sofia, which words did I give you?"), 90),
+        at(edit("e3", B, "q1", "HACKED"), 85),
         at(
             edit("e2", ev::SOFIA, "a2", "TURQUOISE noted, whole answer."),
             80,
         ),
         at(edit("e1", ev::SOFIA, "a2", "TURQUOISE noted"), 75),
         at(
-            ev::base(
-                "m.room.redaction",
-                "r",
-                "@alice:localhost",
-                json!({ "redacts": "$secret" }),
-            ),
+            ev::base("m.room.redaction", "r", A, json!({ "redacts": "$secret" })),
             70,
         ),
         at(
             ev::base(
                 "m.room.message",
                 "t1",
-                "@bob:localhost",
+                B,
                 json!({ "msgtype": "m.text", "body": "a thread reply",
                     "m.relates_to": { "rel_type": "m.thread", "event_id": "$q1" } }),
             ),
             65,
         ),
         at(ev::text("a2", ev::SOFIA, "TURQ"), 60),
-        at(
-            ev::text("q2", "@alice:localhost", "and the colour word TURQUOISE"),
-            50,
-        ),
-        at(
-            edit(
-                "e0",
-                "@alice:localhost",
-                "q1",
-                "remember the fruit word PAPAYA",
-            ),
-            45,
-        ),
+        at(ev::text("q2", A, "and the colour word TURQUOISE"), 50),
+        at(edit("e0", A, "q1", "remember the fruit word PAPAYA"), 45),
         at(ev::text("a1", ev::SOFIA, "PAPAYA noted."), 40),
-        at(
-            ev::text("q1", "@alice:localhost", "remember the fruit word PAPYA"),
-            30,
-        ),
-        at(
-            ev::text("secret", "@alice:localhost", "my password is hunter2"),
-            20,
-        ),
+        at(ev::text("q1", A, "remember the fruit word PAPYA"), 30),
+        at(ev::text("secret", A, "my password is hunter2"), 20),
     ]);
     let (status, _) = app
         .put_txn(
@@ -145,30 +121,22 @@ async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_carries_the_message_it_answers_from_beyond_the_window(#[case] b: Backend) {
-    let (model, url) = FakeModel::spawn("plain").await;
-    let app = TestApp::spawn_with(
-        b,
-        runtime_config(
-            "openai",
-            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
-        ),
-    )
-    .await;
-    setup(&app).await;
+    let (model, app) = with_model(b, "plain", "").await;
     // The window holds only the newest messages; the old one is read on its own.
-    app.hs.history.lock().unwrap().extend([ev::text(
-        "recent",
-        "@alice:localhost",
-        "something recent",
-    )]);
-    app.hs.events.lock().unwrap().insert(
-        "$old".into(),
-        ev::text("old", "@alice:localhost", "the plan from last week"),
-    );
+    app.hs
+        .history
+        .lock()
+        .unwrap()
+        .extend([ev::text("recent", A, "something recent")]);
+    app.hs
+        .events
+        .lock()
+        .unwrap()
+        .insert("$old".into(), ev::text("old", A, "the plan from last week"));
     let reply = ev::now(ev::base(
         "m.room.message",
         "q",
-        "@alice:localhost",
+        A,
         json!({
             "msgtype": "m.text", "body": "Sofia, is this still right?",
             "m.mentions": { "user_ids": [ev::SOFIA] },
@@ -208,19 +176,12 @@ async fn a_reply_carries_the_message_it_answers_from_beyond_the_window(#[case] b
 async fn a_long_streamed_answer_makes_a_bounded_number_of_edits(#[case] b: Backend) {
     // Five pieces 150 ms apart with an edit allowed every millisecond: four growing edits and
     // a final one, were they not bounded. Two in all: one growing, then the final text.
-    let (_model, url) = FakeModel::spawn("stream").await;
-    let app = TestApp::spawn_with(b, |c| {
-        runtime_config(
-            "openai",
-            &format!("[blueprints.openai]\nbase_url = \"{url}\"\n"),
-        )(c)
-        .replace(
-            "stream_edit_interval = \"250ms\"\n",
-            "stream_edit_interval = \"1ms\"\nmax_stream_edits = 2\n",
-        )
-    })
+    let (_model, app) = with_model(
+        b,
+        "stream",
+        "stream_edit_interval = \"1ms\"\nmax_stream_edits = 2\n",
+    )
     .await;
-    setup(&app).await;
     let (status, _) = app
         .put_txn("1", vec![mention("q", "Sofia, how much?", &[ev::SOFIA])])
         .await;

@@ -342,19 +342,7 @@ async fn edits_and_redactions(#[case] b: Backend) {
     mirrored(&app).await;
     let a = "@alice:localhost";
     let edit = |id: &str, sender: &str, target: &str, body: &str, ts: u64| {
-        ev::at(
-            ev::base(
-                "m.room.message",
-                id,
-                sender,
-                json!({
-                    "msgtype": "m.text", "body": format!("* {body}"),
-                    "m.new_content": { "msgtype": "m.text", "body": body },
-                    "m.relates_to": { "rel_type": "m.replace", "event_id": target },
-                }),
-            ),
-            ts,
-        )
+        ev::at(ev::edit(id, sender, target, body), ts)
     };
     assert_eq!(
         app.put_txn(

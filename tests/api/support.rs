@@ -579,6 +579,19 @@ pub mod ev {
             json!({ "membership": membership }),
         )
     }
+    /// An edit (`m.replace`) of `target` (a full event id) by `sender`, to `body`.
+    pub fn edit(id: &str, sender: &str, target: &str, body: &str) -> Value {
+        base(
+            "m.room.message",
+            id,
+            sender,
+            json!({
+                "msgtype": "m.text", "body": format!("* {body}"),
+                "m.new_content": { "msgtype": "m.text", "body": body },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": target },
+            }),
+        )
+    }
     pub fn text(id: &str, sender: &str, body: &str) -> Value {
         base(
             "m.room.message",
