@@ -221,6 +221,7 @@ impl AgentRegistry {
             instructions: row.system_instructions.clone(),
             agent_instructions: row.instructions.clone(),
             context_events: row.context_events.map_or(20, |n| n.clamp(0, 200) as u32),
+            context_chars: row.context_chars.map(|n| n.clamp(0, 1_000_000) as u32),
             failure_notice: row.failure_notice.map_or(!webhook, |f| f != 0),
             message_kind: kind(row.message_type.as_deref())
                 .or(kind(row.blueprint_message_type.as_deref()))

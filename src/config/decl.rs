@@ -43,6 +43,10 @@ pub struct BlueprintDecl {
     /// How many recent room events the runtime gets as context.
     #[serde(default = "default_context_events")]
     pub context_events: u32,
+    /// At most this many characters of room history (the oldest turns are dropped first, never
+    /// the messages the agent answers); none: no bound beyond `context_events`.
+    #[serde(default)]
+    pub context_chars: Option<u32>,
     /// Post one short notice in the room when a run fails (default: on, off for `webhook`).
     #[serde(default)]
     pub failure_notice: Option<bool>,

@@ -169,6 +169,12 @@ impl Config {
 
     fn validate_declarations(&self) -> Result<(), ConfigError> {
         for b in &self.blueprints {
+            if b.context_chars.is_some_and(|n| n > 1_000_000) {
+                return Err(invalid(
+                    "blueprints.context_chars",
+                    format!("blueprint `{}`: context_chars must be 0 to 1000000", b.code),
+                ));
+            }
             match b.runtime {
                 RuntimeKind::Openai if b.openai.is_none() => {
                     return Err(invalid(

@@ -49,6 +49,8 @@ pub struct BlueprintRow {
     pub system_instructions: Option<String>,
     /// Events of room history given to the runtime.
     pub context_events: Option<i32>,
+    /// Characters of room history given to the runtime at most.
+    pub context_chars: Option<i32>,
     /// Whether a failed run posts a notice.
     pub failure_notice: Option<bool>,
     /// `notice | text`.
@@ -74,6 +76,8 @@ pub struct BlueprintPut {
     pub system_instructions: Option<String>,
     /// Events of room history given to the runtime.
     pub context_events: Option<i32>,
+    /// Characters of room history given to the runtime at most.
+    pub context_chars: Option<i32>,
     /// Whether a failed run posts a notice.
     pub failure_notice: Option<bool>,
     /// `notice | text`.
@@ -145,7 +149,7 @@ pub struct AgentPut {
 }
 
 const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, b.model, x.runtime, x.settings, \
-     x.system_instructions, x.context_events, x.failure_notice, x.message_type, x.source \
+     x.system_instructions, x.context_events, x.context_chars, x.failure_notice, x.message_type, x.source \
      FROM agent_blueprints b LEFT JOIN bridge_blueprints x ON x.blueprint_id = b.id";
 
 const AGENT_COLS: &str = "SELECT a.id, a.external_id, a.name, a.kind, m.external_id AS microdao, \
@@ -263,9 +267,11 @@ impl CatalogStore {
             .await?;
             sqlx::query(
                 "INSERT INTO bridge_blueprints (blueprint_id, runtime, settings, system_instructions, context_events, \
-                 failure_notice, message_type, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'admin', $8) \
+                 failure_notice, message_type, source, updated_at, context_chars) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'admin', $8, $9) \
                  ON CONFLICT (blueprint_id) DO UPDATE SET runtime = excluded.runtime, settings = excluded.settings, \
                  system_instructions = excluded.system_instructions, context_events = excluded.context_events, \
+                 context_chars = excluded.context_chars, \
                  failure_notice = excluded.failure_notice, message_type = excluded.message_type, \
                  source = 'admin', updated_at = excluded.updated_at",
             )
@@ -277,6 +283,7 @@ impl CatalogStore {
             .bind(b.failure_notice)
             .bind(&b.message_type)
             .bind(Ts::now())
+            .bind(b.context_chars)
             .execute(&mut *tx)
             .await?;
             tx.append_audit(&[entry]).await?;

@@ -35,6 +35,8 @@ pub struct StoredAgent {
     pub system_instructions: Option<String>,
     /// `bridge_blueprints.context_events`.
     pub context_events: Option<i32>,
+    /// `bridge_blueprints.context_chars`.
+    pub context_chars: Option<i32>,
     /// `bridge_blueprints.failure_notice` (0/1).
     pub failure_notice: Option<i32>,
     /// `bridge_blueprints.message_type`.
@@ -117,7 +119,7 @@ impl AgentStore {
         let raws: Vec<RawStoredAgent> = both!(self.store, pool => sqlx::query_as(
             "SELECT a.id, a.external_id, a.matrix_id, a.name, a.kind, a.microdao_id, b.code AS blueprint, \
              b.model AS blueprint_model, bb.runtime, CAST(bb.settings AS TEXT) AS settings, bb.system_instructions, \
-             bb.context_events, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
+             bb.context_events, bb.context_chars, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
              AS failure_notice, bb.message_type AS blueprint_message_type, \
              CASE WHEN ba.active IS NULL OR ba.active THEN 1 ELSE 0 END AS active, ba.instructions, ba.model, \
              ba.idle_after_seconds, ba.respond, ba.message_type, ba.avatar \

@@ -61,6 +61,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000008_hot_edits.up.sql"),
         include_str!("../../migrations/postgres/000008_hot_edits.down.sql"),
     ),
+    (
+        9,
+        "context_budget",
+        include_str!("../../migrations/postgres/000009_context_budget.up.sql"),
+        include_str!("../../migrations/postgres/000009_context_budget.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -111,6 +117,12 @@ const SQLITE: &[Step] = &[
         "hot_edits",
         include_str!("../../migrations/sqlite/000008_hot_edits.up.sql"),
         include_str!("../../migrations/sqlite/000008_hot_edits.down.sql"),
+    ),
+    (
+        9,
+        "context_budget",
+        include_str!("../../migrations/sqlite/000009_context_budget.up.sql"),
+        include_str!("../../migrations/sqlite/000009_context_budget.down.sql"),
     ),
 ];
 

@@ -319,6 +319,17 @@ impl RunStore {
         .await?))
     }
 
+    /// Records how many turns of the run's context its character budget dropped.
+    pub async fn set_context_cut(&self, id: RunId, cut: i32) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query("UPDATE agent_runs SET context_cut = $2 WHERE id = $1")
+            .bind(id)
+            .bind(cut)
+            .execute(pool)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
     /// Records the answer's event as soon as it exists (the agent→agent chain looks it up).
     pub async fn set_reply(&self, id: RunId, event_id: &str) -> Result<(), StoreError> {
         both!(self.store, pool => sqlx::query("UPDATE agent_runs SET reply_event_id = $2 WHERE id = $1")

@@ -172,9 +172,11 @@ impl Store {
         }
         both!(self, pool => sqlx::query(
             "INSERT INTO bridge_blueprints (blueprint_id, runtime, settings, system_instructions, context_events, \
-             failure_notice, message_type, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'config', $8) \
+             failure_notice, message_type, source, updated_at, context_chars) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'config', $8, $9) \
              ON CONFLICT (blueprint_id) DO UPDATE SET runtime = excluded.runtime, settings = excluded.settings, \
              system_instructions = excluded.system_instructions, context_events = excluded.context_events, \
+             context_chars = excluded.context_chars, \
              failure_notice = excluded.failure_notice, message_type = excluded.message_type, updated_at = excluded.updated_at \
              WHERE bridge_blueprints.source = 'config'",
         )
@@ -186,6 +188,7 @@ impl Store {
         .bind(b.failure_notice)
         .bind(kind_name(b.message_type))
         .bind(Ts::now())
+        .bind(b.context_chars.map(|n| n as i32))
         .execute(pool)
         .await
         .map(|_| ())?);

@@ -50,8 +50,10 @@ pub struct Behaviour {
     pub instructions: Option<String>,
     /// The agent's own instructions, added to the blueprint's.
     pub agent_instructions: Option<String>,
-    /// Recent room events the runtime gets.
+    /// Recent room messages the runtime gets.
     pub context_events: u32,
+    /// Characters of room history the runtime gets at most (none: no bound).
+    pub context_chars: Option<u32>,
     /// Whether a failed run posts a notice.
     pub failure_notice: bool,
     /// What it sends by default.
@@ -73,6 +75,7 @@ impl Default for Behaviour {
             instructions: None,
             agent_instructions: None,
             context_events: 20,
+            context_chars: None,
             failure_notice: true,
             message_kind: MessageKind::Notice,
             avatar: None,

@@ -56,6 +56,11 @@ pub(super) async fn request(
     {
         said.insert(0, message);
     }
+    let answered: Vec<&ruma::EventId> = triggers.iter().map(|t| &*t.event_id).collect();
+    let context_cut = match b.context_chars {
+        Some(budget) => history::within_budget(&mut said, budget as usize, &answered),
+        None => 0,
+    };
     let context: Vec<Turn> = said
         .into_iter()
         .map(|said| Turn {
@@ -102,5 +107,6 @@ pub(super) async fn request(
             })
             .collect(),
         context,
+        context_cut,
     })
 }

@@ -70,6 +70,12 @@ impl Runner {
                 );
             }
         };
+        if request.context_cut > 0 {
+            let cut = i32::try_from(request.context_cut).unwrap_or(i32::MAX);
+            if let Err(error) = self.store.runs().set_context_cut(id, cut).await {
+                tracing::warn!(run_id = %id, %error, "cannot record the context's cut");
+            }
+        }
         let runtime = runtime_for(&intent.agent().behaviour.runtime, &self.http);
         let (tx, rx) = mpsc::channel::<String>(256);
         let Some(last) = triggers.last() else {

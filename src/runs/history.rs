@@ -132,6 +132,24 @@ pub(super) fn conversation(
     said
 }
 
+/// Drops the oldest messages of `said` (oldest first) until their texts hold at most `budget`
+/// characters, never one of `answered` (the messages the run answers, whatever their size);
+/// returns how many were dropped.
+pub(super) fn within_budget(said: &mut Vec<Said>, budget: usize, answered: &[&EventId]) -> usize {
+    let mut total: usize = said.iter().map(|s| s.text.chars().count()).sum();
+    let before = said.len();
+    let mut kept = Vec::with_capacity(said.len());
+    for s in said.drain(..) {
+        if total > budget && !answered.contains(&&*s.event_id) {
+            total -= s.text.chars().count();
+            continue;
+        }
+        kept.push(s);
+    }
+    *said = kept;
+    before - said.len()
+}
+
 /// The one message `raw` is (with its own text, not an edit's), if it is one: the message a
 /// reply answers, read on its own when it is older than the window.
 pub(super) fn message(raw: &Raw<AnyTimelineEvent>) -> Option<Said> {

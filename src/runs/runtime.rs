@@ -45,6 +45,10 @@ pub struct RunRequest {
     /// The same, as turns (sender, name, text).
     #[serde(skip)]
     pub trigger_turns: Vec<Turn>,
+    /// Turns the blueprint's `context_chars` budget dropped from `context` (recorded with the
+    /// run, not sent).
+    #[serde(skip)]
+    pub context_cut: usize,
     /// The last events of the room, oldest first.
     pub context: Vec<Turn>,
 }

@@ -195,3 +195,58 @@ async fn a_long_streamed_answer_makes_a_bounded_number_of_edits(#[case] b: Backe
         "The answer is forty-two."
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_keeps_within_its_character_budget(#[case] b: Backend) {
+    // 60 characters at most (the blueprint's `context_chars`, seeded from the config): the
+    // oldest turns go first, never the question itself (which alone is longer than the
+    // budget), and the run records how many went.
+    let (model, url) = FakeModel::spawn("plain").await;
+    let app = TestApp::spawn_with(
+        b,
+        runtime_config(
+            "openai",
+            &format!("context_chars = 60\n[blueprints.openai]\nbase_url = \"{url}\"\n"),
+        ),
+    )
+    .await;
+    setup(&app).await;
+    app.hs.history.lock().unwrap().extend([
+        ev::text(
+            "q",
+            A,
+            "Sofia, a question longer than the whole budget of sixty characters?",
+        ),
+        ev::text("newer", A, "twenty characters!!!"),
+        ev::text("older", A, "an older message, thirty chars"),
+        ev::text("oldest", A, "the oldest message of them all"),
+    ]);
+    let question = "Sofia, a question longer than the whole budget of sixty characters?";
+    assert_eq!(
+        app.put_txn("1", vec![mention("q", question, &[ev::SOFIA])])
+            .await
+            .0,
+        200
+    );
+    wait_runs(&app, 1, "completed").await;
+    let req = model.requests.lock().unwrap()[0].clone();
+    let contents: Vec<&str> = req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        [format!("Alice Liddell: {question}").as_str()],
+        "{req}"
+    );
+    let cut = app
+        .rows("SELECT CAST(context_cut AS TEXT) FROM agent_runs")
+        .await;
+    assert_eq!(cut[0][0].as_deref(), Some("3"));
+}

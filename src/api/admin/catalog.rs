@@ -168,6 +168,7 @@ pub struct BlueprintBody {
     settings: Option<serde_json::Value>,
     instructions: Option<String>,
     context_events: Option<i32>,
+    context_chars: Option<i32>,
     failure_notice: Option<bool>,
     message_type: Option<String>,
 }
@@ -241,6 +242,13 @@ pub async fn put_blueprint(
             "`context_events` must be 0 to 200",
         ));
     }
+    if let Some(n) = b.context_chars
+        && !(0..=1_000_000).contains(&n)
+    {
+        return Err(MatrixError::invalid_param(
+            "`context_chars` must be 0 to 1000000",
+        ));
+    }
     one_of(
         "message_type",
         b.message_type.as_deref(),
@@ -254,6 +262,7 @@ pub async fn put_blueprint(
         settings,
         system_instructions: b.instructions,
         context_events: b.context_events,
+        context_chars: b.context_chars,
         failure_notice: b.failure_notice,
         message_type: b.message_type,
     };

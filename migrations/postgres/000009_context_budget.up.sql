@@ -1,0 +1,3 @@
+-- Issue #23: a per-blueprint budget of context characters, and what a run's context lost to it.
+ALTER TABLE bridge_blueprints ADD COLUMN context_chars integer CHECK (context_chars BETWEEN 0 AND 1000000);
+ALTER TABLE agent_runs ADD COLUMN context_cut integer;
