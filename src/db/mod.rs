@@ -323,11 +323,11 @@ impl Store {
     /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         let applied = match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::apply(writer, batch, self.events).await,
-            (Pool::Pg(pool), None) => write::pg::apply(pool, batch, self.events).await,
+            (_, Some(writer)) => write::apply_pg(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::apply_pg(pool, batch, self.events).await,
             (Pool::Sqlite(pool), None) => {
                 let _writer = self.write_lock.lock().await;
-                write::sqlite::apply(pool, batch, self.events).await
+                write::apply_sqlite(pool, batch, self.events).await
             }
         }?;
         if applied {
@@ -343,9 +343,9 @@ impl Store {
     #[doc(hidden)]
     pub async fn explain_apply(&self, batch: &Batch) -> Result<String, StoreError> {
         match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::explain(writer, batch, self.events).await,
-            (Pool::Pg(pool), None) => write::pg::explain(pool, batch, self.events).await,
-            (Pool::Sqlite(pool), None) => write::sqlite::explain(pool).await,
+            (_, Some(writer)) => write::explain_pg(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::explain_pg(pool, batch, self.events).await,
+            (Pool::Sqlite(pool), None) => write::explain_sqlite(pool).await,
         }
     }
 

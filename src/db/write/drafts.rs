@@ -74,13 +74,21 @@ fn sender_type(p: Party) -> SenderType {
     }
 }
 
-/// The key of a membership row.
-pub(super) fn member_key(channel: ChannelId, party: Party) -> String {
-    let who = match party {
+/// The id of a person or an agent, as `channel_members` stores either.
+pub(super) fn party_uuid(party: Party) -> uuid::Uuid {
+    match party {
         Party::User(u) => u.0,
         Party::Agent(a) => a.0,
-    };
-    format!("{}:{}", channel.0.hyphenated(), who.hyphenated())
+    }
+}
+
+/// The key of a membership row.
+pub(super) fn member_key(channel: ChannelId, party: Party) -> String {
+    format!(
+        "{}:{}",
+        channel.0.hyphenated(),
+        party_uuid(party).hyphenated()
+    )
 }
 
 pub(super) fn message_created(m: &NewMessage) -> Draft {

@@ -1,35 +1,32 @@
-//! PostgreSQL: the batch's events, appended by the same statement as the changes they describe.
-//! Drafts built in Rust are bound as arrays and kept only where the CTE they depend on returned
-//! a row (a duplicate message, an edit of an unknown message, a member already joined publish
-//! nothing); session changes are built from the session CTEs' rows, since whether a status
-//! changed is only known there. Sequence numbers come from `outbox_partitions` as in
-//! `db::events`.
+//! `outbox_events`: the events the batch publishes, appended in its commit. Drafts are built in
+//! Rust from the batch (`write::drafts`) and kept only where the write they describe happened:
+//! SQLite's stages keep them as their statements report; on PostgreSQL, drafts are bound as
+//! arrays and joined to the `RETURNING` rows of the CTE each depends on (a duplicate message, an
+//! edit of an unknown message, a member already joined publish nothing), with the events other
+//! stages built in SQL added (`Statement::event_rows`). Sequence numbers come from
+//! `outbox_partitions` as in `db::events`. Last in the pipeline: it reads every other stage.
 
-use super::{
-    events::{Drafted, Witness, pg_drafts},
-    statement::Statement,
+use crate::db::{
+    Batch, StoreError,
+    events::AppendEvents,
+    write::{
+        Stage,
+        drafts::{Drafted, Witness, pg_drafts},
+        pg::Statement,
+        sqlite::Write,
+    },
 };
-use crate::{
-    db::{Batch, StoreError},
-    model::topics::{PAYLOAD_VERSION, Topic},
+
+/// The stage.
+pub(in crate::db::write) const STAGE: Stage = Stage {
+    pg,
+    sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
-/// RFC 3339 UTC with milliseconds, as the Rust payloads write timestamps.
-fn ts(col: &str) -> String {
-    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
-}
-
-/// A session row's payload.
-fn session_payload(r: &str) -> String {
-    format!(
-        "jsonb_build_object('v', {PAYLOAD_VERSION}, 'session_id', {r}.id, 'agent_id', {r}.agent_id, \
-         'channel_id', {r}.channel_id, 'status', {r}.status, 'last_activity_at', {la}, 'closed_at', {ca})",
-        la = ts(&format!("{r}.last_activity_at")),
-        ca = ts(&format!("{r}.closed_at")),
-    )
-}
-
-pub(super) fn events(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+    if !s.events {
+        return Ok(());
+    }
     let drafts: Vec<Drafted> = pg_drafts(b)
         .into_iter()
         .filter(|d| s.has(cte_of(d.witness)))
@@ -60,28 +57,7 @@ pub(super) fn events(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             branches.push(branch(d.witness));
         }
     }
-    // Session changes: a session turned active when the upsert inserted it or it was not active
-    // in the statement's snapshot (which every CTE reads: `agent_sessions` below is the state
-    // before this statement); closes always change the status.
-    if s.has("sa") {
-        branches.push(format!(
-            "SELECT 1000000 + row_number() OVER () AS ord, gen_random_uuid() AS id, '{t}' AS t, \
-             r.channel_id::text AS pk, {p} AS p FROM sa r LEFT JOIN agent_sessions o ON o.id = r.id \
-             WHERE o.id IS NULL OR o.status <> 'active'",
-            t = Topic::SessionChanged.as_str(),
-            p = session_payload("r"),
-        ));
-    }
-    for close in ["sc", "sx"] {
-        if s.has(close) {
-            branches.push(format!(
-                "SELECT 2000000 + row_number() OVER () AS ord, gen_random_uuid() AS id, '{t}' AS t, \
-                 r.channel_id::text AS pk, {p} AS p FROM {close} r",
-                t = Topic::SessionChanged.as_str(),
-                p = session_payload("r"),
-            ));
-        }
-    }
+    branches.append(&mut s.event_rows);
     if branches.is_empty() {
         return Ok(());
     }
@@ -163,4 +139,12 @@ fn branch(w: Witness) -> String {
     format!(
         "SELECT d.ord, d.id, d.t, {pk} AS pk, {payload} AS p FROM dv d {join} WHERE d.w = '{tag}'"
     )
+}
+
+/// Appends the drafts the other stages kept (`db::events` numbers them per partition).
+async fn sqlite(w: &mut Write, _: &Batch) -> Result<(), sqlx::Error> {
+    match &w.events {
+        Some(drafts) => w.tx.append_events(drafts).await,
+        None => Ok(()),
+    }
 }
