@@ -4,7 +4,6 @@
 //! data-modifying CTEs (`pg.rs`: one round trip, autocommitted), SQLite runs cached prepared
 //! statements inside one `BEGIN IMMEDIATE` (`sqlite.rs`).
 
-mod drafts;
 mod pg;
 mod sqlite;
 mod stages;

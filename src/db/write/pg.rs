@@ -14,7 +14,10 @@ use sqlx::{
     postgres::{PgArguments, PgHasArrayType},
 };
 
-use crate::db::{Batch, StoreError};
+use crate::{
+    db::{Batch, StoreError},
+    model::{Ts, topics::Draft},
+};
 
 /// The batch's statement under construction: SQL text plus its bound arguments.
 pub(super) struct Statement {
@@ -26,12 +29,53 @@ pub(super) struct Statement {
     pub(super) gate: &'static str,
     /// Whether the batch's changes are published as events (the CTEs then return their rows).
     pub(super) events: bool,
-    /// The CTEs written so far.
-    ctes: Vec<&'static str>,
+    /// The batch's time, for the event payloads drafted in Rust.
+    pub(super) now: Ts,
+    /// The events drafted by the stages so far, in the order a consumer should see them within
+    /// a channel; the events stage keeps those their witnesses confirm.
+    pub(super) drafts: Vec<Drafted>,
     /// Events built in SQL from a stage's `RETURNING` rows (session changes, whose status
     /// change is only known there): `SELECT`s of `(ord, id, t, pk, p)` the events stage adds
     /// to the drafts it keeps.
     pub(super) event_rows: Vec<String>,
+}
+
+/// Which CTE's rows confirm a draft, and how they match its key: a duplicate message inserts
+/// no row, an edit of an unknown message updates none, and then the draft is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Witness {
+    /// The tag the statement filters drafts by (one per witness).
+    pub(super) tag: &'static str,
+    /// The CTE whose `RETURNING` rows confirm the draft.
+    pub(super) cte: &'static str,
+    /// How a row matches the draft's key.
+    pub(super) key: Key,
+}
+
+/// What a draft's key is, in the witness's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Key {
+    /// The row's `id` (messages, channels).
+    Id,
+    /// The row's `matrix_event_id` (edits, redactions); the row supplies the channel and
+    /// message ids the draft does not know.
+    EventId,
+    /// `channel_id:who` of a membership row, and when set, this column of the row must equal
+    /// the draft's `at` (the period the draft describes started or ended in this batch).
+    Member(Option<&'static str>),
+}
+
+/// A draft and the write it depends on.
+#[derive(Debug)]
+pub(super) struct Drafted {
+    /// The write.
+    pub(super) witness: Witness,
+    /// How the witness's rows are matched.
+    pub(super) key: String,
+    /// The membership timestamp a member witness must show.
+    pub(super) at: Option<Ts>,
+    /// The event.
+    pub(super) draft: Draft,
 }
 
 impl Statement {
@@ -48,7 +92,12 @@ impl Statement {
             params: 0,
             gate: "",
             events,
-            ctes: Vec::new(),
+            now: Ts::now(),
+            drafts: if events {
+                Vec::with_capacity(b.messages.len() + b.edits.len() + b.redactions.len())
+            } else {
+                Vec::new()
+            },
             event_rows: Vec::new(),
         }
     }
@@ -99,14 +148,18 @@ impl Statement {
         }
     }
 
-    /// Whether a CTE of this name was written (a stage with no rows writes none).
-    pub(super) fn has(&self, name: &str) -> bool {
-        self.ctes.contains(&name)
+    /// Drafts an event that `witness` must confirm.
+    pub(super) fn draft(&mut self, witness: Witness, key: String, at: Option<Ts>, draft: Draft) {
+        self.drafts.push(Drafted {
+            witness,
+            key,
+            at,
+            draft,
+        });
     }
 
     /// Appends the CTE `name AS (body)`.
-    pub(super) fn cte(&mut self, name: &'static str, body: &str) {
-        self.ctes.push(name);
+    pub(super) fn cte(&mut self, name: &str, body: &str) {
         self.sql
             .push_str(if self.sql.is_empty() { "WITH " } else { ", " });
         self.sql.push_str(name);

@@ -2,9 +2,19 @@
 //! state (where the name came from, power levels, when the state was last read in full).
 //! Publishes `channel.created` / `channel.updated` when the channel row changed.
 
-use crate::db::{
-    Batch, ChannelWrite, Party, StoreError,
-    write::{Stage, drafts, pg::Statement, sqlite::Write},
+use crate::{
+    db::{
+        Batch, ChannelWrite, Party, StoreError,
+        write::{
+            Stage,
+            pg::{Key, Statement, Witness},
+            sqlite::Write,
+        },
+    },
+    model::{
+        Ts,
+        topics::{ChannelChanged, Draft, PAYLOAD_VERSION, Topic, channel_partition},
+    },
 };
 
 /// The stage.
@@ -26,6 +36,43 @@ const ROOM_CONFLICT: &str = "ON CONFLICT (channel_id) DO UPDATE SET name_source 
      visibility_pinned = excluded.visibility_pinned, power_levels = excluded.power_levels, \
      state_synced_at = COALESCE(excluded.state_synced_at, bridge_rooms.state_synced_at), \
      is_direct = excluded.is_direct, canonical_alias = excluded.canonical_alias";
+
+/// PostgreSQL: a `channel.created` event is kept when the insert (`ch`) returned the channel.
+const CREATED: Witness = Witness {
+    tag: "cc",
+    cte: "ch",
+    key: Key::Id,
+};
+/// PostgreSQL: a `channel.updated` event is kept when the update (`chu`) changed the channel.
+const UPDATED: Witness = Witness {
+    tag: "cu",
+    cte: "chu",
+    key: Key::Id,
+};
+
+/// The event of a channel created or changed.
+fn changed(c: &ChannelWrite, at: Ts) -> Draft {
+    let created = c.create.as_ref();
+    Draft::new(
+        if created.is_some() {
+            Topic::ChannelCreated
+        } else {
+            Topic::ChannelUpdated
+        },
+        channel_partition(c.channel_id),
+        &ChannelChanged {
+            v: PAYLOAD_VERSION,
+            channel_id: c.channel_id,
+            matrix_room_id: c.room_id.as_str(),
+            microdao_id: created.map(|c| c.microdao_id),
+            slug: created.map(|c| c.slug.as_str()),
+            name: c.name.as_str(),
+            topic: c.topic.as_deref(),
+            visibility: c.visibility,
+            at,
+        },
+    )
+}
 
 fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
@@ -61,7 +108,7 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                 .collect(),
         )?;
         s.cte(
-            "ch",
+            CREATED.cte,
             &format!(
                 "{INSERT} \
                  SELECT x.id, x.slug, x.name, x.dao, x.room, x.vis, x.topic, x.bu, x.ba, now(), now() \
@@ -80,7 +127,7 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         let topics = s.arrays(updated.iter().map(|c| c.topic.clone()).collect())?;
         let vis = s.arrays(updated.iter().map(|c| c.visibility).collect())?;
         s.cte(
-            "chu",
+            UPDATED.cte,
             &format!(
                 "UPDATE channels c SET name = x.name, topic = x.topic, visibility = x.vis, updated_at = now() \
                  FROM unnest({ids}::uuid[], {names}::text[], {topics}::text[], {vis}::text[]) AS x(id, name, topic, vis) \
@@ -114,13 +161,20 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             ),
         );
     }
+    if s.events {
+        for c in &b.channels {
+            let witness = if c.create.is_some() { CREATED } else { UPDATED };
+            let draft = changed(c, s.now);
+            s.draft(witness, channel_partition(c.channel_id), None, draft);
+        }
+    }
     Ok(())
 }
 
 async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     let now = w.now;
     for c in &b.channels {
-        let changed = match &c.create {
+        let written = match &c.create {
             Some(create) => {
                 sqlx::query(&format!(
                     "{INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) {INSERT_CONFLICT}"
@@ -155,9 +209,9 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
             }
         };
         if let Some(ev) = &mut w.events
-            && changed > 0
+            && written > 0
         {
-            ev.push(drafts::channel_changed(c, now));
+            ev.push(changed(c, now));
         }
         sqlx::query(&format!(
             "{ROOM} VALUES ($1, $2, $3, $4, $5, $6, $7) {ROOM_CONFLICT}"

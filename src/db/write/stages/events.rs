@@ -1,18 +1,18 @@
-//! `outbox_events`: the events the batch publishes, appended in its commit. Drafts are built in
-//! Rust from the batch (`write::drafts`) and kept only where the write they describe happened:
-//! SQLite's stages keep them as their statements report; on PostgreSQL, drafts are bound as
-//! arrays and joined to the `RETURNING` rows of the CTE each depends on (a duplicate message, an
-//! edit of an unknown message, a member already joined publish nothing), with the events other
-//! stages built in SQL added (`Statement::event_rows`). Sequence numbers come from
-//! `outbox_partitions` as in `db::events`. Last in the pipeline: it reads every other stage.
+//! `outbox_events`: the events the batch publishes, appended in its commit. Each stage drafts
+//! the events of its rows in Rust and keeps only those whose write happened (a duplicate
+//! message, an edit of an unknown message, a member already joined publish nothing). SQLite's
+//! stages keep them as their statements report, and this stage appends them. On PostgreSQL the
+//! drafts are bound as arrays here and joined to the `RETURNING` rows of the CTE each depends
+//! on (its [`Witness`]), with the events other stages built in SQL added
+//! (`Statement::event_rows`). Sequence numbers come from `outbox_partitions` as in
+//! `db::events`. Last in the pipeline: it reads what every other stage wrote.
 
 use crate::db::{
     Batch, StoreError,
     events::AppendEvents,
     write::{
         Stage,
-        drafts::{Drafted, Witness, pg_drafts},
-        pg::Statement,
+        pg::{Drafted, Key, Statement, Witness},
         sqlite::Write,
     },
 };
@@ -23,17 +23,16 @@ pub(in crate::db::write) const STAGE: Stage = Stage {
     sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+fn pg(s: &mut Statement, _: &Batch) -> Result<(), StoreError> {
     if !s.events {
         return Ok(());
     }
-    let drafts: Vec<Drafted> = pg_drafts(b)
-        .into_iter()
-        .filter(|d| s.has(cte_of(d.witness)))
-        .collect();
+    // Each stage drafted its rows' events with the CTE that writes them, so every witness
+    // named here exists.
+    let drafts: Vec<Drafted> = std::mem::take(&mut s.drafts);
     let mut branches: Vec<String> = Vec::new();
     if !drafts.is_empty() {
-        let tags = s.arrays(drafts.iter().map(|d| d.witness.tag()).collect())?;
+        let tags = s.arrays(drafts.iter().map(|d| d.witness.tag).collect())?;
         let keys = s.arrays(drafts.iter().map(|d| d.key.as_str()).collect())?;
         let ats = s.arrays(drafts.iter().map(|d| d.at).collect())?;
         let ids = s.arrays(drafts.iter().map(|d| d.draft.id).collect())?;
@@ -85,55 +84,29 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The CTE a witness reads.
-fn cte_of(w: Witness) -> &'static str {
-    match w {
-        Witness::Message => "mi",
-        Witness::Edit => "ed",
-        Witness::Redaction => "rd",
-        Witness::ChannelCreated => "ch",
-        Witness::ChannelUpdated => "chu",
-        Witness::Joined { agent: false } | Witness::JoinedThenLeft { agent: false } => "mju",
-        Witness::Joined { agent: true } | Witness::JoinedThenLeft { agent: true } => "mja",
-        Witness::Left { agent: false } => "mjul",
-        Witness::Left { agent: true } => "mjal",
-    }
-}
-
-/// The drafts of one witness kind that its CTE's rows confirm.
+/// The drafts of one witness that its CTE's rows confirm.
 fn branch(w: Witness) -> String {
-    let tag = w.tag();
-    let cte = cte_of(w);
-    let (join, pk, payload) = match w {
-        Witness::Message | Witness::ChannelCreated | Witness::ChannelUpdated => (
+    let Witness { tag, cte, key } = w;
+    let (join, pk, payload) = match key {
+        Key::Id => (
             format!("JOIN {cte} r ON r.id::text = d.k"),
             "d.pk",
-            "d.p::jsonb".to_owned(),
+            "d.p::jsonb",
         ),
-        Witness::Edit | Witness::Redaction => (
+        Key::EventId => (
             format!("JOIN {cte} r ON r.matrix_event_id = d.k"),
             "r.channel_id::text",
-            "d.p::jsonb || jsonb_build_object('channel_id', r.channel_id, 'message_id', r.id)"
-                .to_owned(),
+            "d.p::jsonb || jsonb_build_object('channel_id', r.channel_id, 'message_id', r.id)",
         ),
-        Witness::Joined { .. } => (
+        Key::Member(at) => (
             format!(
-                "JOIN {cte} r ON r.channel_id::text || ':' || r.who::text = d.k AND r.joined_at = d.at"
+                "JOIN {cte} r ON r.channel_id::text || ':' || r.who::text = d.k{at}",
+                at = at
+                    .map(|col| format!(" AND r.{col} = d.at"))
+                    .unwrap_or_default()
             ),
             "d.pk",
-            "d.p::jsonb".to_owned(),
-        ),
-        Witness::JoinedThenLeft { .. } => (
-            format!(
-                "JOIN {cte} r ON r.channel_id::text || ':' || r.who::text = d.k AND r.left_at = d.at"
-            ),
-            "d.pk",
-            "d.p::jsonb".to_owned(),
-        ),
-        Witness::Left { .. } => (
-            format!("JOIN {cte} r ON r.channel_id::text || ':' || r.who::text = d.k"),
-            "d.pk",
-            "d.p::jsonb".to_owned(),
+            "d.p::jsonb",
         ),
     };
     format!(

@@ -4,10 +4,18 @@
 
 use crate::{
     db::{
-        Batch, MemberWrite, StoreError,
-        write::{Stage, drafts, pg::Statement, sqlite::Write},
+        Batch, MemberWrite, Party, StoreError,
+        write::{
+            Stage,
+            pg::{Key, Statement, Witness},
+            sqlite::Write,
+        },
     },
-    model::{Ts, topics::Topic},
+    model::{
+        Ts,
+        ids::ChannelId,
+        topics::{Draft, MemberChanged, PAYLOAD_VERSION, Topic, channel_partition},
+    },
 };
 
 /// The stage.
@@ -16,13 +24,104 @@ pub(in crate::db::write) const STAGE: Stage = Stage {
     sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
-/// The column that holds a member of this kind.
-fn column(agent: bool) -> &'static str {
-    if agent {
-        "member_agent_id"
+/// Where members of one kind (people, agents) are written, and on PostgreSQL which CTE
+/// confirms each of their events.
+struct Kind {
+    /// The column that holds the member.
+    col: &'static str,
+    /// A join started a membership period at the draft's time (the join upsert, whose CTE this
+    /// names, returned that `joined_at`).
+    joined: Witness,
+    /// A join followed by a leave in the batch stored that `left_at`.
+    joined_then_left: Witness,
+    /// A leave ended a membership (the leave update, whose CTE this names, returned the row).
+    left: Witness,
+}
+
+/// People.
+const PEOPLE: Kind = Kind {
+    col: "member_user_id",
+    joined: Witness {
+        tag: "ju",
+        cte: "mju",
+        key: Key::Member(Some("joined_at")),
+    },
+    joined_then_left: Witness {
+        tag: "jlu",
+        cte: "mju",
+        key: Key::Member(Some("left_at")),
+    },
+    left: Witness {
+        tag: "lu",
+        cte: "mjul",
+        key: Key::Member(None),
+    },
+};
+
+/// Agents.
+const AGENTS: Kind = Kind {
+    col: "member_agent_id",
+    joined: Witness {
+        tag: "ja",
+        cte: "mja",
+        key: Key::Member(Some("joined_at")),
+    },
+    joined_then_left: Witness {
+        tag: "jla",
+        cte: "mja",
+        key: Key::Member(Some("left_at")),
+    },
+    left: Witness {
+        tag: "la",
+        cte: "mjal",
+        key: Key::Member(None),
+    },
+};
+
+/// The kind of a member.
+fn kind(party: Party) -> &'static Kind {
+    if party.agent().is_some() {
+        &AGENTS
     } else {
-        "member_user_id"
+        &PEOPLE
     }
+}
+
+/// The id of a person or an agent, as `channel_members` stores either.
+fn party_uuid(party: Party) -> uuid::Uuid {
+    match party {
+        Party::User(u) => u.0,
+        Party::Agent(a) => a.0,
+    }
+}
+
+/// How PostgreSQL's event rows name a membership: `channel:member`.
+fn key(channel: ChannelId, party: Party) -> String {
+    format!(
+        "{}:{}",
+        channel.0.hyphenated(),
+        party_uuid(party).hyphenated()
+    )
+}
+
+/// The event of a member who joined or left at `at`.
+fn changed(m: &MemberWrite, topic: Topic, at: Ts) -> Draft {
+    Draft::new(
+        topic,
+        channel_partition(m.channel_id),
+        &MemberChanged {
+            v: PAYLOAD_VERSION,
+            channel_id: m.channel_id,
+            member_type: match m.party {
+                Party::User(_) => "user",
+                Party::Agent(_) => "agent",
+            },
+            user_id: m.party.user(),
+            agent_id: m.party.agent(),
+            role: m.role,
+            at,
+        },
+    )
 }
 
 /// A join, both dialects: `INSERT INTO channel_members (…)` and, after the rows, the conflict
@@ -40,8 +139,8 @@ fn join(col: &str) -> (String, String) {
 
 fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
-    for (agents, name, leave) in [(false, "mju", "mjul"), (true, "mja", "mjal")] {
-        let col = column(agents);
+    for (agents, k) in [(false, &PEOPLE), (true, &AGENTS)] {
+        let col = k.col;
         let of_kind = |m: &&MemberWrite| m.party.agent().is_some() == agents;
         let joins: Vec<&MemberWrite> = b
             .members
@@ -52,13 +151,13 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         if !joins.is_empty() {
             let ids = s.arrays(joins.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
             let chans = s.arrays(joins.iter().map(|m| m.channel_id).collect())?;
-            let who = s.arrays(joins.iter().map(|m| drafts::party_uuid(m.party)).collect())?;
+            let who = s.arrays(joins.iter().map(|m| party_uuid(m.party)).collect())?;
             let roles = s.arrays(joins.iter().map(|m| m.role).collect())?;
             let joined = s.arrays(joins.iter().map(|m| m.joined_at).collect())?;
             let left = s.arrays(joins.iter().map(|m| m.left_at).collect())?;
             let (insert, conflict) = join(col);
             s.cte(
-                name,
+                k.joined.cte,
                 &format!(
                     "{insert} \
                      SELECT * FROM unnest({ids}::uuid[], {chans}::uuid[], {who}::uuid[], {roles}::text[], \
@@ -75,10 +174,10 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             .collect();
         if !leaves.is_empty() {
             let chans = s.arrays(leaves.iter().map(|m| m.channel_id).collect())?;
-            let who = s.arrays(leaves.iter().map(|m| drafts::party_uuid(m.party)).collect())?;
+            let who = s.arrays(leaves.iter().map(|m| party_uuid(m.party)).collect())?;
             let at = s.arrays(leaves.iter().map(|m| m.left_at).collect())?;
             s.cte(
-                leave,
+                k.left.cte,
                 &format!(
                     "UPDATE channel_members cm SET left_at = x.at \
                      FROM unnest({chans}::uuid[], {who}::uuid[], {at}::timestamptz[]) AS x(ch, who, at) \
@@ -101,14 +200,34 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             ),
         );
     }
+    if s.events {
+        // In the batch's order, whatever CTE writes the member.
+        for m in &b.members {
+            let (k, key) = (kind(m.party), key(m.channel_id, m.party));
+            match (m.joined_at, m.left_at) {
+                (Some(joined), left) => {
+                    let draft = changed(m, Topic::MemberJoined, joined);
+                    s.draft(k.joined, key.clone(), Some(joined), draft);
+                    if let Some(left) = left {
+                        let draft = changed(m, Topic::MemberLeft, left);
+                        s.draft(k.joined_then_left, key, Some(left), draft);
+                    }
+                }
+                (None, left) => {
+                    let draft = changed(m, Topic::MemberLeft, left.unwrap_or(s.now));
+                    s.draft(k.left, key, None, draft);
+                }
+            }
+        }
+    }
     Ok(())
 }
 
 async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     for m in &b.members {
-        let col = column(m.party.agent().is_some());
+        let col = kind(m.party).col;
         // Both id kinds are stored as hyphenated UUID text.
-        let who = drafts::party_uuid(m.party).hyphenated().to_string();
+        let who = party_uuid(m.party).hyphenated().to_string();
         if m.joined_at.is_some() {
             let (insert, conflict) = join(col);
             let row = sqlx::query(&format!(
@@ -128,10 +247,10 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
                 // A new membership period starts at this join; an active member's join time
                 // is kept, and then nothing happened.
                 if Some(joined) == m.joined_at {
-                    ev.push(drafts::member_changed(m, Topic::MemberJoined, joined));
+                    ev.push(changed(m, Topic::MemberJoined, joined));
                 }
                 if let Some(left) = left.filter(|l| Some(*l) == m.left_at) {
-                    ev.push(drafts::member_changed(m, Topic::MemberLeft, left));
+                    ev.push(changed(m, Topic::MemberLeft, left));
                 }
             }
         } else {
@@ -147,7 +266,7 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
             if let Some(ev) = &mut w.events
                 && left > 0
             {
-                ev.push(drafts::member_changed(
+                ev.push(changed(
                     m,
                     Topic::MemberLeft,
                     m.left_at.unwrap_or_else(Ts::now),

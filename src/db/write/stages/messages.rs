@@ -6,12 +6,20 @@ use sqlx::SqlitePool;
 
 use crate::{
     db::{
-        Batch, StoreError,
-        write::{Stage, drafts, pg::Statement, sqlite::Write},
+        Batch, Edit, NewMessage, Party, Redaction, StoreError,
+        write::{
+            Stage,
+            pg::{Key, Statement, Witness},
+            sqlite::Write,
+        },
     },
     model::{
-        Ts,
+        SenderType, Ts,
         ids::{ChannelId, MessageId},
+        topics::{
+            Draft, MessageCreated, MessageEdited, MessageRedacted, PAYLOAD_VERSION, Topic,
+            channel_partition,
+        },
     },
 };
 
@@ -26,6 +34,89 @@ pub(in crate::db::write) const STAGE: Stage = Stage {
 const INSERT: &str = "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_agent_id, \
      sender_type, content_preview, created_at, thread_root_event_id, edited_at, redacted_at)";
 const INSERT_CONFLICT: &str = "ON CONFLICT (matrix_event_id) DO NOTHING";
+
+/// PostgreSQL: a `message.created` event is kept when the insert (`mi`) returned the message.
+const CREATED: Witness = Witness {
+    tag: "m",
+    cte: "mi",
+    key: Key::Id,
+};
+/// PostgreSQL: a `message.edited` event is kept when the edit (`ed`) updated its target.
+const EDITED: Witness = Witness {
+    tag: "e",
+    cte: "ed",
+    key: Key::EventId,
+};
+/// PostgreSQL: a `message.redacted` event is kept when the redaction (`rd`) updated its target.
+const REDACTED: Witness = Witness {
+    tag: "r",
+    cte: "rd",
+    key: Key::EventId,
+};
+
+fn sender_type(p: Party) -> SenderType {
+    match p {
+        Party::User(_) => SenderType::Human,
+        Party::Agent(_) => SenderType::Agent,
+    }
+}
+
+/// The event of a new message.
+fn created(m: &NewMessage) -> Draft {
+    Draft::new(
+        Topic::MessageCreated,
+        channel_partition(m.channel_id),
+        &MessageCreated {
+            v: PAYLOAD_VERSION,
+            channel_id: m.channel_id,
+            message_id: m.id,
+            matrix_event_id: m.event_id.as_str(),
+            sender_type: sender_type(m.sender),
+            sender_user_id: m.sender.user(),
+            sender_agent_id: m.sender.agent(),
+            content_preview: m.preview.as_str(),
+            thread_root_event_id: m.thread_root.as_ref().map(|t| t.as_str()),
+            created_at: m.at,
+            edited_at: m.edited_at,
+            redacted_at: m.redacted_at,
+        },
+    )
+}
+
+/// An edit's event; `row` (message id, channel id) is known to SQLite, and merged from the
+/// `RETURNING` row by PostgreSQL. The partition is then the channel (empty until known).
+fn edited(e: &Edit, row: Option<(MessageId, ChannelId)>) -> Draft {
+    Draft::new(
+        Topic::MessageEdited,
+        row.map(|r| channel_partition(r.1)).unwrap_or_default(),
+        &MessageEdited {
+            v: PAYLOAD_VERSION,
+            channel_id: row.map(|r| r.1),
+            message_id: row.map(|r| r.0),
+            matrix_event_id: e.target.as_str(),
+            sender_type: sender_type(e.sender),
+            sender_user_id: e.sender.user(),
+            sender_agent_id: e.sender.agent(),
+            content_preview: e.preview.as_str(),
+            edited_at: e.at,
+        },
+    )
+}
+
+/// A redaction's event (see [`edited`] for `row`).
+fn redacted(r: &Redaction, row: Option<(MessageId, ChannelId)>) -> Draft {
+    Draft::new(
+        Topic::MessageRedacted,
+        row.map(|r| channel_partition(r.1)).unwrap_or_default(),
+        &MessageRedacted {
+            v: PAYLOAD_VERSION,
+            channel_id: row.map(|r| r.1),
+            message_id: row.map(|r| r.0),
+            matrix_event_id: r.target.as_str(),
+            redacted_at: r.at,
+        },
+    )
+}
 
 fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
@@ -46,7 +137,7 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         let edited = s.arrays(m.iter().map(|m| m.edited_at).collect())?;
         let redacted = s.arrays(m.iter().map(|m| m.redacted_at).collect())?;
         s.cte(
-            "mi",
+            CREATED.cte,
             &format!(
                 "{INSERT} \
                  SELECT x.id, x.ch, x.ev, x.u, x.a, CASE WHEN x.a IS NULL THEN 'human' ELSE 'agent' END, \
@@ -69,7 +160,7 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         // Only the original sender may edit, a redacted message stays redacted, and an older
         // edit never overwrites a newer one.
         s.cte(
-            "ed",
+            EDITED.cte,
             &format!(
                 "UPDATE messages m SET content_preview = x.p, edited_at = x.at \
                  FROM unnest({targets}::text[], {previews}::text[], {at}::timestamptz[], {users}::uuid[], \
@@ -86,7 +177,7 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         let targets = s.arrays(r.iter().map(|r| r.target.as_str()).collect())?;
         let at = s.arrays(r.iter().map(|r| r.at).collect())?;
         s.cte(
-            "rd",
+            REDACTED.cte,
             &format!(
                 "UPDATE messages m SET content_preview = '', redacted_at = x.at \
                  FROM unnest({targets}::text[], {at}::timestamptz[]) AS x(t, at) \
@@ -115,6 +206,26 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                  AND o.status <> 'cancelled' AND o.event_id <> ALL({targets}::text[]))"
             ),
         );
+    }
+    if s.events {
+        for m in &b.messages {
+            let key = m.id.0.hyphenated();
+            let key = key
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned();
+            s.draft(CREATED, key, None, created(m));
+        }
+        for e in &b.edits {
+            s.draft(EDITED, e.target.as_str().to_owned(), None, edited(e, None));
+        }
+        for r in &b.redactions {
+            s.draft(
+                REDACTED,
+                r.target.as_str().to_owned(),
+                None,
+                redacted(r, None),
+            );
+        }
     }
     Ok(())
 }
@@ -170,7 +281,7 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
                 b.messages
                     .iter()
                     .filter(|m| inserted.contains(&m.id))
-                    .map(drafts::message_created),
+                    .map(created),
             );
         }
     }
@@ -184,7 +295,7 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
             .fetch_optional(w.conn())
             .await?;
         if let (Some(ev), Some(row)) = (&mut w.events, row) {
-            ev.push(drafts::message_edited(e, Some(row)));
+            ev.push(edited(e, Some(row)));
         }
     }
     for r in &b.redactions {
@@ -194,7 +305,7 @@ async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
             .fetch_optional(w.conn())
             .await?;
         if let (Some(ev), Some(row)) = (&mut w.events, row) {
-            ev.push(drafts::message_redacted(r, Some(row)));
+            ev.push(redacted(r, Some(row)));
         }
         // A redacted question is not answered (see the PostgreSQL statement).
         let runs: Vec<Option<String>> = sqlx::query_scalar(
