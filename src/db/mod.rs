@@ -1,8 +1,10 @@
 //! Storage: one [`Store`] over PostgreSQL or SQLite. Reads and rare writes share SQL between
-//! dialects through `both!`; the transaction write path ([`Store::apply`]) has one
-//! implementation per dialect (`write::pg`: one statement, one round trip; `write::sqlite`:
-//! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds the
-//! queries of that group.
+//! dialects through `both!`. The transaction write path ([`Store::apply`]) is one pipeline of
+//! stages (`write/`): each stage is a file in `write/stages/` holding the rows it takes from
+//! the [`Batch`], its PostgreSQL CTEs and its SQLite statements side by side, and the pipeline
+//! drives either dialect (`write::pg`: one statement, one round trip; `write::sqlite`: prepared
+//! statements inside one `BEGIN IMMEDIATE`). One file per table group holds the queries of
+//! that group.
 
 pub mod admin;
 pub mod admin_keys;
