@@ -22,19 +22,29 @@ struct Stage {
     sqlite: for<'a> fn(&'a mut Write, &'a Batch) -> BoxFuture<'a, Result<(), sqlx::Error>>,
 }
 
+/// The stage a module of `stages/` defines with its `pg` and `sqlite` functions.
+macro_rules! stage {
+    ($module:ident) => {
+        Stage {
+            pg: $module::pg,
+            sqlite: |w, b| Box::pin($module::sqlite(w, b)),
+        }
+    };
+}
+
 /// The stages in the order they write, after the transaction record (`stages::txn`), which
 /// gates them all. Rows are written before what refers to them (users and channels before
 /// members and messages); events come last because they are kept by what the other stages
 /// wrote (PostgreSQL reads their CTEs' `RETURNING` rows, SQLite their results).
 const PIPELINE: [Stage; 8] = [
-    users::STAGE,
-    channels::STAGE,
-    members::STAGE,
-    messages::STAGE,
-    sessions::STAGE,
-    work::STAGE,
-    audit::STAGE,
-    events::STAGE,
+    stage!(users),
+    stage!(channels),
+    stage!(members),
+    stage!(messages),
+    stage!(sessions),
+    stage!(work),
+    stage!(audit),
+    stage!(events),
 ];
 
 /// PostgreSQL: applies the batch as one statement. `false` when its transaction was applied

@@ -52,6 +52,13 @@ pub(super) struct Witness {
     pub(super) key: Key,
 }
 
+impl Witness {
+    /// The witness tagged `tag`: rows of the CTE `cte`, matched by `key`.
+    pub(super) const fn new(tag: &'static str, cte: &'static str, key: Key) -> Self {
+        Self { tag, cte, key }
+    }
+}
+
 /// What a draft's key is, in the witness's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Key {

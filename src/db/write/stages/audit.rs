@@ -4,16 +4,11 @@
 use crate::db::{
     Batch, StoreError,
     audit::AppendAudit,
-    write::{Stage, pg::Statement, sqlite::Write},
+    write::{pg::Statement, sqlite::Write},
 };
 
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
-};
-
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     if b.audits.is_empty() {
         return Ok(());
     }
@@ -39,6 +34,6 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
 }
 
 /// The statement every SQLite writer of audit records shares (`db::audit`).
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     w.conn().append_audit(&b.audits).await
 }

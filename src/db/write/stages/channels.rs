@@ -4,9 +4,8 @@
 
 use crate::{
     db::{
-        Batch, ChannelWrite, Party, StoreError,
+        Batch, ChannelWrite, NewChannel, Party, StoreError,
         write::{
-            Stage,
             pg::{Key, Statement, Witness},
             sqlite::Write,
         },
@@ -15,12 +14,6 @@ use crate::{
         Ts,
         topics::{ChannelChanged, Draft, PAYLOAD_VERSION, Topic, channel_partition},
     },
-};
-
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
 /// The insert of a channel row, both dialects: a room mirrored concurrently is created once.
@@ -38,17 +31,9 @@ const ROOM_CONFLICT: &str = "ON CONFLICT (channel_id) DO UPDATE SET name_source 
      is_direct = excluded.is_direct, canonical_alias = excluded.canonical_alias";
 
 /// PostgreSQL: a `channel.created` event is kept when the insert (`ch`) returned the channel.
-const CREATED: Witness = Witness {
-    tag: "cc",
-    cte: "ch",
-    key: Key::Id,
-};
+const CREATED: Witness = Witness::new("cc", "ch", Key::Id);
 /// PostgreSQL: a `channel.updated` event is kept when the update (`chu`) changed the channel.
-const UPDATED: Witness = Witness {
-    tag: "cu",
-    cte: "chu",
-    key: Key::Id,
-};
+const UPDATED: Witness = Witness::new("cu", "chu", Key::Id);
 
 /// The event of a channel created or changed.
 fn changed(c: &ChannelWrite, at: Ts) -> Draft {
@@ -74,39 +59,22 @@ fn changed(c: &ChannelWrite, at: Ts) -> Draft {
     )
 }
 
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
     let created: Vec<&ChannelWrite> = b.channels.iter().filter(|c| c.create.is_some()).collect();
     if !created.is_empty() {
+        // The parts only a creation has, one per created channel.
+        let new: Vec<&NewChannel> = created.iter().filter_map(|c| c.create.as_ref()).collect();
         let ids = s.arrays(created.iter().map(|c| c.channel_id).collect())?;
-        let slugs = s.arrays(
-            created
-                .iter()
-                .filter_map(|c| c.create.as_ref().map(|n| n.slug.clone()))
-                .collect(),
-        )?;
+        let slugs = s.arrays(new.iter().map(|n| n.slug.clone()).collect())?;
         let names = s.arrays(created.iter().map(|c| c.name.clone()).collect())?;
-        let daos = s.arrays(
-            created
-                .iter()
-                .filter_map(|c| c.create.as_ref().map(|n| n.microdao_id))
-                .collect(),
-        )?;
+        let daos = s.arrays(new.iter().map(|n| n.microdao_id).collect())?;
         let rooms = s.arrays(created.iter().map(|c| c.room_id.as_str()).collect())?;
         let vis = s.arrays(created.iter().map(|c| c.visibility).collect())?;
         let topics = s.arrays(created.iter().map(|c| c.topic.clone()).collect())?;
-        let by_user = s.arrays(
-            created
-                .iter()
-                .map(|c| c.create.as_ref().and_then(|n| n.created_by?.user()))
-                .collect(),
-        )?;
-        let by_agent = s.arrays(
-            created
-                .iter()
-                .map(|c| c.create.as_ref().and_then(|n| n.created_by?.agent()))
-                .collect(),
-        )?;
+        let by_user = s.arrays(new.iter().map(|n| n.created_by?.user()).collect())?;
+        let by_agent = s.arrays(new.iter().map(|n| n.created_by?.agent()).collect())?;
         s.cte(
             CREATED.cte,
             &format!(
@@ -171,7 +139,8 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     let now = w.now;
     for c in &b.channels {
         let written = match &c.create {

@@ -11,19 +11,13 @@ use crate::db::{
     Batch, StoreError,
     events::AppendEvents,
     write::{
-        Stage,
         pg::{Drafted, Key, Statement, Witness},
         sqlite::Write,
     },
 };
 
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
-};
-
-fn pg(s: &mut Statement, _: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, _: &Batch) -> Result<(), StoreError> {
     if !s.events {
         return Ok(());
     }
@@ -115,7 +109,7 @@ fn branch(w: Witness) -> String {
 }
 
 /// Appends the drafts the other stages kept (`db::events` numbers them per partition).
-async fn sqlite(w: &mut Write, _: &Batch) -> Result<(), sqlx::Error> {
+pub(in crate::db::write) async fn sqlite(w: &mut Write, _: &Batch) -> Result<(), sqlx::Error> {
     match &w.events {
         Some(drafts) => w.tx.append_events(drafts).await,
         None => Ok(()),

@@ -6,7 +6,6 @@ use crate::{
     db::{
         Batch, MemberWrite, Party, StoreError,
         write::{
-            Stage,
             pg::{Key, Statement, Witness},
             sqlite::Write,
         },
@@ -16,12 +15,6 @@ use crate::{
         ids::ChannelId,
         topics::{Draft, MemberChanged, PAYLOAD_VERSION, Topic, channel_partition},
     },
-};
-
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
 /// Where members of one kind (people, agents) are written, and on PostgreSQL which CTE
@@ -41,41 +34,17 @@ struct Kind {
 /// People.
 const PEOPLE: Kind = Kind {
     col: "member_user_id",
-    joined: Witness {
-        tag: "ju",
-        cte: "mju",
-        key: Key::Member(Some("joined_at")),
-    },
-    joined_then_left: Witness {
-        tag: "jlu",
-        cte: "mju",
-        key: Key::Member(Some("left_at")),
-    },
-    left: Witness {
-        tag: "lu",
-        cte: "mjul",
-        key: Key::Member(None),
-    },
+    joined: Witness::new("ju", "mju", Key::Member(Some("joined_at"))),
+    joined_then_left: Witness::new("jlu", "mju", Key::Member(Some("left_at"))),
+    left: Witness::new("lu", "mjul", Key::Member(None)),
 };
 
 /// Agents.
 const AGENTS: Kind = Kind {
     col: "member_agent_id",
-    joined: Witness {
-        tag: "ja",
-        cte: "mja",
-        key: Key::Member(Some("joined_at")),
-    },
-    joined_then_left: Witness {
-        tag: "jla",
-        cte: "mja",
-        key: Key::Member(Some("left_at")),
-    },
-    left: Witness {
-        tag: "la",
-        cte: "mjal",
-        key: Key::Member(None),
-    },
+    joined: Witness::new("ja", "mja", Key::Member(Some("joined_at"))),
+    joined_then_left: Witness::new("jla", "mja", Key::Member(Some("left_at"))),
+    left: Witness::new("la", "mjal", Key::Member(None)),
 };
 
 /// The kind of a member.
@@ -137,17 +106,17 @@ fn join(col: &str) -> (String, String) {
     )
 }
 
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
     for (agents, k) in [(false, &PEOPLE), (true, &AGENTS)] {
         let col = k.col;
-        let of_kind = |m: &&MemberWrite| m.party.agent().is_some() == agents;
-        let joins: Vec<&MemberWrite> = b
+        // A join (perhaps followed by a leave) upserts the row; a leave only ends a period.
+        let (joins, leaves): (Vec<&MemberWrite>, Vec<&MemberWrite>) = b
             .members
             .iter()
-            .filter(|m| m.joined_at.is_some())
-            .filter(of_kind)
-            .collect();
+            .filter(|m| m.party.agent().is_some() == agents)
+            .partition(|m| m.joined_at.is_some());
         if !joins.is_empty() {
             let ids = s.arrays(joins.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
             let chans = s.arrays(joins.iter().map(|m| m.channel_id).collect())?;
@@ -166,12 +135,6 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
                 ),
             );
         }
-        let leaves: Vec<&MemberWrite> = b
-            .members
-            .iter()
-            .filter(|m| m.joined_at.is_none())
-            .filter(of_kind)
-            .collect();
         if !leaves.is_empty() {
             let chans = s.arrays(leaves.iter().map(|m| m.channel_id).collect())?;
             let who = s.arrays(leaves.iter().map(|m| party_uuid(m.party)).collect())?;
@@ -223,7 +186,8 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     for m in &b.members {
         let col = kind(m.party).col;
         // Both id kinds are stored as hyphenated UUID text.

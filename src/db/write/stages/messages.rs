@@ -8,7 +8,6 @@ use crate::{
     db::{
         Batch, Edit, NewMessage, Party, Redaction, StoreError,
         write::{
-            Stage,
             pg::{Key, Statement, Witness},
             sqlite::Write,
         },
@@ -23,12 +22,6 @@ use crate::{
     },
 };
 
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
-};
-
 /// The insert of messages, both dialects. The event id's unique index makes a duplicate (the
 /// same event in another txnId, or the echo of a puppet send mirrored at delivery) a no-op.
 const INSERT: &str = "INSERT INTO messages (id, channel_id, matrix_event_id, sender_user_id, sender_agent_id, \
@@ -36,23 +29,11 @@ const INSERT: &str = "INSERT INTO messages (id, channel_id, matrix_event_id, sen
 const INSERT_CONFLICT: &str = "ON CONFLICT (matrix_event_id) DO NOTHING";
 
 /// PostgreSQL: a `message.created` event is kept when the insert (`mi`) returned the message.
-const CREATED: Witness = Witness {
-    tag: "m",
-    cte: "mi",
-    key: Key::Id,
-};
+const CREATED: Witness = Witness::new("m", "mi", Key::Id);
 /// PostgreSQL: a `message.edited` event is kept when the edit (`ed`) updated its target.
-const EDITED: Witness = Witness {
-    tag: "e",
-    cte: "ed",
-    key: Key::EventId,
-};
+const EDITED: Witness = Witness::new("e", "ed", Key::EventId);
 /// PostgreSQL: a `message.redacted` event is kept when the redaction (`rd`) updated its target.
-const REDACTED: Witness = Witness {
-    tag: "r",
-    cte: "rd",
-    key: Key::EventId,
-};
+const REDACTED: Witness = Witness::new("r", "rd", Key::EventId);
 
 fn sender_type(p: Party) -> SenderType {
     match p {
@@ -118,7 +99,8 @@ fn redacted(r: &Redaction, row: Option<(MessageId, ChannelId)>) -> Draft {
     )
 }
 
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
     if !b.messages.is_empty() {
         let m = &b.messages;
@@ -241,7 +223,8 @@ const REDACT: &str = "UPDATE messages SET content_preview = '', redacted_at = $1
 /// What the edit and redaction statements return for their events.
 const RETURNING: &str = "RETURNING id, channel_id";
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     if !b.messages.is_empty() {
         // One statement for every message of the batch: sqlx runs each SQLite statement on the
         // connection's worker thread, so a statement per row costs a thread handoff per row

@@ -7,7 +7,7 @@ use crate::{
     db::{
         Batch, SessionChange, SessionOp, StoreError,
         sessions::{SessionEventRow, session_draft},
-        write::{Stage, pg::Statement, sqlite::Write},
+        write::{pg::Statement, sqlite::Write},
     },
     model::{
         SessionStatus, Ts,
@@ -16,14 +16,8 @@ use crate::{
     },
 };
 
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
-};
-
 /// What a session op writes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Op {
     /// Open the agent's session, or mark the open one active.
     Activate(AgentId),
@@ -48,23 +42,22 @@ const ROW: &str = "RETURNING id, agent_id, channel_id, status, last_activity_at,
 const ROW_S: &str =
     "RETURNING s.id, s.agent_id, s.channel_id, s.status, s.last_activity_at, s.closed_at";
 
-/// The ops of `b` that `pick` accepts, with the agent it names (if any).
-fn ops(b: &Batch, pick: fn(Op) -> Option<Option<AgentId>>) -> Vec<(&SessionOp, Option<AgentId>)> {
-    b.sessions
-        .iter()
-        .filter_map(|o| Some((o, pick(op(o)?)?)))
-        .collect()
-}
-
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
-    let activate = ops(b, |o| match o {
-        Op::Activate(agent) => Some(Some(agent)),
-        _ => None,
-    });
+    // One CTE per op kind, each with its ops' agents.
+    let (mut activate, mut close, mut close_all) = (Vec::new(), Vec::new(), Vec::new());
+    for o in &b.sessions {
+        match op(o) {
+            Some(Op::Activate(agent)) => activate.push((o, agent)),
+            Some(Op::Close(agent)) => close.push((o, agent)),
+            Some(Op::CloseAll) => close_all.push(o),
+            None => {}
+        }
+    }
     if !activate.is_empty() {
         let ids = s.arrays(activate.iter().map(|_| uuid::Uuid::now_v7()).collect())?;
-        let agents = s.arrays(activate.iter().filter_map(|o| o.1).collect())?;
+        let agents = s.arrays(activate.iter().map(|o| o.1).collect())?;
         let chans = s.arrays(activate.iter().map(|o| o.0.channel_id).collect())?;
         let at = s.arrays(activate.iter().map(|o| o.0.at).collect::<Vec<Ts>>())?;
         // At most one open session per (agent, channel): the partial unique index is the
@@ -90,12 +83,8 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
             "sa r LEFT JOIN agent_sessions o ON o.id = r.id WHERE o.id IS NULL OR o.status <> 'active'",
         );
     }
-    let close = ops(b, |o| match o {
-        Op::Close(agent) => Some(Some(agent)),
-        _ => None,
-    });
     if !close.is_empty() {
-        let agents = s.arrays(close.iter().filter_map(|o| o.1).collect())?;
+        let agents = s.arrays(close.iter().map(|o| o.1).collect())?;
         let chans = s.arrays(close.iter().map(|o| o.0.channel_id).collect())?;
         let at = s.arrays(close.iter().map(|o| o.0.at).collect::<Vec<Ts>>())?;
         s.cte(
@@ -110,10 +99,9 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
         // Closes always change the status.
         pg_events(s, "2000000", "sc r");
     }
-    let close_all = ops(b, |o| (o == Op::CloseAll).then_some(None));
     if !close_all.is_empty() {
-        let chans = s.arrays(close_all.iter().map(|o| o.0.channel_id).collect())?;
-        let at = s.arrays(close_all.iter().map(|o| o.0.at).collect::<Vec<Ts>>())?;
+        let chans = s.arrays(close_all.iter().map(|o| o.channel_id).collect())?;
+        let at = s.arrays(close_all.iter().map(|o| o.at).collect::<Vec<Ts>>())?;
         s.cte(
             "sx",
             &format!(
@@ -149,7 +137,8 @@ fn pg_events(s: &mut Statement, base: &str, from: &str) {
     ));
 }
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     for o in &b.sessions {
         let Some(op) = op(o) else {
             continue;

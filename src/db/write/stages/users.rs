@@ -3,16 +3,11 @@
 
 use crate::db::{
     Batch, StoreError,
-    write::{Stage, pg::Statement, sqlite::Write},
+    write::{pg::Statement, sqlite::Write},
 };
 
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
-};
-
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     if b.users.is_empty() {
         return Ok(());
     }
@@ -32,7 +27,8 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     for u in &b.users {
         sqlx::query(
             "INSERT INTO users (id, external_id, matrix_id, handle, created_at) VALUES ($1, $2, $3, $4, $5) \

@@ -5,18 +5,12 @@
 use crate::{
     db::{
         Batch, NewJob, StoreError,
-        write::{Stage, payload_json, pg::Statement, sqlite::Write},
+        write::{payload_json, pg::Statement, sqlite::Write},
     },
     model::{
         JobKind, Ts,
         ids::{JobId, TriggerId},
     },
-};
-
-/// The stage.
-pub(in crate::db::write) const STAGE: Stage = Stage {
-    pg,
-    sqlite: |w, b| Box::pin(sqlite(w, b)),
 };
 
 /// One job per command event: a replayed or duplicated event adds none.
@@ -31,7 +25,8 @@ fn is_command(j: &NewJob) -> bool {
     j.kind == JobKind::Command
 }
 
-fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
+/// PostgreSQL: adds the stage's CTEs.
+pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     let gate = s.gate;
     let (commands, jobs): (Vec<&NewJob>, Vec<&NewJob>) = b.jobs.iter().partition(|j| is_command(j));
     if !commands.is_empty() {
@@ -113,7 +108,8 @@ fn pg(s: &mut Statement, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
+/// SQLite: runs the stage's statements.
+pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(), sqlx::Error> {
     let now = w.now;
     for j in &b.jobs {
         if is_command(j) {
