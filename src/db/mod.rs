@@ -1,8 +1,10 @@
 //! Storage: one [`Store`] over PostgreSQL or SQLite. Reads and rare writes share SQL between
-//! dialects through `both!`; the transaction write path ([`Store::apply`]) has one
-//! implementation per dialect (`write::pg`: one statement, one round trip; `write::sqlite`:
-//! prepared statements inside one `BEGIN IMMEDIATE`). One file per table group holds that
-//! group's **store handle** (`store.outbox()` → [`outbox::OutboxStore`], `store.runs()` →
+//! dialects through `both!`. The transaction write path ([`Store::apply`]) is one pipeline of
+//! stages (`write/`): each stage is a file in `write/stages/` holding the rows it takes from
+//! the [`Batch`], its PostgreSQL CTEs and its SQLite statements side by side, and the pipeline
+//! drives either dialect (`write::pg`: one statement, one round trip; `write::sqlite`: prepared
+//! statements inside one `BEGIN IMMEDIATE`). One file per table group holds that group's
+//! **store handle** (`store.outbox()` → [`outbox::OutboxStore`], `store.runs()` →
 //! [`runs::RunStore`], …): the group's queries, and nothing else. A component that needs one
 //! group keeps that handle, so what it may touch shows in its fields; [`Store`] itself keeps
 //! only what concerns the whole database (connecting, migrations, readiness, the transaction
@@ -328,11 +330,11 @@ impl Store {
     /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         let applied = match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::apply(writer, batch, self.events).await,
-            (Pool::Pg(pool), None) => write::pg::apply(pool, batch, self.events).await,
+            (_, Some(writer)) => write::apply_pg(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::apply_pg(pool, batch, self.events).await,
             (Pool::Sqlite(pool), None) => {
                 let _writer = self.write_lock.lock().await;
-                write::sqlite::apply(pool, batch, self.events).await
+                write::apply_sqlite(pool, batch, self.events).await
             }
         }?;
         if applied {
@@ -348,9 +350,9 @@ impl Store {
     #[doc(hidden)]
     pub async fn explain_apply(&self, batch: &Batch) -> Result<String, StoreError> {
         match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::pg::explain(writer, batch, self.events).await,
-            (Pool::Pg(pool), None) => write::pg::explain(pool, batch, self.events).await,
-            (Pool::Sqlite(pool), None) => write::sqlite::explain(pool).await,
+            (_, Some(writer)) => write::explain_pg(writer, batch, self.events).await,
+            (Pool::Pg(pool), None) => write::explain_pg(pool, batch, self.events).await,
+            (Pool::Sqlite(pool), None) => write::explain_sqlite(pool).await,
         }
     }
 
