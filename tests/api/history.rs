@@ -20,6 +20,17 @@ fn edit(id: &str, sender: &str, target: &str, body: &str) -> Value {
     ev::edit(id, sender, &format!("${target}"), body)
 }
 
+/// The contents of a model request's messages after the system prompt.
+fn contents(req: &Value) -> Vec<&str> {
+    req["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|m| m["content"].as_str().unwrap())
+        .collect()
+}
+
 /// A bridge whose agent runs on a fake OpenAI-compatible model (`mode`), and the model.
 async fn with_model(b: Backend, mode: &'static str, bridge: &str) -> (FakeModel, TestApp) {
     let (model, url) = FakeModel::spawn(mode).await;
@@ -146,13 +157,7 @@ async fn a_reply_carries_the_message_it_answers_from_beyond_the_window(#[case] b
     assert_eq!(app.put_txn("1", vec![reply]).await.0, 200);
     wait_runs(&app, 1, "completed").await;
     let req = model.requests.lock().unwrap()[0].clone();
-    let contents: Vec<&str> = req["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .skip(1)
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
+    let contents = contents(&req);
     assert_eq!(
         contents.first(),
         Some(&"Alice Liddell: the plan from last week"),
@@ -233,13 +238,7 @@ async fn the_context_keeps_within_its_character_budget(#[case] b: Backend) {
     );
     wait_runs(&app, 1, "completed").await;
     let req = model.requests.lock().unwrap()[0].clone();
-    let contents: Vec<&str> = req["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .skip(1)
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
+    let contents = contents(&req);
     assert_eq!(
         contents,
         [format!("Alice Liddell: {question}").as_str()],
