@@ -156,7 +156,7 @@ impl PuppetIntent {
     }
 
     /// The room's recent timeline as the agent reads it, newest first: as many `/messages`
-    /// pages as hold `messages` messages, at most `max_events` events. Edits do not count
+    /// pages as hold `messages` messages, reading at most `max_events` events. Edits do not count
     /// towards `messages`, so a streamed answer's many edits cannot push the conversation out
     /// of the window. Encrypted events are decrypted by the agent's own device; one it cannot
     /// decrypt is left out, as a client shows it as undecryptable.
@@ -168,14 +168,18 @@ impl PuppetIntent {
     ) -> Result<Vec<Raw<AnyTimelineEvent>>, PuppetError> {
         let mut events = Vec::new();
         let mut counted = 0;
+        // Bounded by what was read, not by what was kept: a room of events the agent cannot
+        // decrypt (kept: none) must not be paged to its start.
+        let mut read = 0;
         let mut from: Option<String> = None;
-        while counted < messages && events.len() < max_events {
-            let limit = (max_events - events.len()).min(100) as u32;
+        while counted < messages && read < max_events {
+            let limit = (max_events - read).min(100) as u32;
             let (page, end) = self
                 .puppets
                 .hs
                 .timeline_page(room, self.user_id(), from.as_deref(), limit)
                 .await?;
+            read += page.len();
             for raw in page {
                 counted += usize::from(history::is_message(&raw));
                 if history::is_encrypted(&raw) {
