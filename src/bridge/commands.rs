@@ -47,6 +47,8 @@ pub enum Command {
     Status,
     /// The agents' sessions in this room.
     Sessions,
+    /// The agents in this room forget everything said before this command.
+    Forget,
 }
 
 /// The command text of a message, if it is one: what follows the prefix (`!daarion agents` →
@@ -93,6 +95,7 @@ pub fn parse(text: &str, prefix: &str) -> Result<Command, String> {
         },
         "status" => Ok(Command::Status),
         "sessions" => Ok(Command::Sessions),
+        "forget" => Ok(Command::Forget),
         other => Err(format!(
             "I don't know the command `{}`.\n\n{}",
             other.escape_debug(),
@@ -111,6 +114,7 @@ pub fn help(prefix: &str) -> String {
          - `{prefix} kick <agent>`: take an agent out of this room (power level {MANAGE_LEVEL})\n\
          - `{prefix} respond <agent> mentions|all|never`: when the agent answers here (power level {MANAGE_LEVEL})\n\
          - `{prefix} sessions`: the agents' sessions in this room\n\
+         - `{prefix} forget`: the agents here forget everything said before it\n\
          - `{prefix} status`: the bridge's status (bridge admins)\n\n\
          An agent is named by its id (`sofia`, `agent:sofia`), its Matrix id or its name."
     )
@@ -252,6 +256,19 @@ impl Commands {
             Command::Status => {
                 let s = self.control.status().await?;
                 ok(status_text(&s))
+            }
+            Command::Forget => {
+                let Some(channel) = channel else {
+                    return ok(not_mirrored());
+                };
+                store
+                    .channels()
+                    .set_forget_mark(channel, call.event_id)
+                    .await?;
+                ok(
+                    "Done: the agents in this room forget everything said before this point."
+                        .into(),
+                )
             }
             Command::Sessions => {
                 let Some(channel) = channel else {

@@ -102,6 +102,41 @@ impl Store {
 }
 
 impl ChannelStore {
+    /// Marks `event` (a `forget` command) as where the channel's agents' memory starts: the
+    /// newest mark wins.
+    pub async fn set_forget_mark(
+        &self,
+        channel: ChannelId,
+        event: &ruma::EventId,
+    ) -> Result<(), StoreError> {
+        both!(self.store, pool => sqlx::query(
+            "INSERT INTO bridge_forget_marks (channel_id, event_id, marked_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (channel_id) DO UPDATE SET event_id = excluded.event_id, marked_at = excluded.marked_at",
+        )
+        .bind(channel)
+        .bind(event.as_str())
+        .bind(Ts::now())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        Ok(())
+    }
+
+    /// The event the channel's agents forget everything up to, if someone asked them to. A
+    /// stored id that is no event id counts as no mark.
+    pub async fn forget_mark(
+        &self,
+        channel: ChannelId,
+    ) -> Result<Option<ruma::OwnedEventId>, StoreError> {
+        let id: Option<String> = both!(self.store, pool => sqlx::query_scalar(
+            "SELECT event_id FROM bridge_forget_marks WHERE channel_id = $1",
+        )
+        .bind(channel)
+        .fetch_optional(pool)
+        .await?);
+        Ok(id.and_then(|id| ruma::OwnedEventId::try_from(id).ok()))
+    }
+
     /// Channels where the agent is an active member, with its session status there.
     pub async fn agent_channels(&self, agent: AgentId) -> Result<Vec<AgentChannel>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_as(

@@ -47,6 +47,11 @@ pub(super) fn is_message(raw: &Raw<AnyTimelineEvent>) -> bool {
     ) && !is_edit
 }
 
+/// The event's id, if it has one.
+pub(super) fn event_id(raw: &Raw<AnyTimelineEvent>) -> Option<ruma::OwnedEventId> {
+    raw.get_field("event_id").ok().flatten()
+}
+
 /// Whether `raw` is an `m.room.encrypted` event.
 pub(super) fn is_encrypted(raw: &Raw<AnyTimelineEvent>) -> bool {
     peek(raw).is_some_and(|p| p.kind == "m.room.encrypted")

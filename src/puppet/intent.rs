@@ -165,6 +165,7 @@ impl PuppetIntent {
         room: &RoomId,
         messages: usize,
         max_events: usize,
+        since: Option<&ruma::EventId>,
     ) -> Result<Vec<Raw<AnyTimelineEvent>>, PuppetError> {
         let mut events = Vec::new();
         let mut counted = 0;
@@ -181,6 +182,10 @@ impl PuppetIntent {
                 .await?;
             read += page.len();
             for raw in page {
+                // Nothing at or before the forget mark is read: the conversation starts after it.
+                if since.is_some_and(|mark| history::event_id(&raw).as_deref() == Some(mark)) {
+                    return Ok(events);
+                }
                 counted += usize::from(history::is_message(&raw));
                 if history::is_encrypted(&raw) {
                     let Some(crypto) = self.puppets.crypto() else {

@@ -22,6 +22,7 @@ pub(super) async fn request(
     channel: ChannelId,
     session_id: Option<String>,
     triggers: &[TriggerRow],
+    forget_mark: Option<ruma::OwnedEventId>,
 ) -> Result<RunRequest, PuppetError> {
     let agent = intent.agent();
     let b = &agent.behaviour;
@@ -36,7 +37,9 @@ pub(super) async fn request(
     let want = b.context_events.max(1) as usize;
     // Read far enough back for `want` messages, but never without bound: a room of nothing but
     // reactions or state would otherwise be paged to its start.
-    let events = intent.history(room, want, (want * 10).max(200)).await?;
+    let events = intent
+        .history(room, want, (want * 10).max(200), forget_mark.as_deref())
+        .await?;
     // The conversation the newest trigger is in: its thread, or the main timeline.
     let thread = triggers
         .iter()

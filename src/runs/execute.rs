@@ -51,7 +51,16 @@ impl Runner {
     ) -> Ended {
         // Typing shows while the context is read: both are homeserver round trips.
         let typing = intent.typing(room, Some(Duration::from_secs(30)));
-        let request = context::request(id, intent, room, channel, session, triggers);
+        // Without the mark a forgotten conversation would reach the runtime again: no mark read,
+        // no run.
+        let forget_mark = match self.store.channels().forget_mark(channel).await {
+            Ok(mark) => mark,
+            Err(error) => {
+                let error = format!("cannot read the channel's forget mark: {error}");
+                return Ended::End(self.failed(id, intent, room, error).await);
+            }
+        };
+        let request = context::request(id, intent, room, channel, session, triggers, forget_mark);
         let (typed, request) = tokio::join!(typing, request);
         if let Err(error) = typed {
             tracing::warn!(run_id = %id, %error, "cannot show typing");

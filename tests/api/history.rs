@@ -249,3 +249,47 @@ async fn the_context_keeps_within_its_character_budget(#[case] b: Backend) {
         .await;
     assert_eq!(cut[0][0].as_deref(), Some("3"));
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_starts_the_conversation_over(#[case] b: Backend) {
+    let (model, app) = with_model(b, "plain", "").await;
+    let answer = crate::platform::command(&app, "f", A, "!daarion forget").await;
+    assert!(answer.contains("forget everything"), "{answer}");
+    // Stored durably, and audited.
+    let mark = app.rows("SELECT event_id FROM bridge_forget_marks").await;
+    assert_eq!(mark[0][0].as_deref(), Some("$f"));
+    let audited = app
+        .rows("SELECT action, outcome FROM audit_log WHERE CAST(details AS TEXT) LIKE '%forget%'")
+        .await;
+    assert_eq!(
+        audited[0],
+        [Some("command.run".to_owned()), Some("allowed".to_owned())]
+    );
+    // Newest first: what came after the command is the conversation; nothing before it.
+    app.hs.history.lock().unwrap().extend([
+        ev::text("q", A, "Sofia, what do you know?"),
+        ev::text("after", A, "a fresh start"),
+        ev::text("f", A, "!daarion forget"),
+        ev::text("before", A, "my old secret"),
+    ]);
+    let (status, _) = app
+        .put_txn(
+            "1",
+            vec![mention("q", "Sofia, what do you know?", &[ev::SOFIA])],
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_runs(&app, 1, "completed").await;
+    let req = model.requests.lock().unwrap()[0].clone();
+    assert_eq!(
+        contents(&req),
+        [
+            "Alice Liddell: a fresh start",
+            "Alice Liddell: Sofia, what do you know?"
+        ],
+        "{req}"
+    );
+}

@@ -213,7 +213,7 @@ async fn disabled_agents_are_silent_and_refused(#[case] b: Backend) {
 }
 
 /// Sends `text` as `sender` and returns the bot's answer to it.
-async fn command(app: &TestApp, id: &str, sender: &str, text: &str) -> String {
+pub(crate) async fn command(app: &TestApp, id: &str, sender: &str, text: &str) -> String {
     let before = app.hs.bot_notices().len();
     let (s, _) = app
         .put_txn(
