@@ -293,3 +293,43 @@ async fn forget_starts_the_conversation_over(#[case] b: Backend) {
         "{req}"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_while_the_agent_answers_get_one_follow_up_run(#[case] b: Backend) {
+    // The policy: while a run of an agent is going on in a room, what addresses it there
+    // waits (durably, as pending triggers); when the run ends, one follow-up run takes all of
+    // it and sees every message.
+    let (model, app) = with_model(b, "stream", "").await;
+    let send = |id: &'static str, text: &'static str| {
+        let app = &app;
+        async move {
+            let (status, _) = app.put_txn(id, vec![mention(id, text, &[ev::SOFIA])]).await;
+            assert_eq!(status, 200);
+        }
+    };
+    send("q1", "Sofia, first question?").await;
+    // The first run is answering (its answer streams over ~600 ms) when two more arrive.
+    for _ in 0..200 {
+        if !model.requests.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    send("q2", "Sofia, and a second one?").await;
+    send("q3", "Sofia, and a third?").await;
+    wait_runs(&app, 2, "completed").await;
+    // And no third run follows (a debounce and more).
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(app.count("agent_runs").await, 2);
+    let requests = model.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    let second = contents(&requests[1]);
+    assert!(
+        second.contains(&"Alice Liddell: Sofia, and a second one?")
+            && second.contains(&"Alice Liddell: Sofia, and a third?"),
+        "{second:?}"
+    );
+}
