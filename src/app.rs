@@ -53,6 +53,8 @@ pub struct Bridge {
     pub puppets: Arc<Puppets>,
     hs: Homeserver,
     wakers: Wakers,
+    /// The runs under way, for the `stop` command.
+    stops: Arc<crate::bridge::stops::RunStops>,
     health: Arc<Health>,
     events: Arc<PublisherStatus>,
     /// The agents' crypto engines (`None`: encryption off).
@@ -163,6 +165,7 @@ impl Bridge {
             puppets,
             hs,
             wakers,
+            stops: Arc::default(),
             health: Arc::default(),
             events: Arc::default(),
             crypto,
@@ -234,6 +237,7 @@ impl Bridge {
             self.registry.clone(),
             self.config.bridge.command_prefix.clone(),
             self.config.bridge.admins.clone(),
+            self.stops.clone(),
         );
         let followups = FollowUps::new(
             self.mirror.clone(),
@@ -259,6 +263,7 @@ impl Bridge {
             self.metrics.clone(),
             self.run_settings(),
             self.wakers.runs.clone(),
+            self.stops.clone(),
         )?;
         supervisor.spawn("runs", move |cancel| runner.clone().run(cancel));
         let upkeep = Upkeep::new(

@@ -11,6 +11,7 @@ use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use super::{
     agents::AgentRegistry,
     control::{self, Control},
+    stops::RunStops,
 };
 use crate::model::Agent;
 use crate::{
@@ -49,6 +50,8 @@ pub enum Command {
     Sessions,
     /// The agents in this room forget everything said before this command.
     Forget,
+    /// Stop the answers being written in this room.
+    Stop,
 }
 
 /// The command text of a message, if it is one: what follows the prefix (`!daarion agents` →
@@ -96,6 +99,7 @@ pub fn parse(text: &str, prefix: &str) -> Result<Command, String> {
         "status" => Ok(Command::Status),
         "sessions" => Ok(Command::Sessions),
         "forget" => Ok(Command::Forget),
+        "stop" => Ok(Command::Stop),
         other => Err(format!(
             "I don't know the command `{}`.\n\n{}",
             other.escape_debug(),
@@ -115,6 +119,7 @@ pub fn help(prefix: &str) -> String {
          - `{prefix} respond <agent> mentions|all|never`: when the agent answers here (power level {MANAGE_LEVEL})\n\
          - `{prefix} sessions`: the agents' sessions in this room\n\
          - `{prefix} forget`: the agents here forget everything said before it\n\
+         - `{prefix} stop` (or just `stop`): stop the answers being written here\n\
          - `{prefix} status`: the bridge's status (bridge admins)\n\n\
          An agent is named by its id (`sofia`, `agent:sofia`), its Matrix id or its name."
     )
@@ -154,6 +159,7 @@ pub struct Commands {
     registry: Arc<AgentRegistry>,
     prefix: String,
     admins: Vec<OwnedUserId>,
+    stops: Arc<RunStops>,
 }
 
 /// A command to run: where, from whom, and its text.
@@ -180,6 +186,7 @@ impl Commands {
         registry: Arc<AgentRegistry>,
         prefix: String,
         admins: Vec<OwnedUserId>,
+        stops: Arc<RunStops>,
     ) -> Arc<Self> {
         Arc::new(Self {
             control,
@@ -188,6 +195,7 @@ impl Commands {
             registry,
             prefix,
             admins,
+            stops,
         })
     }
 
@@ -256,6 +264,16 @@ impl Commands {
             Command::Status => {
                 let s = self.control.status().await?;
                 ok(status_text(&s))
+            }
+            Command::Stop => {
+                let Some(channel) = channel else {
+                    return ok(not_mirrored());
+                };
+                ok(match self.stops.stop(channel) {
+                    0 => "No agent is answering here right now.".into(),
+                    1 => "Stopped.".into(),
+                    n => format!("Stopped {n} answers."),
+                })
             }
             Command::Forget => {
                 let Some(channel) = channel else {

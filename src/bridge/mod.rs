@@ -11,5 +11,6 @@ pub mod mirror;
 pub mod pending;
 pub mod planner;
 pub mod reconcile;
+pub mod stops;
 pub mod triggers;
 pub mod upkeep;

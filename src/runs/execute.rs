@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedEventId, RoomId};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Runner, context, runtime::RunOutput, select::runtime_for};
 use crate::{
@@ -31,6 +32,10 @@ pub(super) enum Ended {
     Deferred,
 }
 
+/// Appended to an answer stopped while it streamed.
+const STOPPED_MARK: &str = " … _(stopped)_";
+
+/// What streaming an answer did.
 #[derive(Default)]
 struct Streamed {
     event_id: Option<OwnedEventId>,
@@ -40,6 +45,7 @@ struct Streamed {
 
 impl Runner {
     /// Calls the runtime and turns its answer into one message (edited as it streams).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn execute(
         &self,
         id: RunId,
@@ -48,6 +54,7 @@ impl Runner {
         channel: ChannelId,
         session: Option<String>,
         triggers: &[TriggerRow],
+        stop: &CancellationToken,
     ) -> Ended {
         // Typing shows while the context is read: both are homeserver round trips.
         let typing = intent.typing(room, Some(Duration::from_secs(30)));
@@ -90,9 +97,22 @@ impl Runner {
         let Some(last) = triggers.last() else {
             return Ended::End(RunEnd::failed("a run without triggers"));
         };
-        let stream = self.stream(id, intent, room, last, rx);
+        let stream = self.stream(id, intent, room, last, rx, stop);
         let called = Instant::now();
-        let (result, streamed) = tokio::join!(runtime.call(&request, tx), stream);
+        // A stop drops the runtime call (and with it the stream's sender, which ends the
+        // stream: what was streamed gets its final edit, marked).
+        let call = async {
+            tokio::select! {
+                result = runtime.call(&request, tx) => Some(result),
+                _ = stop.cancelled() => None,
+            }
+        };
+        let (result, streamed) = tokio::join!(call, stream);
+        let Some(result) = result else {
+            let mut end = RunEnd::cancelled("stopped by a person in the room");
+            end.reply_event_id = streamed.event_id;
+            return Ended::End(end);
+        };
         match result {
             Ok(RunOutput { deferred: true, .. }) => Ended::Deferred,
             Ok(out) => {
@@ -137,6 +157,7 @@ impl Runner {
         room: &RoomId,
         last: &TriggerRow,
         mut rx: mpsc::Receiver<String>,
+        stop: &CancellationToken,
     ) -> Streamed {
         let kind = intent.agent().behaviour.message_kind;
         let interval = self.settings.stream_edit_interval;
@@ -199,6 +220,10 @@ impl Runner {
                     }
                 }
             }
+        }
+        if stop.is_cancelled() {
+            // What was streamed stays, marked as cut short.
+            text.push_str(STOPPED_MARK);
         }
         if let Some(target) = &target
             && posted_text != text

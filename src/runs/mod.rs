@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::execute::Ended;
 use crate::{
-    bridge::{agents::AgentRegistry, triggers},
+    bridge::{agents::AgentRegistry, stops::RunStops, triggers},
     db::{
         Store, StoreError,
         runs::{NewRun, RunEnd, RunRow},
@@ -84,6 +84,8 @@ pub struct Runner {
     limiter: RateLimiter<AgentId>,
     /// (agent, channel) pairs with a run in this process: one at a time.
     active: Mutex<HashSet<(AgentId, ChannelId)>>,
+    /// The runs executing, for `stop` to cancel.
+    stops: Arc<RunStops>,
     wake: Arc<Notify>,
 }
 
@@ -104,6 +106,7 @@ impl Runner {
         metrics: Arc<Metrics>,
         settings: RunSettings,
         wake: Arc<Notify>,
+        stops: Arc<RunStops>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         Ok(Arc::new(Self {
             global: Arc::new(Semaphore::new(settings.max_concurrent_runs)),
@@ -115,6 +118,7 @@ impl Runner {
             metrics,
             settings,
             active: Mutex::default(),
+            stops,
             wake,
         }))
     }
@@ -401,10 +405,11 @@ impl Runner {
         }
         let intent = self.puppets.intent(agent);
         let started = std::time::Instant::now();
+        let stop = self.stops.register(channel, id);
         let ended = tokio::select! {
             // Cancelled mid-run (shutdown): the run stays running and is resumed next start.
             _ = cancel.cancelled() => return Ok(()),
-            ended = self.execute(id, &intent, room, channel, session.map(|s| s.to_string()), &triggers) => ended,
+            ended = self.execute(id, &intent, room, channel, session.map(|s| s.to_string()), &triggers, &stop.token) => ended,
         };
         match ended {
             Ended::Deferred => {

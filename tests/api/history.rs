@@ -333,3 +333,45 @@ async fn messages_sent_while_the_agent_answers_get_one_follow_up_run(#[case] b: 
         "{second:?}"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_cuts_an_answer_short(#[case] b: Backend) {
+    let (_model, app) = with_model(b, "long", "").await;
+    let (status, _) = app
+        .put_txn(
+            "1",
+            vec![mention("q", "Sofia, tell a long story?", &[ev::SOFIA])],
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The answer is being written (posted, then edited as it grows) when a person says stop.
+    for _ in 0..300 {
+        if !app.hs.sent_messages().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, _) = app
+        .put_txn("2", vec![ev::now(ev::text("s", A, "stop"))])
+        .await;
+    assert_eq!(status, 200);
+    let runs = wait_runs(&app, 1, "cancelled").await;
+    assert!(
+        runs[0][2].is_some(),
+        "the cut answer is the run's reply: {runs:?}"
+    );
+    // What was streamed stays, marked; the rest never comes.
+    let sent = app.hs.sent_messages();
+    let last = &sent.last().unwrap().1.body;
+    let text = last["m.new_content"]["body"].as_str().unwrap();
+    assert!(text.ends_with("_(stopped)_"), "{last}");
+    assert!(!text.contains("the end."), "{last}");
+    let notices = app.hs.bot_notices();
+    assert!(
+        notices.iter().any(|n| n["body"] == "Stopped."),
+        "{notices:?}"
+    );
+}

@@ -16,7 +16,8 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-/// An OpenAI-compatible chat completions server. `mode`: stream | plain | fail | malformed | slow.
+/// An OpenAI-compatible chat completions server. `mode`: stream | long | plain | fail |
+/// malformed | slow.
 #[derive(Clone, Default)]
 pub struct FakeModel {
     pub requests: Arc<Mutex<Vec<Value>>>,
@@ -60,10 +61,16 @@ impl FakeModel {
             }))
             .into_response(),
             _ => {
-                // Five pieces, 150 ms apart: the answer grows over ~600 ms.
+                // Five pieces, 150 ms apart: the answer grows over ~600 ms ("long": forty
+                // pieces, ~6 s).
+                let pieces: Vec<&str> = if mode == "long" {
+                    std::iter::repeat_n("and on ", 39).chain(["the end."]).collect()
+                } else {
+                    vec!["The ", "answer ", "is ", "forty", "-two."]
+                };
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
                 tokio::spawn(async move {
-                    for piece in ["The ", "answer ", "is ", "forty", "-two."] {
+                    for piece in pieces {
                         let chunk = json!({ "choices": [{ "delta": { "content": piece } }] });
                         let _ = tx.send(Ok(format!("data: {chunk}\n\n"))).await;
                         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -250,12 +250,17 @@ impl Planner<'_> {
             return false;
         }
         let direct_with_bot = work.state.is_direct && work.state.agents.is_empty();
-        let Some(text) = crate::bridge::commands::command_text(
+        let text = match crate::bridge::commands::command_text(
             body,
             &self.settings.command_prefix,
             direct_with_bot,
-        ) else {
-            return false;
+        ) {
+            Some(text) => text,
+            // A bare "stop" where agents are stops what they are writing: never a question.
+            None if !work.state.agents.is_empty() && body.trim().eq_ignore_ascii_case("stop") => {
+                "stop"
+            }
+            None => return false,
         };
         self.batch.jobs.push(NewJob {
             kind: JobKind::Command,
