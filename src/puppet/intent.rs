@@ -62,13 +62,30 @@ impl PuppetIntent {
         {
             return Ok(());
         }
+        self.ensure_device().await;
         self.puppets.hs.join(room, self.user_id()).await?;
         Ok(())
     }
 
-    /// Joins `room` (accepting an invite) after making sure the puppet is ready.
+    /// With encryption on, the agent's device exists with its keys uploaded. Called before
+    /// every join: a client encrypts only for the devices it sees when it sends, so a device
+    /// made after the join would miss the room key of the first message (an agent created
+    /// while the bridge runs has no device until it first needs one).
+    async fn ensure_device(&self) {
+        // A device that cannot be made now must not keep the agent out of the room: it is
+        // made again when the agent first needs it, as before.
+        if let Some(crypto) = self.puppets.crypto()
+            && let Err(error) = crypto.machine(self.user_id()).await
+        {
+            tracing::warn!(user = %self.user_id(), %error, "{}", crate::crypto::explain(&error));
+        }
+    }
+
+    /// Joins `room` (accepting an invite) after making sure the puppet is ready, its
+    /// encryption device included.
     pub async fn join(&self, room: &RoomId) -> Result<(), PuppetError> {
         self.ensure_ready().await?;
+        self.ensure_device().await;
         self.puppets.hs.join(room, self.user_id()).await?;
         Ok(())
     }

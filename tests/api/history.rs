@@ -375,3 +375,41 @@ async fn stop_cuts_an_answer_short(#[case] b: Backend) {
         "{notices:?}"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_created_while_running_has_its_device_before_it_joins(#[case] b: Backend) {
+    // A client encrypts only for the devices it sees when it sends: an agent that joined a DM
+    // before its device existed missed the room key of the first message, which then was never
+    // answered (#23's "one run in four"). Its device is made before it joins.
+    let app = crate::crypto::encrypted_bridge(b, "").await;
+    app.exec(
+        "INSERT INTO agents (id, external_id, name, kind, matrix_id) VALUES \
+         ('00000000-0000-4000-8000-0000000000a2', 'agent:new', 'New', 'assistant', '@agent_new:localhost')",
+    )
+    .await;
+    let room = "!new:localhost";
+    let invite = ev::in_room(ev::member("in", A, "@agent_new:localhost", "invite"), room);
+    assert_eq!(app.put_txn("1", vec![invite]).await.0, 200);
+    app.hs
+        .wait_for("the new agent's join", |c| {
+            c.path == format!("/_matrix/client/v3/rooms/{room}/join")
+        })
+        .await;
+    let calls = app.hs.calls.lock().unwrap().clone();
+    let position = |what: &dyn Fn(&crate::fake_hs::HsCall) -> bool| {
+        calls
+            .iter()
+            .position(|c| what(c) && c.query.contains("agent_new"))
+    };
+    // Its device is made (MSC4190 `PUT /devices/{id}` as the agent, then its keys) first.
+    let device =
+        position(&|c| c.method == "PUT" && c.path.starts_with("/_matrix/client/v3/devices/"));
+    let join = position(&|c| c.path.ends_with("/join"));
+    assert!(
+        matches!((device, join), (Some(d), Some(j)) if d < j),
+        "the device ({device:?}) before the join ({join:?})"
+    );
+}
