@@ -5,6 +5,11 @@
 //! agent keys dripping bodies) can never keep the homeserver's transactions out: its new
 //! connection always finds room, and its proven ones are never evicted.
 //!
+//! Among the unproven, a connection that has sent a request that did not prove it goes before
+//! one that has sent nothing yet: a fresh connection of the homeserver is unproven only until
+//! its first request is routed, and under a flood (and a loaded CPU) that can take longer than
+//! the time it takes a few hundred newer connections to arrive.
+//!
 //! Why eviction and not a reserved pool: who a connection belongs to is only known once its
 //! first request's headers arrived, after it was accepted; a reserved pool would have to accept
 //! unknown connections anyway.
@@ -13,25 +18,44 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
 };
 
 use tokio_util::sync::CancellationToken;
 
-/// Marks, from a request, that its connection is the homeserver's (set by the hs_token check).
-/// Requests carry it as an extension.
+/// No request yet.
+const UNSEEN: u8 = 0;
+/// A request came, not (yet) the homeserver's.
+const SEEN: u8 = 1;
+/// The homeserver authenticated on it.
+const HOMESERVER: u8 = 2;
+
+/// Marks, from a request, what its connection is: seen once a request arrives, the
+/// homeserver's once the hs_token check passes. Requests carry it as an extension.
 #[derive(Clone, Debug, Default)]
-pub struct ConnectionTag(Arc<AtomicBool>);
+pub struct ConnectionTag(Arc<AtomicU8>);
 
 impl ConnectionTag {
     /// The homeserver authenticated on this connection: it is never evicted.
     pub fn mark_homeserver(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.store(HOMESERVER, Ordering::Relaxed);
+    }
+
+    /// A request arrived on this connection (it is evicted before connections that have sent
+    /// nothing yet).
+    pub fn mark_seen(&self) {
+        let _ = self
+            .0
+            .compare_exchange(UNSEEN, SEEN, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Whether the homeserver authenticated on this connection.
     pub fn is_homeserver(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == HOMESERVER
+    }
+
+    fn state(&self) -> u8 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -82,10 +106,14 @@ impl Lanes {
         let (next, open) = &mut *guard;
         let mut evicted = false;
         if open.len() >= self.max {
-            let victim = open
-                .iter()
-                .find(|(_, slot)| !slot.tag.is_homeserver())
-                .map(|(id, _)| *id);
+            // The oldest that sent a request that did not prove it; else the oldest that has
+            // sent nothing yet.
+            let oldest = |state: u8| {
+                open.iter()
+                    .find(|(_, slot)| slot.tag.state() == state)
+                    .map(|(id, _)| *id)
+            };
+            let victim = oldest(SEEN).or_else(|| oldest(UNSEEN));
             let Some(victim) = victim else {
                 return Admission::Refused;
             };
@@ -160,6 +188,24 @@ mod tests {
             2,
             "the evicted ticket above was dropped at once"
         );
+    }
+
+    #[test]
+    fn connections_that_sent_nothing_yet_go_last() {
+        let lanes = Lanes::new(3);
+        let a = ticket(lanes.admit()).unwrap();
+        a.tag.mark_seen();
+        let b = ticket(lanes.admit()).unwrap();
+        let c = ticket(lanes.admit()).unwrap();
+        c.tag.mark_seen();
+        // a and c sent requests (not the homeserver's); b, older than c, has sent nothing yet.
+        let d = ticket(lanes.admit()).unwrap();
+        assert!(a.close.is_cancelled() && !b.close.is_cancelled());
+        let e = ticket(lanes.admit()).unwrap();
+        assert!(c.close.is_cancelled() && !b.close.is_cancelled());
+        // Only connections that sent nothing are left: the oldest of them goes.
+        let _f = ticket(lanes.admit()).unwrap();
+        assert!(b.close.is_cancelled() && !d.close.is_cancelled() && !e.close.is_cancelled());
     }
 
     #[test]

@@ -130,6 +130,9 @@ impl Connection {
             let tag = tag.clone();
             let metrics = metrics.clone();
             async move {
+                // Seen before it is routed: until the hs_token check marks it the homeserver's,
+                // it is evicted before connections that have sent nothing yet.
+                tag.mark_seen();
                 let (mut parts, incoming) = request.into_parts();
                 parts.extensions.insert(ConnectInfo(peer));
                 parts.extensions.insert(tag);
