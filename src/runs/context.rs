@@ -41,17 +41,12 @@ pub(super) async fn request(
         .history(room, want, (want * 10).max(200), forget_mark.as_deref())
         .await?;
     // The conversation the newest trigger is in: its thread, or the main timeline.
-    let thread = triggers
-        .iter()
-        .max_by_key(|t| t.at)
-        .and_then(|t| t.payload.0.thread_root.clone());
+    let newest = triggers.iter().max_by_key(|t| t.at).map(|t| &t.payload.0);
+    let thread = newest.and_then(|p| p.thread_root.clone());
     let mut said = history::conversation(&events, thread.as_deref(), want);
     // A reply carries the message it answers, even one older than the window: first in the
     // context, where a person would scroll up to it.
-    let reply_to = triggers
-        .iter()
-        .max_by_key(|t| t.at)
-        .and_then(|t| t.payload.0.reply_to.clone());
+    let reply_to = newest.and_then(|p| p.reply_to.clone());
     if let Some(target) = reply_to
         && !said.iter().any(|s| s.event_id == target)
         && let Some(raw) = intent.event(room, &target).await?
