@@ -13,7 +13,7 @@ use crate::{
     appservice::{self, AppState},
     bridge::{
         agents::AgentRegistry,
-        commands::Commands,
+        commands::{Commands, Speakers},
         control::Control,
         followup::FollowUps,
         mirror::{Mirror, Wakers},
@@ -225,6 +225,7 @@ impl Bridge {
             max_stream_edits: b.max_stream_edits,
             send_wait: self.config.api.send_wait,
             run_attempts: b.run_attempts,
+            media: self.config.media.clone(),
         }
     }
 
@@ -233,7 +234,10 @@ impl Bridge {
         let commands = Commands::new(
             self.control.clone(),
             self.store.clone(),
-            self.bot.clone(),
+            Speakers {
+                bot: self.bot.clone(),
+                puppets: self.puppets.clone(),
+            },
             self.registry.clone(),
             self.config.bridge.command_prefix.clone(),
             self.config.bridge.admins.clone(),

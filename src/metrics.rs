@@ -88,6 +88,9 @@ pub struct Metrics {
     pub task_failures: Family<TaskLabel, Counter>,
     /// Failed agent-key authentications, by outcome (denied, limited).
     pub auth_failures: Family<OutcomeLabel, Counter>,
+    /// Attachments a run looked at, by outcome (given, or why not: too_large, not_found,
+    /// hash_mismatch, …).
+    pub media: Family<OutcomeLabel, Counter>,
     /// Outbox events waiting to be published (as of the publisher's last look).
     pub events_pending: Gauge,
     /// Outbox events JetStream acknowledged.
@@ -129,6 +132,7 @@ impl Metrics {
             requests_timed_out: Counter::default(),
             task_failures: Family::default(),
             auth_failures: Family::default(),
+            media: Family::default(),
             events_pending: Gauge::default(),
             events_published: Counter::default(),
             event_publish_errors: Counter::default(),
@@ -175,6 +179,11 @@ impl Metrics {
             m.triggers.clone(),
         );
         r.register("agent_runs", "Agent runs by final status", m.runs.clone());
+        r.register(
+            "media",
+            "Attachments runs looked at, by outcome (given, named, or refused: too_large, not_found, status, empty, timeout, bad_uri, unreachable, bad_key, hash_mismatch, wrong_type, budget, transcription)",
+            m.media.clone(),
+        );
         r.register(
             "runtime_duration_seconds",
             "Runtime latency: from calling the runtime to the run's end",
@@ -264,6 +273,11 @@ impl Metrics {
     /// Counts one encrypted or to-device event by outcome.
     pub fn crypto(&self, outcome: &'static str) {
         self.crypto.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts one attachment a run looked at, by outcome.
+    pub fn media(&self, outcome: &'static str) {
+        self.media.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts one transaction.

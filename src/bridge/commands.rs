@@ -1,8 +1,10 @@
 //! Bot commands in Matrix (`!daarion invite sofia`, or anything in a direct chat with the bot):
 //! recognised by the planner and queued as durable follow-up jobs in the transaction's commit,
 //! then parsed, authorised (room power levels, plus the configured bridge admins) and executed
-//! here, and answered as the bot with an `m.notice` in Markdown that replies to the command.
-//! A reply's transaction id is derived from the job, so a retried job never answers twice.
+//! here, and answered with an `m.notice` in Markdown that replies to the command: as the bot,
+//! or, in a direct chat with an agent (where the bot is not), as that agent.
+//! A reply's transaction id (the agent's outbox key) is derived from the job, so a retried job
+//! never answers twice.
 
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use super::{
 };
 use crate::model::Agent;
 use crate::{
-    db::{Store, StoreError, audit::Actor},
+    db::{Store, StoreError, audit::Actor, rooms::StoredRoom},
     matrix::HsError,
     model::runtime::MessageKind,
     model::{
@@ -23,10 +25,19 @@ use crate::{
         ids::{AgentId, ChannelId},
     },
     puppet::{
-        BotIntent, PuppetError,
+        BotIntent, PuppetError, Puppets, Send as PuppetSend,
         content::{self, Outgoing},
     },
 };
+
+/// Who can answer a command: the bot, or in a direct chat with an agent, the agent itself.
+#[derive(Clone)]
+pub struct Speakers {
+    /// The bridge bot (encrypted in encrypted rooms).
+    pub bot: BotIntent,
+    /// The agents' puppets (their answers go through the durable outbox).
+    pub puppets: Arc<Puppets>,
+}
 
 /// Power level a room member needs for `invite`, `kick` and `respond` (moderator).
 pub const MANAGE_LEVEL: i64 = 50;
@@ -154,12 +165,20 @@ impl CommandError {
 pub struct Commands {
     control: Arc<Control>,
     store: Store,
-    /// Answers as the bot (encrypted in encrypted rooms).
-    bot: BotIntent,
+    /// Who answers.
+    speakers: Speakers,
     registry: Arc<AgentRegistry>,
     prefix: String,
     admins: Vec<OwnedUserId>,
     stops: Arc<RunStops>,
+}
+
+/// The room a command runs in, as the bridge mirrors it, and whether an agent answers there.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    room: Option<&'a (ruma::OwnedRoomId, StoredRoom, Vec<AgentId>)>,
+    /// A direct chat with an agent: the agent answers (the bot is not a member).
+    agent_speaks: bool,
 }
 
 /// A command to run: where, from whom, and its text.
@@ -177,12 +196,12 @@ pub struct Invocation<'a> {
 }
 
 impl Commands {
-    /// Commands running `control`'s operations and answering as `bot`, with the configured
+    /// Commands running `control`'s operations and answered by `speakers`, with the configured
     /// prefix and bridge admins.
     pub fn new(
         control: Arc<Control>,
         store: Store,
-        bot: BotIntent,
+        speakers: Speakers,
         registry: Arc<AgentRegistry>,
         prefix: String,
         admins: Vec<OwnedUserId>,
@@ -191,7 +210,7 @@ impl Commands {
         Arc::new(Self {
             control,
             store,
-            bot,
+            speakers,
             registry,
             prefix,
             admins,
@@ -206,33 +225,45 @@ impl Commands {
             kind: ActorType::User,
             id: Some(call.sender.to_string()),
         };
+        let room = self.store.rooms().load(&[call.room.as_str()]).await?.pop();
+        // In a direct chat with an agent the bot is not a member: the agent answers.
+        let agent = room
+            .as_ref()
+            .filter(|(_, r, _)| r.is_direct == Some(true))
+            .and_then(|(_, _, agents)| agents.iter().find_map(|a| self.registry.by_id(*a)));
         let (answer, outcome) = match parse(call.text, &self.prefix) {
             Err(help) => (help, AuditOutcome::Denied),
-            Ok(command) => self.execute(&call, &command, &actor).await?,
+            Ok(command) => {
+                let place = Place {
+                    room: room.as_ref(),
+                    agent_speaks: agent.is_some(),
+                };
+                self.execute(&call, place, &command, &actor).await?
+            }
         };
         let entry = actor
             .did("command.run", Some(call.room.as_str()), outcome)
             .details(serde_json::json!({ "command": call.text, "event_id": call.event_id }));
         self.store.audit().record(&[entry]).await?;
-        self.reply(&call, &answer).await
+        self.reply(&call, agent, &answer).await
     }
 
     async fn execute(
         &self,
         call: &Invocation<'_>,
+        place: Place<'_>,
         command: &Command,
         actor: &Actor,
     ) -> Result<(String, AuditOutcome), CommandError> {
         let store = &self.store;
-        let room = store.rooms().load(&[call.room.as_str()]).await?.pop();
+        let room = place.room;
         let admin = self.admins.iter().any(|a| a == call.sender);
         let level = room
-            .as_ref()
             .and_then(|(_, r, _)| r.power_levels.as_ref())
             .map_or(0, |p| p.0.level(call.sender.as_str()));
         let may_manage = admin || level >= MANAGE_LEVEL;
-        let in_room: Vec<AgentId> = room.as_ref().map(|(_, _, a)| a.clone()).unwrap_or_default();
-        let channel: Option<ChannelId> = room.as_ref().map(|(_, r, _)| r.channel_id);
+        let in_room: Vec<AgentId> = room.map(|(_, _, a)| a.clone()).unwrap_or_default();
+        let channel: Option<ChannelId> = room.map(|(_, r, _)| r.channel_id);
         let denied = |what: &str| {
             Ok((
                 format!(
@@ -283,10 +314,11 @@ impl Commands {
                     .channels()
                     .set_forget_mark(channel, call.event_id)
                     .await?;
-                ok(
-                    "Done: the agents in this room forget everything said before this point."
-                        .into(),
-                )
+                ok(if place.agent_speaks {
+                    "Done: I forget everything said before this point.".into()
+                } else {
+                    "Done: the agents in this room forget everything said before this point.".into()
+                })
             }
             Command::Sessions => {
                 let Some(channel) = channel else {
@@ -370,7 +402,13 @@ impl Commands {
         }
     }
 
-    async fn reply(&self, call: &Invocation<'_>, text: &str) -> Result<(), CommandError> {
+    /// Answers as `agent` (through its durable outbox, keyed by the job) or as the bot.
+    async fn reply(
+        &self,
+        call: &Invocation<'_>,
+        agent: Option<Arc<Agent>>,
+        text: &str,
+    ) -> Result<(), CommandError> {
         let content = content::message(&Outgoing {
             body: text.to_owned(),
             markdown: true,
@@ -379,9 +417,24 @@ impl Commands {
             thread_root: None,
             mentions: vec![call.sender.to_owned()],
         });
-        self.bot
-            .send(call.room, &format!("cmd-{}", call.job), &content)
-            .await?;
+        let key = format!("cmd-{}", call.job);
+        match agent {
+            Some(agent) => {
+                let send = PuppetSend {
+                    content,
+                    key: Some(key),
+                    request_hash: None,
+                };
+                self.speakers
+                    .puppets
+                    .intent(agent)
+                    .send(call.room, send)
+                    .await?;
+            }
+            None => {
+                self.speakers.bot.send(call.room, &key, &content).await?;
+            }
+        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod decl;
 pub use crate::model::duration;
 mod encryption;
 mod events;
+mod media;
 mod validate;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -21,6 +22,7 @@ pub use self::{
     decl::*,
     encryption::EncryptionConfig,
     events::{AuditConfig, EventsConfig},
+    media::MediaConfig,
 };
 use crate::model::Namespace;
 
@@ -73,6 +75,9 @@ pub struct Config {
     /// `[encryption]`: agents in end-to-end encrypted rooms.
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// `[media]`: the files people send, as agents get them.
+    #[serde(default)]
+    pub media: MediaConfig,
     /// `[[microdaos]]`.
     #[serde(default)]
     pub microdaos: Vec<MicrodaoDecl>,

@@ -162,6 +162,36 @@ impl Homeserver {
             ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
     {
+        let request = self.http_request(request, as_user, device)?;
+        let response = self.http.execute(request).await?;
+        let mut builder = http::Response::builder().status(response.status());
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let body = response.bytes().await?;
+        let http_response = builder
+            .body(body.as_ref())
+            .map_err(|e| HsError::Response(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| match e {
+            FromHttpResponseError::Server(error) => error.into_hs_error(),
+            other => HsError::Response(other.to_string()),
+        })
+    }
+
+    /// `request` as an HTTP request of the bot (`as_user` `None` or the bot) or of a puppet,
+    /// optionally asserting one of the puppet's devices.
+    pub(super) fn http_request<R>(
+        &self,
+        request: R,
+        as_user: Option<&UserId>,
+        device: Option<&DeviceId>,
+    ) -> Result<reqwest::Request, HsError>
+    where
+        R: OutgoingRequest + OutgoingRequestAppserviceExt,
+        for<'a> R::Authentication:
+            ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
+    {
         // The bot is the registration's sender: no identity assertion needed for it, unless a
         // device is asserted. Synapse looks a device up under the asserted user, and with none
         // it answers 500 (it binds its own `UserID` object as the query parameter).
@@ -186,20 +216,21 @@ impl Homeserver {
                 device.as_str(),
             )?;
         }
-        let request = reqwest::Request::try_from(http_request)?;
-        let response = self.http.execute(request).await?;
-        let mut builder = http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            builder = builder.header(name, value);
-        }
-        let body = response.bytes().await?;
-        let http_response = builder
-            .body(body.as_ref())
-            .map_err(|e| HsError::Response(e.to_string()))?;
-        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| match e {
-            FromHttpResponseError::Server(error) => error.into_hs_error(),
-            other => HsError::Response(other.to_string()),
-        })
+        Ok(reqwest::Request::try_from(http_request)?)
+    }
+
+    /// The device asserted for requests as `user`, if it has one.
+    pub(super) fn device_of(&self, user: &UserId) -> Option<ruma::OwnedDeviceId> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+    }
+
+    /// The HTTP client (shared connection pool).
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// From now on, requests as `user` assert `device` (its device exists on the homeserver).
@@ -222,13 +253,7 @@ impl Homeserver {
             ruma::api::auth_scheme::AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> <R::PathBuilder as PathBuilder>::Input<'a>: From<Cow<'a, SupportedVersions>>,
     {
-        let device = as_user.and_then(|user| {
-            self.devices
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(user)
-                .cloned()
-        });
+        let device = as_user.and_then(|user| self.device_of(user));
         self.send_as(request, as_user, device.as_deref()).await
     }
 

@@ -57,6 +57,15 @@ pub struct OpenAiConfig {
     /// Bound on one call.
     #[serde(default = "default_runtime_timeout", with = "duration")]
     pub timeout: std::time::Duration,
+    /// The model sees images: they go as `image_url` parts (`data:` URIs); otherwise as a text
+    /// naming them.
+    #[serde(default)]
+    pub vision: bool,
+    /// A speech-to-text model at the same endpoint (`{base_url}/audio/transcriptions`, e.g.
+    /// `whisper-1`): voice messages and audio are transcribed, and the transcript is the turn's
+    /// text. None: audio is named, not heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription_model: Option<String>,
 }
 
 /// `[blueprints.webhook]`.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::AnyTimelineEvent, serde::Raw};
 
-use super::{PuppetError, Puppets, Send, history};
+use super::{PuppetError, Puppets, Send, history, media};
 use crate::{
     db::outbox::{Enqueued, OutboxItem},
     model::{Agent, ids::OutboxId},
@@ -253,5 +253,16 @@ impl PuppetIntent {
         room: &RoomId,
     ) -> Result<BTreeMap<OwnedUserId, String>, PuppetError> {
         Ok(self.puppets.hs.member_names(room, self.user_id()).await?)
+    }
+
+    /// Media sent to the agent (`source` of an `m.image`, `m.file`, …), downloaded as the agent
+    /// and decrypted when it came encrypted: at most `cap` bytes, within `timeout`.
+    pub async fn media(
+        &self,
+        source: &ruma::events::room::MediaSource,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<media::Fetched, media::FetchError> {
+        media::fetch(&self.puppets.hs, self.user_id(), source, cap, timeout).await
     }
 }

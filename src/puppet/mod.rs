@@ -1,6 +1,7 @@
 //! Agents as Matrix users: registration and profile of puppets (`profile`), what they send
 //! ([`content`]), the durable, per-room ordered outbox through which every send reaches the
-//! homeserver exactly once ([`outbox`]), and [`PuppetIntent`], the one way the rest of the
+//! homeserver exactly once ([`outbox`]), media people sent, fetched as the agent ([`media`]),
+//! and [`PuppetIntent`], the one way the rest of the
 //! bridge acts as an agent (like bridgev2's `GhostIntent`).
 
 mod bot;
@@ -8,6 +9,7 @@ pub mod content;
 mod ghost;
 mod history;
 mod intent;
+pub mod media;
 pub mod outbox;
 mod profile;
 

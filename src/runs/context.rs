@@ -2,10 +2,10 @@
 //! messages (full bodies, read from the homeserver as the puppet, parsed with ruma) with
 //! speakers' display names.
 
-use ruma::{OwnedUserId, RoomId};
+use ruma::{OwnedUserId, RoomId, UserId};
 
 use super::{
-    history,
+    history, media,
     runtime::{AgentInfo, ChannelInfo, RunRequest, Turn},
 };
 use crate::{
@@ -14,16 +14,37 @@ use crate::{
     puppet::{PuppetError, PuppetIntent},
 };
 
+/// Where a run's conversation is, and what bounds it.
+pub(super) struct Place<'a> {
+    /// The room.
+    pub room: &'a RoomId,
+    /// Its channel.
+    pub channel: ChannelId,
+    /// The agent's session there.
+    pub session_id: Option<String>,
+    /// Nothing at or before this event is part of the conversation (`forget`).
+    pub forget_mark: Option<ruma::OwnedEventId>,
+    /// Whether a user is an agent (of this bridge): its messages are marked as another agent's.
+    pub is_agent: &'a (dyn Fn(&UserId) -> bool + Sync),
+    /// What the run may fetch of attachments.
+    pub media: media::Media<'a>,
+}
+
 /// Builds the request of run `id`.
 pub(super) async fn request(
     id: RunId,
     intent: &PuppetIntent,
-    room: &RoomId,
-    channel: ChannelId,
-    session_id: Option<String>,
+    place: Place<'_>,
     triggers: &[TriggerRow],
-    forget_mark: Option<ruma::OwnedEventId>,
 ) -> Result<RunRequest, PuppetError> {
+    let Place {
+        room,
+        channel,
+        session_id,
+        forget_mark,
+        is_agent,
+        media,
+    } = place;
     let agent = intent.agent();
     let b = &agent.behaviour;
     // Names are a nicety: the context is still useful without them.
@@ -59,14 +80,19 @@ pub(super) async fn request(
         Some(budget) => history::within_budget(&mut said, budget as usize, &answered),
         None => 0,
     };
+    // Attachments are fetched now, for this run, never on the transaction path.
+    media::give(intent, &mut said, &media).await;
     let context: Vec<Turn> = said
         .into_iter()
         .map(|said| Turn {
             is_self: said.sender == agent.user_id,
+            // Another agent: one of this bridge's, or anyone's notice (bots speak in notices).
+            is_agent: said.sender != agent.user_id && (said.notice || is_agent(&said.sender)),
             name: name_of(&said.sender),
             text: said.text,
             event_id: said.event_id.to_string(),
             sender: said.sender.to_string(),
+            parts: said.attachment.map(|a| vec![a.part]).unwrap_or_default(),
         })
         .collect();
     let mut system = b
@@ -98,10 +124,13 @@ pub(super) async fn request(
             .iter()
             .map(|t| Turn {
                 is_self: false,
+                is_agent: t.payload.0.sender_is_agent,
                 name: name_of(&t.payload.0.sender),
                 text: t.payload.0.body.clone(),
                 event_id: t.event_id.to_string(),
                 sender: t.payload.0.sender.to_string(),
+                // Normally in `context` too, with its parts; never fetched twice.
+                parts: Vec::new(),
             })
             .collect(),
         context,

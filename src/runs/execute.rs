@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Runner, context, runtime::RunOutput, select::runtime_for};
+use super::{Runner, context, media, runtime::RunOutput, select::runtime_for};
 use crate::{
     config::MessageKind,
     db::{outbox::Enqueued, runs::RunEnd, triggers::TriggerRow},
@@ -67,7 +67,25 @@ impl Runner {
                 return Ended::End(self.failed(id, intent, room, error).await);
             }
         };
-        let request = context::request(id, intent, room, channel, session, triggers, forget_mark);
+        let namespace = self.registry.namespace();
+        let is_agent = |user: &ruma::UserId| namespace.is_puppet(user);
+        let place = context::Place {
+            room,
+            channel,
+            session_id: session,
+            forget_mark,
+            is_agent: &is_agent,
+            media: media::Media {
+                config: &self.settings.media,
+                openai: match &intent.agent().behaviour.runtime {
+                    crate::model::RuntimeSpec::OpenAi(config) => Some(config),
+                    _ => None,
+                },
+                http: &self.http,
+                metrics: &self.metrics,
+            },
+        };
+        let request = context::request(id, intent, place, triggers);
         let (typed, request) = tokio::join!(typing, request);
         if let Err(error) = typed {
             tracing::warn!(run_id = %id, %error, "cannot show typing");

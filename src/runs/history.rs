@@ -8,11 +8,15 @@
 //!   target of a redaction in the window are left out;
 //! - **threads**: in a thread, the thread (its root and replies); in the main timeline, the
 //!   main timeline without thread replies;
-//! - **media** named by kind, file name and size until runtimes get the content (a voice
-//!   message is audio).
+//! - **media** named by kind, file name and size, with what the runtime may be given of it
+//!   (fetched later, by `runs/media.rs`, within the run's budget).
 
 use std::collections::{HashMap, HashSet};
 
+use super::{
+    media,
+    said::{Attachment, Said},
+};
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId,
     events::{
@@ -22,17 +26,6 @@ use ruma::{
     },
     serde::Raw,
 };
-
-/// One message of the conversation, before names are attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Said {
-    /// The message's event.
-    pub event_id: OwnedEventId,
-    /// Who sent it.
-    pub sender: OwnedUserId,
-    /// Its text, after its latest edit.
-    pub text: String,
-}
 
 /// A message of the window, with where it sits.
 struct Original {
@@ -58,8 +51,17 @@ pub(super) fn conversation(
     let mut edits: HashMap<OwnedEventId, Vec<Edit>> = HashMap::new();
     let mut redacted: HashSet<OwnedEventId> = HashSet::new();
     for raw in events {
-        let Ok(AnyTimelineEvent::MessageLike(event)) = raw.deserialize() else {
-            continue;
+        let event = match raw.deserialize() {
+            Ok(AnyTimelineEvent::MessageLike(event)) => event,
+            Ok(_) => continue,
+            Err(_) => {
+                // A message whose attachment's `info` is malformed is still a message: named,
+                // with what can be read of it.
+                if let Some(said) = media::loose(raw) {
+                    originals.push(Original { said, thread: None });
+                }
+                continue;
+            }
         };
         match event {
             AnyMessageLikeEvent::RoomMessage(MessageLikeEvent::Original(ev)) => {
@@ -69,7 +71,7 @@ pub(super) fn conversation(
                     edits.entry(r.event_id.clone()).or_default().push(Edit {
                         sender: ev.sender.clone(),
                         at: ev.origin_server_ts,
-                        text: text_of(&r.new_content.msgtype),
+                        text: text_of(&r.new_content.msgtype, None),
                     });
                     continue;
                 }
@@ -77,11 +79,14 @@ pub(super) fn conversation(
                     Some(Relation::Thread(t)) => Some(t.event_id.clone()),
                     _ => None,
                 };
+                let attachment = media::attachment(&ev.content.msgtype, || is_voice(raw));
                 originals.push(Original {
                     said: Said {
                         event_id: ev.event_id.clone(),
                         sender: ev.sender.clone(),
-                        text: text_of(&ev.content.msgtype),
+                        text: text_of(&ev.content.msgtype, attachment.as_deref()),
+                        notice: matches!(ev.content.msgtype, MessageType::Notice(_)),
+                        attachment,
                     },
                     thread,
                 });
@@ -92,6 +97,8 @@ pub(super) fn conversation(
                         event_id: ev.event_id.clone(),
                         sender: ev.sender.clone(),
                         text: format!("[sticker: {}]", ev.content.body),
+                        notice: false,
+                        attachment: Some(media::sticker(&ev.content)),
                     },
                     thread: None,
                 });
@@ -158,28 +165,39 @@ pub(super) fn message(raw: &Raw<AnyTimelineEvent>) -> Option<Said> {
     conversation(std::slice::from_ref(raw), Some(&event_id), 1).pop()
 }
 
-/// Text for what a message carries: its body, or for media a short line naming it.
-fn text_of(msgtype: &MessageType) -> String {
-    let media = |kind: &str, name: &str, size: Option<ruma::UInt>| match size {
-        Some(size) => format!("[{kind}: {name}, {}]", human_size(u64::from(size))),
-        None => format!("[{kind}: {name}]"),
+/// Text for what a message carries: its body, or for media a short line naming it and its
+/// caption, if it has one.
+fn text_of(msgtype: &MessageType, attachment: Option<&Attachment>) -> String {
+    let caption = match msgtype {
+        MessageType::Image(m) => m.caption(),
+        MessageType::File(m) => m.caption(),
+        MessageType::Audio(m) => m.caption(),
+        MessageType::Video(m) => m.caption(),
+        other => return other.body().to_owned(),
     };
-    match msgtype {
-        MessageType::Image(m) => media("image", m.filename(), m.info.as_ref().and_then(|i| i.size)),
-        MessageType::File(m) => media("file", m.filename(), m.info.as_ref().and_then(|i| i.size)),
-        MessageType::Audio(m) => media("audio", m.filename(), m.info.as_ref().and_then(|i| i.size)),
-        MessageType::Video(m) => media("video", m.filename(), m.info.as_ref().and_then(|i| i.size)),
-        other => other.body().to_owned(),
+    let label = match attachment {
+        Some(a) => a.part.label(),
+        None => format!("[{}]", msgtype.body()),
+    };
+    match caption {
+        Some(caption) => format!("{label} {caption}"),
+        None => label,
     }
 }
 
-/// `bytes` as a person reads a size.
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1 << 20)),
-        b if b >= 1 << 10 => format!("{} KB", b >> 10),
-        b => format!("{b} bytes"),
+/// Whether an audio message is a voice message (MSC3245's marker in its content).
+fn is_voice(raw: &Raw<AnyTimelineEvent>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        content: Marker,
     }
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(rename = "org.matrix.msc3245.voice")]
+        voice: Option<serde::de::IgnoredAny>,
+    }
+    raw.deserialize_as_unchecked::<Probe>()
+        .is_ok_and(|p| p.content.voice.is_some())
 }
 
 #[cfg(test)]
@@ -308,13 +326,19 @@ mod tests {
                 json!({ "msgtype": "m.notice", "body": "noted" }),
             ),
         ];
+        let said = conversation(&events, None, 10);
         assert_eq!(
-            texts(&conversation(&events, None, 10)),
+            texts(&said),
             [
                 "noted",
                 "[file: report.pdf, 3.0 MB]",
                 "[image: cat.png, 200 KB]"
             ]
+        );
+        // A notice is how bots and agents speak: the runtime is told.
+        assert_eq!(
+            said.iter().map(|s| s.notice).collect::<Vec<_>>(),
+            [true, false, false]
         );
     }
 }

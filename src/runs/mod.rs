@@ -9,8 +9,10 @@
 mod context;
 mod execute;
 mod history;
+mod media;
 pub mod openai;
 pub mod runtime;
+mod said;
 pub mod select;
 pub mod webhook;
 
@@ -70,6 +72,8 @@ pub struct RunSettings {
     pub send_wait: Duration,
     /// Runtime calls per run, a crash-interrupted one included.
     pub run_attempts: u32,
+    /// What runs are given of attachments.
+    pub media: crate::config::MediaConfig,
 }
 
 /// The run scheduler.

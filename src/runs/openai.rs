@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::runtime::{RunOutput, RunRequest, Runtime, RuntimeError};
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+
 use crate::config::OpenAiConfig;
 
 /// An OpenAI-compatible chat completions endpoint.
@@ -20,24 +22,21 @@ impl OpenAi {
         Self { http, config }
     }
 
-    /// System prompt, then the room as user/assistant turns ("Name: text" for people).
+    /// System prompt, then the room as user/assistant turns ("Name: text" for people, "Name
+    /// (agent): text" for other agents).
     fn messages(request: &RunRequest) -> Vec<Value> {
         let mut messages = vec![json!({ "role": "system", "content": request.system_prompt })];
         for turn in &request.context {
             if turn.is_self {
                 messages.push(json!({ "role": "assistant", "content": turn.text }));
             } else {
-                messages.push(
-                    json!({ "role": "user", "content": format!("{}: {}", turn.name, turn.text) }),
-                );
+                messages.push(json!({ "role": "user", "content": content(turn) }));
             }
         }
         // The triggers are normally the newest context turns; make sure they are there.
         for turn in &request.trigger_turns {
             if !request.context.iter().any(|t| t.event_id == turn.event_id) {
-                messages.push(
-                    json!({ "role": "user", "content": format!("{}: {}", turn.name, turn.text) }),
-                );
+                messages.push(json!({ "role": "user", "content": content(turn) }));
             }
         }
         messages
@@ -67,12 +66,18 @@ impl OpenAi {
             self.config.base_url.trim_end_matches('/')
         );
         let mut req = self.http.post(url).json(&body);
-        if let Some(key) = &self.config.api_key {
-            req = req.bearer_auth(key);
-        } else if let Some(var) = &self.config.api_key_env {
-            let key = std::env::var(var).map_err(|_| {
-                RuntimeError::Config(format!("environment variable {var} is not set"))
-            })?;
+        if let Some(var) = self
+            .config
+            .api_key_env
+            .as_ref()
+            .filter(|_| self.config.api_key.is_none())
+            && std::env::var(var).is_err()
+        {
+            return Err(RuntimeError::Config(format!(
+                "environment variable {var} is not set"
+            )));
+        }
+        if let Some(key) = api_key(&self.config) {
             req = req.bearer_auth(key);
         }
         let mut response = req
@@ -170,4 +175,50 @@ impl Runtime for OpenAi {
             self.call_inner(request, deltas),
         ))
     }
+}
+
+/// A turn of someone else, as a user message: "Name: text", "Name (agent): text" for an agent.
+fn said(turn: &super::runtime::Turn) -> String {
+    if turn.is_agent {
+        format!("{} (agent): {}", turn.name, turn.text)
+    } else {
+        format!("{}: {}", turn.name, turn.text)
+    }
+}
+
+/// The API key of `config`: the resolved secret, else the named environment variable's value.
+pub(super) fn api_key(config: &OpenAiConfig) -> Option<String> {
+    config
+        .api_key
+        .clone()
+        .or_else(|| std::env::var(config.api_key_env.as_deref()?).ok())
+}
+
+/// A user turn's content: its text, or, when it carries what a model can take (an image's
+/// bytes, a text file's text), content parts: the text first, then each attachment.
+fn content(turn: &super::runtime::Turn) -> Value {
+    let given: Vec<Value> = turn
+        .parts
+        .iter()
+        .filter_map(|part| {
+            if let Some(data) = &part.data {
+                let mime = part
+                    .mimetype
+                    .as_deref()
+                    .unwrap_or("application/octet-stream");
+                let url = format!("data:{mime};base64,{}", BASE64.encode(data.as_slice()));
+                return Some(json!({ "type": "image_url", "image_url": { "url": url } }));
+            }
+            let text = part.text.as_ref()?;
+            // A transcript is already the turn's text.
+            (part.kind != super::runtime::PartKind::Audio)
+                .then(|| json!({ "type": "text", "text": format!("{}:\n{text}", part.name) }))
+        })
+        .collect();
+    if given.is_empty() {
+        return json!(said(turn));
+    }
+    let mut parts = vec![json!({ "type": "text", "text": said(turn) })];
+    parts.extend(given);
+    Value::Array(parts)
 }

@@ -19,8 +19,99 @@ pub struct Turn {
     pub text: String,
     /// Sent by this run's agent (an assistant turn).
     pub is_self: bool,
+    /// Sent by another agent: one of this bridge's agents, or a notice (how bots speak).
+    pub is_agent: bool,
     /// The event.
     pub event_id: String,
+    /// What the message carries besides its text: an image, file, audio or video.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// What an attachment is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartKind {
+    /// `m.image` or a sticker.
+    Image,
+    /// `m.file`.
+    File,
+    /// `m.audio` (a voice message too).
+    Audio,
+    /// `m.video`.
+    Video,
+}
+
+impl PartKind {
+    /// `image`, `file`, `audio` or `video`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartKind::Image => "image",
+            PartKind::File => "file",
+            PartKind::Audio => "audio",
+            PartKind::Video => "video",
+        }
+    }
+}
+
+/// An attachment of a turn, described, and given when the runtime can use it: an image's
+/// bytes (models that see), a text file's text, a voice message's transcript.
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    /// Its kind.
+    pub kind: PartKind,
+    /// The file name.
+    pub name: String,
+    /// Its MIME type: sniffed from the bytes when they were fetched, else as the sender said.
+    pub mimetype: Option<String>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+    /// An image's or video's width in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u64>,
+    /// An image's or video's height in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    /// An audio's or video's duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// A voice message (MSC3245).
+    pub voice: bool,
+    /// A text file's text, or a voice message's transcript.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why its content is not given (too large, not found, a file that does not match its
+    /// hash, …); none when it is, or was not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// An image's bytes, for a model that sees (never serialized: webhook runtimes get a
+    /// description).
+    #[serde(skip)]
+    pub data: Option<std::sync::Arc<Vec<u8>>>,
+}
+
+impl Part {
+    /// A short text naming it: `[image: cat.png, 200 KB]`.
+    pub fn label(&self) -> String {
+        let kind = if self.voice {
+            "voice message"
+        } else {
+            self.kind.as_str()
+        };
+        match self.size {
+            Some(size) => format!("[{kind}: {}, {}]", self.name, human_size(size)),
+            None => format!("[{kind}: {}]", self.name),
+        }
+    }
+}
+
+/// `bytes` as a person reads a size.
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1 << 20)),
+        b if b >= 1 << 10 => format!("{} KB", b >> 10),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// Everything a runtime gets (also the webhook runtime's JSON body).

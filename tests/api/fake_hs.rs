@@ -20,6 +20,9 @@ pub struct HsCall {
     pub body: Value,
 }
 
+/// What the fake media repository answers for one id: the bytes, or an error status.
+pub type MediaAnswer = Result<Vec<u8>, u16>;
+
 #[derive(Clone, Default)]
 pub struct FakeHs {
     pub calls: Arc<Mutex<Vec<HsCall>>>,
@@ -35,6 +38,9 @@ pub struct FakeHs {
     pub fail_joins: Arc<Mutex<std::collections::VecDeque<u16>>>,
     /// A delay before answering sends (keeps answers in flight).
     pub send_delay: Arc<Mutex<Duration>>,
+    /// Media `/_matrix/client/v1/media/download/{server}/{id}` serves, by `server/id`: bytes,
+    /// or a status to answer with (404 otherwise).
+    pub media: Arc<Mutex<HashMap<String, MediaAnswer>>>,
 }
 
 impl FakeHs {
@@ -72,6 +78,21 @@ impl FakeHs {
             auth,
             body,
         });
+        if let Some(id) = path.strip_prefix("/_matrix/client/v1/media/download/") {
+            return match self.media.lock().unwrap().get(id).cloned() {
+                Some(Ok(bytes)) => bytes.into_response(),
+                Some(Err(status)) => (
+                    StatusCode::from_u16(status).unwrap(),
+                    Json(json!({ "errcode": "M_UNKNOWN", "error": "media failed" })),
+                )
+                    .into_response(),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({ "errcode": "M_NOT_FOUND", "error": "no such media" })),
+                )
+                    .into_response(),
+            };
+        }
         if path.contains("/send/") || path.contains("/redact/") {
             let delay = *self.send_delay.lock().unwrap();
             if !delay.is_zero() {

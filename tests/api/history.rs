@@ -82,6 +82,20 @@ async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
             65,
         ),
         at(ev::text("a2", ev::SOFIA, "TURQ"), 60),
+        // Another agent of the bridge, and a bot's notice: both marked as agents.
+        at(
+            ev::base(
+                "m.room.message",
+                "n2",
+                "@helper-bot:localhost",
+                json!({ "msgtype": "m.notice", "body": "Reminder set." }),
+            ),
+            57,
+        ),
+        at(
+            ev::text("n1", "@agent_marko:localhost", "Marko thinks so too."),
+            55,
+        ),
         at(ev::text("q2", A, "and the colour word TURQUOISE"), 50),
         at(edit("e0", A, "q1", "remember the fruit word PAPAYA"), 45),
         at(ev::text("a1", ev::SOFIA, "PAPAYA noted."), 40),
@@ -117,6 +131,8 @@ async fn the_runtime_gets_the_conversation_a_person_sees(#[case] b: Backend) {
         ("user", "Alice Liddell: remember the fruit word PAPAYA"),
         ("assistant", "PAPAYA noted."),
         ("user", "Alice Liddell: and the colour word TURQUOISE"),
+        ("user", "agent_marko (agent): Marko thinks so too."),
+        ("user", "helper-bot (agent): Reminder set."),
         ("assistant", "TURQUOISE noted, whole answer."),
         ("user", "Alice Liddell: Sofia, which words did I give you?"),
     ];
@@ -412,4 +428,85 @@ async fn an_agent_created_while_running_has_its_device_before_it_joins(#[case] b
         matches!((device, join), (Some(d), Some(j)) if d < j),
         "the device ({device:?}) before the join ({join:?})"
     );
+}
+
+/// A direct chat between Carol and Sofia (the bot is not in it), `room`.
+async fn agent_dm(app: &TestApp, room: &str) {
+    let carol = "@carol:localhost";
+    let mut invite = ev::in_room(ev::member("di", carol, ev::SOFIA, "invite"), room);
+    invite["content"]["is_direct"] = json!(true);
+    let joins = vec![
+        invite,
+        ev::in_room(ev::member("dcj", carol, carol, "join"), room),
+        ev::in_room(
+            ev::now(ev::member("dsj", ev::SOFIA, ev::SOFIA, "join")),
+            room,
+        ),
+    ];
+    assert_eq!(app.put_txn("dm-joins", joins).await.0, 200);
+}
+
+/// What Sofia sent, as message bodies, in order.
+fn sofia_said(app: &TestApp) -> Vec<String> {
+    app.hs
+        .sent_messages()
+        .into_iter()
+        .filter(|(user, _)| user == ev::SOFIA)
+        .filter_map(|(_, c)| c.body["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_direct_chat_the_agent_answers_forget_and_stop(#[case] b: Backend) {
+    // The bot is not in a direct chat with an agent: a bare `forget` or `stop` there is a
+    // command all the same, and the agent itself answers it.
+    let (model, app) = with_model(b, "plain", "").await;
+    let dm = "!sofia-dm:localhost";
+    agent_dm(&app, dm).await;
+    let say = |id: &'static str, text: &'static str| {
+        let app = &app;
+        async move {
+            let msg = ev::in_room(ev::now(ev::text(id, "@carol:localhost", text)), dm);
+            assert_eq!(app.put_txn(id, vec![msg]).await.0, 200);
+        }
+    };
+    say("f1", "Forget").await;
+    let mut answered = Vec::new();
+    for _ in 0..300 {
+        answered = sofia_said(&app);
+        if !answered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        answered,
+        ["Done: I forget everything said before this point."]
+    );
+    let mark = app.rows("SELECT event_id FROM bridge_forget_marks").await;
+    assert_eq!(mark[0][0].as_deref(), Some("$f1"));
+    say("s1", "stop").await;
+    for _ in 0..300 {
+        answered = sofia_said(&app);
+        if answered.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(answered[1], "No agent is answering here right now.");
+    // Neither was a question for the model, and the bot never tried to speak there.
+    assert!(model.requests.lock().unwrap().is_empty());
+    assert_eq!(app.count("agent_runs").await, 0);
+    assert!(
+        app.hs.bot_notices().is_empty(),
+        "{:?}",
+        app.hs.bot_notices()
+    );
+    let commands = app
+        .rows("SELECT outcome FROM audit_log WHERE action = 'command.run'")
+        .await;
+    assert_eq!(commands.len(), 2, "{commands:?}");
 }

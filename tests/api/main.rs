@@ -16,6 +16,7 @@ mod events;
 mod fake_hs;
 mod hardening;
 mod history;
+mod media;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;

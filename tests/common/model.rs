@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 #[derive(Clone, Default)]
 pub struct FakeModel {
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// The multipart bodies `/audio/transcriptions` received.
+    pub transcriptions: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl FakeModel {
@@ -43,10 +45,20 @@ impl FakeModel {
     }
 
     async fn handle(&self, mode: &str, req: Request) -> Response {
-        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+        let transcription = req.uri().path().ends_with("/audio/transcriptions");
+        let bytes = axum::body::to_bytes(req.into_body(), 64 << 20)
             .await
             .unwrap();
+        if transcription {
+            // A speech-to-text endpoint: the multipart upload is kept whole; the "transcript"
+            // names how many bytes it heard, so a test can tell the file arrived.
+            self.transcriptions.lock().unwrap().push(bytes.to_vec());
+            return Json(json!({ "text": format!("I said papaya ({} bytes heard)", bytes.len()) }))
+                .into_response();
+        }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // A stream asked for "a long story" is long too (the e2e config's one model).
+        let asks_long = body.to_string().contains("a long story");
         self.requests.lock().unwrap().push(body);
         match mode {
             "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "model exploded").into_response(),
@@ -61,9 +73,10 @@ impl FakeModel {
             }))
             .into_response(),
             _ => {
-                // Five pieces, 150 ms apart: the answer grows over ~600 ms ("long": forty
-                // pieces, ~6 s).
-                let pieces: Vec<&str> = if mode == "long" {
+                // Five pieces, 150 ms apart: the answer grows over ~600 ms ("long", or a
+                // request whose messages ask for "a long story": forty pieces, ~6 s).
+                let long = mode == "long" || asks_long;
+                let pieces: Vec<&str> = if long {
                     std::iter::repeat_n("and on ", 39).chain(["the end."]).collect()
                 } else {
                     vec!["The ", "answer ", "is ", "forty", "-two."]

@@ -16,7 +16,7 @@ use crate::harness::*;
 const SOFIA: &str = "@agent_sofia:localhost";
 
 /// A person's E2EE client (a child process).
-struct E2eeClient {
+pub(crate) struct E2eeClient {
     _child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
@@ -24,7 +24,7 @@ struct E2eeClient {
 
 impl E2eeClient {
     /// Logs `person` in with a new device of the matrix-sdk client.
-    async fn start(person: &Person) -> Self {
+    pub(crate) async fn start(person: &Person) -> Self {
         let binary = std::env::var("DAARION_E2EE_CLIENT").unwrap_or_else(|_| {
             repo()
                 .join("target/e2ee-client/debug/e2ee-client")
@@ -64,7 +64,7 @@ impl E2eeClient {
     }
 
     /// Runs one command; panics with the client's error.
-    async fn run(&mut self, command: &str) -> Value {
+    pub(crate) async fn run(&mut self, command: &str) -> Value {
         self.stdin
             .write_all(format!("{command}\n").as_bytes())
             .await
@@ -77,7 +77,7 @@ impl E2eeClient {
 
 /// Checks a decrypted answer: encrypted on the wire, no red shield, from a device its owner's
 /// cross-signing identity signed.
-fn assert_trusted(answer: &Value) {
+pub(crate) fn assert_trusted(answer: &Value) {
     assert_eq!(answer["encrypted"], true, "{answer}");
     assert_eq!(
         answer["shield"], "none",
@@ -92,7 +92,7 @@ fn assert_trusted(answer: &Value) {
 
 /// Synapse up and the bridge started over `db_url`, once `agent`'s device and cross-signing
 /// identity are set up (after the homeserver answered the ping).
-async fn bridge_with_identity(db_url: &str, agent: &str) -> RunningBridge {
+pub(crate) async fn bridge_with_identity(db_url: &str, agent: &str) -> RunningBridge {
     ensure_synapse();
     let bridge = RunningBridge::start(db_url).await;
     let q = format!(

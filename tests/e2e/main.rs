@@ -3,6 +3,7 @@
 //! bridge bot, chats; the DAARION rows are asserted, on SQLite and on PostgreSQL.
 
 mod agents;
+mod conversation;
 mod encryption;
 mod harness;
 mod mirror;

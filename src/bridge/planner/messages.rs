@@ -240,7 +240,8 @@ impl Planner<'_> {
     }
 
     /// Queues a bot command (durable, one job per event) when the message is one: the prefix,
-    /// or anything a person says in a direct chat with the bot alone.
+    /// anything a person says in a direct chat with the bot alone, a bare `stop` where agents
+    /// are, or a bare `forget` in a direct chat with an agent.
     fn bot_command(&mut self, room_id: &RoomId, env: &Envelope<'_>, body: &str) -> bool {
         let Some(work) = self.rooms.get(room_id) else {
             return false;
@@ -259,6 +260,14 @@ impl Planner<'_> {
             // A bare "stop" where agents are stops what they are writing: never a question.
             None if !work.state.agents.is_empty() && body.trim().eq_ignore_ascii_case("stop") => {
                 "stop"
+            }
+            // A bare "forget" in a direct chat with an agent starts the conversation over (the
+            // agent answers it: the bot is not in such a chat).
+            None if work.state.is_direct
+                && !work.state.agents.is_empty()
+                && body.trim().eq_ignore_ascii_case("forget") =>
+            {
+                "forget"
             }
             None => return false,
         };

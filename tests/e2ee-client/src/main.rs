@@ -13,6 +13,10 @@
 //! - `join <room>` → `{"ok": true}`
 //! - `expect <room> <sender> <words>`: waits until a message from `sender` containing `words`
 //!   decrypts → `{"body", "encrypted", "shield", "verification", "edits"}`
+//! - `thread <room> <root event> <text>`: a reply in the thread of `root` → `{"event_id": …}`
+//! - `reply <room> <event> <text>`: a reply to `event` in the main timeline → `{"event_id": …}`
+//! - `edit <room> <event> <text>`: replaces `event`'s text (`m.replace`) → `{"event_id": …}`
+//! - `redact <room> <event>` → `{"event_id": …}` (the redaction's)
 //! - `late <room> <text>`: sends a message in a new Megolm session whose room key is held back
 //!   (not sent) → `{"event_id": …}`
 //! - `release`: sends the held room keys now → `{"sent": n}`
@@ -102,6 +106,8 @@ async fn main() {
             "joined" => joined(&client, rest).await,
             "send" => send(&client, rest).await,
             "mention" => mention(&client, rest).await,
+            "thread" | "reply" | "edit" => related(&client, command, rest).await,
+            "redact" => redact(&client, rest).await,
             "join" => join(&client, rest).await,
             "expect" => expect(&client, rest).await,
             "late" => late(&client, rest, &mut held).await,
@@ -192,6 +198,43 @@ async fn mention(client: &Client, rest: &str) -> Result<Value, String> {
         RoomMessageEventContent::text_plain(text).add_mentions(Mentions::with_user_ids([user]));
     let sent = room.send(content).await.map_err(|e| e.to_string())?;
     Ok(json!({ "event_id": sent.response.event_id }))
+}
+
+/// A message related to another one, as Element sends it (content written out, encrypted by
+/// the SDK like any message): a thread reply, a reply, or an edit.
+async fn related(client: &Client, kind: &str, rest: &str) -> Result<Value, String> {
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(room), Some(target), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("{kind} <room> <event> <text>"));
+    };
+    let room = the_room(client, room)?;
+    let content = match kind {
+        "thread" => json!({ "msgtype": "m.text", "body": text, "m.relates_to": {
+            "rel_type": "m.thread", "event_id": target, "is_falling_back": true,
+            "m.in_reply_to": { "event_id": target } } }),
+        "reply" => json!({ "msgtype": "m.text", "body": text,
+            "m.relates_to": { "m.in_reply_to": { "event_id": target } } }),
+        _ => json!({ "msgtype": "m.text", "body": format!("* {text}"),
+            "m.new_content": { "msgtype": "m.text", "body": text },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": target } }),
+    };
+    let sent = room
+        .send_raw("m.room.message", content)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "event_id": sent.response.event_id }))
+}
+
+async fn redact(client: &Client, rest: &str) -> Result<Value, String> {
+    let (room, target) = rest.split_once(' ').ok_or("redact <room> <event>")?;
+    let room = the_room(client, room)?;
+    let target: matrix_sdk::ruma::OwnedEventId =
+        target.trim().try_into().map_err(|e| format!("{e}"))?;
+    let response = room
+        .redact(&target, None, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "event_id": response.event_id }))
 }
 
 async fn join(client: &Client, room: &str) -> Result<Value, String> {

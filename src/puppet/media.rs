@@ -1,0 +1,169 @@
+//! Media a person sent, fetched as the agent it was sent to: downloaded through the
+//! authenticated media API (bounded, see [`crate::matrix::media`]), decrypted when it came as an
+//! `EncryptedFile` (matrix-sdk-crypto's `AttachmentDecryptor`, whose SHA-256 check refuses a
+//! file that is not what the sender encrypted), and its type sniffed from its bytes: a client's
+//! `mimetype` is a claim, not a fact.
+
+use std::{collections::VecDeque, io::Read, time::Duration};
+
+use matrix_sdk_crypto::{AttachmentDecryptor, MediaEncryptionInfo};
+use ruma::{UserId, events::room::MediaSource};
+
+use crate::matrix::{
+    Homeserver,
+    media::{Downloaded, MediaError},
+};
+
+/// Why media could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The download failed (see [`MediaError`]).
+    #[error(transparent)]
+    Download(#[from] MediaError),
+    /// The encryption info is unusable (unknown version, no hash, bad base64).
+    #[error("cannot decrypt: {0}")]
+    Key(String),
+    /// The decrypted bytes do not hash to what the sender's event says: a wrong key, or a file
+    /// swapped on the server.
+    #[error("the file does not match its hash")]
+    Hash,
+}
+
+impl FetchError {
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FetchError::Download(MediaError::NotFound) => "not_found",
+            FetchError::Download(MediaError::Status(_)) => "status",
+            FetchError::Download(MediaError::TooLarge { .. }) => "too_large",
+            FetchError::Download(MediaError::Empty) => "empty",
+            FetchError::Download(MediaError::Timeout) => "timeout",
+            FetchError::Download(MediaError::BadUri(_)) => "bad_uri",
+            FetchError::Download(_) => "unreachable",
+            FetchError::Key(_) => "bad_key",
+            FetchError::Hash => "hash_mismatch",
+        }
+    }
+}
+
+/// A file's bytes, in the clear, with the type its bytes show.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The plaintext.
+    pub bytes: Vec<u8>,
+    /// The MIME type sniffed from the bytes (`None`: no known signature, e.g. plain text).
+    pub sniffed: Option<&'static str>,
+}
+
+/// Downloads `source` as `user` (at most `cap` bytes, within `timeout`), decrypting an
+/// `EncryptedFile`.
+pub(super) async fn fetch(
+    hs: &Homeserver,
+    user: &UserId,
+    source: &MediaSource,
+    cap: u64,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
+    let bytes = match source {
+        MediaSource::Plain(mxc) => hs.download(mxc, user, cap, timeout).await?.to_vec(),
+        MediaSource::Encrypted(file) => {
+            let got = hs.download(&file.url, user, cap, timeout).await?;
+            let info = MediaEncryptionInfo::from((**file).clone());
+            // AES-CTR and SHA-256 over up to the cap: off the async workers.
+            tokio::task::spawn_blocking(move || decrypt(got, info))
+                .await
+                .map_err(|e| FetchError::Key(e.to_string()))??
+        }
+    };
+    Ok(Fetched {
+        sniffed: infer::get(&bytes).map(|t| t.mime_type()),
+        bytes,
+    })
+}
+
+/// Decrypts downloaded chunks, dropping each as it is read (the ciphertext and plaintext are
+/// never both whole in memory); a hash mismatch is an error, never a result.
+fn decrypt(got: Downloaded, info: MediaEncryptionInfo) -> Result<Vec<u8>, FetchError> {
+    let mut reader = Chunks {
+        chunks: got.chunks.into(),
+    };
+    let mut decryptor =
+        AttachmentDecryptor::new(&mut reader, info).map_err(|e| FetchError::Key(e.to_string()))?;
+    let mut clear = Vec::with_capacity(got.len as usize);
+    decryptor
+        .read_to_end(&mut clear)
+        .map_err(|_| FetchError::Hash)?;
+    Ok(clear)
+}
+
+/// Reads a list of chunks in order, freeing each once read.
+struct Chunks {
+    chunks: VecDeque<bytes::Bytes>,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(front) = self.chunks.front_mut() {
+            if front.is_empty() {
+                self.chunks.pop_front();
+                continue;
+            }
+            let n = front.len().min(buf.len());
+            buf[..n].copy_from_slice(&front[..n]);
+            bytes::Buf::advance(front, n);
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use matrix_sdk_crypto::AttachmentEncryptor;
+
+    use super::*;
+
+    fn sealed(data: &[u8]) -> (Downloaded, MediaEncryptionInfo) {
+        let mut cursor = Cursor::new(data.to_vec());
+        let mut encryptor = AttachmentEncryptor::new(&mut cursor);
+        let mut cipher = Vec::new();
+        encryptor.read_to_end(&mut cipher).unwrap();
+        let info = encryptor.finish();
+        // In uneven chunks, as a network delivers them.
+        let chunks: Vec<bytes::Bytes> = cipher
+            .chunks(7)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let got = Downloaded {
+            chunks,
+            len: cipher.len() as u64,
+            content_type: None,
+        };
+        (got, info)
+    }
+
+    #[test]
+    fn an_encrypted_file_decrypts_to_its_bytes() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let (got, info) = sealed(&data);
+        assert_eq!(decrypt(got, info).unwrap(), data);
+    }
+
+    #[test]
+    fn a_tampered_file_is_refused() {
+        let (mut got, info) = sealed(b"the original bytes of a file");
+        let mut first = got.chunks[0].to_vec();
+        first[0] ^= 1;
+        got.chunks[0] = first.into();
+        assert!(matches!(decrypt(got, info), Err(FetchError::Hash)));
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused() {
+        let (got, _) = sealed(b"the original bytes of a file");
+        let (_, other) = sealed(b"another file entirely");
+        assert!(matches!(decrypt(got, other), Err(FetchError::Hash)));
+    }
+}
