@@ -198,6 +198,7 @@ impl Bridge {
             auth_failures: Arc::new(RateLimiter::new(self.config.api.auth_failures_per_minute)),
             send_wait: self.config.api.send_wait,
             max_body_bytes: self.config.api.max_body_bytes,
+            max_upload_bytes: self.config.api.max_upload_bytes,
             metrics: self.metrics.clone(),
             control: self.control.clone(),
         }

@@ -88,7 +88,7 @@ pub async fn list(
 
 /// The item's outcome: 200 with the event id once sent, 202 while the homeserver has not
 /// accepted it yet (it stays queued), 502 when it failed for good.
-fn outcome(item: &OutboxItem) -> Response {
+pub(super) fn outcome(item: &OutboxItem) -> Response {
     match item.status {
         OutboxStatus::Sent => (
             StatusCode::OK,
@@ -114,7 +114,7 @@ fn outcome(item: &OutboxItem) -> Response {
 }
 
 /// Queues `send` as the caller's agent and waits for the homeserver, up to `api.send_wait`.
-async fn queue_and_wait(
+pub(super) async fn queue_and_wait(
     state: &ApiState,
     caller: &Caller,
     room: &RoomId,

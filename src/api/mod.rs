@@ -2,7 +2,8 @@
 //! keys with capabilities (`auth`); rate limited per agent; request bodies bounded and
 //! checked (`extract`); documented in `docs/agent-api.openapi.json`, also served at
 //! `/api/v1/openapi.json`. Handlers: `channels` (who am I, channels, sessions, typing,
-//! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `runs`, and the
+//! receipts, settings), `messages` (read, send, edit, redact, react, outbox), `files` (send a
+//! file), `runs`, and the
 //! admin (provisioning) API under `/api/v1/admin` (`admin`, admin keys only).
 
 pub mod admin;
@@ -10,6 +11,7 @@ pub mod audit;
 mod auth;
 mod channels;
 pub(crate) mod extract;
+mod files;
 mod messages;
 mod runs;
 
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub send_wait: Duration,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Largest file an agent may send (the homeserver's limit applies too).
+    pub max_upload_bytes: usize,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Operator operations shared with the bot commands.
@@ -113,6 +117,8 @@ pub fn routes(state: ApiState) -> Router {
             limit,
             crate::server::body::refuse_oversized,
         ))
+        // Files have their own, larger limit.
+        .merge(files::routes(state.max_upload_bytes))
         .layer(axum::middleware::map_response(matrix_error_bodies))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -278,6 +278,10 @@ pub struct ApiConfig {
     /// Largest accepted request body; larger ones get 413 `M_TOO_LARGE`.
     #[serde(default = "default_api_body")]
     pub max_body_bytes: usize,
+    /// Largest file an agent may send (`POST …/files`); the homeserver's own limit
+    /// (`m.upload.size`) applies too, whichever is smaller.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: usize,
     /// How long a send waits for the homeserver before answering 202 with the queued id.
     #[serde(default = "default_send_wait", with = "duration")]
     pub send_wait: Duration,
@@ -290,6 +294,7 @@ impl Default for ApiConfig {
             rate_limit_per_minute: default_rate_limit(),
             auth_failures_per_minute: default_auth_failures(),
             max_body_bytes: default_api_body(),
+            max_upload_bytes: default_max_upload(),
             send_wait: default_send_wait(),
         }
     }
@@ -339,6 +344,10 @@ fn default_bot_localpart() -> String {
 fn default_agent_prefix() -> String {
     "agent_".into()
 }
+fn default_max_upload() -> usize {
+    50 << 20
+}
+
 fn default_max_body_bytes() -> usize {
     10 * 1024 * 1024
 }

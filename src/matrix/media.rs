@@ -1,13 +1,24 @@
 //! Media downloads, as the bot or an agent, through the authenticated media API
 //! (`GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`, spec v1.11, MSC3916):
 //! streamed, and bounded by a size cap (the `Content-Length` is checked first, then every
-//! chunk) and a timeout, so a huge or endless answer never fills the bridge's memory.
+//! chunk) and a timeout, so a huge or endless answer never fills the bridge's memory; and
+//! uploads, as an agent, that hand the caller's buffer to the connection without a copy.
 
 use std::time::Duration;
 
-use ruma::{MxcUri, UserId, api::client::authenticated_media::get_content};
+use ruma::{
+    MxcUri, OwnedMxcUri, UserId,
+    api::{
+        IncomingResponseExt,
+        client::{
+            authenticated_media::{get_content, get_media_config},
+            media::create_content,
+        },
+        error::FromHttpResponseError,
+    },
+};
 
-use super::client::Homeserver;
+use super::client::{EndpointErrorExt, Homeserver, HsError};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,5 +137,49 @@ impl Homeserver {
             return Err(MediaError::Empty);
         }
         Ok(got)
+    }
+
+    /// Uploads `bytes` as `as_user` (`POST /_matrix/media/v3/upload`); returns its `mxc://`
+    /// URI. The buffer becomes the request body as it is: a large file is held once.
+    pub async fn upload_as(
+        &self,
+        as_user: &UserId,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: &str,
+    ) -> Result<OwnedMxcUri, HsError> {
+        // ruma shapes the request (path, query, headers) around an empty body; the file goes
+        // in afterwards, so ruma's serialisation never copies it.
+        let mut shape = create_content::v3::Request::new(Vec::new());
+        shape.content_type = Some(content_type.to_owned());
+        shape.filename = Some(filename.to_owned());
+        let device = self.device_of(as_user);
+        let mut request = self.http_request(shape, Some(as_user), device.as_deref())?;
+        *request.body_mut() = Some(bytes.into());
+        // A large upload may take longer than an API call.
+        *request.timeout_mut() = Some(Duration::from_secs(300));
+        let response = self.http().execute(request).await?;
+        let mut builder = http::Response::builder().status(response.status());
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let body = response.bytes().await?;
+        let http_response = builder
+            .body(body.as_ref())
+            .map_err(|e| HsError::Response(e.to_string()))?;
+        create_content::v3::Response::try_from_http_response(http_response)
+            .map(|r| r.content_uri)
+            .map_err(|e| match e {
+                FromHttpResponseError::Server(error) => error.into_hs_error(),
+                other => HsError::Response(other.to_string()),
+            })
+    }
+
+    /// The largest upload the homeserver accepts (`m.upload.size`).
+    pub async fn upload_limit(&self) -> Result<u64, HsError> {
+        let response = self
+            .send_as(get_media_config::v1::Request::new(), None, None)
+            .await?;
+        Ok(u64::from(response.upload_size))
     }
 }

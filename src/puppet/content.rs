@@ -10,7 +10,14 @@ use ruma::{
         Mentions,
         reaction::ReactionEventContent,
         relation::{Annotation, InReplyTo, Reply, Thread},
-        room::message::{Relation, ReplacementMetadata, RoomMessageEventContent},
+        room::{
+            ImageInfo, MediaSource,
+            message::{
+                AudioInfo, AudioMessageEventContent, FileInfo, FileMessageEventContent,
+                ImageMessageEventContent, MessageType, Relation, ReplacementMetadata,
+                RoomMessageEventContent, VideoInfo, VideoMessageEventContent,
+            },
+        },
     },
 };
 
@@ -112,8 +119,82 @@ fn base(body: &str, markdown: bool, kind: MessageKind) -> RoomMessageEventConten
 
 /// `m.room.message` content for a new message.
 pub fn message(o: &Outgoing) -> Content {
-    let mut content =
+    let content =
         base(&o.body, o.markdown, o.kind).add_mentions(Mentions::with_user_ids(o.mentions.clone()));
+    Content::Message(Box::new(related(content, o)))
+}
+
+/// A file an agent sends, uploaded already: its name, caption and what the bytes are.
+#[derive(Debug, Clone)]
+pub struct OutgoingFile {
+    /// Where its bytes are (`mxc://`, or an `EncryptedFile` in an encrypted room).
+    pub source: MediaSource,
+    /// The file name.
+    pub filename: String,
+    /// A caption (becomes the `body`, with `filename` set, as the spec's media captions).
+    pub caption: Option<String>,
+    /// Its MIME type.
+    pub mimetype: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Width and height, for an image.
+    pub dimensions: Option<(u64, u64)>,
+    /// Reply, thread and mentions, as for a text message (`body`, `markdown`, `kind` unused).
+    pub place: Outgoing,
+}
+
+/// `m.room.message` content for a file: `m.image`, `m.audio`, `m.video` by its MIME type,
+/// else `m.file`, with `info` (type, size, an image's dimensions).
+pub fn file(f: &OutgoingFile) -> Content {
+    let body = f.caption.clone().unwrap_or_else(|| f.filename.clone());
+    let filename = f.caption.is_some().then(|| f.filename.clone());
+    let size = ruma::UInt::try_from(f.size).ok();
+    let source = f.source.clone();
+    let msgtype = match f.mimetype.split('/').next() {
+        Some("image") => {
+            let mut info = ImageInfo::new();
+            info.mimetype = Some(f.mimetype.clone());
+            info.size = size;
+            if let Some((w, h)) = f.dimensions {
+                info.width = ruma::UInt::try_from(w).ok();
+                info.height = ruma::UInt::try_from(h).ok();
+            }
+            let mut m = ImageMessageEventContent::new(body, source).info(Box::new(info));
+            m.filename = filename;
+            MessageType::Image(m)
+        }
+        Some("audio") => {
+            let mut info = AudioInfo::new();
+            info.mimetype = Some(f.mimetype.clone());
+            info.size = size;
+            let mut m = AudioMessageEventContent::new(body, source).info(Box::new(info));
+            m.filename = filename;
+            MessageType::Audio(m)
+        }
+        Some("video") => {
+            let mut info = VideoInfo::new();
+            info.mimetype = Some(f.mimetype.clone());
+            info.size = size;
+            let mut m = VideoMessageEventContent::new(body, source).info(Box::new(info));
+            m.filename = filename;
+            MessageType::Video(m)
+        }
+        _ => {
+            let mut info = FileInfo::new();
+            info.mimetype = Some(f.mimetype.clone());
+            info.size = size;
+            let mut m = FileMessageEventContent::new(body, source).info(Box::new(info));
+            m.filename = filename;
+            MessageType::File(m)
+        }
+    };
+    let content = RoomMessageEventContent::new(msgtype)
+        .add_mentions(Mentions::with_user_ids(f.place.mentions.clone()));
+    Content::Message(Box::new(related(content, &f.place)))
+}
+
+/// `content` placed as `o` says: in a thread, replying, or neither.
+fn related(mut content: RoomMessageEventContent, o: &Outgoing) -> RoomMessageEventContent {
     content.relates_to = match (&o.thread_root, &o.reply_to) {
         // In a thread, a reply to a specific event is a real reply; otherwise the fallback
         // points at the root for clients without thread support.
@@ -125,7 +206,7 @@ pub fn message(o: &Outgoing) -> Content {
         (None, Some(reply)) => Some(Relation::Reply(Reply::new(InReplyTo::new(reply.clone())))),
         (None, None) => None,
     };
-    Content::Message(Box::new(content))
+    content
 }
 
 /// `m.room.message` content replacing `target` (`m.replace` + `m.new_content`).

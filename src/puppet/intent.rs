@@ -265,4 +265,25 @@ impl PuppetIntent {
     ) -> Result<media::Fetched, media::FetchError> {
         media::fetch(&self.puppets.hs, self.user_id(), source, cap, timeout).await
     }
+
+    /// Uploads a file the agent sends into `room` (sealed first when the room is encrypted);
+    /// where its bytes are, for the message that carries it.
+    pub async fn upload(
+        &self,
+        room: &RoomId,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: &str,
+    ) -> Result<ruma::events::room::MediaSource, PuppetError> {
+        media::upload(
+            &self.puppets.hs,
+            self.puppets.crypto().map(|c| &**c),
+            self.user_id(),
+            room,
+            bytes,
+            content_type,
+            filename,
+        )
+        .await
+    }
 }

@@ -2,12 +2,18 @@
 //! authenticated media API (bounded, see [`crate::matrix::media`]), decrypted when it came as an
 //! `EncryptedFile` (matrix-sdk-crypto's `AttachmentDecryptor`, whose SHA-256 check refuses a
 //! file that is not what the sender encrypted), and its type sniffed from its bytes: a client's
-//! `mimetype` is a claim, not a fact.
+//! `mimetype` is a claim, not a fact. And files an agent sends: uploaded as the agent, sealed
+//! first (in place, `AttachmentEncryptor`) when the room is encrypted.
 
 use std::{collections::VecDeque, io::Read, time::Duration};
 
-use matrix_sdk_crypto::{AttachmentDecryptor, MediaEncryptionInfo};
-use ruma::{UserId, events::room::MediaSource};
+use matrix_sdk_crypto::{AttachmentDecryptor, AttachmentEncryptor, MediaEncryptionInfo};
+use ruma::{
+    RoomId, UserId,
+    events::room::{EncryptedFile, MediaSource},
+};
+
+use super::PuppetError;
 
 use crate::matrix::{
     Homeserver,
@@ -96,6 +102,73 @@ fn decrypt(got: Downloaded, info: MediaEncryptionInfo) -> Result<Vec<u8>, FetchE
     Ok(clear)
 }
 
+/// Uploads a file `user` sends into `room`: sealed in place first when the room is encrypted
+/// (then the homeserver holds only ciphertext, and the key travels in the encrypted event).
+pub(super) async fn upload(
+    hs: &Homeserver,
+    crypto: Option<&crate::crypto::Crypto>,
+    user: &UserId,
+    room: &RoomId,
+    mut bytes: Vec<u8>,
+    content_type: &str,
+    filename: &str,
+) -> Result<MediaSource, PuppetError> {
+    let encrypted = match crypto {
+        Some(crypto) => crypto.is_encrypted(room, user).await?,
+        None => false,
+    };
+    if !encrypted {
+        let url = hs.upload_as(user, bytes, content_type, filename).await?;
+        return Ok(MediaSource::Plain(url));
+    }
+    let (bytes, info) = tokio::task::spawn_blocking(move || {
+        let info = seal(&mut bytes);
+        (bytes, info)
+    })
+    .await
+    .map_err(|e| PuppetError::Content(e.to_string()))?;
+    // The ciphertext says nothing of the file: no type, no name.
+    let url = hs
+        .upload_as(user, bytes, "application/octet-stream", "")
+        .await?;
+    Ok(MediaSource::Encrypted(Box::new(EncryptedFile::new(
+        url,
+        info.encryption_info,
+        info.hashes,
+    ))))
+}
+
+/// Encrypts `bytes` in place (AES-CTR with a fresh key, as `AttachmentEncryptor` does for any
+/// reader): the plaintext is never copied. The encryptor reads through [`InPlace`], which
+/// leaves the buffer as it is, and then encrypts what it "read".
+pub(super) fn seal(bytes: &mut [u8]) -> MediaEncryptionInfo {
+    let mut source = InPlace { left: bytes.len() };
+    let mut encryptor = AttachmentEncryptor::new(&mut source);
+    let mut done = 0;
+    while done < bytes.len() {
+        match encryptor.read(&mut bytes[done..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    // The end, as the encryptor expects to see it.
+    let _ = encryptor.read(&mut []);
+    encryptor.finish()
+}
+
+/// A reader whose bytes are already in the caller's buffer: `read` reports them there.
+struct InPlace {
+    left: usize,
+}
+
+impl Read for InPlace {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.left.min(buf.len());
+        self.left -= n;
+        Ok(n)
+    }
+}
+
 /// Reads a list of chunks in order, freeing each once read.
 struct Chunks {
     chunks: VecDeque<bytes::Bytes>,
@@ -158,6 +231,23 @@ mod tests {
         first[0] ^= 1;
         got.chunks[0] = first.into();
         assert!(matches!(decrypt(got, info), Err(FetchError::Hash)));
+    }
+
+    #[test]
+    fn sealing_in_place_is_what_a_decryptor_opens() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+        let mut bytes = data.clone();
+        let info = seal(&mut bytes);
+        assert_ne!(bytes, data, "encrypted");
+        let got = Downloaded {
+            len: bytes.len() as u64,
+            chunks: bytes
+                .chunks(4096)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect(),
+            content_type: None,
+        };
+        assert_eq!(decrypt(got, info).unwrap(), data);
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct Puppets {
     finished: Notify,
     /// The agents' crypto engines, when encryption is on.
     crypto: Option<Arc<crate::crypto::Crypto>>,
+    /// The homeserver's upload limit, once it said it.
+    upload_limit: tokio::sync::OnceCell<u64>,
 }
 
 impl Puppets {
@@ -143,7 +145,24 @@ impl Puppets {
             outbox_wake,
             finished: Notify::new(),
             crypto,
+            upload_limit: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The largest file the homeserver accepts (`m.upload.size`), asked once; `None` while it
+    /// cannot be asked (the bridge's own limit still applies).
+    pub async fn upload_limit(&self) -> Option<u64> {
+        let asked = self
+            .upload_limit
+            .get_or_try_init(|| self.hs.upload_limit())
+            .await;
+        match asked {
+            Ok(limit) => Some(*limit),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the homeserver's upload limit");
+                None
+            }
+        }
     }
 
     /// The crypto engines, when encryption is on (the outbox worker encrypts with them).

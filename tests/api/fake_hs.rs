@@ -20,6 +20,9 @@ pub struct HsCall {
     pub body: Value,
 }
 
+/// One upload the fake media repository received: `(query, bytes)`.
+pub type Upload = (String, Vec<u8>);
+
 /// What the fake media repository answers for one id: the bytes, or an error status.
 pub type MediaAnswer = Result<Vec<u8>, u16>;
 
@@ -41,6 +44,11 @@ pub struct FakeHs {
     /// Media `/_matrix/client/v1/media/download/{server}/{id}` serves, by `server/id`: bytes,
     /// or a status to answer with (404 otherwise).
     pub media: Arc<Mutex<HashMap<String, MediaAnswer>>>,
+    /// Files uploaded through `/_matrix/media/v3/upload`: `(query, bytes)`; each gets
+    /// `mxc://localhost/up{n}`, which the media repository then serves.
+    pub uploads: Arc<Mutex<Vec<Upload>>>,
+    /// `m.upload.size` of `/_matrix/client/v1/media/config` (none: 100 MiB).
+    pub upload_size: Arc<Mutex<Option<u64>>>,
 }
 
 impl FakeHs {
@@ -67,9 +75,23 @@ impl FakeHs {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+        let bytes = axum::body::to_bytes(req.into_body(), 256 << 20)
             .await
             .unwrap();
+        if path == "/_matrix/media/v3/upload" {
+            let mut uploads = self.uploads.lock().unwrap();
+            uploads.push((query.clone(), bytes.to_vec()));
+            let id = format!("up{}", uploads.len());
+            self.media
+                .lock()
+                .unwrap()
+                .insert(format!("localhost/{id}"), Ok(bytes.to_vec()));
+            return Json(json!({ "content_uri": format!("mxc://localhost/{id}") })).into_response();
+        }
+        if path == "/_matrix/client/v1/media/config" {
+            let size = self.upload_size.lock().unwrap().unwrap_or(100 << 20);
+            return Json(json!({ "m.upload.size": size })).into_response();
+        }
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         self.calls.lock().unwrap().push(HsCall {
             method,

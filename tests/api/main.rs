@@ -14,6 +14,7 @@ mod e2ee;
 mod erd;
 mod events;
 mod fake_hs;
+mod files;
 mod hardening;
 mod history;
 mod media;

@@ -32,9 +32,10 @@ fn turns(request: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_dm_with_edits_redactions_threads_replies_forget_and_stop() {
+    // The e2e config names the model's port: one test at a time holds it.
+    let _serial = serial().lock().await;
     let (model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
     let db_url = fresh_pg().await;
-    let _serial = serial().lock().await;
     let bridge = bridge_with_identity(&db_url, NOVA).await;
     let pool = bridge.store.pool().clone();
     let runs = |status: &'static str, n: usize| {

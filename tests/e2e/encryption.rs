@@ -311,9 +311,10 @@ async fn encrypted_dm_with_an_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_group_room_gets_a_streamed_answer() {
     const NOVA: &str = "@agent_nova:localhost";
+    // The e2e config names the model's port: one test at a time holds it.
+    let _serial = serial().lock().await;
     let (model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
     let db_url = fresh_pg().await;
-    let _serial = serial().lock().await;
     let bridge = bridge_with_identity(&db_url, NOVA).await;
     let pool = bridge.store.pool().clone();
 

@@ -6,6 +6,7 @@ mod agents;
 mod conversation;
 mod encryption;
 mod harness;
+mod media;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;

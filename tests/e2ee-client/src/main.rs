@@ -17,6 +17,11 @@
 //! - `reply <room> <event> <text>`: a reply to `event` in the main timeline → `{"event_id": …}`
 //! - `edit <room> <event> <text>`: replaces `event`'s text (`m.replace`) → `{"event_id": …}`
 //! - `redact <room> <event>` → `{"event_id": …}` (the redaction's)
+//! - `image <room> <name>`: sends a small PNG made here as an attachment (encrypted in an
+//!   encrypted room) → `{"event_id", "hex"}` (the bytes sent)
+//! - `voice <room>`: sends a short Ogg voice message (MSC3245) → `{"event_id", "hex"}`
+//! - `download <room> <sender> <name>`: waits for a file message named `name` from `sender`,
+//!   downloads and decrypts it → `{"hex", "msgtype", "encrypted"}`
 //! - `late <room> <text>`: sends a message in a new Megolm session whose room key is held back
 //!   (not sent) → `{"event_id": …}`
 //! - `release`: sends the held room keys now → `{"sent": n}`
@@ -108,6 +113,8 @@ async fn main() {
             "mention" => mention(&client, rest).await,
             "thread" | "reply" | "edit" => related(&client, command, rest).await,
             "redact" => redact(&client, rest).await,
+            "image" | "voice" => attach(&client, command, rest).await,
+            "download" => download(&client, rest).await,
             "join" => join(&client, rest).await,
             "expect" => expect(&client, rest).await,
             "late" => late(&client, rest, &mut held).await,
@@ -235,6 +242,101 @@ async fn redact(client: &Client, rest: &str) -> Result<Value, String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(json!({ "event_id": response.event_id }))
+}
+
+/// A small PNG (signature, a 32×24 header, then filler): what a sniffer calls an image.
+fn png() -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    bytes.extend(32u32.to_be_bytes());
+    bytes.extend(24u32.to_be_bytes());
+    bytes.extend([8, 6, 0, 0, 0]);
+    bytes.extend((0..4000u32).map(|i| (i * 7 % 251) as u8));
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends an image or a voice message as Element does (the SDK uploads it, encrypted in an
+/// encrypted room).
+async fn attach(client: &Client, kind: &str, rest: &str) -> Result<Value, String> {
+    use matrix_sdk::attachment::{AttachmentConfig, AttachmentInfo, BaseAudioInfo};
+    let (room, name) = match rest.split_once(' ') {
+        Some((room, name)) => (room, name.to_owned()),
+        None => (rest, "Voice message.ogg".to_owned()),
+    };
+    let room = the_room(client, room.trim())?;
+    let (bytes, mime, config) = if kind == "image" {
+        (png(), mime::IMAGE_PNG, AttachmentConfig::new())
+    } else {
+        let mut ogg = b"OggS\0\x02".to_vec();
+        ogg.extend((0..6000u32).map(|i| (i % 199) as u8));
+        let info = AttachmentInfo::Voice(BaseAudioInfo {
+            duration: Some(Duration::from_millis(2400)),
+            size: None,
+            waveform: Some(vec![0.1, 0.5, 0.9, 0.4]),
+        });
+        let mime: mime::Mime = "audio/ogg".parse().map_err(|e| format!("{e}"))?;
+        (ogg, mime, AttachmentConfig::new().info(info))
+    };
+    let sent = room
+        .send_attachment(name, &mime, bytes.clone(), config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "event_id": sent.response.event_id, "hex": hex(&bytes) }))
+}
+
+/// Finds a file message named `name` from `sender`, downloads and decrypts it.
+async fn download(client: &Client, rest: &str) -> Result<Value, String> {
+    use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(room), Some(sender), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("download <room> <sender> <name>".into());
+    };
+    let room = the_room(client, room)?;
+    let sender: OwnedUserId = sender.try_into().map_err(|e| format!("{e}"))?;
+    for _ in 0..300 {
+        let messages = room
+            .messages(MessagesOptions::backward())
+            .await
+            .map_err(|e| e.to_string())?;
+        for event in &messages.chunk {
+            let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                SyncMessageLikeEvent::Original(message),
+            ))) = event.raw().deserialize()
+            else {
+                continue;
+            };
+            if message.sender != sender {
+                continue;
+            }
+            use matrix_sdk::ruma::events::room::message::MessageType;
+            let (msgtype, source, filename) = match &message.content.msgtype {
+                MessageType::Image(m) => ("m.image", m.source.clone(), m.filename().to_owned()),
+                MessageType::File(m) => ("m.file", m.source.clone(), m.filename().to_owned()),
+                MessageType::Audio(m) => ("m.audio", m.source.clone(), m.filename().to_owned()),
+                MessageType::Video(m) => ("m.video", m.source.clone(), m.filename().to_owned()),
+                _ => continue,
+            };
+            if filename != name {
+                continue;
+            }
+            let encrypted = matches!(source, matrix_sdk::ruma::events::room::MediaSource::Encrypted(_));
+            let bytes = client
+                .media()
+                .get_media_content(
+                    &MediaRequestParameters { source, format: MediaFormat::File },
+                    false,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(json!({ "hex": hex(&bytes), "msgtype": msgtype, "encrypted": encrypted,
+                "event_encrypted": event.encryption_info().is_some() }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("no file `{name}` from {sender}"))
 }
 
 async fn join(client: &Client, room: &str) -> Result<Value, String> {
