@@ -22,6 +22,7 @@ mod model;
 mod nats;
 mod ops;
 mod outbox_scale;
+mod parts;
 mod plans;
 mod platform;
 mod process;
