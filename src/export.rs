@@ -1,15 +1,18 @@
 //! Exporting a channel's mirrored conversation (seed 003): the channel, its members and agent
-//! sessions, then every message in time order with its sender, preview, and edit and redaction
-//! marks; as JSON lines or CSV. Messages are read in keyset pages over the
-//! `(channel_id, created_at)` index and written as they come, so memory stays constant whatever
-//! the channel's size.
+//! sessions, then every message in time order with its sender, preview, edit and redaction
+//! marks and parts (seed 004: its media and their caption); as JSON lines or CSV. Messages are
+//! read in keyset pages over the `(channel_id, created_at)` index, each page's parts in one more
+//! query, and written as they come, so memory stays constant whatever the channel's size.
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    db::{Store, StoreError, both},
-    model::{Ts, ids::ChannelId},
+    db::{Store, StoreError, both, parts::PartRow},
+    model::{
+        Ts,
+        ids::{ChannelId, MessageId},
+    },
 };
 
 /// Messages read per page.
@@ -94,6 +97,11 @@ struct Record {
     redacted_at: Option<Ts>,
     /// The preview (the channel's topic for the channel).
     content_preview: Option<String>,
+    /// A message's parts (`message_parts`) in order, empty for plain text; absent for the other
+    /// records.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<PartRow>>,
 }
 
 /// Writes records in the chosen format.
@@ -143,6 +151,8 @@ struct CsvRecord<'a> {
     edited_at: Option<Ts>,
     redacted_at: Option<Ts>,
     content_preview: Option<&'a str>,
+    /// The parts as a JSON array (empty when there are none).
+    parts: Option<String>,
 }
 
 impl<'a> From<&'a Record> for CsvRecord<'a> {
@@ -160,6 +170,11 @@ impl<'a> From<&'a Record> for CsvRecord<'a> {
             edited_at: r.edited_at,
             redacted_at: r.redacted_at,
             content_preview: r.content_preview.as_deref(),
+            parts: r
+                .parts
+                .as_ref()
+                .filter(|p| !p.is_empty())
+                .and_then(|p| serde_json::to_string(p).ok()),
         }
     }
 }
@@ -254,7 +269,7 @@ pub async fn write(
     }
     let mut after: Option<(Ts, String)> = None;
     loop {
-        let page: Vec<MessageRow> = both!(store, pool => sqlx::query_as(MESSAGES)
+        let mut page: Vec<MessageRow> = both!(store, pool => sqlx::query_as(MESSAGES)
             .bind(channel)
             .bind(range.since)
             .bind(range.until)
@@ -264,8 +279,18 @@ pub async fn write(
             .fetch_all(pool)
             .await?);
         let full = page.len() as i64 == PAGE;
+        // The page's parts in one query (a message id is its keyset's text).
+        store
+            .parts()
+            .attach(
+                &mut page,
+                |row| MessageId(row.page_id.parse().unwrap_or_default()),
+                |row| row.record.parts.get_or_insert_with(Vec::new),
+            )
+            .await?;
         for mut row in page {
             row.record.record = "message";
+            row.record.parts.get_or_insert_with(Vec::new);
             sink.write(&row.record).await?;
             stats.messages += 1;
             after = row.record.at.map(|at| (at, row.page_id));

@@ -1,5 +1,5 @@
 //! Prometheus metrics (`GET /metrics`, OpenMetrics text): transactions, events by type and
-//! outcome, latency, database errors, follow-ups, sessions, triggers, runs, the outbox, HTTP
+//! outcome, media parts, latency, database errors, follow-ups, sessions, triggers, runs, the outbox, HTTP
 //! connections, supervised task failures, and the events publisher.
 
 use prometheus_client::{
@@ -54,6 +54,8 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Events not mirrored, by outcome.
     pub skipped: Family<OutcomeLabel, Counter>,
+    /// Media parts of mirrored messages, by outcome (plain, encrypted, bad_source, bad_info).
+    pub media_parts: Family<OutcomeLabel, Counter>,
     /// End-to-end encryption: encrypted events and to-device events by outcome (decrypted,
     /// pending, late, expired, undecryptable, to_device, to_device_ignored).
     pub crypto: Family<OutcomeLabel, Counter>,
@@ -115,6 +117,7 @@ impl Metrics {
             transactions: Family::default(),
             events: Family::default(),
             skipped: Family::default(),
+            media_parts: Family::default(),
             crypto: Family::default(),
             // 100 µs … ~3 s.
             transaction_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -153,6 +156,7 @@ impl Metrics {
         );
         r.register("crypto_events", "Encrypted and to-device events by outcome (decrypted, pending, late, expired, undecryptable, no_agent, to_device, to_device_ignored, probe)", m.crypto.clone());
         r.register("events_skipped", "Events not mirrored (malformed, invalid_id, rejected, ignored_room, ignored_type, skipped, duplicate)", m.skipped.clone());
+        r.register("media_parts", "Media parts of mirrored messages by outcome (plain, encrypted; bad_source: no usable url or file, stored without one; bad_info: a malformed info, stored with what parsed)", m.media_parts.clone());
         r.register(
             "transaction_duration_seconds",
             "Time from receiving a transaction to answering it",
@@ -268,6 +272,13 @@ impl Metrics {
                 .get_or_create(&OutcomeLabel { outcome })
                 .inc_by(n);
         }
+    }
+
+    /// Counts one media part of a committed message by outcome.
+    pub fn media_part(&self, outcome: &'static str) {
+        self.media_parts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts one encrypted or to-device event by outcome.

@@ -59,7 +59,8 @@ fn parse_cursor(s: &str) -> Result<(Ts, MessageId), MatrixError> {
     ))
 }
 
-/// `GET /api/v1/channels/{channel_id}/messages`: newest first, with a cursor to older ones.
+/// `GET /api/v1/channels/{channel_id}/messages`: newest first, each with its parts (media and
+/// caption), with a cursor to older ones.
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,

@@ -14,7 +14,7 @@ use crate::{
     db::text::DbText,
     model::{
         Ts,
-        enums::{JobKind, MemberRole, NameSource, Visibility},
+        enums::{JobKind, MemberRole, NameSource, PartKind, Visibility},
     },
 };
 
@@ -239,6 +239,72 @@ pub struct NewMessage {
     pub edited_at: Option<Ts>,
     /// Set when a redaction of the same batch removes it.
     pub redacted_at: Option<Ts>,
+    /// Its `message_parts`, in order (empty for plain text, and for a message redacted in the
+    /// same batch: a redacted message keeps no content).
+    pub parts: Vec<NewPart>,
+}
+
+/// One part of a new message (`message_parts`): what it is and where its file lives, never the
+/// bytes or an encrypted file's key. Its position is its index in [`NewMessage::parts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPart {
+    /// What it is.
+    pub kind: PartKind,
+    /// The MIME type the event declares.
+    pub mimetype: Option<DbText>,
+    /// The size in bytes the event declares.
+    pub size: Option<i64>,
+    /// The file name.
+    pub name: Option<DbText>,
+    /// Width in pixels.
+    pub width: Option<i32>,
+    /// Height in pixels.
+    pub height: Option<i32>,
+    /// Duration in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// A voice message (MSC3245).
+    pub voice: bool,
+    /// Where the file lives; `None` when the event named no usable source.
+    pub source: Option<PartSource>,
+    /// The text of a text part (bounded by the planner).
+    pub text: Option<DbText>,
+}
+
+impl NewPart {
+    /// A part of `kind` with nothing else known.
+    pub fn new(kind: PartKind) -> Self {
+        Self {
+            kind,
+            mimetype: None,
+            size: None,
+            name: None,
+            width: None,
+            height: None,
+            duration_ms: None,
+            voice: false,
+            source: None,
+            text: None,
+        }
+    }
+}
+
+/// Where a part's file lives (`message_parts.source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartSource {
+    /// A plaintext file: its (valid) `mxc://` URI.
+    Mxc(String),
+    /// An `EncryptedFile`: stored as the word `encrypted`, nothing of its URI or key.
+    Encrypted,
+}
+
+impl PartSource {
+    /// The column's value.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PartSource::Mxc(uri) => uri,
+            PartSource::Encrypted => "encrypted",
+        }
+    }
 }
 
 /// An edit of a message stored earlier: applied only by the original sender, never to a

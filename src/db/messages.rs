@@ -10,6 +10,7 @@ use crate::{
     db::{
         Store, StoreError, both,
         decode::{BadRow, RawRow, decode_one, parse_ids},
+        parts::PartRow,
     },
     model::{SenderType, Ts, Visibility},
 };
@@ -82,6 +83,9 @@ pub struct MessageRow {
     pub edited_at: Option<Ts>,
     /// Whether it was redacted.
     pub redacted: bool,
+    /// What it carries besides its text (`message_parts`), in order; empty for plain text.
+    #[sqlx(skip)]
+    pub parts: Vec<PartRow>,
 }
 
 /// The store's view of reads of channels, members and messages (the agent API's pages and access
@@ -231,7 +235,8 @@ impl ChannelStore {
         .await?))
     }
 
-    /// A page of a channel's messages, newest first, strictly before the cursor.
+    /// A page of a channel's messages, newest first, strictly before the cursor, with their
+    /// parts (one more query for the whole page).
     pub async fn messages_page(
         &self,
         channel: ChannelId,
@@ -242,7 +247,7 @@ impl ChannelStore {
             Some((ts, id)) => (Some(ts), Some(id)),
             None => (None, None),
         };
-        Ok(both!(self.store, pool => sqlx::query_as(
+        let mut page: Vec<MessageRow> = both!(self.store, pool => sqlx::query_as(
             "SELECT m.id, m.matrix_event_id AS event_id, COALESCE(u.matrix_id, a.matrix_id) AS sender, \
              m.sender_type, m.content_preview, m.created_at, m.edited_at, m.redacted_at IS NOT NULL AS redacted \
              FROM messages m LEFT JOIN users u ON u.id = m.sender_user_id LEFT JOIN agents a ON a.id = m.sender_agent_id \
@@ -254,7 +259,12 @@ impl ChannelStore {
         .bind(id)
         .bind(limit)
         .fetch_all(pool)
-        .await?))
+        .await?);
+        self.store
+            .parts()
+            .attach(&mut page, |m| m.id, |m| &mut m.parts)
+            .await?;
+        Ok(page)
     }
 
     /// The agent that sent `event_id` in `channel`: `None` if no such message, `Some(None)` if

@@ -67,6 +67,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000009_context_budget.up.sql"),
         include_str!("../../migrations/postgres/000009_context_budget.down.sql"),
     ),
+    (
+        10,
+        "message_parts",
+        include_str!("../../migrations/postgres/000010_message_parts.up.sql"),
+        include_str!("../../migrations/postgres/000010_message_parts.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -123,6 +129,12 @@ const SQLITE: &[Step] = &[
         "context_budget",
         include_str!("../../migrations/sqlite/000009_context_budget.up.sql"),
         include_str!("../../migrations/sqlite/000009_context_budget.down.sql"),
+    ),
+    (
+        10,
+        "message_parts",
+        include_str!("../../migrations/sqlite/000010_message_parts.up.sql"),
+        include_str!("../../migrations/sqlite/000010_message_parts.down.sql"),
     ),
 ];
 

@@ -24,6 +24,7 @@ pub mod listings;
 pub mod messages;
 pub mod migrate;
 pub mod outbox;
+pub mod parts;
 pub mod rooms;
 pub mod runs;
 pub mod seed;

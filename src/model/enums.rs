@@ -297,3 +297,23 @@ text_enum!(
         Denied = "denied",
     }
 );
+
+text_enum!(
+    /// `message_parts.kind` (seed 004): what one part of a message is.
+    PartKind {
+        /// Text: a media message's caption (later a transcript or extracted text).
+        Text = "text",
+        /// An image (`m.image`, and stickers).
+        Image = "image",
+        /// A file (`m.file`).
+        File = "file",
+        /// Audio (`m.audio`), voice messages included.
+        Audio = "audio",
+        /// A video (`m.video`).
+        Video = "video",
+        /// A tool call (not written yet: the next issue's).
+        ToolCall = "tool_call",
+        /// A tool's result (not written yet: the next issue's).
+        ToolResult = "tool_result",
+    }
+);

@@ -89,3 +89,7 @@ row_id!(
     /// `bridge_admin_keys.id`
     AdminKeyId
 );
+row_id!(
+    /// `message_parts.id`
+    PartId
+);

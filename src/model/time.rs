@@ -201,7 +201,8 @@ id_sql!(
     JobId,
     TriggerId,
     MemberId,
-    AdminKeyId
+    AdminKeyId,
+    PartId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

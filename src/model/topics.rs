@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::model::{
-    MemberRole, RunStatus, SenderType, SessionStatus, Ts, Visibility,
+    MemberRole, PartKind, RunStatus, SenderType, SessionStatus, Ts, Visibility,
     ids::{AccessKeyId, AgentId, ChannelId, MessageId, MicrodaoId, RunId, SessionId, UserRowId},
 };
 
@@ -178,6 +178,33 @@ pub struct MessageCreated<'a> {
     pub edited_at: Option<Ts>,
     /// Set when a redaction arrived in the same transaction (the preview is empty).
     pub redacted_at: Option<Ts>,
+    /// What the message carries besides its text, in order (`message_parts`); empty for a plain
+    /// text message.
+    pub parts: Vec<PartInfo<'a>>,
+}
+
+/// One part of a message as events name it: what it is, never its content, where it lives or
+/// an encrypted file's key. A `text` part (a caption) says only that there is one.
+#[derive(Debug, Serialize)]
+pub struct PartInfo<'a> {
+    /// text | image | file | audio | video (tool_call | tool_result later).
+    pub kind: PartKind,
+    /// The MIME type the event declares.
+    pub mimetype: Option<&'a str>,
+    /// The size in bytes the event declares.
+    pub size: Option<i64>,
+    /// The file name (as the preview shows it).
+    pub name: Option<&'a str>,
+    /// Width in pixels.
+    pub width: Option<i32>,
+    /// Height in pixels.
+    pub height: Option<i32>,
+    /// Duration in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// A voice message (MSC3245).
+    pub voice: bool,
+    /// The file is an EncryptedFile (its key stays in Matrix).
+    pub encrypted: bool,
 }
 
 /// `chat.message.edited`. `message_id` and `channel_id` come from the edited row.

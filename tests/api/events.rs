@@ -185,6 +185,7 @@ async fn every_change_publishes_its_event(#[case] b: Backend) {
             "edited_at",
             "matrix_event_id",
             "message_id",
+            "parts",
             "redacted_at",
             "sender_agent_id",
             "sender_type",
@@ -193,6 +194,8 @@ async fn every_change_publishes_its_event(#[case] b: Backend) {
             "v"
         ]
     );
+    // A plain text message has no parts (media: tests/api/parts.rs).
+    assert_eq!(created["parts"], json!([]));
     let at = created["created_at"].as_str().unwrap();
     assert!(
         at.len() == 24 && at.ends_with('Z') && at.as_bytes()[19] == b'.',

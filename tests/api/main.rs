@@ -24,6 +24,7 @@ mod model;
 mod nats;
 mod ops;
 mod outbox_scale;
+mod parts;
 mod plans;
 mod platform;
 mod process;

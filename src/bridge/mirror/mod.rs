@@ -8,6 +8,7 @@
 pub(crate) mod cache;
 pub mod content;
 pub mod event;
+pub mod parts;
 pub mod preview;
 mod sent;
 
@@ -274,6 +275,9 @@ impl Mirror {
         }
         for (kind, outcome, n) in sums {
             self.metrics.events_n(kind, outcome, n);
+        }
+        for outcome in &plan.media {
+            self.metrics.media_part(outcome);
         }
     }
 

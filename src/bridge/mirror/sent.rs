@@ -78,6 +78,13 @@ impl Mirror {
                         thread_root: shape.thread_root,
                         edited_at: None,
                         redacted_at: None,
+                        // What the agent sent is mirrored here, not from the echo (a duplicate).
+                        parts: super::parts::of_message(
+                            &content.msgtype,
+                            json.as_deref().unwrap_or("{}"),
+                            false,
+                        )
+                        .parts,
                     }),
                 }
             }

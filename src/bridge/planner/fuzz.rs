@@ -15,11 +15,12 @@ use serde_json::value::RawValue;
 
 use super::{MirrorSettings, PlanInput, Planner};
 use crate::{
+    bridge::mirror::parts::TEXT_CHARS,
     bridge::{
         agents::AgentRegistry,
         mirror::{cache::RoomState, event::Envelope},
     },
-    db::{Party, PowerLevels, SessionChange, TxnRecord},
+    db::{PartSource, Party, PowerLevels, SessionChange, TxnRecord},
     model::{
         Agent, Behaviour, NameSource, Namespace, Visibility,
         ids::{AgentId, ChannelId, MicrodaoId},
@@ -161,6 +162,24 @@ pub fn plan(raws: &[&RawValue]) -> Result<usize, String> {
     if b.edits.iter().any(|e| messages.contains(&e.target)) {
         return Err("an edit of a message of the same batch left unfolded".into());
     }
+    for m in &b.messages {
+        if m.redacted_at.is_some() && !m.parts.is_empty() {
+            return Err(format!("redacted message {} keeps its parts", m.event_id));
+        }
+        for p in &m.parts {
+            if p.text
+                .as_ref()
+                .is_some_and(|t| t.len() > TEXT_CHARS * 16 + 64)
+            {
+                return Err(format!("an unbounded part text in {}", m.event_id));
+            }
+            if let Some(PartSource::Mxc(uri)) = &p.source
+                && !uri.starts_with("mxc://")
+            {
+                return Err(format!("a source that is no mxc URI: {uri:?}"));
+            }
+        }
+    }
     if b.sessions
         .iter()
         .any(|s| s.agent.is_none() && s.change == SessionChange::Activate)
@@ -242,6 +261,59 @@ mod tests {
         ]
     }
 
+    /// Media messages as clients send them, and broken: odd URLs, encrypted files with or
+    /// without their key, `info` of any shape, captions.
+    fn media() -> impl Strategy<Value = (String, Option<String>, Value)> {
+        let kind = prop_oneof![
+            Just("m.image"),
+            Just("m.file"),
+            Just("m.audio"),
+            Just("m.video")
+        ];
+        let source = prop_oneof![
+            Just(json!({ "url": "mxc://x/y" })),
+            Just(json!({ "url": "https://x/y" })),
+            Just(json!({ "url": 7 })),
+            Just(json!({})),
+            Just(
+                json!({ "file": { "url": "mxc://x/e", "key": { "kty": "oct", "key_ops": ["encrypt", "decrypt"],
+                "alg": "A256CTR", "k": "qcHVMSgYg-71CauWBezXI5qkaRb0LuIy-Wx5kIaHMIA", "ext": true },
+                "iv": "X85+XgHN+HEAAAAAAAAAAA", "hashes": { "sha256": "5qG4fFnbbVdlAB1Q72JDKwCagV6Dbkx9uds4rSak37c" }, "v": "v2" } })
+            ),
+            Just(json!({ "file": { "url": "mxc://x/e" } })),
+        ];
+        let info = prop_oneof![
+            Just(Value::Null),
+            Just(json!("big")),
+            Just(json!({ "mimetype": "image/png", "size": 10, "w": 1, "h": 2, "duration": 3 })),
+            Just(json!({ "mimetype": 5, "size": -1, "w": "wide", "h": 1e300, "duration": "x" })),
+            Just(json!({ "w": 9_000_000_000u64, "size": u64::MAX })),
+        ];
+        (
+            kind,
+            text(),
+            prop::option::of(text()),
+            source,
+            info,
+            prop::bool::ANY,
+        )
+            .prop_map(|(kind, body, filename, source, info, voice)| {
+                let mut c = source;
+                c["msgtype"] = json!(kind);
+                c["body"] = json!(body);
+                if let Some(f) = filename {
+                    c["filename"] = json!(f);
+                }
+                if !info.is_null() {
+                    c["info"] = info;
+                }
+                if voice {
+                    c["org.matrix.msc3245.voice"] = json!({});
+                }
+                ("m.room.message".to_owned(), None, c)
+            })
+    }
+
     fn content() -> impl Strategy<Value = (String, Option<String>, Value)> {
         prop_oneof![
             (text(), prop::option::of(text())).prop_map(|(b, html)| {
@@ -276,6 +348,7 @@ mod tests {
                 json!({ "users": { u: l } })
             )),
             text().prop_map(|b| ("m.sticker".to_owned(), None, json!({ "body": b, "url": "mxc://x/y", "info": {} }))),
+            media(),
             Just(("m.room.encrypted".to_owned(), None, json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x" }))),
             Just(("m.room.tombstone".to_owned(), Some(String::new()), json!({ "body": "moved", "replacement_room": "!n:x" }))),
             Just(("m.room.message".to_owned(), None, {

@@ -1,28 +1,37 @@
-//! Messages, edits, redactions and trigger candidates. Edits and redactions of messages of the
-//! same batch are folded into the new message (one row is written once); several edits of one
-//! message keep the newest.
+//! Messages (with their media parts, read by `mirror::parts`), edits, redactions and trigger
+//! candidates. Edits and redactions of messages of the same batch are folded into the new
+//! message (one row is written once; a message redacted in its batch keeps no parts); several
+//! edits of one message keep the newest.
 
 use foldhash::{HashMap, HashSet};
 
 use ruma::{
     OwnedEventId, RoomId,
-    events::{
-        room::{encrypted, redaction::RoomRedactionEventContent},
-        sticker::StickerEventContent,
-    },
+    events::room::{encrypted, redaction::RoomRedactionEventContent},
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Outcome, Planner};
 use crate::{
-    bridge::mirror::{content::MessageView, event::Envelope, preview},
+    bridge::mirror::{
+        content::MessageView,
+        event::Envelope,
+        parts::{self, Parts},
+        preview,
+    },
     db::{
         Batch, CandidatePayload, Edit, NewCandidate, NewJob, NewMessage, Party, Redaction,
         SessionChange, text::DbText,
     },
     model::{JobKind, Ts, ids::MessageId},
 };
+
+/// What a sticker must have to be mirrored (its image is read apart, as well as it parses).
+#[derive(Deserialize)]
+struct StickerBody {
+    body: String,
+}
 
 /// The `m.relates_to` of an encrypted event (visible without decrypting).
 #[derive(Deserialize)]
@@ -123,7 +132,16 @@ impl Planner<'_> {
             }
             return Ok(Outcome::Mirrored);
         }
-        let outcome = self.message(room_id, env, shape.preview, at, shape.thread_root.clone());
+        // Edits keep the parts of the message they edit (`m.new_content` media is not read).
+        let parts = parts::of_message(&content.msgtype, env.content.get(), env.hide_preview);
+        let outcome = self.message(
+            room_id,
+            env,
+            shape.preview,
+            at,
+            shape.thread_root.clone(),
+            parts,
+        );
         if outcome == Outcome::Mirrored {
             let (body, html) = preview::bodies(&content);
             let body = if content.is_reply() {
@@ -170,13 +188,16 @@ impl Planner<'_> {
         env: &Envelope<'_>,
         at: Ts,
     ) -> serde_json::Result<Outcome> {
-        let content: StickerEventContent = env.content()?;
+        // The body is all a sticker needs to be mirrored; its image is read as well as it
+        // parses (`parts::of_sticker`), never refusing the event.
+        let content: StickerBody = env.content()?;
         Ok(self.message(
             room_id,
             env,
             format!("[sticker] {}", content.body),
             at,
             None,
+            parts::of_sticker(env.content.get()),
         ))
     }
 
@@ -191,7 +212,14 @@ impl Planner<'_> {
             // An encrypted edit the bridge could not read: the original row stays.
             return Ok(Outcome::Skipped);
         }
-        Ok(self.message(room_id, env, "[encrypted]".to_owned(), at, None))
+        Ok(self.message(
+            room_id,
+            env,
+            "[encrypted]".to_owned(),
+            at,
+            None,
+            Parts::default(),
+        ))
     }
 
     pub(super) fn redaction(&mut self, env: &Envelope<'_>, at: Ts) -> serde_json::Result<Outcome> {
@@ -206,7 +234,7 @@ impl Planner<'_> {
         Ok(Outcome::Mirrored)
     }
 
-    /// A new message row, unless the sender is the bridge itself.
+    /// A new message row with its parts, unless the sender is the bridge itself.
     fn message(
         &mut self,
         room_id: &RoomId,
@@ -214,6 +242,7 @@ impl Planner<'_> {
         preview: String,
         at: Ts,
         thread_root: Option<OwnedEventId>,
+        parts: Parts,
     ) -> Outcome {
         let Some(channel_id) = self.rooms.get(room_id).map(|w| w.state.channel_id) else {
             return Outcome::IgnoredRoom;
@@ -225,6 +254,13 @@ impl Planner<'_> {
             self.session(channel_id, Some(agent), SessionChange::Activate, at);
         }
         let preview = self.cut(preview);
+        if let Some(outcome) = parts.outcome {
+            if outcome.starts_with("bad_") {
+                // Stored with what is known; counted once committed (`media_parts`).
+                tracing::info!(%room_id, event_id = %env.event_id, outcome, "media with a malformed url, file or info: stored as far as it parses");
+            }
+            self.media.push(outcome);
+        }
         self.batch.messages.push(NewMessage {
             id: MessageId::new(),
             channel_id,
@@ -235,6 +271,7 @@ impl Planner<'_> {
             thread_root,
             edited_at: None,
             redacted_at: None,
+            parts: parts.parts,
         });
         Outcome::Mirrored
     }
@@ -381,6 +418,8 @@ pub(super) fn fold_messages(b: &mut Batch) {
             let m = &mut b.messages[i];
             m.preview = DbText::default();
             m.redacted_at = Some(r.at);
+            // A redacted message keeps no content: no parts either.
+            m.parts.clear();
             // Still listed: the statement cancels the message's trigger candidate too.
             true
         }

@@ -3,11 +3,12 @@
 //! (no I/O), so the transaction → plan path can be fuzzed and property-tested without a
 //! database. `Planner` holds the plan's parts; each event family's handlers live in the
 //! submodule of that family (`route` dispatches): `adopt` (which rooms become channels),
-//! `messages` (messages, edits, redactions, trigger candidates), `members` (memberships and
-//! agent sessions), `state` (names, topics, visibility, power levels). State that one family
-//! alone keeps is that family's own type (`members::Members`, `people::People` for `users`
-//! rows), and each family folds its rows at the end (`Members::finish`, `fold_sessions`,
-//! `fold_messages`) so that no row is written twice by one statement.
+//! `messages` (messages and their parts, edits, redactions, trigger candidates), `members`
+//! (memberships and agent sessions), `state` (names, topics, visibility, power levels). State
+//! that one family alone keeps is that family's own type (`members::Members`,
+//! `people::People` for `users` rows), and each family folds its rows at the end
+//! (`Members::finish`, `fold_sessions`, `fold_messages`) so that no row is written twice by one
+//! statement.
 
 mod adopt;
 #[doc(hidden)]
@@ -117,6 +118,8 @@ pub(crate) struct Plan {
     pub users: Vec<(OwnedUserId, UserRowId)>,
     /// (event type, outcome) per event.
     pub outcomes: Vec<(&'static str, Outcome)>,
+    /// The outcome of each media part planned (`parts::Parts::outcome`).
+    pub media: Vec<&'static str>,
     /// Whether a trigger candidate or follow-up was planned (the workers are woken).
     pub wakes: Wakes,
     /// Rooms whose events were ignored (not mirrored).
@@ -164,6 +167,8 @@ pub(crate) struct Planner<'a> {
     batch: Batch,
     event_ids: HashSet<OwnedEventId>,
     outcomes: Vec<(&'static str, Outcome)>,
+    /// The outcome of each media part (`messages.rs`).
+    media: Vec<&'static str>,
     ignored: Vec<OwnedRoomId>,
 }
 
@@ -195,6 +200,7 @@ impl<'a> Planner<'a> {
             batch: Batch::default(),
             event_ids: HashSet::default(),
             outcomes: Vec::new(),
+            media: Vec::new(),
             ignored: Vec::new(),
         }
     }
@@ -304,6 +310,7 @@ impl<'a> Planner<'a> {
                 .collect(),
             users,
             outcomes: self.outcomes,
+            media: self.media,
             wakes,
             ignored: self.ignored,
         }

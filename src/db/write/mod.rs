@@ -34,13 +34,15 @@ macro_rules! stage {
 
 /// The stages in the order they write, after the transaction record (`stages::txn`), which
 /// gates them all. Rows are written before what refers to them (users and channels before
-/// members and messages); events come last because they are kept by what the other stages
-/// wrote (PostgreSQL reads their CTEs' `RETURNING` rows, SQLite their results).
-const PIPELINE: [Stage; 8] = [
+/// members and messages, messages before their parts); events come last because they are kept
+/// by what the other stages wrote (PostgreSQL reads their CTEs' `RETURNING` rows, SQLite their
+/// results).
+const PIPELINE: [Stage; 9] = [
     stage!(users),
     stage!(channels),
     stage!(members),
     stage!(messages),
+    stage!(parts),
     stage!(sessions),
     stage!(work),
     stage!(audit),

@@ -6,7 +6,7 @@ use sqlx::SqlitePool;
 
 use crate::{
     db::{
-        Batch, Edit, NewMessage, Party, Redaction, StoreError,
+        Batch, Edit, NewMessage, PartSource, Party, Redaction, StoreError,
         write::{
             pg::{Key, Statement, Witness},
             sqlite::Write,
@@ -16,8 +16,8 @@ use crate::{
         SenderType, Ts,
         ids::{ChannelId, MessageId},
         topics::{
-            Draft, MessageCreated, MessageEdited, MessageRedacted, PAYLOAD_VERSION, Topic,
-            channel_partition,
+            Draft, MessageCreated, MessageEdited, MessageRedacted, PAYLOAD_VERSION, PartInfo,
+            Topic, channel_partition,
         },
     },
 };
@@ -29,11 +29,17 @@ const INSERT: &str = "INSERT INTO messages (id, channel_id, matrix_event_id, sen
 const INSERT_CONFLICT: &str = "ON CONFLICT (matrix_event_id) DO NOTHING";
 
 /// PostgreSQL: a `message.created` event is kept when the insert (`mi`) returned the message.
-const CREATED: Witness = Witness::new("m", "mi", Key::Id);
+const CREATED: Witness = Witness::new("m", INSERTED, Key::Id);
+/// PostgreSQL: the CTE inserting messages; it returns the ids written when events or parts
+/// need them (`super::parts` writes parts for those only).
+pub(in crate::db::write) const INSERTED: &str = "mi";
 /// PostgreSQL: a `message.edited` event is kept when the edit (`ed`) updated its target.
 const EDITED: Witness = Witness::new("e", "ed", Key::EventId);
 /// PostgreSQL: a `message.redacted` event is kept when the redaction (`rd`) updated its target.
-const REDACTED: Witness = Witness::new("r", "rd", Key::EventId);
+const REDACTED: Witness = Witness::new("r", REDACTED_CTE, Key::EventId);
+/// PostgreSQL: the CTE redacting messages; it always returns the rows it redacted
+/// (`super::parts` deletes their parts).
+pub(in crate::db::write) const REDACTED_CTE: &str = "rd";
 
 fn sender_type(p: Party) -> SenderType {
     match p {
@@ -60,6 +66,21 @@ fn created(m: &NewMessage) -> Draft {
             created_at: m.at,
             edited_at: m.edited_at,
             redacted_at: m.redacted_at,
+            parts: m
+                .parts
+                .iter()
+                .map(|p| PartInfo {
+                    kind: p.kind,
+                    mimetype: p.mimetype.as_deref(),
+                    size: p.size,
+                    name: p.name.as_deref(),
+                    width: p.width,
+                    height: p.height,
+                    duration_ms: p.duration_ms,
+                    voice: p.voice,
+                    encrypted: p.source == Some(PartSource::Encrypted),
+                })
+                .collect(),
         },
     )
 }
@@ -128,7 +149,12 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
                  {previews}::text[], {at}::timestamptz[], {threads}::text[], {edited}::timestamptz[], \
                  {redacted}::timestamptz[]) AS x(id, ch, ev, u, a, p, at, th, ed, rd) \
                  WHERE true{gate} {INSERT_CONFLICT}{ret}",
-                ret = s.returning("RETURNING id")
+                // The parts stage writes parts for the returned ids only.
+                ret = if s.events || b.messages.iter().any(|m| !m.parts.is_empty()) {
+                    " RETURNING id"
+                } else {
+                    ""
+                }
             ),
         );
     }
@@ -163,8 +189,8 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
             &format!(
                 "UPDATE messages m SET content_preview = '', redacted_at = x.at \
                  FROM unnest({targets}::text[], {at}::timestamptz[]) AS x(t, at) \
-                 WHERE m.matrix_event_id = ANY(ARRAY[x.t]) AND m.redacted_at IS NULL{gate}{ret}",
-                ret = s.returning("RETURNING m.id, m.channel_id, m.matrix_event_id")
+                 WHERE m.matrix_event_id = ANY(ARRAY[x.t]) AND m.redacted_at IS NULL{gate} \
+                 RETURNING m.id, m.channel_id, m.matrix_event_id"
             ),
         );
         // A redacted question is not answered: its candidate and triggers are cancelled, and a

@@ -8,6 +8,7 @@ pub(super) mod channels;
 pub(super) mod events;
 pub(super) mod members;
 pub(super) mod messages;
+pub(super) mod parts;
 pub(super) mod sessions;
 pub(super) mod txn;
 pub(super) mod users;
