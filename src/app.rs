@@ -199,6 +199,8 @@ impl Bridge {
             send_wait: self.config.api.send_wait,
             max_body_bytes: self.config.api.max_body_bytes,
             max_upload_bytes: self.config.api.max_upload_bytes,
+            links: crate::links::Links::new(&self.config.appservice.as_token),
+            media: self.config.media.clone(),
             metrics: self.metrics.clone(),
             control: self.control.clone(),
         }
@@ -227,6 +229,7 @@ impl Bridge {
             send_wait: self.config.api.send_wait,
             run_attempts: b.run_attempts,
             media: self.config.media.clone(),
+            links: crate::links::Links::new(&self.config.appservice.as_token),
         }
     }
 

@@ -23,7 +23,7 @@ const FLOORS: &[&[&str]] = &[
     ],
     &["matrix"],
     &["db"],
-    &["keys", "crypto"],
+    &["keys", "crypto", "links"],
     &["puppet"],
     &["events"],
     &["bridge"],

@@ -14,7 +14,8 @@
 //!    events and audit records, and one store handle per table group (`store.outbox()`,
 //!    `store.runs()`, …) with its reads and writes; rows carry ruma ids, decoded row by row
 //!    (`db::decode`).
-//! 5. [`keys`] (agent and admin access keys) and [`crypto`] (each agent's device and
+//! 5. [`keys`] (agent and admin access keys), [`links`] (signed media links for runtimes) and
+//!    [`crypto`] (each agent's device and
 //!    `OlmMachine`, its store in the database, decrypting transactions, encrypting sends).
 //! 6. [`puppet`]: acting as agents: `PuppetIntent`, profiles, content, the durable outbox.
 //! 7. [`events`]: the NATS JetStream publisher of the transactional outbox.
@@ -43,6 +44,7 @@ pub mod export;
 pub mod keys;
 #[cfg(test)]
 mod layers;
+pub mod links;
 pub mod matrix;
 pub mod metrics;
 pub mod model;

@@ -6,13 +6,14 @@
 //! its bytes show) goes through the durable outbox like any send. Bounded by
 //! `api.max_upload_bytes` and the homeserver's own `m.upload.size`, whichever is smaller; the
 //! file is held in memory once (it is encrypted in place and handed to the upload as it is).
+//! And `GET /api/v1/media/{token}`: the file behind a media link a webhook runtime was given.
 
 use axum::{
     Router,
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State},
     http::{HeaderMap, header},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::post,
 };
 use ruma::OwnedEventId;
@@ -22,15 +23,20 @@ use sha2::{Digest, Sha256};
 use super::{
     ApiState,
     auth::Caller,
-    channels::{SEND, channel, hs_error},
+    channels::{READ, SEND, channel, hs_error},
     extract::idempotency_key,
     messages::{outcome, queue_and_wait},
 };
 use crate::{
+    links::LinkError,
+    matrix::media::MediaError,
+    model::Ts,
+    puppet::media::FetchError,
     puppet::{
         Send,
         content::{self, Outgoing, OutgoingFile},
     },
+    runs::media::source_of,
     server::{body::body_error, error::MatrixError},
 };
 
@@ -179,6 +185,66 @@ pub async fn send_file(
     };
     let item = queue_and_wait(&state, &caller, &room, send).await?;
     Ok(outcome(&item))
+}
+
+/// `GET /api/v1/media/{token}`: the attachment a media link names, decrypted, for the agent's
+/// own runtime. The event is read again as the agent and the file fetched now: the link holds no
+/// file key, and a redacted message's file is gone.
+pub async fn media(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<Response, MatrixError> {
+    caller.require(READ)?;
+    let link = match state.links.open(&token, Ts::now()) {
+        Ok(link) => link,
+        Err(LinkError::Invalid) => return Err(MatrixError::not_found("no such media link")),
+        Err(LinkError::Expired) => {
+            return Err(MatrixError::forbidden("the media link has expired"));
+        }
+    };
+    if link.agent != caller.agent.id {
+        return Err(MatrixError::forbidden(
+            "this media link belongs to another agent",
+        ));
+    }
+    let intent = state.puppets.intent(caller.agent.clone());
+    let gone = || MatrixError::not_found("the message or its file is gone");
+    let raw = intent
+        .event(&link.room, &link.event)
+        .await
+        .map_err(hs_error)?
+        .ok_or_else(gone)?;
+    let (kind, name, declared, source) = source_of(&raw).ok_or_else(gone)?;
+    let fetched = intent
+        .media(
+            &source,
+            state.media.cap(kind.as_str()),
+            state.media.download_timeout,
+        )
+        .await
+        .map_err(|error| match error {
+            FetchError::Download(MediaError::NotFound) => gone(),
+            other => MatrixError::bad_gateway(format!("the file cannot be had: {other}")),
+        })?;
+    let mimetype = fetched
+        .sniffed
+        .map(str::to_owned)
+        .or(declared)
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let disposition = format!(
+        "attachment; filename*=UTF-8''{}",
+        percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, mimetype),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        fetched.bytes,
+    )
+        .into_response())
 }
 
 /// A text parameter: not empty, at most `max` bytes, no NUL.

@@ -56,6 +56,10 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Largest file an agent may send (the homeserver's limit applies too).
     pub max_upload_bytes: usize,
+    /// Checks the media links runtimes were given.
+    pub links: crate::links::Links,
+    /// Size caps and timeout of media downloads.
+    pub media: crate::config::MediaConfig,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Operator operations shared with the bot commands.
@@ -109,6 +113,7 @@ pub fn routes(state: ApiState) -> Router {
             put(channels::settings),
         )
         .route("/api/v1/outbox/{outbox_id}", get(messages::outbox))
+        .route("/api/v1/media/{token}", get(files::media))
         .route("/api/v1/runs", get(runs::list))
         .route("/api/v1/runs/{run_id}", get(runs::get))
         .merge(admin::routes())

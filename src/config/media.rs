@@ -36,6 +36,9 @@ pub struct MediaConfig {
     /// older attachments are named, not fetched (25 MiB).
     #[serde(default = "default_budget")]
     pub run_budget_bytes: u64,
+    /// How long the media links a webhook runtime gets stay valid.
+    #[serde(default = "default_link_ttl", with = "duration")]
+    pub link_ttl: Duration,
 }
 
 impl Default for MediaConfig {
@@ -48,8 +51,26 @@ impl Default for MediaConfig {
             download_timeout: default_timeout(),
             text_max_bytes: default_text(),
             run_budget_bytes: default_budget(),
+            link_ttl: default_link_ttl(),
         }
     }
+}
+
+impl MediaConfig {
+    /// The size cap of an attachment of `kind` (`image`, `audio`, `video`, anything else a
+    /// file).
+    pub fn cap(&self, kind: &str) -> u64 {
+        match kind {
+            "image" => self.image_max_bytes,
+            "audio" => self.audio_max_bytes,
+            "video" => self.video_max_bytes,
+            _ => self.file_max_bytes,
+        }
+    }
+}
+
+fn default_link_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_image() -> u64 {

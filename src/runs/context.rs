@@ -10,6 +10,7 @@ use super::{
 };
 use crate::{
     db::triggers::TriggerRow,
+    model::Ts,
     model::ids::{ChannelId, RunId},
     puppet::{PuppetError, PuppetIntent},
 };
@@ -28,6 +29,8 @@ pub(super) struct Place<'a> {
     pub is_agent: &'a (dyn Fn(&UserId) -> bool + Sync),
     /// What the run may fetch of attachments.
     pub media: media::Media<'a>,
+    /// Signs links to attachments, for runtimes that fetch them (webhooks); none for others.
+    pub links: Option<&'a crate::links::Links>,
 }
 
 /// Builds the request of run `id`.
@@ -44,6 +47,7 @@ pub(super) async fn request(
         forget_mark,
         is_agent,
         media,
+        links,
     } = place;
     let agent = intent.agent();
     let b = &agent.behaviour;
@@ -84,6 +88,19 @@ pub(super) async fn request(
     media::give(intent, &mut said, &media).await;
     let context: Vec<Turn> = said
         .into_iter()
+        .map(|mut said| {
+            if let (Some(links), Some(a)) = (links, said.attachment.as_deref_mut()) {
+                let link = crate::links::Link {
+                    agent: agent.id,
+                    room: room.to_owned(),
+                    event: said.event_id.clone(),
+                    expires: Ts::now().millis() / 1000
+                        + i64::try_from(media.config.link_ttl.as_secs()).unwrap_or(i64::MAX / 2),
+                };
+                a.part.url = Some(format!("/api/v1/media/{}", links.token(&link)));
+            }
+            said
+        })
         .map(|said| Turn {
             is_self: said.sender == agent.user_id,
             // Another agent: one of this bridge's, or anyone's notice (bots speak in notices).

@@ -84,6 +84,11 @@ impl Runner {
                 http: &self.http,
                 metrics: &self.metrics,
             },
+            links: matches!(
+                intent.agent().behaviour.runtime,
+                crate::model::RuntimeSpec::Webhook(_)
+            )
+            .then_some(&self.settings.links),
         };
         let request = context::request(id, intent, place, triggers);
         let (typed, request) = tokio::join!(typing, request);

@@ -97,6 +97,7 @@ pub(super) fn attachment(
             voice: kind == PartKind::Audio && voice(),
             text: None,
             unavailable: None,
+            url: None,
             data: None,
         },
         source: source.clone(),
@@ -118,6 +119,7 @@ pub(super) fn sticker(content: &StickerEventContent) -> Box<Attachment> {
             voice: false,
             text: None,
             unavailable: None,
+            url: None,
             data: None,
         },
         source: content.source.clone().into(),
@@ -167,6 +169,7 @@ pub(super) fn loose(raw: &ruma::serde::Raw<ruma::events::AnyTimelineEvent>) -> O
         voice: false,
         text: None,
         unavailable: None,
+        url: None,
         data: None,
     };
     Some(Said {
@@ -176,6 +179,24 @@ pub(super) fn loose(raw: &ruma::serde::Raw<ruma::events::AnyTimelineEvent>) -> O
         notice: false,
         attachment: Some(Box::new(Attachment { part, source })),
     })
+}
+
+/// The attachment of one event (a message or sticker, as the agent read it): its kind, file
+/// name, declared type and where its bytes are. `None` for anything else.
+pub fn source_of(
+    raw: &ruma::serde::Raw<ruma::events::AnyTimelineEvent>,
+) -> Option<(PartKind, String, Option<String>, MediaSource)> {
+    use ruma::events::{AnyMessageLikeEvent, AnyTimelineEvent, MessageLikeEvent};
+    let a = match raw.deserialize().ok()? {
+        AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::RoomMessage(
+            MessageLikeEvent::Original(ev),
+        )) => attachment(&ev.content.msgtype, || false)?,
+        AnyTimelineEvent::MessageLike(AnyMessageLikeEvent::Sticker(
+            MessageLikeEvent::Original(ev),
+        )) => sticker(&ev.content),
+        _ => loose(raw)?.attachment?,
+    };
+    Some((a.part.kind, a.part.name, a.part.mimetype, a.source))
 }
 
 fn duration_ms(d: Duration) -> u64 {

@@ -9,7 +9,7 @@
 mod context;
 mod execute;
 mod history;
-mod media;
+pub mod media;
 pub mod openai;
 pub mod runtime;
 mod said;
@@ -74,6 +74,8 @@ pub struct RunSettings {
     pub run_attempts: u32,
     /// What runs are given of attachments.
     pub media: crate::config::MediaConfig,
+    /// Signs the media links webhook runtimes get.
+    pub links: crate::links::Links,
 }
 
 /// The run scheduler.

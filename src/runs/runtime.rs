@@ -84,8 +84,12 @@ pub struct Part {
     /// hash, …); none when it is, or was not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// Where a webhook runtime fetches the file, decrypted: `/api/v1/media/{token}` on the
+    /// bridge's API, with the agent's access key, for `media.link_ttl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// An image's bytes, for a model that sees (never serialized: webhook runtimes get a
-    /// description).
+    /// description and a link).
     #[serde(skip)]
     pub data: Option<std::sync::Arc<Vec<u8>>>,
 }

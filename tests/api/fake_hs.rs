@@ -78,16 +78,6 @@ impl FakeHs {
         let bytes = axum::body::to_bytes(req.into_body(), 256 << 20)
             .await
             .unwrap();
-        if path == "/_matrix/media/v3/upload" {
-            let mut uploads = self.uploads.lock().unwrap();
-            uploads.push((query.clone(), bytes.to_vec()));
-            let id = format!("up{}", uploads.len());
-            self.media
-                .lock()
-                .unwrap()
-                .insert(format!("localhost/{id}"), Ok(bytes.to_vec()));
-            return Json(json!({ "content_uri": format!("mxc://localhost/{id}") })).into_response();
-        }
         if path == "/_matrix/client/v1/media/config" {
             let size = self.upload_size.lock().unwrap().unwrap_or(100 << 20);
             return Json(json!({ "m.upload.size": size })).into_response();
@@ -114,6 +104,17 @@ impl FakeHs {
                 )
                     .into_response(),
             };
+        }
+        // An agent's upload (the bot's avatar upload, without `user_id`, is answered below).
+        if path == "/_matrix/media/v3/upload" && query.contains("user_id=") {
+            let mut uploads = self.uploads.lock().unwrap();
+            uploads.push((query.clone(), bytes.to_vec()));
+            let id = format!("up{}", uploads.len());
+            self.media
+                .lock()
+                .unwrap()
+                .insert(format!("localhost/{id}"), Ok(bytes.to_vec()));
+            return Json(json!({ "content_uri": format!("mxc://localhost/{id}") })).into_response();
         }
         if path.contains("/send/") || path.contains("/redact/") {
             let delay = *self.send_delay.lock().unwrap();

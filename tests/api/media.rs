@@ -352,3 +352,110 @@ async fn bad_media_is_named_with_its_reason_and_never_fails_the_run(#[case] b: B
         "only the undeclared one was fetched (and cut off)"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_runtime_fetches_files_through_signed_links(#[case] b: Backend) {
+    let (hook, url) = crate::runtimes::FakeWebhook::spawn("reply").await;
+    let app = TestApp::spawn_with(b, move |c| {
+        runtime_config(
+            "webhook",
+            &format!("[blueprints.webhook]\nurl = \"{url}\"\nsecret = \"webhook-test-secret\"\n"),
+        )(c)
+    })
+    .await;
+    let (_, key) = setup(&app).await;
+    // An encrypted image: the link serves it decrypted; the payload never holds its key.
+    let original = png();
+    let mut cursor = Cursor::new(original.clone());
+    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut cursor);
+    let mut cipher = Vec::new();
+    encryptor.read_to_end(&mut cipher).unwrap();
+    let mut file = serde_json::to_value(encryptor.finish()).unwrap();
+    file["url"] = json!("mxc://localhost/sealed");
+    app.hs
+        .media
+        .lock()
+        .unwrap()
+        .insert("localhost/sealed".into(), Ok(cipher));
+    let image = message(
+        "img",
+        json!({ "msgtype": "m.image", "body": "sealed.png", "file": file.clone() }),
+    );
+    app.hs
+        .events
+        .lock()
+        .unwrap()
+        .insert("$img".into(), image.clone());
+    app.hs
+        .history
+        .lock()
+        .unwrap()
+        .extend([mention("q", "Sofia, what did I send?", &[ev::SOFIA]), image]);
+    let (status, _) = app
+        .put_txn(
+            "ask",
+            vec![mention("q", "Sofia, what did I send?", &[ev::SOFIA])],
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_runs(&app, 1, "completed").await;
+    let payload = hook.calls.lock().unwrap()[0].1.clone();
+    let text = payload.to_string();
+    let k = file["key"]["k"].as_str().unwrap();
+    assert!(!text.contains(k), "no file key in the payload");
+    assert!(!text.contains(crate::support::AS_TOKEN), "no Matrix token");
+    let part = payload["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|t| t["parts"].as_array().map(|p| p[0].clone()))
+        .unwrap_or_else(|| panic!("a turn with parts: {payload}"));
+    assert_eq!(part["kind"], "image");
+    assert_eq!(part["name"], "sealed.png");
+    let link = part["url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with("/api/v1/media/"), "{link}");
+    let get = |path: String, key: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .get(app.url(&path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let kind = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, kind, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (status, kind, bytes) = get(link.clone(), key.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(kind.as_deref(), Some("image/png"));
+    assert_eq!(bytes, original, "the link serves the decrypted original");
+    // Another agent's key, a forged token, no key: refused.
+    let (_, other) = daarion_bridge::keys::create(
+        &app.store,
+        "agent:free",
+        "other",
+        &[],
+        &["agent.runtime".into()],
+        None,
+        &daarion_bridge::db::audit::Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(get(link.clone(), other).await.0, 403);
+    let forged = format!("{}x", &link[..link.len() - 1]);
+    assert_eq!(get(forged, key.clone()).await.0, 404);
+    assert_eq!(get(link.clone(), "dab_nope".into()).await.0, 401);
+    // Once the message is gone (redacted: the homeserver no longer serves it), so is the file.
+    app.hs.events.lock().unwrap().clear();
+    assert_eq!(get(link, key).await.0, 404);
+}

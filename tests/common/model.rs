@@ -38,7 +38,19 @@ impl FakeModel {
             let m = m.clone();
             async move { m.handle(mode, req).await }
         });
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // A fixed address may still be held for a moment by the previous test's server, whose
+        // runtime shuts down after that test released the serial lock: wait for it.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot bind {addr}: {e}"),
+            }
+        };
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (model, url)

@@ -284,7 +284,7 @@ async fn attach(client: &Client, kind: &str, rest: &str) -> Result<Value, String
         .send_attachment(name, &mime, bytes.clone(), config)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(json!({ "event_id": sent.response.event_id, "hex": hex(&bytes) }))
+    Ok(json!({ "event_id": sent.event_id, "hex": hex(&bytes) }))
 }
 
 /// Finds a file message named `name` from `sender`, downloads and decrypts it.
