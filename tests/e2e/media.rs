@@ -189,5 +189,41 @@ async fn images_voice_and_files_between_people_and_agents() {
         Some(original.as_slice()),
         "{last}"
     );
+
+    // message_parts holds each attachment: the encrypted DM's by the word `encrypted`, the
+    // plaintext room's by its mxc:// URI; never a key.
+    let parts = |room: &str| {
+        format!(
+            "SELECT p.kind, p.source, p.mimetype, CAST(p.voice AS TEXT) FROM message_parts p \
+             JOIN messages m ON m.id = p.message_id JOIN channels c ON c.id = m.channel_id \
+             WHERE c.matrix_room_id = '{room}' ORDER BY m.created_at, p.position"
+        )
+    };
+    let in_dm = rows(&pool, &parts(&dm)).await;
+    assert!(
+        in_dm.contains(&vec![
+            Some("image".into()),
+            Some("encrypted".into()),
+            Some("image/png".into()),
+            Some("false".into())
+        ]),
+        "{in_dm:?}"
+    );
+    assert!(
+        in_dm
+            .iter()
+            .any(|r| r[0].as_deref() == Some("audio") && r[3].as_deref() == Some("true")),
+        "the voice message: {in_dm:?}"
+    );
+    let in_room = rows(&pool, &parts(&room)).await;
+    assert!(
+        in_room.contains(&vec![
+            Some("image".into()),
+            Some(mxc.to_owned()),
+            Some("image/png".into()),
+            Some("false".into())
+        ]),
+        "{in_room:?}"
+    );
     bridge.stop().await;
 }
