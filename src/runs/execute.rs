@@ -144,10 +144,16 @@ impl Runner {
                         .first_token_seconds
                         .observe(ttft.duration_since(called).as_secs_f64());
                 }
-                match streamed.event_id {
+                // Files after the text (a resumed run finds those it queued already).
+                let files = self.post_files(id, intent, room, last, &out.files).await;
+                match streamed.event_id.or_else(|| files.first().cloned()) {
                     Some(event_id) => Ended::End(RunEnd {
                         status: RunStatus::Completed,
-                        output: Some(json!({ "text": out.text })),
+                        output: Some(if files.is_empty() {
+                            json!({ "text": out.text })
+                        } else {
+                            json!({ "text": out.text, "files": files })
+                        }),
                         reply_event_id: Some(event_id),
                         prompt_tokens: out.prompt_tokens,
                         completion_tokens: out.completion_tokens,

@@ -6,6 +6,7 @@
 //! `bridge.max_agent_chain`. Everything is durable: after a crash, queued runs are started and
 //! interrupted runs resumed (bounded by `bridge.run_attempts`), each answer posted once.
 
+mod answer_files;
 mod context;
 mod execute;
 mod history;

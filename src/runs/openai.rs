@@ -5,7 +5,7 @@ use futures_core::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::runtime::{RunOutput, RunRequest, Runtime, RuntimeError};
+use super::runtime::{OutFile, RunOutput, RunRequest, Runtime, RuntimeError};
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use crate::config::OpenAiConfig;
@@ -98,13 +98,19 @@ impl OpenAi {
                 .json()
                 .await
                 .map_err(|e| RuntimeError::Malformed(e.to_string()))?;
-            let text = v["choices"][0]["message"]["content"]
-                .as_str()
-                .ok_or_else(|| RuntimeError::Malformed("no choices[0].message.content".into()))?
-                .to_owned();
-            let _ = deltas.send(text.clone()).await;
+            let message = &v["choices"][0]["message"];
+            let (text, files) = answer_of(message);
+            if text.trim().is_empty() && files.is_empty() {
+                return Err(RuntimeError::Malformed(
+                    "no choices[0].message.content".into(),
+                ));
+            }
+            if !text.trim().is_empty() {
+                let _ = deltas.send(text.clone()).await;
+            }
             return Ok(RunOutput {
                 text,
+                files,
                 prompt_tokens: v["usage"]["prompt_tokens"].as_i64().map(|n| n as i32),
                 completion_tokens: v["usage"]["completion_tokens"].as_i64().map(|n| n as i32),
                 deferred: false,
@@ -221,4 +227,43 @@ fn content(turn: &super::runtime::Turn) -> Value {
     let mut parts = vec![json!({ "type": "text", "text": said(turn) })];
     parts.extend(given);
     Value::Array(parts)
+}
+
+/// The text and images of an answer's `message`: `content` as a string, or as parts (`text`,
+/// `image_url` with a `data:` URI or an http(s) URL, or `b64_json`), plus any `images` list
+/// beside it (as some OpenAI-compatible servers answer).
+fn answer_of(message: &Value) -> (String, Vec<OutFile>) {
+    let mut text = String::new();
+    let mut files = Vec::new();
+    let mut part = |p: &Value| {
+        if let Some(t) = p.as_str() {
+            text.push_str(t);
+            return;
+        }
+        if p["type"] == "text" {
+            text.push_str(p["text"].as_str().unwrap_or(""));
+            return;
+        }
+        let name = format!("image-{}.png", files.len() + 1);
+        let uri = p["image_url"]["url"]
+            .as_str()
+            .or_else(|| p["image_url"].as_str())
+            .map(str::to_owned)
+            .or_else(|| {
+                p["b64_json"]
+                    .as_str()
+                    .map(|b| format!("data:image/png;base64,{b}"))
+            });
+        if let Some(file) = uri.and_then(|u| OutFile::from_uri(&u, &name)) {
+            files.push(file);
+        }
+    };
+    match &message["content"] {
+        Value::Array(parts) => parts.iter().for_each(&mut part),
+        other => part(other),
+    }
+    if let Some(images) = message["images"].as_array() {
+        images.iter().for_each(&mut part);
+    }
+    (text, files)
 }

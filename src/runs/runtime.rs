@@ -181,6 +181,54 @@ pub struct RunOutput {
     pub completion_tokens: Option<i32>,
     /// The runtime answers later through the agent API (webhook `202`).
     pub deferred: bool,
+    /// Files it answers with, posted after the text, through the same path as the agent API's
+    /// `POST …/files`.
+    pub files: Vec<OutFile>,
+}
+
+/// A file a runtime answers with.
+#[derive(Debug, Clone)]
+pub struct OutFile {
+    /// Its name.
+    pub name: String,
+    /// Its type, as the runtime says (the bytes' own type wins).
+    pub mimetype: Option<String>,
+    /// Its bytes, or where to fetch them.
+    pub content: OutContent,
+}
+
+/// Where a runtime's file is.
+#[derive(Debug, Clone)]
+pub enum OutContent {
+    /// Given inline (base64 in the answer).
+    Bytes(Vec<u8>),
+    /// To fetch (`http(s)://`), bounded like any download.
+    Url(String),
+}
+
+impl OutFile {
+    /// A file from a `data:{type};base64,{data}` URI or an `http(s)://` URL; `None` for
+    /// anything else.
+    pub fn from_uri(uri: &str, name: &str) -> Option<Self> {
+        use base64::Engine;
+        if let Some(rest) = uri.strip_prefix("data:") {
+            let (head, data) = rest.split_once(',')?;
+            let mimetype = head.strip_suffix(";base64")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .ok()?;
+            return Some(Self {
+                name: name.to_owned(),
+                mimetype: (!mimetype.is_empty()).then(|| mimetype.to_owned()),
+                content: OutContent::Bytes(bytes),
+            });
+        }
+        (uri.starts_with("https://") || uri.starts_with("http://")).then(|| Self {
+            name: name.to_owned(),
+            mimetype: None,
+            content: OutContent::Url(uri.to_owned()),
+        })
+    }
 }
 
 /// Why a runtime call failed.

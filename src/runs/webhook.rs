@@ -2,8 +2,8 @@
 //!
 //! Signature: `X-Daarion-Signature: sha256=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>` with
 //! `X-Daarion-Timestamp: <unix seconds>`; receivers reject stale timestamps to stop replays.
-//! `200 {"reply": "…"}` is posted as the agent; `202` means the runtime answers later through
-//! the agent API, quoting the run id.
+//! `200 {"reply": "…", "files": [{"name", "mimetype", "base64" | "url"}]}` is posted as the
+//! agent; `202` means the runtime answers later through the agent API, quoting the run id.
 
 use futures_core::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::runtime::{RunOutput, RunRequest, Runtime, RuntimeError};
+use super::runtime::{OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError};
 use crate::config::WebhookConfig;
 
 /// A signed webhook of the agent developer's.
@@ -78,22 +78,62 @@ impl Webhook {
                     .json()
                     .await
                     .map_err(|e| RuntimeError::Malformed(e.to_string()))?;
-                let text = v["reply"]
-                    .as_str()
-                    .filter(|t| !t.trim().is_empty())
-                    .ok_or_else(|| {
-                        RuntimeError::Malformed("200 without a non-empty \"reply\"".into())
-                    })?
-                    .to_owned();
-                let _ = deltas.send(text.clone()).await;
+                let files = files_of(&v["files"]);
+                let text = v["reply"].as_str().unwrap_or("").to_owned();
+                if text.trim().is_empty() && files.is_empty() {
+                    return Err(RuntimeError::Malformed(
+                        "200 without a non-empty \"reply\" or \"files\"".into(),
+                    ));
+                }
+                if !text.trim().is_empty() {
+                    let _ = deltas.send(text.clone()).await;
+                }
                 Ok(RunOutput {
                     text,
+                    files,
                     ..Default::default()
                 })
             }
             _ => Err(super::runtime::status_error(response).await),
         }
     }
+}
+
+/// The `files` of an answer: `[{"name", "mimetype"?, "base64" | "url"}]`. An entry that is
+/// neither is skipped (logged): the rest of the answer still goes out.
+fn files_of(v: &Value) -> Vec<OutFile> {
+    use base64::Engine;
+    let Some(list) = v.as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|f| {
+            let name = f["name"].as_str().filter(|n| !n.trim().is_empty())?;
+            let mimetype = f["mimetype"].as_str().map(str::to_owned);
+            let content = if let Some(data) = f["base64"].as_str() {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .ok()
+                    .map(OutContent::Bytes)
+            } else {
+                f["url"]
+                    .as_str()
+                    .and_then(|u| OutFile::from_uri(u, name))
+                    .map(|f| f.content)
+            };
+            match content {
+                Some(content) => Some(OutFile {
+                    name: name.to_owned(),
+                    mimetype,
+                    content,
+                }),
+                None => {
+                    tracing::warn!(name, "a webhook answer's file has neither valid base64 nor an http(s) url: skipped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 impl Runtime for Webhook {

@@ -301,3 +301,78 @@ async fn in_an_encrypted_room_only_ciphertext_is_uploaded(#[case] b: Backend) {
         "the event's key opens the upload to the original"
     );
 }
+
+/// The uploads and the file messages Sofia sent, after `runs` completed runs.
+async fn answered_files(app: &TestApp) -> (Vec<crate::fake_hs::Upload>, Vec<Value>) {
+    crate::runs::wait_runs(app, 1, "completed").await;
+    let uploads = app.hs.uploads.lock().unwrap().clone();
+    let files = app
+        .hs
+        .sent_messages()
+        .into_iter()
+        .map(|(_, c)| c.body)
+        .filter(|b| b["msgtype"] == "m.image" || b["msgtype"] == "m.file")
+        .collect();
+    (uploads, files)
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_answer_with_files(#[case] b: Backend) {
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(crate::model::IMAGE_B64)
+        .unwrap();
+    // A webhook: one file inline, one by URL, one without content and one that cannot be
+    // fetched (both skipped, the rest still goes).
+    let (_hook, url) = crate::runtimes::FakeWebhook::spawn("files").await;
+    let app = TestApp::spawn_with(b, move |c| {
+        crate::runs::runtime_config(
+            "webhook",
+            &format!("[blueprints.webhook]\nurl = \"{url}\"\nsecret = \"webhook-test-secret\"\n"),
+        )(c)
+    })
+    .await;
+    setup(&app).await;
+    let ask = crate::runs::mention("q", "Sofia, the files?", &[crate::ev::SOFIA]);
+    assert_eq!(app.put_txn("q", vec![ask]).await.0, 200);
+    let (uploads, files) = answered_files(&app).await;
+    assert_eq!(uploads.len(), 2, "two files fetched and uploaded");
+    assert_eq!(uploads[0].1, png);
+    assert_eq!(uploads[1].1, b"notes from the runtime");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0]["body"], "chart.png");
+    assert_eq!(files[0]["info"]["w"], 1);
+    assert_eq!(files[1]["body"], "notes.txt");
+    assert_eq!(files[1]["m.relates_to"]["m.in_reply_to"]["event_id"], "$q");
+
+    // An OpenAI-compatible answer with an image part: the text, then the image.
+    let (_model, model_url) = crate::model::FakeModel::spawn("image").await;
+    let app = TestApp::spawn_with(b, move |c| {
+        crate::runs::runtime_config(
+            "openai",
+            &format!("[blueprints.openai]\nbase_url = \"{model_url}\"\nstream = false\n"),
+        )(c)
+    })
+    .await;
+    setup(&app).await;
+    let ask = crate::runs::mention("q", "Sofia, a chart?", &[crate::ev::SOFIA]);
+    assert_eq!(app.put_txn("q", vec![ask]).await.0, 200);
+    let (uploads, files) = answered_files(&app).await;
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].1, png);
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["info"]["mimetype"], "image/png");
+    let texts: Vec<String> = app
+        .hs
+        .sent_messages()
+        .into_iter()
+        .filter_map(|(_, c)| c.body["body"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts.contains(&"Here is the chart.".to_owned()),
+        "{texts:?}"
+    );
+}

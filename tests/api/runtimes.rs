@@ -19,7 +19,7 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
-/// A webhook runtime that checks the signature itself. `mode`: reply | defer | fail.
+/// A webhook runtime that checks the signature itself. `mode`: reply | defer | fail | files.
 #[derive(Clone, Default)]
 pub struct FakeWebhook {
     pub calls: Arc<Mutex<Vec<(bool, Value)>>>,
@@ -34,6 +34,16 @@ impl FakeWebhook {
         let app = Router::new().fallback(move |req: Request| {
             let h = h.clone();
             async move {
+                // The files a `files` answer names by URL.
+                if req.uri().path() == "/files/notes.txt" {
+                    return "notes from the runtime".into_response();
+                }
+                let host = req
+                    .headers()
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
                 let ts = req
                     .headers()
                     .get("x-daarion-timestamp")
@@ -72,6 +82,13 @@ impl FakeWebhook {
                 match mode {
                     "defer" => StatusCode::ACCEPTED.into_response(),
                     "fail" => (StatusCode::BAD_GATEWAY, "down").into_response(),
+                    "files" => Json(json!({ "reply": "Two files.", "files": [
+                        { "name": "chart.png", "mimetype": "image/png", "base64": crate::model::IMAGE_B64 },
+                        { "name": "notes.txt", "mimetype": "text/plain", "url": format!("http://{host}/files/notes.txt") },
+                        { "name": "broken.bin" },
+                        { "name": "gone.txt", "url": format!("http://{host}/files/gone.txt") },
+                    ] }))
+                    .into_response(),
                     _ => Json(json!({ "reply": "Webhook says hi" })).into_response(),
                 }
             }

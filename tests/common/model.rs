@@ -16,7 +16,10 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-/// An OpenAI-compatible chat completions server. `mode`: stream | long | plain | fail |
+/// A 1×1 PNG, base64: what the `image` mode answers with.
+pub const IMAGE_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+/// An OpenAI-compatible chat completions server. `mode`: stream | long | plain | image | fail |
 /// malformed | slow.
 #[derive(Clone, Default)]
 pub struct FakeModel {
@@ -79,6 +82,14 @@ impl FakeModel {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Json(json!({})).into_response()
             }
+            // An answer with an image, as content parts (a data: URI) beside the text.
+            "image" => Json(json!({
+                "choices": [{ "message": { "role": "assistant", "content": [
+                    { "type": "text", "text": "Here is the chart." },
+                    { "type": "image_url", "image_url": { "url": format!("data:image/png;base64,{}", IMAGE_B64) } },
+                ] } }],
+            }))
+            .into_response(),
             "plain" => Json(json!({
                 "choices": [{ "message": { "role": "assistant", "content": "A plain **answer**." } }],
                 "usage": { "prompt_tokens": 11, "completion_tokens": 4 },
