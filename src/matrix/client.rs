@@ -112,6 +112,26 @@ impl HsError {
     }
 }
 
+/// A homeserver's answer as ruma's response type of the endpoint (its Matrix error otherwise).
+pub(super) async fn parse_response<T>(response: reqwest::Response) -> Result<T, HsError>
+where
+    T: ruma::api::IncomingResponse,
+    T::EndpointError: EndpointErrorExt,
+{
+    let mut builder = http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    let body = response.bytes().await?;
+    let http_response = builder
+        .body(body.as_ref())
+        .map_err(|e| HsError::Response(e.to_string()))?;
+    T::try_from_http_response(http_response).map_err(|e| match e {
+        FromHttpResponseError::Server(error) => error.into_hs_error(),
+        other => HsError::Response(other.to_string()),
+    })
+}
+
 /// The homeserver, as the appservice sees it.
 #[derive(Clone)]
 pub struct Homeserver {
@@ -164,18 +184,7 @@ impl Homeserver {
     {
         let request = self.http_request(request, as_user, device)?;
         let response = self.http.execute(request).await?;
-        let mut builder = http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            builder = builder.header(name, value);
-        }
-        let body = response.bytes().await?;
-        let http_response = builder
-            .body(body.as_ref())
-            .map_err(|e| HsError::Response(e.to_string()))?;
-        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| match e {
-            FromHttpResponseError::Server(error) => error.into_hs_error(),
-            other => HsError::Response(other.to_string()),
-        })
+        parse_response(response).await
     }
 
     /// `request` as an HTTP request of the bot (`as_user` `None` or the bot) or of a puppet,

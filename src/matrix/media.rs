@@ -8,17 +8,13 @@ use std::time::Duration;
 
 use ruma::{
     MxcUri, OwnedMxcUri, UserId,
-    api::{
-        IncomingResponseExt,
-        client::{
-            authenticated_media::{get_content, get_media_config},
-            media::create_content,
-        },
-        error::FromHttpResponseError,
+    api::client::{
+        authenticated_media::{get_content, get_media_config},
+        media::create_content,
     },
 };
 
-use super::client::{EndpointErrorExt, Homeserver, HsError};
+use super::client::{Homeserver, HsError, parse_response};
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,20 +155,8 @@ impl Homeserver {
         // A large upload may take longer than an API call.
         *request.timeout_mut() = Some(Duration::from_secs(300));
         let response = self.http().execute(request).await?;
-        let mut builder = http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            builder = builder.header(name, value);
-        }
-        let body = response.bytes().await?;
-        let http_response = builder
-            .body(body.as_ref())
-            .map_err(|e| HsError::Response(e.to_string()))?;
-        create_content::v3::Response::try_from_http_response(http_response)
-            .map(|r| r.content_uri)
-            .map_err(|e| match e {
-                FromHttpResponseError::Server(error) => error.into_hs_error(),
-                other => HsError::Response(other.to_string()),
-            })
+        let created: create_content::v3::Response = parse_response(response).await?;
+        Ok(created.content_uri)
     }
 
     /// The largest upload the homeserver accepts (`m.upload.size`).

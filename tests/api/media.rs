@@ -28,6 +28,18 @@ fn png() -> Vec<u8> {
     bytes
 }
 
+/// `bytes` encrypted as a client encrypts an attachment: the ciphertext, and the event's
+/// `file` (key, iv, hashes) pointing at `url`.
+fn seal(bytes: &[u8], url: &str) -> (Vec<u8>, Value) {
+    let mut cursor = Cursor::new(bytes.to_vec());
+    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut cursor);
+    let mut cipher = Vec::new();
+    encryptor.read_to_end(&mut cipher).unwrap();
+    let mut file = serde_json::to_value(encryptor.finish()).unwrap();
+    file["url"] = json!(url);
+    (cipher, file)
+}
+
 /// A bridge whose agent runs on a fake OpenAI-compatible model with `openai` settings added.
 async fn with_model(b: Backend, openai: &str, bridge: &str) -> (FakeModel, TestApp) {
     let (model, url) = FakeModel::spawn("plain").await;
@@ -95,16 +107,7 @@ fn image_bytes(content: &Value) -> Vec<u8> {
 }
 
 async fn metric(app: &TestApp, outcome: &str) -> bool {
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics.contains(&format!(
+    app.metrics().await.contains(&format!(
         "daarion_bridge_media_total{{outcome=\"{outcome}\"}}"
     ))
 }
@@ -153,12 +156,7 @@ async fn a_model_that_sees_gets_the_image(#[case] b: Backend) {
 async fn an_encrypted_image_is_decrypted_for_the_model(#[case] b: Backend) {
     let (model, app) = with_model(b, "vision = true\n", "").await;
     let original = png();
-    let mut cursor = Cursor::new(original.clone());
-    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut cursor);
-    let mut cipher = Vec::new();
-    encryptor.read_to_end(&mut cipher).unwrap();
-    let mut file = serde_json::to_value(encryptor.finish()).unwrap();
-    file["url"] = json!("mxc://localhost/secret-cat");
+    let (cipher, file) = seal(&original, "mxc://localhost/secret-cat");
     app.hs
         .media
         .lock()
@@ -369,12 +367,7 @@ async fn a_webhook_runtime_fetches_files_through_signed_links(#[case] b: Backend
     let (_, key) = setup(&app).await;
     // An encrypted image: the link serves it decrypted; the payload never holds its key.
     let original = png();
-    let mut cursor = Cursor::new(original.clone());
-    let mut encryptor = matrix_sdk_crypto::AttachmentEncryptor::new(&mut cursor);
-    let mut cipher = Vec::new();
-    encryptor.read_to_end(&mut cipher).unwrap();
-    let mut file = serde_json::to_value(encryptor.finish()).unwrap();
-    file["url"] = json!("mxc://localhost/sealed");
+    let (cipher, file) = seal(&original, "mxc://localhost/sealed");
     app.hs
         .media
         .lock()
