@@ -254,6 +254,8 @@ fn wanted(part: &Part, media: &Media<'_>) -> Option<u64> {
             Some(c.audio_max_bytes)
         }
         PartKind::File if is_text(part) => Some(c.text_max_bytes.min(c.file_max_bytes)),
+        // A PDF's text is what a runtime can use of it: read whole, then bounded as text.
+        PartKind::File if is_pdf(part) => Some(c.file_max_bytes),
         _ => None,
     }
 }
@@ -298,8 +300,27 @@ async fn give_one(
             }
             None => refuse(a, "wrong_type", "not an image".into()),
         },
+        PartKind::File if got.sniffed == Some("application/pdf") => {
+            let limit = media.config.text_max_bytes as usize;
+            match tokio::task::spawn_blocking(move || pdf_text(&got.bytes)).await {
+                Ok(Some(text)) if text.len() <= limit => {
+                    a.part.mimetype = Some("application/pdf".into());
+                    a.part.text = Some(text);
+                    "given"
+                }
+                Ok(Some(text)) => refuse(
+                    a,
+                    "too_large",
+                    format!(
+                        "its text ({} bytes) is over the {limit}-byte limit",
+                        text.len()
+                    ),
+                ),
+                _ => refuse(a, "wrong_type", "no text can be read from this PDF".into()),
+            }
+        }
         PartKind::File => match (got.sniffed, String::from_utf8(got.bytes)) {
-            (None, Ok(text)) if !text.contains('\0') => {
+            (None, Ok(text)) if !text.contains('\0') && is_text(&a.part) => {
                 a.part.text = Some(text);
                 "given"
             }
@@ -360,6 +381,24 @@ fn is_text(part: &Part) -> bool {
         )
     });
     by_type || by_name
+}
+
+/// A PDF as it says it is (type or name).
+fn is_pdf(part: &Part) -> bool {
+    part.mimetype.as_deref() == Some("application/pdf")
+        || part
+            .name
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("pdf"))
+}
+
+/// The text of a PDF's pages, in order (lopdf); `None` when it cannot be parsed or holds none.
+fn pdf_text(bytes: &[u8]) -> Option<String> {
+    let doc = lopdf::Document::load_mem(bytes).ok()?;
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
+    let text = doc.extract_text(&pages).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// Why a transcription failed.

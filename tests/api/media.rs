@@ -40,6 +40,47 @@ fn seal(bytes: &[u8], url: &str) -> (Vec<u8>, Value) {
     (cipher, file)
 }
 
+/// A one-page PDF whose page shows `text` (made with lopdf, as a PDF writer would).
+fn pdf(text: &str) -> Vec<u8> {
+    use lopdf::{
+        Document, Object, Stream,
+        content::{Content, Operation},
+        dictionary,
+    };
+    let mut doc = Document::with_version("1.5");
+    let pages_id = doc.new_object_id();
+    let font = doc.add_object(dictionary! {
+        "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
+    });
+    let resources = doc.add_object(dictionary! { "Font" => dictionary! { "F1" => font } });
+    let content = Content {
+        operations: vec![
+            Operation::new("BT", vec![]),
+            Operation::new("Tf", vec!["F1".into(), 12.into()]),
+            Operation::new("Td", vec![72.into(), 720.into()]),
+            Operation::new("Tj", vec![Object::string_literal(text)]),
+            Operation::new("ET", vec![]),
+        ],
+    };
+    let contents = doc.add_object(Stream::new(dictionary! {}, content.encode().unwrap()));
+    let page = doc.add_object(dictionary! {
+        "Type" => "Page", "Parent" => pages_id, "Contents" => contents,
+    });
+    doc.objects.insert(
+        pages_id,
+        Object::Dictionary(dictionary! {
+            "Type" => "Pages", "Kids" => vec![page.into()], "Count" => 1,
+            "Resources" => resources,
+            "MediaBox" => vec![0.into(), 0.into(), 612.into(), 792.into()],
+        }),
+    );
+    let catalog = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+    doc.trailer.set("Root", catalog);
+    let mut bytes = Vec::new();
+    doc.save_to(&mut bytes).unwrap();
+    bytes
+}
+
 /// A bridge whose agent runs on a fake OpenAI-compatible model with `openai` settings added.
 async fn with_model(b: Backend, openai: &str, bridge: &str) -> (FakeModel, TestApp) {
     let (model, url) = FakeModel::spawn("plain").await;
@@ -234,8 +275,26 @@ async fn a_small_text_file_is_read_and_a_voice_message_heard(#[case] b: Backend)
             Ok(b"buy papayas\nand mangoes\n".to_vec()),
         );
         media.insert("localhost/voice".into(), Ok(voice.clone()));
+        media.insert(
+            "localhost/report".into(),
+            Ok(pdf("Quarterly revenue grew by nine percent")),
+        );
+        media.insert(
+            "localhost/broken".into(),
+            Ok(b"%PDF-1.4 nothing else".to_vec()),
+        );
     }
     let events = vec![
+        message(
+            "p2",
+            json!({ "msgtype": "m.file", "body": "broken.pdf", "url": "mxc://localhost/broken",
+                "info": { "mimetype": "application/pdf" } }),
+        ),
+        message(
+            "p1",
+            json!({ "msgtype": "m.file", "body": "report.pdf", "url": "mxc://localhost/report",
+                "info": { "mimetype": "application/pdf" } }),
+        ),
         message(
             "v",
             json!({ "msgtype": "m.audio", "body": "Voice message.ogg", "url": "mxc://localhost/voice",
@@ -254,6 +313,19 @@ async fn a_small_text_file_is_read_and_a_voice_message_heard(#[case] b: Backend)
         notes[1],
         json!({ "type": "text", "text": "notes.txt:\nbuy papayas\nand mangoes\n" }),
         "{notes}"
+    );
+    // A PDF's text, extracted; one whose text cannot be read is named, with why.
+    let report = turn_with(&req, "[file: report.pdf");
+    assert!(
+        report[1]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("Quarterly revenue grew by nine percent")),
+        "{report}"
+    );
+    let broken = turn_with(&req, "[file: broken.pdf");
+    assert!(
+        broken.as_str().is_some_and(|t| t.contains("unavailable")),
+        "{broken}"
     );
     // The transcript is the turn's text.
     let heard = turn_with(&req, "[voice message: Voice message.ogg");
