@@ -266,6 +266,17 @@ impl PuppetIntent {
         media::fetch(&self.puppets.hs, self.user_id(), source, cap, timeout).await
     }
 
+    /// An image sent to the agent, downloaded (decrypted when it came encrypted) and encoded as a
+    /// `data:` URI while it is read: at most `cap` bytes, within `timeout`.
+    pub async fn image_uri(
+        &self,
+        source: &ruma::events::room::MediaSource,
+        cap: u64,
+        timeout: Duration,
+    ) -> Result<media::Encoded, media::FetchError> {
+        media::fetch_image_uri(&self.puppets.hs, self.user_id(), source, cap, timeout).await
+    }
+
     /// Uploads a file the agent sends into `room` (sealed first when the room is encrypted);
     /// where its bytes are, for the message that carries it.
     pub async fn upload(

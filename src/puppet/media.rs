@@ -33,6 +33,9 @@ pub enum FetchError {
     /// swapped on the server.
     #[error("the file does not match its hash")]
     Hash,
+    /// Its bytes are not of the kind it claims (an "image" that is not one).
+    #[error("not of the type it claims")]
+    Type,
 }
 
 impl FetchError {
@@ -48,6 +51,7 @@ impl FetchError {
             FetchError::Download(_) => "unreachable",
             FetchError::Key(_) => "bad_key",
             FetchError::Hash => "hash_mismatch",
+            FetchError::Type => "wrong_type",
         }
     }
 }
@@ -85,6 +89,100 @@ pub(super) async fn fetch(
         sniffed: infer::get(&bytes).map(|t| t.mime_type()),
         bytes,
     })
+}
+
+/// An image as a `data:` URI (what a model that sees is given), with its sniffed type and size.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `data:{type};base64,…`.
+    pub uri: String,
+    /// The type its bytes show.
+    pub mimetype: &'static str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Downloads an image as `user` and encodes it straight into a `data:` URI while it is read
+/// (decrypted on the way when it came encrypted): the chunks are freed as they are encoded, so
+/// the whole file is never held next to its encoding. Not an image: [`FetchError::Type`].
+/// ([`crate::puppet::PuppetIntent::image_uri`] is the way in; public for the media benchmark.)
+pub async fn fetch_image_uri(
+    hs: &Homeserver,
+    user: &UserId,
+    source: &MediaSource,
+    cap: u64,
+    timeout: Duration,
+) -> Result<Encoded, FetchError> {
+    let (got, info) = match source {
+        MediaSource::Plain(mxc) => (hs.download(mxc, user, cap, timeout).await?, None),
+        MediaSource::Encrypted(file) => (
+            hs.download(&file.url, user, cap, timeout).await?,
+            Some(MediaEncryptionInfo::from((**file).clone())),
+        ),
+    };
+    // Decryption and encoding over up to the cap: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let size = got.len;
+        let mut chunks = Chunks {
+            chunks: got.chunks.into(),
+        };
+        match info {
+            Some(info) => {
+                let mut clear = AttachmentDecryptor::new(&mut chunks, info)
+                    .map_err(|e| FetchError::Key(e.to_string()))?;
+                encode_image(&mut clear, size)
+            }
+            None => encode_image(&mut chunks, size),
+        }
+    })
+    .await
+    .map_err(|e| FetchError::Key(e.to_string()))?
+}
+
+/// Reads `reader` to its end into a `data:` URI, block by block (a multiple of 3 bytes: no
+/// padding before the end). The reader's end is always reached, so a decryptor's hash check
+/// runs: a mismatch is an error and the encoding is dropped.
+fn encode_image(reader: &mut impl Read, size: u64) -> Result<Encoded, FetchError> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    const BLOCK: usize = 48 << 10;
+    let mut block = vec![0u8; BLOCK];
+    let mut filled = fill(reader, &mut block)?;
+    let mimetype = infer::get(&block[..filled])
+        .map(|t| t.mime_type())
+        .filter(|m| m.starts_with("image/"))
+        .ok_or(FetchError::Type)?;
+    let encoded = usize::try_from(size).unwrap_or(0).div_ceil(3) * 4;
+    let mut uri = String::with_capacity(mimetype.len() + 13 + encoded);
+    uri.push_str("data:");
+    uri.push_str(mimetype);
+    uri.push_str(";base64,");
+    while filled > 0 {
+        STANDARD.encode_string(&block[..filled], &mut uri);
+        filled = if filled < BLOCK {
+            0
+        } else {
+            fill(reader, &mut block)?
+        };
+    }
+    Ok(Encoded {
+        uri,
+        mimetype,
+        size,
+    })
+}
+
+/// Fills `buf` from `reader`; fewer bytes only at its end (which it then has reached).
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, FetchError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            // The decryptor's only error: the hash, checked at the end.
+            Err(_) => return Err(FetchError::Hash),
+        }
+    }
+    Ok(filled)
 }
 
 /// Decrypts downloaded chunks, dropping each as it is read (the ciphertext and plaintext are
@@ -248,6 +346,39 @@ mod tests {
             content_type: None,
         };
         assert_eq!(decrypt(got, info).unwrap(), data);
+    }
+
+    #[test]
+    fn an_encrypted_image_encodes_to_its_bytes_and_a_tampered_one_to_nothing() {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+        // Past one block, and not a multiple of it.
+        image.extend((0..200_000u32).map(|i| (i % 251) as u8));
+        let (got, info) = sealed(&image);
+        let mut chunks = Chunks {
+            chunks: got.chunks.into(),
+        };
+        let mut clear = AttachmentDecryptor::new(&mut chunks, info).unwrap();
+        let encoded = encode_image(&mut clear, image.len() as u64).unwrap();
+        assert_eq!(encoded.mimetype, "image/png");
+        let data = encoded.uri.strip_prefix("data:image/png;base64,").unwrap();
+        assert_eq!(STANDARD.decode(data).unwrap(), image);
+        let (mut got, info) = sealed(&image);
+        let last = got.chunks.len() - 1;
+        let mut end = got.chunks[last].to_vec();
+        end[0] ^= 1;
+        got.chunks[last] = end.into();
+        let mut chunks = Chunks {
+            chunks: got.chunks.into(),
+        };
+        let mut clear = AttachmentDecryptor::new(&mut chunks, info).unwrap();
+        assert!(matches!(
+            encode_image(&mut clear, image.len() as u64),
+            Err(FetchError::Hash)
+        ));
+        // Not an image at all.
+        let mut text = std::io::Cursor::new(b"just some text".to_vec());
+        assert!(matches!(encode_image(&mut text, 14), Err(FetchError::Type)));
     }
 
     #[test]

@@ -278,6 +278,26 @@ async fn give_one(
             return refuse(a, "budget", "over the run's media budget".into());
         }
     }
+    if a.part.kind == PartKind::Image {
+        // Encoded for the model while it is read: never whole next to its encoding.
+        return match intent
+            .image_uri(&a.source, cap.min(*budget), media.config.download_timeout)
+            .await
+        {
+            Ok(encoded) => {
+                *budget = budget.saturating_sub(encoded.size);
+                a.part.size = Some(encoded.size);
+                a.part.mimetype = Some(encoded.mimetype.to_owned());
+                a.part.data = Some(Arc::new(encoded.uri));
+                "given"
+            }
+            Err(error) => {
+                tracing::warn!(name = %a.part.name, kind = "image", %error, "attachment refused");
+                let reason = error.reason();
+                refuse(a, reason, describe(&error))
+            }
+        };
+    }
     let got = match intent
         .media(&a.source, cap.min(*budget), media.config.download_timeout)
         .await
@@ -292,14 +312,8 @@ async fn give_one(
     *budget = budget.saturating_sub(got.bytes.len() as u64);
     a.part.size = Some(got.bytes.len() as u64);
     match a.part.kind {
-        PartKind::Image => match got.sniffed.filter(|m| m.starts_with("image/")) {
-            Some(mime) => {
-                a.part.mimetype = Some(mime.to_owned());
-                a.part.data = Some(Arc::new(got.bytes));
-                "given"
-            }
-            None => refuse(a, "wrong_type", "not an image".into()),
-        },
+        // Fetched above, encoded as it was read.
+        PartKind::Image => "given",
         PartKind::File if got.sniffed == Some("application/pdf") => {
             let limit = media.config.text_max_bytes as usize;
             match tokio::task::spawn_blocking(move || pdf_text(&got.bytes)).await {
@@ -361,6 +375,7 @@ fn describe(error: &FetchError) -> String {
     match error {
         FetchError::Hash => "the file does not match its hash (refused)".into(),
         FetchError::Key(_) => "cannot be decrypted".into(),
+        FetchError::Type => "not of the type it claims".into(),
         FetchError::Download(e) => e.to_string(),
     }
 }

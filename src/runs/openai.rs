@@ -6,7 +6,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::runtime::{OutFile, RunOutput, RunRequest, Runtime, RuntimeError};
-use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use crate::config::OpenAiConfig;
 
@@ -207,13 +206,8 @@ fn content(turn: &super::runtime::Turn) -> Value {
         .parts
         .iter()
         .filter_map(|part| {
-            if let Some(data) = &part.data {
-                let mime = part
-                    .mimetype
-                    .as_deref()
-                    .unwrap_or("application/octet-stream");
-                let url = format!("data:{mime};base64,{}", BASE64.encode(data.as_slice()));
-                return Some(json!({ "type": "image_url", "image_url": { "url": url } }));
+            if let Some(uri) = &part.data {
+                return Some(json!({ "type": "image_url", "image_url": { "url": uri.as_str() } }));
             }
             let text = part.text.as_ref()?;
             // A transcript is already the turn's text.

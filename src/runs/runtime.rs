@@ -88,10 +88,10 @@ pub struct Part {
     /// bridge's API, with the agent's access key, for `media.link_ttl`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// An image's bytes, for a model that sees (never serialized: webhook runtimes get a
-    /// description and a link).
+    /// An image as a `data:` URI, for a model that sees (never serialized: webhook runtimes get
+    /// a description and a link).
     #[serde(skip)]
-    pub data: Option<std::sync::Arc<Vec<u8>>>,
+    pub data: Option<std::sync::Arc<String>>,
 }
 
 impl Part {
