@@ -100,10 +100,9 @@ async fn bench() {
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let before = status("VmRSS:");
             let start = Instant::now();
-            let encoded =
-                fetch_image_uri(&hs, &agent, source, 10 << 20, Duration::from_secs(30))
-                    .await
-                    .unwrap();
+            let encoded = fetch_image_uri(&hs, &agent, source, 10 << 20, Duration::from_secs(30))
+                .await
+                .unwrap();
             let took = start.elapsed();
             assert!(encoded.uri.starts_with("data:image/png;base64,"));
             assert_eq!(encoded.uri.len(), 22 + SIZE.div_ceil(3) * 4);

@@ -152,3 +152,63 @@ async fn an_encrypted_dm_with_edits_redactions_threads_replies_forget_and_stop()
     );
     bridge.stop().await;
 }
+
+/// Three turns in a plaintext DM (a client without encryption): the third request holds both
+/// earlier questions and both earlier answers whole (their final edits, not streamed pieces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_turns_in_a_plaintext_dm() {
+    let _serial = serial().lock().await;
+    let (model, _) = crate::model::FakeModel::spawn_on("stream", "127.0.0.1:29335").await;
+    let db_url = fresh_pg().await;
+    ensure_synapse();
+    let bridge = RunningBridge::start(&db_url).await;
+    let pool = bridge.store.pool().clone();
+    let fay = Person::register("fay").await;
+    let dm = fay
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            serde_json::json!({ "is_direct": true, "preset": "trusted_private_chat", "invite": [NOVA] }),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let q = format!(
+        "SELECT s.status FROM agent_sessions s JOIN channels c ON c.id = s.channel_id WHERE c.matrix_room_id = '{dm}'"
+    );
+    wait_rows(&pool, &q, "Nova in the DM", |r| !r.is_empty()).await;
+    for (n, text) in [
+        "remember the fruit word PAPAYA",
+        "and the colour word TURQUOISE",
+        "which words did I give you?",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fay.send(
+            &dm,
+            serde_json::json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await;
+        let done = "SELECT count(*)::text FROM agent_runs WHERE status = 'completed'";
+        wait_rows(&pool, done, "the run", |r| {
+            r[0][0].as_deref() == Some((n + 1).to_string().as_str())
+        })
+        .await;
+    }
+    let third = turns(&model.requests.lock().unwrap()[2]).join("\n");
+    for said in [
+        "remember the fruit word PAPAYA",
+        "and the colour word TURQUOISE",
+        "which words did I give you?",
+    ] {
+        assert!(third.contains(said), "{said}: {third}");
+    }
+    assert_eq!(
+        third.matches("assistant: The answer is forty-two.").count(),
+        2,
+        "both answers whole: {third}"
+    );
+    bridge.stop().await;
+}
