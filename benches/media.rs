@@ -83,14 +83,14 @@ async fn bench() {
         (
             "encrypted",
             MediaSource::Encrypted(Box::new(EncryptedFile::new(
-                "mxc://localhost/sealed".try_into().unwrap(),
+                "mxc://localhost/sealed".into(),
                 info.encryption_info,
                 info.hashes,
             ))),
         ),
         (
             "plaintext",
-            MediaSource::Plain("mxc://localhost/plain".try_into().unwrap()),
+            MediaSource::Plain("mxc://localhost/plain".into()),
         ),
     ];
     let mut times = [Vec::new(), Vec::new()];
