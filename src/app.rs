@@ -230,6 +230,7 @@ impl Bridge {
             run_attempts: b.run_attempts,
             media: self.config.media.clone(),
             links: crate::links::Links::new(&self.config.appservice.as_token),
+            keep_encrypted_text: self.config.encryption.store_previews,
         }
     }
 

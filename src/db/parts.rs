@@ -1,6 +1,6 @@
 //! Reads of `message_parts`: the parts of a page of messages in one query (the agent API's
 //! message pages, the channel export). Parts are written by the transaction write path
-//! (`write/stages/parts.rs`).
+//! (`write/stages/parts.rs`); a run adds what it read of an attachment (`set_text`).
 
 use serde::Serialize;
 
@@ -112,4 +112,32 @@ impl PartStore {
         }
         Ok(())
     }
+
+    /// Keeps what a run read of a message's attachment (a transcript, a file's text) as the text
+    /// of its first part, cut at [`TEXT_CHARS`] characters; once (a text already there stays).
+    pub async fn set_text(&self, event_id: &ruma::EventId, text: &str) -> Result<(), StoreError> {
+        let text: String = text.chars().take(TEXT_CHARS).collect();
+        const SQL: &str = "UPDATE message_parts SET text = $2 WHERE position = 0 AND text IS NULL \
+             AND message_id = (SELECT id FROM messages WHERE matrix_event_id = $1)";
+        match &self.store.pool {
+            Pool::Pg(pool) => {
+                sqlx::query(SQL)
+                    .bind(event_id.as_str())
+                    .bind(text)
+                    .execute(pool)
+                    .await?;
+            }
+            Pool::Sqlite(pool) => {
+                sqlx::query(SQL)
+                    .bind(event_id.as_str())
+                    .bind(text)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Characters of text a part keeps at most (as the write path cuts captions).
+pub const TEXT_CHARS: usize = 4000;

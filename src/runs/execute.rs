@@ -83,6 +83,8 @@ impl Runner {
                 },
                 http: &self.http,
                 metrics: &self.metrics,
+                store: &self.store,
+                keep_encrypted_text: self.settings.keep_encrypted_text,
             },
             links: matches!(
                 intent.agent().behaviour.runtime,

@@ -213,6 +213,11 @@ pub(super) struct Media<'a> {
     pub http: &'a reqwest::Client,
     /// Counts what happened to each attachment.
     pub metrics: &'a Metrics,
+    /// Keeps transcripts and files' text in `message_parts`.
+    pub store: &'a crate::db::Store,
+    /// Whether what is read of an encrypted room's file may be stored in clear
+    /// (`encryption.store_previews`).
+    pub keep_encrypted_text: bool,
 }
 
 /// Gives the attachments of `said` what the runtime can use of them, newest first (the
@@ -238,6 +243,15 @@ pub(super) async fn give(intent: &PuppetIntent, said: &mut [Said], media: &Media
             s.text = format!("{} {transcript}", attachment.part.label());
         }
         media.metrics.media(outcome);
+        // What was read (a transcript, a file's text) is kept with the message's part; of an
+        // encrypted room's file only where decrypted text may be stored at all.
+        let encrypted = matches!(attachment.source, MediaSource::Encrypted(_));
+        if let Some(text) = &attachment.part.text
+            && (media.keep_encrypted_text || !encrypted)
+            && let Err(error) = media.store.parts().set_text(&s.event_id, text).await
+        {
+            tracing::warn!(event_id = %s.event_id, %error, "cannot keep an attachment's text");
+        }
     }
 }
 

@@ -77,6 +77,8 @@ pub struct RunSettings {
     pub media: crate::config::MediaConfig,
     /// Signs the media links webhook runtimes get.
     pub links: crate::links::Links,
+    /// What is read of an encrypted room's file may be stored (`encryption.store_previews`).
+    pub keep_encrypted_text: bool,
 }
 
 /// The run scheduler.

@@ -307,6 +307,9 @@ async fn a_small_text_file_is_read_and_a_voice_message_heard(#[case] b: Backend)
                 "info": { "mimetype": "text/plain", "size": 24 } }),
         ),
     ];
+    // Mirrored first (no mention: no run), so that their parts exist.
+    let (status, _) = app.put_txn("files", events.clone()).await;
+    assert_eq!(status, 200);
     let req = ask(&app, &model, events).await;
     let notes = turn_with(&req, "[file: notes.txt");
     assert_eq!(
@@ -338,6 +341,23 @@ async fn a_small_text_file_is_read_and_a_voice_message_heard(#[case] b: Backend)
             .any(|w| w == voice.as_slice()),
         "the voice message's bytes went to the transcription endpoint"
     );
+    // What the run read is kept with each message's part.
+    let kept = app
+        .rows(
+            "SELECT m.matrix_event_id, p.text FROM message_parts p \
+             JOIN messages m ON m.id = p.message_id WHERE p.position = 0 ORDER BY m.matrix_event_id",
+        )
+        .await;
+    let text_of = |id: &str| {
+        kept.iter()
+            .find(|r| r[0].as_deref() == Some(id))
+            .and_then(|r| r[1].clone())
+            .unwrap_or_default()
+    };
+    assert!(text_of("$v").starts_with("I said papaya"), "{kept:?}");
+    assert_eq!(text_of("$f"), "buy papayas\nand mangoes\n");
+    assert!(text_of("$p1").contains("Quarterly revenue"), "{kept:?}");
+    assert_eq!(text_of("$p2"), "", "nothing read, nothing kept");
 }
 
 #[rstest]
