@@ -10,16 +10,20 @@
 //! schema's own cost of that data is told apart from the bridge's. Prints p50/p90/p99/p99.9,
 //! events/s, CPU per event of each process (`/proc`, 10 ms ticks) and the bridge's peak RSS, on
 //! PostgreSQL and SQLite; then 16 transactions at a time, events on versus off, the events
-//! publisher against NATS JetStream, and the bridge's own overhead around an agent runtime.
+//! publisher against NATS JetStream, the bridge's own overhead around an agent runtime, and a
+//! question's way to the runtime in an encrypted room with a history.
 //!
 //! Run: `cargo bench --bench transactions` (PostgreSQL from `DAARION_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `scripts/ensure-postgres.sh` starts one).
 //! `DAARION_BENCH_HISTORY` overrides the history size (default 1000000); `DAARION_BENCH_ONLY`
-//! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`, `crypto`; default
-//! all). `crypto` compares encrypted with plaintext 50-event transactions (decryption's cost).
+//! picks sections (comma-separated: `pg`, `events`, `sqlite`, `overhead`, `crypto`, `e2ee-run`;
+//! default all). `crypto` compares encrypted with plaintext 50-event transactions (decryption's
+//! cost); `e2ee-run` times a question to the runtime being called in an encrypted room whose 20
+//! messages of history the agent decrypts, against a plaintext room, interleaved.
 //! `DAARION_BENCH_FILLFACTOR` (PostgreSQL) sets `messages`' fillfactor before the history is
 //! written, to compare migration 8's page reserve (90) with none (100) in one build;
 //! `DAARION_BENCH_EVENTS=off` runs the realistic-traffic section's bridge without events.
+//! `DAARION_BENCH_LOG=warn` (a tracing filter) prints what the in-process bridges log.
 
 use std::{
     collections::VecDeque,
@@ -588,6 +592,8 @@ mod encrypted;
 mod events;
 #[path = "transactions/floor.rs"]
 mod floor;
+#[path = "transactions/history.rs"]
+mod history;
 #[path = "transactions/overhead.rs"]
 mod overhead;
 
@@ -604,6 +610,14 @@ fn main() {
         .ok()
         .and_then(|h| h.parse().ok())
         .unwrap_or(1_000_000);
+    // `DAARION_BENCH_LOG=warn` (a tracing filter) shows what the in-process bridges (`crypto`,
+    // `e2ee-run`) log: a fake homeserver answer the bridge cannot take shows up there.
+    if let Ok(filter) = std::env::var("DAARION_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -667,6 +681,18 @@ fn main() {
                 .unwrap();
             encrypted::decryption(&format!("{base}/{crypto_db}")).await;
             sqlx::query(&format!("DROP DATABASE {crypto_db} WITH (FORCE)"))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        if wanted("e2ee-run") {
+            let e2ee_db = format!("{name}_e2ee_run");
+            sqlx::query(&format!("CREATE DATABASE {e2ee_db}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            history::run_history(&format!("{base}/{e2ee_db}")).await;
+            sqlx::query(&format!("DROP DATABASE {e2ee_db} WITH (FORCE)"))
                 .execute(&pool)
                 .await
                 .unwrap();
