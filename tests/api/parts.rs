@@ -535,7 +535,16 @@ async fn decrypted_media_gets_its_parts(#[case] b: Backend, #[case] previews: bo
                     "file": encrypted_file(), "info": { "mimetype": "image/jpeg", "w": 800, "h": 600, "size": 4096 } }),
         )
         .await;
-    let body = json!({ "events": [image], "to_device": keys });
+    // A sticker's body is its text too.
+    let sticker = alice
+        .send_content(
+            "$sticker",
+            "m.sticker",
+            json!({ "body": "a secret wink", "url": "mxc://localhost/wink",
+                    "info": { "mimetype": "image/png", "w": 64, "h": 64 } }),
+        )
+        .await;
+    let body = json!({ "events": [image, sticker], "to_device": keys });
     let (status, _) = app
         .put_raw("photo", serde_json::to_vec(&body).unwrap())
         .await;
@@ -546,12 +555,28 @@ async fn decrypted_media_gets_its_parts(#[case] b: Backend, #[case] previews: bo
             [
                 "$photo|0|image|image/jpeg|4096|sunset.jpg|800|600|-||encrypted|-",
                 "$photo|1|text|-|-|-|-|-|-||-|a sunset",
+                "$sticker|0|image|image/png|-|-|64|64|-||mxc://localhost/wink|-",
             ]
         );
     } else {
         assert_eq!(
             parts(&app).await,
-            ["$photo|0|image|image/jpeg|4096|-|800|600|-||encrypted|-"]
+            [
+                "$photo|0|image|image/jpeg|4096|-|800|600|-||encrypted|-",
+                "$sticker|0|image|image/png|-|-|64|64|-||mxc://localhost/wink|-",
+            ]
+        );
+    }
+    let sticker = app
+        .col("SELECT content_preview FROM messages WHERE matrix_event_id = '$sticker'")
+        .await;
+    if previews {
+        assert_eq!(sticker, ["[sticker] a secret wink"]);
+    } else {
+        assert_eq!(
+            sticker,
+            ["[encrypted]"],
+            "a hidden sticker's body stays out"
         );
     }
     assert_no_key(&app).await;

@@ -132,10 +132,15 @@ impl Alice {
 
     /// An encrypted message of Alice's with this content.
     pub async fn say_content(&self, event_id: &str, content: Value) -> Value {
+        self.send_content(event_id, "m.room.message", content).await
+    }
+
+    /// An encrypted event of Alice's of type `kind` (`m.sticker`, …) with this content.
+    pub async fn send_content(&self, event_id: &str, kind: &str, content: Value) -> Value {
         let content: Raw<AnyMessageLikeEventContent> = Raw::new(&content).unwrap().cast_unchecked();
         let encrypted = self
             .machine
-            .encrypt_room_event_raw(&self.room, "m.room.message", &content)
+            .encrypt_room_event_raw(&self.room, kind, &content)
             .await
             .unwrap();
         json!({

@@ -191,10 +191,16 @@ impl Planner<'_> {
         // The body is all a sticker needs to be mirrored; its image is read as well as it
         // parses (`parts::of_sticker`), never refusing the event.
         let content: StickerBody = env.content()?;
+        // Decrypted for the agents, not for the database (`encryption.store_previews`).
+        let preview = if env.hide_preview {
+            "[encrypted]".to_owned()
+        } else {
+            format!("[sticker] {}", content.body)
+        };
         Ok(self.message(
             room_id,
             env,
-            format!("[sticker] {}", content.body),
+            preview,
             at,
             None,
             parts::of_sticker(env.content.get()),
