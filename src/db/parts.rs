@@ -139,5 +139,6 @@ impl PartStore {
     }
 }
 
-/// Characters of text a part keeps at most (as the write path cuts captions).
+/// Characters of text a part keeps at most: a caption (the write path), a transcript or a file's
+/// text (a run).
 pub const TEXT_CHARS: usize = 4000;

@@ -374,7 +374,8 @@ async fn give_one(
             }
             None => refuse(a, "wrong_type", "not audio".into()),
         },
-        PartKind::Video => "named",
+        // Video, and kinds that are no attachment: named only.
+        _ => "named",
     }
 }
 

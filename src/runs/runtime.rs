@@ -28,31 +28,9 @@ pub struct Turn {
     pub parts: Vec<Part>,
 }
 
-/// What an attachment is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PartKind {
-    /// `m.image` or a sticker.
-    Image,
-    /// `m.file`.
-    File,
-    /// `m.audio` (a voice message too).
-    Audio,
-    /// `m.video`.
-    Video,
-}
-
-impl PartKind {
-    /// `image`, `file`, `audio` or `video`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PartKind::Image => "image",
-            PartKind::File => "file",
-            PartKind::Audio => "audio",
-            PartKind::Video => "video",
-        }
-    }
-}
+/// What an attachment is: the kinds of `message_parts` (a turn's parts are images, files,
+/// audio and video).
+pub use crate::model::PartKind;
 
 /// An attachment of a turn, described, and given when the runtime can use it: an image's
 /// bytes (models that see), a text file's text, a voice message's transcript.

@@ -380,8 +380,15 @@ async fn stop_cuts_an_answer_short(#[case] b: Backend) {
         "the cut answer is the run's reply: {runs:?}"
     );
     // What was streamed stays, marked; the rest never comes.
+    // Sofia's last send (the bot's "Stopped." may come before or after it).
     let sent = app.hs.sent_messages();
-    let last = &sent.last().unwrap().1.body;
+    let last = &sent
+        .iter()
+        .rev()
+        .find(|(user, _)| user == ev::SOFIA)
+        .unwrap()
+        .1
+        .body;
     let text = last["m.new_content"]["body"].as_str().unwrap();
     assert!(text.ends_with("_(stopped)_"), "{last}");
     assert!(!text.contains("the end."), "{last}");

@@ -29,8 +29,9 @@ use crate::{
     model::PartKind,
 };
 
-/// Grapheme clusters a part's text keeps (a caption; later a transcript or extracted text).
-pub const TEXT_CHARS: usize = 4000;
+/// Characters a part's text keeps (a caption, a transcript, a file's text): one bound for the
+/// write path and for what runs add.
+pub use crate::db::parts::TEXT_CHARS;
 /// Grapheme clusters a file name keeps.
 pub const NAME_CHARS: usize = 255;
 /// Characters a MIME type keeps (RFC 6838 bounds a real one at 255).
