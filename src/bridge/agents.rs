@@ -19,7 +19,11 @@ use crate::{
         Store, StoreError,
         agents::{AgentStore, StoredAgent},
     },
-    model::{Agent, Behaviour, Namespace, Respond, RuntimeSpec, ids::AgentId},
+    model::{
+        Agent, Behaviour, Namespace, Respond, RuntimeSpec,
+        ids::AgentId,
+        tools::{self, ShowTools, ToolSpec, Toolset},
+    },
 };
 
 /// What reloads changed, for the reconciler.
@@ -212,7 +216,16 @@ impl AgentRegistry {
             Some("notice") => Some(MessageKind::Notice),
             _ => None,
         };
-        let runtime = self.runtime(row.runtime.as_deref(), row.settings.as_deref());
+        let mut runtime = self.runtime(row.runtime.as_deref(), row.settings.as_deref());
+        let tools = match self.toolset(row) {
+            Ok(tools) => tools,
+            // Tools the bridge cannot use make the runs fail, saying why, rather than answer
+            // without them (a person asked for what the tools do).
+            Err(error) => {
+                runtime = RuntimeSpec::Misconfigured(error);
+                Toolset::default()
+            }
+        };
         let webhook = matches!(runtime, RuntimeSpec::Webhook(_));
         Behaviour {
             blueprint: row.blueprint.clone(),
@@ -232,7 +245,53 @@ impl AgentRegistry {
                 .filter(|s| *s > 0)
                 .map(|s| Duration::from_secs(s as u64)),
             respond: row.respond.as_deref().and_then(Respond::parse),
+            tools: Arc::new(tools),
         }
+    }
+
+    /// The agent's tools: its blueprint's list (checked as the admin API checks it, so a row
+    /// another service wrote is held to the same rules), narrowed by the agent's own.
+    fn toolset(&self, row: &StoredAgent) -> Result<Toolset, String> {
+        let mut tools: Vec<ToolSpec> = match row.tools.as_deref() {
+            None | Some("null") => Vec::new(),
+            Some(json) => serde_json::from_str(json).map_err(|e| format!("tools: {e}"))?,
+        };
+        tools::validate(&tools, &[], &|name| self.secrets.contains_key(name))
+            .map_err(|e| format!("tools: {e}"))?;
+        // Validated: every reference names a defined secret.
+        for tool in &mut tools {
+            match tool {
+                ToolSpec::Http(h) => {
+                    h.secret = h.secret_ref.as_ref().and_then(|r| self.secrets.get(r).cloned())
+                }
+                ToolSpec::Mcp(m) => {
+                    m.header_secret = m
+                        .header_secret_ref
+                        .as_ref()
+                        .and_then(|r| self.secrets.get(r).cloned())
+                }
+                ToolSpec::Builtin(_) => {}
+            }
+        }
+        let narrow = match row.agent_tools.as_deref() {
+            None | Some("null") => None,
+            Some(json) => Some(
+                serde_json::from_str::<Vec<String>>(json)
+                    .map_err(|e| format!("the agent's tools: {e}"))?,
+            ),
+        };
+        Ok(Toolset {
+            tools,
+            narrow,
+            show: row
+                .show_tools
+                .as_deref()
+                .and_then(ShowTools::parse)
+                .unwrap_or_default(),
+            max_rounds: row.max_tool_rounds.map_or(tools::DEFAULT_MAX_ROUNDS, |n| {
+                n.clamp(0, tools::MAX_ROUNDS_LIMIT as i32) as u32
+            }),
+        })
     }
 
     /// The runtime a blueprint's row names, its secrets resolved.

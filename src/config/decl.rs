@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration;
 pub use crate::model::runtime::{MessageKind, OpenAiConfig, RuntimeKind, WebhookConfig};
+pub use crate::model::tools::{ShowTools, ToolSpec};
 
 /// A `[[microdaos]]` entry, upserted at start-up by `external_id`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -56,6 +57,19 @@ pub struct BlueprintDecl {
     /// `[blueprints.webhook]`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// `[[blueprints.tools]]`: the tools its agents may use (docs/tools.md).
+    #[serde(default)]
+    pub tools: Vec<ToolSpec>,
+    /// What people see of tool calls: `none`, `summary` (default) or `full`.
+    #[serde(default)]
+    pub show_tools: ShowTools,
+    /// Rounds of tool calls a run makes at most (default 5, at most 20).
+    #[serde(default = "default_max_tool_rounds")]
+    pub max_tool_rounds: u32,
+}
+
+fn default_max_tool_rounds() -> u32 {
+    crate::model::tools::DEFAULT_MAX_ROUNDS
 }
 
 /// An `[[agents]]` entry, upserted at start-up by `external_id`.
@@ -99,6 +113,9 @@ pub struct AgentDecl {
     /// `false`: the agent is disabled (answers nothing, refuses invites, its keys get 403).
     #[serde(default = "yes")]
     pub active: bool,
+    /// Narrows its blueprint's tools: names or globs (`files.read_*`); none: all of them.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
 }
 
 /// The ERD's agent kinds.

@@ -7,6 +7,7 @@ pub use crate::model::duration;
 mod encryption;
 mod events;
 mod media;
+mod tools;
 mod validate;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -23,6 +24,7 @@ pub use self::{
     encryption::EncryptionConfig,
     events::{AuditConfig, EventsConfig},
     media::MediaConfig,
+    tools::ToolsConfig,
 };
 use crate::model::Namespace;
 
@@ -78,6 +80,9 @@ pub struct Config {
     /// `[media]`: the files people send, as agents get them.
     #[serde(default)]
     pub media: MediaConfig,
+    /// `[tools]`: the bounds on agents' tool calls.
+    #[serde(default)]
+    pub tools: ToolsConfig,
     /// `[[microdaos]]`.
     #[serde(default)]
     pub microdaos: Vec<MicrodaoDecl>,

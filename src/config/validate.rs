@@ -169,6 +169,21 @@ impl Config {
 
     fn validate_declarations(&self) -> Result<(), ConfigError> {
         for b in &self.blueprints {
+            crate::model::tools::validate(&b.tools, &self.tools.allowed_hosts, &|name| {
+                self.secrets.contains_key(name)
+            })
+            .map_err(|e| {
+                invalid(
+                    "blueprints.tools",
+                    format!("blueprint `{}`: {}", b.code, e),
+                )
+            })?;
+            if b.max_tool_rounds > crate::model::tools::MAX_ROUNDS_LIMIT {
+                return Err(invalid(
+                    "blueprints.max_tool_rounds",
+                    format!("blueprint `{}`: max_tool_rounds must be 0 to 20", b.code),
+                ));
+            }
             if b.context_chars.is_some_and(|n| n > 1_000_000) {
                 return Err(invalid(
                     "blueprints.context_chars",

@@ -55,6 +55,14 @@ pub struct StoredAgent {
     pub message_type: Option<String>,
     /// `bridge_agents.avatar`.
     pub avatar: Option<String>,
+    /// `bridge_blueprints.tools`, as JSON text.
+    pub tools: Option<String>,
+    /// `bridge_blueprints.show_tools`.
+    pub show_tools: Option<String>,
+    /// `bridge_blueprints.max_tool_rounds`.
+    pub max_tool_rounds: Option<i32>,
+    /// `bridge_agents.tools` (the agent's narrowing), as JSON text.
+    pub agent_tools: Option<String>,
 }
 
 /// An agent row as read: `agents.matrix_id` still text (see [`crate::db::decode`]).
@@ -122,7 +130,8 @@ impl AgentStore {
              bb.context_events, bb.context_chars, CASE WHEN bb.failure_notice IS NULL THEN NULL WHEN bb.failure_notice THEN 1 ELSE 0 END \
              AS failure_notice, bb.message_type AS blueprint_message_type, \
              CASE WHEN ba.active IS NULL OR ba.active THEN 1 ELSE 0 END AS active, ba.instructions, ba.model, \
-             ba.idle_after_seconds, ba.respond, ba.message_type, ba.avatar \
+             ba.idle_after_seconds, ba.respond, ba.message_type, ba.avatar, CAST(bb.tools AS TEXT) AS tools, \
+             bb.show_tools, bb.max_tool_rounds, CAST(ba.tools AS TEXT) AS agent_tools \
              FROM agents a LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id \
              LEFT JOIN bridge_blueprints bb ON bb.blueprint_id = b.id LEFT JOIN bridge_agents ba ON ba.agent_id = a.id",
         )

@@ -73,6 +73,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000010_message_parts.up.sql"),
         include_str!("../../migrations/postgres/000010_message_parts.down.sql"),
     ),
+    (
+        11,
+        "tools",
+        include_str!("../../migrations/postgres/000011_tools.up.sql"),
+        include_str!("../../migrations/postgres/000011_tools.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -135,6 +141,12 @@ const SQLITE: &[Step] = &[
         "message_parts",
         include_str!("../../migrations/sqlite/000010_message_parts.up.sql"),
         include_str!("../../migrations/sqlite/000010_message_parts.down.sql"),
+    ),
+    (
+        11,
+        "tools",
+        include_str!("../../migrations/sqlite/000011_tools.up.sql"),
+        include_str!("../../migrations/sqlite/000011_tools.down.sql"),
     ),
 ];
 

@@ -29,6 +29,7 @@ pub mod rooms;
 pub mod runs;
 pub mod seed;
 pub mod sessions;
+pub mod steps;
 pub mod text;
 pub mod triggers;
 mod write;

@@ -172,11 +172,12 @@ impl Store {
         }
         both!(self, pool => sqlx::query(
             "INSERT INTO bridge_blueprints (blueprint_id, runtime, settings, system_instructions, context_events, \
-             failure_notice, message_type, source, updated_at, context_chars) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'config', $8, $9) \
+             failure_notice, message_type, source, updated_at, context_chars, tools, show_tools, max_tool_rounds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'config', $8, $9, $10, $11, $12) \
              ON CONFLICT (blueprint_id) DO UPDATE SET runtime = excluded.runtime, settings = excluded.settings, \
              system_instructions = excluded.system_instructions, context_events = excluded.context_events, \
-             context_chars = excluded.context_chars, \
+             context_chars = excluded.context_chars, tools = excluded.tools, show_tools = excluded.show_tools, \
+             max_tool_rounds = excluded.max_tool_rounds, \
              failure_notice = excluded.failure_notice, message_type = excluded.message_type, updated_at = excluded.updated_at \
              WHERE bridge_blueprints.source = 'config'",
         )
@@ -189,6 +190,9 @@ impl Store {
         .bind(kind_name(b.message_type))
         .bind(Ts::now())
         .bind(b.context_chars.map(|n| n as i32))
+        .bind((!b.tools.is_empty()).then(|| Json(&b.tools)))
+        .bind(b.show_tools.as_str())
+        .bind(b.max_tool_rounds.min(crate::model::tools::MAX_ROUNDS_LIMIT) as i32)
         .execute(pool)
         .await
         .map(|_| ())?);
@@ -268,10 +272,11 @@ impl Store {
         }
         both!(self, pool => sqlx::query(
             "INSERT INTO bridge_agents (agent_id, active, instructions, model, idle_after_seconds, respond, message_type, \
-             avatar, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'config', $9) \
+             avatar, source, updated_at, tools) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'config', $9, $10) \
              ON CONFLICT (agent_id) DO UPDATE SET active = excluded.active, instructions = excluded.instructions, \
              model = excluded.model, idle_after_seconds = excluded.idle_after_seconds, respond = excluded.respond, \
-             message_type = excluded.message_type, avatar = excluded.avatar, updated_at = excluded.updated_at \
+             message_type = excluded.message_type, avatar = excluded.avatar, updated_at = excluded.updated_at, \
+             tools = excluded.tools \
              WHERE bridge_agents.source = 'config'",
         )
         .bind(id)
@@ -283,6 +288,7 @@ impl Store {
         .bind(a.message_type.map(kind_name))
         .bind(&a.avatar)
         .bind(Ts::now())
+        .bind(a.tools.as_ref().map(Json))
         .execute(pool)
         .await
         .map(|_| ())?);

@@ -1,5 +1,5 @@
 //! An agent the bridge hosts as a puppet, and what defines how it behaves (runtime, model,
-//! instructions, message kind, avatar, idle period, `respond` default). Read from the database
+//! instructions, message kind, avatar, idle period, `respond` default, tools). Read from the database
 //! by the registry (`bridge::agents`); every layer that acts for an agent shares this type.
 
 use std::time::Duration;
@@ -10,6 +10,7 @@ use super::{
     Respond,
     ids::{AgentId, MicrodaoId},
     runtime::{MessageKind, OpenAiConfig, WebhookConfig},
+    tools::Toolset,
 };
 
 /// How an agent's runtime is reached.
@@ -64,6 +65,8 @@ pub struct Behaviour {
     pub idle_after: Option<Duration>,
     /// When it answers in a channel without a per-channel setting (default: mentions).
     pub respond: Option<Respond>,
+    /// The tools it may use (its blueprint's, narrowed by its own list).
+    pub tools: std::sync::Arc<Toolset>,
 }
 
 impl Default for Behaviour {
@@ -81,6 +84,7 @@ impl Default for Behaviour {
             avatar: None,
             idle_after: None,
             respond: None,
+            tools: std::sync::Arc::default(),
         }
     }
 }

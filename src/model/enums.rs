@@ -317,3 +317,22 @@ text_enum!(
         ToolResult = "tool_result",
     }
 );
+
+text_enum!(
+    /// How a tool call of a run ended (`agent_run_steps.status`; each entry of an answer's
+    /// `io.daarion.tool_calls`).
+    StepStatus {
+        /// Recorded, being executed.
+        Running = "running",
+        /// Executed; the result went to the model.
+        Ok = "ok",
+        /// Executed and failed (unreachable, an error status, a timeout, a tool error); the
+        /// error went to the model.
+        Failed = "failed",
+        /// Not allowed for this agent, or unknown: never called.
+        Denied = "denied",
+        /// In flight when the bridge stopped: reported to the model as interrupted, never
+        /// repeated.
+        Interrupted = "interrupted",
+    }
+);

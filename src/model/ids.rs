@@ -93,3 +93,7 @@ row_id!(
     /// `message_parts.id`
     PartId
 );
+row_id!(
+    /// `agent_run_steps.id`
+    StepId
+);

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod namespace;
 pub mod runtime;
 pub mod time;
+pub mod tools;
 pub mod topics;
 
 pub use self::{

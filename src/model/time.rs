@@ -202,7 +202,8 @@ id_sql!(
     TriggerId,
     MemberId,
     AdminKeyId,
-    PartId
+    PartId,
+    StepId
 );
 
 impl sqlx::postgres::PgHasArrayType for Ts {

@@ -152,5 +152,8 @@ pub(super) async fn request(
             .collect(),
         context,
         context_cut,
+        tools: Vec::new(),
+        tool_rounds: Vec::new(),
+        answer_now: false,
     })
 }

@@ -15,6 +15,7 @@ pub mod openai;
 pub mod runtime;
 mod said;
 pub mod select;
+pub mod tools;
 pub mod webhook;
 
 use std::{

@@ -5,7 +5,7 @@ use futures_core::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::runtime::{OutFile, RunOutput, RunRequest, Runtime, RuntimeError};
+use super::runtime::{OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall};
 
 use crate::config::OpenAiConfig;
 
@@ -38,7 +38,45 @@ impl OpenAi {
                 messages.push(json!({ "role": "user", "content": content(turn) }));
             }
         }
+        // What the model asked for in this run, and what it got.
+        for round in &request.tool_rounds {
+            let calls: Vec<Value> = round
+                .calls
+                .iter()
+                .map(|c| {
+                    json!({ "id": c.id, "type": "function",
+                            "function": { "name": c.name, "arguments": c.arguments } })
+                })
+                .collect();
+            let text = (!round.text.is_empty()).then_some(round.text.as_str());
+            messages.push(json!({ "role": "assistant", "content": text, "tool_calls": calls }));
+            for result in &round.results {
+                messages.push(json!({
+                    "role": "tool", "tool_call_id": result.call_id, "content": result.content,
+                }));
+            }
+        }
         messages
+    }
+
+    /// `tools` (and `tool_choice`) of the request body, when the agent has tools.
+    fn tools(request: &RunRequest, body: &mut Value) {
+        if request.tools.is_empty() {
+            return;
+        }
+        let tools: Vec<Value> = request
+            .tools
+            .iter()
+            .map(|t| {
+                json!({ "type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters,
+                } })
+            })
+            .collect();
+        body["tools"] = Value::Array(tools);
+        if request.answer_now {
+            body["tool_choice"] = json!("none");
+        }
     }
 
     async fn call_inner(
@@ -60,6 +98,7 @@ impl OpenAi {
         if self.config.stream {
             body["stream_options"] = json!({ "include_usage": true });
         }
+        Self::tools(request, &mut body);
         let url = format!(
             "{}/chat/completions",
             self.config.base_url.trim_end_matches('/')
@@ -99,7 +138,12 @@ impl OpenAi {
                 .map_err(|e| RuntimeError::Malformed(e.to_string()))?;
             let message = &v["choices"][0]["message"];
             let (text, files) = answer_of(message);
-            if text.trim().is_empty() && files.is_empty() {
+            let tool_calls = calls_of(message);
+            if text.trim().is_empty()
+                && files.is_empty()
+                && tool_calls.is_empty()
+                && request.tool_rounds.is_empty()
+            {
                 return Err(RuntimeError::Malformed(
                     "no choices[0].message.content".into(),
                 ));
@@ -113,10 +157,12 @@ impl OpenAi {
                 prompt_tokens: v["usage"]["prompt_tokens"].as_i64().map(|n| n as i32),
                 completion_tokens: v["usage"]["completion_tokens"].as_i64().map(|n| n as i32),
                 deferred: false,
+                tool_calls,
             });
         }
         // Server-sent events: `data: {json}` lines, `data: [DONE]` at the end.
         let mut out = RunOutput::default();
+        let mut calls = StreamedCalls::default();
         let mut buffer = String::new();
         let mut done = false;
         while !done {
@@ -147,6 +193,9 @@ impl OpenAi {
                     out.text.push_str(piece);
                     let _ = deltas.send(piece.to_owned()).await;
                 }
+                if let Some(pieces) = v["choices"][0]["delta"]["tool_calls"].as_array() {
+                    pieces.iter().for_each(|p| calls.add(p));
+                }
                 if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
                     out.prompt_tokens = usage["prompt_tokens"].as_i64().map(|n| n as i32);
                     out.completion_tokens = usage["completion_tokens"].as_i64().map(|n| n as i32);
@@ -158,7 +207,9 @@ impl OpenAi {
                 "stream ended without [DONE]".into(),
             ));
         }
-        if out.text.trim().is_empty() {
+        out.tool_calls = calls.finish();
+        if out.text.trim().is_empty() && out.tool_calls.is_empty() && request.tool_rounds.is_empty()
+        {
             return Err(RuntimeError::Malformed("empty answer".into()));
         }
         Ok(out)
@@ -260,4 +311,69 @@ fn answer_of(message: &Value) -> (String, Vec<OutFile>) {
         images.iter().for_each(&mut part);
     }
     (text, files)
+}
+
+/// The `tool_calls` of an answer's `message`. An entry without a function name is dropped; its
+/// `arguments` stay text as given (a malformed one is the tool's error to report, not ours).
+fn calls_of(message: &Value) -> Vec<ToolCall> {
+    let Some(list) = message["tool_calls"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let name = c["function"]["name"].as_str().filter(|n| !n.is_empty())?;
+            Some(ToolCall {
+                id: c["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{i}"), str::to_owned),
+                name: name.to_owned(),
+                arguments: arguments_text(&c["function"]["arguments"]),
+            })
+        })
+        .collect()
+}
+
+/// Arguments as JSON text: a string as given; an object (some servers send one) serialized.
+fn arguments_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Streamed tool calls, put together from their pieces (`delta.tool_calls[]`, keyed by
+/// `index`: the id and name come once, the arguments in pieces).
+#[derive(Default)]
+struct StreamedCalls(std::collections::BTreeMap<u64, (String, String, String)>);
+
+impl StreamedCalls {
+    fn add(&mut self, piece: &Value) {
+        let index = piece["index"].as_u64().unwrap_or(0);
+        let entry = self.0.entry(index).or_default();
+        if let Some(id) = piece["id"].as_str() {
+            entry.0 = id.to_owned();
+        }
+        if let Some(name) = piece["function"]["name"].as_str() {
+            entry.1.push_str(name);
+        }
+        match &piece["function"]["arguments"] {
+            Value::String(s) => entry.2.push_str(s),
+            Value::Null => {}
+            other => entry.2.push_str(&other.to_string()),
+        }
+    }
+
+    fn finish(self) -> Vec<ToolCall> {
+        self.0
+            .into_iter()
+            .filter(|(_, (_, name, _))| !name.is_empty())
+            .map(|(i, (id, name, arguments))| ToolCall {
+                id: if id.is_empty() { format!("call_{i}") } else { id },
+                name,
+                arguments,
+            })
+            .collect()
+    }
 }

@@ -124,6 +124,61 @@ pub struct RunRequest {
     pub context_cut: usize,
     /// The last events of the room, oldest first.
     pub context: Vec<Turn>,
+    /// The tools the agent may call now (none: no tools, or the rounds are used up).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDef>,
+    /// The rounds of tool calls so far in this run, each with its results, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_rounds: Vec<ToolRound>,
+    /// The rounds or the time for tools are used up: answer now, call nothing (`tools` stay
+    /// listed so the rounds before still make sense to the model).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answer_now: bool,
+}
+
+/// A tool the runtime may call, as a function definition.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolDef {
+    /// The function name (`weather`, `files__read_file`, `matrix__read_history`).
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// A call a runtime asks for.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ToolCall {
+    /// The runtime's id for it (`tool_call_id` in the answer).
+    pub id: String,
+    /// The function name.
+    pub name: String,
+    /// The arguments as a JSON text, as given (checked when executed, not here).
+    pub arguments: String,
+}
+
+/// One round: what the runtime said and asked for, and what the calls gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolRound {
+    /// Text the runtime gave with its calls.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    /// The calls.
+    pub calls: Vec<ToolCall>,
+    /// Their results, in the same order.
+    pub results: Vec<ToolResult>,
+}
+
+/// What a call gave, as the runtime gets it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolResult {
+    /// The call's id.
+    pub call_id: String,
+    /// `ok`, `failed`, `denied` or `interrupted`.
+    pub status: crate::model::StepStatus,
+    /// The result (JSON or text), or the error.
+    pub content: String,
 }
 
 /// The agent a run is for.
@@ -162,6 +217,8 @@ pub struct RunOutput {
     /// Files it answers with, posted after the text, through the same path as the agent API's
     /// `POST …/files`.
     pub files: Vec<OutFile>,
+    /// Tools it asks to call before it answers (the run calls them and asks again).
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// A file a runtime answers with.

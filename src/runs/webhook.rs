@@ -4,6 +4,8 @@
 //! `X-Daarion-Timestamp: <unix seconds>`; receivers reject stale timestamps to stop replays.
 //! `200 {"reply": "…", "files": [{"name", "mimetype", "base64" | "url"}]}` is posted as the
 //! agent; `202` means the runtime answers later through the agent API, quoting the run id.
+//! `200 {"tool_calls": [{"id", "name", "arguments"}]}` asks the bridge to call the agent's
+//! tools: the results come back in a follow-up request (`tool_rounds`), as for a model.
 
 use futures_core::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -11,7 +13,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::runtime::{OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError};
+use super::runtime::{
+    OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall,
+};
 use crate::config::WebhookConfig;
 
 /// A signed webhook of the agent developer's.
@@ -80,9 +84,14 @@ impl Webhook {
                     .map_err(|e| RuntimeError::Malformed(e.to_string()))?;
                 let files = files_of(&v["files"]);
                 let text = v["reply"].as_str().unwrap_or("").to_owned();
-                if text.trim().is_empty() && files.is_empty() {
+                let tool_calls = calls_of(&v["tool_calls"]);
+                if text.trim().is_empty()
+                    && files.is_empty()
+                    && tool_calls.is_empty()
+                    && request.tool_rounds.is_empty()
+                {
                     return Err(RuntimeError::Malformed(
-                        "200 without a non-empty \"reply\" or \"files\"".into(),
+                        "200 without a non-empty \"reply\", \"files\" or \"tool_calls\"".into(),
                     ));
                 }
                 if !text.trim().is_empty() {
@@ -91,12 +100,38 @@ impl Webhook {
                 Ok(RunOutput {
                     text,
                     files,
+                    tool_calls,
                     ..Default::default()
                 })
             }
             _ => Err(super::runtime::status_error(response).await),
         }
     }
+}
+
+/// The `tool_calls` of an answer: `[{"id", "name", "arguments"}]` (`arguments` a JSON object
+/// or its text). An entry without a name is dropped.
+fn calls_of(v: &Value) -> Vec<ToolCall> {
+    let Some(list) = v.as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let name = c["name"].as_str().filter(|n| !n.is_empty())?;
+            Some(ToolCall {
+                id: c["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{i}"), str::to_owned),
+                name: name.to_owned(),
+                arguments: match &c["arguments"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "{}".into(),
+                    other => other.to_string(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// The `files` of an answer: `[{"name", "mimetype"?, "base64" | "url"}]`. An entry that is
