@@ -231,6 +231,7 @@ impl Bridge {
             media: self.config.media.clone(),
             links: crate::links::Links::new(&self.config.appservice.as_token),
             keep_encrypted_text: self.config.encryption.store_previews,
+            tools: self.config.tools.clone(),
         }
     }
 

@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Attachments a run looked at, by outcome (given, or why not: too_large, not_found,
     /// hash_mismatch, …).
     pub media: Family<OutcomeLabel, Counter>,
+    /// Tool calls of runs, by outcome (ok, failed, denied, interrupted).
+    pub tool_calls: Family<OutcomeLabel, Counter>,
     /// Outbox events waiting to be published (as of the publisher's last look).
     pub events_pending: Gauge,
     /// Outbox events JetStream acknowledged.
@@ -136,6 +138,7 @@ impl Metrics {
             task_failures: Family::default(),
             auth_failures: Family::default(),
             media: Family::default(),
+            tool_calls: Family::default(),
             events_pending: Gauge::default(),
             events_published: Counter::default(),
             event_publish_errors: Counter::default(),
@@ -187,6 +190,11 @@ impl Metrics {
             "media",
             "Attachments runs looked at, by outcome (given, named, or refused: too_large, not_found, status, empty, timeout, bad_uri, unreachable, bad_key, hash_mismatch, wrong_type, budget, transcription)",
             m.media.clone(),
+        );
+        r.register(
+            "tool_calls",
+            "Tool calls of agent runs, by outcome (ok, failed, denied: not allowed and never called, interrupted: in flight at a restart, never repeated)",
+            m.tool_calls.clone(),
         );
         r.register(
             "runtime_duration_seconds",
@@ -289,6 +297,11 @@ impl Metrics {
     /// Counts one attachment a run looked at, by outcome.
     pub fn media(&self, outcome: &'static str) {
         self.media.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts one tool call by how it ended.
+    pub fn tool_call(&self, outcome: &'static str) {
+        self.tool_calls.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts one transaction.

@@ -21,7 +21,10 @@ use ruma::{
     },
 };
 
-use crate::model::runtime::MessageKind;
+use crate::model::{
+    runtime::MessageKind,
+    tools::{TOOL_CALLS_KEY, ToolCallNote},
+};
 
 /// Typed content of an event an agent or the bot sends.
 #[derive(Debug, Clone)]
@@ -30,6 +33,10 @@ pub enum Content {
     Message(Box<RoomMessageEventContent>),
     /// `m.reaction`.
     Reaction(ReactionEventContent),
+    /// `m.room.message` carrying the tool calls behind it under
+    /// [`TOOL_CALLS_KEY`](crate::model::tools::TOOL_CALLS_KEY) (at the top and, for an edit,
+    /// in `m.new_content`, so clients that render edits see them too).
+    WithTools(Box<RoomMessageEventContent>, Vec<ToolCallNote>),
     /// `m.room.redaction` of `target`.
     Redaction {
         /// The redacted event.
@@ -43,7 +50,7 @@ impl Content {
     /// The Matrix event type.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Content::Message(_) => "m.room.message",
+            Content::Message(_) | Content::WithTools(..) => "m.room.message",
             Content::Reaction(_) => "m.reaction",
             Content::Redaction { .. } => "m.room.redaction",
         }
@@ -63,6 +70,17 @@ impl Content {
         match self {
             Content::Message(c) => serde_json::to_value(c).unwrap_or_default(),
             Content::Reaction(c) => serde_json::to_value(c).unwrap_or_default(),
+            Content::WithTools(c, notes) => {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                let notes = serde_json::to_value(notes).unwrap_or_default();
+                if let Some(new) = v.get_mut("m.new_content").and_then(|n| n.as_object_mut()) {
+                    new.insert(TOOL_CALLS_KEY.into(), notes.clone());
+                }
+                if let Some(top) = v.as_object_mut() {
+                    top.insert(TOOL_CALLS_KEY.into(), notes);
+                }
+                v
+            }
             Content::Redaction { reason, .. } => serde_json::json!({ "reason": reason }),
         }
     }
@@ -222,6 +240,19 @@ pub fn edit(
         base(body, markdown, kind)
             .make_replacement(ReplacementMetadata::new(target, Some(mentions))),
     ))
+}
+
+/// An edit that also carries the tool calls behind the answer (none: a plain [`edit`]).
+pub fn edit_with_tools(
+    target: OwnedEventId,
+    body: &str,
+    kind: MessageKind,
+    notes: Vec<ToolCallNote>,
+) -> Content {
+    match edit(target, body, true, kind, vec![]) {
+        Content::Message(m) if !notes.is_empty() => Content::WithTools(m, notes),
+        other => other,
+    }
 }
 
 /// `m.reaction` content.

@@ -10,7 +10,14 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Runner, context, media, runtime::RunOutput, select::runtime_for};
+use super::{
+    Runner, context,
+    converse::Piece,
+    media,
+    runtime::RunOutput,
+    select::runtime_for,
+    tools::{RunPlace, RunTools},
+};
 use crate::{
     config::MessageKind,
     db::{outbox::Enqueued, runs::RunEnd, triggers::TriggerRow},
@@ -73,7 +80,7 @@ impl Runner {
             room,
             channel,
             session_id: session,
-            forget_mark,
+            forget_mark: forget_mark.clone(),
             is_agent: &is_agent,
             media: media::Media {
                 config: &self.settings.media,
@@ -93,11 +100,21 @@ impl Runner {
             .then_some(&self.settings.links),
         };
         let request = context::request(id, intent, place, triggers);
-        let (typed, request) = tokio::join!(typing, request);
+        let tool_place = RunPlace {
+            run: id,
+            agent: intent.agent(),
+            intent,
+            room,
+            channel,
+            forget_mark: forget_mark.as_deref(),
+            store: &self.store,
+        };
+        let prepare = RunTools::prepare(&self.tools, tool_place);
+        let (typed, request, (mut tools, defs)) = tokio::join!(typing, request, prepare);
         if let Err(error) = typed {
             tracing::warn!(run_id = %id, %error, "cannot show typing");
         }
-        let request = match request {
+        let mut request = match request {
             Ok(r) => r,
             Err(error) => {
                 return Ended::End(
@@ -117,8 +134,19 @@ impl Runner {
                 tracing::warn!(run_id = %id, %error, "cannot record the context's cut");
             }
         }
+        if !intent.agent().behaviour.tools.is_empty() {
+            // A resumed run continues from the calls it made: none is executed twice.
+            match tools.resume().await {
+                Ok(rounds) => request.tool_rounds = rounds,
+                Err(error) => {
+                    let error = format!("cannot read the run's tool calls: {error}");
+                    return Ended::End(self.failed(id, intent, room, error).await);
+                }
+            }
+        }
+        request.tools = defs;
         let runtime = runtime_for(&intent.agent().behaviour.runtime, &self.http);
-        let (tx, rx) = mpsc::channel::<String>(256);
+        let (tx, rx) = mpsc::channel::<Piece>(256);
         let Some(last) = triggers.last() else {
             return Ended::End(RunEnd::failed("a run without triggers"));
         };
@@ -128,12 +156,16 @@ impl Runner {
         // stream: what was streamed gets its final edit, marked).
         let call = async {
             tokio::select! {
-                result = runtime.call(&request, tx) => Some(result),
+                result = self.converse(&*runtime, &mut request, &mut tools, tx, intent, room) => Some(result),
                 _ = stop.cancelled() => None,
             }
         };
         let (result, streamed) = tokio::join!(call, stream);
         let Some(result) = result else {
+            // A tool call cut off by the stop stays recorded as interrupted.
+            if let Err(error) = self.store.steps().resume(id).await {
+                tracing::warn!(run_id = %id, %error, "cannot mark the run's tool calls interrupted");
+            }
             let mut end = RunEnd::cancelled("stopped by a person in the room");
             end.reply_event_id = streamed.event_id;
             return Ended::End(end);
@@ -187,13 +219,18 @@ impl Runner {
         intent: &PuppetIntent,
         room: &RoomId,
         last: &TriggerRow,
-        mut rx: mpsc::Receiver<String>,
+        mut rx: mpsc::Receiver<Piece>,
         stop: &CancellationToken,
     ) -> Streamed {
         let kind = intent.agent().behaviour.message_kind;
         let interval = self.settings.stream_edit_interval;
         // The final edit is always sent; the ones before it share what is left of the bound.
         let mut growing_edits_left = self.settings.max_stream_edits.saturating_sub(1);
+        // What was said, what goes on now (tools running), and what goes under the end.
+        let mut said = String::new();
+        let mut status: Option<String> = None;
+        let mut footer = String::new();
+        let mut notes = Vec::new();
         let mut text = String::new();
         let mut posted_text = String::new();
         let mut out = Streamed::default();
@@ -220,10 +257,27 @@ impl Runner {
                 rx.recv().await
             };
             let Some(piece) = piece else { break };
-            if out.first_token.is_none() {
-                out.first_token = Some(Instant::now());
+            match piece {
+                Piece::Text(piece) => {
+                    if out.first_token.is_none() {
+                        out.first_token = Some(Instant::now());
+                    }
+                    said.push_str(&piece);
+                }
+                Piece::Status(now) => status = now,
+                Piece::End {
+                    footer: f,
+                    notes: n,
+                } => {
+                    footer = f;
+                    notes = n;
+                }
             }
-            text.push_str(&piece);
+            text = match &status {
+                Some(s) if said.trim().is_empty() => s.clone(),
+                Some(s) => format!("{said}\n\n{s}"),
+                None => said.clone(),
+            };
             if target.is_none() && !text.trim().is_empty() {
                 let trigger = &last.payload.0;
                 let content = content::message(&Outgoing {
@@ -252,14 +306,18 @@ impl Runner {
                 }
             }
         }
+        // The final text: what was said (never a status), then what goes under it.
+        text = said;
         if stop.is_cancelled() {
             // What was streamed stays, marked as cut short.
             text.push_str(STOPPED_MARK);
         }
+        text.push_str(&footer);
         if let Some(target) = &target
-            && posted_text != text
+            && (posted_text != text || !notes.is_empty())
         {
-            self.edit(intent, room, target, &text, kind, true).await;
+            let content = content::edit_with_tools(target.clone(), &text, kind, notes);
+            self.queue_edit(intent, room, content, true).await;
         }
         out
     }
@@ -318,6 +376,11 @@ impl Runner {
         wait: bool,
     ) {
         let content = content::edit(target.clone(), text, true, kind, vec![]);
+        self.queue_edit(intent, room, content, wait).await;
+    }
+
+    /// Queues an edit; with `wait`, until the homeserver has it.
+    async fn queue_edit(&self, intent: &PuppetIntent, room: &RoomId, content: Content, wait: bool) {
         let send = Send {
             content,
             key: None,

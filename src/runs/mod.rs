@@ -8,6 +8,7 @@
 
 mod answer_files;
 mod context;
+mod converse;
 mod execute;
 mod history;
 pub mod media;
@@ -80,6 +81,8 @@ pub struct RunSettings {
     pub links: crate::links::Links,
     /// What is read of an encrypted room's file may be stored (`encryption.store_previews`).
     pub keep_encrypted_text: bool,
+    /// The bounds on tool calls (`[tools]`).
+    pub tools: crate::config::ToolsConfig,
 }
 
 /// The run scheduler.
@@ -90,6 +93,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     settings: RunSettings,
     http: reqwest::Client,
+    /// What runs share for tools (their HTTP client, MCP sessions).
+    tools: tools::Tools,
     global: Arc<Semaphore>,
     limiter: RateLimiter<AgentId>,
     /// (agent, channel) pairs with a run in this process: one at a time.
@@ -122,6 +127,7 @@ impl Runner {
             global: Arc::new(Semaphore::new(settings.max_concurrent_runs)),
             limiter: RateLimiter::new(settings.runs_per_minute),
             http: runtime::http_client()?,
+            tools: tools::Tools::new(settings.tools.clone(), store.clone(), metrics.clone())?,
             store,
             registry,
             puppets,

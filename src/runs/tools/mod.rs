@@ -2,7 +2,12 @@
 //! built-ins), checked against the agent's allow-list by the bridge on every call, recorded
 //! before they are executed (`db::steps`), audited, and bounded (time, bytes, concurrency).
 
+mod builtin;
+mod http;
 pub mod mcp;
+mod run;
+
+pub use run::{RunPlace, RunTools, Tools};
 
 use std::time::Duration;
 
@@ -45,4 +50,13 @@ pub enum ToolError {
     /// The bridge stopped while it ran: not repeated.
     #[error("interrupted: the bridge stopped while this call ran; it was not repeated")]
     Interrupted,
+}
+
+/// A result read up to the cap.
+#[derive(Debug, Clone)]
+pub struct Bounded {
+    /// The text (JSON as the tool gave it, or text).
+    pub text: String,
+    /// The cap cut it.
+    pub cut: bool,
 }
