@@ -35,6 +35,7 @@ mod runs;
 mod runtimes;
 mod slow_clients;
 mod spec;
+mod tools;
 mod support;
 
 use support::{TestApp, ev};

@@ -20,12 +20,15 @@ use serde_json::{Value, json};
 pub const IMAGE_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
 
 /// An OpenAI-compatible chat completions server. `mode`: stream | long | plain | image | fail |
-/// malformed | slow.
+/// malformed | slow | script.
 #[derive(Clone, Default)]
 pub struct FakeModel {
     pub requests: Arc<Mutex<Vec<Value>>>,
     /// The multipart bodies `/audio/transcriptions` received.
     pub transcriptions: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Mode `script`: the assistant messages to answer with, one per request (`content`,
+    /// `tool_calls`), streamed in pieces when the request asks for a stream; when empty, "Done."
+    pub script: Arc<Mutex<std::collections::VecDeque<Value>>>,
 }
 
 impl FakeModel {
@@ -75,6 +78,24 @@ impl FakeModel {
         // A stream asked for "a long story" is long too (the e2e config's one model).
         let asks_long = body.to_string().contains("a long story");
         self.requests.lock().unwrap().push(body);
+        let wants_stream = body["stream"] == true;
+        if mode == "script" {
+            let message = self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| json!({ "role": "assistant", "content": "Done." }));
+            return if wants_stream {
+                scripted_stream(message)
+            } else {
+                Json(json!({
+                    "choices": [{ "message": message, "finish_reason": "stop" }],
+                    "usage": { "prompt_tokens": 3, "completion_tokens": 2 },
+                }))
+                .into_response()
+            };
+        }
         match mode {
             "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "model exploded").into_response(),
             "malformed" => ([("content-type", "application/json")], "{\"choices\": 7}").into_response(),
@@ -119,6 +140,35 @@ impl FakeModel {
             }
         }
     }
+}
+
+/// A scripted message as SSE deltas, the way OpenAI streams: the content in two pieces; each
+/// tool call's id and name first, then its arguments in two pieces, keyed by `index`.
+fn scripted_stream(message: Value) -> Response {
+    let mut chunks = Vec::new();
+    if let Some(text) = message["content"].as_str() {
+        let mid = text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i);
+        for piece in [&text[..mid], &text[mid..]] {
+            chunks.push(json!({ "choices": [{ "delta": { "content": piece } }] }));
+        }
+    }
+    for (i, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        let args = call["function"]["arguments"].as_str().unwrap_or("").to_owned();
+        let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(i, _)| i);
+        chunks.push(json!({ "choices": [{ "delta": { "tool_calls": [{
+            "index": i, "id": call["id"], "type": "function",
+            "function": { "name": call["function"]["name"], "arguments": &args[..mid] },
+        }] } }] }));
+        chunks.push(json!({ "choices": [{ "delta": { "tool_calls": [{
+            "index": i, "function": { "arguments": &args[mid..] },
+        }] } }] }));
+    }
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(body))
+        .unwrap()
 }
 
 /// An mpsc receiver as a body stream (no extra crates).
