@@ -21,7 +21,7 @@
 //! 7. [`events`]: the NATS JetStream publisher of the transactional outbox.
 //! 8. [`bridge`]: the agent registry and its reconciler, the mirror and its pure planner,
 //!    trigger rules, follow-up jobs, bot commands, operator operations, upkeep.
-//! 9. [`runs`]: agents answering: the run scheduler, execution, runtimes.
+//! 9. [`runs`]: agents answering: the run scheduler, execution, runtimes, tools.
 //! 10. [`export`]: a channel's conversation as JSON lines or CSV.
 //! 11. [`server`]: the HTTP listener (deadlines, the homeserver's lane, Matrix errors for
 //!     malformed HTTP) and the HTTP error type every response uses.

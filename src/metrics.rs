@@ -301,7 +301,9 @@ impl Metrics {
 
     /// Counts one tool call by how it ended.
     pub fn tool_call(&self, outcome: &'static str) {
-        self.tool_calls.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.tool_calls
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts one transaction.

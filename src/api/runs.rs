@@ -53,7 +53,7 @@ pub async fn list(
     Ok(Json(json!({ "runs": runs })))
 }
 
-/// `GET /api/v1/runs/{run_id}`.
+/// `GET /api/v1/runs/{run_id}`: the run, with its tool calls (`steps`).
 pub async fn get(
     State(state): State<ApiState>,
     caller: Caller,
@@ -62,7 +62,13 @@ pub async fn get(
     caller.require(READ)?;
     let id = RunId(uuid("run_id", &id)?);
     match state.store.runs().get(id).await? {
-        Some(r) if r.agent_id == caller.agent.id => Ok(Json(json!(r))),
+        Some(r) if r.agent_id == caller.agent.id => {
+            // The run's tool calls, so its runtime (and the platform) see what the agent did.
+            let steps = state.store.steps().of_run(id).await?;
+            let mut v = json!(r);
+            v["steps"] = json!(steps);
+            Ok(Json(v))
+        }
         _ => Err(MatrixError::not_found("no such run of this agent")),
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::enums::StepStatus;
 use super::duration;
+pub use super::enums::StepStatus;
 
 /// The built-in tools, on by name.
 pub const BUILTINS: &[&str] = &[READ_HISTORY, LIST_CHANNELS];
@@ -332,7 +332,11 @@ pub fn validate(
                     ));
                 }
                 if let Some(p) = m.allow.iter().find(|p| p.trim().is_empty() || p.len() > 64) {
-                    return Err(bad(i, "allow", format!("bad pattern `{}`", p.escape_debug())));
+                    return Err(bad(
+                        i,
+                        "allow",
+                        format!("bad pattern `{}`", p.escape_debug()),
+                    ));
                 }
                 timeout(m.timeout)?;
             }
@@ -488,7 +492,8 @@ mod tests {
             let tools: Vec<ToolSpec> = serde_json::from_value(v).unwrap();
             validate(&tools, &["*.example.org".into()], &|s| s == "known")
         };
-        let err = check(serde_json::json!([{"type": "builtin", "name": "matrix.nope"}])).unwrap_err();
+        let err =
+            check(serde_json::json!([{"type": "builtin", "name": "matrix.nope"}])).unwrap_err();
         assert_eq!(err.field, "tools[0].name");
         let err = check(serde_json::json!([
             {"type": "builtin", "name": "matrix.read_history"},

@@ -183,10 +183,15 @@ impl Runner {
                 match streamed.event_id.or_else(|| files.first().cloned()) {
                     Some(event_id) => Ended::End(RunEnd {
                         status: RunStatus::Completed,
-                        output: Some(if files.is_empty() {
-                            json!({ "text": out.text })
-                        } else {
-                            json!({ "text": out.text, "files": files })
+                        output: Some({
+                            let mut output = json!({ "text": out.text });
+                            if !files.is_empty() {
+                                output["files"] = json!(files);
+                            }
+                            if !tools.notes.is_empty() {
+                                output["tool_calls"] = json!(tools.notes);
+                            }
+                            output
                         }),
                         reply_event_id: Some(event_id),
                         prompt_tokens: out.prompt_tokens,

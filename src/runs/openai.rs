@@ -370,7 +370,11 @@ impl StreamedCalls {
             .into_iter()
             .filter(|(_, (_, name, _))| !name.is_empty())
             .map(|(i, (id, name, arguments))| ToolCall {
-                id: if id.is_empty() { format!("call_{i}") } else { id },
+                id: if id.is_empty() {
+                    format!("call_{i}")
+                } else {
+                    id
+                },
                 name,
                 arguments,
             })

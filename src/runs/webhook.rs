@@ -13,9 +13,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::runtime::{
-    OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall,
-};
+use super::runtime::{OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall};
 use crate::config::WebhookConfig;
 
 /// A signed webhook of the agent developer's.

@@ -35,8 +35,8 @@ mod runs;
 mod runtimes;
 mod slow_clients;
 mod spec;
-mod tools;
 mod support;
+mod tools;
 
 use support::{TestApp, ev};
 

@@ -40,14 +40,17 @@ impl FakeTool {
             let t = t.clone();
             async move {
                 let path = req.uri().path().to_owned();
-                let header = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned()
+                let (ts, sig) = {
+                    // Scoped: a borrow of the request must not live across the awaits below.
+                    let header = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    (header("x-daarion-timestamp"), header("x-daarion-signature"))
                 };
-                let (ts, sig) = (header("x-daarion-timestamp"), header("x-daarion-signature"));
                 let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
                     .await
                     .unwrap();
@@ -230,7 +233,10 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(offered, ["weather"]);
-    assert_eq!(first["tools"][0]["function"]["parameters"]["required"], json!(["city"]));
+    assert_eq!(
+        first["tools"][0]["function"]["parameters"]["required"],
+        json!(["city"])
+    );
     // The tool got the arguments as the model gave them, signed; the disallowed one nothing.
     let tool_calls = tool.calls.lock().unwrap().clone();
     assert_eq!(tool_calls.len(), 1, "{tool_calls:?}");
@@ -246,7 +252,10 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
         .find(|m| m["role"] == "assistant" && m["tool_calls"].is_array())
         .cloned()
         .expect("the calls are in the conversation");
-    assert_eq!(assistant["tool_calls"][0]["function"]["arguments"], r#"{"city": "Kyiv"}"#);
+    assert_eq!(
+        assistant["tool_calls"][0]["function"]["arguments"],
+        r#"{"city": "Kyiv"}"#
+    );
     let results = tool_messages(&model, 1);
     assert_eq!(results.len(), 2);
     assert_eq!(results[0]["tool_call_id"], "c1");
@@ -254,7 +263,10 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
     assert_eq!(weather, json!({ "forecast": "sunny", "city": "Kyiv" }));
     assert_eq!(results[1]["tool_call_id"], "c2");
     assert!(
-        results[1]["content"].as_str().unwrap().contains("not allowed"),
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
         "{results:?}"
     );
     // The person reads the answer and what was used; the content carries the calls.
@@ -287,7 +299,11 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
     assert_eq!(
         audit,
         vec![
-            vec![Some("tool.called".into()), Some("weather".into()), Some("allowed".into())],
+            vec![
+                Some("tool.called".into()),
+                Some("weather".into()),
+                Some("allowed".into())
+            ],
             vec![
                 Some("tool.denied".into()),
                 Some("files.delete_file".into()),
@@ -295,10 +311,26 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
             ],
         ]
     );
-    let all_audit = app.col("SELECT CAST(details AS TEXT) FROM audit_log").await.join("\n");
-    assert!(!all_audit.contains(TOOL_SECRET), "no secret in the audit log");
+    let all_audit = app
+        .col("SELECT CAST(details AS TEXT) FROM audit_log")
+        .await
+        .join("\n");
+    assert!(
+        !all_audit.contains(TOOL_SECRET),
+        "no secret in the audit log"
+    );
+    let output: Value =
+        serde_json::from_str(&app.col("SELECT CAST(output AS TEXT) FROM agent_runs").await[0])
+            .unwrap();
+    assert_eq!(
+        output["tool_calls"], *notes,
+        "the run's output names its calls"
+    );
     let metrics = app.metrics().await;
-    assert!(metrics.contains("daarion_bridge_tool_calls_total{outcome=\"ok\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("daarion_bridge_tool_calls_total{outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("daarion_bridge_tool_calls_total{outcome=\"denied\"} 1"));
 }
 
@@ -340,7 +372,10 @@ async fn rounds_are_bounded_and_the_answer_says_it_stopped(#[case] b: Backend) {
         .unwrap()
         .to_owned();
     assert!(body.starts_with("Sunny, as far as I got."), "{body}");
-    assert!(body.contains("I stopped using tools after 2 rounds."), "{body}");
+    assert!(
+        body.contains("I stopped using tools after 2 rounds."),
+        "{body}"
+    );
     assert_eq!(app.count("agent_run_steps").await, 2);
 }
 
@@ -369,7 +404,11 @@ async fn the_time_budget_stops_tool_rounds(#[case] b: Backend) {
     )
     .await;
     ask(&app, "completed").await;
-    assert_eq!(tool.paths(), ["/slow"], "one round fits the budget, not two");
+    assert_eq!(
+        tool.paths(),
+        ["/slow"],
+        "one round fits the budget, not two"
+    );
     let requests = model.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 3);
     assert_eq!(requests[2]["tool_choice"], "none");
@@ -407,7 +446,10 @@ async fn an_oversize_result_is_cut_and_the_model_told(#[case] b: Backend) {
     ask(&app, "completed").await;
     let results = tool_messages(&model, 1);
     let content = results[0]["content"].as_str().unwrap();
-    assert!(content.starts_with(&"x".repeat(1024)), "the first 1024 bytes");
+    assert!(
+        content.starts_with(&"x".repeat(1024)),
+        "the first 1024 bytes"
+    );
     assert!(!content.contains(&"x".repeat(1025)), "and no more");
     assert!(content.ends_with("[result cut at 1024 bytes]"), "{content}");
     let steps = app.rows(STEPS).await;
@@ -447,18 +489,33 @@ async fn a_tool_that_is_down_makes_the_agent_say_so(#[case] b: Backend) {
     ask(&app, "completed").await;
     assert_eq!(tool.paths(), ["/fail"]);
     let results = tool_messages(&model, 1);
-    assert!(results[0]["content"].as_str().unwrap().contains("unreachable"), "{results:?}");
     assert!(
-        results[1]["content"].as_str().unwrap().contains("the tool answered 500: tool exploded"),
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{results:?}"
+    );
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("the tool answered 500: tool exploded"),
         "{results:?}"
     );
     let body = final_content(&app)["m.new_content"]["body"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(body.starts_with("I could not finish: weather (unreachable"), "{body}");
+    assert!(
+        body.starts_with("I could not finish: weather (unreachable"),
+        "{body}"
+    );
     assert!(body.contains("broken (the tool answered 500"), "{body}");
-    assert!(body.contains("_Tools: weather ✗ failed, broken ✗ failed_"), "{body}");
+    assert!(
+        body.contains("_Tools: weather ✗ failed, broken ✗ failed_"),
+        "{body}"
+    );
     let steps = app.rows(STEPS).await;
     assert_eq!(steps[0][1].as_deref(), Some("failed"));
     assert!(steps[0][5].as_deref().unwrap().contains("unreachable"));
@@ -493,10 +550,27 @@ async fn malformed_arguments_get_a_clear_error_and_no_call(#[case] b: Backend) {
     ask(&app, "completed").await;
     assert!(tool.paths().is_empty(), "a malformed call is never sent");
     let results = tool_messages(&model, 1);
-    assert!(results[0]["content"].as_str().unwrap().contains("bad arguments: not valid JSON"));
-    assert!(results[1]["content"].as_str().unwrap().contains("bad arguments: must be a JSON object"));
-    assert!(results[2]["content"].as_str().unwrap().contains("not allowed"));
-    let statuses = app.col("SELECT status FROM agent_run_steps ORDER BY position").await;
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("bad arguments: not valid JSON")
+    );
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("bad arguments: must be a JSON object")
+    );
+    assert!(
+        results[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed")
+    );
+    let statuses = app
+        .col("SELECT status FROM agent_run_steps ORDER BY position")
+        .await;
     assert_eq!(statuses, ["failed", "failed", "denied"]);
     let body = final_content(&app)["m.new_content"]["body"]
         .as_str()
@@ -557,7 +631,10 @@ async fn a_call_in_flight_at_a_crash_is_reported_interrupted_not_repeated(#[case
     let results = tool_messages(&model, 1);
     assert_eq!(results[0]["tool_call_id"], "h");
     assert!(
-        results[0]["content"].as_str().unwrap().contains("interrupted"),
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
         "{results:?}"
     );
     let body = final_content(&app)["m.new_content"]["body"]
@@ -606,10 +683,15 @@ async fn the_built_ins_read_history_and_list_channels(#[case] b: Backend) {
     let history = results[1]["content"].as_str().unwrap();
     assert!(history.contains("The picnic is on Saturday."), "{history}");
     assert!(
-        results[2]["content"].as_str().unwrap().contains("`limit` must be an integer 1 to 100"),
+        results[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("`limit` must be an integer 1 to 100"),
         "{results:?}"
     );
-    let statuses = app.col("SELECT status FROM agent_run_steps ORDER BY position").await;
+    let statuses = app
+        .col("SELECT status FROM agent_run_steps ORDER BY position")
+        .await;
     assert_eq!(statuses, ["ok", "ok", "failed"]);
 }
 
@@ -620,7 +702,9 @@ async fn tool_calling_webhook() -> (Arc<Mutex<Vec<Value>>>, String) {
     let app = Router::new().fallback(move |req: Request| {
         let s = s.clone();
         async move {
-            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .unwrap();
             let body: Value = serde_json::from_slice(&bytes).unwrap();
             s.lock().unwrap().push(body.clone());
             match body["tool_rounds"].as_array() {
@@ -668,5 +752,74 @@ async fn a_webhook_runtime_calls_tools_and_gets_the_results(#[case] b: Backend) 
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(body.starts_with("Lviv: {\"city\":\"Lviv\",\"forecast\":\"sunny\"}"), "{body}");
+    assert!(
+        body.starts_with("Lviv: {\"city\":\"Lviv\",\"forecast\":\"sunny\"}"),
+        "{body}"
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_the_platform_writes_take_effect_without_a_restart(#[case] b: Backend) {
+    let (model, model_url) = FakeModel::spawn("script").await;
+    model.script.lock().unwrap().push_back(says("Noted."));
+    let app = TestApp::spawn_with(b, tools_config(&model_url, false, "", "", "")).await;
+    let registry = app.registry.clone().unwrap();
+    let sofia = || {
+        registry
+            .get(&ruma::UserId::parse(ev::SOFIA).unwrap())
+            .unwrap()
+    };
+    assert!(sofia().behaviour.tools.is_empty());
+    // As the platform would: the blueprint's tools, and Sofia narrowed to one of them.
+    let json = |v: &str| match b {
+        Backend::Postgres => format!("CAST('{v}' AS jsonb)"),
+        Backend::Sqlite => format!("'{v}'"),
+    };
+    let tools = json(
+        r#"[{"type": "builtin", "name": "daarion.list_channels"}, {"type": "builtin", "name": "matrix.read_history"}]"#,
+    );
+    app.exec(&format!(
+        "UPDATE bridge_blueprints SET tools = {tools}, show_tools = 'full', max_tool_rounds = 3"
+    ))
+    .await;
+    app.exec(&format!(
+        "UPDATE bridge_agents SET tools = {} WHERE agent_id = (SELECT id FROM agents WHERE external_id = 'agent:sofia')",
+        json(r#"["daarion.*"]"#)
+    ))
+    .await;
+    app.eventually("the tools are loaded", Duration::from_secs(3), || async {
+        sofia().behaviour.tools.tools.len() == 2
+    })
+    .await;
+    let set = sofia().behaviour.tools.clone();
+    assert_eq!(set.max_rounds, 3);
+    assert_eq!(set.show, daarion_bridge::model::tools::ShowTools::Full);
+    ask(&app, "completed").await;
+    let offered: Vec<String> = model.requests.lock().unwrap()[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        offered,
+        ["daarion__list_channels"],
+        "narrowed by the agent's own list"
+    );
+    // A row the bridge cannot use makes the runs fail saying why, never run without its rules.
+    app.exec(&format!(
+        "UPDATE bridge_blueprints SET tools = {}",
+        json(r#"[{"type": "builtin", "name": "shell.exec"}]"#)
+    ))
+    .await;
+    app.eventually("the bad row is loaded", Duration::from_secs(3), || async {
+        matches!(
+            &sofia().behaviour.runtime,
+            daarion_bridge::model::RuntimeSpec::Misconfigured(why) if why.contains("tools[0].name") && why.contains("shell.exec")
+        )
+    })
+    .await;
 }

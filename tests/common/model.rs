@@ -77,8 +77,8 @@ impl FakeModel {
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // A stream asked for "a long story" is long too (the e2e config's one model).
         let asks_long = body.to_string().contains("a long story");
-        self.requests.lock().unwrap().push(body);
         let wants_stream = body["stream"] == true;
+        self.requests.lock().unwrap().push(body);
         if mode == "script" {
             let message = self
                 .script
@@ -147,14 +147,28 @@ impl FakeModel {
 fn scripted_stream(message: Value) -> Response {
     let mut chunks = Vec::new();
     if let Some(text) = message["content"].as_str() {
-        let mid = text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i);
+        let mid = text
+            .char_indices()
+            .nth(text.chars().count() / 2)
+            .map_or(0, |(i, _)| i);
         for piece in [&text[..mid], &text[mid..]] {
             chunks.push(json!({ "choices": [{ "delta": { "content": piece } }] }));
         }
     }
-    for (i, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
-        let args = call["function"]["arguments"].as_str().unwrap_or("").to_owned();
-        let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(i, _)| i);
+    for (i, call) in message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let args = call["function"]["arguments"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let mid = args
+            .char_indices()
+            .nth(args.chars().count() / 2)
+            .map_or(0, |(i, _)| i);
         chunks.push(json!({ "choices": [{ "delta": { "tool_calls": [{
             "index": i, "id": call["id"], "type": "function",
             "function": { "name": call["function"]["name"], "arguments": &args[..mid] },

@@ -73,7 +73,11 @@ async fn read_history(
         .await
         .map_err(|e| ToolError::Network(e.to_string()))?;
     let said = history::conversation(&events, None, limit);
-    let names = place.intent.member_names(place.room).await.unwrap_or_default();
+    let names = place
+        .intent
+        .member_names(place.room)
+        .await
+        .unwrap_or_default();
     let lines: Vec<String> = said
         .iter()
         .map(|s| {

@@ -23,7 +23,10 @@ pub(super) async fn call(
     max_result: usize,
 ) -> Result<Bounded, ToolError> {
     let secret = tool.signing_secret().ok_or_else(|| {
-        ToolError::Config(format!("the signing secret of tool `{}` is not set", tool.name))
+        ToolError::Config(format!(
+            "the signing secret of tool `{}` is not set",
+            tool.name
+        ))
     })?;
     let timestamp = chrono::Utc::now().timestamp();
     let call = async {

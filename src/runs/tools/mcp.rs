@@ -37,7 +37,10 @@ impl McpClients {
     /// The server's tools (all of them: the caller filters by `allow`), from the cache when
     /// fresh.
     pub async fn tools(&self, server: &McpServer) -> Result<Arc<Vec<McpTool>>, ToolError> {
-        Err(ToolError::Protocol(format!("MCP not built yet: {}", server.name)))
+        Err(ToolError::Protocol(format!(
+            "MCP not built yet: {}",
+            server.name
+        )))
     }
 
     /// Calls `tool` with `arguments`; the result's content as text (text parts joined,
@@ -49,6 +52,9 @@ impl McpClients {
         arguments: Map<String, Value>,
     ) -> Result<String, ToolError> {
         let _ = arguments;
-        Err(ToolError::Protocol(format!("MCP not built yet: {}.{tool}", server.name)))
+        Err(ToolError::Protocol(format!(
+            "MCP not built yet: {}.{tool}",
+            server.name
+        )))
     }
 }

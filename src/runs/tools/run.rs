@@ -153,11 +153,7 @@ impl<'a> RunTools<'a> {
                                     description: t.description.clone(),
                                     parameters: t.input_schema.clone(),
                                 };
-                                add(
-                                    full,
-                                    Target::Mcp(server.clone(), t.name.clone()),
-                                    Some(def),
-                                );
+                                add(full, Target::Mcp(server.clone(), t.name.clone()), Some(def));
                             }
                         }
                         Err(error) => {
@@ -194,7 +190,8 @@ impl<'a> RunTools<'a> {
             if step.status == StepStatus::Interrupted {
                 self.tools.metrics.tool_call("interrupted");
             }
-            self.notes.push(note(&step.tool, &step.arguments, step.status));
+            self.notes
+                .push(note(&step.tool, &step.arguments, step.status));
             let round = rounds.last_mut().expect("pushed above");
             round.calls.push(ToolCall {
                 id: step.call_id.clone(),
@@ -294,8 +291,7 @@ impl<'a> RunTools<'a> {
             if let Err(e) = &result {
                 tracing::info!(run_id = %self.place.run, tool = %full, %status, error = %e, "tool call did not succeed");
             }
-            self.notes
-                .push(note(full, &calls[i].arguments, status));
+            self.notes.push(note(full, &calls[i].arguments, status));
             results.push(ToolResult {
                 call_id: calls[i].id.clone(),
                 status,
