@@ -30,6 +30,8 @@ pub(crate) const TOOL_SECRET: &str = "tool-test-secret-0123456789";
 #[derive(Clone, Default)]
 pub(crate) struct FakeTool {
     pub calls: Arc<Mutex<Vec<(String, bool, Value)>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    pub inflight: Arc<Mutex<(usize, usize)>>,
 }
 
 impl FakeTool {
@@ -75,7 +77,13 @@ impl FakeTool {
                     }
                     "/big" => "x".repeat(100_000).into_response(),
                     "/slow" => {
+                        {
+                            let mut n = t.inflight.lock().unwrap();
+                            n.0 += 1;
+                            n.1 = n.1.max(n.0);
+                        }
                         tokio::time::sleep(Duration::from_millis(slow_ms)).await;
+                        t.inflight.lock().unwrap().0 -= 1;
                         Json(json!({ "done": true })).into_response()
                     }
                     "/hang" => {
@@ -822,4 +830,45 @@ async fn tools_the_platform_writes_take_effect_without_a_restart(#[case] b: Back
         )
     })
     .await;
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_one_round_run_concurrently_within_the_bound(#[case] b: Backend) {
+    let (model, model_url) = FakeModel::spawn("script").await;
+    let (tool, tool_url) = FakeTool::spawn(500).await;
+    model.script.lock().unwrap().extend([
+        calls(&[
+            ("a", "slow", "{}"),
+            ("b", "slow", "{}"),
+            ("c", "slow", "{}"),
+        ]),
+        says("All three done."),
+    ]);
+    let app = TestApp::spawn_with(
+        b,
+        tools_config(
+            &model_url,
+            false,
+            "",
+            &http_tool("slow", &format!("{tool_url}/slow")),
+            "max_parallel = 2",
+        ),
+    )
+    .await;
+    ask(&app, "completed").await;
+    assert_eq!(tool.paths().len(), 3);
+    assert_eq!(
+        tool.inflight.lock().unwrap().1,
+        2,
+        "two at once (concurrent), never three (bounded)"
+    );
+    // Results come back in the calls' order, whatever order they finished in.
+    let ids: Vec<Value> = tool_messages(&model, 1)
+        .iter()
+        .map(|m| m["tool_call_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("a"), json!("b"), json!("c")]);
 }
