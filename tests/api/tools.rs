@@ -872,3 +872,72 @@ async fn calls_of_one_round_run_concurrently_within_the_bound(#[case] b: Backend
         .collect();
     assert_eq!(ids, [json!("a"), json!("b"), json!("c")]);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_allow_list_holds_at_every_call_and_redirects_are_not_followed(
+    #[case] b: Backend,
+) {
+    let (model, model_url) = FakeModel::spawn("script").await;
+    let (tool, tool_url) = FakeTool::spawn(0).await;
+    let port = tool_url.rsplit(':').next().unwrap().to_owned();
+    model.script.lock().unwrap().extend([
+        calls(&[
+            ("r", "moved", "{}"),
+            ("o", "elsewhere", r#"{"city": "Kyiv"}"#),
+        ]),
+        says("Neither worked."),
+    ]);
+    let app = TestApp::spawn_with(
+        b,
+        tools_config(
+            &model_url,
+            false,
+            "",
+            &http_tool("moved", &format!("{tool_url}/redirect")),
+            "allowed_hosts = [\"127.0.0.1\"]",
+        ),
+    )
+    .await;
+    // A row the platform wrote names a host outside the list (the same server, by another
+    // name): the registry takes the row, and the call is still refused.
+    let tools = format!(
+        r#"[{{"type": "http", "name": "moved", "url": "{tool_url}/redirect", "secret_ref": "weather_tool"}}, {{"type": "http", "name": "elsewhere", "url": "http://localhost:{port}/weather", "secret_ref": "weather_tool"}}]"#
+    );
+    let tools = match b {
+        Backend::Postgres => format!("CAST('{tools}' AS jsonb)"),
+        Backend::Sqlite => format!("'{tools}'"),
+    };
+    app.exec(&format!("UPDATE bridge_blueprints SET tools = {tools}"))
+        .await;
+    let registry = app.registry.clone().unwrap();
+    app.eventually("the row is loaded", Duration::from_secs(3), || async {
+        registry
+            .get(&ruma::UserId::parse(ev::SOFIA).unwrap())
+            .is_some_and(|a| a.behaviour.tools.tools.len() == 2)
+    })
+    .await;
+    ask(&app, "completed").await;
+    assert_eq!(
+        tool.paths(),
+        ["/redirect"],
+        "the redirect is not followed; localhost never called"
+    );
+    let results = tool_messages(&model, 1);
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("the tool answered 302"),
+        "{results:?}"
+    );
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("the host `localhost` is not in the bridge's tools.allowed_hosts"),
+        "{results:?}"
+    );
+}
