@@ -262,7 +262,10 @@ impl AgentRegistry {
         for tool in &mut tools {
             match tool {
                 ToolSpec::Http(h) => {
-                    h.secret = h.secret_ref.as_ref().and_then(|r| self.secrets.get(r).cloned())
+                    h.secret = h
+                        .secret_ref
+                        .as_ref()
+                        .and_then(|r| self.secrets.get(r).cloned())
                 }
                 ToolSpec::Mcp(m) => {
                     m.header_secret = m

@@ -172,12 +172,7 @@ impl Config {
             crate::model::tools::validate(&b.tools, &self.tools.allowed_hosts, &|name| {
                 self.secrets.contains_key(name)
             })
-            .map_err(|e| {
-                invalid(
-                    "blueprints.tools",
-                    format!("blueprint `{}`: {}", b.code, e),
-                )
-            })?;
+            .map_err(|e| invalid("blueprints.tools", format!("blueprint `{}`: {}", b.code, e)))?;
             if b.max_tool_rounds > crate::model::tools::MAX_ROUNDS_LIMIT {
                 return Err(invalid(
                     "blueprints.max_tool_rounds",
@@ -281,6 +276,14 @@ impl Config {
                         agent.external_id
                     ),
                 ));
+            }
+            if let Some(narrow) = &agent.tools {
+                crate::model::tools::validate_narrowing(narrow).map_err(|e| {
+                    invalid(
+                        "agents.tools",
+                        format!("agent `{}`: {e}", agent.external_id),
+                    )
+                })?;
             }
             // A blueprint the config does not declare may exist in the database; the seed at
             // start-up checks that.

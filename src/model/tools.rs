@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::enums::StepStatus;
 use super::duration;
+pub use super::enums::StepStatus;
 
 /// The built-in tools, on by name.
 pub const BUILTINS: &[&str] = &[READ_HISTORY, LIST_CHANNELS];
@@ -332,13 +332,44 @@ pub fn validate(
                     ));
                 }
                 if let Some(p) = m.allow.iter().find(|p| p.trim().is_empty() || p.len() > 64) {
-                    return Err(bad(i, "allow", format!("bad pattern `{}`", p.escape_debug())));
+                    return Err(bad(
+                        i,
+                        "allow",
+                        format!("bad pattern `{}`", p.escape_debug()),
+                    ));
                 }
                 timeout(m.timeout)?;
             }
         }
     }
     Ok(())
+}
+
+/// Entries an agent's narrowing holds at most.
+pub const MAX_NARROWING: usize = 100;
+
+/// Checks an agent's narrowing of its blueprint's tools: at most [`MAX_NARROWING`] names or
+/// globs (`files.read_*`), each 1 to 64 characters without whitespace or control characters
+/// (such a pattern could match no tool name). A pattern naming no tool of the blueprint is
+/// allowed: the blueprint may gain the tool later, and a narrowing never widens anyway.
+pub fn validate_narrowing(patterns: &[String]) -> Result<(), ToolsInvalid> {
+    if patterns.len() > MAX_NARROWING {
+        return Err(ToolsInvalid {
+            field: "tools".into(),
+            message: format!("at most {MAX_NARROWING} names or patterns"),
+        });
+    }
+    match patterns.iter().position(|p| {
+        p.is_empty()
+            || p.chars().count() > 64
+            || p.chars().any(|c| c.is_whitespace() || c.is_control())
+    }) {
+        Some(i) => Err(ToolsInvalid {
+            field: format!("tools[{i}]"),
+            message: "a tool name or glob, 1 to 64 characters without spaces".into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 const NAME_RULE: &str = "letters, digits, `_` and `-`, 1 to 64 characters";
@@ -488,7 +519,8 @@ mod tests {
             let tools: Vec<ToolSpec> = serde_json::from_value(v).unwrap();
             validate(&tools, &["*.example.org".into()], &|s| s == "known")
         };
-        let err = check(serde_json::json!([{"type": "builtin", "name": "matrix.nope"}])).unwrap_err();
+        let err =
+            check(serde_json::json!([{"type": "builtin", "name": "matrix.nope"}])).unwrap_err();
         assert_eq!(err.field, "tools[0].name");
         let err = check(serde_json::json!([
             {"type": "builtin", "name": "matrix.read_history"},

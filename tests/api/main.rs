@@ -36,6 +36,7 @@ mod runtimes;
 mod slow_clients;
 mod spec;
 mod support;
+mod tools_admin;
 
 use support::{TestApp, ev};
 
