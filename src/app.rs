@@ -203,6 +203,7 @@ impl Bridge {
             media: self.config.media.clone(),
             metrics: self.metrics.clone(),
             control: self.control.clone(),
+            tools: Arc::new(self.config.tools.clone()),
         }
     }
 

@@ -64,6 +64,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Operator operations shared with the bot commands.
     pub control: Arc<crate::bridge::control::Control>,
+    /// `[tools]`: the hosts a blueprint's tools may be on, checked when one is put.
+    pub tools: Arc<crate::config::ToolsConfig>,
 }
 
 /// The agent API on a listener of its own (unknown routes are Matrix errors too).

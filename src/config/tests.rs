@@ -106,3 +106,135 @@ fn puppets_are_recognised() {
     assert!(!ns.is_puppet(&UserId::parse("@agent_sofia:other.org").unwrap()));
     assert!(!ns.is_puppet(&UserId::parse("@alice:example.org").unwrap()));
 }
+
+/// A blueprint with one tool of each kind, an agent narrowing them, and the `[tools]` bounds.
+const TOOLS: &str = r#"
+[tools]
+allowed_hosts = ["*.example.org"]
+max_parallel = 2
+run_budget = "1m"
+[secrets]
+weather_key = "s3cret-value"
+[[blueprints]]
+code = "botanist"
+show_tools = "full"
+max_tool_rounds = 3
+[[blueprints.tools]]
+type = "http"
+name = "weather"
+description = "The weather in a city"
+url = "https://tools.example.org/weather"
+secret_ref = "weather_key"
+timeout = "5s"
+parameters = { type = "object", properties = { city = { type = "string" } }, required = ["city"] }
+[[blueprints.tools]]
+type = "mcp"
+name = "files"
+url = "https://mcp.example.org/mcp"
+allow = ["read_*", "list_dir"]
+[[blueprints.tools]]
+type = "builtin"
+name = "matrix.read_history"
+[[agents]]
+external_id = "agent:helix"
+name = "Helix"
+blueprint = "botanist"
+tools = ["weather", "files.read_*"]
+"#;
+
+#[test]
+fn blueprint_tools_parse() {
+    use crate::model::tools::{ShowTools, ToolSpec};
+    let c = Config::from_toml_str(&format!("{BASE}{TOOLS}")).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.tools.allowed_hosts, ["*.example.org"]);
+    assert_eq!(c.tools.max_parallel, 2);
+    assert_eq!(c.tools.run_budget, std::time::Duration::from_secs(60));
+    // Unset keys keep their defaults.
+    assert_eq!(c.tools.max_result_bytes, 32 * 1024);
+    let b = &c.blueprints[0];
+    assert_eq!((b.show_tools, b.max_tool_rounds), (ShowTools::Full, 3));
+    let [ToolSpec::Http(h), ToolSpec::Mcp(m), ToolSpec::Builtin(r)] = &b.tools[..] else {
+        panic!("{:?}", b.tools);
+    };
+    assert_eq!(h.name, "weather");
+    assert_eq!(h.secret_ref.as_deref(), Some("weather_key"));
+    assert_eq!(
+        h.secret, None,
+        "the config names the secret; the registry resolves it"
+    );
+    assert_eq!(h.timeout, std::time::Duration::from_secs(5));
+    assert_eq!(h.parameters["required"], serde_json::json!(["city"]));
+    assert_eq!(m.allow, ["read_*", "list_dir"]);
+    assert_eq!(m.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(r.name, "matrix.read_history");
+    assert_eq!(
+        c.agents[0].tools.as_deref(),
+        Some(&["weather".to_owned(), "files.read_*".to_owned()][..])
+    );
+    // Without tools a blueprint has none, shown as a summary, in at most 5 rounds.
+    let plain = Config::from_toml_str(&format!("{BASE}[[blueprints]]\ncode = \"p\"\n")).unwrap();
+    let p = &plain.blueprints[0];
+    assert!(p.tools.is_empty());
+    assert_eq!((p.show_tools, p.max_tool_rounds), (ShowTools::Summary, 5));
+}
+
+#[test]
+fn bad_tools_are_refused_naming_the_field() {
+    let all = format!("{BASE}{TOOLS}");
+    for (from, to, field) in [
+        (
+            "\"matrix.read_history\"",
+            "\"matrix.send_everything\"",
+            "`tools[2].name`: unknown built-in",
+        ),
+        (
+            "https://tools.example.org/weather",
+            "https://evil.test/weather",
+            "`tools[0].url`: the host `evil.test` is not in the bridge's tools.allowed_hosts",
+        ),
+        (
+            "secret_ref = \"weather_key\"",
+            "secret_ref = \"nope\"",
+            "`tools[0].secret_ref`: the secret `nope` is not defined",
+        ),
+        (
+            "parameters = { type = \"object\"",
+            "parameters = { type = \"string\"",
+            "`tools[0].parameters`",
+        ),
+        ("[\"read_*\", \"list_dir\"]", "[]", "`tools[1].allow`"),
+    ] {
+        assert!(all.contains(from), "{from}");
+        let e = err(&all.replace(from, to));
+        assert!(e.contains("blueprints.tools"), "{e}");
+        assert!(e.contains("blueprint `botanist`"), "{e}");
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    let e = err(&all.replace("max_tool_rounds = 3", "max_tool_rounds = 21"));
+    assert!(e.contains("blueprints.max_tool_rounds"), "{e}");
+    let e = err(&all.replace("\"files.read_*\"]", "\"files read\"]"));
+    assert!(
+        e.contains("agents.tools") && e.contains("`tools[1]`"),
+        "{e}"
+    );
+    // An unknown kind or a field a tool does not have fails the parse, naming it.
+    let e = Config::from_toml_str(&all.replace("type = \"mcp\"", "type = \"ftp\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ftp"), "{e}");
+    // A tool holds no secret value, only the name of one.
+    let e = Config::from_toml_str(
+        &all.replace("secret_ref = \"weather_key\"", "secret = \"s3cret-value\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("unknown field") && e.contains("`secret`") && e.contains("blueprints.0.tools.0"),
+        "{e}"
+    );
+    let e = Config::from_toml_str(&all.replace("show_tools = \"full\"", "show_tools = \"loud\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("loud"), "{e}");
+}

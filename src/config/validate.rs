@@ -277,6 +277,14 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(narrow) = &agent.tools {
+                crate::model::tools::validate_narrowing(narrow).map_err(|e| {
+                    invalid(
+                        "agents.tools",
+                        format!("agent `{}`: {e}", agent.external_id),
+                    )
+                })?;
+            }
             // A blueprint the config does not declare may exist in the database; the seed at
             // start-up checks that.
             if agent

@@ -14,7 +14,10 @@ use crate::{
         audit::{Actor, AppendAudit},
         both,
     },
-    model::{AuditOutcome, Ts},
+    model::{
+        AuditOutcome, Ts,
+        tools::{ShowTools, ToolSpec},
+    },
 };
 
 /// A microDAO.
@@ -55,6 +58,13 @@ pub struct BlueprintRow {
     pub failure_notice: Option<bool>,
     /// `notice | text`.
     pub message_type: Option<String>,
+    /// The tools its agents may use (references to secrets, never their values). Read as
+    /// plain JSON so a row another service wrote is shown even if the bridge refuses it.
+    pub tools: Option<Json<serde_json::Value>>,
+    /// `none | summary | full` (none: `summary`).
+    pub show_tools: Option<String>,
+    /// Rounds of tool calls a run makes at most (none: 5).
+    pub max_tool_rounds: Option<i32>,
     /// Who owns the bridge row: `config | platform | admin`.
     pub source: Option<String>,
 }
@@ -82,6 +92,12 @@ pub struct BlueprintPut {
     pub failure_notice: Option<bool>,
     /// `notice | text`.
     pub message_type: Option<String>,
+    /// The tools its agents may use, validated (none: no tools).
+    pub tools: Option<Vec<ToolSpec>>,
+    /// What people see of tool calls (none: the default).
+    pub show_tools: Option<ShowTools>,
+    /// Rounds of tool calls a run makes at most (none: the default).
+    pub max_tool_rounds: Option<i32>,
 }
 
 /// An agent with its bridge row.
@@ -115,6 +131,9 @@ pub struct AgentRow {
     pub message_type: Option<String>,
     /// Avatar (`mxc://` or a file on the bridge's host).
     pub avatar: Option<String>,
+    /// Names or globs narrowing its blueprint's tools (none: all of them); plain JSON, as for
+    /// [`BlueprintRow::tools`].
+    pub tools: Option<Json<serde_json::Value>>,
     /// Who owns the bridge row.
     pub source: Option<String>,
 }
@@ -146,15 +165,18 @@ pub struct AgentPut {
     pub message_type: Option<String>,
     /// Avatar.
     pub avatar: Option<String>,
+    /// Names or globs narrowing its blueprint's tools (none: all of them).
+    pub tools: Option<Vec<String>>,
 }
 
 const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, b.model, x.runtime, x.settings, \
-     x.system_instructions, x.context_events, x.context_chars, x.failure_notice, x.message_type, x.source \
+     x.system_instructions, x.context_events, x.context_chars, x.failure_notice, x.message_type, x.tools, \
+     x.show_tools, x.max_tool_rounds, x.source \
      FROM agent_blueprints b LEFT JOIN bridge_blueprints x ON x.blueprint_id = b.id";
 
 const AGENT_COLS: &str = "SELECT a.id, a.external_id, a.name, a.kind, m.external_id AS microdao, \
      b.code AS blueprint, a.matrix_id, x.active, x.instructions, x.model, x.idle_after_seconds, x.respond, \
-     x.message_type, x.avatar, x.source FROM agents a LEFT JOIN microdaos m ON m.id = a.microdao_id \
+     x.message_type, x.avatar, x.tools, x.source FROM agents a LEFT JOIN microdaos m ON m.id = a.microdao_id \
      LEFT JOIN agent_blueprints b ON b.id = a.blueprint_id LEFT JOIN bridge_agents x ON x.agent_id = a.id";
 
 /// The store's view of the catalog the admin (provisioning) API puts: microDAOs, blueprints and
@@ -250,7 +272,14 @@ impl CatalogStore {
         b: &BlueprintPut,
         by: &Actor,
     ) -> Result<(BlueprintRow, bool), StoreError> {
-        let entry = by.did("blueprint.put", Some(&b.code), AuditOutcome::Allowed);
+        // The tools' names tell who gave agents which tools; never their URLs or secrets.
+        let names = b
+            .tools
+            .as_ref()
+            .map(|t| t.iter().map(ToolSpec::name).collect::<Vec<_>>());
+        let entry = by
+            .did("blueprint.put", Some(&b.code), AuditOutcome::Allowed)
+            .details(serde_json::json!({ "tools": names }));
         let id = BlueprintId::new();
         let actual: BlueprintId = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
@@ -267,11 +296,12 @@ impl CatalogStore {
             .await?;
             sqlx::query(
                 "INSERT INTO bridge_blueprints (blueprint_id, runtime, settings, system_instructions, context_events, \
-                 failure_notice, message_type, source, updated_at, context_chars) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'admin', $8, $9) \
+                 failure_notice, message_type, source, updated_at, context_chars, tools, show_tools, max_tool_rounds) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'admin', $8, $9, $10, $11, $12) \
                  ON CONFLICT (blueprint_id) DO UPDATE SET runtime = excluded.runtime, settings = excluded.settings, \
                  system_instructions = excluded.system_instructions, context_events = excluded.context_events, \
-                 context_chars = excluded.context_chars, \
+                 context_chars = excluded.context_chars, tools = excluded.tools, show_tools = excluded.show_tools, \
+                 max_tool_rounds = excluded.max_tool_rounds, \
                  failure_notice = excluded.failure_notice, message_type = excluded.message_type, \
                  source = 'admin', updated_at = excluded.updated_at",
             )
@@ -284,6 +314,11 @@ impl CatalogStore {
             .bind(&b.message_type)
             .bind(Ts::now())
             .bind(b.context_chars)
+            // Serialized from the specs, so only what they keep is stored: references to
+            // secrets, never a resolved secret.
+            .bind(b.tools.as_ref().map(Json))
+            .bind(b.show_tools.map(ShowTools::as_str))
+            .bind(b.max_tool_rounds)
             .execute(&mut *tx)
             .await?;
             tx.append_audit(&[entry]).await?;
@@ -327,7 +362,9 @@ impl CatalogStore {
     /// the subqueries). The caller reads the row back after reloading the registry, which fills
     /// in the derived Matrix id.
     pub async fn put_agent(&self, a: &AgentPut, by: &Actor) -> Result<bool, StoreError> {
-        let entry = by.did("agent.put", Some(&a.external_id), AuditOutcome::Allowed);
+        let entry = by
+            .did("agent.put", Some(&a.external_id), AuditOutcome::Allowed)
+            .details(serde_json::json!({ "tools": a.tools }));
         let id = AgentId::new();
         let actual: AgentId = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
@@ -349,11 +386,11 @@ impl CatalogStore {
             .await?;
             sqlx::query(
                 "INSERT INTO bridge_agents (agent_id, active, instructions, model, idle_after_seconds, respond, \
-                 message_type, avatar, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'admin', $9) \
+                 message_type, avatar, source, updated_at, tools) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'admin', $9, $10) \
                  ON CONFLICT (agent_id) DO UPDATE SET active = excluded.active, instructions = excluded.instructions, \
                  model = excluded.model, idle_after_seconds = excluded.idle_after_seconds, respond = excluded.respond, \
                  message_type = excluded.message_type, avatar = excluded.avatar, source = 'admin', \
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, tools = excluded.tools",
             )
             .bind(actual)
             .bind(a.active)
@@ -364,6 +401,7 @@ impl CatalogStore {
             .bind(&a.message_type)
             .bind(&a.avatar)
             .bind(Ts::now())
+            .bind(a.tools.as_ref().map(Json))
             .execute(&mut *tx)
             .await?;
             tx.append_audit(&[entry]).await?;

@@ -345,6 +345,33 @@ pub fn validate(
     Ok(())
 }
 
+/// Entries an agent's narrowing holds at most.
+pub const MAX_NARROWING: usize = 100;
+
+/// Checks an agent's narrowing of its blueprint's tools: at most [`MAX_NARROWING`] names or
+/// globs (`files.read_*`), each 1 to 64 characters without whitespace or control characters
+/// (such a pattern could match no tool name). A pattern naming no tool of the blueprint is
+/// allowed: the blueprint may gain the tool later, and a narrowing never widens anyway.
+pub fn validate_narrowing(patterns: &[String]) -> Result<(), ToolsInvalid> {
+    if patterns.len() > MAX_NARROWING {
+        return Err(ToolsInvalid {
+            field: "tools".into(),
+            message: format!("at most {MAX_NARROWING} names or patterns"),
+        });
+    }
+    match patterns.iter().position(|p| {
+        p.is_empty()
+            || p.chars().count() > 64
+            || p.chars().any(|c| c.is_whitespace() || c.is_control())
+    }) {
+        Some(i) => Err(ToolsInvalid {
+            field: format!("tools[{i}]"),
+            message: "a tool name or glob, 1 to 64 characters without spaces".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 const NAME_RULE: &str = "letters, digits, `_` and `-`, 1 to 64 characters";
 
 /// An `http(s)` URL whose host the config allows.

@@ -37,6 +37,7 @@ mod slow_clients;
 mod spec;
 mod support;
 mod tools;
+mod tools_admin;
 
 use support::{TestApp, ev};
 

@@ -12,7 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Admin, Listing, Page};
+use super::{Admin, Listing, Page, tools};
 use crate::{
     api::{ApiState, extract::Body},
     config::{OpenAiConfig, WebhookConfig},
@@ -171,6 +171,10 @@ pub struct BlueprintBody {
     context_chars: Option<i32>,
     failure_notice: Option<bool>,
     message_type: Option<String>,
+    /// Plain JSON, checked by [`tools::blueprint_tools`] so a refusal names the tool's field.
+    tools: Option<serde_json::Value>,
+    show_tools: Option<String>,
+    max_tool_rounds: Option<i64>,
 }
 
 fn echo() -> String {
@@ -254,6 +258,9 @@ pub async fn put_blueprint(
         b.message_type.as_deref(),
         &["notice", "text"],
     )?;
+    let show_tools = tools::show_tools(b.show_tools.as_deref())?;
+    let max_tool_rounds = tools::max_rounds(b.max_tool_rounds)?;
+    let tool_specs = tools::blueprint_tools(&state, b.tools)?;
     let put = BlueprintPut {
         code: blueprint,
         description: b.description,
@@ -265,6 +272,9 @@ pub async fn put_blueprint(
         context_chars: b.context_chars,
         failure_notice: b.failure_notice,
         message_type: b.message_type,
+        tools: tool_specs,
+        show_tools,
+        max_tool_rounds,
     };
     let (row, new) = state
         .store
@@ -338,6 +348,8 @@ pub struct AgentBody {
     respond: Option<String>,
     message_type: Option<String>,
     avatar: Option<String>,
+    /// Plain JSON, checked by [`tools::agent_tools`] so a refusal names the entry.
+    tools: Option<serde_json::Value>,
 }
 
 fn assistant() -> String {
@@ -368,6 +380,7 @@ pub async fn put_agent(
     }
     let a = body.value;
     text("name", &a.name, 255)?;
+    let narrowing = tools::agent_tools(a.tools)?;
     one_of("kind", Some(&a.kind), &KINDS)?;
     one_of(
         "message_type",
@@ -422,6 +435,7 @@ pub async fn put_agent(
         respond: a.respond,
         message_type: a.message_type,
         avatar: a.avatar,
+        tools: narrowing,
     };
     let new = state
         .store

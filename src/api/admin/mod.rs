@@ -7,6 +7,7 @@
 
 mod catalog;
 mod ops;
+mod tools;
 
 use axum::{
     Router,
