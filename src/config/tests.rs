@@ -211,6 +211,24 @@ fn bad_tools_are_refused_naming_the_field() {
         assert!(e.contains("blueprint `botanist`"), "{e}");
         assert!(e.contains(field), "{field}: {e}");
     }
+    // `[tools]` bounds that would make every call useless.
+    for (from, to, field) in [
+        ("max_parallel = 2", "max_parallel = 0", "tools.max_parallel"),
+        (
+            "run_budget = \"1m\"",
+            "run_budget = \"0s\"",
+            "tools.run_budget",
+        ),
+        (
+            "max_parallel = 2",
+            "max_parallel = 2\nmax_result_bytes = 0",
+            "tools.max_result_bytes",
+        ),
+    ] {
+        assert!(all.contains(from), "{from}");
+        let e = err(&all.replace(from, to));
+        assert!(e.contains(field), "{to}: {e}");
+    }
     let e = err(&all.replace("max_tool_rounds = 3", "max_tool_rounds = 21"));
     assert!(e.contains("blueprints.max_tool_rounds"), "{e}");
     let e = err(&all.replace("\"files.read_*\"]", "\"files read\"]"));

@@ -167,7 +167,32 @@ impl Config {
         Ok(())
     }
 
+    /// `[tools]` bounds that would make every call useless (a zero cap, no parallelism).
+    fn validate_tools(&self) -> Result<(), ConfigError> {
+        let t = &self.tools;
+        if !(1..=64).contains(&t.max_parallel) {
+            return Err(invalid("tools.max_parallel", "must be 1 to 64"));
+        }
+        if t.max_argument_bytes < 256 || t.max_result_bytes < 256 {
+            return Err(invalid(
+                "tools.max_result_bytes",
+                "max_argument_bytes and max_result_bytes must be at least 256",
+            ));
+        }
+        if t.run_budget < std::time::Duration::from_secs(1) {
+            return Err(invalid("tools.run_budget", "must be at least 1s"));
+        }
+        if let Some(h) = t.allowed_hosts.iter().find(|h| h.trim().is_empty()) {
+            return Err(invalid(
+                "tools.allowed_hosts",
+                format!("an empty host pattern `{h}`"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_declarations(&self) -> Result<(), ConfigError> {
+        self.validate_tools()?;
         for b in &self.blueprints {
             crate::model::tools::validate(&b.tools, &self.tools.allowed_hosts, &|name| {
                 self.secrets.contains_key(name)
