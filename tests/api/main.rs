@@ -14,9 +14,12 @@ mod e2ee;
 mod erd;
 mod events;
 mod fake_hs;
+#[path = "../common/mcp.rs"]
+mod fake_mcp;
 mod files;
 mod hardening;
 mod history;
+mod mcp;
 mod media;
 mod mirror;
 #[path = "../common/model.rs"]
