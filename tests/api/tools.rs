@@ -941,3 +941,96 @@ async fn the_host_allow_list_holds_at_every_call_and_redirects_are_not_followed(
         "{results:?}"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_s_allowed_tools_are_offered_and_called(#[case] b: Backend) {
+    let (model, model_url) = FakeModel::spawn("script").await;
+    let (server, mcp_url) =
+        crate::fake_mcp::McpServer::spawn(Some("mcp-bearer-secret-0123456789")).await;
+    model.script.lock().unwrap().extend([
+        calls(&[
+            ("r", "files__read_file", r#"{"path": "notes.txt"}"#),
+            ("d", "files__delete_file", r#"{"path": "notes.txt"}"#),
+            ("f", "files__fail", "{}"),
+        ]),
+        says("The notes say hello."),
+    ]);
+    let tools = format!(
+        "[[blueprints.tools]]\ntype = \"mcp\"\nname = \"files\"\nurl = \"{mcp_url}\"\nheader_secret_ref = \"files_mcp\"\nallow = [\"read_*\", \"list_dir\", \"fail\"]\n"
+    );
+    let app = TestApp::spawn_with(b, move |c| {
+        let c = tools_config(&model_url, true, "show_tools = \"full\"", &tools, "")(c);
+        c.replace(
+            "[secrets]\n",
+            "[secrets]\nfiles_mcp = \"mcp-bearer-secret-0123456789\"\n",
+        )
+    })
+    .await;
+    ask(&app, "completed").await;
+    // Offered: what `allow` lets through, named `{server}.{tool}` with dots as `__`.
+    let mut offered: Vec<String> = model.requests.lock().unwrap()[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    offered.sort();
+    assert_eq!(
+        offered,
+        ["files__fail", "files__list_dir", "files__read_file"]
+    );
+    // Called: the allowed ones only (concurrently: in any order), with the model's arguments.
+    let mut called = server.calls();
+    called.sort_by(|a, b| b.0.cmp(&a.0));
+    assert_eq!(
+        called,
+        [
+            ("read_file".to_owned(), json!({ "path": "notes.txt" })),
+            ("fail".to_owned(), json!({}))
+        ]
+    );
+    let results = tool_messages(&model, 1);
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("contents of notes.txt")
+    );
+    assert!(
+        results[1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed")
+    );
+    assert!(
+        results[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("disk on fire")
+    );
+    let statuses = app
+        .col("SELECT status FROM agent_run_steps ORDER BY position")
+        .await;
+    assert_eq!(statuses, ["ok", "denied", "failed"]);
+    let body = final_content(&app)["m.new_content"]["body"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(body.starts_with("The notes say hello."), "{body}");
+    assert!(
+        body.contains("- `files.read_file` `{\"path\":\"notes.txt\"}` ✓"),
+        "{body}"
+    );
+    assert!(body.contains("- `files.delete_file`"), "{body}");
+    let logged = app
+        .col("SELECT CAST(details AS TEXT) FROM audit_log")
+        .await
+        .join("\n");
+    assert!(
+        !logged.contains("mcp-bearer-secret"),
+        "no secret in the audit log"
+    );
+}
