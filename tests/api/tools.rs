@@ -188,6 +188,24 @@ pub(crate) fn final_content(app: &TestApp) -> Value {
     }
 }
 
+/// The final answer's text.
+pub(crate) fn final_body(app: &TestApp) -> String {
+    final_content(app)["m.new_content"]["body"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The function names the model's `n`th request offered.
+pub(crate) fn offered(model: &FakeModel, n: usize) -> Vec<String> {
+    model.requests.lock().unwrap()[n]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// `tool` messages of the model's `n`th request.
 pub(crate) fn tool_messages(model: &FakeModel, n: usize) -> Vec<Value> {
     model.requests.lock().unwrap()[n]["messages"]
@@ -234,13 +252,7 @@ async fn the_model_calls_an_allowed_tool_and_answers_with_its_result(
     ask(&app, "completed").await;
     // The first request offered exactly the allowed tool.
     let first = model.requests.lock().unwrap()[0].clone();
-    let offered: Vec<&str> = first["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(offered, ["weather"]);
+    assert_eq!(offered(&model, 0), ["weather"]);
     assert_eq!(
         first["tools"][0]["function"]["parameters"]["required"],
         json!(["city"])
@@ -375,10 +387,7 @@ async fn rounds_are_bounded_and_the_answer_says_it_stopped(#[case] b: Backend) {
     // The last request lists the tools (the calls before must make sense) but forbids them.
     assert_eq!(requests[3]["tool_choice"], "none");
     assert!(requests[3]["tools"].is_array());
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(body.starts_with("Sunny, as far as I got."), "{body}");
     assert!(
         body.contains("I stopped using tools after 2 rounds."),
@@ -420,10 +429,7 @@ async fn the_time_budget_stops_tool_rounds(#[case] b: Backend) {
     let requests = model.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 3);
     assert_eq!(requests[2]["tool_choice"], "none");
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(body.starts_with("Partly done."), "{body}");
     assert!(body.contains("the time for them ran out"), "{body}");
 }
@@ -511,10 +517,7 @@ async fn a_tool_that_is_down_makes_the_agent_say_so(#[case] b: Backend) {
             .contains("the tool answered 500: tool exploded"),
         "{results:?}"
     );
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(
         body.starts_with("I could not finish: weather (unreachable"),
         "{body}"
@@ -580,10 +583,7 @@ async fn malformed_arguments_get_a_clear_error_and_no_call(#[case] b: Backend) {
         .col("SELECT status FROM agent_run_steps ORDER BY position")
         .await;
     assert_eq!(statuses, ["failed", "failed", "denied"]);
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(body.starts_with("Sorry, I got that wrong."), "{body}");
 }
 
@@ -645,10 +645,7 @@ async fn a_call_in_flight_at_a_crash_is_reported_interrupted_not_repeated(#[case
             .contains("interrupted"),
         "{results:?}"
     );
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(body.starts_with("The lookup was cut off"), "{body}");
     assert!(body.contains("hang ✗ interrupted"), "{body}");
 }
@@ -676,13 +673,10 @@ async fn the_built_ins_read_history_and_list_channels(#[case] b: Backend) {
         "The picnic is on Saturday.",
     ))]);
     ask(&app, "completed").await;
-    let offered: Vec<String> = model.requests.lock().unwrap()[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(offered, ["daarion__list_channels", "matrix__read_history"]);
+    assert_eq!(
+        offered(&model, 0),
+        ["daarion__list_channels", "matrix__read_history"]
+    );
     let results = tool_messages(&model, 1);
     let channels: Value = serde_json::from_str(results[0]["content"].as_str().unwrap()).unwrap();
     assert_eq!(channels.as_array().unwrap().len(), 1, "{channels}");
@@ -756,10 +750,7 @@ async fn a_webhook_runtime_calls_tools_and_gets_the_results(#[case] b: Backend) 
     assert_eq!(seen[1]["tool_rounds"][0]["calls"][0]["id"], "w1");
     assert_eq!(seen[1]["tool_rounds"][0]["results"][0]["status"], "ok");
     assert_eq!(tool.calls.lock().unwrap()[0].2, json!({ "city": "Lviv" }));
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(
         body.starts_with("Lviv: {\"city\":\"Lviv\",\"forecast\":\"sunny\"}"),
         "{body}"
@@ -806,14 +797,8 @@ async fn tools_the_platform_writes_take_effect_without_a_restart(#[case] b: Back
     assert_eq!(set.max_rounds, 3);
     assert_eq!(set.show, daarion_bridge::model::tools::ShowTools::Full);
     ask(&app, "completed").await;
-    let offered: Vec<String> = model.requests.lock().unwrap()[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-        .collect();
     assert_eq!(
-        offered,
+        offered(&model, 0),
         ["daarion__list_channels"],
         "narrowed by the agent's own list"
     );
@@ -971,13 +956,8 @@ async fn an_mcp_server_s_allowed_tools_are_offered_and_called(#[case] b: Backend
     .await;
     ask(&app, "completed").await;
     // Offered: what `allow` lets through, named `{server}.{tool}` with dots as `__`.
-    let mut offered: Vec<String> = model.requests.lock().unwrap()[0]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
-        .collect();
-    offered.sort();
+    let mut offered = offered(&model, 0);
+    offered.sort_unstable();
     assert_eq!(
         offered,
         ["files__fail", "files__list_dir", "files__read_file"]
@@ -1015,10 +995,7 @@ async fn an_mcp_server_s_allowed_tools_are_offered_and_called(#[case] b: Backend
         .col("SELECT status FROM agent_run_steps ORDER BY position")
         .await;
     assert_eq!(statuses, ["ok", "denied", "failed"]);
-    let body = final_content(&app)["m.new_content"]["body"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = final_body(&app);
     assert!(body.starts_with("The notes say hello."), "{body}");
     assert!(
         body.contains("- `files.read_file` `{\"path\":\"notes.txt\"}` ✓"),
