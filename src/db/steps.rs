@@ -155,28 +155,26 @@ impl StepStore {
         Ok(())
     }
 
-    /// The calls a run made so far, in order; any still `running` (the process that ran them
-    /// is gone: this is called when a run starts) become `interrupted` first.
+    /// Marks the run's calls still `running` as `interrupted`: whoever ran them is gone (a
+    /// crash, before the run resumes) or was dropped (a `stop`). Returns how many.
+    pub async fn interrupt(&self, run: RunId) -> Result<u64, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query(
+            "UPDATE agent_run_steps SET status = 'interrupted', finished_at = $2, \
+             error = 'interrupted: the bridge stopped while this call ran; it was not repeated' \
+             WHERE run_id = $1 AND status = 'running'",
+        )
+        .bind(run)
+        .bind(Ts::now())
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
+    /// The calls a run made so far, in order, those still `running` [interrupted](Self::interrupt)
+    /// first (this is called when a run starts: the process that ran them is gone).
     pub async fn resume(&self, run: RunId) -> Result<Vec<StepRow>, StoreError> {
-        Ok(both!(self.store, pool => {
-            sqlx::query(
-                "UPDATE agent_run_steps SET status = 'interrupted', finished_at = $2, \
-                 error = 'interrupted: the bridge stopped while this call ran; it was not repeated' \
-                 WHERE run_id = $1 AND status = 'running'",
-            )
-            .bind(run)
-            .bind(Ts::now())
-            .execute(pool)
-            .await
-            .map(|_| ())?;
-            sqlx::query_as(
-                "SELECT id, round, position, call_id, tool, arguments, status, result, error, started_at, duration_ms \
-                 FROM agent_run_steps WHERE run_id = $1 ORDER BY round, position",
-            )
-            .bind(run)
-            .fetch_all(pool)
-            .await?
-        }))
+        self.interrupt(run).await?;
+        self.of_run(run).await
     }
 
     /// The calls of a run, in order (the agent and admin APIs).

@@ -163,7 +163,7 @@ impl Runner {
         let (result, streamed) = tokio::join!(call, stream);
         let Some(result) = result else {
             // A tool call cut off by the stop stays recorded as interrupted.
-            if let Err(error) = self.store.steps().resume(id).await {
+            if let Err(error) = self.store.steps().interrupt(id).await {
                 tracing::warn!(run_id = %id, %error, "cannot mark the run's tool calls interrupted");
             }
             let mut end = RunEnd::cancelled("stopped by a person in the room");

@@ -1011,3 +1011,50 @@ async fn an_mcp_server_s_allowed_tools_are_offered_and_called(#[case] b: Backend
         "no secret in the audit log"
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_while_a_tool_runs_leaves_the_call_interrupted(#[case] b: Backend) {
+    let (model, model_url) = FakeModel::spawn("script").await;
+    let (tool, tool_url) = FakeTool::spawn(0).await;
+    model
+        .script
+        .lock()
+        .unwrap()
+        .push_back(calls(&[("h", "hang", "{}")]));
+    let app = TestApp::spawn_with(
+        b,
+        tools_config(
+            &model_url,
+            false,
+            "",
+            &http_tool_within("hang", &format!("{tool_url}/hang"), "5m"),
+            "",
+        ),
+    )
+    .await;
+    setup(&app).await;
+    let q = mention("q", "Sofia, look it up?", &[ev::SOFIA]);
+    assert_eq!(app.put_txn("ask", vec![q]).await.0, 200);
+    app.eventually("the tool is called", Duration::from_secs(10), || async {
+        !tool.paths().is_empty()
+    })
+    .await;
+    // The status shows in the answer while the tool runs.
+    let sent = app.hs.sent_messages();
+    assert!(
+        sent.iter()
+            .any(|(_, c)| c.body["body"].as_str() == Some("_Using hang…_")),
+        "{sent:?}"
+    );
+    let stop = ev::now(ev::text("s", "@alice:localhost", "stop"));
+    assert_eq!(app.put_txn("stop", vec![stop]).await.0, 200);
+    wait_runs(&app, 1, "cancelled").await;
+    assert_eq!(
+        app.col("SELECT status FROM agent_run_steps").await,
+        ["interrupted"]
+    );
+    assert_eq!(tool.paths(), ["/hang"]);
+}
