@@ -190,7 +190,7 @@ impl Store {
         .bind(kind_name(b.message_type))
         .bind(Ts::now())
         .bind(b.context_chars.map(|n| n as i32))
-        .bind((!b.tools.is_empty()).then(|| Json(&b.tools)))
+        .bind((!b.tools.is_empty()).then_some(Json(&b.tools)))
         .bind(b.show_tools.as_str())
         .bind(b.max_tool_rounds.min(crate::model::tools::MAX_ROUNDS_LIMIT) as i32)
         .execute(pool)

@@ -39,18 +39,20 @@ impl FakeTool {
         let app = Router::new().fallback(move |req: Request| {
             let t = t.clone();
             async move {
-                let path = req.uri().path().to_owned();
+                // Headers and body apart: a `&Request` held across the await below would make
+                // the handler's future not `Send` (the body is not `Sync`).
+                let (parts, body) = req.into_parts();
+                let path = parts.uri.path().to_owned();
                 let header = |n: &str| {
-                    req.headers()
+                    parts
+                        .headers
                         .get(n)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned()
                 };
                 let (ts, sig) = (header("x-daarion-timestamp"), header("x-daarion-signature"));
-                let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
-                    .await
-                    .unwrap();
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
                 let mut mac = Hmac::<Sha256>::new_from_slice(TOOL_SECRET.as_bytes()).unwrap();
                 mac.update(format!("{ts}.").as_bytes());
                 mac.update(&bytes);

@@ -77,8 +77,8 @@ impl FakeModel {
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         // A stream asked for "a long story" is long too (the e2e config's one model).
         let asks_long = body.to_string().contains("a long story");
-        self.requests.lock().unwrap().push(body);
         let wants_stream = body["stream"] == true;
+        self.requests.lock().unwrap().push(body);
         if mode == "script" {
             let message = self
                 .script
