@@ -11,3 +11,4 @@ mod mirror;
 #[path = "../common/model.rs"]
 mod model;
 mod platform;
+mod tools;

@@ -12,7 +12,8 @@
 //! - `mention <room> <user> <text>`: a message with `m.mentions` → `{"event_id": …}`
 //! - `join <room>` → `{"ok": true}`
 //! - `expect <room> <sender> <words>`: waits until a message from `sender` containing `words`
-//!   decrypts → `{"body", "encrypted", "shield", "verification", "edits"}`
+//!   decrypts (the newest such) → `{"body", "content", "encrypted", "shield", "verification",
+//!   "edits"}` (`content`: the event's whole content, as decrypted)
 //! - `thread <room> <root event> <text>`: a reply in the thread of `root` → `{"event_id": …}`
 //! - `reply <room> <event> <text>`: a reply to `event` in the main timeline → `{"event_id": …}`
 //! - `edit <room> <event> <text>`: replaces `event`'s text (`m.replace`) → `{"event_id": …}`
@@ -383,6 +384,7 @@ async fn expect(client: &Client, rest: &str) -> Result<Value, String> {
                 let info = event.encryption_info();
                 found = Some(json!({
                     "body": body,
+                    "content": event.raw().get_field::<Value>("content").ok().flatten(),
                     "encrypted": info.is_some(),
                     "shield": info.map(|i| match i.verification_state.to_shield_state_lax() {
                         ShieldState::None => "none".to_owned(),
