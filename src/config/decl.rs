@@ -15,6 +15,10 @@ pub struct MicrodaoDecl {
     pub external_id: String,
     /// Display name.
     pub name: String,
+    /// Its owner's Matrix id (ERD: `owner_user_id`); when unset a new microDAO is owned by the
+    /// bridge itself and an existing one keeps its owner.
+    #[serde(default)]
+    pub owner: Option<ruma::OwnedUserId>,
 }
 
 /// A `[[blueprints]]` entry, upserted at start-up by `code`.

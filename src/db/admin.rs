@@ -7,7 +7,9 @@
 use serde::Serialize;
 use sqlx::types::Json;
 
-use crate::model::ids::{AgentId, BlueprintId, MicrodaoId};
+use ruma::UserId;
+
+use crate::model::ids::{AgentId, BlueprintId, MicrodaoId, UserRowId};
 use crate::{
     db::{
         Store, StoreError,
@@ -29,6 +31,8 @@ pub struct MicrodaoRow {
     pub external_id: String,
     /// Its name.
     pub name: String,
+    /// Its owner's Matrix id (`None`: the bridge itself, or a platform user without one).
+    pub owner: Option<String>,
     /// When it was created.
     pub created_at: Ts,
 }
@@ -169,10 +173,23 @@ pub struct AgentPut {
     pub tools: Option<Vec<String>>,
 }
 
-const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, b.model, x.runtime, x.settings, \
+const BLUEPRINT_COLS: &str = "SELECT b.id, b.code, b.description, NULLIF(b.model, '') AS model, x.runtime, x.settings, \
      x.system_instructions, x.context_events, x.context_chars, x.failure_notice, x.message_type, x.tools, \
      x.show_tools, x.max_tool_rounds, x.source \
      FROM agent_blueprints b LEFT JOIN bridge_blueprints x ON x.blueprint_id = b.id";
+
+/// A microDAO's columns, with its owner's Matrix id.
+const MICRODAO_COLS: &str = "SELECT m.id, m.external_id, m.name, u.matrix_id AS owner, m.created_at \
+     FROM microdaos m LEFT JOIN users u ON u.id = m.owner_user_id";
+
+/// The `users` row of a Matrix id, made when there is none (as the mirror makes them: external
+/// id `matrix:<id>`, handle the localpart). DO NOTHING on any conflict: a row the platform wrote
+/// for this Matrix id wins. `$1` is a fresh id, `$2` the Matrix id, `$3` the localpart.
+pub(crate) const ENSURE_USER: &str = "INSERT INTO users (id, external_id, matrix_id, handle) \
+     VALUES ($1, 'matrix:' || $2, $2, $3) ON CONFLICT DO NOTHING";
+
+/// The owner a microDAO gets when none is named: the bridge's own `users` row.
+pub(crate) const BRIDGE_OWNER: &str = "(SELECT id FROM users WHERE external_id = 'bridge:bot')";
 
 const AGENT_COLS: &str = "SELECT a.id, a.external_id, a.name, a.kind, m.external_id AS microdao, \
      b.code AS blueprint, a.matrix_id, x.active, x.instructions, x.model, x.idle_after_seconds, x.respond, \
@@ -197,33 +214,53 @@ impl Store {
 }
 
 impl CatalogStore {
-    /// Creates or renames a microDAO; `true` when created.
+    /// Creates or renames a microDAO; `true` when created. `owner` (a Matrix id) becomes its
+    /// owner, with a `users` row made for it if there is none; without one, a new microDAO is
+    /// owned by the bridge and an existing one keeps its owner.
     pub async fn put_microdao(
         &self,
         external_id: &str,
         name: &str,
+        owner: Option<&UserId>,
         by: &Actor,
     ) -> Result<(MicrodaoRow, bool), StoreError> {
-        let entry = by.did("microdao.put", Some(external_id), AuditOutcome::Allowed);
+        let entry = by
+            .did("microdao.put", Some(external_id), AuditOutcome::Allowed)
+            .details(serde_json::json!({ "owner": owner.map(UserId::as_str) }));
         let id = MicrodaoId::new();
-        Ok(both!(self.store, pool => {
+        let actual: MicrodaoId = both!(self.store, pool => {
             let mut tx = pool.begin().await?;
-            let row: MicrodaoRow = sqlx::query_as(
-                "INSERT INTO microdaos (id, external_id, name, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (external_id) DO UPDATE SET name = excluded.name \
-                 RETURNING id, external_id, name, created_at",
-            )
+            if let Some(owner) = owner {
+                sqlx::query(ENSURE_USER)
+                    .bind(UserRowId::new())
+                    .bind(owner.as_str())
+                    .bind(owner.localpart())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let actual: MicrodaoId = sqlx::query_scalar(&format!(
+                "INSERT INTO microdaos (id, external_id, name, owner_user_id, created_at) \
+                 VALUES ($1, $2, $3, COALESCE((SELECT id FROM users WHERE matrix_id = $4), {BRIDGE_OWNER}), $5) \
+                 ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, \
+                 owner_user_id = CASE WHEN $4 IS NULL THEN microdaos.owner_user_id ELSE excluded.owner_user_id END \
+                 RETURNING id"
+            ))
             .bind(id)
             .bind(external_id)
             .bind(name)
+            .bind(owner.map(UserId::as_str))
             .bind(Ts::now())
             .fetch_one(&mut *tx)
             .await?;
             tx.append_audit(&[entry]).await?;
             tx.commit().await?;
-            let created = row.id == id;
-            (row, created)
-        }))
+            actual
+        });
+        let row = self
+            .get_microdao(external_id)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("microDAO vanished".into()))?;
+        Ok((row, actual == id))
     }
 
     /// The microDAOs after `after` (by external id), at most `limit`.
@@ -233,8 +270,7 @@ impl CatalogStore {
         limit: i64,
     ) -> Result<Vec<MicrodaoRow>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_as(
-            "SELECT id, external_id, name, created_at FROM microdaos WHERE ($1 = '' OR external_id > $1) \
-             ORDER BY external_id LIMIT $2",
+            &format!("{MICRODAO_COLS} WHERE ($1 = '' OR m.external_id > $1) ORDER BY m.external_id LIMIT $2"),
         )
         .bind(after.unwrap_or(""))
         .bind(limit)
@@ -245,7 +281,7 @@ impl CatalogStore {
     /// A microDAO by external id.
     pub async fn get_microdao(&self, external_id: &str) -> Result<Option<MicrodaoRow>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_as(
-            "SELECT id, external_id, name, created_at FROM microdaos WHERE external_id = $1",
+            &format!("{MICRODAO_COLS} WHERE m.external_id = $1"),
         )
         .bind(external_id)
         .fetch_optional(pool)
@@ -262,6 +298,16 @@ impl CatalogStore {
              (SELECT COUNT(*) FROM agents a WHERE a.microdao_id = m.id) FROM microdaos m WHERE m.external_id = $1",
         )
         .bind(external_id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// How many agents use the blueprint `code`; `None` when there is no such blueprint.
+    pub async fn blueprint_usage(&self, code: &str) -> Result<Option<i64>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM agents a WHERE a.blueprint_id = b.id) FROM agent_blueprints b WHERE b.code = $1",
+        )
+        .bind(code)
         .fetch_optional(pool)
         .await?))
     }
@@ -291,7 +337,8 @@ impl CatalogStore {
             .bind(id)
             .bind(&b.code)
             .bind(&b.description)
-            .bind(&b.model)
+            // ERD: NOT NULL; '' is "no model" (echo, webhooks), read back as none.
+            .bind(b.model.as_deref().unwrap_or(""))
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query(
@@ -371,7 +418,7 @@ impl CatalogStore {
             let actual: AgentId = sqlx::query_scalar(
                 "INSERT INTO agents (id, external_id, name, kind, microdao_id, blueprint_id, created_at) \
                  VALUES ($1, $2, $3, $4, (SELECT id FROM microdaos WHERE external_id = $5), \
-                 (SELECT id FROM agent_blueprints WHERE code = $6), $7) \
+                 (SELECT id FROM agent_blueprints WHERE code = COALESCE($6, 'echo')), $7) \
                  ON CONFLICT (external_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, \
                  microdao_id = excluded.microdao_id, blueprint_id = excluded.blueprint_id RETURNING id",
             )

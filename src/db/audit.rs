@@ -93,6 +93,11 @@ pub trait AppendAudit {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
+/// Seed 001's `audit_log.user_id`: the acting person's `users` row, for an insert whose actor
+/// columns are `x.ty` and `x.ac`.
+pub(crate) const USER_ID: &str =
+    "CASE WHEN x.ty = 'user' THEN (SELECT u.id FROM users u WHERE u.matrix_id = x.ac) END";
+
 macro_rules! append_audit_impl {
     ($conn:ty, $id:expr) => {
         impl AppendAudit for $conn {
@@ -104,8 +109,8 @@ macro_rules! append_audit_impl {
                     let now = Ts::now();
                     for e in entries {
                         sqlx::query(
-                            "INSERT INTO audit_log (id, actor_type, actor_id, action, target, outcome, details, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            &format!("INSERT INTO audit_log (id, actor_type, actor_id, action, target, outcome, details, created_at, user_id) \
+                             SELECT x.id, x.ty, x.ac, $4, $5, $6, $7, $8, {USER_ID} FROM (SELECT $1 AS id, $2 AS ty, $3 AS ac) AS x"),
                         )
                         .bind($id(uuid::Uuid::now_v7()))
                         .bind(e.actor_type)
@@ -241,9 +246,22 @@ impl AuditStore {
         let sql = format!(
             "DELETE FROM audit_log WHERE {key} IN (SELECT {key} FROM audit_log WHERE created_at < $1 LIMIT 5000)"
         );
+        // The table is append-only (triggers refuse updates and deletes); the pruner is let
+        // through for rows older than its cutoff, which it sets only inside its own transaction
+        // and removes before committing, so no other writer ever sees it.
+        let open = "INSERT INTO bridge_settings (key, value) VALUES ('audit_prune_before', $1) \
+                    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        let close = "DELETE FROM bridge_settings WHERE key = 'audit_prune_before'";
         let mut total = 0;
         loop {
-            let n = both!(self.store, pool => sqlx::query(&sql).bind(cutoff).execute(pool).await?.rows_affected());
+            let n = both!(self.store, pool => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(open).bind(cutoff.sqlite_text()).execute(&mut *tx).await?;
+                let n = sqlx::query(&sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
+                sqlx::query(close).execute(&mut *tx).await?;
+                tx.commit().await?;
+                n
+            });
             total += n;
             if n < 5000 {
                 return Ok(total);

@@ -79,6 +79,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000011_tools.up.sql"),
         include_str!("../../migrations/postgres/000011_tools.down.sql"),
     ),
+    (
+        12,
+        "seeds",
+        include_str!("../../migrations/postgres/000012_seeds.up.sql"),
+        include_str!("../../migrations/postgres/000012_seeds.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -147,6 +153,12 @@ const SQLITE: &[Step] = &[
         "tools",
         include_str!("../../migrations/sqlite/000011_tools.up.sql"),
         include_str!("../../migrations/sqlite/000011_tools.down.sql"),
+    ),
+    (
+        12,
+        "seeds",
+        include_str!("../../migrations/sqlite/000012_seeds.up.sql"),
+        include_str!("../../migrations/sqlite/000012_seeds.down.sql"),
     ),
 ];
 

@@ -12,17 +12,22 @@
 //! alone. Secrets are never written: an inline webhook secret is stored as a `secret_ref` to
 //! `blueprint:<code>`, which the registry resolves from the config.
 
+use ruma::UserId;
 use sqlx::types::Json;
 
 use crate::{
     config::{AgentDecl, BlueprintDecl, MicrodaoDecl, RuntimeKind},
     model::{
         Namespace,
-        ids::{AgentId, BlueprintId, MicrodaoId},
+        ids::{AgentId, BlueprintId, MicrodaoId, UserRowId},
     },
 };
 use crate::{
-    db::{Store, StoreError, both},
+    db::{
+        Store, StoreError,
+        admin::{BRIDGE_OWNER, ENSURE_USER},
+        both,
+    },
     model::Ts,
 };
 
@@ -103,18 +108,43 @@ async fn source(
 impl Store {
     /// Seeds the declarations (see the module docs for what is written when).
     pub async fn seed(&self, d: Declarations<'_>, namespace: &Namespace) -> Result<(), StoreError> {
+        self.seed_bridge_rows(namespace.bot()).await?;
+        // The database's triggers append events too (microDAO members, users, audit rows,
+        // catalog changes); they read this to honour `events.enabled` as the bridge does.
+        both!(self, pool => sqlx::query(
+            "INSERT INTO bridge_settings (key, value) VALUES ('events', $1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(if self.events_enabled() { "on" } else { "off" })
+        .execute(pool)
+        .await
+        .map(|_| ())?);
         for m in d.microdaos {
-            both!(self, pool => sqlx::query(
-                "INSERT INTO microdaos (id, external_id, name, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (external_id) DO NOTHING",
-            )
-            .bind(MicrodaoId::new())
-            .bind(&m.external_id)
-            .bind(&m.name)
-            .bind(Ts::now())
-            .execute(pool)
-            .await
-            .map(|_| ())?);
+            both!(self, pool => {
+                let mut tx = pool.begin().await?;
+                if let Some(owner) = &m.owner {
+                    sqlx::query(ENSURE_USER)
+                        .bind(UserRowId::new())
+                        .bind(owner.as_str())
+                        .bind(owner.localpart())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(&format!(
+                    "INSERT INTO microdaos (id, external_id, name, owner_user_id, created_at) \
+                     VALUES ($1, $2, $3, COALESCE((SELECT id FROM users WHERE matrix_id = $4), {BRIDGE_OWNER}), $5) \
+                     ON CONFLICT (external_id) DO UPDATE SET owner_user_id = excluded.owner_user_id \
+                     WHERE $4 IS NOT NULL AND microdaos.owner_user_id <> excluded.owner_user_id",
+                ))
+                .bind(MicrodaoId::new())
+                .bind(&m.external_id)
+                .bind(&m.name)
+                .bind(m.owner.as_ref().map(|o| o.as_str()))
+                .bind(Ts::now())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            });
         }
         for b in d.blueprints {
             self.seed_blueprint(b).await?;
@@ -136,6 +166,44 @@ impl Store {
         Ok(())
     }
 
+    /// The bridge's own rows: its `users` row (`bridge:bot`, the owner of microDAOs declared
+    /// without one) gets the bot's Matrix id, and the `echo` blueprint (what agents named
+    /// without a blueprint get) is there even if someone deleted it.
+    pub async fn seed_bridge_rows(&self, bot: &UserId) -> Result<(), StoreError> {
+        both!(self, pool => sqlx::query(
+            "UPDATE users SET matrix_id = $1, handle = $2 WHERE external_id = 'bridge:bot' \
+             AND matrix_id IS DISTINCT FROM $1 AND NOT EXISTS (SELECT 1 FROM users WHERE matrix_id = $1)",
+        )
+        .bind(bot.as_str())
+        .bind(bot.localpart())
+        .execute(pool)
+        .await
+        .map(|_| ())?);
+        self.seed_default_blueprint().await
+    }
+
+    async fn seed_default_blueprint(&self) -> Result<(), StoreError> {
+        both!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO agent_blueprints (id, code, description, model) \
+                 VALUES ($1, 'echo', 'Repeats what it is told (the default blueprint)', '') ON CONFLICT (code) DO NOTHING",
+            )
+            .bind(BlueprintId::new())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bridge_blueprints (blueprint_id, runtime, source, updated_at) \
+                 SELECT id, 'echo', 'config', $1 FROM agent_blueprints WHERE code = 'echo' ON CONFLICT (blueprint_id) DO NOTHING",
+            )
+            .bind(Ts::now())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     async fn seed_blueprint(&self, b: &BlueprintDecl) -> Result<(), StoreError> {
         let inserted = both!(self, pool => sqlx::query(
             "INSERT INTO agent_blueprints (id, code, description, model, capabilities) VALUES ($1, $2, $3, $4, $5) \
@@ -144,7 +212,8 @@ impl Store {
         .bind(BlueprintId::new())
         .bind(&b.code)
         .bind(&b.description)
-        .bind(&b.model)
+        // ERD: NOT NULL; '' is "no model", read back as none.
+        .bind(b.model.as_deref().unwrap_or(""))
         .bind(Json(&b.capabilities))
         .execute(pool)
         .await?
@@ -161,7 +230,7 @@ impl Store {
                 )
                 .bind(id)
                 .bind(&b.description)
-                .bind(&b.model)
+                .bind(b.model.as_deref().unwrap_or(""))
                 .bind(Json(&b.capabilities))
                 .execute(pool)
                 .await
@@ -230,7 +299,7 @@ impl Store {
         let inserted = both!(self, pool => sqlx::query(
             "INSERT INTO agents (id, external_id, name, kind, microdao_id, matrix_id, blueprint_id, created_at) \
              VALUES ($1, $2, $3, $4, (SELECT id FROM microdaos WHERE external_id = $5), $6, \
-             (SELECT id FROM agent_blueprints WHERE code = $7), $8) ON CONFLICT (external_id) DO NOTHING",
+             (SELECT id FROM agent_blueprints WHERE code = COALESCE($7, 'echo')), $8) ON CONFLICT (external_id) DO NOTHING",
         )
         .bind(AgentId::new())
         .bind(&a.external_id)

@@ -31,6 +31,8 @@ pub enum Topic {
     MemberJoined,
     /// A person or agent left (or was kicked or banned from) a channel.
     MemberLeft,
+    /// A person's role in a channel changed (the room's power levels).
+    MemberRoleChanged,
     /// An agent session turned active, idle or closed.
     SessionChanged,
     /// An agent's runtime was called.
@@ -49,7 +51,7 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic, for documentation and tests.
-    pub const ALL: [Topic; 14] = [
+    pub const ALL: [Topic; 15] = [
         Topic::MessageCreated,
         Topic::MessageEdited,
         Topic::MessageRedacted,
@@ -57,6 +59,7 @@ impl Topic {
         Topic::ChannelUpdated,
         Topic::MemberJoined,
         Topic::MemberLeft,
+        Topic::MemberRoleChanged,
         Topic::SessionChanged,
         Topic::RunStarted,
         Topic::RunCompleted,
@@ -76,6 +79,7 @@ impl Topic {
             Topic::ChannelUpdated => "chat.channel.updated",
             Topic::MemberJoined => "chat.member.joined",
             Topic::MemberLeft => "chat.member.left",
+            Topic::MemberRoleChanged => "chat.member.role_changed",
             Topic::SessionChanged => "agent.session.changed",
             Topic::RunStarted => "agent.run.started",
             Topic::RunCompleted => "agent.run.completed",
@@ -96,6 +100,29 @@ impl Topic {
         }
     }
 }
+
+/// The topics the database's triggers publish (migration 12), in the same transaction as the
+/// change, whoever made it: microDAO membership kept from channel membership, the users rows the
+/// bridge makes, every audit row (seed 001's `audit.event`), and catalog changes. Their payloads
+/// are built in SQL; `docs/events.md` has them.
+pub const DATABASE_TOPICS: [&str; 16] = [
+    "microdao.member.added",
+    "microdao.member.role_changed",
+    "microdao.member.removed",
+    "user.created",
+    "audit.event",
+    "microdao.created",
+    "microdao.updated",
+    "microdao.deleted",
+    "blueprint.created",
+    "blueprint.updated",
+    "blueprint.deleted",
+    "blueprint.settings.updated",
+    "agent.created",
+    "agent.updated",
+    "agent.deleted",
+    "agent.settings.updated",
+];
 
 /// The ordering scope of an event: every event about a channel (messages, members, sessions,
 /// runs) is ordered within the channel; access-key events within their agent.

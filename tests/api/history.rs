@@ -409,8 +409,9 @@ async fn an_agent_created_while_running_has_its_device_before_it_joins(#[case] b
     // answered (#23's "one run in four"). Its device is made before it joins.
     let app = crate::crypto::encrypted_bridge(b, "").await;
     app.exec(
-        "INSERT INTO agents (id, external_id, name, kind, matrix_id) VALUES \
-         ('00000000-0000-4000-8000-0000000000a2', 'agent:new', 'New', 'assistant', '@agent_new:localhost')",
+        "INSERT INTO agents (id, external_id, name, kind, matrix_id, blueprint_id) VALUES \
+         ('00000000-0000-4000-8000-0000000000a2', 'agent:new', 'New', 'assistant', '@agent_new:localhost', \
+         (SELECT id FROM agent_blueprints WHERE code = 'echo'))",
     )
     .await;
     let room = "!new:localhost";

@@ -562,7 +562,7 @@ async fn agent_messages_and_membership(#[case] b: Backend) {
 async fn agents_created_elsewhere_are_found(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     // Another DAARION service creates an agent while the bridge runs.
-    app.exec("INSERT INTO agents (id, external_id, name, kind, matrix_id) VALUES ('00000000-0000-4000-8000-0000000000a1', 'agent:late', 'Late', 'assistant', '@agent_late:localhost')").await;
+    app.exec("INSERT INTO agents (id, external_id, name, kind, matrix_id, blueprint_id) VALUES ('00000000-0000-4000-8000-0000000000a1', 'agent:late', 'Late', 'assistant', '@agent_late:localhost', (SELECT id FROM agent_blueprints WHERE code = 'echo'))").await;
     let room = "!late:localhost";
     let e = ev::in_room(
         ev::member("il", "@alice:localhost", "@agent_late:localhost", "invite"),

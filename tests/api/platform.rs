@@ -429,7 +429,7 @@ async fn config_seeds_but_never_overwrites_others(#[case] b: Backend) {
     );
     // Rule 2: a row another service wrote without a bridge row gets the declared bridge row;
     // its ERD columns stay as the service wrote them.
-    app.exec("INSERT INTO agents (external_id, name, kind) VALUES ('agent:orion', 'Orion (theirs)', 'quest')")
+    app.exec("INSERT INTO agents (external_id, name, kind, blueprint_id) VALUES ('agent:orion', 'Orion (theirs)', 'quest', (SELECT id FROM agent_blueprints WHERE code = 'echo'))")
         .await;
     reseed(&app, |c| {
         c + "\n[[agents]]\nexternal_id = \"agent:orion\"\nname = \"Orion (ours)\"\nkind = \"system\"\ninstructions = \"Declared.\"\n"

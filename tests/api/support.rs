@@ -495,11 +495,17 @@ impl TestApp {
     }
 
     pub async fn exec(&self, sql: &str) {
+        self.try_exec(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs `sql`, returning the database's refusal instead of panicking on it.
+    pub async fn try_exec(&self, sql: &str) -> Result<(), sqlx::Error> {
         match self.store.pool() {
             Pool::Pg(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
             Pool::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
         }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     /// Takes the database away: PostgreSQL refuses connections and drops the bridge's; SQLite's

@@ -9,6 +9,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use ruma::UserId;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -76,11 +77,16 @@ async fn reload(state: &ApiState) -> Result<(), MatrixError> {
     Ok(())
 }
 
+/// The blueprint agents get when none is named (seeded by the migrations and at start-up).
+const DEFAULT_BLUEPRINT: &str = "echo";
+
 /// `PUT /microdaos/{external_id}` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicrodaoBody {
     name: String,
+    /// The owner's Matrix id (ERD: `owner_user_id`); a `users` row is made for it if needed.
+    owner: Option<String>,
 }
 
 /// `PUT /api/v1/admin/microdaos/{external_id}`.
@@ -92,10 +98,25 @@ pub async fn put_microdao(
 ) -> Result<Response, MatrixError> {
     text("external_id", &external_id, 200)?;
     text("name", &body.value.name, 255)?;
+    let owner = body
+        .value
+        .owner
+        .as_deref()
+        .map(|o| {
+            UserId::parse(o).map_err(|e| {
+                MatrixError::invalid_param(format!("`owner` is not a Matrix user id: {e}"))
+            })
+        })
+        .transpose()?;
     let (row, new) = state
         .store
         .catalog()
-        .put_microdao(&external_id, body.value.name.trim(), &admin.actor())
+        .put_microdao(
+            &external_id,
+            body.value.name.trim(),
+            owner.as_deref(),
+            &admin.actor(),
+        )
         .await?;
     reload(&state).await?;
     Ok(created(new, row))
@@ -319,6 +340,29 @@ pub async fn delete_blueprint(
     admin: Admin,
     Path(blueprint): Path<String>,
 ) -> Result<Response, MatrixError> {
+    // ERD: agents.blueprint_id is NOT NULL, so a blueprint in use cannot go (the database
+    // refuses it too); `echo` is what agents named without one get.
+    let conflict = |why: String| {
+        MatrixError::new(
+            StatusCode::CONFLICT,
+            ruma::api::error::ErrorKind::Forbidden,
+            why,
+        )
+    };
+    if blueprint == DEFAULT_BLUEPRINT {
+        return Err(conflict(format!(
+            "`{DEFAULT_BLUEPRINT}` is the default blueprint of agents named without one"
+        )));
+    }
+    match state.store.catalog().blueprint_usage(&blueprint).await? {
+        None => return Err(MatrixError::not_found("no such blueprint")),
+        Some(n) if n > 0 => {
+            return Err(conflict(format!(
+                "{n} agents use this blueprint; give them another one first"
+            )));
+        }
+        Some(_) => {}
+    }
     if !state
         .store
         .catalog()

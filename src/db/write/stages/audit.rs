@@ -3,7 +3,7 @@
 
 use crate::db::{
     Batch, StoreError,
-    audit::AppendAudit,
+    audit::{AppendAudit, USER_ID},
     write::{pg::Statement, sqlite::Write},
 };
 
@@ -24,8 +24,8 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
     s.cte(
         "au",
         &format!(
-            "INSERT INTO audit_log (id, actor_type, actor_id, action, target, outcome, details) \
-             SELECT x.id, x.ty, x.ac, x.act, x.tg, x.oc, x.d::jsonb \
+            "INSERT INTO audit_log (id, actor_type, actor_id, action, target, outcome, details, user_id) \
+             SELECT x.id, x.ty, x.ac, x.act, x.tg, x.oc, x.d::jsonb, {USER_ID} \
              FROM unnest({ids}::uuid[], {types}::text[], {actors}::text[], {actions}::text[], {targets}::text[], \
              {outcomes}::text[], {details}::text[]) AS x(id, ty, ac, act, tg, oc, d) WHERE true{gate}"
         ),

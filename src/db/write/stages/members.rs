@@ -1,10 +1,11 @@
 //! `channel_members`: memberships that start, end, or both within the batch, and role changes
 //! of members the batch does not otherwise write. Publishes `member.joined` / `member.left` for
-//! the membership periods that actually started or ended.
+//! the membership periods that actually started or ended, and `member.role_changed` for the
+//! roles that actually changed.
 
 use crate::{
     db::{
-        Batch, MemberWrite, Party, StoreError,
+        Batch, MemberWrite, Party, RoleChange, StoreError,
         write::{
             pg::{Key, Statement, Witness},
             sqlite::Write,
@@ -47,6 +48,10 @@ const AGENTS: Kind = Kind {
     left: Witness::new("la", "mjal", Key::Member(None)),
 };
 
+/// A role change of a person the batch does not otherwise write (the role update, whose CTE
+/// this names, returned the row: the role really changed).
+const ROLE_CHANGED: Witness = Witness::new("rc", "ro", Key::Member(None));
+
 /// The kind of a member.
 fn kind(party: Party) -> &'static Kind {
     if party.agent().is_some() {
@@ -88,6 +93,23 @@ fn changed(m: &MemberWrite, topic: Topic, at: Ts) -> Draft {
             user_id: m.party.user(),
             agent_id: m.party.agent(),
             role: m.role,
+            at,
+        },
+    )
+}
+
+/// The event of a person whose role changed.
+fn role_changed(r: &RoleChange, at: Ts) -> Draft {
+    Draft::new(
+        Topic::MemberRoleChanged,
+        channel_partition(r.channel_id),
+        &MemberChanged {
+            v: PAYLOAD_VERSION,
+            channel_id: r.channel_id,
+            member_type: "user",
+            user_id: Some(r.user_id),
+            agent_id: None,
+            role: r.role,
             at,
         },
     )
@@ -159,9 +181,17 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
             &format!(
                 "UPDATE channel_members cm SET role = x.role \
                  FROM unnest({chans}::uuid[], {users}::uuid[], {roles}::text[]) AS x(ch, u, role) \
-                 WHERE cm.member_user_id = ANY(ARRAY[x.u]) AND cm.channel_id = x.ch AND cm.role <> x.role{gate}"
+                 WHERE cm.member_user_id = ANY(ARRAY[x.u]) AND cm.channel_id = x.ch AND cm.role <> x.role{gate}{ret}",
+                ret = s.returning("RETURNING cm.channel_id, cm.member_user_id AS who")
             ),
         );
+        if s.events {
+            for r in &b.roles {
+                let key = key(r.channel_id, Party::User(r.user_id));
+                let draft = role_changed(r, s.now);
+                s.draft(ROLE_CHANGED, key, None, draft);
+            }
+        }
     }
     if s.events {
         // In the batch's order, whatever CTE writes the member.
@@ -239,14 +269,20 @@ pub(in crate::db::write) async fn sqlite(w: &mut Write, b: &Batch) -> Result<(),
         }
     }
     for r in &b.roles {
-        sqlx::query(
+        let changed = sqlx::query(
             "UPDATE channel_members SET role = $3 WHERE channel_id = $1 AND member_user_id = $2 AND role <> $3",
         )
         .bind(r.channel_id)
         .bind(r.user_id)
         .bind(r.role)
         .execute(w.conn())
-        .await?;
+        .await?
+        .rows_affected();
+        if let Some(ev) = &mut w.events
+            && changed > 0
+        {
+            ev.push(role_changed(r, w.now));
+        }
     }
     Ok(())
 }

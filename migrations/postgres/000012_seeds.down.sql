@@ -1,0 +1,47 @@
+DROP TRIGGER IF EXISTS bridge_agents_event ON bridge_agents;
+DROP TRIGGER IF EXISTS bridge_blueprints_event ON bridge_blueprints;
+DROP FUNCTION IF EXISTS bridge_settings_event();
+DROP TRIGGER IF EXISTS agents_event ON agents;
+DROP TRIGGER IF EXISTS agent_blueprints_event ON agent_blueprints;
+DROP TRIGGER IF EXISTS microdaos_event ON microdaos;
+DROP FUNCTION IF EXISTS bridge_catalog_event();
+DROP TRIGGER IF EXISTS microdaos_owner ON microdaos;
+DROP TRIGGER IF EXISTS channels_microdao ON channels;
+DROP TRIGGER IF EXISTS channel_members_microdao ON channel_members;
+DROP FUNCTION IF EXISTS bridge_microdao_owner_changed();
+DROP FUNCTION IF EXISTS bridge_channel_moved();
+DROP FUNCTION IF EXISTS bridge_channel_member_changed();
+DROP FUNCTION IF EXISTS bridge_microdao_member_sync(uuid, uuid);
+DROP VIEW IF EXISTS bridge_microdao_member_wants;
+DROP TABLE IF EXISTS bridge_microdao_members;
+DROP TRIGGER IF EXISTS users_event ON users;
+DROP FUNCTION IF EXISTS bridge_user_event();
+DROP TRIGGER IF EXISTS audit_log_event ON audit_log;
+DROP FUNCTION IF EXISTS bridge_audit_event();
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
+DROP FUNCTION IF EXISTS bridge_audit_append_only();
+DROP INDEX IF EXISTS audit_log_user_id_idx;
+ALTER TABLE audit_log DROP COLUMN IF EXISTS data;
+ALTER TABLE audit_log DROP COLUMN IF EXISTS resource_kind;
+ALTER TABLE audit_log DROP COLUMN IF EXISTS team_id;
+ALTER TABLE audit_log DROP COLUMN IF EXISTS user_id;
+ALTER TABLE messages DROP CONSTRAINT messages_sender_type_check;
+ALTER TABLE messages ADD CONSTRAINT messages_sender_type_check CHECK (sender_type IN ('human', 'agent', 'system'));
+ALTER TABLE channels ALTER COLUMN matrix_room_id DROP NOT NULL;
+ALTER TABLE agents DROP CONSTRAINT agents_blueprint_id_fkey;
+ALTER TABLE agents ALTER COLUMN blueprint_id DROP NOT NULL;
+ALTER TABLE agents ADD CONSTRAINT agents_blueprint_id_fkey
+    FOREIGN KEY (blueprint_id) REFERENCES agent_blueprints (id) ON DELETE SET NULL;
+ALTER TABLE agent_blueprints ALTER COLUMN model DROP NOT NULL;
+UPDATE agent_blueprints SET model = NULL WHERE model = '';
+ALTER TABLE microdaos DROP CONSTRAINT microdaos_owner_user_id_fkey;
+ALTER TABLE microdaos ALTER COLUMN owner_user_id DROP NOT NULL;
+ALTER TABLE microdaos ADD CONSTRAINT microdaos_owner_user_id_fkey
+    FOREIGN KEY (owner_user_id) REFERENCES users (id) ON DELETE SET NULL;
+UPDATE microdaos SET owner_user_id = NULL
+    WHERE owner_user_id = (SELECT id FROM users WHERE external_id = 'bridge:bot');
+DELETE FROM users WHERE external_id = 'bridge:bot';
+DROP FUNCTION IF EXISTS bridge_ts(timestamptz);
+DROP FUNCTION IF EXISTS bridge_emit(text, text, jsonb);
+DROP TABLE IF EXISTS bridge_settings;
