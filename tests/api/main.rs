@@ -36,6 +36,7 @@ mod publish;
 mod records;
 mod runs;
 mod runtimes;
+mod seeds;
 mod slow_clients;
 mod spec;
 mod support;
