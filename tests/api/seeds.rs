@@ -545,3 +545,17 @@ async fn the_erds_not_nulls_and_values_hold(#[case] b: Backend) {
         1
     );
 }
+
+/// Every topic the bridge or its triggers publish is in the catalogue (`docs/events.md`).
+#[test]
+fn every_topic_is_in_the_catalogue() {
+    let doc = include_str!("../../docs/events.md");
+    let drafted = daarion_bridge::model::topics::Topic::ALL.map(|t| t.as_str());
+    let missing: Vec<&str> = drafted
+        .iter()
+        .chain(daarion_bridge::model::topics::DATABASE_TOPICS.iter())
+        .copied()
+        .filter(|t| !doc.contains(&format!("| `{t}`")) && !doc.contains(&format!(", `{t}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/events.md: {missing:?}");
+}
