@@ -1,10 +1,14 @@
-//! Access keys of agent runtimes: generated from the OS random source, shown once, stored as a
+//! Access keys (agent runtimes', people's, integrations'): generated from the OS random source, shown once, stored as a
 //! SHA-256 hash (a 256-bit random key needs no slow hash: there is nothing to brute-force).
 
 use sha2::{Digest, Sha256};
 
 use crate::{
-    db::{Store, StoreError, audit::Actor, keys::NewKey},
+    db::{
+        Store, StoreError,
+        audit::Actor,
+        keys::{NewKey, Subject},
+    },
     model::{Ts, ids::AccessKeyId},
     registration::random_token,
 };
@@ -25,6 +29,29 @@ pub fn hash(key: &str) -> String {
 pub async fn create(
     store: &Store,
     agent_external_id: &str,
+    name: &str,
+    caps: &[String],
+    bundles: &[String],
+    expires_at: Option<Ts>,
+    by: &Actor,
+) -> Result<(AccessKeyId, String), StoreError> {
+    create_for(
+        store,
+        Subject::Agent(agent_external_id),
+        name,
+        caps,
+        bundles,
+        expires_at,
+        by,
+    )
+    .await
+}
+
+/// Creates a key for `subject` (an agent, a person, an integration, an embassy) with the given
+/// capabilities and those of the bundles. Returns the id and the key itself.
+pub async fn create_for(
+    store: &Store,
+    subject: Subject<'_>,
     name: &str,
     caps: &[String],
     bundles: &[String],
@@ -54,7 +81,7 @@ pub async fn create(
     let id = store
         .keys()
         .insert(&NewKey {
-            agent_external_id,
+            subject,
             name,
             prefix: &prefix,
             hash: &hash(&key),

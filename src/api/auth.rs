@@ -13,7 +13,7 @@ use super::ApiState;
 use crate::{
     db::{audit::NewAudit, keys::AuthKey},
     keys,
-    model::{ActorType, Agent, AuditOutcome, Ts},
+    model::{ActorType, Agent, AuditOutcome, KeyStatus, KeySubject, Ts, ids::UserRowId},
     server::error::MatrixError,
 };
 
@@ -115,6 +115,51 @@ impl<'a> Presented<'a> {
     }
 }
 
+/// An access key presented and checked: it exists, is neither revoked nor expired (an expired
+/// key is marked so), and its subject is within its rate limit. Every kind of key.
+pub(super) async fn authenticate(parts: &Parts, state: &ApiState) -> Result<AuthKey, MatrixError> {
+    let presented = Presented::read(parts, state)?;
+    let found = state.store.keys().by_hash(&presented.hash).await?;
+    let Some(key) = found else {
+        return Err(presented.fail(MatrixError::unknown_token("unknown access key")));
+    };
+    let now = Ts::now();
+    let used = if key.revoked_at.is_some() {
+        Some(("access_key.revoked_use", "this access key was revoked"))
+    } else if key.expires_at.is_some_and(|e| e <= now) {
+        if key.status == KeyStatus::Active {
+            state.store.keys().mark_expired(key.key_id).await?;
+        }
+        Some(("access_key.expired_use", "this access key has expired"))
+    } else {
+        None
+    };
+    if let Some((action, reason)) = used {
+        // A real key used after its end: worth more than the generic denial (which the audit
+        // layer also records), since whoever holds it may not know it ended.
+        let target = key
+            .agent_external_id
+            .clone()
+            .unwrap_or_else(|| key.name.clone());
+        let entry = NewAudit::new(
+            ActorType::Key,
+            Some(&key.key_id.to_string()),
+            action,
+            Some(&target),
+            AuditOutcome::Denied,
+        )
+        .details(serde_json::json!({
+            "subject_kind": key.subject_kind, "expires_at": key.expires_at, "revoked_at": key.revoked_at,
+        }));
+        state.store.audit().record(&[entry]).await?;
+        return Err(presented.fail(MatrixError::unknown_token(reason)));
+    }
+    if key.last_used_at.is_none_or(|t| now.0 - t.0 > TOUCH_EVERY) {
+        state.store.keys().touch(key.key_id, now).await?;
+    }
+    Ok(key)
+}
+
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = MatrixError;
 
@@ -122,47 +167,32 @@ impl FromRequestParts<ApiState> for Caller {
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = Presented::read(parts, state)?;
-        let fail = |error| presented.fail(error);
-        let found = state.store.keys().by_hash(&presented.hash).await?;
-        let key = found.ok_or_else(|| fail(MatrixError::unknown_token("unknown access key")))?;
-        let now = Ts::now();
-        let used = if key.revoked_at.is_some() {
-            Some(("access_key.revoked_use", "this access key was revoked"))
-        } else if key.expires_at.is_some_and(|e| e <= now) {
-            Some(("access_key.expired_use", "this access key has expired"))
-        } else {
-            None
+        let key = authenticate(parts, state).await?;
+        Caller::of(key, state).await
+    }
+}
+
+impl Caller {
+    /// The caller of an authenticated key, which must be an agent's (active, within its rate
+    /// limit).
+    async fn of(key: AuthKey, state: &ApiState) -> Result<Self, MatrixError> {
+        let Some(agent_id) = key.agent_id else {
+            return Err(MatrixError::forbidden(format!(
+                "this is a {} key: the agent API acts as an agent (a user key may read its channels: \
+                 GET /api/v1/channels and …/messages)",
+                key.subject_kind.as_str()
+            )));
         };
-        if let Some((action, reason)) = used {
-            // A real key used after its end: worth more than the generic denial (which the
-            // audit layer also records), since whoever holds it may not know it ended.
-            let entry = NewAudit::new(
-                ActorType::Key,
-                Some(&key.key_id.to_string()),
-                action,
-                Some(&key.agent_external_id),
-                AuditOutcome::Denied,
-            )
-            .details(
-                serde_json::json!({ "expires_at": key.expires_at, "revoked_at": key.revoked_at }),
-            );
-            state.store.audit().record(&[entry]).await?;
-            return Err(fail(MatrixError::unknown_token(reason)));
-        }
         state
             .limiter
-            .check(&key.agent_id)
+            .check(&agent_id)
             .map_err(MatrixError::limit_exceeded)?;
-        if key.last_used_at.is_none_or(|t| now.0 - t.0 > TOUCH_EVERY) {
-            state.store.keys().touch(key.key_id, now).await?;
-        }
-        let agent = match state.registry.by_id(key.agent_id) {
+        let agent = match state.registry.by_id(agent_id) {
             Some(agent) => agent,
             None => {
                 // Agents added since the last reload.
                 state.registry.reload().await?;
-                state.registry.by_id(key.agent_id).ok_or_else(|| {
+                state.registry.by_id(agent_id).ok_or_else(|| {
                     MatrixError::forbidden("this key's agent has no Matrix identity")
                 })?
             }
@@ -171,5 +201,55 @@ impl FromRequestParts<ApiState> for Caller {
             return Err(MatrixError::forbidden("this key's agent is disabled"));
         }
         Ok(Caller { key, agent })
+    }
+}
+
+/// Who reads channels: an agent (its channels) or a person through a user key (the channels
+/// they are in).
+pub enum Reader {
+    /// An agent key.
+    Agent(Caller),
+    /// A user key and its person.
+    User {
+        /// The key.
+        key: AuthKey,
+        /// The person.
+        user: UserRowId,
+    },
+}
+
+impl Reader {
+    /// Fails with 403 unless the key holds `capability`.
+    pub fn require(&self, capability: &str) -> Result<(), MatrixError> {
+        let key = match self {
+            Reader::Agent(c) => &c.key,
+            Reader::User { key, .. } => key,
+        };
+        if key.capabilities.iter().any(|c| c == capability) {
+            Ok(())
+        } else {
+            Err(MatrixError::forbidden(format!(
+                "this access key lacks the `{capability}` capability"
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Reader {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = authenticate(parts, state).await?;
+        match (key.subject_kind, key.user_id) {
+            (KeySubject::User, Some(user)) => Ok(Reader::User { key, user }),
+            (KeySubject::Agent, _) => Ok(Reader::Agent(Caller::of(key, state).await?)),
+            (kind, _) => Err(MatrixError::forbidden(format!(
+                "this is a {} key: it reads no channels",
+                kind.as_str()
+            ))),
+        }
     }
 }

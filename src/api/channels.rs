@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{
     ApiState, OPENAPI,
-    auth::Caller,
+    auth::{Caller, Reader},
     extract::{Unread, uuid},
 };
 use crate::{
@@ -69,15 +69,45 @@ pub async fn whoami(caller: Caller) -> Json<serde_json::Value> {
     }))
 }
 
-/// `GET /api/v1/channels`.
+/// `GET /api/v1/channels`: an agent key's channels, or a user key's person's.
 pub async fn channels(
     State(state): State<ApiState>,
-    caller: Caller,
+    reader: Reader,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
-    caller.require(READ)?;
-    Ok(Json(
-        json!({ "channels": state.store.channels().agent_channels(caller.agent.id).await? }),
-    ))
+    reader.require(READ)?;
+    let channels = match &reader {
+        Reader::Agent(caller) => {
+            state
+                .store
+                .channels()
+                .agent_channels(caller.agent.id)
+                .await?
+        }
+        Reader::User { user, .. } => state.store.channels().user_channels(*user).await?,
+    };
+    Ok(Json(json!({ "channels": channels })))
+}
+
+/// The channel a reader may read: 404 if there is none, 403 unless the agent (or the person)
+/// is an active member of it.
+pub(super) async fn readable(
+    state: &ApiState,
+    reader: &Reader,
+    id: &str,
+) -> Result<ChannelId, MatrixError> {
+    match reader {
+        Reader::Agent(caller) => Ok(channel(state, caller, id).await?.0),
+        Reader::User { user, .. } => {
+            let id = ChannelId(uuid("channel_id", id)?);
+            match state.store.channels().user_access(id, *user).await? {
+                None => Err(MatrixError::not_found("no such channel")),
+                Some(false) => Err(MatrixError::forbidden(
+                    "the key's person is not an active member of this channel",
+                )),
+                Some(true) => Ok(id),
+            }
+        }
+    }
 }
 
 /// Query of `GET /api/v1/sessions`.

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{
     ApiState,
-    auth::Caller,
+    auth::{Caller, Reader},
     channels::{READ, SEND, channel},
     extract::{Unread, event_id, idempotency_key, uuid},
 };
@@ -63,12 +63,12 @@ fn parse_cursor(s: &str) -> Result<(Ts, MessageId), MatrixError> {
 /// caption), with a cursor to older ones.
 pub async fn list(
     State(state): State<ApiState>,
-    caller: Caller,
+    reader: Reader,
     Path(channel_id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
-    caller.require(READ)?;
-    let (channel, _) = channel(&state, &caller, &channel_id).await?;
+    reader.require(READ)?;
+    let channel = super::channels::readable(&state, &reader, &channel_id).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(MatrixError::invalid_param(

@@ -75,8 +75,20 @@ pub enum KeyCommand {
     /// Create a key; prints it once, alone on the last line of stdout.
     Create {
         /// The agent the key acts as (external id, e.g. agent:sofia).
-        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        #[arg(
+            long,
+            required_unless_present_any = ["admin", "user", "integration"],
+            conflicts_with_all = ["admin", "user", "integration"]
+        )]
         agent: Option<String>,
+        /// A person's key (Matrix id): reads the channels they are in (default bundle role.member's
+        /// read capability, `chat.message.read`).
+        #[arg(long, conflicts_with_all = ["admin", "integration"])]
+        user: Option<String>,
+        /// An integration's key (named by --name); with `--bundle integration.admin` it may use
+        /// the admin API.
+        #[arg(long, conflicts_with = "admin")]
+        integration: bool,
         /// An admin key (capability `bridge.admin`) for the admin API instead of an agent key.
         #[arg(long)]
         admin: bool,
@@ -213,9 +225,11 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create {
             agent,
+            user,
+            integration,
             admin,
             name,
-            caps,
+            mut caps,
             mut bundles,
             expires_in_days,
         } => {
@@ -238,6 +252,40 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
                 println!("{key}");
                 return Ok(());
             };
+            if user.is_some() || integration {
+                let user = user
+                    .as_deref()
+                    .map(ruma::UserId::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--user is not a Matrix user id: {e}"))?;
+                let subject = match &user {
+                    Some(u) => crate::db::keys::Subject::User(u),
+                    None => crate::db::keys::Subject::Integration,
+                };
+                if caps.is_empty() && bundles.is_empty() {
+                    anyhow::ensure!(
+                        user.is_some(),
+                        "an integration key needs --cap or --bundle (e.g. --bundle integration.admin)"
+                    );
+                    caps.push("chat.message.read".into());
+                }
+                let (id, key) = crate::keys::create_for(
+                    store,
+                    subject,
+                    &name,
+                    &caps,
+                    &bundles,
+                    expires,
+                    &crate::db::audit::Actor::cli(),
+                )
+                .await?;
+                println!(
+                    "created {} key {id}; it is shown only now:",
+                    subject.kind().as_str()
+                );
+                println!("{key}");
+                return Ok(());
+            }
             if caps.is_empty() && bundles.is_empty() {
                 bundles.push("agent.runtime".into());
             }
@@ -260,22 +308,25 @@ async fn access_key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
                 println!("no access keys");
             }
             for k in keys {
+                // The timestamps decide (the stored status catches up when the key is next
+                // presented).
                 let state = if k.revoked_at.is_some() {
-                    "revoked".to_owned()
+                    "revoked"
                 } else if k.expires_at.is_some_and(|e| e.0 <= chrono::Utc::now()) {
-                    "expired".to_owned()
+                    "expired"
                 } else {
-                    "active".to_owned()
+                    k.status.as_str()
                 };
                 let last = k
                     .last_used_at
                     .map(|t| t.0.to_rfc3339())
                     .unwrap_or_else(|| "never".into());
                 println!(
-                    "{}  {}…  {}  {}  {}  caps={}  last_used={}",
+                    "{}  {}…  {} {}  {}  {}  caps={}  last_used={}",
                     k.id,
                     k.prefix,
-                    k.agent,
+                    k.subject_kind.as_str(),
+                    k.subject.as_deref().unwrap_or("-"),
                     k.name,
                     state,
                     k.capabilities.join(","),

@@ -5,7 +5,7 @@
 use ruma::{OwnedRoomId, RoomId};
 use serde::Serialize;
 
-use crate::model::ids::{AgentId, ChannelId, MessageId};
+use crate::model::ids::{AgentId, ChannelId, MessageId, UserRowId};
 use crate::{
     db::{
         Store, StoreError, both,
@@ -152,6 +152,36 @@ impl ChannelStore {
         )
         .bind(agent)
         .fetch_all(pool)
+        .await?))
+    }
+
+    /// Channels where the person is an active member (a user key's channels), as an agent's
+    /// are listed (no session).
+    pub async fn user_channels(&self, user: UserRowId) -> Result<Vec<AgentChannel>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_as(
+            "SELECT c.id, c.matrix_room_id, c.name, c.slug, c.topic, c.visibility, m.external_id AS microdao, \
+             cm.joined_at, NULL AS session_status \
+             FROM channel_members cm JOIN channels c ON c.id = cm.channel_id JOIN microdaos m ON m.id = c.microdao_id \
+             WHERE cm.member_user_id = $1 AND cm.left_at IS NULL ORDER BY c.name",
+        )
+        .bind(user)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Whether the person is an active member of the channel; `None` if no such channel.
+    pub async fn user_access(
+        &self,
+        channel: ChannelId,
+        user: UserRowId,
+    ) -> Result<Option<bool>, StoreError> {
+        Ok(both!(self.store, pool => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
+             AND cm.member_user_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1",
+        )
+        .bind(channel)
+        .bind(user)
+        .fetch_optional(pool)
         .await?))
     }
 

@@ -85,6 +85,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000012_seeds.up.sql"),
         include_str!("../../migrations/postgres/000012_seeds.down.sql"),
     ),
+    (
+        15,
+        "access_keys",
+        include_str!("../../migrations/postgres/000015_access_keys.up.sql"),
+        include_str!("../../migrations/postgres/000015_access_keys.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -159,6 +165,12 @@ const SQLITE: &[Step] = &[
         "seeds",
         include_str!("../../migrations/sqlite/000012_seeds.up.sql"),
         include_str!("../../migrations/sqlite/000012_seeds.down.sql"),
+    ),
+    (
+        15,
+        "access_keys",
+        include_str!("../../migrations/sqlite/000015_access_keys.up.sql"),
+        include_str!("../../migrations/sqlite/000015_access_keys.down.sql"),
     ),
 ];
 

@@ -158,6 +158,32 @@ text_enum!(
 );
 
 text_enum!(
+    /// `access_keys.subject_kind` (seed 001): who a key belongs to.
+    KeySubject {
+        /// A person: reads the channels they are in.
+        User = "user",
+        /// An agent runtime: acts as the agent (the agent API).
+        Agent = "agent",
+        /// An integration: may hold `bridge.admin` (the admin API).
+        Integration = "integration",
+        /// An embassy (another platform's gateway): stored, granted nothing by the bridge yet.
+        Embassy = "embassy",
+    }
+);
+
+text_enum!(
+    /// `access_keys.status` (seed 001).
+    KeyStatus {
+        /// Works.
+        Active = "active",
+        /// Revoked (`revoked_at`).
+        Revoked = "revoked",
+        /// Past `expires_at`.
+        Expired = "expired",
+    }
+);
+
+text_enum!(
     /// `messages.sender_type`.
     SenderType {
         /// A person.

@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::model::{
-    MemberRole, PartKind, RunStatus, SenderType, SessionStatus, Ts, Visibility,
+    KeySubject, MemberRole, PartKind, RunStatus, SenderType, SessionStatus, Ts, Visibility,
     ids::{AccessKeyId, AgentId, ChannelId, MessageId, MicrodaoId, RunId, SessionId, UserRowId},
 };
 
@@ -138,6 +138,11 @@ pub fn channel_partition(channel: ChannelId) -> String {
 /// The partition of an agent's access-key events.
 pub fn agent_partition(agent: AgentId) -> String {
     format!("agent:{}", agent.0.hyphenated())
+}
+
+/// The ordering scope of a key that is not an agent's: `key:<uuid>`.
+pub fn key_partition(key: AccessKeyId) -> String {
+    format!("key:{}", key.0.hyphenated())
 }
 
 /// An outbox row to append: the writer appends it in the same database transaction as the change
@@ -389,8 +394,12 @@ pub struct KeyChanged<'a> {
     pub v: u32,
     /// The key.
     pub key_id: AccessKeyId,
-    /// The agent it acts as.
-    pub agent_id: AgentId,
+    /// Whose key it is (seed 001's subject_kind).
+    pub subject_kind: KeySubject,
+    /// `agents.id` or `users.id` of its subject (none for integrations and embassies).
+    pub subject_id: Option<uuid::Uuid>,
+    /// The agent an agent key acts as.
+    pub agent_id: Option<AgentId>,
     /// Its name.
     pub name: Option<&'a str>,
     /// Its public prefix.

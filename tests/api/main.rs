@@ -39,6 +39,7 @@ mod runtimes;
 mod seeds;
 mod slow_clients;
 mod spec;
+mod subject_keys;
 mod support;
 mod tools;
 mod tools_admin;

@@ -6,6 +6,7 @@
 //! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
 
 mod catalog;
+mod keys;
 mod ops;
 mod tools;
 
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiState, auth::Presented};
 use crate::{
     db::audit::Actor,
-    model::{ActorType, Ts},
+    model::{ActorType, KeySubject, Ts},
     server::error::MatrixError,
 };
 
@@ -71,6 +72,7 @@ pub fn routes() -> Router<ApiState> {
             "/api/v1/admin/agents/{external_id}/keys",
             post(ops::create_key),
         )
+        .route("/api/v1/admin/keys", post(keys::create))
         .route("/api/v1/admin/keys/{key_id}", delete(ops::revoke_key))
         .route("/api/v1/admin/channels", get(ops::channels))
         .route(
@@ -88,8 +90,10 @@ pub fn routes() -> Router<ApiState> {
 
 /// An authenticated admin.
 pub struct Admin {
-    /// The admin key's id.
+    /// The admin key's id (or the integration key's).
     pub key_id: String,
+    /// An integration's access key holding `bridge.admin` (seed 001), not an admin key.
+    pub integration: bool,
 }
 
 impl Admin {
@@ -97,7 +101,11 @@ impl Admin {
     pub fn actor(&self) -> Actor {
         Actor {
             kind: ActorType::Admin,
-            id: Some(format!("admin-key:{}", self.key_id)),
+            id: Some(if self.integration {
+                format!("integration-key:{}", self.key_id)
+            } else {
+                format!("admin-key:{}", self.key_id)
+            }),
         }
     }
 }
@@ -115,10 +123,20 @@ impl FromRequestParts<ApiState> for Admin {
         let fail = |error| presented.fail(error);
         let hash = &presented.hash;
         let Some(found) = state.store.admin_keys().by_hash(hash).await? else {
-            // An agent key is a real key, just not an admin's: 403 rather than 401.
+            // Seed 001's keys: an integration key holding `bridge.admin` is an admin; any other
+            // access key is a real key, just not an admin's: 403 rather than 401.
             if state.store.keys().by_hash(hash).await?.is_some() {
+                let key = super::auth::authenticate(parts, state).await?;
+                if key.subject_kind == KeySubject::Integration
+                    && key.capabilities.iter().any(|c| c == ADMIN)
+                {
+                    return Ok(Admin {
+                        key_id: key.key_id.to_string(),
+                        integration: true,
+                    });
+                }
                 return Err(fail(MatrixError::forbidden(format!(
-                    "this access key lacks the `{ADMIN}` capability (agent keys cannot use the admin API)"
+                    "this access key lacks the `{ADMIN}` capability (only admin keys and integration keys hold it)"
                 ))));
             }
             return Err(fail(MatrixError::unknown_token("unknown access key")));
@@ -135,6 +153,7 @@ impl FromRequestParts<ApiState> for Admin {
         }
         Ok(Admin {
             key_id: found.id.to_string(),
+            integration: false,
         })
     }
 }

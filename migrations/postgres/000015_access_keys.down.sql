@@ -1,0 +1,10 @@
+DELETE FROM access_keys WHERE agent_id IS NULL;
+DELETE FROM bundles WHERE code IN ('role.owner', 'role.admin', 'role.member', 'role.guest', 'plan.free', 'integration.admin');
+DELETE FROM capabilities WHERE code = 'bridge.admin';
+DROP INDEX IF EXISTS access_keys_subject_idx;
+ALTER TABLE access_keys ALTER COLUMN agent_id SET NOT NULL;
+ALTER TABLE access_keys DROP COLUMN status;
+ALTER TABLE access_keys DROP COLUMN subject_id;
+ALTER TABLE access_keys DROP COLUMN subject_kind;
+COMMENT ON TABLE access_keys IS 'API keys of agent runtimes; each belongs to one agent';
+COMMENT ON COLUMN access_keys.agent_id IS 'The agent the key acts as';

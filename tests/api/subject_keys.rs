@@ -1,0 +1,276 @@
+//! Access keys as seed 001 has them: a subject (`user`, `agent`, `integration`, `embassy`) and a
+//! status; a person's key reads the channels they are in and nothing else, an integration's key
+//! holding `bridge.admin` uses the admin API, on SQLite and PostgreSQL.
+
+use daarion_bridge::{db::audit::Actor, keys, model::Ts};
+use reqwest::Method;
+use rstest::rstest;
+use serde_json::{Value, json};
+
+use crate::{
+    mirrored,
+    support::{Backend, TestApp, ev},
+};
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app.http.request(method, app.url(path)).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn admin(app: &TestApp) -> String {
+    keys::create_admin(&app.store, "ops", None, &Actor::cli())
+        .await
+        .unwrap()
+        .1
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_key_reads_their_channels_only(#[case] b: Backend) {
+    let app = TestApp::spawn(b).await;
+    mirrored(&app).await;
+    assert_eq!(
+        app.put_txn("m", vec![ev::text("m1", "@alice:localhost", "hello")])
+            .await
+            .0,
+        200
+    );
+    // A second room Alice is not in.
+    let other = "!other:localhost";
+    let (s, _) = app
+        .put_txn(
+            "o",
+            vec![
+                ev::in_room(ev::invite_bot("oi", "@bob:localhost", "Elsewhere"), other),
+                ev::in_room(
+                    ev::member("oj", "@bob:localhost", "@bob:localhost", "join"),
+                    other,
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let admin = admin(&app).await;
+    let (s, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/keys",
+        &admin,
+        Some(json!({"subject_kind": "user", "subject": "@alice:localhost", "name": "alice-reader", "bundles": ["role.guest"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let key = body["key"].as_str().unwrap().to_owned();
+    // Stored as seed 001 has it.
+    let row = app
+        .rows(
+            "SELECT k.subject_kind, k.status, CASE WHEN k.subject_id = u.id THEN 'alice' ELSE 'other' END, \
+             CASE WHEN k.agent_id IS NULL THEN 'none' ELSE 'agent' END \
+             FROM access_keys k, users u WHERE k.name = 'alice-reader' AND u.matrix_id = '@alice:localhost'",
+        )
+        .await;
+    assert_eq!(
+        row[0],
+        ["user", "active", "alice", "none"].map(|s| Some(s.to_owned()))
+    );
+    let (s, channels) = call(&app, Method::GET, "/api/v1/channels", &key, None).await;
+    assert_eq!(s, 200, "{channels}");
+    let list = channels["channels"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{channels}");
+    assert_eq!(list[0]["matrix_room_id"], ev::ROOM);
+    let mine = list[0]["id"].as_str().unwrap();
+    let (s, page) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/channels/{mine}/messages"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["messages"][0]["content_preview"], "hello");
+    let theirs = app
+        .col(&format!(
+            "SELECT CAST(id AS TEXT) FROM channels WHERE matrix_room_id = '{other}'"
+        ))
+        .await
+        .remove(0);
+    let (s, e) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/channels/{theirs}/messages"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, e["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{e}"
+    );
+    // It acts as nobody: the agent API's other endpoints refuse it, and so does the admin API.
+    let (s, e) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/channels/{mine}/messages"),
+        &key,
+        Some(json!({"body": "hi"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("user key"), "{e}");
+    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &key, None).await;
+    assert_eq!(s, 403);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let admin = admin(&app).await;
+    let (s, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/keys",
+        &admin,
+        Some(json!({"subject_kind": "integration", "name": "console", "bundles": ["integration.admin"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let console = body["key"].as_str().unwrap().to_owned();
+    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &console, None).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &app,
+        Method::PUT,
+        "/api/v1/admin/microdaos/microdao:console",
+        &console,
+        Some(json!({"name": "By the console"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        app.col("SELECT actor_id FROM audit_log WHERE action = 'microdao.put'")
+            .await[0]
+            .split(':')
+            .next()
+            .unwrap(),
+        "integration-key"
+    );
+    // An integration without bridge.admin is not an admin; nobody but an integration may hold it.
+    let (_, plain) = keys::create_for(
+        &app.store,
+        daarion_bridge::db::keys::Subject::Integration,
+        "metrics",
+        &["chat.message.read".to_owned()],
+        &[],
+        None,
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &plain, None).await;
+    assert_eq!(s, 403);
+    for body in [
+        json!({"subject_kind": "user", "subject": "@alice:localhost", "name": "x", "capabilities": ["bridge.admin"]}),
+        json!({"subject_kind": "user", "name": "x", "bundles": ["role.member"]}),
+        json!({"subject_kind": "agent", "name": "x", "bundles": ["agent.runtime"]}),
+        json!({"subject_kind": "robot", "name": "x", "bundles": ["role.member"]}),
+        json!({"subject_kind": "integration", "name": "x", "bundles": ["plan.gold"]}),
+    ] {
+        let (s, e) = call(
+            &app,
+            Method::POST,
+            "/api/v1/admin/keys",
+            &admin,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (s, e["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{body}: {e}"
+        );
+    }
+    assert!(
+        keys::create(
+            &app.store,
+            "agent:sofia",
+            "sneaky",
+            &["bridge.admin".to_owned()],
+            &[],
+            None,
+            &Actor::cli(),
+        )
+        .await
+        .is_err()
+    );
+    // Agent keys are seed 001's agent keys.
+    let (agent_key, _) = keys::create(
+        &app.store,
+        "agent:sofia",
+        "runtime",
+        &[],
+        &["agent.runtime".to_owned()],
+        None,
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        app.col(&format!(
+            "SELECT k.subject_kind FROM access_keys k WHERE CAST(k.id AS TEXT) = '{agent_key}' \
+             AND k.subject_id = k.agent_id"
+        ))
+        .await,
+        ["agent"]
+    );
+    // Statuses follow: revoked by revoking, expired when an expired key is presented.
+    let past = Ts(chrono::Utc::now() - chrono::Duration::hours(1));
+    let (old_id, old) = keys::create_for(
+        &app.store,
+        daarion_bridge::db::keys::Subject::Integration,
+        "old",
+        &[],
+        &["integration.admin".to_owned()],
+        Some(past),
+        &Actor::cli(),
+    )
+    .await
+    .unwrap();
+    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &old, None).await;
+    assert_eq!(s, 401);
+    app.store
+        .keys()
+        .revoke(&agent_key.to_string(), &Actor::cli())
+        .await
+        .unwrap();
+    let statuses = app
+        .rows(&format!(
+            "SELECT CAST(id AS TEXT), status FROM access_keys WHERE CAST(id AS TEXT) IN ('{old_id}', '{agent_key}')"
+        ))
+        .await;
+    for r in statuses {
+        let want = if r[0].as_deref() == Some(old_id.to_string().as_str()) {
+            "expired"
+        } else {
+            "revoked"
+        };
+        assert_eq!(r[1].as_deref(), Some(want));
+    }
+}
