@@ -142,8 +142,9 @@ $$ LANGUAGE plpgsql;
 CREATE TRIGGER users_event AFTER INSERT ON users
     FOR EACH ROW WHEN (NEW.external_id LIKE 'matrix:%') EXECUTE FUNCTION bridge_user_event();
 
--- microDAO membership from channel membership. A person with an active membership in any channel
--- of a microDAO is its member: `owner` if they own it, `admin` at power level 100 (channel role
+-- microDAO membership from channel membership. A person with an active membership in any public or
+-- private channel of a microDAO is its member (a `microdao` channel is for members the platform
+-- made: joining it grants nothing): `owner` if they own it, `admin` at power level 100 (channel role
 -- owner) in any of its rooms, `guest` if a guest everywhere, else `member`. Leaving its last
 -- channel removes the row. Only rows the bridge added (marked here) are ever changed or removed.
 CREATE TABLE bridge_microdao_members (
@@ -164,7 +165,7 @@ CREATE VIEW bridge_microdao_member_wants AS
              WHEN bool_and(cm.role = 'guest') THEN 'guest'
              ELSE 'member' END AS role
     FROM channel_members cm JOIN channels c ON c.id = cm.channel_id JOIN microdaos md ON md.id = c.microdao_id
-    WHERE cm.left_at IS NULL AND cm.member_user_id IS NOT NULL
+    WHERE cm.left_at IS NULL AND cm.member_user_id IS NOT NULL AND c.visibility <> 'microdao'
     GROUP BY c.microdao_id, cm.member_user_id;
 COMMENT ON VIEW bridge_microdao_member_wants IS 'daarion-bridge: the microDAO role each person''s active channel memberships give them';
 
@@ -242,8 +243,9 @@ BEGIN
     RETURN NULL;
 END
 $$ LANGUAGE plpgsql;
-CREATE TRIGGER channels_microdao AFTER UPDATE OF microdao_id ON channels
-    FOR EACH ROW WHEN (OLD.microdao_id IS DISTINCT FROM NEW.microdao_id) EXECUTE FUNCTION bridge_channel_moved();
+CREATE TRIGGER channels_microdao AFTER UPDATE OF microdao_id, visibility ON channels
+    FOR EACH ROW WHEN (OLD.microdao_id IS DISTINCT FROM NEW.microdao_id OR OLD.visibility IS DISTINCT FROM NEW.visibility)
+    EXECUTE FUNCTION bridge_channel_moved();
 
 CREATE FUNCTION bridge_microdao_owner_changed() RETURNS trigger AS $$
 BEGIN

@@ -125,7 +125,7 @@ CREATE VIEW bridge_microdao_member_wants AS
              WHEN min(cm.role = 'guest') THEN 'guest'
              ELSE 'member' END AS role
     FROM channel_members cm JOIN channels c ON c.id = cm.channel_id JOIN microdaos md ON md.id = c.microdao_id
-    WHERE cm.left_at IS NULL AND cm.member_user_id IS NOT NULL
+    WHERE cm.left_at IS NULL AND cm.member_user_id IS NOT NULL AND c.visibility <> 'microdao'
     GROUP BY c.microdao_id, cm.member_user_id;
 
 -- Pairs (microDAO, person) to bring in line; the trigger on it does the work (SQLite triggers
@@ -185,8 +185,8 @@ BEGIN
     INSERT INTO bridge_member_sync (microdao_id, user_id)
         SELECT microdao_id, OLD.member_user_id FROM channels WHERE id = OLD.channel_id;
 END;
-CREATE TRIGGER channels_microdao AFTER UPDATE OF microdao_id ON channels
-    WHEN OLD.microdao_id IS NOT NEW.microdao_id
+CREATE TRIGGER channels_microdao AFTER UPDATE OF microdao_id, visibility ON channels
+    WHEN OLD.microdao_id IS NOT NEW.microdao_id OR OLD.visibility IS NOT NEW.visibility
 BEGIN
     INSERT INTO bridge_member_sync (microdao_id, user_id)
         SELECT m.id, cm.member_user_id FROM channel_members cm,

@@ -105,6 +105,15 @@ impl Store {
     }
 }
 
+/// A `microdao` channel is read only by members of its microDAO (`microdao_members`, which
+/// joining such a channel does not grant); `c` is the channel, `user` the person's parameter.
+fn members_only(user: &str) -> String {
+    format!(
+        "(c.visibility <> 'microdao' OR EXISTS (SELECT 1 FROM microdao_members mm \
+         WHERE mm.microdao_id = c.microdao_id AND mm.user_id = {user}))"
+    )
+}
+
 impl ChannelStore {
     /// Marks `event` (a `forget` command) as where the channel's agents' memory starts: the
     /// newest mark wins.
@@ -159,10 +168,10 @@ impl ChannelStore {
     /// are listed (no session).
     pub async fn user_channels(&self, user: UserRowId) -> Result<Vec<AgentChannel>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_as(
-            "SELECT c.id, c.matrix_room_id, c.name, c.slug, c.topic, c.visibility, m.external_id AS microdao, \
+            &format!("SELECT c.id, c.matrix_room_id, c.name, c.slug, c.topic, c.visibility, m.external_id AS microdao, \
              cm.joined_at, NULL AS session_status \
              FROM channel_members cm JOIN channels c ON c.id = cm.channel_id JOIN microdaos m ON m.id = c.microdao_id \
-             WHERE cm.member_user_id = $1 AND cm.left_at IS NULL ORDER BY c.name",
+             WHERE cm.member_user_id = $1 AND cm.left_at IS NULL AND {} ORDER BY c.name", members_only("$1")),
         )
         .bind(user)
         .fetch_all(pool)
@@ -176,8 +185,8 @@ impl ChannelStore {
         user: UserRowId,
     ) -> Result<Option<bool>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
-             AND cm.member_user_id = $2 AND cm.left_at IS NULL) FROM channels c WHERE c.id = $1",
+            &format!("SELECT EXISTS (SELECT 1 FROM channel_members cm WHERE cm.channel_id = c.id \
+             AND cm.member_user_id = $2 AND cm.left_at IS NULL) AND {} FROM channels c WHERE c.id = $1", members_only("$2")),
         )
         .bind(channel)
         .bind(user)

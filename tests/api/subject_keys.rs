@@ -274,3 +274,100 @@ async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend)
         assert_eq!(r[1].as_deref(), Some(want));
     }
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microdao_channels_are_for_its_members(#[case] b: Backend) {
+    let app = TestApp::spawn(b).await;
+    mirrored(&app).await;
+    let alice = "@alice:localhost";
+    let bob = "@bob:localhost";
+    // Alice is a member from the private room; the room becomes the microDAO's own.
+    let members = "SELECT u.matrix_id FROM microdao_members mm JOIN users u ON u.id = mm.user_id ORDER BY u.matrix_id";
+    assert_eq!(app.col(members).await, [alice]);
+    let vis = ev::state(
+        "city.daarion.channel",
+        "vis",
+        alice,
+        "",
+        json!({ "microdao": "microdao:demo", "visibility": "microdao" }),
+    );
+    assert_eq!(
+        app.put_txn(
+            "1",
+            vec![
+                vis,
+                ev::member("bj", bob, bob, "join"),
+                ev::text("m1", alice, "members only"),
+            ]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        app.col("SELECT visibility FROM channels").await,
+        ["microdao"]
+    );
+    // Joining a microdao channel grants no membership; the bridge's own row for Alice goes.
+    assert!(app.col(members).await.is_empty());
+    // The platform makes Alice a member; Bob is in the room but not in the microDAO.
+    app.exec(&format!(
+        "INSERT INTO microdao_members (id, microdao_id, user_id, role) SELECT \
+         '00000000-0000-4000-8000-00000000a11c', m.id, u.id, 'member' FROM microdaos m, users u \
+         WHERE m.external_id = 'microdao:demo' AND u.matrix_id = '{alice}'"
+    ))
+    .await;
+    let admin = admin(&app).await;
+    let mut keys = Vec::new();
+    for who in [alice, bob] {
+        let (s, body) = call(
+            &app,
+            Method::POST,
+            "/api/v1/admin/keys",
+            &admin,
+            Some(json!({"subject_kind": "user", "subject": who, "name": who, "bundles": ["role.member"]})),
+        )
+        .await;
+        assert_eq!(s, 201, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let channel = app
+        .col("SELECT CAST(id AS TEXT) FROM channels")
+        .await
+        .remove(0);
+    let path = format!("/api/v1/channels/{channel}/messages");
+    let (s, page) = call(&app, Method::GET, &path, &keys[0], None).await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["messages"][0]["content_preview"], "members only");
+    let (s, _) = call(&app, Method::GET, &path, &keys[1], None).await;
+    assert_eq!(s, 403);
+    let (_, listed) = call(&app, Method::GET, "/api/v1/channels", &keys[1], None).await;
+    assert_eq!(listed["channels"], json!([]), "{listed}");
+    // Of agents, only the microDAO's own join: agent:free (no microDAO) is refused.
+    let invite = |id: &str, agent: &str| ev::member(id, alice, agent, "invite");
+    assert_eq!(
+        app.put_txn(
+            "2",
+            vec![
+                invite("if", "@agent_free:localhost"),
+                invite("is", ev::SOFIA)
+            ]
+        )
+        .await
+        .0,
+        200
+    );
+    let jobs = app
+        .rows("SELECT user_id, kind FROM bridge_jobs WHERE kind IN ('join', 'reject') AND user_id LIKE '@agent_%' ORDER BY user_id")
+        .await;
+    assert_eq!(
+        jobs,
+        vec![
+            vec![Some("@agent_free:localhost".into()), Some("reject".into())],
+            vec![Some(ev::SOFIA.into()), Some("join".into())],
+        ]
+    );
+}

@@ -17,7 +17,7 @@ use crate::{
         text::DbText,
     },
     model::{
-        ActorType, AuditOutcome, JobKind, MemberRole, Ts,
+        ActorType, AuditOutcome, JobKind, MemberRole, Ts, Visibility,
         ids::{AgentId, ChannelId},
     },
 };
@@ -152,6 +152,12 @@ impl Planner<'_> {
             };
             if content.membership == MembershipState::Invite && !self.sync {
                 let microdao = self.rooms.get(room_id).map(|w| w.state.microdao_id);
+                // A `microdao` channel is for its microDAO's members: of agents, only the
+                // microDAO's own (an unscoped agent may join public and private channels).
+                let members_only = self
+                    .rooms
+                    .get(room_id)
+                    .is_some_and(|w| w.state.visibility == Visibility::Microdao);
                 if content.is_direct == Some(true)
                     && let Some(work) = self.work(room_id)
                     && !work.state.is_direct
@@ -165,6 +171,14 @@ impl Planner<'_> {
                         room_id,
                         &target,
                         Some("this agent is disabled"),
+                        &env.sender,
+                    );
+                } else if members_only && agent.microdao_id != microdao {
+                    self.job(
+                        JobKind::Reject,
+                        room_id,
+                        &target,
+                        Some("this channel is for its microDAO's members: only the microDAO's own agents join it"),
                         &env.sender,
                     );
                 } else if agent.microdao_id.is_none() || agent.microdao_id == microdao {
