@@ -123,6 +123,22 @@ async fn room_is_mirrored(db_url: String) {
         members.contains(&vec![Some(bob.user_id.clone()), Some("member".into())]),
         "{members:?}"
     );
+    // microdao_members fills as people join (#26): the room's creator (power 100) administers
+    // the microDAO, bob is a member; each change is an event.
+    let mq = "SELECT u.matrix_id, mm.role FROM microdao_members mm JOIN users u ON u.id = mm.user_id \
+              ORDER BY u.matrix_id";
+    wait_rows(&pool, mq, "the microDAO's members", |r| {
+        r.contains(&vec![Some(alice.user_id.clone()), Some("admin".into())])
+            && r.contains(&vec![Some(bob.user_id.clone()), Some("member".into())])
+    })
+    .await;
+    wait_rows(
+        &pool,
+        "SELECT topic FROM outbox_events WHERE topic = 'microdao.member.added'",
+        "two microdao.member.added events",
+        |r| r.len() == 2,
+    )
+    .await;
 
     // Invite the agent: its puppet is registered, joins, and becomes an agent member.
     alice
@@ -154,6 +170,11 @@ async fn room_is_mirrored(db_url: String) {
     );
     wait_rows(&pool, &q, "bob's leave", |r| {
         r == [vec![Some(bob.user_id.clone())]]
+    })
+    .await;
+    // He left the microDAO's last channel he was in: his membership (the bridge's) goes.
+    wait_rows(&pool, mq, "bob out of the microDAO", |r| {
+        r == [vec![Some(alice.user_id.clone()), Some("admin".into())]]
     })
     .await;
 
