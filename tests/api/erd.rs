@@ -13,6 +13,20 @@ use crate::support::{Backend, TestApp};
 
 const ERD: &str = include_str!("../spec/daarion-erd.dbml");
 
+/// The bridge's columns on the ERD's tables (docs/architecture.md, "Schema"), with why.
+const EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("channels", "topic", "the room's m.room.topic"),
+    (
+        "channels",
+        "updated_at",
+        "when the name, topic or visibility last changed",
+    ),
+    ("messages", "edited_at", "m.replace edits"),
+    ("messages", "redacted_at", "redactions"),
+    ("messages", "thread_root_event_id", "threads (m.thread)"),
+    ("agent_sessions", "closed_at", "when a session closed"),
+];
+
 #[derive(Debug, Default)]
 struct Column {
     ty: String,
@@ -322,6 +336,22 @@ async fn the_schema_is_the_erds(#[case] b: Backend) {
         }
         let indexes = live_indexes(&app, name).await;
         let checks = live_checks(&app, name).await;
+        // Columns the ERD does not have are the documented extensions, and nullable (or
+        // defaulted): another service inserting the ERD's columns only must still succeed.
+        for (col, have) in &live {
+            if table.columns.contains_key(col) {
+                continue;
+            }
+            if !EXTENSIONS.iter().any(|(t, c, _)| t == name && c == col) {
+                problems.push(format!(
+                    "{name}.{col} is not in the ERD nor a documented extension"
+                ));
+            } else if have.not_null && have.default.is_empty() {
+                problems.push(format!(
+                    "{name}.{col} extends the ERD but is NOT NULL without a default"
+                ));
+            }
+        }
         for (col, want) in &table.columns {
             let Some(have) = live.get(col) else {
                 problems.push(format!("{name}.{col} is missing"));
