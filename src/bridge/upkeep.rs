@@ -22,10 +22,11 @@ const DEFERRED_RUN_LIMIT: Duration = Duration::from_secs(3600);
 pub struct Retention {
     /// Transaction records, finished jobs and triggers (`bridge.retention`).
     pub work: Duration,
-    /// Outbox events (`events.retention`).
+    /// Published outbox events (`events.retention`).
     pub events: Duration,
-    /// Whether only published events are pruned (a broker is configured).
-    pub events_published_only: bool,
+    /// Unpublished outbox events, dead letters included (`events.unpublished_retention` with
+    /// its default filled in; none: kept until published or marked read).
+    pub events_unpublished: Option<Duration>,
     /// Audit rows (`audit.retention`; none: forever).
     pub audit: Option<Duration>,
 }
@@ -36,7 +37,7 @@ impl Retention {
         Self {
             work: config.bridge.retention,
             events: config.events.retention,
-            events_published_only: config.events.nats_url.is_some(),
+            events_unpublished: config.events.unpublished_cutoff(),
             audit: config.audit.retention,
         }
     }
@@ -116,7 +117,10 @@ impl Upkeep {
         n += self
             .store
             .events()
-            .prune(now.minus(r.events), r.events_published_only)
+            .prune(
+                now.minus(r.events),
+                r.events_unpublished.map(|d| now.minus(d)),
+            )
             .await?;
         if let Some(audit) = r.audit {
             n += self.store.audit().prune(now.minus(audit)).await?;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     decl::*,
     encryption::EncryptionConfig,
-    events::{AuditConfig, EventsConfig},
+    events::{AuditConfig, EventsConfig, Keep},
     media::MediaConfig,
     tools::ToolsConfig,
 };

@@ -79,6 +79,14 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000011_tools.up.sql"),
         include_str!("../../migrations/postgres/000011_tools.down.sql"),
     ),
+    // 12 and 13 are other branches' (issue #26); sqlx applies versions in order and
+    // accepts the gap.
+    (
+        14,
+        "dead_letters",
+        include_str!("../../migrations/postgres/000014_dead_letters.up.sql"),
+        include_str!("../../migrations/postgres/000014_dead_letters.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -147,6 +155,14 @@ const SQLITE: &[Step] = &[
         "tools",
         include_str!("../../migrations/sqlite/000011_tools.up.sql"),
         include_str!("../../migrations/sqlite/000011_tools.down.sql"),
+    ),
+    // 12 and 13 are other branches' (issue #26); sqlx applies versions in order and
+    // accepts the gap.
+    (
+        14,
+        "dead_letters",
+        include_str!("../../migrations/sqlite/000014_dead_letters.up.sql"),
+        include_str!("../../migrations/sqlite/000014_dead_letters.down.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@ pub mod agents;
 pub mod audit;
 pub mod batch;
 pub mod crypto;
+pub mod dead_letters;
 pub mod decode;
 pub mod events;
 pub mod jobs;

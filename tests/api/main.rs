@@ -8,6 +8,7 @@ mod appservice;
 mod bad_ids;
 mod cli;
 mod crypto;
+mod dead_letter;
 mod delivery;
 #[path = "../common/e2ee.rs"]
 mod e2ee;
