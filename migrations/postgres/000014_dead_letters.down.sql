@@ -1,3 +1,8 @@
+DROP INDEX IF EXISTS agent_runs_failed_idx;
+ALTER TABLE agent_runs DROP COLUMN IF EXISTS retried_at;
+DROP INDEX IF EXISTS agent_outbox_failed_idx;
+DROP INDEX IF EXISTS bridge_jobs_failed_idx;
+ALTER TABLE agent_outbox DROP COLUMN IF EXISTS failed_at;
 DROP INDEX IF EXISTS outbox_events_dead_idx;
 DROP INDEX IF EXISTS outbox_events_pending_idx;
 CREATE INDEX outbox_events_pending_idx ON outbox_events (partition_key, seq) WHERE NOT processed;

@@ -20,8 +20,11 @@ const DEFERRED_RUN_LIMIT: Duration = Duration::from_secs(3600);
 /// How long each kind of record is kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Transaction records, finished jobs and triggers (`bridge.retention`).
+    /// Transaction records, done jobs and triggers (`bridge.retention`).
     pub work: Duration,
+    /// Failed jobs, from when they failed (`bridge.failed_retention`). Failed sends and runs
+    /// are never pruned (neither table is).
+    pub failed: Duration,
     /// Published outbox events (`events.retention`).
     pub events: Duration,
     /// Unpublished outbox events, dead letters included (`events.unpublished_retention` with
@@ -36,6 +39,7 @@ impl Retention {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             work: config.bridge.retention,
+            failed: config.bridge.failed_retention,
             events: config.events.retention,
             events_unpublished: config.events.unpublished_cutoff(),
             audit: config.audit.retention,
@@ -112,7 +116,7 @@ impl Upkeep {
         let r = self.retention;
         let cutoff = now.minus(r.work);
         let mut n = self.store.prune_transactions(cutoff).await?
-            + self.store.jobs().prune(cutoff).await?
+            + self.store.jobs().prune(cutoff, now.minus(r.failed)).await?
             + self.store.triggers().prune(cutoff).await?;
         n += self
             .store

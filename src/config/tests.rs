@@ -283,3 +283,21 @@ fn events_unpublished_retention_and_dead_letters_parse() {
     let zero = format!("{BASE}[events]\ndead_letter_after = 0\n");
     assert!(err(&zero).contains("events.dead_letter_after"));
 }
+
+#[test]
+fn failed_retention_parses_and_is_checked() {
+    let c = Config::from_toml_str(BASE).unwrap();
+    assert_eq!(
+        c.bridge.failed_retention,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    let set = format!("{BASE}[bridge]\nfailed_retention = \"90d\"\n");
+    let c = Config::from_toml_str(&set).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.bridge.failed_retention,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    let short = format!("{BASE}[bridge]\nfailed_retention = \"10m\"\n");
+    assert!(err(&short).contains("bridge.failed_retention"));
+}

@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod dead_letters;
 pub mod decode;
 pub mod events;
+pub mod failed;
 pub mod jobs;
 pub mod keys;
 pub mod listings;

@@ -90,6 +90,12 @@ fn routes(channel: &str) -> Vec<(Method, String, Option<Value>)> {
             format!("{a}/events/dead/0190a000-0000-7000-8000-000000000000/retry"),
             None,
         ),
+        (Method::GET, format!("{a}/failed"), None),
+        (
+            Method::POST,
+            format!("{a}/failed/run/0190a000-0000-7000-8000-000000000000/retry"),
+            None,
+        ),
     ]
 }
 

@@ -494,6 +494,8 @@ async fn openapi_documents_every_route(#[case] b: Backend) {
         ("/api/v1/admin/audit", &["get"]),
         ("/api/v1/admin/events/dead", &["get"]),
         ("/api/v1/admin/events/dead/{id}/retry", &["post"]),
+        ("/api/v1/admin/failed", &["get"]),
+        ("/api/v1/admin/failed/{kind}/{id}/retry", &["post"]),
     ] {
         for m in methods {
             assert!(

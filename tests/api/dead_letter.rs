@@ -113,7 +113,7 @@ async fn an_event_too_large_is_dead_lettered_and_its_channel_goes_on(#[case] b: 
     assert_eq!(
         app.col("SELECT CAST(id AS TEXT) FROM outbox_events WHERE dead_at IS NOT NULL")
             .await,
-        [big.clone()]
+        std::slice::from_ref(&big)
     );
     let published = count(&app, "processed").await;
     assert_eq!(published, count(&app, "1 = 1").await - 1);

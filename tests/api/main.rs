@@ -14,6 +14,7 @@ mod delivery;
 mod e2ee;
 mod erd;
 mod events;
+mod failed;
 mod fake_hs;
 #[path = "../common/mcp.rs"]
 mod fake_mcp;

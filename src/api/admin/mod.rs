@@ -2,12 +2,13 @@
 //! use to create microDAOs, blueprints and agents (PUT by external id, idempotent), put agents
 //! into rooms, set how they answer, list channels, members, sessions and runs (keyset pages),
 //! manage agent keys, read the audit log, export channels, see the bridge's status, and list
-//! and retry dead-lettered events.
+//! and retry dead-lettered events and failed work.
 //! Authenticated by admin keys (`daarion-bridge access-key create --admin`, capability
 //! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
 
 mod catalog;
 mod dead;
+mod failed;
 mod ops;
 mod tools;
 
@@ -88,6 +89,11 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/admin/audit", get(ops::audit))
         .route("/api/v1/admin/events/dead", get(dead::list))
         .route("/api/v1/admin/events/dead/{id}/retry", post(dead::retry))
+        .route("/api/v1/admin/failed", get(failed::list))
+        .route(
+            "/api/v1/admin/failed/{kind}/{id}/retry",
+            post(failed::retry),
+        )
 }
 
 /// An authenticated admin.
