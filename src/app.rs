@@ -204,6 +204,7 @@ impl Bridge {
             metrics: self.metrics.clone(),
             control: self.control.clone(),
             tools: Arc::new(self.config.tools.clone()),
+            wakers: self.wakers.clone(),
         }
     }
 

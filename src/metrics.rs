@@ -101,6 +101,10 @@ pub struct Metrics {
     pub events_published: Counter,
     /// Failed publish attempts.
     pub event_publish_errors: Counter,
+    /// Outbox events that became dead letters (JetStream refused them for good).
+    pub events_dead_total: Counter,
+    /// Dead-lettered outbox events in the table (as of the publisher's last look).
+    pub events_dead: Gauge,
     /// From an event's commit to JetStream's acknowledgement.
     pub event_publish_lag: Histogram,
 }
@@ -142,6 +146,8 @@ impl Metrics {
             events_pending: Gauge::default(),
             events_published: Counter::default(),
             event_publish_errors: Counter::default(),
+            events_dead_total: Counter::default(),
+            events_dead: Gauge::default(),
             // 1 ms … ~65 s.
             event_publish_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             registry: Registry::default(),
@@ -255,6 +261,16 @@ impl Metrics {
             "event_publish_errors",
             "Failed attempts to publish an outbox event",
             m.event_publish_errors.clone(),
+        );
+        r.register(
+            "events_dead",
+            "Outbox events JetStream refused for good, stepped past and kept as dead letters",
+            m.events_dead_total.clone(),
+        );
+        r.register(
+            "events_dead_letters",
+            "Dead-lettered outbox events in the table, waiting for a retry",
+            m.events_dead.clone(),
         );
         r.register(
             "event_publish_lag_seconds",

@@ -66,6 +66,8 @@ pub struct ApiState {
     pub control: Arc<crate::bridge::control::Control>,
     /// `[tools]`: the hosts a blueprint's tools may be on, checked when one is put.
     pub tools: Arc<crate::config::ToolsConfig>,
+    /// The workers of durable work, woken when the admin API re-queues failed work.
+    pub wakers: crate::bridge::mirror::Wakers,
 }
 
 /// The agent API on a listener of its own (unknown routes are Matrix errors too).

@@ -54,6 +54,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
                 "publisher": state.events.state(),
                 "pending": backlog.pending,
                 "oldest_pending_seconds": backlog.oldest_age_seconds,
+                "dead": state.events.dead(),
             },
             // Whether room keys can reach the agents (a homeserver without MSC4203 delivery
             // keeps the bridge ready: plaintext rooms work).

@@ -20,12 +20,16 @@ const DEFERRED_RUN_LIMIT: Duration = Duration::from_secs(3600);
 /// How long each kind of record is kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Transaction records, finished jobs and triggers (`bridge.retention`).
+    /// Transaction records, done jobs and triggers (`bridge.retention`).
     pub work: Duration,
-    /// Outbox events (`events.retention`).
+    /// Failed jobs, from when they failed (`bridge.failed_retention`). Failed sends and runs
+    /// are never pruned (neither table is).
+    pub failed: Duration,
+    /// Published outbox events (`events.retention`).
     pub events: Duration,
-    /// Whether only published events are pruned (a broker is configured).
-    pub events_published_only: bool,
+    /// Unpublished outbox events, dead letters included (`events.unpublished_retention` with
+    /// its default filled in; none: kept until published or marked read).
+    pub events_unpublished: Option<Duration>,
     /// Audit rows (`audit.retention`; none: forever).
     pub audit: Option<Duration>,
 }
@@ -35,8 +39,9 @@ impl Retention {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             work: config.bridge.retention,
+            failed: config.bridge.failed_retention,
             events: config.events.retention,
-            events_published_only: config.events.nats_url.is_some(),
+            events_unpublished: config.events.unpublished_cutoff(),
             audit: config.audit.retention,
         }
     }
@@ -111,12 +116,15 @@ impl Upkeep {
         let r = self.retention;
         let cutoff = now.minus(r.work);
         let mut n = self.store.prune_transactions(cutoff).await?
-            + self.store.jobs().prune(cutoff).await?
+            + self.store.jobs().prune(cutoff, now.minus(r.failed)).await?
             + self.store.triggers().prune(cutoff).await?;
         n += self
             .store
             .events()
-            .prune(now.minus(r.events), r.events_published_only)
+            .prune(
+                now.minus(r.events),
+                r.events_unpublished.map(|d| now.minus(d)),
+            )
             .await?;
         if let Some(audit) = r.audit {
             n += self.store.audit().prune(now.minus(audit)).await?;

@@ -30,9 +30,20 @@ pub struct EventsConfig {
     /// How long the stream keeps messages (none: JetStream's default, unlimited).
     #[serde(default, with = "duration::opt")]
     pub stream_max_age: Option<Duration>,
-    /// Published rows (all rows, without a broker) older than this are pruned.
+    /// Published rows (`processed`: JetStream acknowledged them, or an SQL consumer marked
+    /// them read) older than this are pruned.
     #[serde(default = "default_retention", with = "duration")]
     pub retention: Duration,
+    /// Rows never published nor marked read (dead letters included) older than this are
+    /// pruned too; `"never"` keeps them until they are. Unset: `retention` without a broker
+    /// (nobody may ever mark them), never with one (they wait for the bus). See
+    /// [`EventsConfig::unpublished_cutoff`].
+    #[serde(default)]
+    pub unpublished_retention: Option<Keep>,
+    /// An event JetStream refuses for good (too large for the server or the stream) this many
+    /// times in a row becomes a dead letter: its partition moves past it.
+    #[serde(default = "default_dead_letter_after")]
+    pub dead_letter_after: u32,
     /// Events read per round of publishing.
     #[serde(default = "default_batch")]
     pub publish_batch: u32,
@@ -51,8 +62,48 @@ impl Default for EventsConfig {
             duplicate_window: default_duplicate_window(),
             stream_max_age: None,
             retention: default_retention(),
+            unpublished_retention: None,
+            dead_letter_after: default_dead_letter_after(),
             publish_batch: default_batch(),
             poll_interval: default_poll(),
+        }
+    }
+}
+
+/// How long something is kept: a duration, or `"never"` pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Pruned once older than this.
+    For(Duration),
+    /// Never pruned.
+    Forever,
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Keep::For(Duration::from_secs(n))),
+            Raw::Text(t) if t.trim() == "never" => Ok(Keep::Forever),
+            Raw::Text(t) => duration::parse(&t).map(Keep::For).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is neither \"never\" nor a duration like 30s, 15m, 1h, 7d"
+                ))
+            }),
+        }
+    }
+}
+
+impl Serialize for Keep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Keep::For(d) => duration::serialize(d, s),
+            Keep::Forever => s.serialize_str("never"),
         }
     }
 }
@@ -81,6 +132,9 @@ fn default_duplicate_window() -> Duration {
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
+fn default_dead_letter_after() -> u32 {
+    5
+}
 fn default_batch() -> u32 {
     1000
 }
@@ -106,6 +160,18 @@ fn stream_ok(s: &str) -> bool {
 }
 
 impl EventsConfig {
+    /// How long unpublished rows are kept (none: until published or marked read), with
+    /// `unpublished_retention`'s default filled in: `retention` without a broker, where no
+    /// publisher will ever mark them, and forever with one, where they wait for the bus.
+    pub fn unpublished_cutoff(&self) -> Option<Duration> {
+        match self.unpublished_retention {
+            Some(Keep::For(d)) => Some(d),
+            Some(Keep::Forever) => None,
+            None if self.nats_url.is_none() => Some(self.retention),
+            None => None,
+        }
+    }
+
     /// Checks the section; the error names the offending key.
     pub(super) fn check(&self) -> Result<(), (&'static str, &'static str)> {
         if let Some(url) = &self.nats_url
@@ -133,6 +199,15 @@ impl EventsConfig {
         }
         if self.retention < Duration::from_secs(60) {
             return Err(("events.retention", "must be at least 1m"));
+        }
+        if matches!(self.unpublished_retention, Some(Keep::For(d)) if d < Duration::from_secs(60)) {
+            return Err((
+                "events.unpublished_retention",
+                "must be at least 1m, or \"never\"",
+            ));
+        }
+        if self.dead_letter_after == 0 {
+            return Err(("events.dead_letter_after", "must be at least 1"));
         }
         if self.publish_batch == 0 {
             return Err(("events.publish_batch", "must be at least 1"));
@@ -175,5 +250,28 @@ mod tests {
             bad(|c| c.retention = Duration::from_secs(5)),
             "events.retention"
         );
+        assert_eq!(
+            bad(|c| c.unpublished_retention = Some(Keep::For(Duration::from_secs(5)))),
+            "events.unpublished_retention"
+        );
+        assert_eq!(bad(|c| c.dead_letter_after = 0), "events.dead_letter_after");
+    }
+
+    #[test]
+    fn unpublished_retention_defaults_by_broker() {
+        let mut c = EventsConfig::default();
+        // No broker: nobody marks the rows, so they go with `retention` unless kept explicitly.
+        assert_eq!(c.unpublished_cutoff(), Some(c.retention));
+        c.nats_url = Some("nats://127.0.0.1:4222".into());
+        assert_eq!(
+            c.unpublished_cutoff(),
+            None,
+            "with a broker they wait for it"
+        );
+        c.unpublished_retention = Some(Keep::For(Duration::from_secs(3600)));
+        assert_eq!(c.unpublished_cutoff(), Some(Duration::from_secs(3600)));
+        c.nats_url = None;
+        c.unpublished_retention = Some(Keep::Forever);
+        assert_eq!(c.unpublished_cutoff(), None);
     }
 }

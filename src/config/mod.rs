@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     decl::*,
     encryption::EncryptionConfig,
-    events::{AuditConfig, EventsConfig},
+    events::{AuditConfig, EventsConfig, Keep},
     media::MediaConfig,
     tools::ToolsConfig,
 };
@@ -231,6 +231,10 @@ pub struct BridgeConfig {
     /// Transaction records (replay protection) and finished work rows are kept this long.
     #[serde(default = "default_retention", with = "duration")]
     pub retention: Duration,
+    /// Failed follow-up jobs are kept this long after they failed (for `GET
+    /// /api/v1/admin/failed` and a retry); failed sends and runs are never pruned.
+    #[serde(default = "default_failed_retention", with = "duration")]
+    pub failed_retention: Duration,
     /// The first word of bot commands in rooms (in a DM with the bot no prefix is needed).
     #[serde(default = "default_command_prefix")]
     pub command_prefix: String,
@@ -259,6 +263,7 @@ impl Default for BridgeConfig {
             run_attempts: default_run_attempts(),
             max_stream_edits: default_max_stream_edits(),
             retention: default_retention(),
+            failed_retention: default_failed_retention(),
             command_prefix: default_command_prefix(),
             admins: Vec::new(),
             reconcile_interval: default_reconcile(),
@@ -418,6 +423,9 @@ fn default_max_stream_edits() -> u32 {
 }
 fn default_run_attempts() -> u32 {
     3
+}
+fn default_failed_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 86_400)

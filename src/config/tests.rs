@@ -256,3 +256,48 @@ fn bad_tools_are_refused_naming_the_field() {
         .to_string();
     assert!(e.contains("loud"), "{e}");
 }
+
+#[test]
+fn events_unpublished_retention_and_dead_letters_parse() {
+    use super::Keep;
+    let c = Config::from_toml_str(BASE).unwrap();
+    assert_eq!(c.events.unpublished_retention, None);
+    assert_eq!(c.events.dead_letter_after, 5);
+    let never =
+        format!("{BASE}[events]\nunpublished_retention = \"never\"\ndead_letter_after = 3\n");
+    let c = Config::from_toml_str(&never).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.events.unpublished_retention, Some(Keep::Forever));
+    assert_eq!(c.events.unpublished_cutoff(), None);
+    assert_eq!(c.events.dead_letter_after, 3);
+    let days = format!("{BASE}[events]\nunpublished_retention = \"30d\"\n");
+    let c = Config::from_toml_str(&days).unwrap();
+    assert_eq!(
+        c.events.unpublished_cutoff(),
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    let bad = format!("{BASE}[events]\nunpublished_retention = \"sometimes\"\n");
+    assert!(Config::from_toml_str(&bad).is_err());
+    let short = format!("{BASE}[events]\nunpublished_retention = \"5s\"\n");
+    assert!(err(&short).contains("events.unpublished_retention"));
+    let zero = format!("{BASE}[events]\ndead_letter_after = 0\n");
+    assert!(err(&zero).contains("events.dead_letter_after"));
+}
+
+#[test]
+fn failed_retention_parses_and_is_checked() {
+    let c = Config::from_toml_str(BASE).unwrap();
+    assert_eq!(
+        c.bridge.failed_retention,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    let set = format!("{BASE}[bridge]\nfailed_retention = \"90d\"\n");
+    let c = Config::from_toml_str(&set).unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.bridge.failed_retention,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    let short = format!("{BASE}[bridge]\nfailed_retention = \"10m\"\n");
+    assert!(err(&short).contains("bridge.failed_retention"));
+}

@@ -155,6 +155,12 @@ impl Config {
                 "must be at least 1h (the homeserver retries a transaction for longer than minutes)",
             ));
         }
+        if b.failed_retention < std::time::Duration::from_secs(3600) {
+            return Err(invalid(
+                "bridge.failed_retention",
+                "must be at least 1h (failed jobs are kept for operators to see and retry)",
+            ));
+        }
         if self.api.rate_limit_per_minute == 0 || self.api.auth_failures_per_minute == 0 {
             return Err(invalid(
                 "api.rate_limit_per_minute",

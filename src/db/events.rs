@@ -147,7 +147,7 @@ pub struct Backlog {
 /// reads it. A component given this handle, not the whole store, can touch nothing else.
 #[derive(Clone, Debug)]
 pub struct EventStore {
-    store: Store,
+    pub(super) store: Store,
 }
 
 impl Store {
@@ -190,14 +190,15 @@ impl EventStore {
                 // index (one probe per partition), then each one's head.
                 sqlx::query_as(
                     "WITH RECURSIVE pk AS ( \
-                     (SELECT partition_key FROM outbox_events WHERE NOT processed ORDER BY partition_key LIMIT 1) \
+                     (SELECT partition_key FROM outbox_events WHERE NOT processed AND dead_at IS NULL \
+                     ORDER BY partition_key LIMIT 1) \
                      UNION ALL SELECT (SELECT o.partition_key FROM outbox_events o WHERE NOT o.processed \
-                     AND o.partition_key > pk.partition_key ORDER BY o.partition_key LIMIT 1) \
+                     AND o.dead_at IS NULL AND o.partition_key > pk.partition_key ORDER BY o.partition_key LIMIT 1) \
                      FROM pk WHERE pk.partition_key IS NOT NULL) \
                      SELECT e.id, e.topic, e.payload::text AS payload, e.partition_key, e.seq, e.created_at \
                      FROM pk CROSS JOIN LATERAL (SELECT id, topic, payload, partition_key, seq, created_at \
                      FROM outbox_events o WHERE o.partition_key = pk.partition_key AND NOT o.processed \
-                     ORDER BY o.seq LIMIT $1) e WHERE pk.partition_key IS NOT NULL LIMIT $2",
+                     AND o.dead_at IS NULL ORDER BY o.seq LIMIT $1) e WHERE pk.partition_key IS NOT NULL LIMIT $2",
                 )
                 .bind(per_partition)
                 .bind(limit)
@@ -209,7 +210,7 @@ impl EventStore {
                     "SELECT id, topic, payload, partition_key, seq, created_at FROM (SELECT id, topic, payload, \
                      partition_key, seq, created_at, \
                      row_number() OVER (PARTITION BY partition_key ORDER BY seq) AS rn FROM outbox_events \
-                     WHERE NOT processed) WHERE rn <= $1 ORDER BY partition_key, seq LIMIT $2",
+                     WHERE NOT processed AND dead_at IS NULL) WHERE rn <= $1 ORDER BY partition_key, seq LIMIT $2",
                 )
                 .bind(per_partition)
                 .bind(limit)
@@ -265,30 +266,46 @@ impl EventStore {
         Ok(())
     }
 
-    /// Records a failed publish of `id`.
-    pub async fn failed(&self, id: uuid::Uuid, error: &str) -> Result<(), StoreError> {
+    /// Records a failed publish of `id`. A `permanent` refusal (JetStream will never take the
+    /// event as it is) counts towards the dead letter and a transient one resets the count, so
+    /// only `dead_after` permanent refusals in a row make the row dead (`dead_at`): it is then
+    /// no longer pending and its partition's head moves past it. Returns whether it died.
+    pub async fn failed(
+        &self,
+        id: uuid::Uuid,
+        error: &str,
+        permanent: bool,
+        dead_after: u32,
+    ) -> Result<bool, StoreError> {
         let error = super::text::clean(error);
-        match &self.store.pool {
+        // SET reads the row's old values, so `permanent_failures + 1` is this attempt's count.
+        const SQL: &str = "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2, \
+             permanent_failures = CASE WHEN $3 THEN permanent_failures + 1 ELSE 0 END, \
+             dead_at = CASE WHEN $3 AND permanent_failures + 1 >= $4 THEN $5 ELSE dead_at END \
+             WHERE id = $1 AND NOT processed RETURNING dead_at IS NOT NULL";
+        let dead: Option<bool> = match &self.store.pool {
             super::Pool::Pg(pool) => {
-                sqlx::query(
-                    "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(error.as_ref())
-                .execute(pool)
-                .await?;
+                sqlx::query_scalar(SQL)
+                    .bind(id)
+                    .bind(error.as_ref())
+                    .bind(permanent)
+                    .bind(dead_after as i32)
+                    .bind(Ts::now())
+                    .fetch_optional(pool)
+                    .await?
             }
             super::Pool::Sqlite(pool) => {
-                sqlx::query(
-                    "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
-                )
-                .bind(id.hyphenated().to_string())
-                .bind(error.as_ref())
-                .execute(pool)
-                .await?;
+                sqlx::query_scalar(SQL)
+                    .bind(id.hyphenated().to_string())
+                    .bind(error.as_ref())
+                    .bind(permanent)
+                    .bind(dead_after as i32)
+                    .bind(Ts::now())
+                    .fetch_optional(pool)
+                    .await?
             }
-        }
-        Ok(())
+        };
+        Ok(dead.unwrap_or(false))
     }
 
     /// How many events wait, and since when.
@@ -313,7 +330,9 @@ impl EventStore {
                 .await?
             }
             super::Pool::Sqlite(pool) => {
-                sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE NOT processed")
+                sqlx::query_as(
+                    "SELECT COUNT(*), MIN(created_at) FROM outbox_events WHERE NOT processed AND dead_at IS NULL",
+                )
                     .fetch_one(pool)
                     .await?
             }
@@ -326,53 +345,89 @@ impl EventStore {
         })
     }
 
-    /// Deletes events created before `cutoff`: only published ones when `published_only` (a
-    /// broker is configured), all of them otherwise (the table is then read by SQL only).
-    /// Deletes in bounded batches so no statement holds locks for long; returns how many.
+    /// Deletes published events (`processed`) created before `published`, and, when
+    /// `unpublished` is set, every event created before it, published or not (dead letters
+    /// too). Deletes in bounded batches so no statement holds locks for long; returns how many.
     ///
     /// Each batch walks the `created_at` index from its oldest end (`ORDER BY created_at`, so
     /// even a generic plan of the prepared statement reads the index instead of the table) and
-    /// stops after 5,000 rows or at the cutoff. With `published_only` the cutoff is also bounded
-    /// by the oldest pending head: everything older is published, so the walk never wades
-    /// through a long run of old unpublished rows only to skip them all. The `processed` filter
-    /// stays, as the guarantee (the bound is only a pruning of the walk).
-    pub async fn prune(&self, cutoff: Ts, published_only: bool) -> Result<u64, StoreError> {
+    /// stops after 5,000 rows or at the cutoff. For published rows the cutoff is also bounded by
+    /// the oldest pending head (PostgreSQL): everything older is published (or dead), so the
+    /// walk never wades through a long run of old unpublished rows only to skip them all. The
+    /// `processed` filter stays, as the guarantee (the bound is only a pruning of the walk).
+    pub async fn prune(&self, published: Ts, unpublished: Option<Ts>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        if let Some(cutoff) = unpublished {
+            // First, so the heads it removes no longer bound the published walk below. Rows
+            // between the two cutoffs go only when unpublished (`retention` keeps published
+            // ones); when `unpublished` is the older cutoff this is one index range.
+            total += self
+                .prune_batches(
+                    "created_at < $1 AND (NOT processed OR created_at < $2)",
+                    &[cutoff, published],
+                )
+                .await?;
+        }
+        total += match &self.store.pool {
+            super::Pool::Pg(pool) => {
+                // `<=` the oldest head: a published row of the same transaction as a waiting
+                // one (same `created_at`) may go too. Both bounds are ranges of the index, so
+                // the walk stops at the nearer one.
+                let sql = format!(
+                    "WITH {PG_HEADS_CTE} \
+                     DELETE FROM outbox_events WHERE id IN (SELECT o.id FROM outbox_events o \
+                     WHERE o.created_at < $1 \
+                     AND o.created_at <= COALESCE((SELECT MIN(created_at) FROM h), $1) \
+                     AND o.processed ORDER BY o.created_at LIMIT 5000)"
+                );
+                let mut n = 0;
+                loop {
+                    let done = sqlx::query(&sql)
+                        .bind(published)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                    n += done;
+                    if done < 5000 {
+                        break n;
+                    }
+                }
+            }
+            super::Pool::Sqlite(_) => {
+                self.prune_batches("created_at < $1 AND processed", &[published])
+                    .await?
+            }
+        };
+        Ok(total)
+    }
+
+    /// Deletes the rows matching `filter` (over `$1`, `$2`, … = `cutoffs`), oldest first,
+    /// 5,000 at a time.
+    async fn prune_batches(&self, filter: &str, cutoffs: &[Ts]) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
             let n = match &self.store.pool {
                 super::Pool::Pg(pool) => {
-                    let sql = if published_only {
-                        // `<=` the oldest head: a published row of the same transaction as a
-                        // waiting one (same `created_at`) may go too. Both bounds are ranges of
-                        // the index, so the walk stops at the nearer one.
-                        format!(
-                            "WITH {PG_HEADS_CTE} \
-                             DELETE FROM outbox_events WHERE id IN (SELECT o.id FROM outbox_events o \
-                             WHERE o.created_at < $1 \
-                             AND o.created_at <= COALESCE((SELECT MIN(created_at) FROM h), $1) \
-                             AND o.processed ORDER BY o.created_at LIMIT 5000)"
-                        )
-                    } else {
+                    let sql = format!(
                         "DELETE FROM outbox_events WHERE id IN (SELECT id FROM outbox_events \
-                         WHERE created_at < $1 ORDER BY created_at LIMIT 5000)"
-                            .to_owned()
-                    };
-                    sqlx::query(&sql)
-                        .bind(cutoff)
-                        .execute(pool)
-                        .await?
-                        .rows_affected()
+                         WHERE {filter} ORDER BY created_at LIMIT 5000)"
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for c in cutoffs {
+                        q = q.bind(*c);
+                    }
+                    q.execute(pool).await?.rows_affected()
                 }
                 super::Pool::Sqlite(pool) => {
-                    let filter = if published_only { " AND processed" } else { "" };
-                    sqlx::query(&format!(
+                    let sql = format!(
                         "DELETE FROM outbox_events WHERE rowid IN (SELECT rowid FROM outbox_events \
-                         WHERE created_at < $1{filter} ORDER BY created_at LIMIT 5000)"
-                    ))
-                    .bind(cutoff)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
+                         WHERE {filter} ORDER BY created_at LIMIT 5000)"
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for c in cutoffs {
+                        q = q.bind(*c);
+                    }
+                    q.execute(pool).await?.rows_affected()
                 }
             };
             total += n;
@@ -385,11 +440,12 @@ impl EventStore {
 
 /// The pending head of every partition with pending rows, as the recursive CTE `h`
 /// (`partition_key`, `seq`, `created_at`), to follow a `WITH`: a skip-scan of `outbox_events_pending_idx`
-/// (`(partition_key, seq) WHERE NOT processed`), whose first entry after a key is the next
+/// (`(partition_key, seq) WHERE NOT processed AND dead_at IS NULL`: the predicate is repeated
+/// word for word so the planner matches the partial index), whose first entry after a key is the next
 /// partition's lowest pending seq. One index probe per partition.
 const PG_HEADS_CTE: &str = "RECURSIVE h AS ( \
-     (SELECT partition_key, seq, created_at FROM outbox_events WHERE NOT processed \
+     (SELECT partition_key, seq, created_at FROM outbox_events WHERE NOT processed AND dead_at IS NULL \
      ORDER BY partition_key, seq LIMIT 1) \
      UNION ALL SELECT n.partition_key, n.seq, n.created_at FROM h CROSS JOIN LATERAL \
      (SELECT o.partition_key, o.seq, o.created_at FROM outbox_events o WHERE NOT o.processed \
-     AND o.partition_key > h.partition_key ORDER BY o.partition_key, o.seq LIMIT 1) n)";
+     AND o.dead_at IS NULL AND o.partition_key > h.partition_key ORDER BY o.partition_key, o.seq LIMIT 1) n)";

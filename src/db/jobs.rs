@@ -196,12 +196,15 @@ impl JobStore {
         .await?))
     }
 
-    /// Deletes finished jobs older than `cutoff`.
-    pub async fn prune(&self, cutoff: Ts) -> Result<u64, StoreError> {
+    /// Deletes done jobs queued before `done`, and failed ones that failed before `failed`
+    /// (kept longer, for operators to see and retry: `bridge.failed_retention`).
+    pub async fn prune(&self, done: Ts, failed: Ts) -> Result<u64, StoreError> {
         Ok(both!(self.store, pool => sqlx::query(
-            "DELETE FROM bridge_jobs WHERE status <> 'pending' AND created_at < $1"
+            "DELETE FROM bridge_jobs WHERE (status = 'done' AND created_at < $1) \
+             OR (status = 'failed' AND COALESCE(finished_at, created_at) < $2)"
         )
-        .bind(cutoff)
+        .bind(done)
+        .bind(failed)
         .execute(pool)
         .await?
         .rows_affected()))

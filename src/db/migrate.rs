@@ -86,6 +86,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000012_seeds.down.sql"),
     ),
     (
+        14,
+        "dead_letters",
+        include_str!("../../migrations/postgres/000014_dead_letters.up.sql"),
+        include_str!("../../migrations/postgres/000014_dead_letters.down.sql"),
+    ),
+    (
         15,
         "access_keys",
         include_str!("../../migrations/postgres/000015_access_keys.up.sql"),
@@ -165,6 +171,12 @@ const SQLITE: &[Step] = &[
         "seeds",
         include_str!("../../migrations/sqlite/000012_seeds.up.sql"),
         include_str!("../../migrations/sqlite/000012_seeds.down.sql"),
+    ),
+    (
+        14,
+        "dead_letters",
+        include_str!("../../migrations/sqlite/000014_dead_letters.up.sql"),
+        include_str!("../../migrations/sqlite/000014_dead_letters.down.sql"),
     ),
     (
         15,

@@ -264,10 +264,11 @@ impl OutboxStore {
     /// Records a send the homeserver refused for good.
     pub async fn fail(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
         both!(self.store, pool => sqlx::query(
-            "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, status = 'failed' WHERE id = $1",
+            "UPDATE agent_outbox SET attempts = attempts + 1, error = $2, status = 'failed', failed_at = $3 WHERE id = $1",
         )
         .bind(id)
         .bind(error)
+        .bind(Ts::now())
         .execute(pool)
         .await
         .map(|_| ())?);

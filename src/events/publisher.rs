@@ -18,25 +18,33 @@
 //! recovers. A broker that answers probes but refuses publishes (a full stream, a wrong
 //! subject) is retried with exponential backoff. The backlog figure is refreshed by a task of
 //! its own, off the publishing path.
+//!
+//! Dead letters: an event JetStream refuses for good (larger than the server's `max_payload`
+//! or the stream's maximum message size) would stop its partition forever. After
+//! `events.dead_letter_after` such refusals in a row (spaced by the backoff, in case the limit
+//! is being raised) it is marked dead (`dead_at`), counted, and the partition goes on with
+//! the next event. Transient failures (a dropped connection, a timeout, no stream yet) never
+//! kill an event: they are what the waiting is for.
 
 use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
 
 use async_nats::jetstream::{
     self, ErrorCode,
-    context::{GetStreamError, GetStreamErrorKind},
+    context::{GetStreamError, GetStreamErrorKind, PublishError as NatsPublishError},
     message::PublishMessage,
     stream,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::refusal::{describe, refused_for_good};
 use crate::{
     config::EventsConfig,
     db::{
@@ -74,6 +82,7 @@ pub struct PublisherStatus {
     configured: AtomicBool,
     connected: AtomicBool,
     backlog: Mutex<Backlog>,
+    dead: AtomicI64,
 }
 
 impl PublisherStatus {
@@ -91,6 +100,11 @@ impl PublisherStatus {
     /// The backlog as of the publisher's last look.
     pub fn backlog(&self) -> Backlog {
         *self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Dead-lettered events as of the publisher's last look.
+    pub fn dead(&self) -> i64 {
+        self.dead.load(Ordering::Relaxed)
     }
 
     fn set_backlog(&self, b: Backlog) {
@@ -328,13 +342,18 @@ impl Publisher {
             tasks.spawn(async move { publish_partition(&js, drops, epoch, &prefix, rows).await });
         }
         let mut acked = Vec::new();
-        let mut failure = None;
+        let mut transient = None;
+        let mut refused = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let (ok, failed) =
                 done.map_err(|e| PublishError::Nats(format!("publish task: {e}")))?;
             acked.extend(ok);
-            if let Some(f) = failed {
-                failure.get_or_insert(f);
+            match failed {
+                Some(f) if f.permanent => refused.push(f),
+                Some(f) => {
+                    transient.get_or_insert(f);
+                }
+                None => {}
             }
         }
         // Mark what was acknowledged even when something else failed: those rows are in the
@@ -348,12 +367,32 @@ impl Publisher {
                 .observe((now - created.millis()).max(0) as f64 / 1000.0);
         }
         self.metrics.events_published.inc_by(acked.len() as u64);
-        if let Some((id, error)) = failure {
+        // Refused for good: counted towards the dead letter. A dead one no longer holds its
+        // partition, so the round counts it as progress; one not dead yet is retried after
+        // the backoff, like any refusal.
+        let mut dead = 0;
+        let mut waiting = None;
+        for f in refused {
             self.metrics.event_publish_errors.inc();
-            self.events.failed(id, &error).await?;
+            let after = self.config.dead_letter_after;
+            if self.events.failed(f.id, &f.error, true, after).await? {
+                dead += 1;
+                self.metrics.events_dead_total.inc();
+                tracing::error!(event_id = %f.id, error = %f.error, attempts = after, "JetStream refuses this event for good; it is dead-lettered and its partition moves on (GET /api/v1/admin/events/dead)");
+            } else {
+                waiting.get_or_insert(f.error);
+            }
+        }
+        if let Some(f) = transient {
+            self.metrics.event_publish_errors.inc();
+            let after = self.config.dead_letter_after;
+            self.events.failed(f.id, &f.error, false, after).await?;
+            return Err(PublishError::Nats(f.error));
+        }
+        if let Some(error) = waiting {
             return Err(PublishError::Nats(error));
         }
-        Ok(acked.len())
+        Ok(acked.len() + dead)
     }
 
     async fn refresh_backlog(&self) {
@@ -363,6 +402,13 @@ impl Publisher {
                 self.status.set_backlog(b);
             }
             Err(error) => tracing::debug!(%error, "could not read the event backlog"),
+        }
+        match self.events.dead_count().await {
+            Ok(n) => {
+                self.metrics.events_dead.set(n);
+                self.status.dead.store(n, Ordering::Relaxed);
+            }
+            Err(error) => tracing::debug!(%error, "could not count dead events"),
         }
     }
 
@@ -445,8 +491,18 @@ fn stream_missing(e: &GetStreamError) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Acknowledged rows (id, commit time), and the first failure (row id, error).
-type PartitionResult = (Vec<(uuid::Uuid, Ts)>, Option<(uuid::Uuid, String)>);
+/// A publish that failed.
+struct Failure {
+    /// The row.
+    id: uuid::Uuid,
+    /// Why.
+    error: String,
+    /// JetStream will never take the event as it is (see [`refused_for_good`]).
+    permanent: bool,
+}
+
+/// Acknowledged rows (id, commit time), and the first failure.
+type PartitionResult = (Vec<(uuid::Uuid, Ts)>, Option<Failure>);
 
 /// Publishes one partition's rows in order, each after the previous one's acknowledgement.
 /// The connection of `epoch` dropping fails the row in flight at once.
@@ -464,18 +520,26 @@ async fn publish_partition(
             .payload(row.payload.into_bytes().into())
             .message_id(row.id.hyphenated().to_string());
         let send = async {
+            let described = |e: NatsPublishError| (refused_for_good(&e), describe(&e));
             match js.send_publish(subject, publish).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(ack) => ack.await.map(|_| ()).map_err(described),
+                Err(e) => Err(described(e)),
             }
         };
         let result = tokio::select! {
             r = send => r,
-            _ = drops.wait_for(|e| *e != epoch) => Err("connection lost".to_owned()),
+            _ = drops.wait_for(|e| *e != epoch) => Err((false, "connection lost".to_owned())),
         };
         match result {
             Ok(()) => acked.push((row.id, row.created_at)),
-            Err(error) => return (acked, Some((row.id, error))),
+            Err((permanent, error)) => {
+                let failure = Failure {
+                    id: row.id,
+                    error,
+                    permanent,
+                };
+                return (acked, Some(failure));
+            }
         }
     }
     (acked, None)

@@ -84,6 +84,18 @@ fn routes(channel: &str) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, format!("{a}/sessions"), None),
         (Method::GET, format!("{a}/runs"), None),
         (Method::GET, format!("{a}/audit"), None),
+        (Method::GET, format!("{a}/events/dead"), None),
+        (
+            Method::POST,
+            format!("{a}/events/dead/0190a000-0000-7000-8000-000000000000/retry"),
+            None,
+        ),
+        (Method::GET, format!("{a}/failed"), None),
+        (
+            Method::POST,
+            format!("{a}/failed/run/0190a000-0000-7000-8000-000000000000/retry"),
+            None,
+        ),
     ]
 }
 

@@ -492,6 +492,10 @@ async fn openapi_documents_every_route(#[case] b: Backend) {
         ("/api/v1/admin/sessions", &["get"]),
         ("/api/v1/admin/runs", &["get"]),
         ("/api/v1/admin/audit", &["get"]),
+        ("/api/v1/admin/events/dead", &["get"]),
+        ("/api/v1/admin/events/dead/{id}/retry", &["post"]),
+        ("/api/v1/admin/failed", &["get"]),
+        ("/api/v1/admin/failed/{kind}/{id}/retry", &["post"]),
     ] {
         for m in methods {
             assert!(

@@ -564,10 +564,10 @@ async fn events_and_audit_are_pruned(#[case] b: Backend) {
     let audit = app.count("audit_log").await;
     app.exec(&format!("UPDATE outbox_events SET created_at = {old}"))
         .await;
-    // With a broker, only published rows go.
+    // With a broker (unpublished rows kept until published), only published rows go.
     let published_only = daarion_bridge::bridge::upkeep::Retention {
         events: std::time::Duration::from_secs(7 * 86400),
-        events_published_only: true,
+        events_unpublished: None,
         audit: None,
         ..daarion_bridge::bridge::upkeep::Retention::from_config(&app.config)
     };
@@ -595,9 +595,10 @@ async fn events_and_audit_are_pruned(#[case] b: Backend) {
         audit,
         "audit kept forever by default"
     );
-    // Without a broker everything old goes; audit with its retention.
+    // Without a broker (unpublished_retention's default: retention) everything old goes;
+    // audit with its retention.
     let all = daarion_bridge::bridge::upkeep::Retention {
-        events_published_only: false,
+        events_unpublished: Some(std::time::Duration::from_secs(7 * 86400)),
         audit: Some(std::time::Duration::from_secs(7 * 86400)),
         ..published_only
     };

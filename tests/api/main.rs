@@ -8,11 +8,13 @@ mod appservice;
 mod bad_ids;
 mod cli;
 mod crypto;
+mod dead_letter;
 mod delivery;
 #[path = "../common/e2ee.rs"]
 mod e2ee;
 mod erd;
 mod events;
+mod failed;
 mod fake_hs;
 #[path = "../common/mcp.rs"]
 mod fake_mcp;

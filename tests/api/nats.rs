@@ -16,6 +16,8 @@ pub struct Nats {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// The server's `max_payload` (none: its default, 1 MiB).
+    max_payload: Option<usize>,
 }
 
 fn binary() -> String {
@@ -33,6 +35,11 @@ fn binary() -> String {
 
 impl Nats {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that refuses messages larger than `max_payload` bytes (when set).
+    pub async fn start_with(max_payload: Option<usize>) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -44,6 +51,7 @@ impl Nats {
             port,
             child: None,
             dir: TempDir(dir),
+            max_payload,
         };
         nats.resume().await;
         nats
@@ -53,10 +61,22 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Changes `max_payload` for the next [`Nats::resume`].
+    pub fn set_max_payload(&mut self, max_payload: Option<usize>) {
+        self.max_payload = max_payload;
+    }
+
     /// Starts the server again (same port, same store: what JetStream stored survives).
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        // `max_payload` has no command-line flag: only a config file sets it.
+        if let Some(max) = self.max_payload {
+            let conf = self.dir.0.join("nats.conf");
+            std::fs::write(&conf, format!("max_payload: {max}\n")).unwrap();
+            command.arg("-c").arg(conf);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",

@@ -10,7 +10,7 @@ use rstest::rstest;
 use serde_json::json;
 
 use crate::{
-    events::{Stored, assert_gapless, stored},
+    events::{Stored, assert_gapless, stored_all},
     nats::Nats,
     support::{Backend, TestApp, ev},
 };
@@ -125,7 +125,7 @@ async fn events_reach_jetstream_in_order(#[case] b: Backend) {
     two_rooms(&app).await;
     traffic(&app, 0, 12).await;
     drained(&app).await;
-    let rows = stored(&app).await;
+    let rows = stored_all(&app).await;
     assert_gapless(&rows);
     assert!(rows.len() >= 28, "{}", rows.len());
     let msgs = nats.read_all("DAARION", rows.len()).await;
@@ -177,7 +177,7 @@ async fn a_lost_mark_is_deduplicated_by_jetstream(#[case] b: Backend) {
         .await;
     let restarted = app.spawn_process(with_nats(&nats)).await;
     drained(&restarted).await;
-    let rows = stored(&restarted).await;
+    let rows = stored_all(&restarted).await;
     assert_gapless(&rows);
     assert_eq!(
         nats.stored("DAARION").await,
@@ -241,7 +241,7 @@ async fn nats_outage_loses_and_doubles_nothing(#[case] b: Backend) {
     nats.resume().await;
     traffic(&app, 14, 16).await;
     drained(&app).await;
-    let rows = stored(&app).await;
+    let rows = stored_all(&app).await;
     assert_gapless(&rows);
     let msgs = nats.read_all("DAARION", rows.len()).await;
     assert_stream_matches(&rows, &msgs);

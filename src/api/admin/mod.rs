@@ -1,11 +1,14 @@
 //! The admin (provisioning) API under `/api/v1/admin`: what operators and the microDAO console
 //! use to create microDAOs, blueprints and agents (PUT by external id, idempotent), put agents
 //! into rooms, set how they answer, list channels, members, sessions and runs (keyset pages),
-//! manage agent keys, read the audit log, export channels and see the bridge's status.
+//! manage agent keys, read the audit log, export channels, see the bridge's status, and list
+//! and retry dead-lettered events and failed work.
 //! Authenticated by admin keys (`daarion-bridge access-key create --admin`, capability
 //! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
 
 mod catalog;
+mod dead;
+mod failed;
 mod keys;
 mod ops;
 mod tools;
@@ -86,6 +89,13 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/admin/sessions", get(ops::sessions))
         .route("/api/v1/admin/runs", get(ops::runs))
         .route("/api/v1/admin/audit", get(ops::audit))
+        .route("/api/v1/admin/events/dead", get(dead::list))
+        .route("/api/v1/admin/events/dead/{id}/retry", post(dead::retry))
+        .route("/api/v1/admin/failed", get(failed::list))
+        .route(
+            "/api/v1/admin/failed/{kind}/{id}/retry",
+            post(failed::retry),
+        )
 }
 
 /// An authenticated admin.

@@ -1,0 +1,12 @@
+DROP INDEX IF EXISTS agent_runs_failed_idx;
+ALTER TABLE agent_runs DROP COLUMN IF EXISTS retried_at;
+DROP INDEX IF EXISTS agent_outbox_failed_idx;
+DROP INDEX IF EXISTS bridge_jobs_failed_idx;
+ALTER TABLE agent_outbox DROP COLUMN IF EXISTS failed_at;
+DROP INDEX IF EXISTS outbox_events_dead_idx;
+DROP INDEX IF EXISTS outbox_events_pending_idx;
+CREATE INDEX outbox_events_pending_idx ON outbox_events (partition_key, seq) WHERE NOT processed;
+ALTER TABLE outbox_events DROP COLUMN IF EXISTS permanent_failures;
+ALTER TABLE outbox_events DROP COLUMN IF EXISTS dead_at;
+COMMENT ON COLUMN outbox_events.processed IS 'Published: JetStream acknowledged it';
+COMMENT ON COLUMN outbox_events.processed_at IS 'When JetStream acknowledged it';

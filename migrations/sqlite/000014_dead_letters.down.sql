@@ -1,0 +1,10 @@
+DROP INDEX IF EXISTS agent_runs_failed_idx;
+ALTER TABLE agent_runs DROP COLUMN retried_at;
+DROP INDEX IF EXISTS agent_outbox_failed_idx;
+DROP INDEX IF EXISTS bridge_jobs_failed_idx;
+ALTER TABLE agent_outbox DROP COLUMN failed_at;
+DROP INDEX IF EXISTS outbox_events_dead_idx;
+DROP INDEX IF EXISTS outbox_events_pending_idx;
+CREATE INDEX outbox_events_pending_idx ON outbox_events (partition_key, seq) WHERE NOT processed;
+ALTER TABLE outbox_events DROP COLUMN permanent_failures;
+ALTER TABLE outbox_events DROP COLUMN dead_at;
