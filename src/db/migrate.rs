@@ -79,6 +79,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000011_tools.up.sql"),
         include_str!("../../migrations/postgres/000011_tools.down.sql"),
     ),
+    (
+        13,
+        "rooms",
+        include_str!("../../migrations/postgres/000013_rooms.up.sql"),
+        include_str!("../../migrations/postgres/000013_rooms.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -147,6 +153,12 @@ const SQLITE: &[Step] = &[
         "tools",
         include_str!("../../migrations/sqlite/000011_tools.up.sql"),
         include_str!("../../migrations/sqlite/000011_tools.down.sql"),
+    ),
+    (
+        13,
+        "rooms",
+        include_str!("../../migrations/sqlite/000013_rooms.up.sql"),
+        include_str!("../../migrations/sqlite/000013_rooms.down.sql"),
     ),
 ];
 

@@ -20,6 +20,7 @@ pub mod decode;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod listings;
 pub mod messages;
 pub mod migrate;

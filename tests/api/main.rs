@@ -34,6 +34,7 @@ mod process;
 mod properties;
 mod publish;
 mod records;
+mod rooms;
 mod runs;
 mod runtimes;
 mod slow_clients;

@@ -1,11 +1,12 @@
 //! The admin (provisioning) API under `/api/v1/admin`: what operators and the microDAO console
 //! use to create microDAOs, blueprints and agents (PUT by external id, idempotent), put agents
-//! into rooms, set how they answer, list channels, members, sessions and runs (keyset pages),
+//! into rooms, create and archive channels (the bot creates the Matrix room), set how they answer, list channels, members, sessions and runs (keyset pages),
 //! manage agent keys, read the audit log, export channels and see the bridge's status.
 //! Authenticated by admin keys (`daarion-bridge access-key create --admin`, capability
 //! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
 
 mod catalog;
+mod channels;
 mod ops;
 mod tools;
 
@@ -72,7 +73,14 @@ pub fn routes() -> Router<ApiState> {
             post(ops::create_key),
         )
         .route("/api/v1/admin/keys/{key_id}", delete(ops::revoke_key))
-        .route("/api/v1/admin/channels", get(ops::channels))
+        .route(
+            "/api/v1/admin/channels",
+            get(ops::channels).post(channels::create),
+        )
+        .route(
+            "/api/v1/admin/channels/{channel_id}",
+            delete(channels::archive),
+        )
         .route(
             "/api/v1/admin/channels/{channel_id}/members",
             get(ops::members),
