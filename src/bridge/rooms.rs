@@ -156,8 +156,8 @@ impl Control {
                 },
             )
             .await?;
-        // The room's first transaction got there first and the bot's own join placed it in the
-        // default microDAO before its `city.daarion.channel` state arrived: move it.
+        // The channel exists under another place (a room that another path placed first, say
+        // `city.daarion.channel` state edited by hand): the platform's request wins.
         let mut channel = lifecycle
             .by_id(written)
             .await?

@@ -303,8 +303,8 @@ async fn a_retry_after_a_crash_finds_the_room(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     let key = admin_key(&app).await;
     // A creation that died after the homeserver made the room, before recording it: the room's
-    // first transaction placed it, under the chosen channel id, even though the bot's own join
-    // (first in the transaction) would place it in the default microDAO.
+    // first transaction placed it, under the chosen channel id (the bot's own join, first in
+    // the transaction, places nothing).
     let chosen = uuid::Uuid::new_v4().to_string();
     let id7 = app
         .col("SELECT CAST(id AS TEXT) FROM microdaos WHERE external_id = 'microdao:7'")
