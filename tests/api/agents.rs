@@ -476,6 +476,8 @@ async fn openapi_documents_every_route(#[case] b: Backend) {
             &["get", "put", "delete"],
         ),
         ("/api/v1/admin/agents/{external_id}/rooms", &["post"]),
+        ("/api/v1/admin/channels", &["get", "post"]),
+        ("/api/v1/admin/channels/{channel_id}", &["delete"]),
         (
             "/api/v1/admin/agents/{external_id}/rooms/{room_id}",
             &["delete"],
