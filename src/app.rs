@@ -153,6 +153,7 @@ impl Bridge {
             registry.clone(),
             puppets.clone(),
             config.appservice.id.clone(),
+            mirror.clone(),
         );
         Ok(Self {
             bot,

@@ -63,6 +63,8 @@ pub enum Command {
     Forget,
     /// Stop the answers being written in this room.
     Stop,
+    /// Place this room into a microDAO (external id), under a slug (default: its current one).
+    Adopt(String, Option<String>),
 }
 
 /// The command text of a message, if it is one: what follows the prefix (`!daarion agents` →
@@ -111,6 +113,14 @@ pub fn parse(text: &str, prefix: &str) -> Result<Command, String> {
         "sessions" => Ok(Command::Sessions),
         "forget" => Ok(Command::Forget),
         "stop" => Ok(Command::Stop),
+        "adopt" => match args.as_slice() {
+            [microdao] => Ok(Command::Adopt((*microdao).to_owned(), None)),
+            [microdao, slug] => Ok(Command::Adopt(
+                (*microdao).to_owned(),
+                Some((*slug).to_owned()),
+            )),
+            _ => Err(format!("Usage: `{prefix} adopt <microdao> [slug]`")),
+        },
         other => Err(format!(
             "I don't know the command `{}`.\n\n{}",
             other.escape_debug(),
@@ -131,6 +141,7 @@ pub fn help(prefix: &str) -> String {
          - `{prefix} sessions`: the agents' sessions in this room\n\
          - `{prefix} forget`: the agents here forget everything said before it\n\
          - `{prefix} stop` (or just `stop`): stop the answers being written here\n\
+         - `{prefix} adopt <microdao> [slug]`: make this room a channel of that microDAO (power level {MANAGE_LEVEL})\n\
          - `{prefix} status`: the bridge's status (bridge admins)\n\n\
          An agent is named by its id (`sofia`, `agent:sofia`), its Matrix id or its name."
     )
@@ -328,10 +339,13 @@ impl Commands {
                     &store.sessions().of_channel(channel, 20).await?,
                 ))
             }
-            Command::Invite(_) | Command::Kick(_) | Command::Respond(..) if !may_manage => {
+            Command::Invite(_) | Command::Kick(_) | Command::Respond(..) | Command::Adopt(..)
+                if !may_manage =>
+            {
                 denied(match command {
                     Command::Invite(_) => "invite agents",
                     Command::Kick(_) => "remove agents",
+                    Command::Adopt(..) => "place this room into a microDAO",
                     _ => "change when agents answer",
                 })
             }
@@ -373,6 +387,24 @@ impl Commands {
                     Err(control::ControlError::Store(e)) => Err(e.into()),
                     Err(e) => Ok((
                         format!("Cannot remove {}: {e}.", agent.name),
+                        AuditOutcome::Denied,
+                    )),
+                }
+            }
+            Command::Adopt(microdao, slug) => {
+                if channel.is_none() {
+                    return Ok((not_mirrored(), AuditOutcome::Denied));
+                }
+                match self
+                    .control
+                    .adopt(call.room, microdao, slug.as_deref(), actor)
+                    .await
+                {
+                    Ok((answer, true)) => ok(answer),
+                    Ok((answer, false)) => Ok((answer, AuditOutcome::Denied)),
+                    Err(control::ControlError::Store(e)) => Err(e.into()),
+                    Err(e) => Ok((
+                        format!("Cannot adopt this room: {e}."),
                         AuditOutcome::Denied,
                     )),
                 }
@@ -531,6 +563,18 @@ mod tests {
         assert!(p("invite").unwrap_err().contains("invite <agent>"));
         assert!(p("invite a b").unwrap_err().contains("Usage"));
         assert!(p("respond sofia loud").unwrap_err().contains("mentions"));
+        assert_eq!(
+            p("adopt microdao:garden"),
+            Ok(Command::Adopt("microdao:garden".into(), None))
+        );
+        assert_eq!(
+            p("ADOPT microdao:garden general"),
+            Ok(Command::Adopt(
+                "microdao:garden".into(),
+                Some("general".into())
+            ))
+        );
+        assert!(p("adopt").unwrap_err().contains("adopt <microdao> [slug]"));
         let unknown = p("dance").unwrap_err();
         assert!(unknown.contains("`dance`") && unknown.contains("!daarion help"));
     }

@@ -1,5 +1,6 @@
 //! Operations operators run on a live bridge, shared by the admin API and the bot commands so
-//! both behave the same: put an agent into a room or take it out, and the bridge's status.
+//! both behave the same: put an agent into a room or take it out, and the bridge's status
+//! (channels created, archived and moved are in `rooms.rs`).
 //! Each operation is audited with who asked for it.
 
 use std::{sync::Arc, time::Duration};
@@ -9,7 +10,7 @@ use serde::Serialize;
 
 use crate::model::Agent;
 use crate::{
-    bridge::agents::AgentRegistry,
+    bridge::{agents::AgentRegistry, mirror::Mirror},
     db::{Store, StoreError, audit::Actor},
     matrix::HsError,
     model::AuditOutcome,
@@ -34,16 +35,28 @@ pub enum ControlError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Something named does not exist (a microDAO, a channel).
+    #[error("{0}")]
+    NotFound(String),
+    /// Another bridge process is creating the same channel right now.
+    #[error("the channel {0} is being created; try again in a minute")]
+    InProgress(String),
 }
 
 /// The operations, with what they use: given at construction, shared by the admin API and the
 /// bot commands.
 pub struct Control {
-    store: Store,
-    bot: BotIntent,
-    registry: Arc<AgentRegistry>,
+    pub(super) store: Store,
+    pub(super) bot: BotIntent,
+    pub(super) registry: Arc<AgentRegistry>,
     puppets: Arc<Puppets>,
     appservice_id: String,
+    /// Writes channel rows and archives through the mirror's locks and caches.
+    pub(super) mirror: Arc<Mirror>,
+    /// Creations of channels run one at a time in this process (they are rare), so two
+    /// requests for the same (microDAO, slug) never create two rooms; across processes the
+    /// creation row does it (`db::lifecycle`).
+    pub(super) creating: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -54,6 +67,7 @@ impl Control {
         registry: Arc<AgentRegistry>,
         puppets: Arc<Puppets>,
         appservice_id: String,
+        mirror: Arc<Mirror>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -61,6 +75,8 @@ impl Control {
             registry,
             puppets,
             appservice_id,
+            mirror,
+            creating: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -25,7 +25,7 @@ use crate::{
     },
     matrix::HsError,
     metrics::Metrics,
-    model::{JobKind, Ts},
+    model::{FOLLOW_UPGRADE_VIA, JobKind, Ts},
     puppet::{BotIntent, GhostIntent, PuppetError, Puppets},
 };
 
@@ -192,6 +192,13 @@ impl FollowUps {
     /// Accepts an invite as the bot or a puppet, then mirrors the room's full state.
     async fn join(&self, job: &JobRow) -> Result<(), FollowUpError> {
         let (room, user) = (&*job.room_id, &*job.user_id);
+        if let Some(via) = job
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix(FOLLOW_UPGRADE_VIA))
+        {
+            return self.follow_upgrade(job, via).await;
+        }
         let state = if user == self.bot.user_id() {
             self.bot.join(room).await?;
             tracing::info!(room_id = %room, user_id = %user, "joined room");
@@ -213,6 +220,46 @@ impl FollowUps {
         let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
         self.mirror.apply_room_state(room, &raws).await?;
         tracing::info!(room_id = %room, events = raws.len(), "room state mirrored");
+        Ok(())
+    }
+
+    /// A channel follows its room's replacement (a room upgrade): the bot joins the new room
+    /// through the servers given, then brings in the agents that are in the channel (invited
+    /// by the bot, as the replacement is usually invite-only, and joined), and the new room's
+    /// state is mirrored. Every step is idempotent, so a retried job redoes them safely.
+    async fn follow_upgrade(&self, job: &JobRow, via: &str) -> Result<(), FollowUpError> {
+        let room = &*job.room_id;
+        let via: Vec<ruma::OwnedServerName> = via
+            .split_whitespace()
+            .filter_map(|s| ruma::ServerName::parse(s).ok())
+            .collect();
+        self.bot.join_via(room, via.clone()).await?;
+        tracing::info!(room_id = %room, "the bot joined the replacement room");
+        let agents = self
+            .mirror
+            .store()
+            .rooms()
+            .load(&[room.as_str()])
+            .await?
+            .pop()
+            .map(|(_, _, agents)| agents)
+            .unwrap_or_default();
+        for agent in agents.into_iter().filter_map(|a| self.registry.by_id(a)) {
+            if !agent.active {
+                continue;
+            }
+            let intent = self.puppets.intent(agent.clone());
+            intent.ensure_ready().await?;
+            // Already invited or joined: the join settles it.
+            if let Err(error) = self.bot.invite(room, &agent.user_id).await {
+                tracing::debug!(room_id = %room, agent = %agent.user_id, %error, "invite into the replacement refused; joining anyway");
+            }
+            intent.join_via(room, via.clone()).await?;
+            tracing::info!(room_id = %room, agent = %agent.user_id, "agent followed the room upgrade");
+        }
+        let state = self.bot.room_state(room).await?;
+        let raws: Vec<&RawValue> = state.iter().map(|r| r.json()).collect();
+        self.mirror.apply_room_state(room, &raws).await?;
         Ok(())
     }
 

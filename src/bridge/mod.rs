@@ -1,6 +1,6 @@
 //! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
 //! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
-//! (joins, refusals, bot commands), operator operations (`control`) and the bot commands, the reconciler that follows agent rows others write, and
+//! (joins, refusals, bot commands), operator operations (`control`; channels created, archived and moved in `rooms`) and the bot commands, the reconciler that follows agent rows others write, and
 //! background upkeep, and encrypted events that wait for their key (`pending`).
 
 pub mod agents;
@@ -11,6 +11,7 @@ pub mod mirror;
 pub mod pending;
 pub mod planner;
 pub mod reconcile;
+pub mod rooms;
 pub mod stops;
 pub mod triggers;
 pub mod upkeep;

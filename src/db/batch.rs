@@ -49,6 +49,10 @@ pub struct Batch {
     pub sent: Option<SentRecord>,
     /// Audit records of the decisions this batch makes (invites accepted or refused).
     pub audits: Vec<super::audit::NewAudit>,
+    /// Channels archived (a tombstone without a replacement, or the admin API).
+    pub archives: Vec<ChannelArchive>,
+    /// Channels that follow their room's replacement (a room upgrade).
+    pub moves: Vec<RoomMove>,
 }
 
 impl Batch {
@@ -66,6 +70,8 @@ impl Batch {
             && self.candidates.is_empty()
             && self.sent.is_none()
             && self.audits.is_empty()
+            && self.archives.is_empty()
+            && self.moves.is_empty()
     }
 }
 
@@ -351,6 +357,31 @@ pub enum SessionChange {
     Activate,
     /// Close the open session.
     Close,
+}
+
+/// A channel archived: a `bridge_channel_archives` row is written once (an archived channel stays
+/// archived, with its history), and `chat.channel.archived` is published then.
+#[derive(Debug, Clone)]
+pub struct ChannelArchive {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Its room (for the event).
+    pub room_id: OwnedRoomId,
+    /// `admin` or `tombstone` (for the event).
+    pub reason: &'static str,
+}
+
+/// A channel following a room upgrade: `channels.matrix_room_id` moves from `from` to `to`
+/// (only if it still is `from`), and `from` is kept in `bridge_room_aliases` so that events
+/// still arriving for it, and old messages, resolve to the channel.
+#[derive(Debug, Clone)]
+pub struct RoomMove {
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The tombstoned room.
+    pub from: OwnedRoomId,
+    /// Its replacement.
+    pub to: OwnedRoomId,
 }
 
 /// A follow-up job, durable from the commit of the transaction that asked for it.

@@ -86,6 +86,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000012_seeds.down.sql"),
     ),
     (
+        13,
+        "rooms",
+        include_str!("../../migrations/postgres/000013_rooms.up.sql"),
+        include_str!("../../migrations/postgres/000013_rooms.down.sql"),
+    ),
+    (
         14,
         "dead_letters",
         include_str!("../../migrations/postgres/000014_dead_letters.up.sql"),
@@ -171,6 +177,12 @@ const SQLITE: &[Step] = &[
         "seeds",
         include_str!("../../migrations/sqlite/000012_seeds.up.sql"),
         include_str!("../../migrations/sqlite/000012_seeds.down.sql"),
+    ),
+    (
+        13,
+        "rooms",
+        include_str!("../../migrations/sqlite/000013_rooms.up.sql"),
+        include_str!("../../migrations/sqlite/000013_rooms.down.sql"),
     ),
     (
         14,

@@ -22,6 +22,7 @@ pub mod events;
 pub mod failed;
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod listings;
 pub mod messages;
 pub mod migrate;

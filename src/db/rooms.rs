@@ -111,6 +111,13 @@ const ROOM_COLS: &str = "SELECT c.id AS channel_id, c.matrix_room_id AS room_id,
      c.visibility, br.name_source, br.visibility_pinned, br.power_levels, br.is_direct, br.canonical_alias \
      FROM channels c LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
 
+/// The same columns for a room that was replaced (a room upgrade): its channel, under the old
+/// room's id, so events still arriving for the old room are mirrored into the channel.
+const ALIAS_COLS: &str = "SELECT c.id AS channel_id, a.room_id AS room_id, c.microdao_id, c.name, c.topic, \
+     c.visibility, br.name_source, br.visibility_pinned, br.power_levels, br.is_direct, br.canonical_alias \
+     FROM bridge_room_aliases a JOIN channels c ON c.id = a.channel_id \
+     LEFT JOIN bridge_rooms br ON br.channel_id = c.id WHERE ";
+
 /// The store's view of reads of mirrored rooms, senders and microDAOs that the mirror's caches
 /// start from. A component given this handle, not the whole store, can touch nothing else.
 #[derive(Clone, Debug)]
@@ -139,15 +146,16 @@ impl RoomStore {
             return Ok(Vec::new());
         }
         let raws: Vec<RawStoredRoom> = match &self.store.pool {
-            super::Pool::Pg(pool) => {
-                sqlx::query_as(&format!("{ROOM_COLS} c.matrix_room_id = ANY($1)"))
-                    .bind(room_ids)
-                    .fetch_all(pool)
-                    .await?
-            }
+            super::Pool::Pg(pool) => sqlx::query_as(&format!(
+                "{ROOM_COLS} c.matrix_room_id = ANY($1) UNION ALL {ALIAS_COLS} a.room_id = ANY($1)"
+            ))
+            .bind(room_ids)
+            .fetch_all(pool)
+            .await?,
             super::Pool::Sqlite(pool) => {
                 sqlx::query_as(&format!(
-                    "{ROOM_COLS} c.matrix_room_id IN (SELECT value FROM json_each($1))"
+                    "{ROOM_COLS} c.matrix_room_id IN (SELECT value FROM json_each($1)) \
+                     UNION ALL {ALIAS_COLS} a.room_id IN (SELECT value FROM json_each($1))"
                 ))
                 .bind(json_list(room_ids))
                 .fetch_all(pool)
@@ -247,14 +255,16 @@ impl RoomStore {
         .await?))
     }
 
-    /// The channel of a Matrix room.
+    /// The channel of a Matrix room: the channel whose room it is, or was before a room
+    /// upgrade replaced it (`bridge_room_aliases`).
     pub async fn channel_for_room(&self, room_id: &str) -> Result<Option<ChannelId>, StoreError> {
-        Ok(
-            both!(self.store, pool => sqlx::query_scalar("SELECT id FROM channels WHERE matrix_room_id = $1")
-            .bind(room_id)
-            .fetch_optional(pool)
-            .await?),
+        Ok(both!(self.store, pool => sqlx::query_scalar(
+            "SELECT id FROM channels WHERE matrix_room_id = $1 \
+             UNION ALL SELECT channel_id FROM bridge_room_aliases WHERE room_id = $1 LIMIT 1",
         )
+        .bind(room_id)
+        .fetch_optional(pool)
+        .await?))
     }
 
     /// A channel's Matrix room id (none when the channel has none, or an invalid one).

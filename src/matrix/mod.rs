@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod media;
+pub mod rooms;
 
 pub use self::client::{Homeserver, HsError};

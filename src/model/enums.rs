@@ -262,12 +262,17 @@ text_enum!(
     JobKind {
         /// Accept an invite: join as the bot or a puppet, then read the room's state.
         Join = "join",
-        /// Refuse an invite with a reason.
+        /// Refuse an invite with a reason, or leave a room with one (an archived channel).
         Reject = "reject",
         /// Run a bot command (`!daarion …`) and answer it as the bot.
         Command = "command",
     }
 );
+
+/// How a `join` job that follows a room upgrade starts its `reason`: the servers to join
+/// through follow, separated by spaces (`follow upgrade via example.org other.org`). Such a
+/// job also brings the channel's agents into the room.
+pub const FOLLOW_UPGRADE_VIA: &str = "follow upgrade via";
 
 text_enum!(
     /// `bridge_jobs.status`.

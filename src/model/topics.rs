@@ -27,6 +27,11 @@ pub enum Topic {
     ChannelCreated,
     /// A channel's name, topic or visibility changed.
     ChannelUpdated,
+    /// A channel was archived (its room left by the bridge; its history stays).
+    ChannelArchived,
+    /// A channel moved: into another microDAO (`!daarion adopt`), or to the room that replaced
+    /// its room (a room upgrade).
+    ChannelMoved,
     /// A person or agent joined a channel.
     MemberJoined,
     /// A person or agent left (or was kicked or banned from) a channel.
@@ -51,12 +56,14 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic, for documentation and tests.
-    pub const ALL: [Topic; 15] = [
+    pub const ALL: [Topic; 17] = [
         Topic::MessageCreated,
         Topic::MessageEdited,
         Topic::MessageRedacted,
         Topic::ChannelCreated,
         Topic::ChannelUpdated,
+        Topic::ChannelArchived,
+        Topic::ChannelMoved,
         Topic::MemberJoined,
         Topic::MemberLeft,
         Topic::MemberRoleChanged,
@@ -77,6 +84,8 @@ impl Topic {
             Topic::MessageRedacted => "chat.message.redacted",
             Topic::ChannelCreated => "chat.channel.created",
             Topic::ChannelUpdated => "chat.channel.updated",
+            Topic::ChannelArchived => "chat.channel.archived",
+            Topic::ChannelMoved => "chat.channel.moved",
             Topic::MemberJoined => "chat.member.joined",
             Topic::MemberLeft => "chat.member.left",
             Topic::MemberRoleChanged => "chat.member.role_changed",
@@ -303,6 +312,48 @@ pub struct ChannelChanged<'a> {
     /// public | private.
     pub visibility: Visibility,
     /// When it was created (created) or changed (updated).
+    pub at: Ts,
+}
+
+/// `chat.channel.archived`.
+#[derive(Debug, Serialize)]
+pub struct ChannelArchived<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// The room the bridge left.
+    pub matrix_room_id: &'a str,
+    /// Why: `admin` (the admin API) or `tombstone` (the room was shut down without a
+    /// replacement).
+    pub reason: &'a str,
+    /// When it was archived.
+    pub at: Ts,
+}
+
+/// `chat.channel.moved`: what changed is given with what it was before; a room upgrade
+/// changes the room, `!daarion adopt` the microDAO (and maybe the slug).
+#[derive(Debug, Serialize)]
+pub struct ChannelMoved<'a> {
+    /// Payload version.
+    pub v: u32,
+    /// The channel.
+    pub channel_id: ChannelId,
+    /// Its Matrix room now.
+    pub matrix_room_id: &'a str,
+    /// The room before (a room upgrade only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_room_id: Option<&'a str>,
+    /// Its microDAO now (adopt only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub microdao_id: Option<MicrodaoId>,
+    /// Its microDAO before (adopt only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_microdao_id: Option<MicrodaoId>,
+    /// Its slug now (adopt only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slug: Option<&'a str>,
+    /// When it moved.
     pub at: Ts,
 }
 

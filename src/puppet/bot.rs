@@ -1,6 +1,6 @@
 //! The bridge bot acting in Matrix. Every homeserver call made as the bot goes through
 //! [`BotIntent`], as every call made as an agent goes through `PuppetIntent`: joining rooms it
-//! is invited to, refusing, inviting agents, reading a room's state, answering commands (from
+//! is invited to, creating rooms (the admin API's channels), refusing, inviting agents, reading a room's state, answering commands (from
 //! its own device, encrypted, in an encrypted room) and pinging the homeserver.
 
 use std::{sync::Arc, time::Duration};
@@ -35,6 +35,23 @@ impl BotIntent {
     /// Joins `room` (an invite it accepted).
     pub async fn join(&self, room: &RoomId) -> Result<(), HsError> {
         self.hs.join(room, self.user_id()).await
+    }
+
+    /// Joins `room` through `via` (a room upgrade's replacement room).
+    pub async fn join_via(
+        &self,
+        room: &RoomId,
+        via: Vec<ruma::OwnedServerName>,
+    ) -> Result<(), HsError> {
+        self.hs.join_via(room, self.user_id(), via).await
+    }
+
+    /// Creates a room (the admin API's channels); the bot is its creator.
+    pub async fn create_room(
+        &self,
+        request: ruma::api::client::room::create_room::v3::Request,
+    ) -> Result<ruma::OwnedRoomId, HsError> {
+        self.hs.create_room(self.user_id(), request).await
     }
 
     /// Leaves `room`, saying why (an invite it refused).

@@ -90,6 +90,18 @@ impl PuppetIntent {
         Ok(())
     }
 
+    /// Joins `room` through `via` (a room upgrade's replacement: servers that are in it).
+    pub async fn join_via(
+        &self,
+        room: &RoomId,
+        via: Vec<ruma::OwnedServerName>,
+    ) -> Result<(), PuppetError> {
+        self.ensure_ready().await?;
+        self.ensure_device().await;
+        self.puppets.hs.join_via(room, self.user_id(), via).await?;
+        Ok(())
+    }
+
     /// Leaves `room` (or refuses an invite) with a reason.
     pub async fn leave(&self, room: &RoomId, reason: &str) -> Result<(), PuppetError> {
         self.ensure_registered().await?;

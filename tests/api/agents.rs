@@ -463,6 +463,7 @@ async fn openapi_documents_every_route(#[case] b: Backend) {
         ("/api/v1/runs/{run_id}", &["get"]),
         ("/api/v1/channels/{channel_id}/settings", &["put"]),
         ("/api/v1/admin/status", &["get"]),
+        ("/api/v1/admin/keys", &["post"]),
         ("/api/v1/admin/microdaos", &["get"]),
         (
             "/api/v1/admin/microdaos/{external_id}",
@@ -476,6 +477,8 @@ async fn openapi_documents_every_route(#[case] b: Backend) {
             &["get", "put", "delete"],
         ),
         ("/api/v1/admin/agents/{external_id}/rooms", &["post"]),
+        ("/api/v1/admin/channels", &["get", "post"]),
+        ("/api/v1/admin/channels/{channel_id}", &["delete"]),
         (
             "/api/v1/admin/agents/{external_id}/rooms/{room_id}",
             &["delete"],

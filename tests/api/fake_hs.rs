@@ -159,7 +159,12 @@ impl FakeHs {
         if path.ends_with("/upload") {
             return Json(json!({ "content_uri": "mxc://localhost/avatar" })).into_response();
         }
-        if path.ends_with("/join") {
+        if path.ends_with("/createRoom") {
+            // Each room created gets the next id: `!made1:localhost`, `!made2:localhost`, ….
+            let n = self.calls_to("/createRoom").len();
+            return Json(json!({ "room_id": format!("!made{n}:localhost") })).into_response();
+        }
+        if path.ends_with("/join") || path.contains("/client/v3/join/") {
             if let Some(status) = self.fail_joins.lock().unwrap().pop_front() {
                 return (
                     StatusCode::from_u16(status).unwrap(),
@@ -167,6 +172,7 @@ impl FakeHs {
                 )
                     .into_response();
             }
+            // `/rooms/{room}/join` and `/join/{room}` (through servers): the room is the 6th part.
             let room = path.split('/').nth(5).unwrap_or("").to_owned();
             return Json(json!({ "room_id": room })).into_response();
         }
@@ -199,7 +205,8 @@ impl FakeHs {
                     continue;
                 }
                 let room = c.path.split('/').nth(5).unwrap_or("").to_owned();
-                if c.path.ends_with("/join") && !rooms.contains(&room) {
+                let joined = c.path.ends_with("/join") || c.path.contains("/client/v3/join/");
+                if joined && !rooms.contains(&room) {
                     rooms.push(room);
                 } else if c.path.ends_with("/leave") {
                     rooms.retain(|r| *r != room);

@@ -36,6 +36,7 @@ mod process;
 mod properties;
 mod publish;
 mod records;
+mod rooms;
 mod runs;
 mod runtimes;
 mod seeds;

@@ -74,7 +74,7 @@ async fn agent_lives_in_matrix() {
     let http = reqwest::Client::new();
     let api = |method: reqwest::Method, path: String, body: Value| {
         let req = http
-            .request(method, format!("http://127.0.0.1:29334{path}"))
+            .request(method, format!("http://127.0.0.1:{}{path}", bridge_port()))
             .bearer_auth(&key)
             .json(&body);
         async move {
@@ -379,7 +379,8 @@ async fn agents_answer() {
     .unwrap();
     let r = reqwest::Client::new()
         .post(format!(
-            "http://127.0.0.1:29334/api/v1/channels/{channel}/messages"
+            "http://127.0.0.1:{}/api/v1/channels/{channel}/messages",
+            bridge_port()
         ))
         .bearer_auth(&key)
         .json(&json!({ "text": "Nova, over to you", "mentions": [nova] }))

@@ -124,7 +124,7 @@ async fn encrypted_dm_with_an_agent() {
     // The start-up probe found that Synapse delivers to-device events to the bridge.
     let mut encryption = Value::Null;
     for _ in 0..300 {
-        let ready: Value = reqwest::get("http://127.0.0.1:29334/health/ready")
+        let ready: Value = reqwest::get(format!("http://127.0.0.1:{}/health/ready", bridge_port()))
             .await
             .unwrap()
             .json()
@@ -280,7 +280,8 @@ async fn encrypted_dm_with_an_agent() {
     .unwrap();
     let redacted = reqwest::Client::new()
         .delete(format!(
-            "http://127.0.0.1:29334/api/v1/channels/{channel}/messages/{}",
+            "http://127.0.0.1:{}/api/v1/channels/{channel}/messages/{}",
+            bridge_port(),
             target.replace('$', "%24")
         ))
         .bearer_auth(&key)

@@ -21,8 +21,19 @@ pub(crate) fn serial() -> &'static tokio::sync::Mutex<()> {
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
+/// The bridge's port: the e2e config's 29334 unless `DAARION_E2E_BRIDGE_PORT` names another (so
+/// that two checkouts, each with its own Synapse, can run the suite at once).
+pub(crate) fn bridge_port() -> u16 {
+    std::env::var("DAARION_E2E_BRIDGE_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(29334)
+}
+
 pub(crate) fn config(db_url: &str) -> Config {
     let text = std::fs::read_to_string(repo().join("tests/e2e/config.toml")).unwrap();
+    let port = bridge_port();
+    let text = text.replace("127.0.0.1:29334", &format!("127.0.0.1:{port}"));
     let mut config = Config::from_toml_str(&text).unwrap();
     config.database.url = db_url.into();
     config.homeserver.url = homeserver();
@@ -83,9 +94,9 @@ impl RunningBridge {
         daarion_bridge::telemetry::init(&logging);
         let bridge = Bridge::build(config(db_url)).await.expect("bridge builds");
         let store = bridge.store.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:29334")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", bridge_port()))
             .await
-            .expect("port 29334 free for the e2e bridge");
+            .expect("the e2e bridge's port is free");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(bridge.run(listener, async move {
             let _ = stopped.await;

@@ -11,4 +11,5 @@ mod mirror;
 #[path = "../common/model.rs"]
 mod model;
 mod platform;
+mod rooms;
 mod tools;

@@ -115,7 +115,8 @@ async fn images_voice_and_files_between_people_and_agents() {
     let report: Vec<u8> = (0..50_000u32).map(|i| (i % 97) as u8 + 32).collect();
     let posted = reqwest::Client::new()
         .post(format!(
-            "http://127.0.0.1:29334/api/v1/channels/{channel}/files?filename=report.txt"
+            "http://127.0.0.1:{}/api/v1/channels/{channel}/files?filename=report.txt",
+            bridge_port()
         ))
         .bearer_auth(&key)
         .header("content-type", "text/plain")

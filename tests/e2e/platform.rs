@@ -6,7 +6,7 @@ use daarion_bridge::{db::audit::Actor, keys};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Person, RunningBridge, ensure_synapse, fresh_pg, serial, wait_rows, wait_timeline,
+    Person, RunningBridge, bridge_port, ensure_synapse, fresh_pg, serial, wait_rows, wait_timeline,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,7 @@ async fn operator_provisions_an_agent_that_answers() {
         .await
         .unwrap();
     let http = reqwest::Client::new();
-    let admin_api = "http://127.0.0.1:29334/api/v1/admin";
+    let admin_api: &str = &format!("http://127.0.0.1:{}/api/v1/admin", bridge_port());
     let put = |path: String, body: Value| {
         let http = http.clone();
         let admin = admin.clone();

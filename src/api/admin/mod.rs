@@ -1,12 +1,14 @@
 //! The admin (provisioning) API under `/api/v1/admin`: what operators and the microDAO console
 //! use to create microDAOs, blueprints and agents (PUT by external id, idempotent), put agents
-//! into rooms, set how they answer, list channels, members, sessions and runs (keyset pages),
-//! manage agent keys, read the audit log, export channels, see the bridge's status, and list
-//! and retry dead-lettered events and failed work.
+//! into rooms, create and archive channels (the bot creates the Matrix room), set how they
+//! answer, list channels, members, sessions and runs (keyset pages), manage access keys, read the
+//! audit log, export channels, see the bridge's status, and list and retry dead-lettered events
+//! and failed work.
 //! Authenticated by admin keys (`daarion-bridge access-key create --admin`, capability
 //! `bridge.admin`), which are separate from agent keys: an agent key gets 403 here.
 
 mod catalog;
+mod channels;
 mod dead;
 mod failed;
 mod keys;
@@ -77,7 +79,14 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/api/v1/admin/keys", post(keys::create))
         .route("/api/v1/admin/keys/{key_id}", delete(ops::revoke_key))
-        .route("/api/v1/admin/channels", get(ops::channels))
+        .route(
+            "/api/v1/admin/channels",
+            get(ops::channels).post(channels::create),
+        )
+        .route(
+            "/api/v1/admin/channels/{channel_id}",
+            delete(channels::archive),
+        )
         .route(
             "/api/v1/admin/channels/{channel_id}/members",
             get(ops::members),

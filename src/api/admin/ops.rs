@@ -38,6 +38,8 @@ fn control_error(e: control::ControlError) -> MatrixError {
         E::NotMirrored(_) => MatrixError::not_found(e.to_string()),
         E::Homeserver(_) | E::Puppet(_) => MatrixError::bad_gateway(e.to_string()),
         E::Store(s) => s.into(),
+        E::NotFound(m) => MatrixError::not_found(m),
+        E::InProgress(_) => MatrixError::unavailable(e.to_string()),
     }
 }
 

@@ -80,6 +80,9 @@ pub struct DaarionChannelContent {
     /// `public`, `private` or `microdao`.
     #[serde(default)]
     pub visibility: Option<String>,
+    /// The channel id the bridge chose for a room it created (honoured only from the bot).
+    #[serde(default)]
+    pub channel_id: Option<String>,
 }
 
 /// The state event type that places a room in a microDAO.

@@ -8,6 +8,7 @@
 pub(crate) mod cache;
 pub mod content;
 pub mod event;
+pub mod lifecycle;
 pub mod parts;
 pub mod preview;
 mod sent;

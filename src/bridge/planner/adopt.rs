@@ -144,6 +144,12 @@ impl Planner<'_> {
         if !invite && member.membership != MembershipState::Join {
             return None;
         }
+        // The bot joining by itself places nothing (an invite does): the rooms it creates are
+        // placed by their `city.daarion.channel` state (the admin API's), or handed the channel
+        // by the old room's tombstone (a room upgrade the bot performed).
+        if target == self.namespace.bot() && !invite && env.sender == target {
+            return None;
+        }
         let default = self.settings.default_microdao;
         let microdao = if target == self.namespace.bot() {
             default

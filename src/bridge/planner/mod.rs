@@ -18,6 +18,7 @@ pub(crate) mod messages;
 mod people;
 mod route;
 mod state;
+mod upgrade;
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -267,6 +268,14 @@ impl<'a> Planner<'a> {
         for (room_id, work) in &self.rooms {
             if work.dirty || work.create.is_some() || self.sync {
                 let s = &work.state;
+                // A channel that followed a room upgrade in this transaction is in the plan
+                // under both rooms: one statement may write its rows only once.
+                if channels
+                    .iter()
+                    .any(|c: &ChannelWrite| c.channel_id == s.channel_id)
+                {
+                    continue;
+                }
                 channels.push(ChannelWrite {
                     channel_id: s.channel_id,
                     room_id: room_id.clone(),

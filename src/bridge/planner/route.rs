@@ -5,10 +5,7 @@ use serde_json::value::RawValue;
 
 use super::{Outcome, Planner};
 use crate::bridge::mirror::event::{DAARION_CHANNEL, DaarionChannelContent, Envelope};
-use crate::{
-    db::SessionChange,
-    model::{Ts, Visibility},
-};
+use crate::model::{Ts, Visibility};
 
 impl Planner<'_> {
     /// Applies one event of a mirrored room to the plan.
@@ -48,14 +45,12 @@ impl Planner<'_> {
                 Ok(Outcome::Mirrored)
             }
             ("m.room.tombstone", true) => {
-                if let Some(work) = self.rooms.get(room_id) {
-                    let channel = work.state.channel_id;
-                    self.session(channel, None, SessionChange::Close, at);
-                }
+                self.tombstone(room_id, env, at);
                 Ok(Outcome::Mirrored)
             }
             (DAARION_CHANNEL, true) => {
                 let content: DaarionChannelContent = env.content()?;
+                self.place_created(room_id, env, &content);
                 if let Some(v) = content.visibility.as_deref().and_then(Visibility::parse)
                     && let Some(work) = self.work(room_id)
                 {

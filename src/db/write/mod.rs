@@ -37,9 +37,10 @@ macro_rules! stage {
 /// members and messages, messages before their parts); events come last because they are kept
 /// by what the other stages wrote (PostgreSQL reads their CTEs' `RETURNING` rows, SQLite their
 /// results).
-const PIPELINE: [Stage; 9] = [
+const PIPELINE: [Stage; 10] = [
     stage!(users),
     stage!(channels),
+    stage!(rooms),
     stage!(members),
     stage!(messages),
     stage!(parts),

@@ -88,7 +88,14 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
             ),
         );
     }
-    let updated: Vec<&ChannelWrite> = b.channels.iter().filter(|c| c.create.is_none()).collect();
+    // A channel that follows a room upgrade in this batch is updated by `rooms.rs` (its
+    // `matrix_room_id`); one statement may change a row only once, so its name, topic and
+    // visibility wait for the next change (SQLite, statement by statement, writes both).
+    let updated: Vec<&ChannelWrite> = b
+        .channels
+        .iter()
+        .filter(|c| c.create.is_none() && !b.moves.iter().any(|m| m.channel_id == c.channel_id))
+        .collect();
     if !updated.is_empty() {
         let ids = s.arrays(updated.iter().map(|c| c.channel_id).collect())?;
         let names = s.arrays(updated.iter().map(|c| c.name.clone()).collect())?;
@@ -132,6 +139,9 @@ pub(in crate::db::write) fn pg(s: &mut Statement, b: &Batch) -> Result<(), Store
     if s.events {
         for c in &b.channels {
             let witness = if c.create.is_some() { CREATED } else { UPDATED };
+            if witness == UPDATED && b.moves.iter().any(|m| m.channel_id == c.channel_id) {
+                continue;
+            }
             let draft = changed(c, s.now);
             s.draft(witness, channel_partition(c.channel_id), None, draft);
         }

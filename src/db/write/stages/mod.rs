@@ -9,6 +9,7 @@ pub(super) mod events;
 pub(super) mod members;
 pub(super) mod messages;
 pub(super) mod parts;
+pub(super) mod rooms;
 pub(super) mod sessions;
 pub(super) mod txn;
 pub(super) mod users;

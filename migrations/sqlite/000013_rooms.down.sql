@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS bridge_channel_creations;
+DROP TABLE IF EXISTS bridge_room_aliases;
+DROP TABLE IF EXISTS bridge_channel_archives;
