@@ -302,6 +302,33 @@ impl CatalogStore {
         .await?))
     }
 
+    /// The microDAO's id and which of `people` (Matrix ids) are its members
+    /// (`microdao_members`); `None` when there is no such microDAO.
+    pub async fn microdao_members_among(
+        &self,
+        microdao: &str,
+        people: &[String],
+    ) -> Result<Option<(MicrodaoId, Vec<String>)>, StoreError> {
+        let Some(row) = self.get_microdao(microdao).await? else {
+            return Ok(None);
+        };
+        let mut members = Vec::new();
+        for person in people {
+            let found: bool = both!(self.store, pool => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM microdao_members mm JOIN users u ON u.id = mm.user_id \
+                 WHERE mm.microdao_id = $1 AND u.matrix_id = $2)",
+            )
+            .bind(row.id)
+            .bind(person)
+            .fetch_one(pool)
+            .await?);
+            if found {
+                members.push(person.clone());
+            }
+        }
+        Ok(Some((row.id, members)))
+    }
+
     /// How many agents use the blueprint `code`; `None` when there is no such blueprint.
     pub async fn blueprint_usage(&self, code: &str) -> Result<Option<i64>, StoreError> {
         Ok(both!(self.store, pool => sqlx::query_scalar(

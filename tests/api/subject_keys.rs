@@ -371,3 +371,65 @@ async fn microdao_channels_are_for_its_members(#[case] b: Backend) {
         ]
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_makes_microdao_channels_for_members_only(#[case] b: Backend) {
+    let app = TestApp::spawn(b).await;
+    let admin = admin(&app).await;
+    let carol = "@carol:localhost";
+    let body = |agents: Value| {
+        json!({
+            "microdao": "microdao:demo", "slug": "core", "name": "Core", "visibility": "microdao",
+            "members": [carol], "agents": agents,
+        })
+    };
+    let (s, e) = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/channels",
+        &admin,
+        Some(body(json!(["agent:sofia"]))),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().starts_with("`members[0]`"),
+        "{e}"
+    );
+    app.exec(&format!(
+        "INSERT INTO users (external_id, matrix_id) VALUES ('user:carol', '{carol}')"
+    ))
+    .await;
+    app.exec(
+        "INSERT INTO microdao_members (id, microdao_id, user_id, role) SELECT \
+         '00000000-0000-4000-8000-0000000ca201', m.id, u.id, 'member' FROM microdaos m, users u \
+         WHERE m.external_id = 'microdao:demo' AND u.external_id = 'user:carol'",
+    )
+    .await;
+    // agent:free belongs to no microDAO: not this one's own.
+    let (s, e) = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/channels",
+        &admin,
+        Some(body(json!(["agent:free"]))),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().starts_with("`agents`"), "{e}");
+    assert!(app.hs.calls_to("/createRoom").is_empty());
+    let (s, made) = call(
+        &app,
+        Method::POST,
+        "/api/v1/admin/channels",
+        &admin,
+        Some(body(json!(["agent:sofia"]))),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    assert_eq!(made["visibility"], "microdao");
+    assert_eq!(app.hs.calls_to("/createRoom").len(), 1);
+}

@@ -158,6 +158,38 @@ fn body(c: &ChannelInfo) -> serde_json::Value {
     })
 }
 
+/// A `microdao` channel is for the microDAO's members (docs/architecture.md): the people it
+/// invites must be members already (`microdao_members`), and its agents the microDAO's own.
+async fn members_only(state: &ApiState, spec: &ChannelSpec) -> Result<(), MatrixError> {
+    let people: Vec<String> = spec.members.iter().map(|m| m.to_string()).collect();
+    let Some((microdao, members)) = state
+        .store
+        .catalog()
+        .microdao_members_among(&spec.microdao, &people)
+        .await?
+    else {
+        // Unknown microDAOs get their 404 where the channel is made.
+        return Ok(());
+    };
+    if let Some((i, m)) = people
+        .iter()
+        .enumerate()
+        .find(|(_, m)| !members.contains(m))
+    {
+        return Err(MatrixError::invalid_param(format!(
+            "`members[{i}]`: {m} is not a member of {}, and a microdao channel is for its members",
+            spec.microdao
+        )));
+    }
+    if let Some(agent) = spec.agents.iter().find(|a| a.microdao_id != Some(microdao)) {
+        return Err(MatrixError::invalid_param(format!(
+            "`agents`: {} is not {}'s own agent, and a microdao channel is for its members",
+            agent.external_id, spec.microdao
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/admin/channels`: 201 with the new channel, 200 with the one that exists.
 pub async fn create(
     State(state): State<ApiState>,
@@ -165,6 +197,9 @@ pub async fn create(
     body_in: Body<CreateBody>,
 ) -> Result<Response, MatrixError> {
     let spec = spec(&state, body_in.value)?;
+    if spec.visibility == Visibility::Microdao {
+        members_only(&state, &spec).await?;
+    }
     let ChannelOutcome { channel, created } = state
         .control
         .create_channel(&spec, &admin.actor())
