@@ -3,7 +3,7 @@
 //! API, the ERD's NOT NULLs and their defaults, the append-only audit log with seed 001's
 //! columns, and the events the database's triggers publish, on SQLite and PostgreSQL.
 
-use daarion_bridge::{db::audit::Actor, keys, model::Ts};
+use daarion_bridge::model::Ts;
 use reqwest::Method;
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -50,29 +50,6 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
-}
-
-async fn admin(app: &TestApp) -> String {
-    keys::create_admin(&app.store, "ops", None, &Actor::cli())
-        .await
-        .unwrap()
-        .1
-}
-
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = app.http.request(method, app.url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 #[rstest]
@@ -222,7 +199,7 @@ async fn people_in_channels_are_microdao_members(#[case] b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_are_set_and_own(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
-    let key = admin(&app).await;
+    let key = app.admin_key().await;
     // Declared without an owner: the bridge owns it, through its own users row.
     assert_eq!(
         app.col(
@@ -238,38 +215,33 @@ async fn owners_are_set_and_own(#[case] b: Backend) {
         [ev::BOT]
     );
     let path = "/api/v1/admin/microdaos/microdao:demo";
-    let (s, e) = call(
-        &app,
-        Method::PUT,
-        path,
-        &key,
-        Some(json!({"name": "Demo", "owner": "alice"})),
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::PUT,
+            path,
+            &key,
+            Some(json!({"name": "Demo", "owner": "alice"})),
+        )
+        .await;
     assert_eq!(
         (s, e["errcode"].as_str()),
         (400, Some("M_INVALID_PARAM")),
         "{e}"
     );
     assert!(e["error"].as_str().unwrap().contains("`owner`"), "{e}");
-    let (s, body) = call(
-        &app,
-        Method::PUT,
-        path,
-        &key,
-        Some(json!({"name": "Demo", "owner": ALICE})),
-    )
-    .await;
+    let (s, body) = app
+        .call_as(
+            Method::PUT,
+            path,
+            &key,
+            Some(json!({"name": "Demo", "owner": ALICE})),
+        )
+        .await;
     assert_eq!((s, body["owner"].as_str()), (200, Some(ALICE)), "{body}");
     // Renaming without naming an owner keeps the owner.
-    let (s, body) = call(
-        &app,
-        Method::PUT,
-        path,
-        &key,
-        Some(json!({"name": "Demo 2"})),
-    )
-    .await;
+    let (s, body) = app
+        .call_as(Method::PUT, path, &key, Some(json!({"name": "Demo 2"})))
+        .await;
     assert_eq!((s, body["owner"].as_str()), (200, Some(ALICE)), "{body}");
     // The owner who joins a channel is the microDAO's owner.
     mirrored(&app).await;
@@ -299,16 +271,16 @@ async fn owners_are_set_and_own(#[case] b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_changes_are_events_and_blueprints_in_use_stay(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
-    let key = admin(&app).await;
+    let key = app.admin_key().await;
     let a = "/api/v1/admin";
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        &format!("{a}/blueprints/helper"),
-        &key,
-        Some(json!({"runtime": "echo"})),
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            &format!("{a}/blueprints/helper"),
+            &key,
+            Some(json!({"runtime": "echo"})),
+        )
+        .await;
     assert_eq!(s, 201);
     // A blueprint without a model stores the ERD's NOT NULL as '' and reads back as none.
     assert_eq!(
@@ -316,48 +288,43 @@ async fn catalog_changes_are_events_and_blueprints_in_use_stay(#[case] b: Backen
             .await,
         [""]
     );
-    let (_, bp) = call(
-        &app,
-        Method::GET,
-        &format!("{a}/blueprints/helper"),
-        &key,
-        None,
-    )
-    .await;
+    let (_, bp) = app
+        .call_as(Method::GET, &format!("{a}/blueprints/helper"), &key, None)
+        .await;
     assert_eq!(bp["model"], Value::Null, "{bp}");
     // An agent named without a blueprint gets `echo`.
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        &format!("{a}/agents/agent:nobp"),
-        &key,
-        Some(json!({"name": "No BP"})),
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            &format!("{a}/agents/agent:nobp"),
+            &key,
+            Some(json!({"name": "No BP"})),
+        )
+        .await;
     assert_eq!(s, 201);
     assert_eq!(
         app.col("SELECT b.code FROM agents a JOIN agent_blueprints b ON b.id = a.blueprint_id WHERE a.external_id = 'agent:nobp'")
             .await,
         ["echo"]
     );
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        &format!("{a}/agents/agent:helped"),
-        &key,
-        Some(json!({"name": "Helped", "blueprint": "helper"})),
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            &format!("{a}/agents/agent:helped"),
+            &key,
+            Some(json!({"name": "Helped", "blueprint": "helper"})),
+        )
+        .await;
     assert_eq!(s, 201);
     // In use: refused, by the API and by the database.
-    let (s, e) = call(
-        &app,
-        Method::DELETE,
-        &format!("{a}/blueprints/helper"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::DELETE,
+            &format!("{a}/blueprints/helper"),
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(s, 409, "{e}");
     assert!(e["error"].as_str().unwrap().contains("1 agents"), "{e}");
     assert!(
@@ -365,42 +332,37 @@ async fn catalog_changes_are_events_and_blueprints_in_use_stay(#[case] b: Backen
             .await
             .is_err()
     );
-    let (s, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("{a}/blueprints/echo"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, _) = app
+        .call_as(Method::DELETE, &format!("{a}/blueprints/echo"), &key, None)
+        .await;
     assert_eq!(s, 409);
     // Settings only (instructions): the agent row is the same, its settings event says so.
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        &format!("{a}/agents/agent:helped"),
-        &key,
-        Some(json!({"name": "Helped", "blueprint": "helper", "instructions": "be brief"})),
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            &format!("{a}/agents/agent:helped"),
+            &key,
+            Some(json!({"name": "Helped", "blueprint": "helper", "instructions": "be brief"})),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("{a}/agents/agent:helped"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::DELETE,
+            &format!("{a}/agents/agent:helped"),
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("{a}/blueprints/helper"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::DELETE,
+            &format!("{a}/blueprints/helper"),
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     let helped: Vec<String> = app
         .col("SELECT topic FROM outbox_events WHERE topic LIKE 'agent.%' \
@@ -433,15 +395,15 @@ async fn catalog_changes_are_events_and_blueprints_in_use_stay(#[case] b: Backen
 async fn the_audit_log_is_append_only_published_and_pruned(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
     mirrored(&app).await;
-    let key = admin(&app).await;
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        "/api/v1/admin/microdaos/microdao:new",
-        &key,
-        Some(json!({"name": "New"})),
-    )
-    .await;
+    let key = app.admin_key().await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            "/api/v1/admin/microdaos/microdao:new",
+            &key,
+            Some(json!({"name": "New"})),
+        )
+        .await;
     assert_eq!(s, 201);
     // Seed 001's columns.
     let row = app
@@ -496,15 +458,15 @@ async fn the_audit_log_is_append_only_published_and_pruned(#[case] b: Backend) {
 async fn events_off_means_no_trigger_events_either(#[case] b: Backend) {
     let app = TestApp::spawn_with(b, |c| c + "\n[events]\nenabled = false\n").await;
     mirrored(&app).await;
-    let key = admin(&app).await;
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        "/api/v1/admin/microdaos/microdao:new",
-        &key,
-        Some(json!({"name": "New"})),
-    )
-    .await;
+    let key = app.admin_key().await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            "/api/v1/admin/microdaos/microdao:new",
+            &key,
+            Some(json!({"name": "New"})),
+        )
+        .await;
     assert_eq!(s, 201);
     // Rows were written (a member, an audit row), events were not.
     assert_eq!(members(&app).await, pairs(&[(ALICE, "member")]));

@@ -12,29 +12,6 @@ use crate::{
     support::{Backend, TestApp, ev},
 };
 
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = app.http.request(method, app.url(path)).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn admin(app: &TestApp) -> String {
-    keys::create_admin(&app.store, "ops", None, &Actor::cli())
-        .await
-        .unwrap()
-        .1
-}
-
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -63,9 +40,8 @@ async fn a_persons_key_reads_their_channels_only(#[case] b: Backend) {
         )
         .await;
     assert_eq!(s, 200);
-    let admin = admin(&app).await;
-    let (s, body) = call(
-        &app,
+    let admin = app.admin_key().await;
+    let (s, body) = app.call_as(
         Method::POST,
         "/api/v1/admin/keys",
         &admin,
@@ -86,20 +62,22 @@ async fn a_persons_key_reads_their_channels_only(#[case] b: Backend) {
         row[0],
         ["user", "active", "alice", "none"].map(|s| Some(s.to_owned()))
     );
-    let (s, channels) = call(&app, Method::GET, "/api/v1/channels", &key, None).await;
+    let (s, channels) = app
+        .call_as(Method::GET, "/api/v1/channels", &key, None)
+        .await;
     assert_eq!(s, 200, "{channels}");
     let list = channels["channels"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{channels}");
     assert_eq!(list[0]["matrix_room_id"], ev::ROOM);
     let mine = list[0]["id"].as_str().unwrap();
-    let (s, page) = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/channels/{mine}/messages"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, page) = app
+        .call_as(
+            Method::GET,
+            &format!("/api/v1/channels/{mine}/messages"),
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["messages"][0]["content_preview"], "hello");
     let theirs = app
@@ -108,31 +86,33 @@ async fn a_persons_key_reads_their_channels_only(#[case] b: Backend) {
         ))
         .await
         .remove(0);
-    let (s, e) = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/channels/{theirs}/messages"),
-        &key,
-        None,
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::GET,
+            &format!("/api/v1/channels/{theirs}/messages"),
+            &key,
+            None,
+        )
+        .await;
     assert_eq!(
         (s, e["errcode"].as_str()),
         (403, Some("M_FORBIDDEN")),
         "{e}"
     );
     // It acts as nobody: the agent API's other endpoints refuse it, and so does the admin API.
-    let (s, e) = call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/channels/{mine}/messages"),
-        &key,
-        Some(json!({"body": "hi"})),
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::POST,
+            &format!("/api/v1/channels/{mine}/messages"),
+            &key,
+            Some(json!({"body": "hi"})),
+        )
+        .await;
     assert_eq!(s, 403, "{e}");
     assert!(e["error"].as_str().unwrap().contains("user key"), "{e}");
-    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &key, None).await;
+    let (s, _) = app
+        .call_as(Method::GET, "/api/v1/admin/status", &key, None)
+        .await;
     assert_eq!(s, 403);
 }
 
@@ -142,9 +122,8 @@ async fn a_persons_key_reads_their_channels_only(#[case] b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
-    let admin = admin(&app).await;
-    let (s, body) = call(
-        &app,
+    let admin = app.admin_key().await;
+    let (s, body) = app.call_as(
         Method::POST,
         "/api/v1/admin/keys",
         &admin,
@@ -153,16 +132,18 @@ async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend)
     .await;
     assert_eq!(s, 201, "{body}");
     let console = body["key"].as_str().unwrap().to_owned();
-    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &console, None).await;
+    let (s, _) = app
+        .call_as(Method::GET, "/api/v1/admin/status", &console, None)
+        .await;
     assert_eq!(s, 200);
-    let (s, _) = call(
-        &app,
-        Method::PUT,
-        "/api/v1/admin/microdaos/microdao:console",
-        &console,
-        Some(json!({"name": "By the console"})),
-    )
-    .await;
+    let (s, _) = app
+        .call_as(
+            Method::PUT,
+            "/api/v1/admin/microdaos/microdao:console",
+            &console,
+            Some(json!({"name": "By the console"})),
+        )
+        .await;
     assert_eq!(s, 201);
     assert_eq!(
         app.col("SELECT actor_id FROM audit_log WHERE action = 'microdao.put'")
@@ -184,7 +165,9 @@ async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend)
     )
     .await
     .unwrap();
-    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &plain, None).await;
+    let (s, _) = app
+        .call_as(Method::GET, "/api/v1/admin/status", &plain, None)
+        .await;
     assert_eq!(s, 403);
     for body in [
         json!({"subject_kind": "user", "subject": "@alice:localhost", "name": "x", "capabilities": ["bridge.admin"]}),
@@ -193,14 +176,14 @@ async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend)
         json!({"subject_kind": "robot", "name": "x", "bundles": ["role.member"]}),
         json!({"subject_kind": "integration", "name": "x", "bundles": ["plan.gold"]}),
     ] {
-        let (s, e) = call(
-            &app,
-            Method::POST,
-            "/api/v1/admin/keys",
-            &admin,
-            Some(body.clone()),
-        )
-        .await;
+        let (s, e) = app
+            .call_as(
+                Method::POST,
+                "/api/v1/admin/keys",
+                &admin,
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(
             (s, e["errcode"].as_str()),
             (400, Some("M_INVALID_PARAM")),
@@ -253,7 +236,9 @@ async fn integration_keys_may_administer_and_statuses_follow(#[case] b: Backend)
     )
     .await
     .unwrap();
-    let (s, _) = call(&app, Method::GET, "/api/v1/admin/status", &old, None).await;
+    let (s, _) = app
+        .call_as(Method::GET, "/api/v1/admin/status", &old, None)
+        .await;
     assert_eq!(s, 401);
     app.store
         .keys()
@@ -320,11 +305,10 @@ async fn microdao_channels_are_for_its_members(#[case] b: Backend) {
          WHERE m.external_id = 'microdao:demo' AND u.matrix_id = '{alice}'"
     ))
     .await;
-    let admin = admin(&app).await;
+    let admin = app.admin_key().await;
     let mut keys = Vec::new();
     for who in [alice, bob] {
-        let (s, body) = call(
-            &app,
+        let (s, body) = app.call_as(
             Method::POST,
             "/api/v1/admin/keys",
             &admin,
@@ -339,12 +323,14 @@ async fn microdao_channels_are_for_its_members(#[case] b: Backend) {
         .await
         .remove(0);
     let path = format!("/api/v1/channels/{channel}/messages");
-    let (s, page) = call(&app, Method::GET, &path, &keys[0], None).await;
+    let (s, page) = app.call_as(Method::GET, &path, &keys[0], None).await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["messages"][0]["content_preview"], "members only");
-    let (s, _) = call(&app, Method::GET, &path, &keys[1], None).await;
+    let (s, _) = app.call_as(Method::GET, &path, &keys[1], None).await;
     assert_eq!(s, 403);
-    let (_, listed) = call(&app, Method::GET, "/api/v1/channels", &keys[1], None).await;
+    let (_, listed) = app
+        .call_as(Method::GET, "/api/v1/channels", &keys[1], None)
+        .await;
     assert_eq!(listed["channels"], json!([]), "{listed}");
     // Of agents, only the microDAO's own join: agent:free (no microDAO) is refused.
     let invite = |id: &str, agent: &str| ev::member(id, alice, agent, "invite");
@@ -378,7 +364,7 @@ async fn microdao_channels_are_for_its_members(#[case] b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_makes_microdao_channels_for_members_only(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
-    let admin = admin(&app).await;
+    let admin = app.admin_key().await;
     let carol = "@carol:localhost";
     let body = |agents: Value| {
         json!({
@@ -386,14 +372,14 @@ async fn the_platform_makes_microdao_channels_for_members_only(#[case] b: Backen
             "members": [carol], "agents": agents,
         })
     };
-    let (s, e) = call(
-        &app,
-        Method::POST,
-        "/api/v1/admin/channels",
-        &admin,
-        Some(body(json!(["agent:sofia"]))),
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::POST,
+            "/api/v1/admin/channels",
+            &admin,
+            Some(body(json!(["agent:sofia"]))),
+        )
+        .await;
     assert_eq!(s, 400, "{e}");
     assert!(
         e["error"].as_str().unwrap().starts_with("`members[0]`"),
@@ -410,25 +396,25 @@ async fn the_platform_makes_microdao_channels_for_members_only(#[case] b: Backen
     )
     .await;
     // agent:free belongs to no microDAO: not this one's own.
-    let (s, e) = call(
-        &app,
-        Method::POST,
-        "/api/v1/admin/channels",
-        &admin,
-        Some(body(json!(["agent:free"]))),
-    )
-    .await;
+    let (s, e) = app
+        .call_as(
+            Method::POST,
+            "/api/v1/admin/channels",
+            &admin,
+            Some(body(json!(["agent:free"]))),
+        )
+        .await;
     assert_eq!(s, 400, "{e}");
     assert!(e["error"].as_str().unwrap().starts_with("`agents`"), "{e}");
     assert!(app.hs.calls_to("/createRoom").is_empty());
-    let (s, made) = call(
-        &app,
-        Method::POST,
-        "/api/v1/admin/channels",
-        &admin,
-        Some(body(json!(["agent:sofia"]))),
-    )
-    .await;
+    let (s, made) = app
+        .call_as(
+            Method::POST,
+            "/api/v1/admin/channels",
+            &admin,
+            Some(body(json!(["agent:sofia"]))),
+        )
+        .await;
     assert_eq!(s, 201, "{made}");
     assert_eq!(made["visibility"], "microdao");
     assert_eq!(app.hs.calls_to("/createRoom").len(), 1);

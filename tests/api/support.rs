@@ -404,6 +404,37 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A new admin key (admin API), the key itself.
+    pub async fn admin_key(&self) -> String {
+        daarion_bridge::keys::create_admin(
+            &self.store,
+            "ops",
+            None,
+            &daarion_bridge::db::audit::Actor::cli(),
+        )
+        .await
+        .unwrap()
+        .1
+    }
+
+    /// `method path` with `key` as the Bearer token and `body` as JSON: status and JSON answer
+    /// (null when the answer is not JSON).
+    pub async fn call_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// Rows of `sql` with every column read as text (cast non-text columns in the SQL).
     pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         match self.store.pool() {
