@@ -26,6 +26,7 @@ mod media;
 mod mirror;
 #[path = "../common/model.rs"]
 mod model;
+mod moves;
 mod nats;
 mod ops;
 mod outbox_scale;
