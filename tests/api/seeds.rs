@@ -521,3 +521,31 @@ fn every_topic_is_in_the_catalogue() {
         .collect();
     assert!(missing.is_empty(), "not in docs/events.md: {missing:?}");
 }
+
+/// The message path fires none of migration 12's triggers: a transaction of messages from people
+/// the bridge knows (the steady state the benchmark measures) writes only its channel's events.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_fire_no_triggers(#[case] b: Backend) {
+    let app = TestApp::spawn(b).await;
+    mirrored(&app).await;
+    let triggers: Vec<String> = daarion_bridge::model::topics::DATABASE_TOPICS
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect();
+    let by_triggers = format!("outbox_events WHERE topic IN ({})", triggers.join(", "));
+    let before = app.count(&by_triggers).await;
+    let messages: Vec<Value> = (0..50)
+        .map(|i| ev::text(&format!("m{i}"), ALICE, &format!("message {i}")))
+        .collect();
+    assert_eq!(app.put_txn("msgs", messages).await.0, 200);
+    assert_eq!(app.count("messages").await, 50);
+    assert_eq!(app.count(&by_triggers).await, before);
+    assert_eq!(
+        app.count("outbox_events WHERE topic = 'chat.message.created'")
+            .await,
+        50
+    );
+}
