@@ -67,18 +67,6 @@ pub enum Command {
     Adopt(String, Option<String>),
 }
 
-/// The command text of a message, if it is one: what follows the prefix (`!daarion agents` →
-/// `agents`), or the whole text in a direct chat with the bot.
-pub fn command_text<'a>(body: &'a str, prefix: &str, direct_with_bot: bool) -> Option<&'a str> {
-    let trimmed = body.trim_start();
-    if let Some(rest) = trimmed.strip_prefix(prefix)
-        && (rest.is_empty() || rest.starts_with(char::is_whitespace))
-    {
-        return Some(rest.trim());
-    }
-    direct_with_bot.then(|| body.trim())
-}
-
 /// Parses a command text; the error is the helpful answer.
 pub fn parse(text: &str, prefix: &str) -> Result<Command, String> {
     let mut words = text.split_whitespace();
@@ -537,18 +525,6 @@ fn sessions_text(sessions: &[crate::db::sessions::ChannelSession]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_and_direct_chats() {
-        assert_eq!(
-            command_text("!daarion agents", "!daarion", false),
-            Some("agents")
-        );
-        assert_eq!(command_text("  !daarion", "!daarion", false), Some(""));
-        assert_eq!(command_text("!daarionx agents", "!daarion", false), None);
-        assert_eq!(command_text("hello", "!daarion", false), None);
-        assert_eq!(command_text(" help ", "!daarion", true), Some("help"));
-    }
 
     #[test]
     fn parsing_and_helpful_errors() {

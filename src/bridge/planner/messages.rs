@@ -294,11 +294,7 @@ impl Planner<'_> {
             return false;
         }
         let direct_with_bot = work.state.is_direct && work.state.agents.is_empty();
-        let text = match crate::bridge::commands::command_text(
-            body,
-            &self.settings.command_prefix,
-            direct_with_bot,
-        ) {
+        let text = match command_text(body, &self.settings.command_prefix, direct_with_bot) {
             Some(text) => text,
             // A bare "stop" where agents are stops what they are writing: never a question.
             None if !work.state.agents.is_empty() && body.trim().eq_ignore_ascii_case("stop") => {
@@ -431,4 +427,38 @@ pub(super) fn fold_messages(b: &mut Batch) {
         }
         None => true,
     });
+}
+
+/// The command text of a message, if it is one (the planner recognises commands; `commands`
+/// parses and runs them): what follows the prefix (`!daarion agents` →
+/// `agents`), or the whole text in a direct chat with the bot.
+pub(crate) fn command_text<'a>(
+    body: &'a str,
+    prefix: &str,
+    direct_with_bot: bool,
+) -> Option<&'a str> {
+    let trimmed = body.trim_start();
+    if let Some(rest) = trimmed.strip_prefix(prefix)
+        && (rest.is_empty() || rest.starts_with(char::is_whitespace))
+    {
+        return Some(rest.trim());
+    }
+    direct_with_bot.then(|| body.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_text;
+
+    #[test]
+    fn prefix_and_direct_chats() {
+        assert_eq!(
+            command_text("!daarion agents", "!daarion", false),
+            Some("agents")
+        );
+        assert_eq!(command_text("  !daarion", "!daarion", false), Some(""));
+        assert_eq!(command_text("!daarionx agents", "!daarion", false), None);
+        assert_eq!(command_text("hello", "!daarion", false), None);
+        assert_eq!(command_text(" help ", "!daarion", true), Some("help"));
+    }
 }
