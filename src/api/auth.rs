@@ -185,7 +185,7 @@ impl Caller {
         };
         state
             .limiter
-            .check(&agent_id)
+            .check(&agent_id.0)
             .map_err(MatrixError::limit_exceeded)?;
         let agent = match state.registry.by_id(agent_id) {
             Some(agent) => agent,
@@ -244,7 +244,15 @@ impl FromRequestParts<ApiState> for Reader {
     ) -> Result<Self, Self::Rejection> {
         let key = authenticate(parts, state).await?;
         match (key.subject_kind, key.user_id) {
-            (KeySubject::User, Some(user)) => Ok(Reader::User { key, user }),
+            (KeySubject::User, Some(user)) => {
+                // A person's keys share one budget, as an agent's keys do (ids are UUIDs: an
+                // agent's and a person's never meet).
+                state
+                    .limiter
+                    .check(&user.0)
+                    .map_err(MatrixError::limit_exceeded)?;
+                Ok(Reader::User { key, user })
+            }
             (KeySubject::Agent, _) => Ok(Reader::Agent(Caller::of(key, state).await?)),
             (kind, _) => Err(MatrixError::forbidden(format!(
                 "this is a {} key: it reads no channels",

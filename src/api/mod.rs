@@ -28,7 +28,6 @@ use crate::{
     bridge::agents::AgentRegistry,
     db::Store,
     metrics::Metrics,
-    model::ids::AgentId,
     puppet::Puppets,
     ratelimit::RateLimiter,
     server::error::{MatrixError, matrix_error_bodies},
@@ -46,8 +45,8 @@ pub struct ApiState {
     pub registry: Arc<AgentRegistry>,
     /// Acting as agents.
     pub puppets: Arc<Puppets>,
-    /// Requests per agent.
-    pub limiter: Arc<RateLimiter<AgentId>>,
+    /// Requests per agent, or per person for user keys (by their row's UUID).
+    pub limiter: Arc<RateLimiter<uuid::Uuid>>,
     /// Failed authentications per client address.
     pub auth_failures: Arc<RateLimiter<IpAddr>>,
     /// How long a send waits for the homeserver before answering 202.

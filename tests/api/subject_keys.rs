@@ -419,3 +419,40 @@ async fn the_platform_makes_microdao_channels_for_members_only(#[case] b: Backen
     assert_eq!(made["visibility"], "microdao");
     assert_eq!(app.hs.calls_to("/createRoom").len(), 1);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_keys_share_a_rate_limit(#[case] b: Backend) {
+    let app = TestApp::spawn_with(b, |c| {
+        c.replace(
+            "[bridge]\n",
+            "[api]\nrate_limit_per_minute = 3\n\n[bridge]\n",
+        )
+    })
+    .await;
+    mirrored(&app).await;
+    let admin = app.admin_key().await;
+    let mut keys = Vec::new();
+    for name in ["phone", "laptop"] {
+        let (s, body) = app
+            .call_as(
+                Method::POST,
+                "/api/v1/admin/keys",
+                &admin,
+                Some(json!({"subject_kind": "user", "subject": "@alice:localhost", "name": name, "bundles": ["role.guest"]})),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let (s, _) = app
+            .call_as(Method::GET, "/api/v1/channels", &keys[i % 2], None)
+            .await;
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+}
