@@ -115,14 +115,24 @@ impl<'a> Presented<'a> {
     }
 }
 
-/// An access key presented and checked: it exists, is neither revoked nor expired (an expired
-/// key is marked so), and its subject is within its rate limit. Every kind of key.
-pub(super) async fn authenticate(parts: &Parts, state: &ApiState) -> Result<AuthKey, MatrixError> {
+/// An access key presented and checked: it exists and is neither revoked nor expired (an
+/// expired key is marked so). Every kind of key; rate limits are the callers' (per subject).
+async fn authenticate(parts: &Parts, state: &ApiState) -> Result<AuthKey, MatrixError> {
     let presented = Presented::read(parts, state)?;
     let found = state.store.keys().by_hash(&presented.hash).await?;
     let Some(key) = found else {
         return Err(presented.fail(MatrixError::unknown_token("unknown access key")));
     };
+    admit(&presented, key, state).await
+}
+
+/// Checks a key already found by its hash: refused (audited, counted against the address) when
+/// revoked or expired; its use recorded otherwise.
+pub(super) async fn admit(
+    presented: &Presented<'_>,
+    key: AuthKey,
+    state: &ApiState,
+) -> Result<AuthKey, MatrixError> {
     let now = Ts::now();
     let used = if key.revoked_at.is_some() {
         Some(("access_key.revoked_use", "this access key was revoked"))
