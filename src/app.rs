@@ -332,6 +332,10 @@ impl Bridge {
             self.events.clone(),
         );
         supervisor.spawn("events", move |cancel| publisher.clone().run(cancel));
+        let (store, wakers) = (self.store.clone(), self.wakers.clone());
+        supervisor.spawn("wakes", move |cancel| {
+            crate::bridge::wakes::listen(store.clone(), wakers.clone(), cancel)
+        });
         if let Some(crypto) = self.crypto.clone() {
             let (mirror, store, metrics) = (
                 self.mirror.clone(),
@@ -448,10 +452,24 @@ impl Bridge {
             let (epoch, stood_by) = match next.take() {
                 Some(epoch) => (epoch, false),
                 None => {
+                    // A standby's accepted work wakes the leader's workers (`bridge::wakes`).
+                    let mut standby = Supervisor::new(
+                        cancel.child_token(),
+                        self.metrics.clone(),
+                        self.health.clone(),
+                    );
+                    let (store, wakers) = (self.store.clone(), self.wakers.clone());
+                    standby.spawn("wakes", move |cancel| {
+                        crate::bridge::wakes::forward(store.clone(), wakers.clone(), cancel)
+                    });
                     let waited = tokio::select! {
                         epoch = leadership.wait(stop) => epoch,
-                        _ = broken.cancelled() => return Some("a background task keeps failing"),
+                        _ = broken.cancelled() => None,
                     };
+                    standby.shutdown(self.config.server.shutdown_grace).await;
+                    if broken.is_cancelled() {
+                        return Some("a background task keeps failing");
+                    }
                     match waited {
                         Some(epoch) => (epoch, true),
                         None => return None,

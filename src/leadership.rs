@@ -173,7 +173,9 @@ impl Leadership {
             }
             match self.store.lease().renew(epoch, self.ttl).await {
                 Ok(true) => renewed = Instant::now(),
-                Ok(false) => return self.lost(epoch, "another replica took the lease"),
+                Ok(false) | Err(crate::db::StoreError::Fenced) => {
+                    return self.lost(epoch, "another replica took the lease");
+                }
                 Err(error) if renewed.elapsed() >= self.ttl => {
                     tracing::warn!(%error, "cannot renew the leader lease");
                     return self.lost(epoch, "the lease could not be renewed within its ttl");

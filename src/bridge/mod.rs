@@ -1,7 +1,8 @@
 //! The bridge core, between the Matrix edge and the store: the agent registry, the mirror
 //! (transactions → DAARION rows) with its pure planner, the trigger rules, the follow-up worker
 //! (joins, refusals, bot commands), operator operations (`control`; channels created, archived and moved in `rooms`) and the bot commands, the reconciler that follows agent rows others write, and
-//! background upkeep, and encrypted events that wait for their key (`pending`).
+//! background upkeep, encrypted events that wait for their key (`pending`), and wake-ups
+//! forwarded from standbys to the leader (`wakes`).
 
 pub mod agents;
 pub mod commands;
@@ -15,3 +16,4 @@ pub mod rooms;
 pub mod stops;
 pub mod triggers;
 pub mod upkeep;
+pub mod wakes;

@@ -366,6 +366,31 @@ impl LeaseStore {
         Ok(())
     }
 
+    /// Confirms, just before a side effect the database cannot fence (a send to the
+    /// homeserver), that this leader still holds its lease: `Fenced` otherwise (and the
+    /// replica knows it lost). One indexed read; nothing to check without leadership or on
+    /// SQLite (single-process).
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        let fence = &self.store.fence;
+        let Some(epoch) = fence.write_epoch()? else {
+            return Ok(());
+        };
+        if let Pool::Pg(pool) = &self.store.pool {
+            let held: Result<bool, StoreError> =
+                sqlx::query_scalar("SELECT bridge_leader_check($1, $2)")
+                    .bind(epoch)
+                    .bind(fence.token())
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::from);
+            if let Err(StoreError::Fenced) = held {
+                fence.lose(epoch);
+            }
+            held?;
+        }
+        Ok(())
+    }
+
     /// The lease now, if it was ever taken.
     pub async fn current(&self) -> Result<Option<Lease>, StoreError> {
         Ok(
@@ -383,8 +408,10 @@ impl LeaseStore {
         if let Pool::Pg(pool) = &self.store.pool {
             let ended: i64 = sqlx::query_scalar(
                 // In FILTER, not WHERE: the planner may evaluate WHERE's conditions in any
-                // order, and pg_terminate_backend must only ever see the holder's backends.
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                // order, and pg_terminate_backend must only ever see the holder's backends. The
+                // timeout (PostgreSQL 14+) waits until each has exited: a commit it was making
+                // is then over before this replica starts leading.
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
                  WHERE application_name = $1 AND pid <> pg_backend_pid()",
             )
             .bind(application_name(holder))

@@ -201,6 +201,11 @@ impl<S: SentSink> Delivery<S> {
             .by_id(item.agent_id)
             .ok_or_else(|| PuppetError::Gone(item.agent_id.to_string()))?;
         let room: &RoomId = &item.room_id;
+        // The homeserver cannot check the lease's epoch: confirm it right before sending, so a
+        // leader that lost its lease while paused sends nothing its successor also sends
+        // (the same transaction id would make the homeserver return one event anyway, but an
+        // encrypted send would spend a Megolm index the successor reuses).
+        self.puppets.store.lease().confirm().await?;
         let intent = self.puppets.intent(agent.clone());
         intent.ensure_joined(room).await?;
         let hs = &self.puppets.hs;

@@ -109,6 +109,29 @@ async fn one_replica_leads_and_the_other_takes_over() {
     assert_eq!(body["leader"]["this_replica"], "b");
     assert_eq!(body["leader"]["is_leader"], false);
     assert_eq!(body["leader"]["epoch"], epoch);
+    // The agent API works on the standby; its send is queued in the database and the leader
+    // sends it, woken through PostgreSQL (sooner than its 5 s poll).
+    let (channel, key) = crate::agents::setup(&a).await;
+    let sent_before = a.hs.sent_messages().len();
+    let started = Instant::now();
+    let (status, body) = b
+        .call_as(
+            Method::POST,
+            &format!("/api/v1/channels/{channel}/messages"),
+            &key,
+            Some(serde_json::json!({ "text": "via the standby" })),
+        )
+        .await;
+    assert!(matches!(status, 200 | 202), "{status} {body}");
+    while a.hs.sent_messages().len() == sent_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the leader did not send the standby's message promptly"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, call) = a.hs.sent_messages().pop().unwrap();
+    assert!(format!("{call:?}").contains("via the standby"), "{call:?}");
     // A stops cleanly (it gives the lease up): B leads within its renew interval.
     a.stop_bridge().await;
     let took = until_leads(&b, Duration::from_secs(5)).await;
@@ -125,7 +148,11 @@ async fn one_replica_leads_and_the_other_takes_over() {
         .put_txn("t1", vec![ev::text("m1", "@alice:localhost", "to a")])
         .await;
     assert_eq!(status, 200);
-    assert_eq!(b.count("messages").await, 2);
+    assert_eq!(
+        b.count("messages").await,
+        3,
+        "m1, the standby's send, m2: each once"
+    );
 }
 
 /// Moves the lease to another holder behind the leader's back, as a take-over by a replica that
