@@ -366,7 +366,7 @@ impl Bridge {
             .clone()
             .map(|crypto| (crypto, self.registry.clone()));
         supervisor.spawn("ping", move |cancel| {
-            ping_until_reached(hs.clone(), id.clone(), devices.clone(), cancel)
+            crate::bridge::ping::until_reached(hs.clone(), id.clone(), devices.clone(), cancel)
         });
         Ok(())
     }
@@ -525,73 +525,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     Bridge::build(config).await?.run(listener, shutdown).await
-}
-
-/// Pings the homeserver until it answers: proves the registration and the network path both
-/// ways, and makes the homeserver retry any failed transactions at once. Then idles until
-/// shutdown (a supervised task must not end early).
-async fn ping_until_reached(
-    hs: Homeserver,
-    appservice_id: String,
-    devices: Option<(Arc<Crypto>, Arc<AgentRegistry>)>,
-    cancel: CancellationToken,
-) {
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match hs.ping(&appservice_id).await {
-            Ok(rtt) => {
-                tracing::info!(
-                    rtt_ms = rtt.as_millis() as u64,
-                    "homeserver reached the bridge (ping ok)"
-                );
-                break;
-            }
-            Err(error) => {
-                tracing::warn!(%error, retry_in_s = delay.as_secs(), "homeserver ping failed; is it up and does it load registration.yaml?");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
-    if let Some((crypto, registry)) = devices {
-        // Every agent gets its device before anyone writes to it: a client encrypts only for
-        // the devices it sees when it sends.
-        let mut ready = 0;
-        let mut probe = None;
-        // The bot too: people write commands to it in encrypted rooms (an Element DM is).
-        let bot = crypto.bot().to_owned();
-        match crypto.machine(&bot).await {
-            Ok(machine) => probe = Some(machine),
-            Err(error) => {
-                tracing::error!(user = %bot, %error, "{}", crate::crypto::explain(&error));
-            }
-        }
-        for agent in registry.all() {
-            match crypto.machine(&agent.user_id).await {
-                Ok(machine) => {
-                    ready += 1;
-                    probe.get_or_insert(machine);
-                }
-                Err(error) => {
-                    tracing::error!(user = %agent.user_id, %error, "{}", crate::crypto::explain(&error));
-                }
-            }
-        }
-        tracing::info!(
-            agents = ready,
-            "agent devices ready for end-to-end encryption"
-        );
-        if let Some(machine) = probe {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = crypto.probe(&machine, Duration::from_secs(30)) => {}
-            }
-        }
-    }
-    cancel.cancelled().await;
 }
 
 /// The named secrets runtime settings may refer to: `[secrets]`, plus the inline webhook

@@ -10,6 +10,7 @@ pub mod control;
 pub mod followup;
 pub mod mirror;
 pub mod pending;
+pub mod ping;
 pub mod planner;
 pub mod reconcile;
 pub mod rooms;

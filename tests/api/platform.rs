@@ -330,6 +330,14 @@ async fn bot_commands(#[case] b: Backend) {
         status.contains("homeserver: reachable") && status.contains("queues"),
         "{status}"
     );
+    // Which replica leads (this one, the only one: named by host and process).
+    let replica = app.config.leader.replica_name();
+    assert!(
+        status.contains(&format!(
+            "leader: {replica} (epoch 1); this answer is from {replica}"
+        )),
+        "{status}"
+    );
     // Not commands: a similar word, and plain chat.
     let before = app.hs.bot_notices().len();
     app.put_txn(
