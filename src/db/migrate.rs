@@ -103,6 +103,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000015_access_keys.up.sql"),
         include_str!("../../migrations/postgres/000015_access_keys.down.sql"),
     ),
+    (
+        17,
+        "nats_runtime",
+        include_str!("../../migrations/postgres/000017_nats_runtime.up.sql"),
+        include_str!("../../migrations/postgres/000017_nats_runtime.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -195,6 +201,12 @@ const SQLITE: &[Step] = &[
         "access_keys",
         include_str!("../../migrations/sqlite/000015_access_keys.up.sql"),
         include_str!("../../migrations/sqlite/000015_access_keys.down.sql"),
+    ),
+    (
+        17,
+        "nats_runtime",
+        include_str!("../../migrations/sqlite/000017_nats_runtime.up.sql"),
+        include_str!("../../migrations/sqlite/000017_nats_runtime.down.sql"),
     ),
 ];
 
