@@ -28,5 +28,10 @@ export DAARION_E2EE_CLIENT="$PWD/target/e2ee-client/debug/e2ee-client"
 # stopped when the suite ends, so no homeserver outlives the run that started it.
 trap 'scripts/synapse.sh stop >/dev/null 2>&1 || true' EXIT
 
+# The nats runtime tests run the example worker (examples/nats_worker.rs) as real processes;
+# built with the tests, so that it shares their dependencies' features (and build).
+cargo build --tests --examples
+export DAARION_NATS_WORKER="${CARGO_TARGET_DIR:-$PWD/target}/debug/examples/nats_worker"
+
 # Benches are built by clippy --all-targets in CI and run on purpose (cargo bench), not here.
 cargo test --lib --bins --tests "$@"

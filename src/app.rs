@@ -237,6 +237,7 @@ impl Bridge {
             links: crate::links::Links::new(&self.config.appservice.as_token),
             keep_encrypted_text: self.config.encryption.store_previews,
             tools: self.config.tools.clone(),
+            events: self.config.events.clone(),
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
 use ruma::{OwnedUserId, UserId};
 
 use crate::{
-    config::{MessageKind, OpenAiConfig, WebhookConfig},
+    config::{MessageKind, NatsConfig, OpenAiConfig, WebhookConfig},
     db::{
         Store, StoreError,
         agents::{AgentStore, StoredAgent},
@@ -329,6 +329,10 @@ impl AgentRegistry {
                     Err(e) => RuntimeSpec::Misconfigured(e),
                 },
                 Err(e) => RuntimeSpec::Misconfigured(format!("webhook settings: {e}")),
+            },
+            Some("nats") => match serde_json::from_str::<NatsConfig>(settings) {
+                Ok(n) => RuntimeSpec::Nats(n),
+                Err(e) => RuntimeSpec::Misconfigured(format!("nats settings: {e}")),
             },
             Some(other) => RuntimeSpec::Misconfigured(format!("unknown runtime `{other}`")),
         }

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::duration;
-pub use crate::model::runtime::{MessageKind, OpenAiConfig, RuntimeKind, WebhookConfig};
+pub use crate::model::runtime::{
+    MessageKind, NatsConfig, OpenAiConfig, RuntimeKind, WebhookConfig,
+};
 pub use crate::model::tools::{ShowTools, ToolSpec};
 
 /// A `[[microdaos]]` entry, upserted at start-up by `external_id`.
@@ -61,6 +63,9 @@ pub struct BlueprintDecl {
     /// `[blueprints.webhook]`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// `[blueprints.nats]` (optional: every key has a default).
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
     /// `[[blueprints.tools]]`: the tools its agents may use (docs/tools.md).
     #[serde(default)]
     pub tools: Vec<ToolSpec>,

@@ -18,7 +18,9 @@ pub struct EventsConfig {
     /// read by SQL only.
     #[serde(default)]
     pub nats_url: Option<String>,
-    /// The JetStream stream, created or updated at start-up with subjects `<subject_prefix>.>`.
+    /// The JetStream stream, created or updated at start-up with the subjects of one to three
+    /// tokens after `<subject_prefix>` (the `nats` runtime's streams, `<stream>_AGENT_RUNS` and
+    /// `<stream>_AGENT_REPLIES`, take the four-token ones).
     #[serde(default = "default_stream")]
     pub stream: String,
     /// The first token of every subject: `daarion.chat.message.created`.

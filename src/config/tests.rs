@@ -83,6 +83,10 @@ fn validation_names_the_offending_key() {
         "{}",
         err(&missing_secret)
     );
+    let nats_without_server = format!(
+        "{BASE}[[blueprints]]\ncode = \"n\"\nruntime = \"nats\"\n[blueprints.nats]\ntimeout = \"30s\"\n"
+    );
+    assert!(err(&nats_without_server).contains("events.nats_url"));
     let bad_prefix = format!("{BASE}[bridge]\ncommand_prefix = \"two words\"\n");
     assert!(err(&bad_prefix).contains("bridge.command_prefix"));
     let bad_server = format!("{BASE}[server]\nmax_connections = 0\n");

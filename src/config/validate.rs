@@ -245,6 +245,15 @@ impl Config {
                         ),
                     ));
                 }
+                RuntimeKind::Nats if self.events.nats_url.is_none() => {
+                    return Err(invalid(
+                        "events.nats_url",
+                        format!(
+                            "blueprint `{}` uses runtime nats, which needs [events] nats_url",
+                            b.code
+                        ),
+                    ));
+                }
                 _ => {}
             }
             let refs = [

@@ -109,6 +109,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000016_leader_lease.up.sql"),
         include_str!("../../migrations/postgres/000016_leader_lease.down.sql"),
     ),
+    (
+        17,
+        "nats_runtime",
+        include_str!("../../migrations/postgres/000017_nats_runtime.up.sql"),
+        include_str!("../../migrations/postgres/000017_nats_runtime.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -207,6 +213,12 @@ const SQLITE: &[Step] = &[
         "leader_lease",
         include_str!("../../migrations/sqlite/000016_leader_lease.up.sql"),
         include_str!("../../migrations/sqlite/000016_leader_lease.down.sql"),
+    ),
+    (
+        17,
+        "nats_runtime",
+        include_str!("../../migrations/sqlite/000017_nats_runtime.up.sql"),
+        include_str!("../../migrations/sqlite/000017_nats_runtime.down.sql"),
     ),
 ];
 

@@ -68,6 +68,9 @@ pub fn blueprint_settings(b: &BlueprintDecl) -> serde_json::Value {
             }
             v
         }
+        RuntimeKind::Nats => {
+            serde_json::to_value(b.nats.clone().unwrap_or_default()).unwrap_or_default()
+        }
     }
 }
 
@@ -76,6 +79,7 @@ fn runtime_name(r: RuntimeKind) -> &'static str {
         RuntimeKind::Echo => "echo",
         RuntimeKind::Openai => "openai",
         RuntimeKind::Webhook => "webhook",
+        RuntimeKind::Nats => "nats",
     }
 }
 

@@ -4,5 +4,6 @@
 //! least once, deduplicated by JetStream on the event id; [`refusal`] tells the failures that
 //! dead-letter an event from those that only make it wait.
 
+pub mod link;
 pub mod publisher;
 pub mod refusal;

@@ -44,7 +44,10 @@ use async_nats::jetstream::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::refusal::{describe, refused_for_good};
+use super::{
+    link::{Link, PROBE_EVERY, PROBE_TIMEOUT},
+    refusal::{describe, refused_for_good},
+};
 use crate::{
     config::EventsConfig,
     db::{
@@ -60,15 +63,6 @@ use crate::{
 const PER_PARTITION: i64 = 256;
 /// The longest pause between attempts while JetStream answers but refuses.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a publish may wait for its acknowledgement (from a JetStream that just answered a
-/// probe; a dropped connection cuts the wait short).
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often JetStream is probed, and the client reconnects, while it is away: bounds how long
-/// publishing waits after JetStream is ready again.
-const PROBE_EVERY: Duration = Duration::from_millis(100);
-/// How long a probe waits for its answer. A JetStream that is still recovering its streams
-/// either has no responder yet (the probe fails at once) or answers when it is done.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long creating or updating the stream may take (it may write to disk).
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the backlog figure is refreshed with a broker.
@@ -154,11 +148,16 @@ impl Publisher {
         }
     }
 
-    /// The stream as configured: subjects `<prefix>.>`, file storage, the duplicate window.
+    /// The stream as configured: subjects of one to three tokens after the prefix
+    /// (`<prefix>.*`, `<prefix>.*.*`, `<prefix>.*.*.*`: every topic is one of those), file
+    /// storage, the duplicate window. Not `<prefix>.>`: the `nats` runtime's streams own the
+    /// four-token subjects `<prefix>.agent.run.requested.<agent>` and
+    /// `<prefix>.agent.run.reply.<run>`, and JetStream refuses streams whose subjects overlap.
     pub fn stream_config(config: &EventsConfig) -> stream::Config {
+        let p = &config.subject_prefix;
         stream::Config {
             name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
+            subjects: vec![format!("{p}.*"), format!("{p}.*.*"), format!("{p}.*.*.*")],
             storage: stream::StorageType::File,
             duplicate_window: config.duplicate_window,
             max_age: config.stream_max_age.unwrap_or_default(),
@@ -433,57 +432,6 @@ enum Stopped {
     Lost,
     /// A publish failed or was not acknowledged.
     Failed(String),
-}
-
-/// The one NATS client, and the count of connections it lost (its epoch).
-struct Link {
-    client: async_nats::Client,
-    /// For publishes: waits [`ACK_TIMEOUT`] for an acknowledgement.
-    js: jetstream::Context,
-    /// For probes: waits [`PROBE_TIMEOUT`].
-    probe: jetstream::Context,
-    /// Bumped on every disconnection: a publish sent on an earlier epoch's connection will
-    /// never be acknowledged (its reply died with the connection), so its wait is cut short.
-    drops: watch::Receiver<u64>,
-}
-
-impl Link {
-    /// A client that connects in the background and reconnects within [`PROBE_EVERY`] of
-    /// the server coming back, however long it was away (the default backoff grows to 4 s).
-    async fn connect(url: &str) -> Result<Self, String> {
-        let (tx, drops) = watch::channel(0u64);
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                (Duration::from_millis(10) * attempts.min(25) as u32).min(PROBE_EVERY)
-            })
-            .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Disconnected) {
-                    tx.send_modify(|n| *n += 1);
-                }
-                async {}
-            })
-            .connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(ACK_TIMEOUT);
-        let mut probe = js.clone();
-        probe.set_timeout(PROBE_TIMEOUT);
-        Ok(Self {
-            client,
-            js,
-            probe,
-            drops,
-        })
-    }
-
-    /// The current connection's epoch.
-    fn epoch(&self) -> u64 {
-        *self.drops.borrow()
-    }
 }
 
 /// Whether JetStream said the stream does not exist.

@@ -9,7 +9,7 @@ use ruma::OwnedUserId;
 use super::{
     Respond,
     ids::{AgentId, MicrodaoId},
-    runtime::{MessageKind, OpenAiConfig, WebhookConfig},
+    runtime::{MessageKind, NatsConfig, OpenAiConfig, WebhookConfig},
     tools::Toolset,
 };
 
@@ -22,17 +22,20 @@ pub enum RuntimeSpec {
     OpenAi(OpenAiConfig),
     /// A signed webhook.
     Webhook(WebhookConfig),
+    /// Runs published to NATS JetStream for workers.
+    Nats(NatsConfig),
     /// Settings that do not parse, or name a secret that does not exist: runs fail with this.
     Misconfigured(String),
 }
 
 impl RuntimeSpec {
-    /// `echo`, `openai` or `webhook`.
+    /// `echo`, `openai`, `webhook` or `nats`.
     pub fn name(&self) -> &'static str {
         match self {
             RuntimeSpec::Echo => "echo",
             RuntimeSpec::OpenAi(_) => "openai",
             RuntimeSpec::Webhook(_) => "webhook",
+            RuntimeSpec::Nats(_) => "nats",
             RuntimeSpec::Misconfigured(_) => "misconfigured",
         }
     }

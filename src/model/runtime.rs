@@ -1,5 +1,5 @@
 //! How an agent's runtime is reached and what it sends: the runtime settings of a blueprint
-//! (`[blueprints.openai]`, `[blueprints.webhook]`, the same JSON in `bridge_blueprints`) and the
+//! (`[blueprints.openai]`, `[blueprints.webhook]`, `[blueprints.nats]`, the same JSON in `bridge_blueprints`) and the
 //! message kind. Shared by the config that declares them and the agents that use them.
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,8 @@ pub enum RuntimeKind {
     Openai,
     /// Signed JSON POSTed to a URL of the agent developer's.
     Webhook,
+    /// Runs published to NATS JetStream, taken by workers with a pull consumer.
+    Nats,
 }
 
 /// `[blueprints.openai]`.
@@ -87,6 +89,24 @@ pub struct WebhookConfig {
     /// Bound on one call.
     #[serde(default = "default_runtime_timeout", with = "duration")]
     pub timeout: std::time::Duration,
+}
+
+/// `[blueprints.nats]`: the `nats` runtime (the server is `events.nats_url`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Bound on one call: publishing the request (retried while NATS is away) and waiting for
+    /// the `final` reply.
+    #[serde(default = "default_runtime_timeout", with = "duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_runtime_timeout(),
+        }
+    }
 }
 
 impl WebhookConfig {

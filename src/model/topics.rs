@@ -461,3 +461,23 @@ pub struct KeyChanged<'a> {
     /// When it was created or revoked.
     pub at: Ts,
 }
+
+#[cfg(test)]
+mod subject_tests {
+    use super::{DATABASE_TOPICS, Topic};
+
+    /// The events stream takes subjects of one to three tokens after the prefix; the `nats`
+    /// runtime's streams take four (`agent.run.requested.<agent>`, `agent.run.reply.<run>`).
+    /// A longer topic would fall into neither stream.
+    #[test]
+    fn every_topic_has_at_most_three_tokens() {
+        let all = Topic::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .chain(DATABASE_TOPICS.iter().copied());
+        for topic in all {
+            let n = topic.split('.').count();
+            assert!((1..=3).contains(&n), "{topic}: {n} tokens");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{
     Runner,
-    runtime::{RunOutput, RunRequest, Runtime, RuntimeError, ToolRound},
+    runtime::{Delta, RunOutput, RunRequest, Runtime, RuntimeError, ToolRound},
     tools::RunTools,
 };
 use crate::{
@@ -27,6 +27,8 @@ use crate::{
 pub(super) enum Piece {
     /// More of the answer's text.
     Text(String),
+    /// Take back the last this many bytes of the text (the runtime started its answer again).
+    Unsay(usize),
     /// What is going on now (tools running), shown under the text until replaced; `None`
     /// clears it.
     Status(Option<String>),
@@ -63,18 +65,32 @@ impl Runner {
         let mut total = RunOutput::default();
         let mut stopped = None;
         loop {
-            let (tx, mut rx) = mpsc::channel::<String>(256);
+            let (tx, mut rx) = mpsc::channel::<Delta>(256);
             let separate = !total.text.trim().is_empty();
             let forward = async {
                 let mut first = true;
-                while let Some(piece) = rx.recv().await {
-                    let piece = if first && separate {
-                        format!("\n\n{piece}")
-                    } else {
-                        piece
-                    };
-                    first = false;
-                    let _ = pieces.send(Piece::Text(piece)).await;
+                // What this call streamed so far, in bytes (what a restart takes back).
+                let mut streamed = 0;
+                while let Some(delta) = rx.recv().await {
+                    match delta {
+                        Delta::Text(piece) => {
+                            let piece = if first && separate {
+                                format!("\n\n{piece}")
+                            } else {
+                                piece
+                            };
+                            first = false;
+                            streamed += piece.len();
+                            let _ = pieces.send(Piece::Text(piece)).await;
+                        }
+                        Delta::Restart => {
+                            if streamed > 0 {
+                                let _ = pieces.send(Piece::Unsay(streamed)).await;
+                            }
+                            streamed = 0;
+                            first = true;
+                        }
+                    }
                 }
             };
             let (out, ()) = tokio::join!(runtime.call(request, tx), forward);

@@ -95,7 +95,7 @@ impl Runner {
             },
             links: matches!(
                 intent.agent().behaviour.runtime,
-                crate::model::RuntimeSpec::Webhook(_)
+                crate::model::RuntimeSpec::Webhook(_) | crate::model::RuntimeSpec::Nats(_)
             )
             .then_some(&self.settings.links),
         };
@@ -145,7 +145,11 @@ impl Runner {
             }
         }
         request.tools = defs;
-        let runtime = runtime_for(&intent.agent().behaviour.runtime, &self.http);
+        let runtime = runtime_for(
+            &intent.agent().behaviour.runtime,
+            &self.http,
+            self.nats.as_ref(),
+        );
         let (tx, rx) = mpsc::channel::<Piece>(256);
         let Some(last) = triggers.last() else {
             return Ended::End(RunEnd::failed("a run without triggers"));
@@ -242,9 +246,9 @@ impl Runner {
         let mut last_edit = Instant::now();
         let mut target: Option<OwnedEventId> = None;
         loop {
-            let waiting = target
-                .as_ref()
-                .filter(|_| posted_text != text && growing_edits_left > 0);
+            let waiting = target.as_ref().filter(|_| {
+                posted_text != text && !text.trim().is_empty() && growing_edits_left > 0
+            });
             let piece = if let Some(posted) = waiting {
                 // Something is waiting to be shown: wake up when the edit interval allows it.
                 let wait = interval.saturating_sub(last_edit.elapsed());
@@ -268,6 +272,12 @@ impl Runner {
                         out.first_token = Some(Instant::now());
                     }
                     said.push_str(&piece);
+                }
+                Piece::Unsay(n) => {
+                    let keep = said.len().saturating_sub(n);
+                    if said.is_char_boundary(keep) {
+                        said.truncate(keep);
+                    }
                 }
                 Piece::Status(now) => status = now,
                 Piece::End {

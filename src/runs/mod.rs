@@ -12,6 +12,7 @@ mod converse;
 mod execute;
 mod history;
 pub mod media;
+pub mod nats;
 pub mod openai;
 pub mod runtime;
 mod said;
@@ -83,6 +84,10 @@ pub struct RunSettings {
     pub keep_encrypted_text: bool,
     /// The bounds on tool calls (`[tools]`).
     pub tools: crate::config::ToolsConfig,
+    /// Where the `nats` runtime publishes runs: `[events]`'s server, stream name (its streams
+    /// are `<stream>_AGENT_RUNS` and `<stream>_AGENT_REPLIES`), subject prefix and duplicate
+    /// window.
+    pub events: crate::config::EventsConfig,
 }
 
 /// The run scheduler.
@@ -95,6 +100,8 @@ pub struct Runner {
     http: reqwest::Client,
     /// What runs share for tools (their HTTP client, MCP sessions).
     tools: tools::Tools,
+    /// The `nats` runtime's client and streams (none without `events.nats_url`).
+    nats: Option<Arc<nats::Broker>>,
     global: Arc<Semaphore>,
     limiter: RateLimiter<AgentId>,
     /// (agent, channel) pairs with a run in this process: one at a time.
@@ -128,6 +135,7 @@ impl Runner {
             limiter: RateLimiter::new(settings.runs_per_minute),
             http: runtime::http_client()?,
             tools: tools::Tools::new(settings.tools.clone(), store.clone(), metrics.clone())?,
+            nats: nats::Broker::new(&settings.events),
             store,
             registry,
             puppets,
@@ -151,6 +159,9 @@ impl Runner {
     /// next start (their state is durable).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut workers = JoinSet::new();
+        if let Some(broker) = &self.nats {
+            tokio::spawn(broker.clone().prepare(cancel.clone()));
+        }
         match self.store.runs().open().await {
             Ok(runs) => {
                 if !runs.is_empty() {

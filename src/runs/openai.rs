@@ -5,7 +5,7 @@ use futures_core::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::runtime::{OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall};
+use super::runtime::{Delta, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall};
 
 use crate::config::OpenAiConfig;
 
@@ -82,7 +82,7 @@ impl OpenAi {
     async fn call_inner(
         &self,
         request: &RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> Result<RunOutput, RuntimeError> {
         let mut body = json!({
             "model": request.model.clone().unwrap_or_else(|| "gpt-4o-mini".into()),
@@ -149,7 +149,7 @@ impl OpenAi {
                 ));
             }
             if !text.trim().is_empty() {
-                let _ = deltas.send(text.clone()).await;
+                let _ = deltas.send(Delta::Text(text.clone())).await;
             }
             return Ok(RunOutput {
                 text,
@@ -191,7 +191,7 @@ impl OpenAi {
                     && !piece.is_empty()
                 {
                     out.text.push_str(piece);
-                    let _ = deltas.send(piece.to_owned()).await;
+                    let _ = deltas.send(Delta::Text(piece.to_owned())).await;
                 }
                 if let Some(pieces) = v["choices"][0]["delta"]["tool_calls"].as_array() {
                     pieces.iter().for_each(|p| calls.add(p));
@@ -224,7 +224,7 @@ impl Runtime for OpenAi {
     fn call<'a>(
         &'a self,
         request: &'a RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
         Box::pin(super::runtime::with_timeout(
             self.config.timeout,

@@ -289,18 +289,31 @@ pub enum RuntimeError {
     /// A missing secret or setting.
     #[error("runtime misconfigured: {0}")]
     Config(String),
+    /// The runtime said it could not answer (a `nats` worker's `error` reply).
+    #[error("runtime failed: {0}")]
+    Failed(String),
+}
+
+/// A piece of an answer as it streams from a runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// More of the answer's text.
+    Text(String),
+    /// Forget what this call streamed so far: the answer starts again (a `nats` worker that
+    /// took over a run from one that died mid-answer).
+    Restart,
 }
 
 /// An agent runtime. `call` sends the answer's pieces through `deltas` as they come (a
 /// non-streaming runtime sends the whole answer once) and returns the complete output.
 pub trait Runtime: Send + Sync {
-    /// `echo`, `openai`, `webhook`.
+    /// `echo`, `openai`, `webhook`, `nats`.
     fn name(&self) -> &'static str;
     /// Answers `request`.
     fn call<'a>(
         &'a self,
         request: &'a RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>>;
 }
 
@@ -315,11 +328,11 @@ impl Runtime for Echo {
     fn call<'a>(
         &'a self,
         request: &'a RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
         Box::pin(async move {
             let text = format!("You said: {}", request.trigger_texts.join("\n"));
-            let _ = deltas.send(text.clone()).await;
+            let _ = deltas.send(Delta::Text(text.clone())).await;
             Ok(RunOutput {
                 text,
                 ..Default::default()
@@ -339,7 +352,7 @@ impl Runtime for Misconfigured {
     fn call<'a>(
         &'a self,
         _request: &'a RunRequest,
-        _deltas: mpsc::Sender<String>,
+        _deltas: mpsc::Sender<Delta>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
         Box::pin(async move { Err(RuntimeError::Config(self.0.clone())) })
     }

@@ -13,7 +13,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::runtime::{OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall};
+use super::runtime::{
+    Delta, OutContent, OutFile, RunOutput, RunRequest, Runtime, RuntimeError, ToolCall,
+};
 use crate::config::WebhookConfig;
 
 /// A signed webhook of the agent developer's.
@@ -51,7 +53,7 @@ impl Webhook {
     async fn call_inner(
         &self,
         request: &RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> Result<RunOutput, RuntimeError> {
         let secret = self
             .config
@@ -93,7 +95,7 @@ impl Webhook {
                     ));
                 }
                 if !text.trim().is_empty() {
-                    let _ = deltas.send(text.clone()).await;
+                    let _ = deltas.send(Delta::Text(text.clone())).await;
                 }
                 Ok(RunOutput {
                     text,
@@ -134,7 +136,7 @@ fn calls_of(v: &Value) -> Vec<ToolCall> {
 
 /// The `files` of an answer: `[{"name", "mimetype"?, "base64" | "url"}]`. An entry that is
 /// neither is skipped (logged): the rest of the answer still goes out.
-fn files_of(v: &Value) -> Vec<OutFile> {
+pub(super) fn files_of(v: &Value) -> Vec<OutFile> {
     use base64::Engine;
     let Some(list) = v.as_array() else {
         return Vec::new();
@@ -177,7 +179,7 @@ impl Runtime for Webhook {
     fn call<'a>(
         &'a self,
         request: &'a RunRequest,
-        deltas: mpsc::Sender<String>,
+        deltas: mpsc::Sender<Delta>,
     ) -> BoxFuture<'a, Result<RunOutput, RuntimeError>> {
         Box::pin(super::runtime::with_timeout(
             self.config.timeout,

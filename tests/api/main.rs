@@ -28,6 +28,7 @@ mod mirror;
 mod model;
 mod moves;
 mod nats;
+mod nats_runtime;
 mod ops;
 mod outbox_scale;
 mod parts;

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{Admin, Listing, Page, tools};
 use crate::{
     api::{ApiState, extract::Body},
-    config::{OpenAiConfig, WebhookConfig},
+    config::{NatsConfig, OpenAiConfig, WebhookConfig},
     db::admin::{AgentPut, BlueprintPut, Catalog},
     model::Respond,
     server::error::MatrixError,
@@ -232,9 +232,14 @@ fn check_settings(
                 .map_err(|e| MatrixError::invalid_param(format!("`settings` (webhook): {e}")))?
                 .secret_ref
         }
+        "nats" => {
+            serde_json::from_value::<NatsConfig>(settings.clone())
+                .map_err(|e| MatrixError::invalid_param(format!("`settings` (nats): {e}")))?;
+            None
+        }
         _ => {
             return Err(MatrixError::invalid_param(
-                "`runtime` must be one of echo, openai, webhook",
+                "`runtime` must be one of echo, openai, webhook, nats",
             ));
         }
     };
