@@ -342,7 +342,7 @@ async fn webhook_runtime(#[case] b: Backend) {
     let restarted = app.restart().await;
     let status =
         |id: String| format!("SELECT status FROM agent_runs WHERE CAST(id AS TEXT) = '{id}'");
-    for _ in 0..100 {
+    for _ in 0..500 {
         if app.col(&status(interrupted.clone())).await == ["failed"] {
             break;
         }
