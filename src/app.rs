@@ -25,6 +25,7 @@ use crate::{
     crypto::Crypto,
     db::{Store, seed::Declarations},
     events::publisher::{Publisher, PublisherStatus},
+    leadership::{Held, Leadership},
     matrix::Homeserver,
     metrics::Metrics,
     puppet::{
@@ -154,6 +155,7 @@ impl Bridge {
             puppets.clone(),
             config.appservice.id.clone(),
             mirror.clone(),
+            config.leader.replica_name(),
         );
         Ok(Self {
             bot,
@@ -238,7 +240,17 @@ impl Bridge {
         }
     }
 
-    /// Starts the supervised background tasks.
+    /// Starts the tasks every replica runs: keeping the agent registry current (the agent and
+    /// admin APIs read it on standbys too).
+    fn spawn_shared_tasks(&self, supervisor: &mut Supervisor) {
+        let (registry, store) = (self.registry.clone(), self.store.clone());
+        supervisor.spawn("agent-notifications", move |cancel| {
+            reconcile::listen(store.clone(), registry.clone(), cancel)
+        });
+    }
+
+    /// Starts the leader's supervised background tasks: everything that needs exactly one
+    /// writer (docs/deployment.md).
     fn spawn_tasks(&self, supervisor: &mut Supervisor) -> anyhow::Result<()> {
         let commands = Commands::new(
             self.control.clone(),
@@ -313,10 +325,6 @@ impl Bridge {
                 cancel,
             )
         });
-        let (registry, store) = (self.registry.clone(), self.store.clone());
-        supervisor.spawn("agent-notifications", move |cancel| {
-            reconcile::listen(store.clone(), registry.clone(), cancel)
-        });
         let publisher = Publisher::new(
             self.store.clone(),
             self.config.events.clone(),
@@ -361,16 +369,22 @@ impl Bridge {
 
     /// Serves on `listener` until `shutdown` resolves (or a background task keeps failing),
     /// then drains: connections finish within `server.shutdown_grace`, background tasks stop.
+    /// Meanwhile it leads or stands by (`leadership`): the leader's tasks run only while this
+    /// replica holds the lease.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let leadership = Leadership::start(&self.store, &self.config.leader, self.metrics.clone())?;
         let cancel = CancellationToken::new();
         let mut supervisor =
             Supervisor::new(cancel.clone(), self.metrics.clone(), self.health.clone());
-        self.spawn_tasks(&mut supervisor)?;
+        self.spawn_shared_tasks(&mut supervisor);
         let broken = supervisor.broken();
+        // The first try before serving: a lone bridge (or the first replica) takes
+        // transactions from its first request.
+        let first = leadership.try_lead().await;
         let stop_serving = CancellationToken::new();
         let limits = self.config.server.clone();
         let mut servers = Vec::new();
@@ -386,7 +400,7 @@ impl Bridge {
             )));
         }
         let addr: SocketAddr = listener.local_addr()?;
-        tracing::info!(%addr, "listening for the homeserver");
+        tracing::info!(%addr, replica = leadership.replica(), "listening for the homeserver");
         servers.push(tokio::spawn(server::serve(
             listener,
             self.router(),
@@ -394,10 +408,16 @@ impl Bridge {
             self.metrics.clone(),
             stop_serving.clone(),
         )));
-        let failure = tokio::select! {
-            _ = shutdown => None,
-            _ = broken.cancelled() => Some("a background task keeps failing"),
-        };
+        let stop = CancellationToken::new();
+        let (stopping, serving) = (stop.clone(), stop_serving.clone());
+        let waiter = tokio::spawn(async move {
+            shutdown.await;
+            // Connections and the leader's work drain side by side, each within the grace.
+            stopping.cancel();
+            serving.cancel();
+        });
+        let failure = self.lead(&leadership, first, &cancel, &stop, &broken).await;
+        waiter.abort();
         stop_serving.cancel();
         for server in servers {
             let _ = server.await;
@@ -408,6 +428,73 @@ impl Bridge {
             None => {
                 tracing::info!("shut down");
                 Ok(())
+            }
+        }
+    }
+
+    /// Stands by and leads, in turn, until `stop` or `broken`: `Some(reason)` when the process
+    /// must exit with an error.
+    async fn lead(
+        &self,
+        leadership: &Leadership,
+        mut next: Option<i64>,
+        cancel: &CancellationToken,
+        stop: &CancellationToken,
+        broken: &CancellationToken,
+    ) -> Option<&'static str> {
+        loop {
+            // The first term of a process that led from its first try needs no reload: it
+            // has opened no machine yet (a standby may have, for the admin API's joins).
+            let (epoch, stood_by) = match next.take() {
+                Some(epoch) => (epoch, false),
+                None => {
+                    let waited = tokio::select! {
+                        epoch = leadership.wait(stop) => epoch,
+                        _ = broken.cancelled() => return Some("a background task keeps failing"),
+                    };
+                    match waited {
+                        Some(epoch) => (epoch, true),
+                        None => return None,
+                    }
+                }
+            };
+            // The crypto state is read afresh from the database: a standby's machines may be
+            // older than what the last leader stored.
+            if let (Some(crypto), true) = (&self.crypto, stood_by) {
+                crypto.forget_machines().await;
+            }
+            let mut work = Supervisor::new(
+                cancel.child_token(),
+                self.metrics.clone(),
+                self.health.clone(),
+            );
+            if let Err(error) = self.spawn_tasks(&mut work) {
+                tracing::error!(%error, "cannot start the leader's work");
+                work.shutdown(self.config.server.shutdown_grace).await;
+                leadership.release(epoch).await;
+                return Some("the leader's work cannot start");
+            }
+            let work_broken = work.broken();
+            let held = tokio::select! {
+                held = leadership.hold(epoch, stop, &work_broken) => held,
+                _ = broken.cancelled() => Held::Broken,
+            };
+            // Nothing more is committed under this epoch once it is lost (the fence); the
+            // leader's tasks stop before this replica lets connections through as a standby.
+            work.shutdown(self.config.server.shutdown_grace).await;
+            if let Some(crypto) = &self.crypto {
+                crypto.forget_machines().await;
+            }
+            match held {
+                Held::Lost => leadership.stand_by(),
+                Held::Shutdown => {
+                    leadership.release(epoch).await;
+                    return None;
+                }
+                Held::Broken => {
+                    leadership.release(epoch).await;
+                    return Some("a background task keeps failing");
+                }
             }
         }
     }

@@ -31,6 +31,7 @@ const FLOORS: &[&[&str]] = &[
     &["export"],
     &["server"],
     &["appservice", "api"],
+    &["leadership"],
     &["app"],
     &["cli"],
 ];

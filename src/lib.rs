@@ -27,7 +27,9 @@
 //!     malformed HTTP) and the HTTP error type every response uses.
 //! 12. HTTP surfaces: [`appservice`] (the Application Service API the homeserver calls, health,
 //!     metrics) and [`api`] (the agent API runtimes use, the admin API operators use).
-//! 13. [`app`] (building and running the bridge), then [`cli`] (the command line).
+//! 13. [`leadership`] (standing by, taking and holding the leader lease among replicas), then
+//!     [`app`] (building and running the bridge: the leader's work while it leads), then
+//!     [`cli`] (the command line).
 
 #![warn(missing_docs)]
 
@@ -44,6 +46,7 @@ pub mod export;
 pub mod keys;
 #[cfg(test)]
 mod layers;
+pub mod leadership;
 pub mod links;
 pub mod matrix;
 pub mod metrics;

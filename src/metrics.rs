@@ -107,6 +107,12 @@ pub struct Metrics {
     pub events_dead: Gauge,
     /// From an event's commit to JetStream's acknowledgement.
     pub event_publish_lag: Histogram,
+    /// 1 while this replica holds the leader lease, else 0.
+    pub leader: Gauge,
+    /// The epoch of the lease this replica holds (the last it held; 0 if never).
+    pub leader_epoch: Gauge,
+    /// Times this replica took the lease, and stepped down, by what happened.
+    pub leader_changes: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,6 +156,9 @@ impl Metrics {
             events_dead: Gauge::default(),
             // 1 ms … ~65 s.
             event_publish_lag: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            leader: Gauge::default(),
+            leader_epoch: Gauge::default(),
+            leader_changes: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -276,6 +285,21 @@ impl Metrics {
             "event_publish_lag_seconds",
             "From an event's commit to JetStream's acknowledgement",
             m.event_publish_lag.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lease (it takes the homeserver's transactions), else 0",
+            m.leader.clone(),
+        );
+        r.register(
+            "leader_epoch",
+            "The epoch of the leader lease this replica holds or last held (its fencing token)",
+            m.leader_epoch.clone(),
+        );
+        r.register(
+            "leader_changes",
+            "This replica's leadership changes (acquired, lost, released)",
+            m.leader_changes.clone(),
         );
         Self { registry, ..m }
     }

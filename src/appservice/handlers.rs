@@ -98,6 +98,14 @@ pub async fn transaction(
 ) -> Result<Response, MatrixError> {
     let started = Instant::now();
     let txn_id = txn_id(txn, &uri);
+    if !state.store.fence().leads() {
+        // A standby (or a leader that just lost its lease) stores nothing: the homeserver
+        // retries the same txnId, and the load balancer sends it to the leader (docs/deployment.md).
+        state.metrics.transaction("standby");
+        return Err(MatrixError::unavailable(
+            "this bridge replica is a standby; the leader takes transactions (retry)",
+        ));
+    }
     let bytes = body(&state, raw)?;
     // Valid UTF-8 (every real homeserver) is checked at SIMD speed; lossy decoding only otherwise.
     let text: Cow<'_, str> = match std::str::from_utf8(&bytes) {
@@ -215,7 +223,7 @@ pub async fn transaction(
                 || tracing::error!(%error, "transaction not applied; the homeserver will retry"),
             );
             Err(match error {
-                StoreError::Unavailable(_) => MatrixError::unavailable(
+                StoreError::Unavailable(_) | StoreError::Fenced => MatrixError::unavailable(
                     "the bridge could not store this transaction; retry later",
                 ),
                 other => MatrixError::internal(format!(

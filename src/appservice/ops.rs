@@ -12,13 +12,15 @@ use axum::{
 use serde_json::json;
 
 use super::AppState;
+use crate::db::lease::Role;
 
 /// `GET /health/live`: the process answers.
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /health/ready`: the database answers, every migration is applied, and every
+/// `GET /health/ready`: this replica leads (a standby answers 503, so a load balancer sends
+/// the homeserver to the leader), the database answers, every migration is applied, and every
 /// background task runs; 503 otherwise, with what is wrong.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let tasks = state.health.failing();
@@ -33,7 +35,13 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown")
         }
     };
-    let status = if tasks.is_empty() {
+    let (role, epoch) = match state.store.fence().role() {
+        Role::Off => ("single", None),
+        Role::Leader(epoch) => ("leader", Some(epoch)),
+        Role::Standby => ("standby", None),
+        Role::Lost => ("stepping_down", None),
+    };
+    let status = if tasks.is_empty() && state.store.fence().leads() {
         status
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -47,6 +55,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         status,
         Json(json!({
             "status": word,
+            "role": role,
+            "epoch": epoch,
             "database": database,
             "migrations": migrations,
             "tasks_restarting": tasks,

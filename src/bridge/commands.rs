@@ -490,9 +490,17 @@ fn status_text(s: &control::Status) -> String {
             s.homeserver.error.as_deref().unwrap_or("unknown")
         )
     };
+    let leader = match (&s.leader.replica, s.leader.epoch) {
+        (Some(replica), Some(epoch)) => format!(
+            "{replica} (epoch {epoch}); this answer is from {}",
+            s.leader.this_replica
+        ),
+        _ => "none yet".into(),
+    };
     format!(
         "**daarion-bridge {}**\n\n\
          - homeserver: {hs}\n\
+         - leader: {leader}\n\
          - agents: {} ({} enabled)\n\
          - queues: {} follow-ups, {} sends, {} runs, {} events unpublished\n",
         s.version,

@@ -57,6 +57,8 @@ pub struct Control {
     /// requests for the same (microDAO, slug) never create two rooms; across processes the
     /// creation row does it (`db::lifecycle`).
     pub(super) creating: tokio::sync::Mutex<()>,
+    /// This replica's name (`leader.replica`), for the status.
+    replica: String,
 }
 
 impl Control {
@@ -68,6 +70,7 @@ impl Control {
         puppets: Arc<Puppets>,
         appservice_id: String,
         mirror: Arc<Mirror>,
+        replica: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -76,6 +79,7 @@ impl Control {
             puppets,
             appservice_id,
             mirror,
+            replica,
             creating: tokio::sync::Mutex::new(()),
         })
     }
@@ -133,7 +137,10 @@ impl Control {
 
     /// Reads the status; the ping waits at most five seconds.
     pub async fn status(&self) -> Result<Status, StoreError> {
-        status(&self.store, &self.bot, &self.registry, &self.appservice_id).await
+        let mut status =
+            status(&self.store, &self.bot, &self.registry, &self.appservice_id).await?;
+        status.leader.this_replica = self.replica.clone();
+        Ok(status)
     }
 }
 
@@ -187,6 +194,23 @@ pub struct Status {
     pub agents: usize,
     /// Enabled agents.
     pub agents_enabled: usize,
+    /// Which replica leads.
+    pub leader: LeaderStatus,
+}
+
+/// Which replica leads (docs/deployment.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderStatus {
+    /// The leading replica's name (none: the lease was never taken).
+    pub replica: Option<String>,
+    /// The lease's epoch.
+    pub epoch: Option<i64>,
+    /// When the lease runs out unless renewed.
+    pub expires_at: Option<crate::model::Ts>,
+    /// The replica that answered.
+    pub this_replica: String,
+    /// Whether the replica that answered leads.
+    pub is_leader: bool,
 }
 
 async fn status(
@@ -214,7 +238,19 @@ async fn status(
         },
     };
     let agents = registry.all();
+    let lease = store.lease().current().await?;
+    let is_leader = matches!(
+        (store.fence().role(), &lease),
+        (crate::db::lease::Role::Leader(epoch), Some(l)) if l.epoch == epoch
+    );
     Ok(Status {
+        leader: LeaderStatus {
+            replica: lease.as_ref().map(|l| l.replica.clone()),
+            epoch: lease.as_ref().map(|l| l.epoch),
+            expires_at: lease.as_ref().map(|l| l.expires_at),
+            this_replica: String::new(),
+            is_leader,
+        },
         version: env!("CARGO_PKG_VERSION"),
         homeserver,
         queues: Queues {

@@ -6,6 +6,7 @@ pub mod decl;
 pub use crate::model::duration;
 mod encryption;
 mod events;
+mod leader;
 mod media;
 mod tools;
 mod validate;
@@ -23,6 +24,7 @@ pub use self::{
     decl::*,
     encryption::EncryptionConfig,
     events::{AuditConfig, EventsConfig, Keep},
+    leader::LeaderConfig,
     media::MediaConfig,
     tools::ToolsConfig,
 };
@@ -56,6 +58,9 @@ pub struct Config {
     /// `[server]`: limits of the HTTP listener.
     #[serde(default)]
     pub server: ServerConfig,
+    /// `[leader]`: replicas sharing one PostgreSQL, and the leader lease.
+    #[serde(default)]
+    pub leader: LeaderConfig,
     /// `[database]`.
     #[serde(default)]
     pub database: DatabaseConfig,

@@ -29,6 +29,9 @@ impl Config {
 
     /// Everything but the tokens (used by `generate-registration`, which fills the tokens in).
     pub fn validate_rest(&self) -> Result<(), ConfigError> {
+        self.leader
+            .check()
+            .map_err(|(field, problem)| invalid(field, problem))?;
         http_url("homeserver.url", &self.homeserver.url)?;
         let a = &self.appservice;
         if a.id.trim().is_empty() {

@@ -225,6 +225,19 @@ impl Crypto {
         self.hs.bot()
     }
 
+    /// Forgets every opened machine: the next use opens it again from the database. A replica
+    /// does this when it takes the lease and when it loses it, because only the leader writes
+    /// the crypto state and another replica may have moved it on meanwhile (same device and
+    /// keys: opening reads them, it makes none).
+    pub async fn forget_machines(&self) {
+        let mut machines = self.machines.lock().await;
+        machines.clear();
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// The machines opened so far.
     pub fn opened(&self) -> Vec<Arc<AgentMachine>> {
         self.opened

@@ -180,8 +180,21 @@ impl CryptoTables {
             .filter(|item| seen.insert((item.kind.as_str(), item.key.as_str())))
             .collect();
         latest.reverse();
+        // Exactly one writer of the crypto state: a standby refuses here, and on PostgreSQL a
+        // leader's commit carries its epoch (`db::lease`), so a leader that lost the lease
+        // cannot fork the Olm and Megolm sessions the new leader now owns.
+        let epoch = self.store.fence.write_epoch()?;
+        let fenced = epoch.filter(|_| self.store.is_postgres());
+        let token = self.store.fence.token();
         both!(self.store, pool => {
             let mut tx = pool.begin().await?;
+            if let Some(epoch) = fenced {
+                sqlx::query("SELECT bridge_leader_check($1, $2)")
+                    .bind(epoch)
+                    .bind(token)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // One statement per chunk, not per item (5 parameters a row, well under SQLite's
             // 32,766).
             for chunk in latest.chunks(1000) {

@@ -103,6 +103,12 @@ const POSTGRES: &[Step] = &[
         include_str!("../../migrations/postgres/000015_access_keys.up.sql"),
         include_str!("../../migrations/postgres/000015_access_keys.down.sql"),
     ),
+    (
+        16,
+        "leader_lease",
+        include_str!("../../migrations/postgres/000016_leader_lease.up.sql"),
+        include_str!("../../migrations/postgres/000016_leader_lease.down.sql"),
+    ),
 ];
 
 const SQLITE: &[Step] = &[
@@ -195,6 +201,12 @@ const SQLITE: &[Step] = &[
         "access_keys",
         include_str!("../../migrations/sqlite/000015_access_keys.up.sql"),
         include_str!("../../migrations/sqlite/000015_access_keys.down.sql"),
+    ),
+    (
+        16,
+        "leader_lease",
+        include_str!("../../migrations/sqlite/000016_leader_lease.up.sql"),
+        include_str!("../../migrations/sqlite/000016_leader_lease.down.sql"),
     ),
 ];
 

@@ -22,6 +22,7 @@ pub mod events;
 pub mod failed;
 pub mod jobs;
 pub mod keys;
+pub mod lease;
 pub mod lifecycle;
 pub mod listings;
 pub mod messages;
@@ -83,22 +84,38 @@ pub enum StoreError {
     /// The operation's input is invalid (an unknown capability, say).
     #[error("{0}")]
     Invalid(String),
+    /// A write of the leader's paths from a replica that does not hold the leader lease (a
+    /// standby, or a leader that lost it): refused, the leader does it.
+    #[error("this replica does not hold the leader lease")]
+    Fenced,
 }
 
 impl StoreError {
     /// Whether trying again later may succeed (the database, not the input, is the problem).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Fenced)
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_transient(&error) {
+        if is_fenced(&error) {
+            StoreError::Fenced
+        } else if is_transient(&error) {
             StoreError::Unavailable(error)
         } else {
             StoreError::Rejected(error)
         }
+    }
+}
+
+/// Whether the fence refused the write: `bridge_leader_check`'s SQLSTATE, or a connection the
+/// fence did not admit (`db::lease`).
+fn is_fenced(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().as_deref() == Some(lease::FENCED_SQLSTATE),
+        sqlx::Error::Protocol(message) => message == lease::FENCED,
+        _ => false,
     }
 }
 
@@ -133,6 +150,24 @@ fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::RowNotFound
         | sqlx::Error::InvalidArgument(_) => false,
         _ => true,
+    }
+}
+
+/// The pool's check of a new PostgreSQL connection against the fence (`db::lease`).
+#[allow(clippy::type_complexity)]
+fn admit(
+    fence: &std::sync::Arc<lease::Fence>,
+) -> impl for<'c> Fn(
+    &'c mut sqlx::PgConnection,
+    sqlx::pool::PoolConnectionMetadata,
+) -> futures_core::future::BoxFuture<'c, Result<(), sqlx::Error>>
++ Send
++ Sync
++ 'static {
+    let fence = fence.clone();
+    move |conn, _| {
+        let fence = fence.clone();
+        Box::pin(async move { fence.admit(conn).await })
     }
 }
 
@@ -173,11 +208,15 @@ pub struct Store {
     events: bool,
     /// Poked after a commit that appended events, so the publisher does not wait for its poll.
     events_written: std::sync::Arc<tokio::sync::Notify>,
+    /// This process's place among the replicas: what its connections and the leader's writes
+    /// are checked against (`db::lease`).
+    fence: std::sync::Arc<lease::Fence>,
 }
 
 impl Store {
     /// Opens a pool. SQLite files are created when missing and run in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let fence = std::sync::Arc::new(lease::Fence::default());
         let mut writer = None;
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             writer = Some(
@@ -199,21 +238,28 @@ impl Store {
                     // execution for a statement that takes one), so JIT is off: short OLTP
                     // statements never gain from it. All three travel in the startup packet:
                     // no extra round trip.
-                    .connect_with(url.parse::<sqlx::postgres::PgConnectOptions>()?.options([
-                        ("plan_cache_mode", "force_generic_plan"),
-                        ("enable_seqscan", "off"),
-                        ("jit", "off"),
-                    ]))
+                    .after_connect(admit(&fence))
+                    .connect_with(
+                        url.parse::<sqlx::postgres::PgConnectOptions>()?
+                            .application_name(&fence.application_name())
+                            .options([
+                                ("plan_cache_mode", "force_generic_plan"),
+                                ("enable_seqscan", "off"),
+                                ("jit", "off"),
+                            ]),
+                    )
                     .await?,
             );
             Pool::Pg(
                 PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(5))
+                    .after_connect(admit(&fence))
                     // Reads are short or paged (exports, listings): compiling one with JIT costs
                     // far more than running it.
                     .connect_with(
                         url.parse::<sqlx::postgres::PgConnectOptions>()?
+                            .application_name(&fence.application_name())
                             .options([("jit", "off")]),
                     )
                     .await?,
@@ -251,7 +297,18 @@ impl Store {
             write_lock: Default::default(),
             events: true,
             events_written: Default::default(),
+            fence,
         })
+    }
+
+    /// The fence a leader's statement carries: its epoch and this process's token.
+    fn fenced(&self, epoch: Option<i64>) -> Option<(i64, &str)> {
+        epoch.map(|e| (e, self.fence.token()))
+    }
+
+    /// This process's place among the replicas (`db::lease`).
+    pub fn fence(&self) -> &std::sync::Arc<lease::Fence> {
+        &self.fence
     }
 
     /// Turns event appending on or off (`events.enabled`; on by default).
@@ -335,9 +392,18 @@ impl Store {
     /// transaction was already applied.
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         let applied = match (&self.pool, &self.writer) {
-            (_, Some(writer)) => write::apply_pg(writer, batch, self.events).await,
-            (Pool::Pg(pool), None) => write::apply_pg(pool, batch, self.events).await,
+            (_, Some(writer)) => {
+                let epoch = self.fence.write_epoch()?;
+                write::apply_pg(writer, batch, self.events, self.fenced(epoch)).await
+            }
+            (Pool::Pg(pool), None) => {
+                let epoch = self.fence.write_epoch()?;
+                write::apply_pg(pool, batch, self.events, self.fenced(epoch)).await
+            }
             (Pool::Sqlite(pool), None) => {
+                // Single-process (a file lock): a standby never reaches here, but a step-down
+                // is honoured all the same.
+                self.fence.write_epoch()?;
                 let _writer = self.write_lock.lock().await;
                 write::apply_sqlite(pool, batch, self.events).await
             }

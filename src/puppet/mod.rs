@@ -256,9 +256,13 @@ impl Puppets {
             if item.status != OutboxStatus::Pending {
                 return Ok(item);
             }
-            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
                 return Ok(item);
             }
+            // Woken by this process's delivery; re-read now and then all the same, because on a
+            // standby the leader delivers (another process: no wake-up reaches this one).
+            let nap = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
+            let _ = tokio::time::timeout_at(nap, finished).await;
         }
     }
 }

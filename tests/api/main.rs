@@ -37,6 +37,7 @@ mod process;
 mod properties;
 mod publish;
 mod records;
+mod replicas;
 mod rooms;
 mod runs;
 mod runtimes;

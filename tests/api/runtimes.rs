@@ -350,9 +350,8 @@ async fn webhook_runtime(#[case] b: Backend) {
     }
     assert_eq!(app.col(&status(interrupted.clone())).await, vec!["failed"]);
     assert_eq!(app.col(&status(run_id.clone())).await, vec!["running"]);
-    drop(restarted);
     let (s, sent, _) = api(
-        &app,
+        &restarted,
         reqwest::Method::POST,
         &format!("/api/v1/channels/{channel}/messages"),
         &key,
@@ -368,7 +367,7 @@ async fn webhook_runtime(#[case] b: Backend) {
     assert_eq!(done[0][0].as_deref(), Some("completed"));
     assert_eq!(done[0][1].as_deref(), sent["event_id"].as_str());
     let (s, _, _) = api(
-        &app,
+        &restarted,
         reqwest::Method::POST,
         &format!("/api/v1/channels/{channel}/messages"),
         &key,
@@ -376,6 +375,7 @@ async fn webhook_runtime(#[case] b: Backend) {
     )
     .await;
     assert_eq!(s, 400, "a finished run cannot be answered twice");
+    drop(restarted);
 
     // An error: the run fails, and webhook runtimes post no notice by default.
     let (_hook, url) = FakeWebhook::spawn("fail").await;

@@ -45,7 +45,15 @@ pub struct TestApp {
     pub toml: String,
     /// The bridge as a child process (the release-like binary), when started so.
     pub process: Option<std::process::Child>,
+    /// The in-process bridge: its shutdown trigger and task (a restart stops it first, as an
+    /// operator's restart does: one bridge per database leads).
+    running: std::sync::Mutex<Option<InProcess>>,
 }
+
+type InProcess = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
 
 impl Drop for TestApp {
     fn drop(&mut self) {
@@ -94,6 +102,11 @@ max_body_bytes = 65536
 [database]
 url = "{db_url}"
 max_connections = 4
+
+[leader]
+# Short, so a killed bridge's successor takes over quickly.
+ttl = "3s"
+renew_interval = "1s"
 
 [bridge]
 preview_chars = 40
@@ -195,6 +208,7 @@ impl TestApp {
             _dir: dir,
             toml,
             process: None,
+            running: Default::default(),
         }
     }
 
@@ -214,7 +228,18 @@ impl TestApp {
         let mirror = bridge.mirror.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { bridge.run(listener, std::future::pending()).await.unwrap() });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            bridge
+                .run(listener, async move {
+                    // A dropped sender (the test ended) is no shutdown: the runtime ends it.
+                    if stopped.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .await
+                .unwrap()
+        });
         TestApp {
             addr,
             http: reqwest::Client::new(),
@@ -232,6 +257,7 @@ impl TestApp {
             _dir: None,
             toml: toml.to_owned(),
             process: None,
+            running: std::sync::Mutex::new(Some((stop, task))),
         }
     }
 
@@ -291,6 +317,7 @@ impl TestApp {
             _dir: Some(TempDir(dir)),
             toml,
             process: Some(child),
+            running: Default::default(),
         }
     }
 
@@ -360,9 +387,50 @@ impl TestApp {
             .unwrap()
     }
 
-    /// A second bridge process over the same database and homeserver (a restart).
+    /// A restart: this bridge stops (cleanly: it gives up the leader lease) and a new one
+    /// starts over the same database and homeserver.
     pub async fn restart(&self) -> TestApp {
+        self.stop_bridge().await;
         Self::start(self.backend, &self.toml, self.hs.clone(), &self.hs_url).await
+    }
+
+    /// Another in-process replica over the same database and homeserver, named `name`, while
+    /// this one keeps running (`[leader] replica`).
+    pub async fn replica(&self, name: &str) -> TestApp {
+        let toml: String = self
+            .toml
+            .lines()
+            .filter(|l| !l.starts_with("replica = "))
+            .map(|l| {
+                if l == "renew_interval = \"1s\"" {
+                    format!("{l}\nreplica = \"{name}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        Self::start(self.backend, &toml, self.hs.clone(), &self.hs_url).await
+    }
+
+    /// Waits until this bridge leads (`/health/ready` 200), up to 15 s.
+    pub async fn until_leads(&self) {
+        for _ in 0..300 {
+            let ready = self.http.get(self.url("/health/ready")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the bridge at {} does not lead", self.addr);
+    }
+
+    /// Stops the in-process bridge, if one runs, and waits until it has shut down.
+    pub async fn stop_bridge(&self) {
+        let running = self.running.lock().unwrap().take();
+        if let Some((stop, task)) = running {
+            let _ = stop.send(());
+            task.await.expect("the bridge shuts down cleanly");
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -52,8 +52,17 @@ const PIPELINE: [Stage; 10] = [
 
 /// PostgreSQL: applies the batch as one statement. `false` when its transaction was applied
 /// before (then nothing changed).
-pub(super) async fn apply_pg(pool: &PgPool, b: &Batch, events: bool) -> Result<bool, StoreError> {
-    pg_statement(b, events)?.apply(pool).await
+///
+/// `fence` (a leader's epoch and token) makes the statement call `bridge_leader_check`: a
+/// replica that lost the lease commits none of it (`db::lease`). The check is one indexed read
+/// of a one-row table inside the same statement: no round trip added.
+pub(super) async fn apply_pg(
+    pool: &PgPool,
+    b: &Batch,
+    events: bool,
+    fence: Option<(i64, &str)>,
+) -> Result<bool, StoreError> {
+    pg_statement(b, events, fence)?.apply(pool).await
 }
 
 /// PostgreSQL: the plan of the batch's statement (see [`Statement::explain`]).
@@ -62,16 +71,36 @@ pub(super) async fn explain_pg(
     b: &Batch,
     events: bool,
 ) -> Result<String, StoreError> {
-    pg_statement(b, events)?.explain(pool).await
+    pg_statement(b, events, None)?.explain(pool).await
 }
 
-fn pg_statement(b: &Batch, events: bool) -> Result<Statement, StoreError> {
+fn pg_statement(
+    b: &Batch,
+    events: bool,
+    fence: Option<(i64, &str)>,
+) -> Result<Statement, StoreError> {
     let mut s = Statement::new(b, events);
     txn::pg(&mut s, b)?;
     for stage in &PIPELINE {
         (stage.pg)(&mut s, b)?;
     }
-    s.sql.push_str(txn::pg_result(b));
+    if let Some((epoch, token)) = fence {
+        let (e, t) = (s.bind(epoch)?, s.bind(token.to_owned())?);
+        // The final SELECT reads it, so it is evaluated; if it raises, the whole statement
+        // (every data-modifying CTE with it) rolls back. Tested by
+        // `replicas::a_leader_whose_lease_moved_commits_nothing_and_steps_down`.
+        s.cte(
+            "fence",
+            &format!("SELECT bridge_leader_check({e}, {t}) AS held"),
+        );
+        // `held` must be read: PostgreSQL drops a CTE column nobody reads, call and all.
+        let result = txn::pg_result(b);
+        let value = result.trim_start().trim_start_matches("SELECT ");
+        s.sql
+            .push_str(&format!(" SELECT held AND {value} FROM fence"));
+    } else {
+        s.sql.push_str(txn::pg_result(b));
+    }
     Ok(s)
 }
 

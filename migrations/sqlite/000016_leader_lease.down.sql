@@ -1,0 +1,1 @@
+DROP TABLE bridge_leader_lease;

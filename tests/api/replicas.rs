@@ -1,0 +1,312 @@
+//! Issue #27, replicas: two bridges on one PostgreSQL, one leads (transactions, readiness,
+//! metrics) and the other stands by and takes over when the leader stops; a leader whose lease
+//! moved commits nothing (the fence inside its transaction statement and its crypto writes,
+//! its connections terminated at take-over) and steps down; SQLite stays single-process.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::{Backend, TestApp, ev};
+
+/// `/health/ready`: status and body.
+async fn ready(app: &TestApp) -> (u16, Value) {
+    let r = app.http.get(app.url("/health/ready")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Waits until `app` is ready (leads); how long it took.
+async fn until_leads(app: &TestApp, within: Duration) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if ready(app).await.0 == 200 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{} did not lead within {within:?}: {:?}",
+        app.addr,
+        ready(app).await
+    );
+}
+
+/// Waits until `app` is no longer ready.
+async fn until_stands_by(app: &TestApp, within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(app).await;
+        if status == 503 {
+            return body;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} still leads: {body}",
+            app.addr
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from the metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_the_other_takes_over() {
+    let a = TestApp::spawn_with(Backend::Postgres, |c| {
+        c.replace(
+            "renew_interval = \"1s\"",
+            "renew_interval = \"1s\"\nreplica = \"a\"",
+        )
+    })
+    .await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    let b = a.replica("b").await;
+    // B stands by: not ready, alive, refuses transactions with a retryable Matrix error.
+    let (status, body) = ready(&b).await;
+    assert_eq!(
+        (status, body["role"].as_str()),
+        (503, Some("standby")),
+        "{body}"
+    );
+    let live = b.http.get(b.url("/health/live")).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    let (status, body) = b
+        .put_txn("t1", vec![ev::text("m1", "@alice:localhost", "to b")])
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+    assert!(
+        body["error"].as_str().unwrap().contains("standby"),
+        "{body}"
+    );
+    assert_eq!(a.count("messages").await, 0, "a standby stores nothing");
+    // A leads: the same transaction, retried there, is stored once.
+    crate::mirrored(&a).await;
+    let (status, _) = a
+        .put_txn("t1", vec![ev::text("m1", "@alice:localhost", "to a")])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(a.count("messages").await, 1);
+    let (m_a, m_b) = (a.metrics().await, b.metrics().await);
+    assert_eq!(gauge(&m_a, "daarion_bridge_leader"), 1);
+    assert_eq!(gauge(&m_b, "daarion_bridge_leader"), 0);
+    let epoch = gauge(&m_a, "daarion_bridge_leader_epoch");
+    assert!(epoch >= 1);
+    // The admin API works on the standby and says who leads.
+    let key = b.admin_key().await;
+    let (status, body) = b
+        .call_as(Method::GET, "/api/v1/admin/status", &key, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["leader"]["replica"], "a");
+    assert_eq!(body["leader"]["this_replica"], "b");
+    assert_eq!(body["leader"]["is_leader"], false);
+    assert_eq!(body["leader"]["epoch"], epoch);
+    // A stops cleanly (it gives the lease up): B leads within its renew interval.
+    a.stop_bridge().await;
+    let took = until_leads(&b, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "took over in {took:?}");
+    let m_b = b.metrics().await;
+    assert_eq!(gauge(&m_b, "daarion_bridge_leader"), 1);
+    assert_eq!(gauge(&m_b, "daarion_bridge_leader_epoch"), epoch + 1);
+    let (status, _) = b
+        .put_txn("t2", vec![ev::text("m2", "@alice:localhost", "now b")])
+        .await;
+    assert_eq!(status, 200);
+    // The replay of t1 changes nothing on the new leader.
+    let (status, _) = b
+        .put_txn("t1", vec![ev::text("m1", "@alice:localhost", "to a")])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(b.count("messages").await, 2);
+}
+
+/// Moves the lease to another holder behind the leader's back, as a take-over by a replica that
+/// could not terminate its connections would (the worst case for the fence).
+async fn steal_lease(app: &TestApp) -> i64 {
+    app.col(
+        "UPDATE bridge_leader_lease SET epoch = epoch + 1, holder = 'thief', replica = 'thief', \
+         expires_at = now() + interval '1 hour' RETURNING CAST(epoch AS TEXT)",
+    )
+    .await[0]
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_moved_commits_nothing_and_steps_down() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    crate::mirrored(&a).await;
+    let before = a.count("messages").await;
+    let crypto_rows = a.count("bridge_crypto_items").await;
+    let epoch = steal_lease(&a).await;
+    // Whatever reaches it before it notices: refused, nothing stored (the statement's fence).
+    let (status, body) = a
+        .put_txn(
+            "late",
+            vec![ev::text("late1", "@alice:localhost", "after the move")],
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(a.count("messages").await, before);
+    // Its crypto store refuses writes under the old epoch too.
+    let refused = a
+        .store
+        .crypto()
+        .write(
+            "@agent_sofia:localhost",
+            &[daarion_bridge::db::crypto::CryptoItem {
+                kind: "test".into(),
+                key: "k".into(),
+                value: "v".into(),
+            }],
+            &[],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(daarion_bridge::db::StoreError::Fenced)),
+        "{refused:?}"
+    );
+    assert_eq!(a.count("bridge_crypto_items").await, crypto_rows);
+    // It steps down at its next renewal.
+    let body = until_stands_by(&a, Duration::from_secs(5)).await;
+    assert!(
+        matches!(body["role"].as_str(), Some("standby" | "stepping_down")),
+        "{body}"
+    );
+    let metrics = a.metrics().await;
+    assert_eq!(gauge(&metrics, "daarion_bridge_leader"), 0);
+    assert!(metrics.contains(r#"daarion_bridge_leader_changes_total{outcome="lost"} 1"#));
+    // And it stays a standby: the lease is someone else's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ready(&a).await.0, 503);
+    assert_eq!(
+        a.col("SELECT CAST(epoch AS TEXT) FROM bridge_leader_lease")
+            .await,
+        vec![epoch.to_string()]
+    );
+    assert_eq!(a.count("messages").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_terminates_the_old_leaders_connections() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    crate::mirrored(&a).await;
+    let old = a
+        .col("SELECT holder FROM bridge_leader_lease")
+        .await
+        .remove(0);
+    let connections = format!(
+        "SELECT CAST(count(*) AS TEXT) FROM pg_stat_activity \
+         WHERE application_name = 'daarion-bridge/{old}'"
+    );
+    assert_ne!(
+        a.col(&connections).await,
+        vec!["0"],
+        "the leader's connections are named"
+    );
+    // Another process finds the lease expired (as after a pause past the TTL) and takes it.
+    let other = daarion_bridge::db::Store::connect(&a.db_url, 2)
+        .await
+        .unwrap();
+    let mut taken = None;
+    for _ in 0..50 {
+        if let daarion_bridge::db::Pool::Pg(pool) = other.pool() {
+            sqlx::query("UPDATE bridge_leader_lease SET expires_at = now() - interval '1 second'")
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        // The leader may renew in between: then try again.
+        taken = other
+            .lease()
+            .acquire("other", Duration::from_secs(30), false)
+            .await
+            .unwrap();
+        if taken.is_some() {
+            break;
+        }
+    }
+    let taken = taken.expect("the expired lease is taken");
+    assert_eq!(taken.previous, Some(a.config.leader.replica_name()));
+    // None of the old leader's connections is left that was open at the take-over: the old
+    // leader may open new ones (each is refused by its check and closes, so poll for none).
+    let daarion_bridge::db::Pool::Pg(pool) = other.pool() else {
+        unreachable!()
+    };
+    let survivors = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND backend_start < (SELECT acquired_at FROM bridge_leader_lease)",
+        )
+        .bind(format!("daarion-bridge/{old}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        survivors(pool.clone()).await,
+        0,
+        "the old leader's connections are terminated"
+    );
+    let (status, _) = a
+        .put_txn("late", vec![ev::text("late1", "@alice:localhost", "after")])
+        .await;
+    assert_eq!(status, 503);
+    until_stands_by(&a, Duration::from_secs(5)).await;
+    // As a standby its store works again (the agent and admin APIs use it).
+    assert_eq!(a.count("messages").await, 0);
+    let messages: i64 = match other.pool() {
+        daarion_bridge::db::Pool::Pg(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE matrix_event_id = '$late1'")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+        _ => unreachable!(),
+    };
+    assert_eq!(messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bridge_on_one_sqlite_file_refuses_to_start() {
+    let a = TestApp::spawn(Backend::Sqlite).await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    let bridge = daarion_bridge::Bridge::build(a.config.clone())
+        .await
+        .expect("builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        bridge.run(listener, std::future::pending()),
+    )
+    .await
+    .expect("refuses at once");
+    let error = refused.expect_err("a second bridge on the same SQLite file");
+    assert!(
+        error.to_string().contains("SQLite is single-process"),
+        "{error}"
+    );
+    // The first one goes on.
+    assert_eq!(ready(&a).await.0, 200);
+    // Once it stopped, the file is free (a restart).
+    let restarted = a.restart().await;
+    until_leads(&restarted, Duration::from_secs(5)).await;
+    let lease = restarted
+        .col("SELECT CAST(epoch AS TEXT) FROM bridge_leader_lease")
+        .await;
+    assert_eq!(
+        lease,
+        vec!["2"],
+        "each start takes the lease with a new epoch"
+    );
+}
