@@ -225,6 +225,26 @@ impl Drop for Haproxy {
     }
 }
 
+/// Asks the homeserver to ping the bridge (`/_matrix/client/v1/appservice/{id}/ping`, as the
+/// appservice): Synapse then retries at once what earlier tests left undelivered, instead of
+/// after the back-off it grew while no bridge answered between tests. (The leader pings by
+/// itself when it takes over; this is for the start of a test only.)
+pub(crate) async fn kick_homeserver() {
+    let config = config("sqlite://unused");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/_matrix/client/v1/appservice/{}/ping",
+            homeserver(),
+            config.appservice.id
+        ))
+        .bearer_auth(&config.appservice.as_token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("the homeserver answers");
+    assert!(r.status().is_success(), "ping: {}", r.status());
+}
+
 /// Two replicas on one fresh PostgreSQL database, haproxy in front.
 pub(crate) struct Replicas {
     /// Replica `a` and replica `b`.
@@ -307,6 +327,20 @@ impl Replicas {
             store: Store::connect(db_url, 4).await.expect("the test database"),
             dir,
         };
+        // haproxy counts a server up until its first check fails: with both replicas not yet
+        // started, both are down before either exists, and each comes up only by answering
+        // /health/ready 200 (a standby never does).
+        for _ in 0..200 {
+            if probe(bridge_port(), "/health/ready").await.map(|(s, _)| s) == Some(503) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            probe(bridge_port(), "/health/ready").await.map(|(s, _)| s),
+            Some(503),
+            "haproxy serves, with no replica up"
+        );
         for r in &mut this.replicas {
             r.spawn();
         }
@@ -319,6 +353,7 @@ impl Replicas {
         );
         this.wait_leader(Duration::from_secs(60)).await;
         this.wait_routed(Duration::from_secs(30)).await;
+        kick_homeserver().await;
         this
     }
 
