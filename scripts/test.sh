@@ -20,6 +20,9 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
 # The event tests start their own NATS servers (JetStream) from the nats-server binary.
 scripts/ensure-nats.sh
 
+# The replica e2e tests run two bridge processes behind their own haproxy (Debian package).
+scripts/ensure-haproxy.sh
+
 # The E2EE client of the encryption e2e tests (matrix-sdk; a crate of its own, see its Cargo.toml).
 CARGO_TARGET_DIR="$PWD/target/e2ee-client" cargo build --locked --manifest-path tests/e2ee-client/Cargo.toml
 export DAARION_E2EE_CLIENT="$PWD/target/e2ee-client/debug/e2ee-client"

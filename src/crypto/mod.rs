@@ -196,8 +196,10 @@ impl Crypto {
                 key: String::new(),
                 value: sealed,
             };
-            db.write("", &[item], &[]).await?;
-            // Another process may have stored one first: use whichever is stored.
+            // Another process (a replica starting at the same time) may have stored one first:
+            // never overwrite it (the data it sealed would no longer open), use whichever is
+            // stored.
+            db.insert_absent("", &item).await?;
             row = stored(db.items("").await?);
         }
         let row = row.ok_or_else(|| {

@@ -159,6 +159,27 @@ impl CryptoTables {
         })
     }
 
+    /// Stores `item` for `user_id` unless one with its kind and key is stored already (the
+    /// first writer wins, and nothing is overwritten); unfenced, so it can run before this
+    /// process knows whether it leads: replicas starting at once create the crypto store key
+    /// this way, and all use the one stored.
+    pub async fn insert_absent(&self, user_id: &str, item: &CryptoItem) -> Result<(), StoreError> {
+        both!(self.store, pool => {
+            sqlx::query(
+                "INSERT INTO bridge_crypto_items (user_id, kind, key, value, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, kind, key) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(&item.kind)
+            .bind(&item.key)
+            .bind(&item.value)
+            .bind(Ts::now())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Writes (upserts) and deletes items of `user_id`'s crypto store in one commit, so a crash
     /// never leaves half of one change of the crypto state on disk.
     pub async fn write(

@@ -11,5 +11,7 @@ mod mirror;
 #[path = "../common/model.rs"]
 mod model;
 mod platform;
+mod replicas;
+mod replicas_harness;
 mod rooms;
 mod tools;
