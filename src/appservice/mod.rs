@@ -110,12 +110,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_hs_token,
         ));
+    // Health and metrics are polled (a load balancer checks readiness twice a second, and a
+    // standby's answer is 503 by design): they stay out of the request log, whose failures
+    // are logged as errors.
     let operator = Router::new()
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics));
+        .route("/metrics", get(ops::metrics))
+        .layer(middleware::map_response(matrix_error_bodies));
     appservice
-        .merge(operator)
         .fallback(|| async { MatrixError::unrecognized(StatusCode::NOT_FOUND, "unrecognized request") })
         .method_not_allowed_fallback(|| async {
             MatrixError::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
@@ -131,5 +134,6 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
             }),
         )
+        .merge(operator)
         .with_state(state)
 }

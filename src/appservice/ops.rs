@@ -23,6 +23,15 @@ pub async fn live() -> Json<serde_json::Value> {
 /// the homeserver to the leader), the database answers, every migration is applied, and every
 /// background task runs; 503 otherwise, with what is wrong.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.store.fence().role() == Role::Lost {
+        // Stepping down: its connections are refused until its leader work has stopped, so
+        // the database is not asked (a load balancer's check would wait on the pool).
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "role": "stepping_down" })),
+        )
+            .into_response();
+    }
     let tasks = state.health.failing();
     // Events wait durably in the outbox while NATS is away: reported, but not a reason to take
     // the bridge out of rotation.

@@ -17,7 +17,10 @@ pub async fn until_reached(
     devices: Option<(Arc<Crypto>, Arc<AgentRegistry>)>,
     cancel: CancellationToken,
 ) {
-    let mut delay = Duration::from_secs(1);
+    // Short at first: a new leader's first ping may reach the load balancer before its
+    // readiness check has put this replica in rotation (503), and every second until the ping
+    // succeeds is a second the homeserver holds its transactions.
+    let mut delay = Duration::from_millis(250);
     loop {
         match hs.ping(&appservice_id).await {
             Ok(rtt) => {
@@ -28,7 +31,7 @@ pub async fn until_reached(
                 break;
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in_s = delay.as_secs(), "homeserver ping failed; is it up and does it load registration.yaml?");
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "homeserver ping failed; is it up, does it load registration.yaml, and does its url reach the leader?");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
