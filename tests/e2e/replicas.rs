@@ -133,7 +133,16 @@ async fn one_message_per_run(pool: &Pool, room: &str) {
          (SELECT CAST(COUNT(*) AS TEXT) FROM agent_runs r JOIN channels c ON c.id = r.channel_id \
            WHERE c.matrix_room_id = '{room}' AND r.status = 'completed')"
     );
-    let counts = rows(pool, &q).await;
+    // A run is marked completed just after its answer is recorded: give it a moment; a doubled
+    // answer stays one message ahead however long this waits.
+    let mut counts = rows(pool, &q).await;
+    for _ in 0..50 {
+        if counts[0][0] == counts[0][1] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        counts = rows(pool, &q).await;
+    }
     assert_eq!(
         counts[0][0], counts[0][1],
         "agent messages vs runs in {room}"
