@@ -336,6 +336,15 @@ async fn webhook_runtime(#[case] b: Backend) {
         .col("SELECT CAST(id AS TEXT) FROM agent_runs")
         .await
         .remove(0);
+    // The webhook's 202 is recorded (the run is deferred) just after the run shows running.
+    let deferred = format!(
+        "SELECT CAST(COUNT(*) AS TEXT) FROM agent_runs WHERE deferred_at IS NOT NULL \
+         AND CAST(id AS TEXT) = '{run_id}'"
+    );
+    app.eventually("the run is deferred", Duration::from_secs(10), || async {
+        app.col(&deferred).await == ["1"]
+    })
+    .await;
     // A restart keeps a deferred webhook run waiting, and fails a run interrupted more often
     // than `bridge.run_attempts` (a run interrupted less often is resumed: see the fault test).
     let interrupted = app.insert_running_run(ev::SOFIA, 3).await;
