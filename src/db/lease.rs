@@ -21,10 +21,7 @@
 //! taken at once, for status and the epoch, and needs no fence.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::atomic::{AtomicI64, Ordering},
     time::Duration,
 };
 
@@ -427,6 +424,3 @@ impl LeaseStore {
         Ok(())
     }
 }
-
-/// Shared by the leadership loop and the status readers.
-pub type SharedFence = Arc<Fence>;
