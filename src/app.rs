@@ -500,7 +500,15 @@ impl Bridge {
             };
             // Nothing more is committed under this epoch once it is lost (the fence); the
             // leader's tasks stop before this replica lets connections through as a standby.
-            work.shutdown(self.config.server.shutdown_grace).await;
+            // A lost lease gets a short grace: its tasks can commit nothing (the pool refuses
+            // them) and the new leader resumes their durable work, so waiting the full grace
+            // would only hold their retries and misleading errors (a probe's timeout) open.
+            let grace = match held {
+                Held::Lost => self.config.leader.renew_interval,
+                Held::Shutdown | Held::Broken => self.config.server.shutdown_grace,
+            };
+            work.shutdown(grace.min(self.config.server.shutdown_grace))
+                .await;
             if let Some(crypto) = &self.crypto {
                 crypto.forget_machines().await;
             }

@@ -209,6 +209,21 @@ async fn a_leader_whose_lease_moved_commits_nothing_and_steps_down() {
         matches!(body["role"].as_str(), Some("standby" | "stepping_down")),
         "{body}"
     );
+    // Its work is drained within about a renew interval (1 s here), not the 10 s shutdown
+    // grace: nothing it does can commit any more.
+    let lost = Instant::now();
+    loop {
+        let (_, body) = ready(&a).await;
+        if body["role"] == "standby" {
+            break;
+        }
+        assert!(
+            lost.elapsed() < Duration::from_secs(4),
+            "still stepping down after {:?}: {body}",
+            lost.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let metrics = a.metrics().await;
     assert_eq!(gauge(&metrics, "daarion_bridge_leader"), 0);
     assert!(metrics.contains(r#"daarion_bridge_leader_changes_total{outcome="lost"} 1"#));
