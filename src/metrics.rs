@@ -113,6 +113,9 @@ pub struct Metrics {
     pub leader_epoch: Gauge,
     /// Times this replica took the lease, and stepped down, by what happened.
     pub leader_changes: Family<OutcomeLabel, Counter>,
+    /// Reply chunks of `nats` runtime workers the bridge read and did not use, by why
+    /// (superseded, malformed, unknown_type).
+    pub nats_replies_ignored: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +162,7 @@ impl Metrics {
             leader: Gauge::default(),
             leader_epoch: Gauge::default(),
             leader_changes: Family::default(),
+            nats_replies_ignored: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -300,6 +304,11 @@ impl Metrics {
             "leader_changes",
             "This replica's leadership changes (acquired, lost, released)",
             m.leader_changes.clone(),
+        );
+        r.register(
+            "nats_replies_ignored",
+            "Reply chunks of nats runtime workers read and not used: superseded (an earlier attempt's, after a redelivery), malformed, unknown_type",
+            m.nats_replies_ignored.clone(),
         );
         Self { registry, ..m }
     }

@@ -155,5 +155,6 @@ pub(super) async fn request(
         tools: Vec::new(),
         tool_rounds: Vec::new(),
         answer_now: false,
+        stop: Default::default(),
     })
 }

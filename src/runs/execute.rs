@@ -145,6 +145,7 @@ impl Runner {
             }
         }
         request.tools = defs;
+        request.stop = stop.clone();
         let runtime = runtime_for(
             &intent.agent().behaviour.runtime,
             &self.http,

@@ -135,7 +135,7 @@ impl Runner {
             limiter: RateLimiter::new(settings.runs_per_minute),
             http: runtime::http_client()?,
             tools: tools::Tools::new(settings.tools.clone(), store.clone(), metrics.clone())?,
-            nats: nats::Broker::new(&settings.events),
+            nats: nats::Broker::new(&settings.events, metrics.clone()),
             store,
             registry,
             puppets,

@@ -134,6 +134,10 @@ pub struct RunRequest {
     /// listed so the rounds before still make sense to the model).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub answer_now: bool,
+    /// Cancelled when a person stops the run (never at a shutdown, whose runs resume): a
+    /// runtime whose request outlives its call (`nats`) withdraws it then.
+    #[serde(skip)]
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// A tool the runtime may call, as a function definition.

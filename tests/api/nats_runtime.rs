@@ -3,7 +3,8 @@
 //! deltas and a final answered once; a worker killed mid-run replaced by another after the
 //! ack wait, its late replies ignored; NATS down while a run is requested and back; a bridge
 //! killed while its run waits; no worker at all (the run times out); replies to unknown and
-//! finished runs. On SQLite and PostgreSQL.
+//! finished runs (and chunks it cannot use, counted); a stopped run whose request is withdrawn.
+//! On SQLite and PostgreSQL.
 
 use std::{
     path::PathBuf,
@@ -459,6 +460,13 @@ async fn replies_to_unknown_or_finished_runs_are_ignored(#[case] b: Backend) {
     assert_eq!(body["agent"]["matrix_id"], ev::SOFIA);
     assert_eq!(body["trigger_texts"], json!(["Sofia, fail please"]));
     assert!(body["deadline_ms"].as_i64().unwrap() > chrono::Utc::now().timestamp_millis());
+    // Chunks the protocol does not have are read, counted and skipped: the run goes on.
+    js.publish(format!("daarion.agent.run.reply.{id}"), "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_reply(&nats, &id, json!({"type": "shout", "attempt": 1})).await;
     publish_reply(
         &nats,
         &id,
@@ -474,6 +482,11 @@ async fn replies_to_unknown_or_finished_runs_are_ignored(#[case] b: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let notices = app.hs.sent_messages().len();
     assert_eq!(notices, 1, "the failure notice only");
+    let metrics = app.metrics().await;
+    for outcome in ["malformed", "unknown_type"] {
+        let line = format!("daarion_bridge_nats_replies_ignored_total{{outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
     // Replies to the failed run: ignored.
     publish_reply(
         &nats,
@@ -487,4 +500,98 @@ async fn replies_to_unknown_or_finished_runs_are_ignored(#[case] b: Backend) {
         app.col("SELECT status FROM agent_runs").await,
         vec!["failed"]
     );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_withdraws_its_request(#[case] b: Backend) {
+    worker_binary();
+    let nats = Nats::start().await;
+    let app = TestApp::spawn_with(b, with_nats(&nats, "30s")).await;
+    setup(&app).await;
+    streams_ready(&nats).await;
+    // No worker yet: the request waits in the queue.
+    app.put_txn("1", vec![mention("q", "Sofia, think hard", &[ev::SOFIA])])
+        .await;
+    for _ in 0..100 {
+        if nats.stored(REQUESTS).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(nats.stored(REQUESTS).await, 1, "the run was requested");
+    let stop = ev::now(ev::text("s", "@alice:localhost", "stop"));
+    assert_eq!(app.put_txn("stop", vec![stop]).await.0, 200);
+    wait_runs(&app, 1, "cancelled").await;
+    // The request is withdrawn: a worker that comes now finds nothing to answer.
+    for _ in 0..100 {
+        if nats.stored(REQUESTS).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        nats.stored(REQUESTS).await,
+        0,
+        "the stopped run's request is gone"
+    );
+    let worker = Worker::start(&nats, "w1", 30, 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !worker.lines().iter().any(|l| l.contains("attempt")),
+        "{:?}",
+        worker.lines()
+    );
+    let (posts, _) = answers(&app);
+    assert!(posts.is_empty(), "{posts:?}");
+    assert_eq!(
+        app.col("SELECT status FROM agent_runs").await,
+        vec!["cancelled"]
+    );
+}
+
+/// An upgrade from a bridge before the `nats` runtime: its events stream took `daarion.>`,
+/// which the runtime's streams would overlap. The bridge narrows it (keeping its events) and
+/// creates the runtime's streams, and runs are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_events_stream_is_narrowed_and_keeps_its_events() {
+    worker_binary();
+    let nats = Nats::start().await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(jetstream::stream::Config {
+        name: "DAARION".into(),
+        subjects: vec!["daarion.>".into()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("daarion.channel.created", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let app = TestApp::spawn_with(Backend::Sqlite, with_nats(&nats, "30s")).await;
+    setup(&app).await;
+    streams_ready(&nats).await;
+    let mut events = js.get_stream("DAARION").await.unwrap();
+    let subjects = events.info().await.unwrap().config.subjects.clone();
+    assert_eq!(
+        subjects,
+        vec!["daarion.*", "daarion.*.*", "daarion.*.*.*"],
+        "narrowed"
+    );
+    assert!(
+        events.info().await.unwrap().state.messages >= 1,
+        "the older events stay"
+    );
+    let _worker = Worker::start(&nats, "w1", 30, 0).await;
+    app.put_txn("1", vec![mention("q", "Sofia, still there?", &[ev::SOFIA])])
+        .await;
+    wait_runs(&app, 1, "completed").await;
+    let (posts, last) = answers(&app);
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(last.as_deref(), Some("Sofia heard: SOFIA, STILL THERE?"));
 }

@@ -46,6 +46,7 @@ use super::runtime::{Delta, RunOutput, RunRequest, Runtime, RuntimeError};
 use crate::{
     config::{EventsConfig, NatsConfig},
     events::link::{Link, PROBE_EVERY},
+    metrics::{Metrics, OutcomeLabel},
 };
 
 /// How long the reply stream keeps replies: far longer than any run waits for them.
@@ -68,11 +69,12 @@ pub struct Broker {
     link: tokio::sync::OnceCell<Link>,
     /// The streams were created (or found) on this connection's server.
     ensured: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl Broker {
     /// The broker of `[events]`'s NATS server; none without one.
-    pub fn new(events: &EventsConfig) -> Option<Arc<Self>> {
+    pub fn new(events: &EventsConfig, metrics: Arc<Metrics>) -> Option<Arc<Self>> {
         let url = events.nats_url.clone()?;
         Some(Arc::new(Self {
             url,
@@ -82,6 +84,7 @@ impl Broker {
             duplicate_window: events.duplicate_window,
             link: tokio::sync::OnceCell::new(),
             ensured: AtomicBool::new(false),
+            metrics,
         }))
     }
 
@@ -234,7 +237,8 @@ impl Broker {
         }
     }
 
-    /// Removes a request no worker should take any more (its run timed out). Best effort.
+    /// Removes a request no worker should take any more (its run timed out or was stopped).
+    /// Best effort.
     async fn delete_request(&self, sequence: u64) {
         let Ok(link) = self.link().await else { return };
         let delete = async {
@@ -242,10 +246,10 @@ impl Broker {
             stream.delete_message(sequence).await.ok()
         };
         match tokio::time::timeout(ADMIN_TIMEOUT, delete).await {
-            Ok(Some(_)) => tracing::debug!(sequence, "timed-out run's request removed"),
+            Ok(Some(_)) => tracing::debug!(sequence, "the ended run's request was withdrawn"),
             // Already taken and acknowledged (gone), or NATS away: a worker that takes it finds
-            // its deadline passed.
-            _ => tracing::debug!(sequence, "timed-out run's request not removed"),
+            // its deadline passed, or answers a run nobody reads any more.
+            _ => tracing::debug!(sequence, "the ended run's request was not withdrawn"),
         }
     }
 
@@ -312,8 +316,18 @@ impl Broker {
                 }
                 match end {
                     Step::Go => {}
-                    Step::Ignored(why) => {
-                        tracing::info!(run_id, why, "a reply to the run was ignored")
+                    Step::Ignored(ignored) => {
+                        self.metrics
+                            .nats_replies_ignored
+                            .get_or_create(&OutcomeLabel {
+                                outcome: ignored.label(),
+                            })
+                            .inc();
+                        tracing::info!(
+                            run_id,
+                            why = ignored.why(),
+                            "a reply to the run was ignored"
+                        )
                     }
                     Step::End(result) => {
                         if replies.ignored > 0 {
@@ -399,12 +413,45 @@ impl NatsRuntime {
         if ack.duplicate {
             tracing::info!(run_id = %request.run_id, "the run was published before (a resumed run): waiting for its replies");
         }
-        match tokio::time::timeout_at(until, self.broker.answer(&request.run_id, &deltas)).await {
+        let mut withdraw = Withdraw {
+            broker: self.broker.clone(),
+            sequence: ack.sequence,
+            stop: request.stop.clone(),
+            armed: true,
+        };
+        let answered =
+            tokio::time::timeout_at(until, self.broker.answer(&request.run_id, &deltas)).await;
+        withdraw.armed = false;
+        match answered {
             Ok(result) => result,
             Err(_) => {
                 self.broker.delete_request(ack.sequence).await;
                 Err(RuntimeError::Timeout(timeout))
             }
+        }
+    }
+}
+
+/// Withdraws a stopped run's request when its call is dropped, so that no worker starts a run
+/// a person stopped. A call dropped for any other reason (a shutdown, a lost lease) leaves the
+/// request queued: the run resumes on the next start and waits for the same request (a
+/// re-publish is deduplicated on the run id, so a withdrawn request could not come back).
+struct Withdraw {
+    broker: Arc<Broker>,
+    sequence: u64,
+    stop: CancellationToken,
+    /// Disarmed once the call ends by itself (answered: the worker acknowledged the request).
+    armed: bool,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if !self.armed || !self.stop.is_cancelled() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (broker, sequence) = (self.broker.clone(), self.sequence);
+            handle.spawn(async move { broker.delete_request(sequence).await });
         }
     }
 }
@@ -433,7 +480,7 @@ mod tests {
             nats_url: Some("nats://127.0.0.1:4222".into()),
             ..Default::default()
         };
-        let broker = Broker::new(&events).unwrap();
+        let broker = Broker::new(&events, Arc::new(Metrics::new())).unwrap();
         assert_eq!(
             broker.request_subject("agent:sofia"),
             "daarion.agent.run.requested.agent:sofia"
@@ -445,6 +492,6 @@ mod tests {
         assert_eq!(broker.reply_subject("r1"), "daarion.agent.run.reply.r1");
         assert_eq!(broker.requests_config().name, "DAARION_AGENT_RUNS");
         assert_eq!(broker.replies_config().name, "DAARION_AGENT_REPLIES");
-        assert!(Broker::new(&EventsConfig::default()).is_none());
+        assert!(Broker::new(&EventsConfig::default(), Arc::new(Metrics::new())).is_none());
     }
 }

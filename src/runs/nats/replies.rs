@@ -29,9 +29,40 @@ pub(super) enum Step {
     /// The run goes on.
     Go,
     /// Not used, and why.
-    Ignored(&'static str),
+    Ignored(Ignored),
     /// The run's answer (or failure).
     End(Result<RunOutput, RuntimeError>),
+}
+
+/// Why a reply chunk was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ignored {
+    /// Not a reply chunk (not JSON, or no `type`).
+    Malformed,
+    /// From an attempt a later one superseded (the request was redelivered).
+    Superseded,
+    /// A `type` the protocol does not have.
+    UnknownType,
+}
+
+impl Ignored {
+    /// The metric label.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Superseded => "superseded",
+            Self::UnknownType => "unknown_type",
+        }
+    }
+
+    /// For the log.
+    pub(super) fn why(self) -> &'static str {
+        match self {
+            Self::Malformed => "not a reply chunk",
+            Self::Superseded => "from an attempt a later one superseded",
+            Self::UnknownType => "an unknown reply type",
+        }
+    }
 }
 
 /// The replies of one run so far: which attempt speaks, and what it said.
@@ -50,14 +81,14 @@ impl Replies {
     pub(super) fn take(&mut self, payload: &[u8]) -> (Vec<Delta>, Step) {
         let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
             self.ignored += 1;
-            return (vec![], Step::Ignored("not a reply chunk"));
+            return (vec![], Step::Ignored(Ignored::Malformed));
         };
         let attempt = chunk.attempt.unwrap_or(1).max(1);
         let mut say = Vec::new();
         match chunk.kind.as_str() {
             "delta" | "error" | "deferred" if attempt < self.attempt => {
                 self.ignored += 1;
-                (say, Step::Ignored("from an attempt a later one superseded"))
+                (say, Step::Ignored(Ignored::Superseded))
             }
             "delta" => {
                 if attempt > self.attempt {
@@ -122,7 +153,7 @@ impl Replies {
             }
             _ => {
                 self.ignored += 1;
-                (say, Step::Ignored("an unknown reply type"))
+                (say, Step::Ignored(Ignored::UnknownType))
             }
         }
     }
@@ -174,13 +205,13 @@ mod tests {
             serde_json::json!({"type": "delta", "text": " late", "attempt": 1}),
         );
         assert!(say.is_empty());
-        assert!(matches!(step, Step::Ignored(_)));
+        assert!(matches!(step, Step::Ignored(Ignored::Superseded)));
         let (_, step) = take(
             &mut r,
             serde_json::json!({"type": "error", "error": "x", "attempt": 1}),
         );
         assert!(
-            matches!(step, Step::Ignored(_)),
+            matches!(step, Step::Ignored(Ignored::Superseded)),
             "a superseded attempt cannot fail the run"
         );
         let (say, step) = take(
@@ -223,10 +254,13 @@ mod tests {
         );
         assert!(matches!(step, Step::End(Ok(ref o)) if o.deferred));
         let mut r = Replies::default();
-        assert!(matches!(r.take(b"not json").1, Step::Ignored(_)));
+        assert!(matches!(
+            r.take(b"not json").1,
+            Step::Ignored(Ignored::Malformed)
+        ));
         assert!(matches!(
             take(&mut r, serde_json::json!({"type": "shout"})).1,
-            Step::Ignored(_)
+            Step::Ignored(Ignored::UnknownType)
         ));
         let (_, step) = take(&mut r, serde_json::json!({"type": "final", "text": "  "}));
         assert!(matches!(step, Step::End(Err(RuntimeError::Malformed(_)))));
