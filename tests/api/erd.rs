@@ -424,8 +424,13 @@ async fn the_schema_is_the_erds(#[case] b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_agent_kinds_move_to_the_erds(#[case] b: Backend) {
     let app = TestApp::spawn(b).await;
-    // Back to before the platform migration, rows of the old kinds, then forward again.
-    app.store.migrate_down_to(5).await.unwrap();
+    // Back to before the platform migration, rows of the old kinds, then forward again; with
+    // the bridge stopped and a store of its own, as migrations run (docs/deployment.md).
+    app.stop_bridge().await;
+    let store = daarion_bridge::db::Store::connect(&app.db_url, 2)
+        .await
+        .unwrap();
+    store.migrate_down_to(5).await.unwrap();
     for (i, kind) in ["specialist", "orchestrator", "service", "bot", "assistant"]
         .iter()
         .enumerate()
@@ -435,7 +440,7 @@ async fn old_agent_kinds_move_to_the_erds(#[case] b: Backend) {
         ))
         .await;
     }
-    app.store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
     assert_eq!(
         app.col("SELECT kind FROM agents WHERE external_id LIKE 'agent:old%' ORDER BY external_id")
             .await,
