@@ -388,8 +388,12 @@ impl Bridge {
         self.spawn_shared_tasks(&mut supervisor);
         let broken = supervisor.broken();
         // The first try before serving: a lone bridge (or the first replica) takes
-        // transactions from its first request.
+        // transactions from its first request (its machines were loaded by `build` a moment
+        // before, and the lease was free: no other leader was writing).
         let first = leadership.try_lead().await;
+        if let Some(epoch) = first {
+            self.store.fence().serve(epoch);
+        }
         let stop_serving = CancellationToken::new();
         let limits = self.config.server.clone();
         let mut servers = Vec::new();
@@ -477,10 +481,14 @@ impl Bridge {
                     }
                 }
             };
-            // The crypto state is read afresh from the database: a standby's machines may be
-            // older than what the last leader stored.
+            // The crypto state is read afresh from the database before any transaction is
+            // taken: a standby's machines may be older than what the last leader stored, and a
+            // transaction's encrypted events and room keys need every agent's machine.
             if let (Some(crypto), true) = (&self.crypto, stood_by) {
                 crypto.forget_machines().await;
+                if let Err(error) = crypto.load().await {
+                    tracing::warn!(%error, "cannot load the agents' crypto machines; they open on first use");
+                }
             }
             let mut work = Supervisor::new(
                 cancel.child_token(),
@@ -493,6 +501,8 @@ impl Bridge {
                 leadership.release(epoch).await;
                 return Some("the leader's work cannot start");
             }
+            // From now on the homeserver's transactions are taken (`Fence::leads`).
+            self.store.fence().serve(epoch);
             let work_broken = work.broken();
             let held = tokio::select! {
                 held = leadership.hold(epoch, stop, &work_broken) => held,

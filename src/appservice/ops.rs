@@ -46,7 +46,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     };
     let (role, epoch) = match state.store.fence().role() {
         Role::Off => ("single", None),
-        Role::Leader(epoch) => ("leader", Some(epoch)),
+        Role::Leader(epoch) if state.store.fence().leads() => ("leader", Some(epoch)),
+        Role::Leader(epoch) => ("taking_over", Some(epoch)),
         Role::Standby => ("standby", None),
         Role::Lost => ("stepping_down", None),
     };

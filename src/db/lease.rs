@@ -61,6 +61,9 @@ pub enum Role {
 #[derive(Debug)]
 pub struct Fence {
     state: AtomicI64,
+    /// The epoch whose leader work has started (0: none): a new leader takes homeserver
+    /// transactions only from then on (see [`Fence::leads`]).
+    serving: AtomicI64,
     token: String,
 }
 
@@ -68,6 +71,7 @@ impl Default for Fence {
     fn default() -> Self {
         Self {
             state: AtomicI64::new(OFF),
+            serving: AtomicI64::new(0),
             token: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -112,10 +116,25 @@ impl Fence {
             .compare_exchange(epoch, LOST, Ordering::SeqCst, Ordering::SeqCst);
     }
 
+    /// Marks the leader work of `epoch` as started: its agents' crypto machines are loaded
+    /// afresh and its tasks run, so it may take homeserver transactions.
+    pub fn serve(&self, epoch: i64) {
+        self.serving.store(epoch, Ordering::SeqCst);
+    }
+
     /// Whether this process does the leader's work now (homeserver transactions above all):
-    /// it holds the lease, or no leadership is in play.
+    /// it holds the lease and its leader work has started, or no leadership is in play.
+    ///
+    /// Between taking the lease and starting its work a new leader answers like a standby: a
+    /// transaction taken before its machines are loaded from the database would find no machine
+    /// for its encrypted events (left waiting for a key they already have) and drop its room
+    /// keys (to-device events for no machine are ignored).
     pub fn leads(&self) -> bool {
-        matches!(self.role(), Role::Off | Role::Leader(_))
+        match self.role() {
+            Role::Off => true,
+            Role::Leader(epoch) => self.serving.load(Ordering::SeqCst) == epoch,
+            Role::Standby | Role::Lost => false,
+        }
     }
 
     /// The epoch a leader's write must carry: `None` when nothing is fenced (`Off`), the
@@ -422,5 +441,63 @@ impl LeaseStore {
             }
         }
         Ok(())
+    }
+}
+
+/// How often a start-up that waits for an older release's leader looks again.
+const UPGRADE_WAIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Waits while a live replica leads a database whose schema is older than this release's
+/// newest migration (`latest`): applying migrations under a running leader of an older release
+/// would change its tables under its feet (docs/deployment.md, upgrades). Returns at once when
+/// nothing is pending (a replica of the same release starting beside a leader), when there is
+/// no lease table (a new database, or one from before replicas) and when the lease was released
+/// or ran out (every replica of the older release stopped, or killed: at most its TTL).
+pub(crate) async fn until_no_older_leader(
+    pool: &sqlx::PgPool,
+    latest: i64,
+) -> Result<(), sqlx::Error> {
+    let mut waited = 0u32;
+    loop {
+        // Two statements: a table that does not exist cannot be named in the one that reads it.
+        let tables: bool = sqlx::query_scalar(
+            "SELECT to_regclass('_sqlx_migrations') IS NOT NULL \
+             AND to_regclass('bridge_leader_lease') IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        if !tables {
+            return Ok(());
+        }
+        let leader: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT l.replica, l.epoch, \
+             (SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success) \
+             FROM bridge_leader_lease l \
+             WHERE l.name = 'leader' AND l.holder <> '' AND l.expires_at > now() \
+             AND (SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success) < $1",
+        )
+        .bind(latest)
+        .fetch_optional(pool)
+        .await?;
+        let Some((replica, epoch, schema)) = leader else {
+            if waited > 0 {
+                tracing::info!(
+                    "the older release's leader is gone: applying this release's migrations"
+                );
+            }
+            return Ok(());
+        };
+        // Once, then every half minute: an operator may be stopping replicas one by one.
+        if waited.is_multiple_of(30) {
+            tracing::warn!(
+                %replica,
+                epoch,
+                schema,
+                latest,
+                "a replica of an older release leads this database: this one applies its migrations only once every replica of the older release has stopped (docs/deployment.md, upgrades)"
+            );
+        }
+        waited += 1;
+        tokio::time::sleep(UPGRADE_WAIT_EVERY).await;
     }
 }

@@ -352,9 +352,13 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. On PostgreSQL it first waits while a replica of an older
+    /// release leads (`lease::until_no_older_leader`): its tables must not change under it.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrator = Migrator::new(self.source()).await?;
+        if let Pool::Pg(pool) = &self.pool {
+            lease::until_no_older_leader(pool, self.source().latest()).await?;
+        }
         both!(self, pool => migrator.run(pool).await?);
         if let Pool::Sqlite(pool) = &self.pool {
             migrate::sqlite_erd_kinds(pool).await?;

@@ -1,7 +1,8 @@
 //! Issue #27, replicas: two bridges on one PostgreSQL, one leads (transactions, readiness,
 //! metrics) and the other stands by and takes over when the leader stops; a leader whose lease
 //! moved commits nothing (the fence inside its transaction statement and its crypto writes,
-//! its connections terminated at take-over) and steps down; SQLite stays single-process.
+//! its connections terminated at take-over) and steps down; SQLite stays single-process; a
+//! newer release does not migrate under a leader of the older one.
 
 use std::time::{Duration, Instant};
 
@@ -350,5 +351,87 @@ async fn a_second_bridge_on_one_sqlite_file_refuses_to_start() {
         lease,
         vec!["2"],
         "each start takes the lease with a new epoch"
+    );
+}
+
+/// An upgrade done wrong: a replica of a newer release (a migration pending) starts while a
+/// replica of the older release leads. It does not migrate under that leader's feet: it waits
+/// until the leader is gone (here a clean stop releases the lease), then migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_release_migrates_only_once_the_older_leader_is_gone() {
+    let a = TestApp::spawn(Backend::Postgres).await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    let newest = || async {
+        a.col("SELECT CAST(MAX(version) AS TEXT) FROM _sqlx_migrations WHERE success")
+            .await
+            .remove(0)
+            .parse::<i64>()
+            .unwrap()
+    };
+    let latest = newest().await;
+    // The database as the older release left it: its newest migration not applied.
+    let newer = daarion_bridge::db::Store::connect(&a.db_url, 2)
+        .await
+        .unwrap();
+    newer.migrate_down_to(latest - 1).await.unwrap();
+    assert_eq!(newest().await, latest - 1);
+    let migrating = tokio::spawn(async move { newer.migrate().await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !migrating.is_finished(),
+        "it waits while the older leader leads"
+    );
+    assert_eq!(newest().await, latest - 1, "and changes nothing meanwhile");
+    a.stop_bridge().await;
+    tokio::time::timeout(Duration::from_secs(5), migrating)
+        .await
+        .expect("it migrates once the lease is released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(newest().await, latest);
+}
+
+/// A standby that takes over loads its agents' crypto machines afresh from the database before
+/// it takes a transaction: until then it answers readiness with `taking_over` (or `standby`),
+/// and at its first 200 Sofia's machine is a new one, loaded after the take-over (a
+/// transaction taken earlier would find no machine for its encrypted events and room keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_loads_its_agents_machines_before_it_takes_a_transaction() {
+    let sofia = "@agent_sofia:localhost";
+    let a = crate::crypto::encrypted_bridge(Backend::Postgres, "").await;
+    until_leads(&a, Duration::from_secs(5)).await;
+    let b = a.replica("b").await;
+    assert_eq!(ready(&b).await.0, 503);
+    let crypto = b.crypto.clone().unwrap();
+    let machine_of = |user: &str| {
+        crypto
+            .opened()
+            .into_iter()
+            .find(|m| m.user.as_str() == user)
+    };
+    let standby_machine = machine_of(sofia).expect("the standby loaded Sofia's machine at start");
+    a.stop_bridge().await;
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(&b).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            matches!(body["role"].as_str(), Some("standby" | "taking_over")),
+            "{body}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let leader_machine = machine_of(sofia).expect("Sofia's machine is loaded before the first 200");
+    assert!(
+        !std::sync::Arc::ptr_eq(&standby_machine, &leader_machine),
+        "loaded afresh after the take-over"
+    );
+    assert_eq!(
+        leader_machine.device.as_str(),
+        standby_machine.device.as_str(),
+        "the same device"
     );
 }
