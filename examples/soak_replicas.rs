@@ -1,19 +1,25 @@
 //! The fail-over soak of issue #27, run by hand (`scripts/soak-replicas.sh`), not in CI: a
 //! real Synapse, two `daarion-bridge run` replicas on one PostgreSQL database behind haproxy
 //! (the e2e harness, `tests/e2e/replicas_harness.rs`), three people chatting in three group
-//! rooms with Sofia (the `echo` agent) and in a DM with her, for `--minutes` (10), while the
-//! leader is killed (`kill -9`) every `--kill-every` seconds (120, the first after
-//! `--first-kill`, 60) and restarted once the other took over. It prints, and writes to
-//! `target/e2e/soak-replicas.json`:
+//! rooms with Sofia (the `echo` agent) and in a DM with her, and a fourth, Dana, in an encrypted
+//! DM with her from a real E2EE client (`tests/e2ee-client`, matrix-sdk, as Element creates it),
+//! for `--minutes` (10), while the leader is killed (`kill -9`) every `--kill-every` seconds
+//! (120, the first after `--first-kill`, 60) and restarted once the other took over. It prints,
+//! and writes to `target/e2e/soak-replicas.json`:
 //! - fail-over times, from the kill to the other replica's `/health/ready` 200 (p50, max), and
 //!   to haproxy routing there;
 //! - events lost (sent, never in `messages`) and doubled (`chat.message.created` announced
 //!   twice for one event: `messages.matrix_event_id` is unique);
 //! - messages addressed to Sofia left unanswered, and answers doubled (a trigger taken by two
-//!   runs, or more agent messages in a room than completed runs).
+//!   runs, or more agent messages in a room than completed runs);
+//! - Dana's encrypted messages: answered and decrypted by her client with no red or grey shield
+//!   (or not), the answer's delay (p50, max), and Sofia's devices (one, before and after).
 //!
 //! Exits non-zero when anything was lost or doubled.
 
+#[allow(dead_code)]
+#[path = "../tests/e2e/e2ee.rs"]
+mod e2ee;
 #[allow(dead_code)]
 #[path = "../tests/e2e/harness.rs"]
 mod harness;
@@ -26,9 +32,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use e2ee::E2eeClient;
 use harness::*;
 use replicas_harness::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SOFIA: &str = "@agent_sofia:localhost";
 const BOT: &str = "@daarion:localhost";
@@ -72,6 +79,32 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Sofia's devices as Dana's homeserver lists them (`/keys/query`).
+async fn devices_of_sofia(dana: &Person) -> usize {
+    let keys = dana
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { SOFIA: [] } }),
+        )
+        .await;
+    keys["device_keys"][SOFIA]
+        .as_object()
+        .map_or(0, |devices| devices.len())
+}
+
+/// What Dana's encrypted conversation saw.
+#[derive(Default)]
+struct Encrypted {
+    sent: Vec<String>,
+    /// Answers her client decrypted with no shield, by delay from her send (seconds).
+    trusted: Vec<f64>,
+    /// Answers her client decrypted with a shield (red or grey), or did not decrypt.
+    untrusted: Vec<Value>,
+    /// Sends that failed, and answers that never came (each with the client's error).
+    failures: Vec<Value>,
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -99,6 +132,15 @@ async fn main() {
         Person::register("bob").await,
         Person::register("carol").await,
     ];
+    // Dana, on a real E2EE client: an encrypted DM with Sofia, as Element creates it.
+    let dana = Person::register("dana").await;
+    let mut client = E2eeClient::start(&dana).await;
+    let secret_dm = client.run(&format!("dm {SOFIA}")).await["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.run(&format!("joined {secret_dm} {SOFIA}")).await;
+    let sofia_devices_before = devices_of_sofia(&dana).await;
     let others: Vec<&str> = people[1..].iter().map(|p| p.user_id.as_str()).collect();
     let mut rooms = Vec::new();
     for n in 1..=3 {
@@ -133,7 +175,7 @@ async fn main() {
         .as_str()
         .unwrap()
         .to_owned();
-    let all_rooms: Vec<String> = rooms.iter().chain([&dm]).cloned().collect();
+    let all_rooms: Vec<String> = rooms.iter().chain([&dm, &secret_dm]).cloned().collect();
     let list = all_rooms
         .iter()
         .map(|r| format!("'{r}'"))
@@ -144,7 +186,7 @@ async fn main() {
          WHERE c.matrix_room_id IN ({list}) AND s.status = 'active'"
     );
     wait_rows(&pool, &q, "Sofia in every room", |r| {
-        r[0][0].as_deref() == Some("4")
+        r[0][0].as_deref() == Some("5")
     })
     .await;
 
@@ -192,6 +234,51 @@ async fn main() {
         }));
     }
 
+    // Dana writes to Sofia in the encrypted DM every 2–5 s and waits for each answer (as a
+    // person does): sent, then read back decrypted by her own client.
+    let encrypted = tokio::spawn({
+        let (room, sent) = (secret_dm.clone(), sent.clone());
+        async move {
+            let mut seen = Encrypted::default();
+            let mut dice = Dice(seed * 1000 + 99);
+            while start.elapsed() < run_for {
+                let words = format!(
+                    "{} {} {}",
+                    WORDS[dice.below(20) as usize],
+                    WORDS[dice.below(20) as usize],
+                    dice.below(1000)
+                );
+                let at = Instant::now();
+                let out = client
+                    .try_run(&format!("send {room} Sofia, say: {words}"))
+                    .await;
+                let Some(event_id) = out["event_id"].as_str() else {
+                    seen.failures.push(json!({ "send": words, "answer": out }));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                seen.sent.push(event_id.to_owned());
+                sent.lock().unwrap().push(Sent {
+                    event_id: event_id.to_owned(),
+                    addressed: true,
+                });
+                let answer = client
+                    .try_run(&format!("expect {room} {SOFIA} {words}"))
+                    .await;
+                if answer.get("error").is_some() {
+                    seen.failures
+                        .push(json!({ "expect": words, "answer": answer }));
+                } else if answer["encrypted"] == true && answer["shield"] == "none" {
+                    seen.trusted.push(at.elapsed().as_secs_f64());
+                } else {
+                    seen.untrusted.push(answer);
+                }
+                tokio::time::sleep(Duration::from_millis(2000 + dice.below(3000))).await;
+            }
+            (seen, client)
+        }
+    });
+
     // The kills: the leader, `kill -9`; the other takes over; the killed one restarts.
     let mut failovers = Vec::new();
     let mut routed = Vec::new();
@@ -220,6 +307,8 @@ async fn main() {
     for s in senders {
         s.await.unwrap();
     }
+    let (encrypted, _client) = encrypted.await.unwrap();
+    let sofia_devices_after = devices_of_sofia(&dana).await;
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     println!(
         "traffic done: {} messages sent, {} addressed to Sofia; draining…",
@@ -307,6 +396,8 @@ async fn main() {
     sorted.sort_by(f64::total_cmp);
     let mut sorted_routed = routed.clone();
     sorted_routed.sort_by(f64::total_cmp);
+    let mut answered_in = encrypted.trusted.clone();
+    answered_in.sort_by(f64::total_cmp);
     let summary = json!({
         "minutes": minutes,
         "kill_every_s": kill_every.as_secs(),
@@ -326,6 +417,14 @@ async fn main() {
         "unanswered": addressed.len() - answered.len(),
         "answers_doubled": triggers_run_twice as i64 + extra_answers,
         "runs_completed": runs_total,
+        "encrypted_sent": encrypted.sent.len(),
+        "encrypted_answered_trusted": encrypted.trusted.len(),
+        "encrypted_answer_p50_s": percentile(&answered_in, 0.5),
+        "encrypted_answer_max_s": answered_in.last().copied().unwrap_or(f64::NAN),
+        "encrypted_untrusted": encrypted.untrusted,
+        "encrypted_failures": encrypted.failures,
+        "sofia_devices_before": sofia_devices_before,
+        "sofia_devices_after": sofia_devices_after,
         "logs": set.dir().display().to_string(),
     });
     let out = repo().join("target/e2e/soak-replicas.json");
@@ -339,7 +438,12 @@ async fn main() {
         "answers_doubled",
     ]
     .iter()
-    .any(|k| summary[k] != 0);
+    .any(|k| summary[k] != 0)
+        || !encrypted.untrusted.is_empty()
+        || !encrypted.failures.is_empty()
+        || encrypted.trusted.len() != encrypted.sent.len()
+        || sofia_devices_before != 1
+        || sofia_devices_after != 1;
     drop(set);
     if bad {
         std::process::exit(1);

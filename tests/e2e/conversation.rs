@@ -6,7 +6,8 @@
 use serde_json::Value;
 
 use crate::{
-    encryption::{E2eeClient, assert_trusted, bridge_with_identity},
+    e2ee::{E2eeClient, assert_trusted},
+    encryption::bridge_with_identity,
     harness::*,
 };
 

@@ -4,6 +4,7 @@
 
 mod agents;
 mod conversation;
+mod e2ee;
 mod encryption;
 mod harness;
 mod media;

@@ -7,10 +7,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::{
-    encryption::{E2eeClient, bridge_with_identity},
-    harness::*,
-};
+use crate::{e2ee::E2eeClient, encryption::bridge_with_identity, harness::*};
 
 const NOVA: &str = "@agent_nova:localhost";
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use daarion_bridge::db::Pool;
 use serde_json::{Map, Value, json};
 
-use crate::encryption::{E2eeClient, assert_trusted};
+use crate::e2ee::{E2eeClient, assert_trusted};
 use crate::harness::*;
 use crate::replicas_harness::*;
 

@@ -8,7 +8,8 @@ use daarion_bridge::{db::audit::Actor, keys};
 use serde_json::{Value, json};
 
 use crate::{
-    encryption::{E2eeClient, assert_trusted, bridge_with_identity},
+    e2ee::{E2eeClient, assert_trusted},
+    encryption::bridge_with_identity,
     harness::*,
 };
 

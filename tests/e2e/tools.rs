@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::{
-    encryption::{E2eeClient, assert_trusted, bridge_with_identity},
+    e2ee::{E2eeClient, assert_trusted},
+    encryption::bridge_with_identity,
     harness::*,
     model::FakeModel,
 };
