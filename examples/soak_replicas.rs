@@ -101,7 +101,8 @@ struct Encrypted {
     trusted: Vec<f64>,
     /// Answers her client decrypted with a shield (red or grey), or did not decrypt.
     untrusted: Vec<Value>,
-    /// Sends that failed, and answers that never came (each with the client's error).
+    /// Sends that failed, and answers that did not come within two minutes (each with the
+    /// client's error).
     failures: Vec<Value>,
 }
 
@@ -262,9 +263,17 @@ async fn main() {
                     event_id: event_id.to_owned(),
                     addressed: true,
                 });
-                let answer = client
-                    .try_run(&format!("expect {room} {SOFIA} {words}"))
-                    .await;
+                // Each `expect` looks for about 30 s; an answer may wait longer behind the
+                // agent's `runs_per_minute` (30 by default: the soak's mentions exceed it).
+                let mut answer = Value::Null;
+                for _ in 0..4 {
+                    answer = client
+                        .try_run(&format!("expect {room} {SOFIA} {words}"))
+                        .await;
+                    if answer.get("error").is_none() {
+                        break;
+                    }
+                }
                 if answer.get("error").is_some() {
                     seen.failures
                         .push(json!({ "expect": words, "answer": answer }));

@@ -291,7 +291,8 @@ impl Crypto {
     ) -> Result<Vec<(OwnedRoomId, String)>, CryptoError> {
         let mut to_device: HashMap<OwnedUserId, Vec<Raw<AnyToDeviceEvent>>> = HashMap::new();
         for raw in &request.to_device {
-            if raw.get_field::<String>("type").ok().flatten().as_deref() == Some(super::PROBE_TYPE)
+            if raw.get_field::<String>("type").ok().flatten().as_deref()
+                == Some(super::probe::PROBE_TYPE)
             {
                 metrics.crypto("probe");
                 self.probe_arrived();

@@ -7,6 +7,7 @@
 
 mod history;
 pub mod inbound;
+mod probe;
 mod requests;
 pub mod store;
 
@@ -24,14 +25,12 @@ use matrix_sdk_crypto::{
 use matrix_sdk_store_encryption::StoreCipher;
 use ruma::{
     OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId,
-    api::client::{
-        device::{delete_device, get_devices, update_device},
-        to_device::send_event_to_device,
-    },
+    api::client::device::{delete_device, get_devices, update_device},
     events::{AnyMessageLikeEventContent, room::history_visibility::HistoryVisibility},
     serde::Raw,
 };
 
+pub use self::probe::Delivery;
 use self::store::DbCryptoStore;
 use crate::{
     db::{
@@ -137,32 +136,6 @@ pub struct Crypto {
     delivery: Mutex<Delivery>,
 }
 
-/// Whether the homeserver delivers to-device events to the bridge (MSC4203), as the start-up
-/// probe (a to-device message an agent sends to its own device) found out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Not probed yet (no agent device yet, or the homeserver not reached yet).
-    Unknown,
-    /// The probe was sent; waiting for it to come back in a transaction.
-    Probing,
-    /// The probe came back: room keys will reach the agents.
-    Delivered,
-    /// The probe never came back: encrypted rooms will not work.
-    Missing,
-}
-
-impl Delivery {
-    /// The state's name (readiness detail).
-    pub fn name(self) -> &'static str {
-        match self {
-            Delivery::Unknown => "unknown",
-            Delivery::Probing => "probing",
-            Delivery::Delivered => "delivered",
-            Delivery::Missing => "missing",
-        }
-    }
-}
-
 tokio::task_local! {
     /// The decryption lane a task decrypts in (0 unless set): each lane reads its own copy of
     /// an inbound session from the store, so lanes never wait on each other's session lock.
@@ -172,9 +145,6 @@ tokio::task_local! {
 /// How many lanes decrypt a transaction's events at once: one per core of the 2-core machines
 /// the bridge is sized for. The signature check of every Megolm message is most of the cost.
 pub(crate) const DECRYPT_LANES: usize = 2;
-
-/// Event type of the start-up probe.
-pub(crate) const PROBE_TYPE: &str = "io.daarion.bridge.probe";
 
 impl Crypto {
     /// Opens the engines' shared store key: created (random) on first start and kept in the
@@ -394,64 +364,6 @@ impl Crypto {
             .send_as(signatures, Some(&agent.user), Some(&agent.device))
             .await?;
         Ok(())
-    }
-
-    /// Whether to-device events reach the bridge (readiness detail).
-    pub fn delivery(&self) -> Delivery {
-        *self.delivery.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The probe came back in a transaction.
-    pub(crate) fn probe_arrived(&self) {
-        *self.delivery.lock().unwrap_or_else(|p| p.into_inner()) = Delivery::Delivered;
-    }
-
-    /// Checks that the homeserver delivers to-device events (MSC4203) to the bridge: `agent`
-    /// sends one to its own device and waits up to `wait` for it to come back in a transaction.
-    /// Says clearly what is missing when it does not.
-    pub async fn probe(&self, agent: &AgentMachine, wait: std::time::Duration) -> Delivery {
-        *self.delivery.lock().unwrap_or_else(|p| p.into_inner()) = Delivery::Probing;
-        let content: Raw<ruma::events::AnyToDeviceEventContent> =
-            Raw::new(&serde_json::json!({ "nonce": random_suffix() }))
-                .expect("a JSON object")
-                .cast_unchecked();
-        let messages = std::collections::BTreeMap::from([(
-            agent.user.clone(),
-            std::collections::BTreeMap::from([(
-                ruma::to_device::DeviceIdOrAllDevices::DeviceId(agent.device.clone()),
-                content,
-            )]),
-        )]);
-        let request = send_event_to_device::v3::Request::new_raw(
-            PROBE_TYPE.into(),
-            ruma::TransactionId::new(),
-            messages,
-        );
-        if let Err(error) = self
-            .hs
-            .send_as(request, Some(&agent.user), Some(&agent.device))
-            .await
-        {
-            tracing::warn!(%error, "cannot send the to-device probe");
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < deadline {
-            if self.delivery() == Delivery::Delivered {
-                tracing::info!(
-                    "the homeserver delivers to-device events: agents can read encrypted rooms"
-                );
-                return Delivery::Delivered;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let mut state = self.delivery.lock().unwrap_or_else(|p| p.into_inner());
-        if *state != Delivery::Delivered {
-            *state = Delivery::Missing;
-            tracing::error!(
-                "the homeserver does not deliver to-device events to the bridge: agents cannot receive room keys and will not read encrypted rooms (plaintext rooms keep working). Synapse needs `experimental_features: {{msc2409_to_device_messages_enabled: true, msc3202_transaction_extensions: true}}` and the registration keys `org.matrix.msc3202` and `de.sorunome.msc2409.push_ephemeral`; tuwunel needs 1.8.2 or later (docs/encryption.md)"
-            );
-        }
-        *state
     }
 
     /// Remembers a room's encryption state seen in a transaction.

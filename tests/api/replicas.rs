@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Backend, TestApp, ev};
 
@@ -434,4 +434,56 @@ async fn a_new_leader_loads_its_agents_machines_before_it_takes_a_transaction() 
         standby_machine.device.as_str(),
         "the same device"
     );
+}
+
+/// The to-device probe (sent after the start-up ping or a take-over) is sent again every 5 s
+/// while it does not come back: Synapse drops the to-device events of the transactions it makes
+/// while it still counts the bridge as down (element-hq/synapse#14710), which a probe sent
+/// during a fail-over may fall into. One that comes back ends the probe, `delivered`. (Driven
+/// on Sofia's machine directly: the fake homeserver does not set devices up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_is_sent_again_until_it_comes_back() {
+    use daarion_bridge::crypto::Delivery;
+    let app = crate::crypto::encrypted_bridge(Backend::Sqlite, "").await;
+    let crypto = app.crypto.clone().unwrap();
+    let sofia = crypto
+        .opened()
+        .into_iter()
+        .find(|m| m.user.as_str() == "@agent_sofia:localhost")
+        .expect("Sofia's machine, loaded from the database");
+    let probes = || app.hs.calls_to("io.daarion.bridge.probe");
+    // Nothing comes back within 7 s: sent at 0 and 5 s, then `missing`.
+    let found = crypto.probe(&sofia, Duration::from_secs(7)).await;
+    assert_eq!(found, Delivery::Missing);
+    assert_eq!(probes().len(), 2, "sent again after 5 s");
+    // The next one comes back in a transaction: `delivered`, and no more are sent.
+    let probing = tokio::spawn({
+        let (crypto, sofia) = (crypto.clone(), sofia.clone());
+        async move { crypto.probe(&sofia, Duration::from_secs(20)).await }
+    });
+    while probes().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = probes().pop().unwrap();
+    let (user, devices) = sent.body["messages"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
+    let (device, content) = devices.as_object().unwrap().iter().next().unwrap();
+    let probe = json!({ "type": "io.daarion.bridge.probe", "sender": user,
+        "to_user_id": user, "to_device_id": device, "content": content });
+    let body = json!({ "events": [], "de.sorunome.msc2409.to_device": [probe] });
+    let (status, _) = app
+        .put_raw("probe-back", serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(status, 200);
+    let found = tokio::time::timeout(Duration::from_secs(2), probing)
+        .await
+        .expect("the probe ends when it comes back")
+        .unwrap();
+    assert_eq!(found, Delivery::Delivered);
+    assert_eq!(ready(&app).await.1["encryption"], "delivered");
+    assert_eq!(probes().len(), 3);
 }
