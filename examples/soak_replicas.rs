@@ -59,6 +59,15 @@ impl Dice {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// Two words and a number: what a message says, unique enough to find its answer by.
+    fn phrase(&mut self) -> String {
+        format!(
+            "{} {} {}",
+            WORDS[self.below(WORDS.len() as u64) as usize],
+            WORDS[self.below(WORDS.len() as u64) as usize],
+            self.below(1000)
+        )
+    }
 }
 
 const WORDS: &[&str] = &[
@@ -206,12 +215,7 @@ async fn main() {
         senders.push(tokio::spawn(async move {
             let mut dice = Dice(seed * 1000 + i as u64 + 1);
             while start.elapsed() < run_for {
-                let words = format!(
-                    "{} {} {}",
-                    WORDS[dice.below(20) as usize],
-                    WORDS[dice.below(20) as usize],
-                    dice.below(1000)
-                );
+                let words = dice.phrase();
                 let (room, body, addressed) = if i == 0 && dice.below(6) == 0 {
                     (&dm, json!({ "msgtype": "m.text", "body": words }), true)
                 } else {
@@ -243,12 +247,7 @@ async fn main() {
             let mut seen = Encrypted::default();
             let mut dice = Dice(seed * 1000 + 99);
             while start.elapsed() < run_for {
-                let words = format!(
-                    "{} {} {}",
-                    WORDS[dice.below(20) as usize],
-                    WORDS[dice.below(20) as usize],
-                    dice.below(1000)
-                );
+                let words = dice.phrase();
                 let at = Instant::now();
                 let out = client
                     .try_run(&format!("send {room} Sofia, say: {words}"))
